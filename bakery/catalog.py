@@ -1,0 +1,269 @@
+"""The record of image versions and cached layers.
+
+`Catalog` is the interface; `SqliteCatalog` keeps it in `.bakery/catalog.db`
+(WAL mode, every change one transaction, so kill -9 at any moment leaves it
+consistent). The AWS target keeps the same facts as AMI tags and SSM parameters.
+
+A version is reserved as `pending` before the image is committed (its labels
+carry the version) and becomes `ready` only once the image exists; a pending
+row whose process is gone is a leftover that `gc` (and the next bake) removes.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bakery.errors import ConfigError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS versions (
+    image TEXT NOT NULL,
+    version TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('pending', 'ready')),
+    created TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    image_ref TEXT,
+    image_id TEXT,
+    input_digest TEXT,
+    git_commit TEXT,
+    provenance TEXT,
+    PRIMARY KEY (image, version),
+    UNIQUE (image, seq)
+);
+CREATE INDEX IF NOT EXISTS versions_by_input ON versions (image, input_digest);
+CREATE TABLE IF NOT EXISTS version_layers (
+    image TEXT NOT NULL,
+    version TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    role TEXT NOT NULL,
+    role_digest TEXT NOT NULL,
+    layer_key TEXT NOT NULL,
+    cached INTEGER NOT NULL,
+    PRIMARY KEY (image, version, position),
+    FOREIGN KEY (image, version) REFERENCES versions (image, version) ON DELETE CASCADE
+);
+CREATE TABLE IF NOT EXISTS layers (
+    layer_key TEXT PRIMARY KEY,
+    image TEXT NOT NULL,
+    role TEXT NOT NULL,
+    ref TEXT NOT NULL,
+    image_id TEXT NOT NULL,
+    parent TEXT NOT NULL,
+    created TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS bases (
+    ref TEXT PRIMARY KEY,
+    release TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    created TEXT NOT NULL
+);
+"""
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Catalog(ABC):
+    """What every target's catalog records: versions, their layers, cached layers, bases."""
+
+    @abstractmethod
+    def reserve_version(self, image: str, run_id: str, pid: int) -> str:
+        """Allocate a unique, sortable version and record it as pending."""
+
+    @abstractmethod
+    def complete_version(self, image: str, version: str, *, image_ref: str, image_id: str, input_digest: str,
+                         provenance: dict[str, Any], layers: list[dict[str, Any]]) -> None:
+        """Turn a pending version into a ready one, with its provenance and layers."""
+
+    @abstractmethod
+    def discard_version(self, image: str, version: str) -> None:
+        """Forget a version (a failed bake's reservation, or a version gc removed)."""
+
+    @abstractmethod
+    def versions(self, image: str | None = None, status: str | None = "ready") -> list[dict[str, Any]]:
+        """Versions, newest first."""
+
+    @abstractmethod
+    def version(self, image: str, version: str) -> dict[str, Any] | None:
+        """One version with its provenance and layers."""
+
+    @abstractmethod
+    def find_by_input(self, image: str, input_digest: str) -> list[dict[str, Any]]:
+        """Ready versions baked from exactly these inputs, newest first."""
+
+    @abstractmethod
+    def layer(self, key: str) -> dict[str, Any] | None: ...
+
+    @abstractmethod
+    def put_layer(self, key: str, *, image: str, role: str, ref: str, image_id: str, parent: str) -> None: ...
+
+    @abstractmethod
+    def forget_layer(self, key: str) -> None: ...
+
+    @abstractmethod
+    def record_base(self, ref: str, release: str, digest: str) -> None: ...
+
+
+class SqliteCatalog(Catalog):
+    """The local target's catalog: one SQLite file in WAL mode."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(path, timeout=60, isolation_level=None)
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA busy_timeout=60000")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._retry_while_locked(self._init_schema)
+        except sqlite3.DatabaseError as exc:
+            raise ConfigError(f"{path}: catalog unreadable ({exc}); move it aside and re-run") from exc
+
+    def _init_schema(self) -> None:
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        with self._tx() as db:
+            for statement in _statements(SCHEMA):
+                db.execute(statement)
+
+    @staticmethod
+    def _retry_while_locked(action, seconds: float = 60) -> None:
+        """Switching a new file to WAL can report 'locked' without waiting on the busy handler: wait here."""
+        deadline = time.monotonic() + seconds
+        while True:
+            try:
+                return action()
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction; IMMEDIATE takes the write lock up front so allocations never race."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def reserve_version(self, image: str, run_id: str, pid: int) -> str:
+        day = datetime.now(UTC).strftime("%Y%m%d")
+        with self._tx() as db:
+            seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM versions WHERE image = ?", (image,)).fetchone()[0]
+            count = db.execute(
+                "SELECT COUNT(*) FROM versions WHERE image = ? AND version LIKE ?", (image, f"{day}.%")
+            ).fetchone()[0]
+            number = count + 1
+            while db.execute("SELECT 1 FROM versions WHERE image = ? AND version = ?", (image, _version(day, number))).fetchone():
+                number += 1
+            version = _version(day, number)
+            db.execute(
+                "INSERT INTO versions (image, version, seq, status, created, run_id, pid) VALUES (?, ?, ?, 'pending', ?, ?, ?)",
+                (image, version, seq, _now(), run_id, pid),
+            )
+        return version
+
+    def complete_version(self, image, version, *, image_ref, image_id, input_digest, provenance, layers) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE versions SET status = 'ready', image_ref = ?, image_id = ?, input_digest = ?, git_commit = ?,"
+                " provenance = ? WHERE image = ? AND version = ?",
+                (image_ref, image_id, input_digest, provenance.get("git_commit"), json.dumps(provenance), image, version),
+            )
+            for position, layer in enumerate(layers):
+                db.execute(
+                    "INSERT INTO version_layers (image, version, position, role, role_digest, layer_key, cached)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (image, version, position, layer["role"], layer["role_digest"], layer["key"], int(layer["cached"])),
+                )
+
+    def discard_version(self, image: str, version: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM versions WHERE image = ? AND version = ?", (image, version))
+
+    def versions(self, image=None, status="ready"):
+        query = "SELECT image, version, seq, status, created, run_id, pid, image_ref, image_id, input_digest, git_commit FROM versions"
+        clauses, args = [], []
+        if image:
+            clauses.append("image = ?")
+            args.append(image)
+        if status:
+            clauses.append("status = ?")
+            args.append(status)
+        if clauses:
+            query += " WHERE " + " AND ".join(clauses)
+        query += " ORDER BY image, seq DESC"
+        return [dict(row) for row in self._db.execute(query, args)]
+
+    def version(self, image, version):
+        row = self._db.execute("SELECT * FROM versions WHERE image = ? AND version = ?", (image, version)).fetchone()
+        if row is None:
+            return None
+        result = dict(row)
+        result["provenance"] = json.loads(result["provenance"]) if result["provenance"] else {}
+        result["layers"] = [
+            dict(r) for r in self._db.execute(
+                "SELECT position, role, role_digest, layer_key, cached FROM version_layers"
+                " WHERE image = ? AND version = ? ORDER BY position", (image, version))
+        ]
+        for layer in result["layers"]:
+            layer["cached"] = bool(layer["cached"])
+        return result
+
+    def find_by_input(self, image, input_digest):
+        rows = self._db.execute(
+            "SELECT image, version, image_ref, image_id FROM versions WHERE image = ? AND input_digest = ?"
+            " AND status = 'ready' ORDER BY seq DESC", (image, input_digest))
+        return [dict(r) for r in rows]
+
+    def layer(self, key):
+        row = self._db.execute("SELECT * FROM layers WHERE layer_key = ?", (key,)).fetchone()
+        return dict(row) if row else None
+
+    def put_layer(self, key, *, image, role, ref, image_id, parent):
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO layers (layer_key, image, role, ref, image_id, parent, created)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)", (key, image, role, ref, image_id, parent, _now()))
+
+    def forget_layer(self, key):
+        with self._tx() as db:
+            db.execute("DELETE FROM layers WHERE layer_key = ?", (key,))
+
+    def layers(self) -> list[dict[str, Any]]:
+        return [dict(r) for r in self._db.execute("SELECT * FROM layers ORDER BY created")]
+
+    def record_base(self, ref, release, digest):
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO bases (ref, release, digest, created) VALUES (?, ?, ?, ?)",
+                       (ref, release, digest, _now()))
+
+
+def _version(day: str, number: int) -> str:
+    """YYYYMMDD.NNN: sorts the same as text and as build order (up to 999 bakes an image a day)."""
+    return f"{day}.{number:03d}"
+
+
+def _statements(script: str) -> list[str]:
+    return [s.strip() for s in script.split(";") if s.strip()]
+
+
+def open_catalog(state_dir: Path) -> SqliteCatalog:
+    return SqliteCatalog(state_dir / "catalog.db")

@@ -1,0 +1,229 @@
+"""Project and image-definition loading and validation.
+
+Everything a user can get wrong in a file is checked here, before any container
+starts, and reported as one line naming the file, the field and what to do.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bakery.errors import ConfigError
+
+PROJECT_FILE = "bakery.yml"
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+ROLE_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
+# Play keys that would run work outside a role: bakery caches one layer per role,
+# so such work would either be repeated in every layer or silently skipped.
+TASK_KEYS = ("pre_tasks", "tasks", "post_tasks", "handlers", "import_playbook")
+IMAGE_SETTING_KEYS = {"base", "description"}
+PROJECT_KEYS = {"images", "default_base"}
+DEFAULT_BASE = "bookworm"
+
+
+def load_yaml(path: Path) -> Any:
+    """Parse a YAML file, turning syntax errors into one line with file and position."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: file not found") from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}{where}: malformed YAML: {problem}; fix the syntax") from exc
+
+
+@dataclass(frozen=True)
+class RoleRef:
+    """One role entry of a play: the role's directory and the parameters given with it."""
+
+    name: str
+    path: Path
+    entry: Any  # the entry as written in the playbook (string or mapping)
+    dependencies: tuple[RoleRef, ...] = ()
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One cached step of a bake: one role of one play."""
+
+    position: int
+    play_index: int
+    play_header: dict[str, Any]
+    role: RoleRef
+
+
+@dataclass
+class ImageDefinition:
+    """A playbook in playbooks/<image>.yml plus its base, split into role layers."""
+
+    name: str
+    playbook: Path
+    base: str
+    layers: list[Layer] = field(default_factory=list)
+
+
+class Project:
+    """A bakery project: bakery.yml, roles/, playbooks/, inventories/ and .bakery/ state."""
+
+    def __init__(self, root: Path):
+        self.root = root.resolve()
+        self.settings = self._load_settings()
+
+    @classmethod
+    def discover(cls, explicit: str | None = None) -> Project:
+        """Find the project from --project, $BAKERY_PROJECT or the nearest bakery.yml upwards."""
+        start = explicit or os.environ.get("BAKERY_PROJECT")
+        if start:
+            root = Path(start)
+            if not (root / PROJECT_FILE).is_file():
+                raise ConfigError(f"{root}: no {PROJECT_FILE} here; point --project at a bakery project")
+            return cls(root)
+        here = Path.cwd().resolve()
+        for candidate in (here, *here.parents):
+            if (candidate / PROJECT_FILE).is_file():
+                return cls(candidate)
+        raise ConfigError(f"no {PROJECT_FILE} in {here} or its parents; run bake.py inside a bakery project")
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / ".bakery"
+
+    @property
+    def roles_dir(self) -> Path:
+        return self.root / "roles"
+
+    @property
+    def playbooks_dir(self) -> Path:
+        return self.root / "playbooks"
+
+    def _load_settings(self) -> dict[str, Any]:
+        path = self.root / PROJECT_FILE
+        data = load_yaml(path) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+        unknown = sorted(set(data) - PROJECT_KEYS)
+        if unknown:
+            raise ConfigError(f"{path}: unknown key '{unknown[0]}'; known keys: {', '.join(sorted(PROJECT_KEYS))}")
+        images = data.get("images") or {}
+        if not isinstance(images, dict):
+            raise ConfigError(f"{path}: 'images' must be a mapping of image name to settings")
+        for name, settings in images.items():
+            settings = settings or {}
+            if not isinstance(settings, dict):
+                raise ConfigError(f"{path}: images.{name} must be a mapping")
+            bad = sorted(set(settings) - IMAGE_SETTING_KEYS)
+            if bad:
+                raise ConfigError(
+                    f"{path}: images.{name}: unknown key '{bad[0]}'; known keys: {', '.join(sorted(IMAGE_SETTING_KEYS))}"
+                )
+            if "base" in settings and not isinstance(settings["base"], str):
+                raise ConfigError(f"{path}: images.{name}.base must be a string (a release name or an image reference)")
+        data["images"] = images
+        return data
+
+    def image_names(self) -> list[str]:
+        if not self.playbooks_dir.is_dir():
+            return []
+        return sorted(p.stem for p in self.playbooks_dir.glob("*.yml") if NAME_RE.match(p.stem))
+
+    def image(self, name: str) -> ImageDefinition:
+        """Load and validate playbooks/<name>.yml into role layers."""
+        if not NAME_RE.match(name):
+            raise ConfigError(
+                f"image name '{name}' is invalid: use lower-case letters, digits, '-' and '_' (it names playbooks/<image>.yml)"
+            )
+        playbook = self.playbooks_dir / f"{name}.yml"
+        if not playbook.is_file():
+            known = ", ".join(self.image_names()) or "none"
+            raise ConfigError(f"unknown image '{name}': {playbook} does not exist (known images: {known})")
+        settings = self.settings["images"].get(name) or {}
+        base = settings.get("base") or self.settings.get("default_base") or DEFAULT_BASE
+        definition = ImageDefinition(name=name, playbook=playbook, base=base)
+        definition.layers = self._layers(playbook)
+        return definition
+
+    def _layers(self, playbook: Path) -> list[Layer]:
+        plays = load_yaml(playbook)
+        rel = self._rel(playbook)
+        if not isinstance(plays, list) or not plays:
+            raise ConfigError(f"{rel}: a playbook must be a non-empty list of plays")
+        layers: list[Layer] = []
+        for index, play in enumerate(plays, start=1):
+            if not isinstance(play, dict):
+                raise ConfigError(f"{rel}: play {index} must be a mapping, got {type(play).__name__}")
+            for key in TASK_KEYS:
+                if key in play:
+                    raise ConfigError(
+                        f"{rel}: play {index} has '{key}'; bakery bakes and caches one layer per role, "
+                        "so move this work into a role"
+                    )
+            roles = play.get("roles")
+            if not isinstance(roles, list) or not roles:
+                raise ConfigError(f"{rel}: play {index} needs a non-empty 'roles' list")
+            header = {k: v for k, v in play.items() if k != "roles"}
+            for entry in roles:
+                role = self.role(entry, where=f"{rel}: play {index}")
+                layers.append(Layer(len(layers), index, header, role))
+        return layers
+
+    def role(self, entry: Any, where: str, chain: tuple[str, ...] = ()) -> RoleRef:
+        """Resolve a role entry (name or mapping) to its directory and its dependencies."""
+        if isinstance(entry, str):
+            name = entry
+        elif isinstance(entry, dict) and isinstance(entry.get("role", entry.get("name")), str):
+            name = entry.get("role", entry.get("name"))
+        else:
+            raise ConfigError(f"{where}: a role entry must be a name or a mapping with 'role:', got {entry!r}")
+        if not ROLE_NAME_RE.match(name):
+            raise ConfigError(f"{where}: role '{name}' must be a role under roles/ (letters, digits, '_' and '-')")
+        path = self.roles_dir / name
+        if not path.is_dir():
+            raise ConfigError(f"{where}: role '{name}' not found in {self._rel(self.roles_dir)}/; create it with: bake.py new-role {name}")
+        if name in chain:
+            raise ConfigError(f"{where}: role dependency cycle: {' -> '.join((*chain, name))}")
+        deps = tuple(self.role(dep, f"{self._rel(path)}/meta/main.yml", (*chain, name)) for dep in self._dependencies(path))
+        return RoleRef(name=name, path=path, entry=entry, dependencies=deps)
+
+    def _dependencies(self, role_path: Path) -> list[Any]:
+        meta = role_path / "meta" / "main.yml"
+        if not meta.is_file():
+            return []
+        data = load_yaml(meta) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{self._rel(meta)}: expected a mapping")
+        deps = data.get("dependencies") or []
+        if not isinstance(deps, list):
+            raise ConfigError(f"{self._rel(meta)}: 'dependencies' must be a list")
+        return deps
+
+    def _rel(self, path: Path) -> str:
+        try:
+            return str(path.relative_to(self.root))
+        except ValueError:
+            return str(path)
+
+
+def parse_extra_vars(pairs: tuple[str, ...]) -> dict[str, Any]:
+    """Parse -e KEY=VALUE pairs (values as YAML scalars) the way ansible-playbook does."""
+    result: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--extra-var '{pair}': expected KEY=VALUE")
+        try:
+            result[key.strip()] = yaml.safe_load(value) if value else ""
+        except yaml.YAMLError:
+            result[key.strip()] = value
+    return result

@@ -1,0 +1,94 @@
+"""Layer cache keys: what decides whether a role must run again.
+
+A layer's key is a digest of its parent (the base digest for the first layer),
+every file of the role and of the roles it depends on, the play around it
+(play vars, vars_files contents, become and friends), the bake-time group_vars
+and host_vars beside the playbook, and the extra vars of the bake. Anything that
+can change what the role does to the image is in the key; nothing else is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bakery.config import ImageDefinition, Layer, RoleRef
+from bakery.errors import ConfigError
+from bakery.provenance import file_digest, sha256_json, tree_digest
+
+# Bump when the way a layer is produced changes, so old cached layers are not reused.
+LAYER_FORMAT = 1
+
+
+@dataclass
+class PlannedLayer:
+    layer: Layer
+    key: str
+    role_digest: str
+
+    @property
+    def role(self) -> str:
+        return self.layer.role.name
+
+
+def role_digest(role: RoleRef) -> str:
+    """Digest of a role's files and, recursively, of the roles it depends on."""
+    return sha256_json({
+        "files": tree_digest(role.path),
+        "dependencies": [[dep.entry, role_digest(dep)] for dep in role.dependencies],
+    })
+
+
+def vars_files_digest(play_header: dict[str, Any], playbook_dir: Path) -> dict[str, str]:
+    """Contents of the play's vars_files, which are read at bake time."""
+    names = play_header.get("vars_files") or []
+    if isinstance(names, str):
+        names = [names]
+    digests = {}
+    for name in names:
+        for candidate in name if isinstance(name, list) else [name]:
+            path = Path(str(candidate))
+            path = path if path.is_absolute() else playbook_dir / path
+            if path.is_file():
+                digests[str(candidate)] = file_digest(path)
+            elif "{{" not in str(candidate):
+                raise ConfigError(f"vars_files entry '{candidate}' not found (looked for {path})")
+    return digests
+
+
+def bake_vars_digest(playbook_dir: Path) -> str:
+    """group_vars/ and host_vars/ beside the playbook: Ansible loads them for the bake."""
+    parts = {}
+    for name in ("group_vars", "host_vars"):
+        path = playbook_dir / name
+        parts[name] = tree_digest(path) if path.is_dir() else None
+    return sha256_json(parts)
+
+
+def plan_layers(definition: ImageDefinition, base_digest: str, extra_vars: dict[str, Any]) -> list[PlannedLayer]:
+    """Compute every layer's key in order; each key chains on its parent's."""
+    playbook_dir = definition.playbook.parent
+    shared = {"bake_vars": bake_vars_digest(playbook_dir), "extra_vars": extra_vars}
+    parent = base_digest
+    planned = []
+    for layer in definition.layers:
+        digest = role_digest(layer.role)
+        key = sha256_json({
+            "format": LAYER_FORMAT,
+            "parent": parent,
+            "role": layer.role.name,
+            "role_digest": digest,
+            "entry": layer.role.entry,
+            "play": layer.play_header,
+            "vars_files": vars_files_digest(layer.play_header, playbook_dir),
+            **shared,
+        })
+        planned.append(PlannedLayer(layer, key, digest))
+        parent = key
+    return planned
+
+
+def input_digest(planned: list[PlannedLayer], base_digest: str) -> str:
+    """The whole image's inputs: the last layer key chains every earlier one and the base."""
+    return planned[-1].key if planned else base_digest

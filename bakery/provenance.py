@@ -1,0 +1,177 @@
+"""Provenance facts: git state, content digests and their safe rendering.
+
+Every value here ends up in an OCI label, /etc/image-release and (on AWS) a tag,
+so values are sanitised once, here, to what all three accept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import unicodedata
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+TAG_VALUE_MAX = 255
+# What AWS accepts in tag values across services: letters, digits, spaces and _ . : / = + - @
+_UNSAFE_TAG_CHARS = re.compile(r"[^\w .:/=+\-@]", re.UNICODE)
+# Files that never change what a role does to a server; editing them must not rebake.
+DIGEST_EXCLUDES = {"molecule", "__pycache__", ".pytest_cache", ".cache", ".git", "tests"}
+DIGEST_EXCLUDE_SUFFIXES = (".pyc", ".swp", "~")
+
+
+def sanitize_tag_value(value: str, limit: int = TAG_VALUE_MAX) -> str:
+    """Make free text safe for an AWS tag value, an OCI label and a shell-style file.
+
+    Control characters (newlines included) become spaces, characters outside the
+    AWS tag alphabet are dropped, runs of white space collapse, and the result is
+    cut to `limit` characters.
+    """
+    text = "".join(" " if unicodedata.category(ch).startswith("C") else ch for ch in value)
+    text = _UNSAFE_TAG_CHARS.sub("", text)
+    text = " ".join(text.split())
+    return text[:limit].rstrip()
+
+
+def sha256_json(data: Any) -> str:
+    """A stable digest of JSON-able data (keys sorted, no whitespace)."""
+    blob = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return "sha256:" + hashlib.sha256(blob).hexdigest()
+
+
+def file_digest(path: Path) -> str:
+    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def tree_digest(root: Path) -> str:
+    """Digest of every file under root: relative path, executable bit and content.
+
+    Symlinks contribute their target. Molecule scenarios, tests and caches are
+    left out: they do not change what the role does to an image.
+    """
+    h = hashlib.sha256()
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in DIGEST_EXCLUDES)
+        for name in sorted(filenames):
+            if name.endswith(DIGEST_EXCLUDE_SUFFIXES):
+                continue
+            path = Path(dirpath) / name
+            rel = path.relative_to(root).as_posix()
+            if path.is_symlink():
+                h.update(f"L {rel}\0{os.readlink(path)}\n".encode())
+                continue
+            mode = "x" if os.access(path, os.X_OK) else "-"
+            h.update(f"F {rel}\0{mode}\0".encode())
+            h.update(hashlib.sha256(path.read_bytes()).digest())
+            h.update(b"\n")
+    return "sha256:" + h.hexdigest()
+
+
+@dataclass
+class GitFacts:
+    commit: str = "unknown"
+    message: str = ""
+    branch: str = "unknown"
+    dirty: bool = False
+
+
+def git_facts(root: Path) -> GitFacts:
+    """Commit id, sanitised message, branch and dirty flag of the project's checkout."""
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(
+                ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=20, check=False
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if not commit:
+        return GitFacts(dirty=bool(git("rev-parse", "--is-inside-work-tree")))
+    status = git("status", "--porcelain", "--untracked-files=normal")
+    branch = git("rev-parse", "--abbrev-ref", "HEAD") or "unknown"
+    return GitFacts(
+        commit=commit,
+        message=sanitize_tag_value(git("log", "-1", "--format=%B") or ""),
+        branch=sanitize_tag_value(branch, 128) or "unknown",
+        dirty=bool(status),
+    )
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class Provenance:
+    """Everything needed to tell where an image came from; identical in labels, file and catalog."""
+
+    image: str
+    version: str
+    git_commit: str
+    git_message: str
+    git_branch: str
+    git_dirty: bool
+    build_time: str
+    base_image: str
+    base_digest: str
+    input_digest: str
+    bakery_version: str
+    roles: dict[str, str]  # role name -> role digest, in bake order
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def labels(self) -> dict[str, str]:
+        """OCI labels (org.opencontainers.image.* where a standard key exists)."""
+        return {
+            "org.opencontainers.image.title": self.image,
+            "org.opencontainers.image.version": self.version,
+            "org.opencontainers.image.revision": self.git_commit,
+            "org.opencontainers.image.created": self.build_time,
+            "org.opencontainers.image.base.name": self.base_image,
+            "org.opencontainers.image.base.digest": self.base_digest,
+            "io.bakery.image": self.image,
+            "io.bakery.version": self.version,
+            "io.bakery.git.message": self.git_message,
+            "io.bakery.git.branch": self.git_branch,
+            "io.bakery.git.dirty": str(self.git_dirty).lower(),
+            "io.bakery.input-digest": self.input_digest,
+            "io.bakery.tool-version": self.bakery_version,
+            "io.bakery.roles": " ".join(f"{k}={v}" for k, v in self.roles.items()),
+        }
+
+    def release_file(self) -> str:
+        """/etc/image-release: KEY="value" lines, readable by sh, systemd and Python alike."""
+        fields = {
+            "IMAGE_NAME": self.image,
+            "IMAGE_VERSION": self.version,
+            "GIT_COMMIT": self.git_commit,
+            "GIT_MESSAGE": self.git_message,
+            "GIT_BRANCH": self.git_branch,
+            "GIT_DIRTY": str(self.git_dirty).lower(),
+            "BUILD_TIME": self.build_time,
+            "BASE_IMAGE": self.base_image,
+            "BASE_DIGEST": self.base_digest,
+            "INPUT_DIGEST": self.input_digest,
+            "BAKERY_VERSION": self.bakery_version,
+            "ROLES": " ".join(f"{k}={v}" for k, v in self.roles.items()),
+        }
+        return "".join(f'{key}="{sanitize_tag_value(str(value), 4096)}"\n' for key, value in fields.items())
+
+
+def parse_release_file(text: str) -> dict[str, str]:
+    """Read /etc/image-release back (the inverse of Provenance.release_file)."""
+    facts = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            facts[key.strip()] = value.strip().strip('"')
+    return facts
