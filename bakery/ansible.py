@@ -1,0 +1,143 @@
+"""ansible-runner wrapper: one playbook run against one container, events in, a result out.
+
+ansible-runner keeps every run's artifacts (stdout, job events, rc) under the
+run's private data dir, which is the run directory of the bake.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bakery.progress import Progress
+
+log = logging.getLogger("bakery.ansible")
+
+RESULT_EVENTS = {"runner_on_ok", "runner_on_failed", "runner_on_skipped", "runner_on_unreachable"}
+
+
+@dataclass
+class PlaybookResult:
+    """What one ansible-runner run did, as data."""
+
+    status: str
+    rc: int
+    artifact_dir: Path
+    tasks: int = 0
+    changed: int = 0
+    failed_task: str | None = None
+    failure: str | None = None
+    changed_tasks: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "successful" and self.rc == 0
+
+
+def podman_inventory(container: str, groups: list[str]) -> dict[str, Any]:
+    """An inventory reaching one podman container through the containers.podman connection."""
+    host_vars = {
+        "ansible_connection": "containers.podman.podman",
+        "ansible_host": container,
+        "ansible_python_interpreter": "/usr/bin/python3",
+        # The connection is already root; `become` in a play must not need sudo in a minimal base.
+        "ansible_become_method": "su",
+    }
+    return {"all": {"children": {group: {"hosts": {container: host_vars}} for group in groups}}}
+
+
+def ansible_env(project_root: Path) -> dict[str, str]:
+    """Settings every bake runs with; the project's ansible.cfg (if any) still applies."""
+    env = {
+        "ANSIBLE_ROLES_PATH": str(project_root / "roles"),
+        "ANSIBLE_PIPELINING": "True",
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_RETRY_FILES_ENABLED": "False",
+        "ANSIBLE_HOST_KEY_CHECKING": "False",
+        "ANSIBLE_DEPRECATION_WARNINGS": "False",
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+    }
+    cfg = project_root / "ansible.cfg"
+    if cfg.is_file():
+        env["ANSIBLE_CONFIG"] = str(cfg)
+    return env
+
+
+def run_playbook(
+    *,
+    playbook: Path,
+    inventory: dict[str, Any],
+    private_data_dir: Path,
+    ident: str,
+    envvars: dict[str, str],
+    extravars: dict[str, Any],
+    progress: Progress,
+    step: str,
+    cancelled: Callable[[], bool],
+) -> PlaybookResult:
+    """Run a playbook through ansible-runner, reporting each task result to progress."""
+    import ansible_runner  # heavy: imported only when a bake runs
+
+    private_data_dir.mkdir(parents=True, exist_ok=True)
+    result = PlaybookResult(status="unstarted", rc=-1, artifact_dir=private_data_dir / "artifacts" / ident)
+
+    def on_event(event: dict[str, Any]) -> bool:
+        kind = event.get("event")
+        if kind not in RESULT_EVENTS:
+            return True
+        data = event.get("event_data", {})
+        task = data.get("task", "?")
+        res = data.get("res") or {}
+        changed = bool(res.get("changed")) and kind == "runner_on_ok"
+        result.tasks += 1
+        if changed:
+            result.changed += 1
+            result.changed_tasks.append(task)
+        if kind in ("runner_on_failed", "runner_on_unreachable") and not data.get("ignore_errors"):
+            result.failed_task = task
+            result.failure = _failure_message(res)
+        progress.task_done(step, task, changed)
+        return True
+
+    runner = ansible_runner.run(
+        private_data_dir=str(private_data_dir),
+        playbook=str(playbook),
+        inventory=inventory,
+        ident=ident,
+        envvars=envvars,
+        extravars=extravars,
+        quiet=True,
+        event_handler=on_event,
+        cancel_callback=cancelled,
+        settings={"suppress_ansible_output": True},
+    )
+    result.status = runner.status
+    result.rc = runner.rc if runner.rc is not None else -1
+    if not result.ok and not result.failure:
+        result.failure = _tail(runner)
+    log.info("playbook %s: status=%s rc=%s tasks=%s changed=%s", playbook.name, result.status, result.rc, result.tasks, result.changed)
+    return result
+
+
+def _failure_message(res: dict[str, Any]) -> str:
+    for module in (res.get("failed_modules") or {}).values():
+        if isinstance(module, dict) and (module.get("module_stderr") or module.get("msg")):
+            res = module
+            break
+    message = res.get("module_stderr") or res.get("msg") or res.get("stderr") or res.get("module_stderr") or res.get("reason") or "task failed"
+    return " ".join(str(message).split())[:500]
+
+
+def _tail(runner: Any) -> str:
+    """The last meaningful line ansible printed (for failures that are not task failures, e.g. syntax errors)."""
+    try:
+        lines = [line.strip() for line in runner.stdout.read().splitlines() if line.strip()]
+    except (OSError, ValueError, AttributeError):
+        return "ansible-playbook failed; see the run log"
+    errors = [line for line in lines if line.startswith("ERROR!") or "[ERROR]" in line]
+    return " ".join((errors or lines or ["ansible-playbook failed"])[-1].split())[:500]

@@ -1,0 +1,293 @@
+"""The local builder: bake in a podman container booted with systemd, one committed layer per role.
+
+Flow: resolve the base, compute every layer key, return the existing version if
+the whole input is unchanged, otherwise start one build container from the
+newest cached layer, run the remaining roles one playbook each (committing a
+layer after each), then write /etc/image-release and the provenance labels in a
+final tiny layer tagged `localhost/bakery/<image>:<version>`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bakery import __version__, leftovers, podman
+from bakery.ansible import ansible_env, podman_inventory, run_playbook
+from bakery.base_image import resolve_base
+from bakery.builders.base import Builder, BuildOptions, BuildResult, LayerResult
+from bakery.config import ImageDefinition
+from bakery.errors import ConfigError, Interrupted, OperationError
+from bakery.layers import PlannedLayer, input_digest, plan_layers
+from bakery.provenance import Provenance, git_facts, utc_now
+from bakery.runs import Run
+from bakery.signals import Cancellation, cancellable
+
+log = logging.getLogger("bakery.build")
+
+MIN_FREE_BYTES = 1 << 30
+BOOT_TIMEOUT = 90
+# Run before each layer commit so no instance inherits build-time identity or scratch files.
+HYGIENE = (
+    "truncate -s 0 /etc/machine-id; "
+    "rm -rf /tmp/* /tmp/.[!.]* /var/tmp/* /var/tmp/.[!.]* /root/.ansible /root/.cache 2>/dev/null; "
+    "find /var/log/journal -mindepth 1 -delete 2>/dev/null; true"
+)
+
+
+class PodmanBuilder(Builder):
+    target = "local"
+
+    def build(self, definition: ImageDefinition, options: BuildOptions, run: Run) -> BuildResult:
+        started = time.monotonic()
+        podman.check_working()
+        self._check_disk_space()
+        leftovers.clean(self.project, self.catalog)
+
+        base = resolve_base(definition.base)
+        self.catalog.record_base(base.ref, base.release or "", base.digest)
+        extra_vars = {"bakery_image": definition.name, "bakery_target": self.target, **options.extra_vars}
+        planned = plan_layers(definition, base.digest, extra_vars)
+        digest = input_digest(planned, base.digest)
+        log.info("image %s: base %s (%s), input digest %s", definition.name, base.ref, base.digest, digest)
+
+        if not options.no_cache:
+            existing = self._existing_version(definition.name, digest)
+            if existing:
+                self.progress.note(f"{definition.name}: inputs unchanged, reusing version {existing['version']}")
+                return self._reused_result(existing, planned, run, started)
+
+        with cancellable() as cancel:
+            return _Bake(self, definition, options, run, cancel, base.ref, base.digest, planned, digest, extra_vars, started).go()
+
+    def _existing_version(self, image: str, digest: str) -> dict[str, Any] | None:
+        for row in self.catalog.find_by_input(image, digest):
+            if podman.image_exists(row["image_ref"]):
+                return row
+            log.info("catalog version %s:%s has no image any more; forgetting it", image, row["version"])
+            self.catalog.discard_version(image, row["version"])
+        return None
+
+    def _reused_result(self, row: dict[str, Any], planned: list[PlannedLayer], run: Run, started: float) -> BuildResult:
+        full = self.catalog.version(row["image"], row["version"]) or {}
+        return BuildResult(
+            image=row["image"], version=row["version"], ref=row["image_ref"], image_id=row["image_id"],
+            input_digest=full.get("input_digest", ""), reused=True, run_id=run.id,
+            seconds=round(time.monotonic() - started, 3),
+            layers=[LayerResult(p.role, p.key, p.role_digest, cached=True) for p in planned],
+            provenance=full.get("provenance", {}),
+        )
+
+    def _check_disk_space(self) -> None:
+        storage = Path("/var/lib/containers")
+        probe = storage if storage.exists() else Path("/")
+        free = shutil.disk_usage(probe).free
+        if free < MIN_FREE_BYTES:
+            raise ConfigError(f"only {free >> 20} MiB free under {probe}; a bake needs at least 1 GiB: free space or run: ./bake.py gc")
+
+
+class _Bake:
+    """One bake in progress; owns the build container and the version reservation until done."""
+
+    def __init__(self, builder: PodmanBuilder, definition: ImageDefinition, options: BuildOptions, run: Run,
+                 cancel: Cancellation, base_ref: str, base_digest: str, planned: list[PlannedLayer],
+                 digest: str, extra_vars: dict[str, Any], started: float):
+        self.b = builder
+        self.definition = definition
+        self.options = options
+        self.run = run
+        self.cancel = cancel
+        self.base_ref = base_ref
+        self.base_digest = base_digest
+        self.planned = planned
+        self.digest = digest
+        self.extra_vars = extra_vars
+        self.started = started
+        self.container = f"bakery-build-{definition.name}-{run.id.rsplit('-', 1)[-1]}"
+        self.version: str | None = None
+        self.generated: list[Path] = []
+        self.layer_results: list[LayerResult] = []
+
+    def go(self) -> BuildResult:
+        succeeded = False
+        keep = False
+        try:
+            result = self._bake()
+            succeeded = True
+            return result
+        except OperationError:
+            keep = self.options.keep_on_failure
+            raise
+        finally:
+            self._cleanup(succeeded, keep)
+
+    def _bake(self) -> BuildResult:
+        start_index, parent_ref = self._first_uncached()
+        for p in self.planned[:start_index]:
+            self.layer_results.append(LayerResult(p.role, p.key, p.role_digest, cached=True))
+            self.b.progress.note(f"[{p.layer.position + 1}/{len(self.planned)}] {p.role}: cached")
+        if start_index < len(self.planned):
+            self._start_container(parent_ref)
+            for p in self.planned[start_index:]:
+                parent_ref = self._bake_layer(p)
+            podman.remove_container(self.container)
+        self.cancel.check()
+        self.version = self.b.catalog.reserve_version(self.definition.name, self.run.id, os.getpid())
+        provenance = self._provenance()
+        ref, image_id = self._finalize(parent_ref, provenance)
+        self.cancel.check()
+        self.b.catalog.complete_version(
+            self.definition.name, self.version, image_ref=ref, image_id=image_id, input_digest=self.digest,
+            provenance=provenance.to_dict(),
+            layers=[{"role": r.role, "role_digest": r.role_digest, "key": r.key, "cached": r.cached} for r in self.layer_results],
+        )
+        return BuildResult(
+            image=self.definition.name, version=self.version, ref=ref, image_id=image_id, input_digest=self.digest,
+            reused=False, run_id=self.run.id, seconds=round(time.monotonic() - self.started, 3),
+            layers=self.layer_results, provenance=provenance.to_dict(),
+        )
+
+    def _first_uncached(self) -> tuple[int, str]:
+        """Index of the first role that must run, and the image to start it from."""
+        parent = self.base_ref
+        if self.options.no_cache:
+            return 0, parent
+        for index, p in enumerate(self.planned):
+            cached = self.b.catalog.layer(p.key)
+            if cached is None or not podman.image_exists(cached["ref"]):
+                return index, parent
+            parent = cached["ref"]
+        return len(self.planned), parent
+
+    def _start_container(self, from_ref: str) -> None:
+        self.b.progress.note(f"{self.definition.name}: starting build container {self.container} from {from_ref}")
+        podman.run(
+            "run", "-d", "--name", self.container, "--hostname", f"{self.definition.name}-bake",
+            "--systemd=always",
+            "--label", f"{leftovers.BUILD_LABEL}=1",
+            "--label", f"{leftovers.PID_LABEL}={os.getpid()}",
+            "--label", f"io.bakery.run={self.run.id}",
+            "--label", f"io.bakery.image={self.definition.name}",
+            from_ref, "/sbin/init",
+        )
+        self._wait_for_systemd()
+
+    def _wait_for_systemd(self) -> None:
+        deadline = time.monotonic() + BOOT_TIMEOUT
+        state = "unknown"
+        while time.monotonic() < deadline:
+            self.cancel.check()
+            proc = podman.run("exec", self.container, "systemctl", "is-system-running", check=False, timeout=30)
+            state = proc.stdout.strip() or "unknown"
+            if state in ("running", "degraded"):
+                if state == "degraded":
+                    failed = podman.run("exec", self.container, "systemctl", "--failed", "--no-legend", "--plain", check=False)
+                    log.warning("build container is degraded: %s", " ".join(failed.stdout.split()))
+                return
+            time.sleep(0.3)
+        raise OperationError(f"build container {self.container} did not boot: systemd is '{state}' after {BOOT_TIMEOUT} s")
+
+    def _bake_layer(self, p: PlannedLayer) -> str:
+        step = f"[{p.layer.position + 1}/{len(self.planned)}] {p.role}"
+        self.b.progress.step_start(step, "running")
+        playbook = self._write_layer_playbook(p)
+        self.cancel.deferred = True
+        try:
+            outcome = run_playbook(
+                playbook=playbook,
+                inventory=podman_inventory(self.container, ["bakery_build", self.definition.name.replace("-", "_")]),
+                private_data_dir=self.run.path / "ansible",
+                ident=f"{p.layer.position + 1:02d}-{p.role}",
+                envvars=ansible_env(self.b.project.root),
+                extravars=self.extra_vars,
+                progress=self.b.progress,
+                step=step,
+                cancelled=self.cancel,
+            )
+        finally:
+            self.cancel.deferred = False
+        self.cancel.check()
+        if not outcome.ok:
+            self.b.progress.step_done(step, "FAILED")
+            where = f"task '{outcome.failed_task}'" if outcome.failed_task else "playbook"
+            raise OperationError(
+                f"bake of {self.definition.name} failed in role '{p.role}', {where}: {outcome.failure} "
+                f"(log: {outcome.artifact_dir / 'stdout'})"
+            )
+        seconds = self.b.progress.step_done(step, "baked")
+        podman.run("exec", self.container, "sh", "-c", HYGIENE, check=False)
+        ref = podman.cache_ref(self.definition.name, p.role, p.key)
+        podman.run("commit", "-q", self.container, ref, timeout=900)
+        image_id = podman.image_id(ref) or ""
+        self.b.catalog.put_layer(p.key, image=self.definition.name, role=p.role, ref=ref, image_id=image_id,
+                                 parent=self.planned[p.layer.position - 1].key if p.layer.position else self.base_digest)
+        self.layer_results.append(LayerResult(p.role, p.key, p.role_digest, cached=False, seconds=round(seconds, 3),
+                                              tasks=outcome.tasks, changed=outcome.changed))
+        return ref
+
+    def _write_layer_playbook(self, p: PlannedLayer) -> Path:
+        """The play around this one role, beside the original so relative paths and group_vars resolve the same."""
+        play = {**p.layer.play_header, "hosts": "bakery_build", "roles": [p.layer.role.entry]}
+        path = self.definition.playbook.parent / f".bakery-{os.getpid()}-{self.run.id}-{p.layer.position + 1:02d}.yml"
+        path.write_text(yaml.safe_dump([play], sort_keys=False), encoding="utf-8")
+        self.generated.append(path)
+        return path
+
+    def _provenance(self) -> Provenance:
+        git = git_facts(self.b.project.root)
+        return Provenance(
+            image=self.definition.name, version=self.version or "", git_commit=git.commit, git_message=git.message,
+            git_branch=git.branch, git_dirty=git.dirty, build_time=utc_now(), base_image=self.base_ref,
+            base_digest=self.base_digest, input_digest=self.digest, bakery_version=__version__,
+            roles={p.role: p.role_digest for p in self.planned},
+        )
+
+    def _finalize(self, last_ref: str, provenance: Provenance) -> tuple[str, str]:
+        """Add /etc/image-release and the labels on top of the last layer, without booting anything."""
+        ref = podman.image_ref(self.definition.name, provenance.version)
+        final = f"{self.container}-final"
+        podman.run("create", "--name", final, "--label", f"{leftovers.BUILD_LABEL}=1",
+                   "--label", f"{leftovers.PID_LABEL}={os.getpid()}", last_ref, "/sbin/init")
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                release = Path(tmp) / "image-release"
+                release.write_text(provenance.release_file(), encoding="utf-8")
+                release.chmod(0o644)
+                podman.run("cp", str(release), f"{final}:/etc/image-release")
+            changes = []
+            for key, value in provenance.labels().items():
+                changes += ["--change", f"LABEL {key}={podman.dockerfile_quote(value)}"]
+            # Container labels are inherited by committed images: clear the build markers so
+            # instances of this image are never mistaken for a dead bake's leftovers.
+            changes += ["--change", f"LABEL {leftovers.BUILD_LABEL}=", "--change", f"LABEL {leftovers.PID_LABEL}=",
+                        "--change", f"LABEL io.bakery.run={self.run.id}"]
+            podman.run("commit", "-q", *changes, final, ref, timeout=900)
+        finally:
+            podman.remove_container(final)
+        image_id = podman.image_id(ref)
+        if image_id is None:
+            raise OperationError(f"podman commit did not produce {ref}")
+        return ref, image_id
+
+    def _cleanup(self, succeeded: bool, keep: bool) -> None:
+        for path in self.generated:
+            path.unlink(missing_ok=True)
+        if keep and podman.container_exists(self.container):
+            self.b.progress.note(
+                f"kept build container for inspection; enter it with: podman exec -it {self.container} bash "
+                f"(remove it with: podman rm -f -t 0 {self.container})")
+        else:
+            podman.remove_container(self.container)
+        if not succeeded and self.version:
+            podman.remove_image(podman.image_ref(self.definition.name, self.version))
+            self.b.catalog.discard_version(self.definition.name, self.version)
+
+
+__all__ = ["PodmanBuilder", "Interrupted"]

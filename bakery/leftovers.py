@@ -1,0 +1,88 @@
+"""Leftovers of bakes that died without cleaning up (SIGKILL, power loss).
+
+Build containers, pending catalog rows and generated layer playbooks all carry
+the pid of the bake that made them; once that process is gone they are garbage.
+The next bake and `bake.py gc` remove them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+
+from bakery import podman
+from bakery.catalog import SqliteCatalog
+from bakery.config import Project
+
+log = logging.getLogger("bakery.leftovers")
+
+BUILD_LABEL = "io.bakery.build"
+PID_LABEL = "io.bakery.build.pid"
+GENERATED_PLAYBOOK = re.compile(r"^\.bakery-(\d+)-.*\.yml$")
+
+
+def pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass
+class Leftovers:
+    containers: list[str] = field(default_factory=list)
+    pending_versions: list[str] = field(default_factory=list)
+    playbooks: list[str] = field(default_factory=list)
+
+    def empty(self) -> bool:
+        return not (self.containers or self.pending_versions or self.playbooks)
+
+
+def find(project: Project, catalog: SqliteCatalog) -> Leftovers:
+    found = Leftovers()
+    for container in podman.containers_with_label(f"{BUILD_LABEL}=1"):
+        labels = container.get("Labels") or {}
+        try:
+            pid = int(labels.get(PID_LABEL, "0"))
+        except ValueError:
+            pid = 0
+        if not pid_alive(pid):
+            found.containers.append((container.get("Names") or [container["Id"]])[0])
+    for row in catalog.versions(status="pending"):
+        if not pid_alive(row["pid"]):
+            found.pending_versions.append(f"{row['image']}:{row['version']}")
+    if project.playbooks_dir.is_dir():
+        for path in project.playbooks_dir.iterdir():
+            match = GENERATED_PLAYBOOK.match(path.name)
+            if match and not pid_alive(int(match.group(1))):
+                found.playbooks.append(str(path))
+    return found
+
+
+def remove(found: Leftovers, catalog: SqliteCatalog) -> None:
+    for name in found.containers:
+        log.info("removing leftover build container %s", name)
+        podman.remove_container(name)
+    for ref in found.pending_versions:
+        image, _, version = ref.partition(":")
+        log.info("removing unfinished version %s", ref)
+        podman.remove_image(podman.image_ref(image, version))
+        catalog.discard_version(image, version)
+    for path in found.playbooks:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+def clean(project: Project, catalog: SqliteCatalog) -> Leftovers:
+    found = find(project, catalog)
+    remove(found, catalog)
+    return found

@@ -1,0 +1,111 @@
+"""The podman command line, with its failures turned into bakery errors.
+
+bakery talks to podman through its CLI (the same commands an operator would
+type), so every call can be replayed by hand from the run log.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+import subprocess
+from typing import Any
+
+from bakery.errors import ConfigError, OperationError
+
+log = logging.getLogger("bakery.podman")
+
+NO_SPACE_HINT = "no space left on device under podman's storage; free disk space or run: bake.py gc"
+
+
+def run(*args: str, check: bool = True, timeout: float | None = 600, input_text: str | None = None) -> subprocess.CompletedProcess:
+    """Run `podman ARGS`; raise OperationError naming the command and podman's message on failure."""
+    cmd = ["podman", *args]
+    log.debug("$ %s", shlex.join(cmd))
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, input=input_text, check=False)
+    except FileNotFoundError as exc:
+        raise ConfigError("podman is not installed; run: make setup") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise OperationError(f"'{shlex.join(cmd[:3])}' did not finish within {timeout:.0f} s") from exc
+    if proc.returncode != 0:
+        message = (proc.stderr or proc.stdout).strip().splitlines()
+        last = message[-1] if message else f"exit code {proc.returncode}"
+        log.debug("podman failed (%s): %s", proc.returncode, proc.stderr.strip())
+        if check:
+            if "no space left on device" in (proc.stderr or "").lower():
+                raise OperationError(NO_SPACE_HINT)
+            raise OperationError(f"'{shlex.join(cmd[:3])}' failed: {last}")
+    return proc
+
+
+def check_working() -> None:
+    """Fail early, with a setup hint, when podman is missing or cannot run containers."""
+    try:
+        proc = subprocess.run(["podman", "info", "--format", "{{.Host.OCIRuntime.Name}}"], capture_output=True, text=True, timeout=60, check=False)
+    except FileNotFoundError as exc:
+        raise ConfigError("podman is not installed; run: make setup") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise ConfigError("podman does not answer (podman info timed out); check the podman installation") from exc
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["unknown error"])[-1]
+        raise ConfigError(f"podman is not working ({last}); run: make setup")
+
+
+def image_exists(ref: str) -> bool:
+    return run("image", "exists", ref, check=False).returncode == 0
+
+
+def container_exists(name: str) -> bool:
+    return run("container", "exists", name, check=False).returncode == 0
+
+
+def image_inspect(ref: str) -> dict[str, Any] | None:
+    proc = run("image", "inspect", ref, check=False)
+    if proc.returncode != 0:
+        return None
+    data = json.loads(proc.stdout)
+    return data[0] if data else None
+
+
+def image_id(ref: str) -> str | None:
+    info = image_inspect(ref)
+    return None if info is None else "sha256:" + info["Id"].removeprefix("sha256:")
+
+
+def images_with_label(label: str) -> list[dict[str, Any]]:
+    proc = run("images", "--filter", f"label={label}", "--format", "json")
+    return json.loads(proc.stdout or "[]")
+
+
+def containers_with_label(label: str) -> list[dict[str, Any]]:
+    proc = run("ps", "-a", "--filter", f"label={label}", "--format", "json")
+    return json.loads(proc.stdout or "[]")
+
+
+def remove_container(name: str) -> None:
+    """Remove at once: the default stop timeout would wait 10 s for SIGTERM."""
+    run("rm", "-f", "-t", "0", name, check=False)
+
+
+def remove_image(ref: str) -> bool:
+    return run("rmi", ref, check=False).returncode == 0
+
+
+def dockerfile_quote(value: str) -> str:
+    """Quote a value for a `--change LABEL k=v` instruction (Dockerfile syntax)."""
+    return json.dumps(value, ensure_ascii=False)
+
+
+IMAGE_REPO = "localhost/bakery"
+
+
+def image_ref(image: str, version: str) -> str:
+    """Where a baked version lives in podman's storage."""
+    return f"{IMAGE_REPO}/{image}:{version}"
+
+
+def cache_ref(image: str, role: str, key: str) -> str:
+    """Where a cached role layer lives; the tag carries the key so it is found by it."""
+    return f"{IMAGE_REPO}-cache/{image}:{role[:40]}-{key.removeprefix('sha256:')[:24]}"
