@@ -1,0 +1,132 @@
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from bakery.catalog import SqliteCatalog
+
+pytestmark = pytest.mark.unit
+
+
+def complete(cat, image, version, digest="sha256:in"):
+    cat.complete_version(image, version, image_ref=f"r/{image}:{version}", image_id="sha256:id", input_digest=digest,
+                         provenance={"git_commit": "abc"},
+                         layers=[{"role": "base", "role_digest": "sha256:r", "key": "sha256:k", "cached": False}])
+
+
+def test_versions_are_unique_sortable_and_pending_until_completed(tmp_path):
+    cat = SqliteCatalog(tmp_path / "c.db")
+    v1 = cat.reserve_version("web", "run1", os.getpid())
+    v2 = cat.reserve_version("web", "run2", os.getpid())
+    assert v1 != v2 and sorted([v2, v1]) == [v1, v2]
+    assert v1.endswith(".001") and v2.endswith(".002")
+    assert cat.versions("web") == []
+    assert [r["version"] for r in cat.versions("web", status="pending")] == [v2, v1]
+    complete(cat, "web", v1)
+    record = cat.version("web", v1)
+    assert record["status"] == "ready" and record["layers"][0]["role"] == "base"
+    assert [r["version"] for r in cat.find_by_input("web", "sha256:in")] == [v1]
+    cat.discard_version("web", v2)
+    assert cat.version("web", v2) is None
+
+
+def test_concurrent_reservations_never_collide(tmp_path):
+    path = tmp_path / "c.db"
+    SqliteCatalog(path).close()
+    results, errors = [], []
+
+    def worker():
+        try:
+            cat = SqliteCatalog(path)
+            for _ in range(10):
+                results.append(cat.reserve_version("web", "r", 1))
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len(results) == 40 and len(set(results)) == 40
+
+
+WRITER = """
+import sys
+from bakery.catalog import SqliteCatalog
+cat = SqliteCatalog(__import__("pathlib").Path(sys.argv[1]))
+print("ready", flush=True)
+while True:
+    v = cat.reserve_version("web", "run", 1)
+    cat.complete_version("web", v, image_ref="r", image_id="i", input_digest="d", provenance={"git_commit": "c"},
+                         layers=[{"role": f"r{i}", "role_digest": "x", "key": "k", "cached": False} for i in range(20)])
+"""
+
+
+def test_kill_9_mid_write_leaves_the_catalog_consistent(tmp_path):
+    path = tmp_path / "c.db"
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": repo})
+    assert proc.stdout.readline().strip() == "ready"
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    ready = db.execute("SELECT version FROM versions WHERE status = 'ready'").fetchall()
+    assert len(ready) > 5
+    # every ready version has all of its layers; no layer belongs to a version that is not ready
+    incomplete = db.execute(
+        "SELECT v.version FROM versions v LEFT JOIN version_layers l USING (image, version)"
+        " WHERE v.status = 'ready' GROUP BY v.version HAVING COUNT(l.position) != 20").fetchall()
+    assert incomplete == []
+    orphans = db.execute(
+        "SELECT COUNT(*) FROM version_layers l JOIN versions v USING (image, version) WHERE v.status != 'ready'").fetchone()[0]
+    assert orphans == 0
+    assert SqliteCatalog(path).versions("web")  # still opens and reads
+
+
+def test_layers_round_trip(tmp_path):
+    cat = SqliteCatalog(tmp_path / "c.db")
+    assert cat.layer("sha256:k") is None
+    cat.put_layer("sha256:k", image="web", role="base", ref="r:1", image_id="sha256:i", parent="sha256:p")
+    assert cat.layer("sha256:k")["ref"] == "r:1"
+    cat.forget_layer("sha256:k")
+    assert cat.layer("sha256:k") is None
+
+
+def test_unreadable_catalog_is_a_clear_error(tmp_path):
+    from bakery.errors import ConfigError
+
+    (tmp_path / "c.db").write_bytes(b"this is not sqlite at all" * 100)
+    with pytest.raises(ConfigError, match="catalog unreadable"):
+        SqliteCatalog(tmp_path / "c.db")
+
+
+OPENER = """
+import sys, os, time
+from pathlib import Path
+from bakery.catalog import SqliteCatalog
+start = float(sys.argv[2])
+while time.time() < start:  # all processes open the new file at the same instant
+    pass
+print(SqliteCatalog(Path(sys.argv[1])).reserve_version("web", "r", os.getpid()))
+"""
+
+
+def test_many_processes_opening_a_new_catalog_at_once(tmp_path):
+    path = tmp_path / "new.db"
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    start = str(time.time() + 1.5)
+    procs = [subprocess.Popen([sys.executable, "-c", OPENER, str(path), start], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env={**os.environ, "PYTHONPATH": repo}) for _ in range(16)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err for _, err in outs]
+    assert len({out.strip() for out, _ in outs}) == 16
