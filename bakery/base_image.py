@@ -73,6 +73,7 @@ def build_base(release: str, work_dir: Path, rebuild: bool = False) -> BaseImage
     if not rebuild:
         existing = find_base(release)
         if existing:
+            tag_alias(existing)
             return existing
     if shutil.which("mmdebstrap") is None:
         raise ConfigError("mmdebstrap is not installed; run: make setup")
@@ -97,7 +98,19 @@ def build_base(release: str, work_dir: Path, rebuild: bool = False) -> BaseImage
     digest = podman.image_id(ref)
     if digest is None:
         raise OperationError(f"podman import did not produce {ref}")
-    return BaseImage(ref=ref, digest=digest, release=release, created=stamp)
+    base = BaseImage(ref=ref, digest=digest, release=release, created=stamp)
+    tag_alias(base)
+    return base
+
+
+def alias_ref(release: str) -> str:
+    """A stable name for the newest base of a release, for tools that need one (Molecule platforms)."""
+    return f"{BASE_REPO}:{release}"
+
+
+def tag_alias(base: BaseImage) -> None:
+    if base.release and podman.image_id(alias_ref(base.release)) != base.digest:
+        podman.run("tag", base.ref, alias_ref(base.release))
 
 
 def host_sources(release: str) -> list[str]:

@@ -86,6 +86,40 @@ def base(obj: Context, release: str, rebuild: bool, as_json: bool) -> None:
         click.echo(f"{'reused' if image.reused else 'built'} {image.ref} ({image.digest})")
 
 
+@cli.command("build-app")
+@click.option("--source", default="app", show_default=True, metavar="DIR", help="Application source directory (relative to the project).")
+@click.option("--name", default="webapp", show_default=True, help="Artifact name in the store.")
+@click.option("--json", "as_json", is_flag=True, help="Print the artifact as JSON.")
+@pass_ctx
+def build_app(obj: Context, source: str, name: str, as_json: bool) -> None:
+    """Build the application artifact: a deterministic, content-addressed tarball in .bakery/artifacts/.
+
+    Example: ./bake.py build-app
+    """
+    from bakery.artifacts import LocalArtifactStore
+    from bakery.artifacts import build_app as build
+
+    artifact = build(obj.project.root / source, LocalArtifactStore(obj.project.state_dir / "artifacts"), name)
+    if as_json:
+        emit_json(artifact.to_dict())
+    else:
+        click.echo(f"artifact {artifact.name} {artifact.version} sha256:{artifact.sha256.removeprefix('sha256:')} ({artifact.path})")
+
+
+@cli.command("new-role")
+@click.argument("name")
+@pass_ctx
+def new_role(obj: Context, name: str) -> None:
+    """Create roles/NAME in this project's style, with a Molecule scenario that passes as made.
+
+    Example: ./bake.py new-role demo && cd roles/demo && molecule test
+    """
+    from bakery.scaffold import new_role as scaffold
+
+    created = scaffold(obj.project.roles_dir, name)
+    click.echo(f"created roles/{name} ({len(created)} files); test it with: cd roles/{name} && molecule test")
+
+
 @cli.command()
 @click.argument("image")
 @click.option("--target", type=click.Choice(["local"]), default="local", show_default=True, help="Where the image is baked.")

@@ -22,7 +22,7 @@ ROLE_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
 # Play keys that would run work outside a role: bakery caches one layer per role,
 # so such work would either be repeated in every layer or silently skipped.
 TASK_KEYS = ("pre_tasks", "tasks", "post_tasks", "handlers", "import_playbook")
-IMAGE_SETTING_KEYS = {"base", "description"}
+IMAGE_SETTING_KEYS = {"base", "description", "artifacts"}
 PROJECT_KEYS = {"images", "default_base"}
 DEFAULT_BASE = "bookworm"
 
@@ -72,6 +72,8 @@ class ImageDefinition:
     playbook: Path
     base: str
     layers: list[Layer] = field(default_factory=list)
+    # role name -> artifact name: the role gets <role>_artifact_path/_sha256/_version at bake time
+    artifacts: dict[str, str] = field(default_factory=dict)
 
 
 class Project:
@@ -130,6 +132,9 @@ class Project:
                 )
             if "base" in settings and not isinstance(settings["base"], str):
                 raise ConfigError(f"{path}: images.{name}.base must be a string (a release name or an image reference)")
+            artifacts = settings.get("artifacts") or {}
+            if not isinstance(artifacts, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in artifacts.items()):
+                raise ConfigError(f"{path}: images.{name}.artifacts must map a role name to an artifact name, e.g. {{webapp: webapp}}")
         data["images"] = images
         return data
 
@@ -150,8 +155,12 @@ class Project:
             raise ConfigError(f"unknown image '{name}': {playbook} does not exist (known images: {known})")
         settings = self.settings["images"].get(name) or {}
         base = settings.get("base") or self.settings.get("default_base") or DEFAULT_BASE
-        definition = ImageDefinition(name=name, playbook=playbook, base=base)
+        definition = ImageDefinition(name=name, playbook=playbook, base=base, artifacts=dict(settings.get("artifacts") or {}))
         definition.layers = self._layers(playbook)
+        roles = {layer.role.name for layer in definition.layers}
+        for role in definition.artifacts:
+            if role not in roles:
+                raise ConfigError(f"{PROJECT_FILE}: images.{name}.artifacts names role '{role}', which {self._rel(playbook)} does not bake")
         return definition
 
     def _layers(self, playbook: Path) -> list[Layer]:

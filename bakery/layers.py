@@ -66,8 +66,15 @@ def bake_vars_digest(playbook_dir: Path) -> str:
     return sha256_json(parts)
 
 
-def plan_layers(definition: ImageDefinition, base_digest: str, extra_vars: dict[str, Any]) -> list[PlannedLayer]:
-    """Compute every layer's key in order; each key chains on its parent's."""
+def plan_layers(definition: ImageDefinition, base_digest: str, extra_vars: dict[str, Any],
+                role_inputs: dict[str, Any] | None = None) -> list[PlannedLayer]:
+    """Compute every layer's key in order; each key chains on its parent's.
+
+    `role_inputs` are inputs of one role only (e.g. the digest of the artifact it
+    installs): they enter that role's key, so they invalidate it and the layers
+    after it, never the layers before.
+    """
+    role_inputs = role_inputs or {}
     playbook_dir = definition.playbook.parent
     shared = {"bake_vars": bake_vars_digest(playbook_dir), "extra_vars": extra_vars}
     parent = base_digest
@@ -82,6 +89,7 @@ def plan_layers(definition: ImageDefinition, base_digest: str, extra_vars: dict[
             "entry": layer.role.entry,
             "play": layer.play_header,
             "vars_files": vars_files_digest(layer.play_header, playbook_dir),
+            "role_inputs": role_inputs.get(layer.role.name),
             **shared,
         })
         planned.append(PlannedLayer(layer, key, digest))

@@ -12,7 +12,7 @@ import os
 import re
 import subprocess
 import unicodedata
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -125,6 +125,7 @@ class Provenance:
     input_digest: str
     bakery_version: str
     roles: dict[str, str]  # role name -> role digest, in bake order
+    artifacts: dict[str, str] = field(default_factory=dict)  # artifact name -> version baked in
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -146,6 +147,7 @@ class Provenance:
             "io.bakery.input-digest": self.input_digest,
             "io.bakery.tool-version": self.bakery_version,
             "io.bakery.roles": " ".join(f"{k}={v}" for k, v in self.roles.items()),
+            "io.bakery.artifacts": " ".join(f"{k}={v}" for k, v in self.artifacts.items()),
         }
 
     def release_file(self) -> str:
@@ -163,6 +165,7 @@ class Provenance:
             "INPUT_DIGEST": self.input_digest,
             "BAKERY_VERSION": self.bakery_version,
             "ROLES": " ".join(f"{k}={v}" for k, v in self.roles.items()),
+            "ARTIFACTS": " ".join(f"{k}={v}" for k, v in self.artifacts.items()),
         }
         return "".join(f'{key}="{sanitize_tag_value(str(value), 4096)}"\n' for key, value in fields.items())
 

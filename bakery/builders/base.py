@@ -8,6 +8,7 @@ from typing import Any
 
 from bakery.catalog import Catalog
 from bakery.config import ImageDefinition, Project
+from bakery.errors import ConfigError
 from bakery.progress import Progress
 from bakery.runs import Run
 
@@ -58,6 +59,27 @@ class Builder(ABC):
         self.project = project
         self.catalog = catalog
         self.progress = progress
+
+    def artifact_inputs(self, definition: ImageDefinition) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+        """For each role that installs a built artifact: its key inputs (name, digest) and the variables it gets."""
+        from bakery.artifacts import LocalArtifactStore, verify
+
+        inputs: dict[str, Any] = {}
+        role_vars: dict[str, dict[str, Any]] = {}
+        if not definition.artifacts:
+            return inputs, role_vars
+        store = LocalArtifactStore(self.project.state_dir / "artifacts")
+        for role, name in definition.artifacts.items():
+            artifact = store.latest(name)
+            if artifact is None:
+                raise ConfigError(
+                    f"image '{definition.name}' bakes artifact '{name}' into role '{role}', but none is built; run: ./bake.py build-app")
+            verify(artifact)
+            sha = artifact.sha256.removeprefix("sha256:")
+            inputs[role] = {"artifact": name, "sha256": sha, "version": artifact.version}
+            role_vars[role] = {f"{role}_artifact_path": str(artifact.path), f"{role}_artifact_sha256": sha,
+                               f"{role}_artifact_version": artifact.version}
+        return inputs, role_vars
 
     @abstractmethod
     def build(self, definition: ImageDefinition, options: BuildOptions, run: Run) -> BuildResult:

@@ -54,7 +54,8 @@ class PodmanBuilder(Builder):
         base = resolve_base(definition.base)
         self.catalog.record_base(base.ref, base.release or "", base.digest)
         extra_vars = {"bakery_image": definition.name, "bakery_target": self.target, **options.extra_vars}
-        planned = plan_layers(definition, base.digest, extra_vars)
+        role_inputs, role_vars = self.artifact_inputs(definition)
+        planned = plan_layers(definition, base.digest, extra_vars, role_inputs)
         digest = input_digest(planned, base.digest)
         log.info("image %s: base %s (%s), input digest %s", definition.name, base.ref, base.digest, digest)
 
@@ -65,7 +66,10 @@ class PodmanBuilder(Builder):
                 return self._reused_result(existing, planned, run, started)
 
         with cancellable() as cancel:
-            return _Bake(self, definition, options, run, cancel, base.ref, base.digest, planned, digest, extra_vars, started).go()
+            bake = _Bake(self, definition, options, run, cancel, base.ref, base.digest, planned, digest, extra_vars, started)
+            bake.role_vars = role_vars
+            bake.artifacts = {v["artifact"]: v["version"] for v in role_inputs.values()}
+            return bake.go()
 
     def _existing_version(self, image: str, digest: str) -> dict[str, Any] | None:
         for row in self.catalog.find_by_input(image, digest):
@@ -114,6 +118,8 @@ class _Bake:
         self.version: str | None = None
         self.generated: list[Path] = []
         self.layer_results: list[LayerResult] = []
+        self.role_vars: dict[str, dict[str, Any]] = {}
+        self.artifacts: dict[str, str] = {}
 
     def go(self) -> BuildResult:
         succeeded = False
@@ -206,7 +212,7 @@ class _Bake:
                 private_data_dir=self.run.path / "ansible",
                 ident=f"{p.layer.position + 1:02d}-{p.role}",
                 envvars=ansible_env(self.b.project.root),
-                extravars=self.extra_vars,
+                extravars={**self.extra_vars, **self.role_vars.get(p.role, {})},
                 progress=self.b.progress,
                 step=step,
                 cancelled=self.cancel,
@@ -247,6 +253,7 @@ class _Bake:
             git_branch=git.branch, git_dirty=git.dirty, build_time=utc_now(), base_image=self.base_ref,
             base_digest=self.base_digest, input_digest=self.digest, bakery_version=__version__,
             roles={p.role: p.role_digest for p in self.planned},
+            artifacts=self.artifacts,
         )
 
     def _finalize(self, last_ref: str, provenance: Provenance) -> tuple[str, str]:

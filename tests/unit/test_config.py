@@ -103,3 +103,14 @@ def test_extra_vars_parse_yaml_scalars():
     assert parse_extra_vars(("a=1", "b=text", "c=true", "d=")) == {"a": 1, "b": "text", "c": True, "d": ""}
     with pytest.raises(ConfigError, match="expected KEY=VALUE"):
         parse_extra_vars(("novalue",))
+
+
+def test_artifacts_must_name_a_role_the_image_bakes(proj):
+    (proj / "bakery.yml").write_text("images:\n  sample:\n    artifacts: {second: webapp}\n")
+    assert Project(proj).image("sample").artifacts == {"second": "webapp"}
+    (proj / "bakery.yml").write_text("images:\n  sample:\n    artifacts: {nosuch: webapp}\n")
+    with pytest.raises(ConfigError, match="artifacts names role 'nosuch'"):
+        Project(proj).image("sample")
+    (proj / "bakery.yml").write_text("images:\n  sample:\n    artifacts: [webapp]\n")
+    with pytest.raises(ConfigError, match="must map a role name to an artifact name"):
+        Project(proj)

@@ -93,3 +93,12 @@ def test_molecule_changes_do_not_rebake(proj):
 def test_input_digest_is_the_last_key(proj):
     planned = plan_layers(Project(proj).image("sample"), BASE, {})
     assert input_digest(planned, BASE) == planned[-1].key
+
+
+def test_role_inputs_invalidate_only_that_role_and_later(proj):
+    definition = Project(proj).image("sample")
+    before = [p.key for p in plan_layers(definition, BASE, {}, {"second": {"sha256": "a" * 64}})]
+    after = [p.key for p in plan_layers(definition, BASE, {}, {"second": {"sha256": "b" * 64}})]
+    assert before[0] == after[0] and before[1] != after[1]
+    first_changed = [p.key for p in plan_layers(definition, BASE, {}, {"first": {"sha256": "b" * 64}, "second": {"sha256": "a" * 64}})]
+    assert first_changed[0] != before[0] and first_changed[1] != before[1]
