@@ -5,20 +5,23 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST := $(VENV)/bin/pytest
 
-.PHONY: setup demo test lint unit integration clean
+.PHONY: setup demo test lint unit integration molecule clean
+
+ROLES := $(sort $(notdir $(wildcard roles/*)))
 
 setup:
 	@scripts/setup.sh
 
 demo: setup
 	./bake.py base
+	./bake.py build-app
 	./bake.py build webapp
 	./bake.py show webapp
 
 lint: setup
-	$(VENV)/bin/ruff check bakery tests bake.py
+	$(VENV)/bin/ruff check bakery tests bake.py app
 	$(VENV)/bin/yamllint -s roles playbooks
-	cd $(CURDIR) && PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/ansible-lint --profile production playbooks roles
+	cd $(CURDIR) && NO_COLOR=1 PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/ansible-lint --nocolor --profile production playbooks roles
 
 unit: setup
 	$(PYTEST) -m unit
@@ -26,8 +29,17 @@ unit: setup
 integration: setup
 	$(PYTEST) -m integration
 
+# Every role's Molecule scenario: converge, idempotence, verify (testinfra), on the local base image.
+molecule: setup
+	./bake.py base
+	@set -e; for role in $(ROLES); do \
+	  echo "molecule: $$role"; \
+	  (cd roles/$$role && PATH=$(CURDIR)/$(VENV)/bin:$$PATH NO_COLOR=1 molecule test); \
+	done
+
 test: setup lint
 	$(PYTEST)
+	$(MAKE) --no-print-directory molecule
 
 clean:
 	rm -rf .bakery/runs .pytest_cache .ruff_cache

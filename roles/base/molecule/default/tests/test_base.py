@@ -1,0 +1,57 @@
+"""Checks of the base role; Molecule runs them, and so does bake.py verify on every image with this role."""
+
+
+def test_base_packages_are_installed(host):
+    for name in ("ca-certificates", "tzdata", "locales", "procps"):
+        assert host.package(name).is_installed
+
+
+def test_timezone_is_utc(host):
+    assert host.file("/etc/localtime").linked_to == "/usr/share/zoneinfo/Etc/UTC"
+    assert host.file("/etc/timezone").content_string.strip() == "Etc/UTC"
+
+
+def test_locale_is_generated_and_default(host):
+    assert "LANG=en_US.UTF-8" in host.file("/etc/default/locale").content_string
+    assert "en_US.utf8" in host.run("locale -a").stdout
+
+
+def test_journal_is_persistent_and_capped(host):
+    conf = host.file("/etc/systemd/journald.conf.d/50-bakery.conf")
+    assert conf.contains("^Storage=persistent$")
+    assert conf.contains("^SystemMaxUse=200M$")
+    assert host.file("/var/log/journal").is_directory
+    assert host.service("systemd-journald").is_running
+
+
+def test_apt_lists_are_removed(host):
+    lists = host.run("find /var/lib/apt/lists -type f ! -name lock")
+    assert lists.stdout.strip() == ""
+
+
+def test_runtime_config_unit_is_enabled_and_ran_at_boot(host):
+    unit = host.service("bakery-runtime-config")
+    assert unit.is_enabled
+    assert host.file("/run/bakery/runtime.env").exists
+    assert host.file("/run/bakery/runtime.env").mode == 0o600
+
+
+def test_runtime_config_is_applied_from_the_launch_file(host):
+    launch = "/etc/bakery/launch/runtime.env"
+    try:
+        host.run(f"printf '# qa settings\\nENVIRONMENT=qa\\nLOG_LEVEL=debug\\n' > {launch}")
+        assert host.run("systemctl restart bakery-runtime-config").rc == 0
+        content = host.file("/run/bakery/runtime.env").content_string
+        assert 'ENVIRONMENT="qa"' in content and 'LOG_LEVEL="debug"' in content
+        host.run(f"printf 'not a key value line\\n' > {launch}")
+        assert host.run("systemctl restart bakery-runtime-config").rc != 0
+        journal = host.run("journalctl -u bakery-runtime-config -n 20 --no-pager").stdout
+        assert f"{launch}:1: expected KEY=VALUE" in journal
+    finally:
+        host.run(f"rm -f {launch}")
+        host.run("systemctl restart bakery-runtime-config")
+    assert host.service("bakery-runtime-config").is_running or host.run("systemctl is-active bakery-runtime-config").stdout.strip() == "active"
+
+
+def test_system_boots_to_running(host):
+    assert host.run("systemctl is-system-running --wait").stdout.strip() == "running"

@@ -1,0 +1,80 @@
+"""Checks of the webapp role: Molecule runs them, and bake.py verify runs them on every image with this role."""
+
+import json
+
+FETCH = (
+    "import json, sys, urllib.request, urllib.error\n"
+    "req = urllib.request.Request(sys.argv[1], data=(sys.argv[3].encode() if len(sys.argv) > 3 else None), method=sys.argv[2])\n"
+    "try:\n"
+    "    r = urllib.request.urlopen(req, timeout=5)\n"
+    "    print(json.dumps({'status': r.status, 'body': r.read().decode()}))\n"
+    "except urllib.error.HTTPError as e:\n"
+    "    print(json.dumps({'status': e.code, 'body': e.read().decode()}))\n"
+)
+
+
+def http(host, path, method="GET", body=None):
+    args = [FETCH, f"http://127.0.0.1:8080{path}", method] + ([body] if body is not None else [])
+    out = host.run("python3 -c " + " ".join(_quote(a) for a in args))
+    assert out.rc == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def _quote(text):
+    return "'" + text.replace("'", "'\"'\"'") + "'"
+
+
+def test_service_user_cannot_log_in(host):
+    user = host.user("webapp")
+    assert user.exists and user.shell == "/usr/sbin/nologin"
+    assert user.password in ("!", "*", "!*")
+
+
+def test_service_is_enabled_running_and_listening(host):
+    service = host.service("webapp")
+    assert service.is_enabled and service.is_running
+    assert host.socket("tcp://0.0.0.0:8080").is_listening
+
+
+def test_service_is_sandboxed(host):
+    props = host.run("systemctl show webapp -p ProtectSystem -p NoNewPrivileges -p PrivateTmp -p ReadWritePaths -p Restart -p User -p Type").stdout
+    for expected in ("ProtectSystem=strict", "NoNewPrivileges=yes", "PrivateTmp=yes", "ReadWritePaths=/var/lib/webapp",
+                     "Restart=on-failure", "User=webapp", "Type=notify"):
+        assert expected in props
+
+
+def test_artifact_is_installed_with_its_checksum(host):
+    current = host.file("/opt/webapp/current")
+    assert current.is_symlink
+    sha = current.linked_to.rsplit("/", 1)[-1]
+    archive = host.file(f"/opt/webapp/artifacts/{sha}.tar.gz")
+    assert archive.exists and archive.sha256sum == sha
+    assert host.file("/opt/webapp/current/webapp/__init__.py").exists
+
+
+def test_health_and_data_round_trip(host):
+    assert http(host, "/health")["status"] == 200
+    assert http(host, "/items/molecule-check", "PUT", "kept")["status"] == 201
+    assert http(host, "/items/molecule-check")["body"] == "kept"
+    assert host.file("/var/lib/webapp").user == "webapp"
+    assert http(host, "/items/molecule-check", "DELETE")["status"] in (200, 204)
+
+
+def test_runtime_config_is_read_at_start_not_baked(host):
+    try:
+        host.run("mkdir -p /run/bakery && printf 'ENVIRONMENT=\"qa\"\\n' > /run/bakery/runtime.env")
+        assert host.run("systemctl restart webapp").rc == 0
+        assert json.loads(http(host, "/version")["body"])["environment"] == "qa"
+    finally:
+        host.run("rm -f /run/bakery/runtime.env")
+        host.run("systemctl restart webapp")
+    assert "qa" not in host.file("/etc/systemd/system/webapp.service").content_string
+
+
+def test_service_restarts_on_failure(host):
+    before = int(host.run("systemctl show webapp -p NRestarts --value").stdout.strip())
+    host.run("systemctl kill -s KILL webapp")
+    host.run("sleep 4")
+    after = int(host.run("systemctl show webapp -p NRestarts --value").stdout.strip())
+    assert after == before + 1
+    assert host.service("webapp").is_running
