@@ -15,7 +15,7 @@ import json
 import sqlite3
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -61,6 +61,39 @@ CREATE TABLE IF NOT EXISTS layers (
     parent TEXT NOT NULL,
     created TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS verifications (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    image TEXT NOT NULL,
+    version TEXT NOT NULL,
+    env TEXT,
+    started TEXT NOT NULL,
+    seconds REAL NOT NULL,
+    passed INTEGER NOT NULL,
+    run_id TEXT NOT NULL,
+    summary TEXT NOT NULL,
+    reports TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS verifications_by_version ON verifications (image, version);
+CREATE TABLE IF NOT EXISTS releases (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    env TEXT NOT NULL,
+    image TEXT NOT NULL,
+    version TEXT NOT NULL,
+    previous_version TEXT,
+    kind TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('in_progress', 'succeeded', 'failed', 'rolled_back', 'abandoned')),
+    started TEXT NOT NULL,
+    finished TEXT,
+    seconds REAL,
+    user TEXT NOT NULL,
+    forced INTEGER NOT NULL DEFAULT 0,
+    run_id TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    config_digest TEXT,
+    reason TEXT,
+    details TEXT
+);
+CREATE INDEX IF NOT EXISTS releases_by_env ON releases (env, id);
 CREATE TABLE IF NOT EXISTS bases (
     ref TEXT PRIMARY KEY,
     release TEXT NOT NULL,
@@ -78,8 +111,8 @@ class Catalog(ABC):
     """What every target's catalog records: versions, their layers, cached layers, bases."""
 
     @abstractmethod
-    def reserve_version(self, image: str, run_id: str, pid: int) -> str:
-        """Allocate a unique, sortable version and record it as pending."""
+    def reserve_version(self, image: str, run_id: str, pid: int, taken: Callable[[str], bool] | None = None) -> str:
+        """Allocate a unique, sortable version and record it as pending; skip versions `taken` says exist elsewhere."""
 
     @abstractmethod
     def complete_version(self, image: str, version: str, *, image_ref: str, image_id: str, input_digest: str,
@@ -113,6 +146,28 @@ class Catalog(ABC):
 
     @abstractmethod
     def record_base(self, ref: str, release: str, digest: str) -> None: ...
+
+    @abstractmethod
+    def record_verification(self, image: str, version: str, *, env: str | None, started: str, seconds: float, passed: bool,
+                            run_id: str, summary: str, reports: dict[str, Any]) -> int:
+        """Record one verification of one version (re-verification adds a row)."""
+
+    @abstractmethod
+    def verifications(self, image: str, version: str) -> list[dict[str, Any]]:
+        """Every verification of a version, newest first."""
+
+    @abstractmethod
+    def start_release(self, env: str, image: str, version: str, *, previous_version: str | None, kind: str, user: str,
+                      forced: bool, run_id: str, pid: int, config_digest: str | None, details: dict[str, Any] | None = None) -> int:
+        """Record that a rollout of env to image:version began."""
+
+    @abstractmethod
+    def finish_release(self, release_id: int, status: str, *, reason: str | None = None, details: dict[str, Any] | None = None) -> None:
+        """Close a release with its outcome."""
+
+    @abstractmethod
+    def releases(self, env: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
+        """Release history, newest first."""
 
 
 class SqliteCatalog(Catalog):
@@ -163,7 +218,7 @@ class SqliteCatalog(Catalog):
             raise
         self._db.execute("COMMIT")
 
-    def reserve_version(self, image: str, run_id: str, pid: int) -> str:
+    def reserve_version(self, image: str, run_id: str, pid: int, taken: Callable[[str], bool] | None = None) -> str:
         day = datetime.now(UTC).strftime("%Y%m%d")
         with self._tx() as db:
             seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM versions WHERE image = ?", (image,)).fetchone()[0]
@@ -171,7 +226,10 @@ class SqliteCatalog(Catalog):
                 "SELECT COUNT(*) FROM versions WHERE image = ? AND version LIKE ?", (image, f"{day}.%")
             ).fetchone()[0]
             number = count + 1
-            while db.execute("SELECT 1 FROM versions WHERE image = ? AND version = ?", (image, _version(day, number))).fetchone():
+            # Image names are global to the host while a catalog belongs to one checkout: another checkout of the
+            # same project may already own a version's tag, so `taken` checks the container storage too.
+            while (db.execute("SELECT 1 FROM versions WHERE image = ? AND version = ?", (image, _version(day, number))).fetchone()
+                   or (taken is not None and taken(_version(day, number)))):
                 number += 1
             version = _version(day, number)
             db.execute(
@@ -254,6 +312,60 @@ class SqliteCatalog(Catalog):
         with self._tx() as db:
             db.execute("INSERT OR REPLACE INTO bases (ref, release, digest, created) VALUES (?, ?, ?, ?)",
                        (ref, release, digest, _now()))
+
+    def record_verification(self, image, version, *, env, started, seconds, passed, run_id, summary, reports):
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT INTO verifications (image, version, env, started, seconds, passed, run_id, summary, reports)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (image, version, env, started, seconds, int(passed), run_id, summary, json.dumps(reports)))
+            return cur.lastrowid
+
+    def verifications(self, image, version):
+        rows = self._db.execute("SELECT * FROM verifications WHERE image = ? AND version = ? ORDER BY id DESC", (image, version))
+        result = [_loads(r, "reports") for r in rows]
+        for r in result:
+            r["passed"] = bool(r["passed"])
+        return result
+
+    def start_release(self, env, image, version, *, previous_version, kind, user, forced, run_id, pid, config_digest, details=None):
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT INTO releases (env, image, version, previous_version, kind, status, started, user, forced, run_id, pid,"
+                " config_digest, details) VALUES (?, ?, ?, ?, ?, 'in_progress', ?, ?, ?, ?, ?, ?, ?)",
+                (env, image, version, previous_version, kind, _now(), user, int(forced), run_id, pid, config_digest,
+                 json.dumps(details or {})))
+            return cur.lastrowid
+
+    def finish_release(self, release_id, status, *, reason=None, details=None):
+        with self._tx() as db:
+            row = db.execute("SELECT started, details FROM releases WHERE id = ?", (release_id,)).fetchone()
+            if row is None:
+                return
+            started = datetime.strptime(row["started"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+            merged = {**(json.loads(row["details"]) if row["details"] else {}), **(details or {})}
+            db.execute("UPDATE releases SET status = ?, finished = ?, seconds = ?, reason = ?, details = ? WHERE id = ?",
+                       (status, _now(), round((datetime.now(UTC) - started).total_seconds(), 1), reason,
+                        json.dumps(merged), release_id))
+
+    def releases(self, env=None, limit=20):
+        if env:
+            rows = self._db.execute("SELECT * FROM releases WHERE env = ? ORDER BY id DESC LIMIT ?", (env, limit))
+        else:
+            rows = self._db.execute("SELECT * FROM releases ORDER BY id DESC LIMIT ?", (limit,))
+        result = [_loads(r, "details") for r in rows]
+        for r in result:
+            r["forced"] = bool(r["forced"])
+        return result
+
+
+def _loads(row: sqlite3.Row | None, *fields: str) -> dict[str, Any] | None:
+    if row is None:
+        return None
+    result = dict(row)
+    for name in fields:
+        result[name] = json.loads(result[name]) if result.get(name) else None
+    return result
 
 
 def _version(day: str, number: int) -> str:

@@ -145,7 +145,8 @@ class _Bake:
                 parent_ref = self._bake_layer(p)
             podman.remove_container(self.container)
         self.cancel.check()
-        self.version = self.b.catalog.reserve_version(self.definition.name, self.run.id, os.getpid())
+        self.version = self.b.catalog.reserve_version(
+            self.definition.name, self.run.id, os.getpid(), taken=lambda v: podman.image_exists(podman.image_ref(self.definition.name, v)))
         provenance = self._provenance()
         ref, image_id = self._finalize(parent_ref, provenance)
         self.cancel.check()
@@ -275,7 +276,12 @@ class _Bake:
             # instances of this image are never mistaken for a dead bake's leftovers.
             changes += ["--change", f"LABEL {leftovers.BUILD_LABEL}=", "--change", f"LABEL {leftovers.PID_LABEL}=",
                         "--change", f"LABEL io.bakery.run={self.run.id}"]
-            podman.run("commit", "-q", *changes, final, ref, timeout=900)
+            image_id = podman.run("commit", "-q", *changes, final, timeout=900).stdout.strip()
+            # Tag only now, and never over another checkout's image of the same name.
+            if podman.image_exists(ref):
+                podman.remove_image(image_id)
+                raise OperationError(f"{ref} was taken by another bake on this host while this one ran; bake again")
+            podman.run("tag", image_id, ref)
         finally:
             podman.remove_container(final)
         image_id = podman.image_id(ref)

@@ -130,3 +130,36 @@ def test_many_processes_opening_a_new_catalog_at_once(tmp_path):
     outs = [p.communicate(timeout=120) for p in procs]
     assert all(p.returncode == 0 for p in procs), [err for _, err in outs]
     assert len({out.strip() for out, _ in outs}) == 16
+
+
+def test_verifications_are_all_kept_newest_first(tmp_path):
+    cat = SqliteCatalog(tmp_path / "c.db")
+    first = cat.record_verification("web", "v1", env=None, started="t1", seconds=1.5, passed=False, run_id="r1",
+                                    summary="secret found", reports={"junit": "a.xml"})
+    second = cat.record_verification("web", "v1", env="qa", started="t2", seconds=2.0, passed=True, run_id="r2",
+                                     summary="ok", reports={"junit": "b.xml"})
+    rows = cat.verifications("web", "v1")
+    assert [r["id"] for r in rows] == [second, first]
+    assert rows[0]["passed"] is True and rows[1]["passed"] is False and rows[0]["reports"] == {"junit": "b.xml"}
+    assert cat.verifications("web", "v2") == []
+
+
+def test_release_history(tmp_path):
+    cat = SqliteCatalog(tmp_path / "c.db")
+    rid = cat.start_release("qa", "web", "v2", previous_version="v1", kind="deploy", user="ops", forced=True, run_id="r",
+                            pid=os.getpid(), config_digest="sha256:c", details={"instances": 4})
+    assert cat.releases("qa")[0]["status"] == "in_progress"
+    cat.finish_release(rid, "rolled_back", reason="health check failed", details={"replaced": 1})
+    row = cat.releases("qa")[0]
+    assert row["status"] == "rolled_back" and row["forced"] is True and row["reason"] == "health check failed"
+    assert row["details"] == {"instances": 4, "replaced": 1} and row["seconds"] is not None
+    assert cat.releases("prod") == []
+
+
+def test_reservation_skips_versions_taken_outside_this_catalog(tmp_path):
+    cat = SqliteCatalog(tmp_path / "c.db")
+    elsewhere = set()
+    first = cat.reserve_version("web", "r", os.getpid(), taken=elsewhere.__contains__)
+    elsewhere.add(first.replace(".001", ".002"))
+    second = cat.reserve_version("web", "r", os.getpid(), taken=elsewhere.__contains__)
+    assert first.endswith(".001") and second.endswith(".003")
