@@ -1,0 +1,266 @@
+"""Environments: inventories/<env>/group_vars/all/{deploy,runtime}.yml, loaded and validated.
+
+`deploy.yml` holds `bakery_deploy` (where and how an image is rolled out: target,
+instance count, health check, load balancer port, refresh preferences with the
+semantics of EC2 Auto Scaling instance refresh, the verification gate, the
+environment promoted from). `runtime.yml` holds `bakery_runtime`: the runtime
+config delivered at launch (the UserData equivalent), never baked.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bakery.config import NAME_RE, Project, load_yaml
+from bakery.errors import ConfigError
+from bakery.provenance import sha256_json
+
+RUNTIME_KEY_RE = re.compile(r"^[A-Z][A-Z0-9_]*$")
+# Secrets are given by reference (an SSM parameter, a file path), never by value.
+SECRET_NAME_RE = re.compile(r"(PASSWORD|SECRET|TOKEN|PRIVATE_KEY|API_KEY)$")
+SECRET_REF_RE = re.compile(r"^(ssm:|arn:aws:|file:|secretsmanager:)")
+TARGETS = ("local", "aws")
+
+
+@dataclass
+class HealthCheck:
+    path: str = "/health"
+    port: int = 8080
+    interval_ms: int = 500
+    rise: int = 2
+    fall: int = 2
+    timeout_ms: int = 2000
+
+
+@dataclass
+class RefreshPreferences:
+    """The EC2 Auto Scaling instance refresh preferences, one to one."""
+
+    min_healthy_percentage: int = 90
+    max_healthy_percentage: int = 100
+    instance_warmup: int = 5
+    checkpoint_percentages: list[int] = field(default_factory=list)
+    checkpoint_delay: int = 0
+    skip_matching: bool = True
+    auto_rollback: bool = True
+    bake_time: int = 0
+    health_check_grace: int = 60  # seconds a new instance may take to pass its health check
+
+
+@dataclass
+class DataVolume:
+    name: str
+    path: str
+
+
+@dataclass
+class Environment:
+    name: str
+    image: str
+    target: str = "local"
+    instances: int = 2
+    lb_port: int = 0
+    require_verified: bool = True
+    promote_from: str | None = None
+    health_check: HealthCheck = field(default_factory=HealthCheck)
+    refresh: RefreshPreferences = field(default_factory=RefreshPreferences)
+    data_volume: DataVolume | None = None
+    runtime: dict[str, str] = field(default_factory=dict)
+    aws: dict[str, Any] = field(default_factory=dict)
+    path: Path = Path()
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["path"] = str(self.path)
+        return data
+
+    def runtime_env_text(self) -> str:
+        """The runtime config as the env file delivered at launch (KEY="value" lines)."""
+        return "".join(f'{key}="{value}"\n' for key, value in sorted(self.runtime.items()))
+
+    def config_digest(self) -> str:
+        return sha256_json(self.runtime)
+
+
+DEPLOY_KEYS = {"target", "image", "instances", "lb_port", "require_verified", "promote_from", "health_check", "refresh",
+               "data_volume", "aws"}
+
+
+def environment_names(project: Project) -> list[str]:
+    base = project.root / "inventories"
+    return sorted(p.name for p in base.iterdir() if p.is_dir() and (p / "group_vars" / "all" / "deploy.yml").is_file()) if base.is_dir() else []
+
+
+def load_environment(project: Project, name: str, check_promotion: bool = True) -> Environment:
+    """Load and validate one environment; every problem is one line naming file, field and value."""
+    if not NAME_RE.match(name):
+        raise ConfigError(f"environment name '{name}' is invalid (lower-case letters, digits, '-', '_')")
+    folder = project.root / "inventories" / name
+    deploy_file = folder / "group_vars" / "all" / "deploy.yml"
+    if not deploy_file.is_file():
+        known = ", ".join(environment_names(project)) or "none"
+        raise ConfigError(f"unknown environment '{name}': {deploy_file} does not exist (known environments: {known})")
+    deploy = _mapping(load_yaml(deploy_file), deploy_file, "the file")
+    settings = _mapping(deploy.get("bakery_deploy"), deploy_file, "bakery_deploy")
+    rel = _rel(project, deploy_file)
+    _unknown(settings, DEPLOY_KEYS, rel, "bakery_deploy")
+    env = Environment(name=name, image=_str(settings, "image", rel, required=True), path=folder)
+    env.target = _choice(settings, "target", TARGETS, rel, env.target)
+    env.instances = _int(settings, "instances", rel, env.instances, low=0, high=50)
+    env.lb_port = _int(settings, "lb_port", rel, 0, low=1024, high=65535, required=env.target == "local")
+    env.require_verified = _bool(settings, "require_verified", rel, True)
+    env.promote_from = _str(settings, "promote_from", rel) or None
+    env.aws = _mapping(settings.get("aws") or {}, deploy_file, "bakery_deploy.aws")
+
+    hc = _mapping(settings.get("health_check") or {}, deploy_file, "bakery_deploy.health_check")
+    _unknown(hc, set(HealthCheck.__dataclass_fields__), rel, "bakery_deploy.health_check")
+    env.health_check = HealthCheck(
+        path=_str(hc, "path", rel, prefix="bakery_deploy.health_check") or "/health",
+        port=_int(hc, "port", rel, 8080, low=1, high=65535, prefix="bakery_deploy.health_check"),
+        interval_ms=_int(hc, "interval_ms", rel, 500, low=100, high=60000, prefix="bakery_deploy.health_check"),
+        rise=_int(hc, "rise", rel, 2, low=1, high=20, prefix="bakery_deploy.health_check"),
+        fall=_int(hc, "fall", rel, 2, low=1, high=20, prefix="bakery_deploy.health_check"),
+        timeout_ms=_int(hc, "timeout_ms", rel, 2000, low=100, high=60000, prefix="bakery_deploy.health_check"),
+    )
+    if not env.health_check.path.startswith("/"):
+        raise ConfigError(f"{rel}: bakery_deploy.health_check.path must start with '/', got '{env.health_check.path}'")
+
+    rf = _mapping(settings.get("refresh") or {}, deploy_file, "bakery_deploy.refresh")
+    _unknown(rf, set(RefreshPreferences.__dataclass_fields__), rel, "bakery_deploy.refresh")
+    p = "bakery_deploy.refresh"
+    refresh = RefreshPreferences(
+        min_healthy_percentage=_int(rf, "min_healthy_percentage", rel, 90, low=0, high=100, prefix=p),
+        max_healthy_percentage=_int(rf, "max_healthy_percentage", rel, 100, low=100, high=200, prefix=p),
+        instance_warmup=_int(rf, "instance_warmup", rel, 5, low=0, high=3600, prefix=p),
+        checkpoint_delay=_int(rf, "checkpoint_delay", rel, 0, low=0, high=172800, prefix=p),
+        skip_matching=_bool(rf, "skip_matching", rel, True, prefix=p),
+        auto_rollback=_bool(rf, "auto_rollback", rel, True, prefix=p),
+        bake_time=_int(rf, "bake_time", rel, 0, low=0, high=86400, prefix=p),
+        health_check_grace=_int(rf, "health_check_grace", rel, 60, low=1, high=3600, prefix=p),
+    )
+    checkpoints = rf.get("checkpoint_percentages") or []
+    if not isinstance(checkpoints, list) or not all(isinstance(c, int) and not isinstance(c, bool) for c in checkpoints):
+        raise ConfigError(f"{rel}: {p}.checkpoint_percentages must be a list of integers, got {checkpoints!r}")
+    if checkpoints != sorted(set(checkpoints)) or any(not 1 <= c <= 100 for c in checkpoints) or (checkpoints and checkpoints[-1] != 100):
+        raise ConfigError(f"{rel}: {p}.checkpoint_percentages must rise strictly from 1 to 100 and end at 100, got {checkpoints}")
+    refresh.checkpoint_percentages = checkpoints
+    if refresh.max_healthy_percentage - refresh.min_healthy_percentage < 0:
+        raise ConfigError(f"{rel}: {p}: max_healthy_percentage must not be below min_healthy_percentage")
+    if refresh.min_healthy_percentage == 100 and refresh.max_healthy_percentage == 100:
+        raise ConfigError(f"{rel}: {p}: min_healthy_percentage 100 needs max_healthy_percentage above 100 to make progress")
+    env.refresh = refresh
+
+    if settings.get("data_volume") is not None:
+        dv = _mapping(settings["data_volume"], deploy_file, "bakery_deploy.data_volume")
+        _unknown(dv, {"name", "path"}, rel, "bakery_deploy.data_volume")
+        env.data_volume = DataVolume(name=_str(dv, "name", rel, required=True, prefix="bakery_deploy.data_volume"),
+                                     path=_str(dv, "path", rel, required=True, prefix="bakery_deploy.data_volume"))
+        if env.instances != 1 or refresh.min_healthy_percentage != 0:
+            raise ConfigError(f"{rel}: bakery_deploy.data_volume needs instances: 1 and refresh.min_healthy_percentage: 0 "
+                              "(one instance per volume; the volume moves only after the old instance stopped)")
+
+    env.runtime = _runtime(folder / "group_vars" / "all" / "runtime.yml", project)
+    env.runtime.setdefault("ENVIRONMENT", name)
+    if check_promotion and env.promote_from:
+        _check_promotion_chain(project, env)
+    return env
+
+
+def _runtime(path: Path, project: Project) -> dict[str, str]:
+    if not path.is_file():
+        return {}
+    data = _mapping(load_yaml(path), path, "the file")
+    rel = _rel(project, path)
+    _unknown(data, {"bakery_runtime"}, rel, "the file")
+    runtime = _mapping(data.get("bakery_runtime") or {}, path, "bakery_runtime")
+    result = {}
+    for key, value in runtime.items():
+        if not isinstance(key, str) or not RUNTIME_KEY_RE.match(key):
+            raise ConfigError(f"{rel}: bakery_runtime key '{key}' must be upper-case letters, digits and '_' (an environment variable name)")
+        if isinstance(value, (dict, list)) or value is None:
+            raise ConfigError(f"{rel}: bakery_runtime.{key} must be a string, number or boolean, got {value!r}")
+        text = str(value).lower() if isinstance(value, bool) else str(value)
+        if "\n" in text or '"' in text:
+            raise ConfigError(f"{rel}: bakery_runtime.{key} must be one line without double quotes")
+        if SECRET_NAME_RE.search(key) and not SECRET_REF_RE.match(text):
+            raise ConfigError(f"{rel}: bakery_runtime.{key} looks like a secret given by value; give a reference "
+                              "(ssm:/path, secretsmanager:name, arn:aws:..., file:/path) instead")
+        result[key] = text
+    return result
+
+
+def _check_promotion_chain(project: Project, env: Environment) -> None:
+    seen = [env.name]
+    current = env.promote_from
+    while current:
+        if current in seen:
+            raise ConfigError(f"{_rel(project, env.path)}: promotion cycle: {' <- '.join([*seen, current])}")
+        seen.append(current)
+        source = load_environment(project, current, check_promotion=False)
+        if source.image != env.image:
+            raise ConfigError(f"{_rel(project, env.path)}: promote_from '{current}' deploys image '{source.image}', not '{env.image}'")
+        current = source.promote_from
+
+
+def _rel(project: Project, path: Path) -> str:
+    try:
+        return str(path.relative_to(project.root))
+    except ValueError:
+        return str(path)
+
+
+def _mapping(value: Any, path: Path, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: {what} must be a mapping, got {type(value).__name__}")
+    return value
+
+
+def _unknown(data: dict[str, Any], known: set[str], rel: str, where: str) -> None:
+    bad = sorted(set(data) - known, key=str)
+    if bad:
+        raise ConfigError(f"{rel}: {where}: unknown key '{bad[0]}'; known keys: {', '.join(sorted(known))}")
+
+
+def _label(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else f"bakery_deploy.{key}"
+
+
+def _str(data, key, rel, default=None, required=False, prefix=""):
+    value = data.get(key, default)
+    if value is None:
+        if required:
+            raise ConfigError(f"{rel}: {_label(prefix, key)} is required")
+        return None
+    if not isinstance(value, str):
+        raise ConfigError(f"{rel}: {_label(prefix, key)} must be a string, got {value!r}")
+    return value
+
+
+def _int(data, key, rel, default, low, high, required=False, prefix=""):
+    if key not in data:
+        if required:
+            raise ConfigError(f"{rel}: {_label(prefix, key)} is required (an integer from {low} to {high})")
+        return default
+    value = data[key]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{rel}: {_label(prefix, key)} must be an integer, got {value!r}")
+    if not low <= value <= high:
+        raise ConfigError(f"{rel}: {_label(prefix, key)} must be from {low} to {high}, got {value}")
+    return value
+
+
+def _bool(data, key, rel, default, prefix=""):
+    value = data.get(key, default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{rel}: {_label(prefix, key)} must be true or false, got {value!r}")
+    return value
+
+
+def _choice(data, key, choices, rel, default):
+    value = data.get(key, default)
+    if value not in choices:
+        raise ConfigError(f"{rel}: bakery_deploy.{key} must be one of {', '.join(choices)}, got {value!r}")
+    return value

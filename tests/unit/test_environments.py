@@ -1,0 +1,78 @@
+import shutil
+
+import pytest
+
+from bakery.config import Project
+from bakery.environments import environment_names, load_environment
+from bakery.errors import ConfigError
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture
+def proj(tmp_path):
+    root = tmp_path / "p"
+    root.mkdir()
+    shutil.copy(REPO / "bakery.yml", root / "bakery.yml")
+    shutil.copytree(REPO / "inventories", root / "inventories")
+    return root
+
+
+def write_deploy(proj, env, body):
+    path = proj / "inventories" / env / "group_vars" / "all" / "deploy.yml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(body)
+    return path
+
+
+def test_shipped_environments_load(proj):
+    project = Project(proj)
+    assert environment_names(project) == ["dev", "prod", "qa"]
+    qa = load_environment(project, "qa")
+    assert qa.instances == 4 and qa.lb_port == 18081 and qa.require_verified is True and qa.promote_from == "dev"
+    assert qa.refresh.checkpoint_percentages == [50, 100]
+    assert qa.runtime["ENVIRONMENT"] == "qa" and qa.runtime["DATABASE_PASSWORD"].startswith("ssm:")
+    assert 'ENVIRONMENT="qa"' in qa.runtime_env_text()
+    assert load_environment(project, "dev").require_verified is False
+
+
+@pytest.mark.parametrize("body, message", [
+    ("bakery_deploy: {image: webapp, lb_port: 19000, instancez: 2}\n", "bakery_deploy: unknown key 'instancez'"),
+    ("bakery_deploy: {image: webapp, lb_port: 19000, instances: two}\n", "bakery_deploy.instances must be an integer, got 'two'"),
+    ("bakery_deploy: {image: webapp, lb_port: 19000, refresh: {min_healthy_percentage: 120}}\n",
+     "bakery_deploy.refresh.min_healthy_percentage must be from 0 to 100, got 120"),
+    ("bakery_deploy: {image: webapp, lb_port: 19000, refresh: {checkpoint_percentages: [50, 20]}}\n",
+     "checkpoint_percentages must rise strictly"),
+    ("bakery_deploy: {image: webapp}\n", "bakery_deploy.lb_port is required"),
+    ("bakery_deploy: {image: webapp, lb_port: 19000, target: gcp}\n", "bakery_deploy.target must be one of local, aws"),
+    ("bakery_deploy: {image: webapp, lb_port: 19000, require_verified: maybe}\n", "require_verified must be true or false"),
+    ("bakery_deploy: {image: webapp, lb_port: 19000, instances: 2, data_volume: {name: d, path: /var/lib/webapp}}\n",
+     "data_volume needs instances: 1 and refresh.min_healthy_percentage: 0"),
+])
+def test_invalid_deploy_settings_name_file_field_and_value(proj, body, message):
+    write_deploy(proj, "bad", body)
+    with pytest.raises(ConfigError) as err:
+        load_environment(Project(proj), "bad")
+    assert message in str(err.value) and "inventories/bad/group_vars/all/deploy.yml" in str(err.value)
+
+
+def test_promotion_cycle_is_refused(proj):
+    write_deploy(proj, "dev", "bakery_deploy: {image: webapp, lb_port: 19000, promote_from: prod}\n")
+    with pytest.raises(ConfigError, match="promotion cycle"):
+        load_environment(Project(proj), "prod")
+
+
+def test_secrets_must_be_references(proj):
+    path = proj / "inventories" / "qa" / "group_vars" / "all" / "runtime.yml"
+    path.write_text("bakery_runtime:\n  DATABASE_PASSWORD: hunter2\n")
+    with pytest.raises(ConfigError, match="DATABASE_PASSWORD looks like a secret given by value"):
+        load_environment(Project(proj), "qa")
+    path.write_text("bakery_runtime:\n  lower_case: x\n")
+    with pytest.raises(ConfigError, match="key 'lower_case' must be upper-case"):
+        load_environment(Project(proj), "qa")
+
+
+def test_unknown_environment(proj):
+    with pytest.raises(ConfigError, match="unknown environment 'nope'.*known environments: dev, prod, qa"):
+        load_environment(Project(proj), "nope")
