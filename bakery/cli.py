@@ -163,6 +163,35 @@ def build(obj: Context, image: str, target: str, no_cache: bool, keep_on_failure
 
 
 @cli.command()
+@click.argument("ref", metavar="IMAGE[:VERSION]")
+@click.option("--env", "env_name", metavar="ENV", help="Mount this environment's runtime config, as its launches will.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@pass_ctx
+def verify(obj: Context, ref: str, env_name: str | None, as_json: bool) -> None:
+    """Verify an image version on throwaway instances (default: the newest): boot, testinfra, offline boot, secrets, packages.
+
+    Example: ./bake.py verify webapp --env qa
+    """
+    from bakery.errors import OperationError
+    from bakery.progress import make_progress
+    from bakery.verify import verify_image
+
+    name, version = parse_image_ref(ref)
+    obj.project.image(name)
+    progress = make_progress(quiet=as_json)
+    try:
+        result = verify_image(obj.project, obj.catalog, progress, name, version, env_name)
+    finally:
+        progress.close()
+    if as_json:
+        emit_json(result.to_dict())
+    elif result.passed:
+        click.echo(f"PASSED {name}:{result.version} in {result.seconds:.1f} s (report {result.reports['junit']})")
+    if not result.passed:
+        raise OperationError(f"verification of {name}:{result.version} failed: {result.summary} (report {result.reports['junit']})")
+
+
+@cli.command()
 @click.argument("image", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 @pass_ctx
@@ -203,6 +232,7 @@ def show(obj: Context, ref: str, as_json: bool) -> None:
     record = obj.catalog.version(name, version)
     if record is None:
         raise ConfigError(f"unknown version '{name}:{version}'; list versions with: ./bake.py images {name}")
+    record["verifications"] = obj.catalog.verifications(name, version)
     if as_json:
         emit_json(record)
         return
@@ -214,6 +244,10 @@ def show(obj: Context, ref: str, as_json: bool) -> None:
     for layer in record["layers"]:
         click.echo(f"    {layer['position'] + 1}. {layer['role']:<20} role {layer['role_digest'][:19]}  layer {layer['layer_key'][:19]}"
                    f"  {'cached' if layer['cached'] else 'baked'}")
+    click.echo("  verifications:" if record["verifications"] else f"  verifications: none (run: ./bake.py verify {name}:{version})")
+    for v in record["verifications"]:
+        click.echo(f"    {v['started']}  {'PASSED' if v['passed'] else 'FAILED'}  {v['seconds']:.1f} s  env {v['env'] or '-'}  "
+                   f"{v['summary'][:100]}  ({v['reports'].get('junit', '')})")
 
 
 @cli.command()

@@ -22,7 +22,7 @@ ROLE_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
 # Play keys that would run work outside a role: bakery caches one layer per role,
 # so such work would either be repeated in every layer or silently skipped.
 TASK_KEYS = ("pre_tasks", "tasks", "post_tasks", "handlers", "import_playbook")
-IMAGE_SETTING_KEYS = {"base", "description", "artifacts"}
+IMAGE_SETTING_KEYS = {"base", "description", "artifacts", "health_check"}
 PROJECT_KEYS = {"images", "default_base"}
 DEFAULT_BASE = "bookworm"
 
@@ -74,6 +74,8 @@ class ImageDefinition:
     layers: list[Layer] = field(default_factory=list)
     # role name -> artifact name: the role gets <role>_artifact_path/_sha256/_version at bake time
     artifacts: dict[str, str] = field(default_factory=dict)
+    # {port, path}: what `verify` probes from inside an instance booted with no network
+    health_check: dict[str, Any] = field(default_factory=dict)
 
 
 class Project:
@@ -155,13 +157,27 @@ class Project:
             raise ConfigError(f"unknown image '{name}': {playbook} does not exist (known images: {known})")
         settings = self.settings["images"].get(name) or {}
         base = settings.get("base") or self.settings.get("default_base") or DEFAULT_BASE
-        definition = ImageDefinition(name=name, playbook=playbook, base=base, artifacts=dict(settings.get("artifacts") or {}))
+        definition = ImageDefinition(name=name, playbook=playbook, base=base, artifacts=dict(settings.get("artifacts") or {}),
+                                     health_check=self._health_check(name, settings.get("health_check")))
         definition.layers = self._layers(playbook)
         roles = {layer.role.name for layer in definition.layers}
         for role in definition.artifacts:
             if role not in roles:
                 raise ConfigError(f"{PROJECT_FILE}: images.{name}.artifacts names role '{role}', which {self._rel(playbook)} does not bake")
         return definition
+
+    def _health_check(self, name: str, value: Any) -> dict[str, Any]:
+        if value is None:
+            return {}
+        where = f"{PROJECT_FILE}: images.{name}.health_check"
+        if not isinstance(value, dict) or set(value) - {"port", "path"}:
+            raise ConfigError(f"{where} must be a mapping with 'port' and 'path', got {value!r}")
+        port, path = value.get("port", 8080), value.get("path", "/health")
+        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+            raise ConfigError(f"{where}.port must be a TCP port number, got {port!r}")
+        if not isinstance(path, str) or not path.startswith("/"):
+            raise ConfigError(f"{where}.path must start with '/', got {path!r}")
+        return {"port": port, "path": path}
 
     def _layers(self, playbook: Path) -> list[Layer]:
         plays = load_yaml(playbook)

@@ -4,50 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
-from pathlib import Path
 
 import pytest
 
 from bakery import podman
-from tests.conftest import REPO, bake, init_repo
+from tests.conftest import bake
 
 pytestmark = pytest.mark.integration
-
-PROJECT_FILES = ("bakery.yml", "ansible.cfg", "app", "roles", "playbooks")
-
-
-@pytest.fixture(scope="module")
-def example_project(tmp_path_factory) -> Path:
-    """A copy of this repository's example project (roles, playbooks, app), in its own git repository."""
-    root = tmp_path_factory.mktemp("example") / "project"
-    root.mkdir()
-    for name in PROJECT_FILES:
-        source = REPO / name
-        if source.is_dir():
-            shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__", ".bakery-*", ".pytest_cache"))
-        else:
-            shutil.copy(source, root / name)
-    init_repo(root, "Example project under test")
-    return root
-
-
-RUNS: list[str] = []  # every bake of this module, so its images (final and cached layers) are removed at the end
-
-
-@pytest.fixture(scope="module")
-def webapp_image(example_project):
-    assert bake(example_project, "build-app").rc == 0
-    out = bake(example_project, "build", "webapp", "--json", timeout=1200)
-    assert out.rc == 0, out.stderr
-    RUNS.append(out.json["run_id"])
-    yield out.json
-    ids = []
-    for run_id in RUNS:
-        ids += podman.run("images", "-a", "--filter", f"label=io.bakery.run={run_id}", "--format", "{{.ID}}").stdout.split()
-    if ids:
-        podman.run("rmi", "-f", *sorted(set(ids)), check=False)
 
 
 def boot(ref: str, name: str, *args: str) -> str:
@@ -112,6 +76,8 @@ def test_nothing_secret_or_superfluous_is_baked(webapp_image):
 
 
 def test_app_only_change_rebakes_only_the_webapp_layer(webapp_image, example_project):
+    from tests.integration.conftest import BAKE_RUNS
+
     init = example_project / "app" / "webapp" / "__init__.py"
     original = init.read_text()
     try:
@@ -119,7 +85,8 @@ def test_app_only_change_rebakes_only_the_webapp_layer(webapp_image, example_pro
         assert bake(example_project, "build-app").rc == 0
         out = bake(example_project, "build", "webapp", "--json", timeout=1200)
         assert out.rc == 0, out.stderr
-        RUNS.append(out.json["run_id"])
+        BAKE_RUNS.append(out.json["run_id"])
         assert [layer["role"] for layer in out.json["layers"] if not layer["cached"]] == ["webapp"]
     finally:
         init.write_text(original)
+        assert bake(example_project, "build-app").rc == 0

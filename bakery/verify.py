@@ -1,0 +1,283 @@
+"""`bake.py verify`: the exact image version proves itself on throwaway instances before it may be deployed.
+
+Two instances boot the image the way production does (systemd as PID 1, the
+runtime config mounted read-only where the launch puts it): one with a network,
+which runs the image's testinfra suite and the testinfra tests of every role in
+it, and one with no network at all, which must still reach `running` and pass
+the health check (nothing may be installed or fetched at boot). The image's
+files above its base are scanned for secrets and its packages are listed
+against the base. Reports go to .bakery/runs/<run-id>/; the outcome goes to
+the catalog, where deploy and promote look for it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bakery import junit, packages, podman, secrets_scan
+from bakery.catalog import Catalog
+from bakery.config import Project
+from bakery.errors import ConfigError
+from bakery.progress import Progress
+from bakery.provenance import utc_now
+from bakery.runs import Run
+from bakery.signals import cancellable
+
+log = logging.getLogger("bakery.verify")
+
+BOOT_TIMEOUT = 120
+HEALTH_TIMEOUT = 30
+VERIFY_LABEL = "io.bakery.verify"
+ALLOWLIST_FILE = "verify-allowlist.yml"
+
+
+@dataclass
+class VerifyResult:
+    image: str
+    version: str
+    passed: bool
+    seconds: float
+    run_id: str
+    summary: str
+    checks: list[dict[str, Any]] = field(default_factory=list)
+    reports: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+def resolve_version(catalog: Catalog, image: str, version: str | None) -> dict[str, Any]:
+    if version is None:
+        rows = catalog.versions(image)
+        if not rows:
+            raise ConfigError(f"image '{image}' has no versions; bake one with: ./bake.py build {image}")
+        version = rows[0]["version"]
+    record = catalog.version(image, version)
+    if record is None or record["status"] != "ready":
+        raise ConfigError(f"unknown version '{image}:{version}'; list versions with: ./bake.py images {image}")
+    if not podman.image_exists(record["image_ref"]):
+        raise ConfigError(f"{record['image_ref']} is in the catalog but not in podman's storage; bake it again")
+    return record
+
+
+class Verifier:
+    """One verification run of one image version."""
+
+    def __init__(self, project: Project, catalog: Catalog, progress: Progress, run: Run):
+        self.project = project
+        self.catalog = catalog
+        self.progress = progress
+        self.run = run
+        self.checks: list[junit.Check] = []
+        self.instances: list[str] = []
+
+    def verify(self, image: str, version: str | None, env_name: str | None = None) -> VerifyResult:
+        started_at, started = utc_now(), time.monotonic()
+        podman.check_working()
+        record = resolve_version(self.catalog, image, version)
+        version = record["version"]
+        definition = self.project.image(image) if (self.project.playbooks_dir / f"{image}.yml").is_file() else None
+        health = (definition.health_check if definition else {}) or {}
+        allowlist = secrets_scan.load_allowlist(self.project.root / ALLOWLIST_FILE)
+        runtime_file = self._runtime_file(image, env_name)
+        self.progress.note(f"verify {image}:{version}: {record['image_ref']} (run {self.run.id})")
+
+        with cancellable(), ExitStack() as cleanup:
+            cleanup.callback(self._remove_instances)
+            online = self._launch("online", record["image_ref"], runtime_file, network=True)
+            offline = self._launch("offline", record["image_ref"], runtime_file, network=False)
+            booted = self._check_boot("boot", online)
+            if booted:
+                self._run_testinfra(image, version, record, online, env_name)
+            offline_booted = self._check_boot("offline-boot", offline)
+            if offline_booted and health:
+                self._check_health("offline-health", offline, health)
+            self._scan_secrets(record, allowlist)
+            self._report_packages(record)
+
+        seconds = round(time.monotonic() - started, 1)
+        failed = [c for c in self.checks if not c.passed and not c.skipped]
+        passed = not failed
+        summary = "all checks passed" if passed else "; ".join(f"{c.name}: {c.message}" for c in failed)[:1000]
+        junit_path = junit.write(self.run.path / "junit.xml", f"verify {image}:{version}", self.checks,
+                                 sorted(self.run.path.glob("testinfra-*.xml")))
+        reports = {"junit": str(junit_path), "result": str(self.run.path / "result.json"),
+                   "packages": str(self.run.path / "packages.json"), "secrets": str(self.run.path / "secrets.json")}
+        result = VerifyResult(image, version, passed, seconds, self.run.id, summary,
+                              [c.__dict__ for c in self.checks], reports)
+        self.run.write_result(result.to_dict())
+        self.catalog.record_verification(image, version, env=env_name, started=started_at, seconds=seconds, passed=passed,
+                                         run_id=self.run.id, summary=summary, reports=reports)
+        return result
+
+    # -- instances -------------------------------------------------------------------------------
+
+    def _runtime_file(self, image: str, env_name: str | None) -> Path:
+        """The runtime config delivered at launch: the environment's, or a neutral one."""
+        if env_name:
+            from bakery.environments import load_environment
+
+            text = load_environment(self.project, env_name).runtime_env_text()
+        else:
+            text = 'ENVIRONMENT="verify"\n'
+        path = self.run.path / "runtime.env"
+        path.write_text(text, encoding="utf-8")
+        return path
+
+    def _launch(self, role: str, ref: str, runtime_file: Path, network: bool) -> str:
+        name = f"bakery-verify-{self.run.id.rsplit('-', 1)[-1]}-{role}"
+        args = ["run", "-d", "--name", name, "--hostname", f"verify-{role}", "--systemd=always",
+                # marked like a build container so that gc removes it if this process dies without cleaning up
+                "--label", f"{VERIFY_LABEL}={self.run.id}", "--label", "io.bakery.build=1", "--label", f"io.bakery.build.pid={os.getpid()}",
+                "-v", f"{runtime_file}:/etc/bakery/launch/runtime.env:ro"]
+        if not network:
+            args += ["--network", "none"]
+        self.instances.append(name)
+        podman.run(*args, ref, "/sbin/init")
+        return name
+
+    def _remove_instances(self) -> None:
+        for name in self.instances:
+            podman.remove_container(name)
+
+    def _check_boot(self, check: str, name: str) -> bool:
+        t = time.monotonic()
+        proc = podman.run("exec", name, "systemctl", "is-system-running", "--wait", check=False, timeout=BOOT_TIMEOUT)
+        state = proc.stdout.strip() or "unknown"
+        seconds = time.monotonic() - t
+        if state == "running":
+            self._add(junit.Check(check, True, seconds, output=f"systemd is running after {seconds:.1f} s"))
+            return True
+        failed = podman.run("exec", name, "systemctl", "--failed", "--no-legend", "--plain", check=False).stdout.split("\n")
+        units = [line.split()[0] for line in failed if line.strip()]
+        journal = ""
+        if units:
+            journal = podman.run("exec", name, "journalctl", "--no-pager", "-n", "30", *[f"-u{u}" for u in units], check=False).stdout
+        message = f"systemd is '{state}'" + (f"; failed units: {', '.join(units)}" if units else "")
+        self._add(junit.Check(check, False, seconds, message, journal))
+        return False
+
+    def _check_health(self, check: str, name: str, health: dict[str, Any]) -> None:
+        """Probe the health check from inside the instance (it has no network to probe it from outside)."""
+        url = f"http://127.0.0.1:{health.get('port', 8080)}{health.get('path', '/health')}"
+        probe = ("import sys,urllib.request\ntry:\n r=urllib.request.urlopen(sys.argv[1],timeout=3); print(r.status)\n"
+                 "except Exception as e: print(getattr(e,'code',0) or repr(e))")
+        t = time.monotonic()
+        last = ""
+        while time.monotonic() - t < HEALTH_TIMEOUT:
+            last = podman.run("exec", name, "python3", "-c", probe, url, check=False).stdout.strip()
+            if last == "200":
+                self._add(junit.Check(check, True, time.monotonic() - t, output=f"{url} answered 200"))
+                return
+            time.sleep(0.5)
+        self._add(junit.Check(check, False, time.monotonic() - t, f"{url} did not answer 200 within {HEALTH_TIMEOUT} s (last: {last})"))
+
+    # -- testinfra ------------------------------------------------------------------------------
+
+    def test_files(self, image: str, record: dict[str, Any]) -> tuple[list[Path], list[str]]:
+        """The image's suite plus every baked role's Molecule tests (written once, run in both places)."""
+        files, notes = [], []
+        suite = self.project.root / "tests" / "images" / f"test_{image}.py"
+        if suite.is_file():
+            files.append(suite)
+        else:
+            notes.append(f"no image suite {suite.relative_to(self.project.root)}")
+        for layer in record["layers"]:
+            tests_dir = self.project.roles_dir / layer["role"] / "molecule" / "default" / "tests"
+            files += sorted(tests_dir.glob("test_*.py")) if tests_dir.is_dir() else []
+        return list(dict.fromkeys(files)), notes
+
+    def _run_testinfra(self, image: str, version: str, record: dict[str, Any], instance: str, env_name: str | None) -> None:
+        files, notes = self.test_files(image, record)
+        if not files:
+            self._add(junit.Check("testinfra", True, 0, skipped=True, message="; ".join(notes) or "no testinfra tests"))
+            return
+        report = self.run.path / "testinfra-online.xml"
+        ini = self.run.path / "pytest.ini"
+        ini.write_text("[pytest]\naddopts = -p no:cacheprovider\n", encoding="utf-8")
+        env = {**os.environ, "BAKERY_VERIFY_IMAGE": image, "BAKERY_VERIFY_VERSION": version,
+               "BAKERY_VERIFY_COMMIT": (record.get("provenance") or {}).get("git_commit", ""),
+               "BAKERY_VERIFY_ENV": env_name or "verify",
+               "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+        cmd = [sys.executable, "-m", "pytest", "-c", str(ini), "--rootdir", str(self.project.root), "--import-mode=importlib",
+               f"--hosts=podman://{instance}",
+               f"--junitxml={report}", "-o", f"junit_suite_name=testinfra {image}:{version}", "-q", *map(str, files)]
+        t = time.monotonic()
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=self.project.root, check=False, timeout=1800)
+        (self.run.path / "testinfra.log").write_text(proc.stdout + proc.stderr, encoding="utf-8")
+        lines = [line for line in proc.stdout.splitlines() if line.strip()]
+        tail = lines[-1] if lines else proc.stderr.strip()[-300:]
+        rel = [str(f.relative_to(self.project.root)) for f in files]
+        if proc.returncode == 0:
+            self._add(junit.Check("testinfra", True, time.monotonic() - t, output=f"{tail} ({', '.join(rel)})"))
+        else:
+            failing = [line.split(" - ")[0].removeprefix("FAILED ") for line in lines if line.startswith("FAILED ")]
+            message = f"{tail}" + (f": {', '.join(failing[:5])}" if failing else "")
+            self._add(junit.Check("testinfra", False, time.monotonic() - t, message, proc.stdout[-20000:]))
+
+    # -- files ----------------------------------------------------------------------------------
+
+    def _mounted(self, ref: str, stack: ExitStack) -> Path:
+        path = Path(podman.run("image", "mount", ref).stdout.strip())
+        stack.callback(podman.run, "image", "unmount", ref, check=False)
+        return path
+
+    def _base_ref(self, record: dict[str, Any]) -> str | None:
+        provenance = record.get("provenance") or {}
+        for candidate in (provenance.get("base_digest", "").removeprefix("sha256:"), provenance.get("base_image")):
+            if candidate and podman.image_exists(candidate):
+                return candidate
+        return None
+
+    def _scan_secrets(self, record: dict[str, Any], allowlist: list[secrets_scan.AllowEntry]) -> None:
+        t = time.monotonic()
+        base = self._base_ref(record)
+        if base is None:
+            self._add(junit.Check("secret-scan", False, 0, "the image's base is gone from podman; cannot tell what the bake added"))
+            return
+        # `podman image diff A B` lists what A changed compared with B
+        diff = podman.run("image", "diff", record["image_ref"], base, timeout=600).stdout.splitlines()
+        paths = [line[2:] for line in diff if line[:2] in ("A ", "C ")]
+        with ExitStack() as stack:
+            findings = secrets_scan.scan(self._mounted(record["image_ref"], stack), paths, allowlist)
+        (self.run.path / "secrets.json").write_text(json.dumps([f.to_dict() for f in findings], indent=2), encoding="utf-8")
+        if findings:
+            message = "; ".join(f"{f.path} ({f.rule})" for f in findings[:10]) + (f" and {len(findings) - 10} more" if len(findings) > 10 else "")
+            self._add(junit.Check("secret-scan", False, time.monotonic() - t, message,
+                                  "\n".join(f"{f.path}: {f.rule}: {f.detail}" for f in findings)))
+        else:
+            self._add(junit.Check("secret-scan", True, time.monotonic() - t, output=f"{len(paths)} added or changed paths scanned"))
+
+    def _report_packages(self, record: dict[str, Any]) -> None:
+        t = time.monotonic()
+        base = self._base_ref(record)
+        with ExitStack() as stack:
+            image_pkgs = packages.installed(self._mounted(record["image_ref"], stack))
+            base_pkgs = packages.installed(self._mounted(base, stack)) if base else {}
+        report = {"image": record["image_ref"], "base": base, "packages": image_pkgs, "diff": packages.diff(base_pkgs, image_pkgs)}
+        (self.run.path / "packages.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+        d = report["diff"]
+        self._add(junit.Check("package-report", True, time.monotonic() - t,
+                              output=f"{len(image_pkgs)} packages; {len(d['added'])} added, {len(d['removed'])} removed, "
+                                     f"{len(d['changed'])} changed against the base"))
+
+    def _add(self, check: junit.Check) -> None:
+        self.checks.append(check)
+        state = "skipped" if check.skipped else ("ok" if check.passed else "FAILED")
+        detail = check.message or check.output
+        self.progress.note(f"  {check.name}: {state}" + (f" - {detail}" if detail else ""))
+
+
+def verify_image(project: Project, catalog: Catalog, progress: Progress, image: str, version: str | None,
+                 env_name: str | None = None) -> VerifyResult:
+    run = Run.start(project.state_dir, "verify")
+    return Verifier(project, catalog, progress, run).verify(image, version, env_name)
