@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from bakery import __version__
+from bakery.cli_fleet import register as register_fleet_commands
 from bakery.errors import BakeryError, ConfigError, Interrupted
 
 
@@ -276,6 +277,9 @@ def gc(obj: Context, dry_run: bool, as_json: bool) -> None:
     for kind in ("containers", "pending_versions", "playbooks"):
         for item in data[kind]:
             click.echo(f"{verb} {kind.rstrip('s').replace('_', ' ')} {item}")
+
+
+register_fleet_commands(cli)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,312 @@
+"""bake.py's environment commands: deploy, status, rollback, promote, config get|set, down.
+
+bakery.cli calls register(cli). Only click and the standard library are imported
+here at load time (the library is imported inside each command), so
+`bake.py --help` stays instant and there is no import cycle with bakery.cli.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+REFRESH_FLAGS = ("min_healthy_percentage", "max_healthy_percentage", "instance_warmup", "checkpoint_percentages",
+                 "checkpoint_delay", "skip_matching", "auto_rollback", "bake_time")
+
+
+def refresh_options(func):
+    """The environment's refresh preferences, overridable for one rollout."""
+    options = [
+        click.option("--min-healthy-percentage", type=click.IntRange(0, 100), metavar="PCT",
+                     help="Capacity that must stay in service during the refresh (rounded up)."),
+        click.option("--max-healthy-percentage", type=click.IntRange(100, 200), metavar="PCT",
+                     help="Capacity that may run at once; above 100 launches new instances before old ones go."),
+        click.option("--instance-warmup", type=click.IntRange(0, 3600), metavar="SECONDS",
+                     help="How long a new instance must stay healthy in service before the refresh moves on."),
+        click.option("--checkpoint-percentages", metavar="P,P,...", help="Pause and probe the environment at these percentages, e.g. 50,100."),
+        click.option("--checkpoint-delay", type=click.IntRange(0, 172800), metavar="SECONDS", help="Pause at each checkpoint."),
+        click.option("--skip-matching/--no-skip-matching", default=None,
+                     help="Keep instances already on the target version and config (default from the environment)."),
+        click.option("--auto-rollback/--no-auto-rollback", default=None, help="Return to the previous version when the refresh fails."),
+        click.option("--bake-time", type=click.IntRange(0, 86400), metavar="SECONDS",
+                     help="Watch the environment this long after the last replacement before declaring success."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _overrides(prefs: dict[str, Any]) -> dict[str, Any]:
+    from bakery.refresh import parse_percentages
+
+    values = {key: prefs.get(key) for key in REFRESH_FLAGS}
+    values["checkpoint_percentages"] = parse_percentages(values["checkpoint_percentages"])
+    return values
+
+
+def _session(obj, as_json: bool):
+    from bakery.fleets.operations import Session
+    from bakery.progress import make_progress
+
+    return Session(obj.project, obj.catalog, make_progress(quiet=as_json))
+
+
+def _environment(obj, name: str):
+    from bakery.environments import load_environment
+
+    return load_environment(obj.project, name)
+
+
+def _report_release(result, as_json: bool) -> None:
+    from bakery.cli import emit_json
+    from bakery.errors import OperationError
+
+    if as_json:
+        emit_json(result.to_dict())
+    what = f"{result.kind} of {result.image}:{result.to_version} to {result.env}"
+    if result.ok:
+        if not as_json:
+            where = f"; load balancer {result.endpoint}" if result.endpoint else ""
+            click.echo(f"{what} succeeded: {result.replaced} of {result.total} instances replaced in {result.seconds:.1f} s "
+                       f"(release #{result.release_id}){where}")
+        return
+    if result.result == "rolled_back":
+        raise OperationError(f"{what} rolled back to {result.from_version} (release #{result.release_id}): {result.reason}")
+    raise OperationError(f"{what} failed (release #{result.release_id}): {result.reason}")
+
+
+@click.command()
+@click.argument("ref", metavar="IMAGE[:VERSION]")
+@click.option("--env", "env_name", required=True, metavar="ENV", help="The environment (inventories/ENV).")
+@click.option("--force", is_flag=True, help="Deploy even if the version did not pass verification (recorded in the release).")
+@click.option("--json", "as_json", is_flag=True, help="Print the release summary as JSON.")
+@refresh_options
+@click.pass_obj
+def deploy(obj, ref: str, env_name: str, force: bool, as_json: bool, **prefs) -> None:
+    """Roll IMAGE:VERSION out to ENV by a zero-downtime rolling refresh (default: the newest version).
+
+    Exits 1 when the refresh failed or rolled back, naming the failing health check.
+
+    Example: ./bake.py deploy webapp:20261128.002 --env qa
+    """
+    from bakery.cli import parse_image_ref
+    from bakery.fleets import operations
+
+    env = _environment(obj, env_name)
+    image, version = parse_image_ref(ref)
+    session = _session(obj, as_json)
+    try:
+        result = operations.deploy(session, env, image, version, overrides=_overrides(prefs), force=force)
+    finally:
+        session.progress.close()
+    _report_release(result, as_json)
+
+
+@click.command()
+@click.option("--env", "env_name", required=True, metavar="ENV", help="The environment (inventories/ENV).")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@click.pass_obj
+def status(obj, env_name: str, as_json: bool) -> None:
+    """Show ENV's instances (version, config, health), its load balancer and its last releases.
+
+    A refresh left unfinished by a process that died is finished (or rolled back) first.
+
+    Example: ./bake.py status --env qa
+    """
+    from bakery.cli import emit_json
+    from bakery.fleets import operations
+
+    env = _environment(obj, env_name)
+    session = _session(obj, as_json)
+    try:
+        data = operations.status(session, env)
+    finally:
+        session.progress.close()
+    if as_json:
+        emit_json(data)
+        return
+    _print_status(data, env)
+
+
+def _print_status(data: dict[str, Any], env) -> None:
+    instances = data["instances"]
+    in_service = sum(1 for i in instances if i["in_service"])
+    for item in data["resumed"]:
+        click.echo(f"finished release #{item['release']} ({item['kind']} to {item['to']}) left unfinished: {item['result']}"
+                   + (f" ({item['reason']})" if item.get("reason") else ""))
+    if data["state"] == "down":
+        click.echo(f"{data['env']}: down (no instances, load balancer stopped); start it with: ./bake.py deploy {env.image}:VERSION "
+                   f"--env {data['env']}")
+    else:
+        lb = f"load balancer {data['endpoint']}" if data["lb_running"] else "load balancer NOT running"
+        click.echo(f"{data['env']}: {data['state']} - {in_service} of {data['desired']} instances in service, {lb}")
+    if instances and not data["lb_running"]:
+        click.echo(f"  its load balancer ({data['lb_address']}) is not running: the next ./bake.py deploy --env {data['env']} starts it "
+                   "and puts the healthy instances back")
+    if data.get("refresh"):
+        r = data["refresh"]
+        click.echo(f"  refresh in progress: release #{r['release']} ({r['kind']} to {r['to']}, phase {r['phase']}, pid {r['pid']})")
+    if instances:
+        click.echo(f"  {'NAME':<22} {'VERSION':<14} {'CONFIG':<13} {'STATE':<8} {'HEALTH':<10} {'LB':<7} {'ADDRESS':<16} CHECK")
+        for i in instances:
+            click.echo(f"  {i['name']:<22} {i['version'] or '-':<14} {(i['config_digest'] or '-')[7:19]:<13} {i['state']:<8} "
+                       f"{i['health']:<10} {i['lb_state']:<7} {i['address'] or '-':<16} {i['check']}")
+    if data["releases"]:
+        click.echo("  last releases:")
+        for r in data["releases"]:
+            took = f"{r['seconds']:.1f} s" if r["seconds"] is not None else "-"
+            line = (f"    #{r['id']:<4} {r['kind']:<8} {r['previous_version'] or '-'} -> {r['version']:<14} {r['status']:<12} "
+                    f"{r['started']}  {took:>8}  {r['user']}" + ("  (forced)" if r["forced"] else ""))
+            click.echo(line + (f"  {r['reason']}" if r["reason"] and r["status"] != "succeeded" else ""))
+
+
+@click.command()
+@click.option("--env", "env_name", required=True, metavar="ENV", help="The environment (inventories/ENV).")
+@click.option("--json", "as_json", is_flag=True, help="Print the release summary as JSON.")
+@refresh_options
+@click.pass_obj
+def rollback(obj, env_name: str, as_json: bool, **prefs) -> None:
+    """Return ENV to its previous successful release (version and config) by the same rolling refresh.
+
+    Example: ./bake.py rollback --env qa
+    """
+    from bakery.fleets import operations
+
+    env = _environment(obj, env_name)
+    session = _session(obj, as_json)
+    try:
+        result = operations.rollback(session, env, overrides=_overrides(prefs))
+    finally:
+        session.progress.close()
+    _report_release(result, as_json)
+
+
+@click.command()
+@click.argument("ref", metavar="IMAGE[:VERSION]")
+@click.option("--to", "env_name", required=True, metavar="ENV", help="The environment to promote to; its promote_from is the source.")
+@click.option("--json", "as_json", is_flag=True, help="Print the release summary as JSON.")
+@refresh_options
+@click.pass_obj
+def promote(obj, ref: str, env_name: str, as_json: bool, **prefs) -> None:
+    """Deploy the same IMAGE:VERSION (never a rebuild) to ENV, once verified and healthy in ENV's promote_from.
+
+    Without a version, the version running in the source environment.
+
+    Example: ./bake.py promote webapp:20261128.002 --to prod
+    """
+    from bakery.cli import parse_image_ref
+    from bakery.fleets import operations
+
+    env = _environment(obj, env_name)
+    image, version = parse_image_ref(ref)
+    session = _session(obj, as_json)
+    try:
+        result = operations.promote(session, env, image, version, overrides=_overrides(prefs))
+    finally:
+        session.progress.close()
+    _report_release(result, as_json)
+
+
+@click.group()
+def config() -> None:
+    """Read or change an environment's runtime config (inventories/ENV/group_vars/all/runtime.yml)."""
+
+
+@config.command("get")
+@click.argument("key", required=False)
+@click.option("--env", "env_name", required=True, metavar="ENV", help="The environment (inventories/ENV).")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@click.pass_obj
+def config_get(obj, key: str | None, env_name: str, as_json: bool) -> None:
+    """Print ENV's runtime config (KEY=VALUE lines), or one KEY's value.
+
+    Example: ./bake.py config get --env qa LOG_LEVEL
+    """
+    from bakery.cli import emit_json
+    from bakery.fleets import operations
+
+    env = _environment(obj, env_name)
+    values = operations.config_get(_session(obj, True), env, key)
+    if as_json:
+        emit_json(values)
+    elif key:
+        click.echo(values[key])
+    else:
+        for name, value in values.items():
+            click.echo(f"{name}={value}")
+
+
+@config.command("set")
+@click.argument("pairs", nargs=-1, required=True, metavar="KEY=VALUE...")
+@click.option("--env", "env_name", required=True, metavar="ENV", help="The environment (inventories/ENV).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@refresh_options
+@click.pass_obj
+def config_set(obj, pairs: tuple[str, ...], env_name: str, as_json: bool, **prefs) -> None:
+    """Change ENV's runtime config without a rebake: write runtime.yml, then replace every instance (same image) by a
+    rolling refresh. The file is left untouched when the new config is invalid, and restored when the rollout fails.
+
+    Example: ./bake.py config set --env qa LOG_LEVEL=debug FEATURE_NEW_CHECKOUT=false
+    """
+    from bakery.cli import emit_json
+    from bakery.errors import OperationError
+    from bakery.fleets import operations
+
+    env = _environment(obj, env_name)
+    session = _session(obj, as_json)
+    try:
+        data = operations.config_set(session, env, pairs, overrides=_overrides(prefs))
+    finally:
+        session.progress.close()
+    if as_json:
+        emit_json(data)
+    result = data.get("result")
+    if result in ("unchanged", "written"):
+        if not as_json:
+            click.echo(f"{env.name}: runtime config {'unchanged' if result == 'unchanged' else 'written to ' + data['file']}"
+                       + ("; the environment is down, it applies at the next deploy" if result == "written" else ""))
+        return
+    if result != "succeeded":
+        raise OperationError(f"config change of {env.name} {'rolled back' if result == 'rolled_back' else 'failed'} "
+                             f"(release #{data['release']}), runtime.yml restored: {data['reason']}")
+    if not as_json:
+        click.echo(f"{env.name}: runtime config {data['config_digest'][7:19]} rolled out: {data['replaced']} of {data['total']} instances "
+                   f"replaced in {data['duration']:.1f} s (release #{data['release']})")
+
+
+@click.command()
+@click.option("--env", "env_name", required=True, metavar="ENV", help="The environment (inventories/ENV).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_obj
+def down(obj, env_name: str, as_json: bool) -> None:
+    """Stop ENV (desired capacity 0): drain and remove every instance, stop its load balancer.
+
+    Releases stay in the catalog and data volumes stay in podman.
+
+    Example: ./bake.py down --env dev
+    """
+    from bakery.cli import emit_json
+    from bakery.fleets import operations
+
+    env = _environment(obj, env_name)
+    session = _session(obj, as_json)
+    try:
+        data = operations.down(session, env)
+    finally:
+        session.progress.close()
+    if as_json:
+        emit_json(data)
+    elif data["result"] == "already down":
+        click.echo(f"{env.name}: already down")
+    else:
+        click.echo(f"{env.name}: down ({data['removed']} instances removed, load balancer stopped; release #{data['release']})")
+
+
+COMMANDS = (deploy, status, rollback, promote, config, down)
+
+
+def register(group: click.Group) -> None:
+    """Add the environment commands to bake.py's command group."""
+    for command in COMMANDS:
+        group.add_command(command)

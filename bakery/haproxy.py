@@ -1,0 +1,430 @@
+"""One HAProxy per environment: its config, its daemon and its admin socket (the runtime API).
+
+bakery starts HAProxy itself (`haproxy -D`, its own session, no systemd needed) with
+a frontend on 127.0.0.1:<lb_port> and one backend whose servers are the instances.
+Servers are added and removed at run time over the admin socket, so a refresh never
+reloads HAProxy:
+
+    add server instances/NAME 127.0.0.1:PORT check ... weight 100   (registered in maintenance)
+    enable health instances/NAME; set server instances/NAME state drain   (checked, no traffic)
+    set server instances/NAME state ready                                  (in service)
+    set server instances/NAME state drain ... state maint; del server      (retired)
+
+A changed listener or health check (lb_port, path, interval...) is applied by a
+seamless reload: the current servers are written into the config as static lines,
+their states saved to the server-state file, and a new process takes the listening
+sockets over the admin socket (`-x`) before the old one finishes its connections
+(`-sf`). No connection is refused while that happens.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bakery.environments import Environment
+from bakery.errors import ConfigError, OperationError
+from bakery.provenance import sha256_json
+
+log = logging.getLogger("bakery.haproxy")
+
+HAPROXY = "/usr/sbin/haproxy"
+FRONTEND = "lb"
+BACKEND = "instances"
+SETTINGS_MARK = "# bakery-settings: "
+START_TIMEOUT = 10.0
+STOP_TIMEOUT = 30.0
+
+# srv_op_state and srv_admin_state of `show servers state`
+OP_STOPPED, OP_STARTING, OP_RUNNING, OP_STOPPING = 0, 1, 2, 3
+ADMIN_FORCED_MAINT, ADMIN_DRAIN = 0x01, 0x08 | 0x10
+
+
+class HAProxyError(OperationError):
+    """The load balancer refused a command or is not running."""
+
+
+@dataclass
+class Server:
+    """One backend server as HAProxy sees it: `show servers state` merged with `show stat`."""
+
+    name: str
+    address: str
+    port: int
+    op_state: int
+    admin_state: int
+    status: str = ""  # show stat: UP, DOWN, DRAIN, MAINT, "UP 1/2" (going down), "DOWN 1/2" (going up), NOLB
+    check_status: str = ""  # L7OK, L7STS, L4CON, L4TOUT, INI, ...
+    check_code: str = ""  # the HTTP status of the last check, when there was one
+    check_desc: str = ""
+    last_check: str = ""  # what the last check saw ("Connection refused", "HTTP status check returned code <3C>503<3E>")
+    sessions: int = 0  # requests in flight (scur)
+    queued: int = 0  # requests waiting for this server (qcur)
+
+    @property
+    def admin(self) -> str:
+        if self.admin_state & ~(ADMIN_DRAIN):
+            return "maint"
+        if self.admin_state & ADMIN_DRAIN:
+            return "drain"
+        return "ready"
+
+    @property
+    def in_service(self) -> bool:
+        """Takes new requests: running and neither drained nor in maintenance."""
+        return self.op_state == OP_RUNNING and self.admin_state == 0
+
+    @property
+    def check_passed(self) -> bool:
+        """The last health check passed and HAProxy considers the server up (whatever its admin state)."""
+        return self.check_status.startswith("L7OK") and self.op_state == OP_RUNNING and not self.status.startswith("DOWN")
+
+    def check_summary(self) -> str:
+        """What the last health check saw, for messages: 'L7STS 503', 'L4CON Connection refused'."""
+        if not self.check_status:
+            return "no check yet"
+        detail = self.check_code or self.last_check or self.check_desc
+        return f"{self.check_status} {detail}".strip()
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "address": f"{self.address}:{self.port}", "status": self.status, "admin": self.admin,
+                "in_service": self.in_service, "check": self.check_summary(), "sessions": self.sessions}
+
+
+class AdminSocket:
+    """HAProxy's stats socket at level admin: one command per connection, answered in text."""
+
+    def __init__(self, path: Path, timeout: float = 5.0):
+        self.path = path
+        self.timeout = timeout
+
+    def command(self, line: str) -> str:
+        log.debug("haproxy %s: %s", self.path.name, line)
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(self.timeout)
+                sock.connect(str(self.path))
+                sock.sendall(line.encode() + b"\n")
+                chunks = []
+                while True:
+                    data = sock.recv(65536)
+                    if not data:
+                        break
+                    chunks.append(data)
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            raise HAProxyError(f"the load balancer is not running (no answer on {self.path})") from exc
+        except OSError as exc:
+            raise HAProxyError(f"the load balancer's admin socket {self.path} failed: {exc}") from exc
+        return b"".join(chunks).decode(errors="replace")
+
+    def answers(self) -> bool:
+        try:
+            return "Name: HAProxy" in self.command("show info")
+        except HAProxyError:
+            return False
+
+
+def server_params(env: Environment) -> str:
+    """Check settings of every server line, static or dynamic (dynamic servers ignore default-server)."""
+    hc = env.health_check
+    return f"check inter {hc.interval_ms}ms fastinter {hc.interval_ms}ms downinter {hc.interval_ms}ms rise {hc.rise} fall {hc.fall} weight 100"
+
+
+def render_config(env: Environment, folder: Path, servers: list[tuple[str, int]] = ()) -> str:
+    """The whole haproxy.cfg. The first lines carry a digest of everything but the server lines."""
+    hc = env.health_check
+    base = f"""global
+    pidfile {folder / 'haproxy.pid'}
+    stats socket {folder / 'haproxy.sock'} mode 600 level admin expose-fd listeners
+    server-state-file {folder / 'haproxy.state'}
+    hard-stop-after 60s
+    maxconn 4096
+
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 30s
+    timeout server 30s
+    timeout queue 10s
+    timeout http-request 10s
+    timeout check {hc.timeout_ms}ms
+    load-server-state-from-file global
+
+frontend {FRONTEND}
+    bind 127.0.0.1:{env.lb_port}
+    default_backend {BACKEND}
+
+backend {BACKEND}
+    balance roundrobin
+    # Active health checks: a server takes traffic only while GET {hc.path} answers 200 with a body. Reading the
+    # body means a check never closes the connection while the app is still writing its answer.
+    option httpchk GET {hc.path}
+    http-check expect status 200
+    http-check expect rstring .
+    # A request whose server went away is sent again to another one.
+    retry-on all-retryable-errors
+    retries 3
+    option redispatch 1
+    # No idle server connections: a drained server has nothing left once its requests finished.
+    option http-server-close
+    default-server {server_params(env)}
+"""
+    digest = sha256_json({"config": base})
+    lines = [f"# HAProxy of bakery environment '{env.name}': written by bake.py, do not edit.",
+             f"{SETTINGS_MARK}{digest}", base.rstrip("\n")]
+    params = server_params(env)
+    lines += [f"    server {name} 127.0.0.1:{port} {params}" for name, port in servers]
+    return "\n".join(lines) + "\n"
+
+
+def settings_digest(text: str) -> str | None:
+    for line in text.splitlines()[:5]:
+        if line.startswith(SETTINGS_MARK):
+            return line[len(SETTINGS_MARK):].strip()
+    return None
+
+
+class HAProxy:
+    """The load balancer of one environment."""
+
+    def __init__(self, env: Environment, folder: Path):
+        self.env = env
+        self.folder = folder
+        self.cfg = folder / "haproxy.cfg"
+        self.sock_path = folder / "haproxy.sock"
+        self.pid_path = folder / "haproxy.pid"
+        self.state_path = folder / "haproxy.state"
+        self.socket = AdminSocket(self.sock_path)
+
+    @property
+    def address(self) -> str:
+        return f"http://127.0.0.1:{self.env.lb_port}"
+
+    # ---- the daemon
+
+    def pid(self) -> int | None:
+        """The running HAProxy of this environment, or None (a stale pid file is not trusted)."""
+        try:
+            pid = int(self.pid_path.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return None
+        if not cmdline or not cmdline[0].endswith(b"haproxy") or str(self.cfg).encode() not in cmdline:
+            return None
+        return pid
+
+    def running(self) -> bool:
+        return self.pid() is not None
+
+    def ensure_running(self, servers_if_started: list[tuple[str, int]] = ()) -> str:
+        """Start HAProxy, or reload it when its settings changed. Returns 'started', 'reloaded' or 'running'."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        pid = self.pid()
+        if pid is None:
+            self._start()
+            return "started"
+        wanted = settings_digest(render_config(self.env, self.folder))
+        try:
+            current = settings_digest(self.cfg.read_text())
+        except OSError:
+            current = None
+        if current != wanted or not self.socket.answers():
+            self._reload(pid)
+            return "reloaded"
+        return "running"
+
+    def _check_port(self) -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(("127.0.0.1", self.env.lb_port))
+            except OSError as exc:
+                raise ConfigError(f"{self.env.path / 'group_vars/all/deploy.yml'}: bakery_deploy.lb_port {self.env.lb_port}: "
+                                  f"127.0.0.1:{self.env.lb_port} is in use by another process ({exc.strerror}); "
+                                  "choose a free port") from exc
+
+    def _write_config(self, servers: list[tuple[str, int]]) -> None:
+        text = render_config(self.env, self.folder, servers)
+        tmp = self.cfg.with_name(f".haproxy.cfg.{os.getpid()}")
+        tmp.write_text(text, encoding="utf-8")
+        try:
+            proc = subprocess.run([HAPROXY, "-c", "-q", "-f", str(tmp)], capture_output=True, text=True, timeout=30, check=False)
+        except FileNotFoundError as exc:
+            tmp.unlink(missing_ok=True)
+            raise ConfigError(f"{HAPROXY} is not installed; run: make setup") from exc
+        if proc.returncode != 0:
+            tmp.unlink(missing_ok=True)
+            alerts = [line for line in (proc.stderr or proc.stdout).splitlines() if "ALERT" in line] or ["unknown error"]
+            raise OperationError(f"HAProxy refused the generated config for environment '{self.env.name}': {alerts[0].strip()}")
+        tmp.replace(self.cfg)
+
+    def _spawn(self, *extra: str) -> None:
+        cmd = [HAPROXY, "-D", "-f", str(self.cfg), *extra]
+        log.info("$ %s", shlex.join(cmd))
+        # Its own session and no inherited output: the daemon outlives bake.py and never holds its pipes.
+        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                              timeout=30, check=False, start_new_session=True)
+        if proc.returncode != 0:
+            alerts = [line for line in proc.stderr.splitlines() if "ALERT" in line] or proc.stderr.strip().splitlines()[-1:] or ["?"]
+            raise OperationError(f"HAProxy of environment '{self.env.name}' did not start: {alerts[0].strip()}")
+
+    def _wait_started(self, old_pid: int | None = None) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            pid = self.pid()
+            if pid is not None and pid != old_pid and self.socket.answers():
+                return
+            time.sleep(0.05)
+        raise OperationError(f"HAProxy of environment '{self.env.name}' did not answer on {self.sock_path} within {START_TIMEOUT:.0f} s")
+
+    def _start(self) -> None:
+        self._check_port()
+        for stale in (self.sock_path, self.pid_path, self.state_path):
+            stale.unlink(missing_ok=True)
+        self._write_config([])
+        self._spawn()
+        self._wait_started()
+        log.info("started HAProxy for %s on 127.0.0.1:%d (pid %s)", self.env.name, self.env.lb_port, self.pid())
+
+    def _reload(self, old_pid: int) -> None:
+        """Seamless reload: same servers and states, listening sockets handed over, old process finishes its requests."""
+        servers: list[Server] = []
+        if self.socket.answers():
+            state = self.socket.command(f"show servers state {BACKEND}")
+            self.state_path.write_text(state, encoding="utf-8")
+            servers = list(self.servers().values())
+        self._write_config([(s.name, s.port) for s in servers])
+        extra = ["-x", str(self.sock_path)] if self.sock_path.exists() else []
+        self._spawn(*extra, "-sf", str(old_pid))
+        self._wait_started(old_pid)
+        log.info("reloaded HAProxy for %s (pid %s, was %s)", self.env.name, self.pid(), old_pid)
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> bool:
+        """Soft stop (SIGUSR1: stop listening, finish connections), SIGTERM after the timeout. False if it was not running."""
+        pid = self.pid()
+        if pid is None:
+            for stale in (self.sock_path, self.pid_path):
+                stale.unlink(missing_ok=True)
+            return False
+        os.kill(pid, signal.SIGUSR1)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.05)
+        if _alive(pid):
+            os.kill(pid, signal.SIGTERM)
+            time.sleep(0.2)
+        for stale in (self.sock_path, self.pid_path, self.state_path):
+            stale.unlink(missing_ok=True)
+        return True
+
+    # ---- servers
+
+    def servers(self) -> dict[str, Server]:
+        """Every server of the backend; empty when HAProxy is not running."""
+        if not self.running():
+            return {}
+        state = self.socket.command(f"show servers state {BACKEND}")
+        result: dict[str, Server] = {}
+        for line in state.splitlines():
+            fields = line.split()
+            if len(fields) < 19 or line.startswith("#") or fields[1] != BACKEND:
+                continue
+            result[fields[3]] = Server(name=fields[3], address=fields[4], port=int(fields[18]), op_state=int(fields[5]),
+                                       admin_state=int(fields[6]))
+        if result:
+            stats = self.socket.command("show stat").lstrip("# ")
+            for row in csv.DictReader(io.StringIO(stats)):
+                server = result.get(row.get("svname", "")) if row.get("pxname") == BACKEND else None
+                if server is None:
+                    continue
+                server.status = row.get("status", "")
+                server.check_status = (row.get("check_status") or "").lstrip("* ")
+                server.check_code = row.get("check_code") or ""
+                server.check_desc = row.get("check_desc") or ""
+                server.last_check = _decode_check(row.get("last_chk") or "")
+                server.sessions = int(row.get("scur") or 0)
+                server.queued = int(row.get("qcur") or 0)
+        return result
+
+    def _admin(self, line: str, ok: tuple[str, ...] = ("",)) -> str:
+        answer = self.socket.command(line).strip()
+        if answer not in ok:
+            raise HAProxyError(f"HAProxy of environment '{self.env.name}' refused '{line}': {answer.splitlines()[0] if answer else '?'}")
+        return answer
+
+    def add_server(self, name: str, port: int) -> None:
+        """Register a server that gets health checks but no traffic (drain) until enable() is called.
+
+        Idempotent: a server that exists already (an interrupted run added it) is put in the same state."""
+        existing = self.servers().get(name)
+        if existing is None:
+            self._admin(f"add server {BACKEND}/{name} 127.0.0.1:{port} {server_params(self.env)}", ok=("New server registered.",))
+        elif existing.port != port:
+            raise HAProxyError(f"HAProxy of environment '{self.env.name}' has a server {name} on port {existing.port}, not {port}")
+        elif existing.in_service:
+            return
+        self._admin(f"set server {BACKEND}/{name} state drain")
+        self._admin(f"enable health {BACKEND}/{name}")
+
+    def enable(self, name: str) -> None:
+        self._admin(f"set server {BACKEND}/{name} state ready")
+
+    def drain(self, name: str) -> None:
+        self._admin(f"set server {BACKEND}/{name} state drain")
+
+    def maint(self, name: str) -> None:
+        self._admin(f"set server {BACKEND}/{name} state maint")
+
+    def delete(self, name: str, timeout: float = 10.0) -> None:
+        """Remove a server (maintenance first; HAProxy refuses while it still has connections, so retry)."""
+        self.maint(name)
+        deadline = time.monotonic() + timeout
+        while True:
+            answer = self.socket.command(f"del server {BACKEND}/{name}").strip()
+            if answer.startswith("Server deleted") or "No such server" in answer or "No such backend" in answer:
+                return
+            if time.monotonic() > deadline:
+                raise HAProxyError(f"HAProxy of environment '{self.env.name}' did not let go of server {name}: {answer}")
+            time.sleep(0.1)
+
+    def wait_idle(self, name: str, timeout: float) -> bool:
+        """Wait until no request is in flight or queued for this server. False on timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            server = self.servers().get(name)
+            if server is None or (server.sessions == 0 and server.queued == 0):
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+
+
+def _decode_check(text: str) -> str:
+    """HAProxy escapes '<' and '>' in last_chk as <3C> and <3E>."""
+    return text.replace("<3C>", "").replace("<3E>", "")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie is dead for our purpose.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except (OSError, IndexError):
+        return False
