@@ -16,7 +16,11 @@ demo: setup
 	./bake.py base
 	./bake.py build-app
 	./bake.py build webapp
-	./bake.py show webapp
+	./bake.py verify webapp --env dev
+	./bake.py deploy webapp --env dev
+	./bake.py status --env dev
+	@echo "demo: the app answers through HAProxy at http://127.0.0.1:18080/ :"
+	@$(PY) -c 'import urllib.request; print(urllib.request.urlopen("http://127.0.0.1:18080/version", timeout=5).read().decode())'
 
 lint: setup
 	$(VENV)/bin/ruff check bakery tests bake.py app
