@@ -1,0 +1,581 @@
+"""Checks of the hardening role; Molecule runs them, and so can bake.py verify on every image with this role.
+
+Each test fails when its control is missing. The Molecule prepare step plants what the role must
+clean up (a compiler, a password hash, an empty password, a system account with a shell, a
+world-writable file and directory, loose modes on the shadow files); the tests of the planted
+fixtures skip themselves on an image that never had them.
+
+Kernel-level controls (sysctl, modprobe, auditd) cannot take effect inside a container, so
+their files are checked, and their units must skip cleanly: the system must still be "running".
+"""
+
+import re
+
+import pytest
+
+PLANTED_DIR = "/usr/local/share/molecule-hardening"
+BREAK_GLASS_USER = "breakglass"
+RUNTIME_ENV = "/run/bakery/runtime.env"
+BANNER_FIRST_LINE = "Authorised access only."
+
+
+def _lines(host, path):
+    return [line.strip() for line in host.file(path).content_string.splitlines()]
+
+
+# --- the system as a whole -----------------------------------------------------------------
+
+
+def test_system_is_running_not_degraded(host):
+    # auditd (and anything else the role installs) must skip cleanly in a container.
+    state = host.run("timeout 60 systemctl is-system-running --wait").stdout.strip()
+    failed = host.run("systemctl --failed --no-legend --plain").stdout
+    assert state == "running", f"system is {state}; failed units:\n{failed}"
+
+
+# --- 6. compilers and unneeded packages ----------------------------------------------------
+
+ABSENT_PACKAGES = [
+    "gcc", "gcc-12", "g++", "g++-12", "cpp", "cpp-12", "clang", "tcc",
+    "telnet", "inetutils-telnet", "telnetd", "rsh-client", "rsh-redone-client", "rsh-server",
+    "talk", "inetutils-talk", "nis", "ypserv", "xinetd", "openbsd-inetd", "tftp-hpa", "tftpd-hpa",
+    "ftp", "vsftpd", "avahi-daemon", "cups", "cups-daemon", "rpcbind", "nfs-kernel-server", "slapd",
+    "isc-dhcp-server", "snmpd",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ABSENT_PACKAGES)
+def test_unneeded_package_is_absent(host, name):
+    assert not host.package(name).is_installed
+
+
+@pytest.mark.parametrize("command", ["cc", "gcc", "gcc-12", "c++", "g++", "cpp", "telnet"])
+def test_no_compiler_or_clear_text_client_on_path(host, command):
+    assert not host.exists(command)
+
+
+def test_no_apt_lists_are_left_in_the_layer(host):
+    # the role installs packages (openssh-server, libpam-pwquality, auditd) and purges others:
+    # its own layer must not carry package lists or downloaded packages. (/var/cache/apt/*.bin is
+    # left out: package_facts rebuilds it from the empty lists on the idempotence run.)
+    assert host.check_output("find /var/lib/apt/lists /var/cache/apt/archives -type f ! -name lock") == ""
+
+
+# --- 1. sshd: installed, hardened, disabled ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sshd_effective(host):
+    """`sshd -T`: the configuration sshd would really use (needs a host key; none is baked)."""
+    key = "/tmp/molecule-sshd-test-key"
+    host.run_test(f"ssh-keygen -q -t ed25519 -N '' -f {key}")
+    host.run_test("install -d -m 0755 /run/sshd")  # the privilege separation directory, made by ssh.service
+    try:
+        out = host.check_output(f"/usr/sbin/sshd -T -f /etc/ssh/sshd_config -h {key}")
+    finally:
+        host.run(f"rm -f {key} {key}.pub")
+    config = {}
+    for line in out.splitlines():
+        key_name, _, value = line.partition(" ")
+        config.setdefault(key_name, value)
+    return config
+
+
+def test_openssh_server_is_installed_but_disabled(host):
+    assert host.package("openssh-server").is_installed
+    ssh = host.service("ssh")
+    assert not ssh.is_enabled
+    assert not ssh.is_running
+    assert not host.service("ssh.socket").is_enabled
+    assert not host.socket("tcp://0.0.0.0:22").is_listening
+    assert not host.socket("tcp://:::22").is_listening
+
+
+def test_sshd_config_is_private(host):
+    config = host.file("/etc/ssh/sshd_config")
+    assert config.user == "root"
+    assert config.group == "root"
+    assert config.mode == 0o600
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [
+        ("permitrootlogin", "no"),
+        ("passwordauthentication", "no"),
+        ("kbdinteractiveauthentication", "no"),
+        ("permitemptypasswords", "no"),
+        ("pubkeyauthentication", "yes"),
+        ("hostbasedauthentication", "no"),
+        ("x11forwarding", "no"),
+        ("allowtcpforwarding", "no"),
+        ("allowagentforwarding", "no"),
+        ("disableforwarding", "yes"),
+        ("permituserenvironment", "no"),
+        ("maxauthtries", "4"),
+        ("logingracetime", "60"),
+        ("clientaliveinterval", "300"),
+        ("clientalivecountmax", "3"),
+        ("loglevel", "VERBOSE"),
+        ("banner", "/etc/issue.net"),
+        ("allowusers", BREAK_GLASS_USER),
+        ("usepam", "yes"),
+        ("ciphers", "chacha20-poly1305@openssh.com,aes256-gcm@openssh.com,aes128-gcm@openssh.com,aes256-ctr,aes192-ctr,aes128-ctr"),
+        ("macs", "hmac-sha2-512-etm@openssh.com,hmac-sha2-256-etm@openssh.com,umac-128-etm@openssh.com,hmac-sha2-512,hmac-sha2-256"),
+        ("kexalgorithms", "sntrup761x25519-sha512@openssh.com,curve25519-sha256@libssh.org,diffie-hellman-group-exchange-sha256"),
+    ],
+)
+def test_sshd_effective_setting(sshd_effective, setting, expected):
+    assert sshd_effective.get(setting) == expected
+
+
+def test_no_ssh_host_keys_are_baked(host):
+    keys = host.run("find /etc/ssh -name 'ssh_host_*'").stdout.split()
+    assert keys == []
+
+
+def test_ssh_keysign_is_not_setuid(host):
+    keysign = host.file("/usr/lib/openssh/ssh-keysign")
+    assert keysign.exists
+    assert not keysign.mode & 0o4000
+
+
+# --- 3. kernel and network parameters ------------------------------------------------------
+
+SYSCTL_EXPECTED = {
+    "net.ipv4.ip_forward": "0",
+    "net.ipv4.conf.all.send_redirects": "0",
+    "net.ipv4.conf.default.send_redirects": "0",
+    "net.ipv4.conf.all.accept_redirects": "0",
+    "net.ipv4.conf.default.accept_redirects": "0",
+    "net.ipv4.conf.all.secure_redirects": "0",
+    "net.ipv4.conf.all.accept_source_route": "0",
+    "net.ipv4.conf.all.log_martians": "1",
+    "net.ipv4.icmp_echo_ignore_broadcasts": "1",
+    "net.ipv4.icmp_ignore_bogus_error_responses": "1",
+    "net.ipv4.conf.all.rp_filter": "1",
+    "net.ipv4.tcp_syncookies": "1",
+    "net.ipv6.conf.all.accept_ra": "0",
+    "net.ipv6.conf.all.accept_redirects": "0",
+    "kernel.randomize_va_space": "2",
+    "kernel.kptr_restrict": "2",
+    "kernel.dmesg_restrict": "1",
+    "kernel.yama.ptrace_scope": "1",
+    "fs.suid_dumpable": "0",
+    "fs.protected_hardlinks": "1",
+    "fs.protected_symlinks": "1",
+}
+
+
+def test_sysctl_hardening_file(host):
+    # host.sysctl() would read the live kernel values, which a container cannot change
+    # (/proc/sys is read-only and systemd-sysctl skips itself): check the file applied at boot on a VM.
+    conf = host.file("/etc/sysctl.d/60-bakery-hardening.conf")
+    assert conf.user == "root"
+    assert conf.mode == 0o644
+    settings = {}
+    for line in conf.content_string.splitlines():
+        if line.strip() and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            settings[key.strip()] = value.strip()
+    for key, value in SYSCTL_EXPECTED.items():
+        assert settings.get(key) == value, key
+
+
+# --- 4. login.defs and PAM -----------------------------------------------------------------
+
+
+def _login_defs(host):
+    values = {}
+    for line in _lines(host, "/etc/login.defs"):
+        if line and not line.startswith("#"):
+            parts = line.split(None, 1)
+            values[parts[0]] = parts[1].strip() if len(parts) > 1 else ""
+    return values
+
+
+def test_login_defs_password_aging_and_hashing(host):
+    defs = _login_defs(host)
+    assert defs["PASS_MAX_DAYS"] == "365"
+    assert defs["PASS_MIN_DAYS"] == "1"
+    assert defs["PASS_WARN_AGE"] == "7"
+    assert defs["ENCRYPT_METHOD"] == "YESCRYPT"
+    assert defs["YESCRYPT_COST_FACTOR"] == "5"
+
+
+def test_new_accounts_are_locked_after_30_inactive_days(host):
+    assert "INACTIVE=30" in host.check_output("useradd -D").splitlines()
+
+
+def test_pwquality_is_installed_and_configured(host):
+    assert host.package("libpam-pwquality").is_installed
+    settings = {}
+    for line in _lines(host, "/etc/security/pwquality.conf"):
+        if line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            settings[key.strip()] = value.strip()
+    assert int(settings["minlen"]) >= 14
+    assert settings["minclass"] == "4"
+    assert "enforce_for_root" in settings
+
+
+def test_faillock_is_configured(host):
+    settings = {}
+    for line in _lines(host, "/etc/security/faillock.conf"):
+        if line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            settings[key.strip()] = value.strip()
+    assert settings["deny"] == "5"
+    assert settings["unlock_time"] == "900"
+
+
+def _pam_modules(host, stack):
+    """(module, arguments) of the active lines of /etc/pam.d/common-<stack>, in order."""
+    modules = []
+    for line in _lines(host, f"/etc/pam.d/common-{stack}"):
+        if not line or line.startswith("#"):
+            continue
+        fields = re.sub(r"\[[^]]*\]", "control", line).split()
+        modules.append((fields[2], " ".join(fields[3:])))
+    return modules
+
+
+def test_faillock_is_in_the_auth_and_account_stacks(host):
+    auth = _pam_modules(host, "auth")
+    names = [name for name, _ in auth]
+    preauth = auth.index(("pam_faillock.so", "preauth"))
+    unix = names.index("pam_unix.so")
+    authfail = auth.index(("pam_faillock.so", "authfail"))
+    assert preauth < unix < authfail
+    assert "pam_faillock.so" in [name for name, _ in _pam_modules(host, "account")]
+
+
+def test_pam_unix_refuses_empty_passwords(host):
+    for stack in ("auth", "password"):
+        assert "nullok" not in host.file(f"/etc/pam.d/common-{stack}").content_string
+
+
+def test_password_quality_and_history_come_before_pam_unix(host):
+    password = _pam_modules(host, "password")
+    names = [name for name, _ in password]
+    assert names.index("pam_pwquality.so") < names.index("pam_pwhistory.so") < names.index("pam_unix.so")
+    history = dict(password)["pam_pwhistory.so"]
+    assert "remember=5" in history.split()
+    assert "use_authtok" in history.split()
+
+
+# --- 5. umask ------------------------------------------------------------------------------
+
+
+def test_login_shells_get_umask_027(host):
+    assert host.check_output("bash -l -c umask") == "0027"
+    assert host.run(f"runuser -u {BREAK_GLASS_USER} -- bash -l -c umask").stdout.strip() == "0027"
+
+
+def test_login_defs_umask(host):
+    assert _login_defs(host)["UMASK"] == "027"
+
+
+# --- 7. core dumps -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("user", ["nobody", "root"])
+def test_pam_sessions_cannot_dump_core(host, user):
+    # runuser goes through PAM (pam_limits), like a login would.
+    assert host.check_output(f"runuser -u {user} -- sh -c 'ulimit -H -c'") == "0"
+
+
+def test_systemd_stores_no_core_dumps(host):
+    coredump = host.file("/etc/systemd/coredump.conf.d/60-bakery.conf")
+    assert coredump.contains("^Storage=none$")
+    assert coredump.contains("^ProcessSizeMax=0$")
+    assert host.file("/etc/systemd/system.conf.d/60-bakery-coredump.conf").contains("^DefaultLimitCORE=0$")
+
+
+# --- 8. auditd -----------------------------------------------------------------------------
+
+
+def test_auditd_is_installed_and_enabled(host):
+    assert host.package("auditd").is_installed
+    assert host.service("auditd").is_enabled
+
+
+def test_auditd_skips_itself_in_a_container(host):
+    dropin = host.file("/etc/systemd/system/auditd.service.d/60-bakery-skip-in-container.conf")
+    assert dropin.contains("^ConditionVirtualization=!container$")
+    shown = host.check_output("systemctl show auditd.service -p ActiveState -p Result -p ConditionResult")
+    assert "Result=success" in shown
+    assert "ConditionResult=no" in shown
+
+
+AUDIT_RULES = [
+    "-w /etc/passwd -p wa -k identity",
+    "-w /etc/group -p wa -k identity",
+    "-w /etc/shadow -p wa -k identity",
+    "-w /etc/gshadow -p wa -k identity",
+    "-w /etc/security/opasswd -p wa -k identity",
+    "-w /etc/sudoers -p wa -k scope",
+    "-w /etc/sudoers.d -p wa -k scope",
+    "-w /etc/localtime -p wa -k time-change",
+    "-w /var/log/lastlog -p wa -k logins",
+    "-w /var/run/faillock -p wa -k logins",
+    "-w /var/run/utmp -p wa -k session",
+    "-w /var/log/wtmp -p wa -k session",
+    "-w /var/log/btmp -p wa -k session",
+    "-a always,exit -F arch=b64 -S adjtimex,settimeofday -k time-change",
+    "-a always,exit -F arch=b64 -S mount -F auid>=1000 -F auid!=unset -k mounts",
+    "-a always,exit -F arch=b64 -S init_module,finit_module,delete_module -F auid>=1000 -F auid!=unset -k kernel_modules",
+    "-a always,exit -F path=/usr/bin/su -F perm=x -F auid>=1000 -F auid!=unset -k privileged",
+    "-a always,exit -F path=/usr/bin/passwd -F perm=x -F auid>=1000 -F auid!=unset -k privileged",
+]
+
+
+@pytest.fixture(scope="module")
+def audit_rules(host):
+    return _lines(host, "/etc/audit/rules.d/60-bakery-hardening.rules")
+
+
+@pytest.mark.parametrize("rule", AUDIT_RULES)
+def test_audit_rule(audit_rules, rule):
+    assert rule in audit_rules
+
+
+def test_audit_rules_are_immutable_and_compiled(host):
+    assert _lines(host, "/etc/audit/rules.d/99-bakery-finalize.rules")[-1] == "-e 2"
+    # what augenrules --load will load at boot on a VM: the role's rules, "-e 2" last
+    compiled = _lines(host, "/etc/audit/audit.rules")
+    assert compiled[-1] == "-e 2"
+    assert "-w /etc/shadow -p wa -k identity" in compiled
+    assert host.check_output("augenrules --check") == "/usr/sbin/augenrules: No change"
+
+
+def test_every_setuid_program_is_audited(host, audit_rules):
+    programs = host.check_output("find / -xdev -type f -perm /6000").split()
+    assert programs
+    for program in programs:
+        assert f"-a always,exit -F path={program} -F perm=x -F auid>=1000 -F auid!=unset -k privileged" in audit_rules
+
+
+# --- 9. permissions of sensitive files -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "user", "group", "mode"),
+    [
+        ("/etc/passwd", "root", "root", 0o644),
+        ("/etc/group", "root", "root", 0o644),
+        ("/etc/shadow", "root", "shadow", 0o640),
+        ("/etc/gshadow", "root", "shadow", 0o640),
+        ("/etc/cron.d", "root", "root", 0o700),
+        ("/etc/cron.daily", "root", "root", 0o700),
+    ],
+)
+def test_sensitive_file_permissions(host, path, user, group, mode):
+    f = host.file(path)
+    assert f.exists
+    assert (f.user, f.group, f.mode) == (user, group, mode)
+
+
+@pytest.mark.parametrize(("path", "mode"), [("/etc/crontab", 0o600), ("/boot/grub/grub.cfg", 0o400)])
+def test_optional_sensitive_file_permissions(host, path, mode):
+    f = host.file(path)
+    if not f.exists:
+        pytest.skip(f"{path} is not on this image")
+    assert f.user == "root"
+    assert f.mode == mode
+
+
+# --- 10. world-writable files --------------------------------------------------------------
+
+WORLD_WRITABLE_FIND = (
+    "find / -xdev \\( -path /proc -o -path /sys -o -path /dev -o -path /run -o -path /tmp -o -path /var/tmp \\) -prune"
+    " -o -type f -perm -0002 -print -o -type d -perm -0002 ! -perm -1000 -print"
+)
+
+
+def test_no_world_writable_files_or_unsticky_directories(host):
+    assert host.check_output(WORLD_WRITABLE_FIND) == ""
+
+
+def test_planted_world_writable_file_and_directory_were_fixed(host):
+    planted_file = host.file(f"{PLANTED_DIR}/world-writable-file")
+    planted_dir = host.file(f"{PLANTED_DIR}/world-writable-dir")
+    if not planted_file.exists:
+        pytest.skip("no planted fixtures (not a Molecule instance)")
+    assert planted_file.mode == 0o664
+    assert planted_dir.mode == 0o1777
+
+
+# --- 11. legal banner ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/etc/issue", "/etc/issue.net", "/etc/motd"])
+def test_legal_banner_without_os_details(host, path):
+    text = host.file(path).content_string
+    assert text.startswith(BANNER_FIRST_LINE)
+    assert "debian" not in text.lower()
+    assert not re.search(r"\\[mrsvnl]", text), "getty escapes would print OS details"
+
+
+def test_dynamic_motd_does_not_print_the_kernel(host):
+    uname = host.file("/etc/update-motd.d/10-uname")
+    if uname.exists:
+        assert not uname.mode & 0o111
+
+
+# --- 12. cron and at -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/etc/cron.allow", "/etc/at.allow"])
+def test_cron_and_at_allow_only_root(host, path):
+    f = host.file(path)
+    assert f.content_string.split() == ["root"]
+    assert f.user == "root"
+    assert not f.mode & 0o007
+
+
+@pytest.mark.parametrize("path", ["/etc/cron.deny", "/etc/at.deny"])
+def test_cron_and_at_deny_lists_are_absent(host, path):
+    assert not host.file(path).exists
+
+
+# --- 13. accounts --------------------------------------------------------------------------
+
+
+def _accounts(host):
+    accounts = []
+    for line in host.check_output("getent passwd").splitlines():
+        name, _, uid, _, _, _, shell = line.split(":")
+        accounts.append((name, int(uid), shell))
+    return accounts
+
+
+def test_no_account_has_a_password_hash_or_an_empty_password(host):
+    for line in host.file("/etc/shadow").content_string.splitlines():
+        name, password = line.split(":")[:2]
+        assert not password.startswith("$"), f"{name} has a password hash"
+        assert re.fullmatch(r"[!*]+", password), f"{name} has a usable password field {password!r}"
+
+
+def test_planted_accounts_were_locked(host):
+    if not host.user("molecule-hashed").exists:
+        pytest.skip("no planted fixtures (not a Molecule instance)")
+    for name in ("molecule-hashed", "molecule-empty"):
+        assert re.fullmatch(r"[!*]+", host.user(name).password), name
+
+
+def test_system_accounts_have_no_login_shell(host):
+    nologin = {"/usr/sbin/nologin", "/sbin/nologin", "/bin/false", "/usr/bin/false"}
+    for name, uid, shell in _accounts(host):
+        if name in {"root", "sync", "shutdown", "halt"}:
+            continue
+        if uid < 1000 or uid == 65534:
+            assert shell in nologin, f"{name} ({uid}) has the login shell {shell}"
+    assert host.user("games").shell == "/usr/sbin/nologin"
+
+
+# --- 14. kernel modules --------------------------------------------------------------------
+
+
+def test_uncommon_modules_cannot_be_loaded(host):
+    lines = _lines(host, "/etc/modprobe.d/60-bakery-hardening.conf")
+    for module in ("cramfs", "freevxfs", "hfs", "hfsplus", "jffs2", "udf", "usb-storage", "dccp", "sctp", "rds", "tipc"):
+        assert f"install {module} /bin/false" in lines, module
+        assert f"blacklist {module}" in lines, module
+
+
+# --- 2. break-glass (last: it opens SSH, then puts everything back) -------------------------
+
+
+def test_break_glass_unit_is_enabled_after_the_runtime_config(host):
+    unit = host.service("bakery-break-glass")
+    assert unit.is_enabled
+    assert "bakery-runtime-config.service" in unit.systemd_properties["After"].split()
+    assert unit.systemd_properties["EnvironmentFiles"].startswith("/run/bakery/runtime.env (ignore_errors=yes)")
+
+
+@pytest.mark.parametrize("runtime_env", [None, 'BREAK_GLASS_SSH="false"\\nOTHER_KEY="x"\\n'])
+def test_break_glass_does_nothing_unless_the_runtime_config_says_true(host, runtime_env):
+    had_runtime_dir = host.file("/run/bakery").exists
+    if runtime_env:
+        host.run_test(f"mkdir -p /run/bakery && printf '{runtime_env}' > {RUNTIME_ENV}")
+    try:
+        host.run_test("systemctl restart bakery-break-glass")
+        props = host.service("bakery-break-glass").systemd_properties
+        assert props["ActiveState"] == "active"
+        assert props["Result"] == "success"
+        assert not host.service("ssh").is_running
+        assert host.run("find /etc/ssh -name 'ssh_host_*'").stdout.strip() == ""
+    finally:
+        if runtime_env:
+            host.run(f"rm -f {RUNTIME_ENV}")
+            if not had_runtime_dir:
+                host.run("rmdir /run/bakery")
+
+
+@pytest.fixture
+def break_glass_opened(host):
+    """Deliver BREAK_GLASS_SSH=true with a client key in the runtime config and restart the unit; undo afterwards."""
+    key = "/root/molecule-break-glass-key"
+    had_runtime_dir = host.file("/run/bakery").exists
+    since = host.check_output("date '+%Y-%m-%d %H:%M:%S'")
+    host.run_test(f"ssh-keygen -q -t ed25519 -N '' -C molecule-break-glass -f {key}")
+    public_key = host.file(f"{key}.pub").content_string.strip()
+    host.run_test("mkdir -p /run/bakery")
+    # the format bakery-runtime-config.service (base role) writes: KEY="value" lines
+    host.run_test(f"""printf 'BREAK_GLASS_SSH="True"\\nBREAK_GLASS_SSH_AUTHORIZED_KEY="%s"\\n' '{public_key}' > {RUNTIME_ENV}""")
+    restart = host.run("systemctl restart bakery-break-glass")
+    try:
+        yield {"key": key, "since": since, "restart": restart}
+    finally:
+        host.run("systemctl stop ssh.service")
+        host.run("rm -f /etc/ssh/ssh_host_* /root/.ssh/known_hosts")
+        host.run(f"rm -rf /run/bakery-break-glass {key} {key}.pub")
+        host.run(f"rm -f {RUNTIME_ENV}")
+        if not had_runtime_dir:
+            host.run("rmdir /run/bakery")
+        host.run("systemctl restart bakery-break-glass")
+        host.run("systemctl reset-failed")
+
+
+def _ssh(host, key, user, command="true", *options):
+    opts = " ".join(f"-o {option}" for option in options)
+    return host.run(
+        f"ssh -i {key} -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"
+        f" -o ConnectTimeout=10 {opts} {user}@127.0.0.1 {command}"
+    )
+
+
+def test_break_glass_opens_ssh_loudly(host, break_glass_opened):
+    assert break_glass_opened["restart"].rc == 0, break_glass_opened["restart"].stderr
+    assert host.service("ssh").is_running
+    assert host.socket("tcp://0.0.0.0:22").is_listening
+    # host keys were made on the instance, now
+    for kind in ("ed25519", "rsa"):
+        assert host.file(f"/etc/ssh/ssh_host_{kind}_key").mode == 0o600
+    # a loud journal entry: priority crit or worse, text BREAK-GLASS
+    journal = host.check_output(f"journalctl --no-pager -q -p crit --since '{break_glass_opened['since']}' -t bakery-break-glass")
+    assert "BREAK-GLASS" in journal
+
+    key = break_glass_opened["key"]
+    login = _ssh(host, key, BREAK_GLASS_USER, "id -un")
+    assert login.rc == 0, login.stderr
+    assert login.stdout.strip() == BREAK_GLASS_USER
+    assert BANNER_FIRST_LINE in login.stderr  # Banner /etc/issue.net
+    # root may not log in, even with an authorised key
+    host.run_test(f"cp {key}.pub /run/bakery-break-glass/authorized_keys/root")
+    assert _ssh(host, key, "root").rc != 0
+    # only public keys are offered: no passwords, no keyboard-interactive
+    denied = _ssh(host, key, BREAK_GLASS_USER, "true", "PubkeyAuthentication=no")
+    assert denied.rc != 0
+    assert "Permission denied (publickey)" in denied.stderr
+
+    # the system stays healthy with SSH open
+    assert host.check_output("systemctl is-system-running") == "running"
+
+
+def test_break_glass_left_no_trace(host):
+    assert not host.service("ssh").is_running
+    assert host.run("find /etc/ssh -name 'ssh_host_*'").stdout.strip() == ""
+    assert not host.file(RUNTIME_ENV).exists
+    assert host.check_output("systemctl is-system-running") == "running"
