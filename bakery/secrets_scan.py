@@ -18,6 +18,10 @@ from bakery.errors import ConfigError
 
 MAX_SCAN_BYTES = 2 << 20  # content rules read files up to 2 MiB; keys and credentials are small
 
+# Programs such as ssh-keygen carry the PEM marker as a string constant: in a binary file only a whole
+# key block (marker, then a base64 line) counts; in a text file the marker alone does.
+PEM_BLOCK = re.compile(rb"-----BEGIN (?:RSA |DSA |EC |OPENSSH |ENCRYPTED |PGP )?PRIVATE KEY(?: BLOCK)?-----\r?\n"
+                       rb"(?:[A-Za-z-]+:[^\n]*\r?\n)*\r?\n?[A-Za-z0-9+/=]{20,}")
 CONTENT_RULES = {
     "private-key": re.compile(rb"-----BEGIN (?:RSA |DSA |EC |OPENSSH |ENCRYPTED |PGP )?PRIVATE KEY(?: BLOCK)?-----"),
     "aws-access-key-id": re.compile(rb"(?<![A-Z0-9])(?:AKIA|ASIA)[0-9A-Z]{16}(?![A-Z0-9])"),
@@ -99,7 +103,10 @@ def scan(rootfs: Path, paths: list[str], allowlist: list[AllowEntry]) -> list[Fi
             continue
         if VAULT_NAME.search(name) and not head.lstrip().startswith(b"$ANSIBLE_VAULT;"):
             findings.append(Finding("/" + rel, "decrypted-vault", "an Ansible vault file is baked in decrypted"))
+        binary = b"\0" in head[:8192]
         for rule, pattern in CONTENT_RULES.items():
+            if rule == "private-key" and binary:
+                pattern = PEM_BLOCK
             if pattern.search(head):
                 findings.append(Finding("/" + rel, rule, f"matched in the first {min(size, MAX_SCAN_BYTES)} bytes"))
     # de-duplicate git directories (every file below .git reports the same directory)

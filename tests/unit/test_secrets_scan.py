@@ -56,3 +56,14 @@ def test_allowlist_needs_a_reason(tmp_path):
     (tmp_path / "allow.yml").write_text("- {path: x, rule: nosuch, reason: r}\n")
     with pytest.raises(ConfigError, match="unknown rule 'nosuch'"):
         load_allowlist(tmp_path / "allow.yml")
+
+
+def test_pem_marker_in_a_program_is_not_a_key_but_a_key_block_is(tmp_path):
+    marker = b"-----BEGIN OPENSSH PRIVATE KEY-----"
+    paths = tree(tmp_path, {
+        "usr/bin/ssh-keygen": b"\x7fELF\0\0" + marker + b"\n\0-----END OPENSSH PRIVATE KEY-----\0other strings\0",
+        "usr/lib/embedded.so": b"\x7fELF\0\0" + marker + b"\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAE\n",
+        "etc/role/file.txt": marker + b"\n",
+    })
+    found = {(f.path, f.rule) for f in scan(tmp_path, paths, [])}
+    assert found == {("/usr/lib/embedded.so", "private-key"), ("/etc/role/file.txt", "private-key")}
