@@ -7,7 +7,6 @@ PYTEST := $(VENV)/bin/pytest
 
 .PHONY: setup demo test lint unit integration molecule clean
 
-ROLES := $(sort $(notdir $(wildcard roles/*)))
 
 setup:
 	@scripts/setup.sh
@@ -23,7 +22,8 @@ demo: setup
 	@$(PY) -c 'import urllib.request; print(urllib.request.urlopen("http://127.0.0.1:18080/version", timeout=5).read().decode())'
 
 lint: setup
-	$(VENV)/bin/ruff check bakery tests bake.py app
+	$(VENV)/bin/ruff check bakery tests bake.py app scripts roles bench
+	$(PY) scripts/role_docs.py --check roles/hardening
 	$(VENV)/bin/yamllint -s roles playbooks
 	cd $(CURDIR) && NO_COLOR=1 PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/ansible-lint --nocolor --profile production playbooks roles
 
@@ -36,10 +36,7 @@ integration: setup
 # Every role's Molecule scenario: converge, idempotence, verify (testinfra), on the local base image.
 molecule: setup
 	./bake.py base
-	@set -e; for role in $(ROLES); do \
-	  echo "molecule: $$role"; \
-	  (cd roles/$$role && PATH=$(CURDIR)/$(VENV)/bin:$$PATH NO_COLOR=1 molecule test); \
-	done
+	scripts/molecule-all.sh
 
 test: setup lint
 	$(PYTEST)
