@@ -23,6 +23,8 @@ _UNSAFE_TAG_CHARS = re.compile(r"[^\w .:/=+\-@]", re.UNICODE)
 # Files that never change what a role does to a server; editing them must not rebake.
 DIGEST_EXCLUDES = {"molecule", "__pycache__", ".pytest_cache", ".cache", ".git", "tests"}
 DIGEST_EXCLUDE_SUFFIXES = (".pyc", ".swp", "~")
+# A role's own documentation does not change the image either.
+DIGEST_EXCLUDE_ROOT_FILES = {"README.md", "README.rst", "CHANGELOG.md"}
 
 
 def sanitize_tag_value(value: str, limit: int = TAG_VALUE_MAX) -> str:
@@ -58,7 +60,7 @@ def tree_digest(root: Path) -> str:
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if d not in DIGEST_EXCLUDES)
         for name in sorted(filenames):
-            if name.endswith(DIGEST_EXCLUDE_SUFFIXES):
+            if name.endswith(DIGEST_EXCLUDE_SUFFIXES) or (dirpath == str(root) and name in DIGEST_EXCLUDE_ROOT_FILES):
                 continue
             path = Path(dirpath) / name
             rel = path.relative_to(root).as_posix()

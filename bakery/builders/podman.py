@@ -168,9 +168,12 @@ class _Bake:
             return 0, parent
         for index, p in enumerate(self.planned):
             cached = self.b.catalog.layer(p.key)
-            if cached is None or not podman.image_exists(cached["ref"]):
+            # By image id, not tag: another checkout baking the same key moves the tag to its own image
+            # (and may delete that one later); the id keeps pointing at this catalog's layer.
+            ref = cached and (cached["image_id"] or cached["ref"])
+            if not ref or not podman.image_exists(ref):
                 return index, parent
-            parent = cached["ref"]
+            parent = ref
         return len(self.planned), parent
 
     def _start_container(self, from_ref: str) -> None:

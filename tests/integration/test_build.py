@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -192,3 +193,22 @@ def test_sigkill_leftovers_are_removed_by_gc(project):
     assert out.rc == 0 and "removed container" in out.stdout
     assert not containers(f"io.bakery.build.pid={proc.pid}")
     assert bake(project, "gc", "--json").json["containers"] == []
+
+
+def test_another_checkout_baking_the_same_layers_does_not_break_this_cache(project, tmp_path, cleanup_images):
+    first = bake(project, "build", "sample", "--json")
+    assert first.rc == 0, first.stderr
+    cleanup_images.append(first.json["ref"])
+    other = tmp_path / "other-checkout"
+    shutil.copytree(project, other, ignore=shutil.ignore_patterns(".bakery"))
+    theirs = bake(other, "build", "sample", "--json")  # same keys: takes over the cache tags
+    assert theirs.rc == 0, theirs.stderr
+    assert theirs.json["version"] != first.json["version"]  # never the same tag as this checkout's version
+    ids = podman.run("images", "-a", "--filter", f"label=io.bakery.run={theirs.json['run_id']}", "--format", "{{.ID}}").stdout.split()
+    podman.run("rmi", "-f", *ids)  # the other checkout cleans up after itself
+    assert podman.image_exists(first.json["ref"])
+    (project / "roles/second/files/payload.txt").write_text("payload version 3\n")
+    again = bake(project, "build", "sample", "--json")
+    assert again.rc == 0, again.stderr
+    cleanup_images.append(again.json["ref"])
+    assert ran_roles(again.json) == ["second"]

@@ -103,3 +103,14 @@ def test_git_facts_of_a_checkout(tmp_path):
 def test_git_facts_outside_a_checkout(tmp_path):
     facts = git_facts(tmp_path)
     assert facts.commit == "unknown"
+
+
+def test_role_documentation_does_not_change_the_digest(tmp_path):
+    root = make_tree(tmp_path / "role")
+    (root / "README.md").write_text("# role\n")
+    before = tree_digest(root)
+    (root / "README.md").write_text("# role, better documented\n")
+    assert tree_digest(root) == before
+    (root / "templates").mkdir()
+    (root / "templates" / "README.md").write_text("a template named README.md is content\n")
+    assert tree_digest(root) != before
