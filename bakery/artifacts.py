@@ -28,13 +28,13 @@ import json
 import os
 import re
 import tarfile
-import tempfile
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from bakery.errors import ConfigError, OperationError
+from bakery.files import write_atomically
 from bakery.provenance import utc_now
 
 STORE_DIR = Path(".bakery") / "artifacts"
@@ -109,22 +109,6 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write whole or not at all: a reader sees the old file or the new one, never half of one."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
 class LocalArtifactStore(ArtifactStore):
     """Artifacts as files under `root/<name>/` (normally `.bakery/artifacts/`)."""
 
@@ -146,11 +130,11 @@ class LocalArtifactStore(ArtifactStore):
             directory.mkdir(parents=True, exist_ok=True)
             # An existing, intact artifact is never rewritten; a damaged one is replaced.
             if not (archive.is_file() and _file_sha256(archive) == sha):
-                _atomic_write(archive, data)
+                write_atomically(archive, data)
             checksum = directory / f"{archive.name}.sha256"
             line = f"{sha}  {archive.name}\n"
             if not (checksum.is_file() and checksum.read_text() == line):
-                _atomic_write(checksum, line.encode())
+                write_atomically(checksum, line.encode())
             manifest_path = directory / f"{sha}.json"
             try:
                 manifest = self._read_manifest(manifest_path) if manifest_path.is_file() else None
@@ -166,10 +150,10 @@ class LocalArtifactStore(ArtifactStore):
                     "format": "tar.gz",
                     "files": files,
                 }
-                _atomic_write(manifest_path, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+                write_atomically(manifest_path, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
             pointer = directory / "latest"
             if not (pointer.is_file() and pointer.read_text().strip() == sha):
-                _atomic_write(pointer, f"{sha}\n".encode())
+                write_atomically(pointer, f"{sha}\n".encode())
         except OSError as exc:
             raise OperationError(f"{directory}: cannot store artifact {name}: {exc.strerror or exc}; check the disk and permissions") from exc
         return self._artifact(directory, manifest)

@@ -10,6 +10,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bakery.files import write_atomically
+
 
 @dataclass
 class Run:
@@ -32,7 +34,5 @@ class Run:
 
     def write_result(self, result: dict[str, Any]) -> Path:
         target = self.path / "result.json"
-        tmp = target.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        tmp.replace(target)
+        write_atomically(target, json.dumps(result, indent=2, sort_keys=True) + "\n")
         return target

@@ -33,6 +33,7 @@ from typing import Any
 
 from bakery import podman
 from bakery.errors import ConfigError, OperationError
+from bakery.files import write_atomically
 from bakery.fleets.base import Fleet, FleetStatus, Goal, InstanceStatus, RefreshOutcome, RefreshRequest
 from bakery.haproxy import HAProxy, Server
 from bakery.refresh import InstanceGroup, Member, RefreshState, RollingRefresh
@@ -175,11 +176,7 @@ class LocalFleet(Fleet, InstanceGroup):
         path = self.folder / f"runtime-{short_digest(goal.config_digest)}.env"
         text = dataclasses.replace(self.env, runtime=goal.runtime).runtime_env_text()
         if not path.is_file() or path.read_text(encoding="utf-8") != text:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}")
-            tmp.write_text(text, encoding="utf-8")
-            tmp.chmod(0o644)
-            tmp.replace(path)
+            write_atomically(path, text)
         return path
 
     def known_runtime(self, config_digest: str) -> dict[str, str] | None:
@@ -374,13 +371,7 @@ class LocalFleet(Fleet, InstanceGroup):
             raise OperationError(f"{self.state_file}: unreadable refresh state ({exc}); move it aside and run the deploy again") from exc
 
     def _save_state(self, state: RefreshState) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = self.state_file.with_name(f".refresh.json.{os.getpid()}")
-        with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(state.to_dict(), handle, indent=2, sort_keys=True)
-            handle.flush()
-            os.fsync(handle.fileno())
-        tmp.replace(self.state_file)
+        write_atomically(self.state_file, json.dumps(state.to_dict(), indent=2, sort_keys=True))
 
     def interrupted(self) -> dict[str, Any] | None:
         return self._read_state()

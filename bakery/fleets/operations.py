@@ -24,6 +24,7 @@ from bakery.catalog import Catalog
 from bakery.config import PROJECT_FILE, Project
 from bakery.environments import Environment, load_environment
 from bakery.errors import BakeryError, ConfigError, Interrupted, OperationError
+from bakery.files import write_atomically
 from bakery.fleets import get_fleet
 from bakery.fleets.base import Fleet, Goal, RefreshOutcome, RefreshRequest
 from bakery.gate import require_verified
@@ -396,12 +397,6 @@ def validate_runtime(project: Project, env_name: str, text: str) -> Environment:
     return env
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
 def config_get(session: Session, env: Environment, key: str | None) -> dict[str, str]:
     if key is None:
         return dict(sorted(env.runtime.items()))
@@ -426,7 +421,7 @@ def config_set(session: Session, env: Environment, pairs: tuple[str, ...] | list
         if new_env.runtime == env.runtime:
             session.progress.note(f"{env.name}: runtime config unchanged")
             return {**summary, "result": "unchanged", "release": None, "resumed": resumed}
-        _write_atomically(path, new_text)
+        write_atomically(path, new_text)
         session.progress.note(f"{env.name}: wrote {path}")
         fleet.env = new_env  # same instances and load balancer; only the runtime config differs
         current = fleet.current()
@@ -440,6 +435,6 @@ def config_set(session: Session, env: Environment, pairs: tuple[str, ...] | list
             if old_text is None:
                 path.unlink(missing_ok=True)
             else:
-                _write_atomically(path, old_text)
+                write_atomically(path, old_text)
             session.progress.note(f"{env.name}: restored the previous {path.name}: the new config did not roll out")
         return {**summary, **result.to_dict(), "file_restored": not result.ok}
