@@ -33,6 +33,7 @@ from pathlib import Path
 
 from bakery.environments import Environment
 from bakery.errors import ConfigError, OperationError
+from bakery.processes import pid_alive
 from bakery.provenance import sha256_json
 
 log = logging.getLogger("bakery.haproxy")
@@ -320,9 +321,9 @@ class HAProxy:
             return False
         os.kill(pid, signal.SIGUSR1)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and _alive(pid):
+        while time.monotonic() < deadline and pid_alive(pid):
             time.sleep(0.05)
-        if _alive(pid):
+        if pid_alive(pid):
             os.kill(pid, signal.SIGTERM)
             time.sleep(0.2)
         for stale in (self.sock_path, self.pid_path, self.state_path):
@@ -416,15 +417,3 @@ def _decode_check(text: str) -> str:
     return text.replace("<3C>", "").replace("<3E>", "")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie is dead for our purpose.
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except (OSError, IndexError):
-        return False

@@ -15,24 +15,13 @@ from dataclasses import dataclass, field
 from bakery import podman
 from bakery.catalog import SqliteCatalog
 from bakery.config import Project
+from bakery.processes import pid_alive
 
 log = logging.getLogger("bakery.leftovers")
 
 BUILD_LABEL = "io.bakery.build"
 PID_LABEL = "io.bakery.build.pid"
 GENERATED_PLAYBOOK = re.compile(r"^\.bakery-(\d+)-.*\.yml$")
-
-
-def pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @dataclass
