@@ -28,12 +28,18 @@ def init_repo(path: Path, message: str = "Initial commit of the test project") -
 
 
 @pytest.fixture
-def project(tmp_path: Path) -> Path:
-    """A fresh copy of the fixture project, committed to its own git repository."""
+def proj(tmp_path: Path) -> Path:
+    """A fresh copy of the fixture project (no git repository: for tests that only read it)."""
     root = tmp_path / "project"
     shutil.copytree(FIXTURE_PROJECT, root)
-    init_repo(root)
     return root
+
+
+@pytest.fixture
+def project(proj: Path) -> Path:
+    """A fresh copy of the fixture project, committed to its own git repository."""
+    init_repo(proj)
+    return proj
 
 
 @dataclass

@@ -1,18 +1,10 @@
-import shutil
 
 import pytest
 
 from bakery.cli import main
-from tests.conftest import FIXTURE_PROJECT
 
 pytestmark = pytest.mark.unit
 
-
-@pytest.fixture
-def proj(tmp_path):
-    root = tmp_path / "p"
-    shutil.copytree(FIXTURE_PROJECT, root)
-    return root
 
 
 def run(capsys, *args):

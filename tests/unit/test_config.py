@@ -1,19 +1,11 @@
-import shutil
 
 import pytest
 
 from bakery.config import Project, parse_extra_vars
 from bakery.errors import ConfigError
-from tests.conftest import FIXTURE_PROJECT
 
 pytestmark = pytest.mark.unit
 
-
-@pytest.fixture
-def proj(tmp_path):
-    root = tmp_path / "p"
-    shutil.copytree(FIXTURE_PROJECT, root)
-    return root
 
 
 def test_image_splits_into_one_layer_per_role(proj):

@@ -11,7 +11,7 @@ pytestmark = pytest.mark.unit
 
 
 @pytest.fixture
-def proj(tmp_path):
+def inventory_project(tmp_path):
     root = tmp_path / "p"
     root.mkdir()
     shutil.copy(REPO / "bakery.yml", root / "bakery.yml")
@@ -19,15 +19,15 @@ def proj(tmp_path):
     return root
 
 
-def write_deploy(proj, env, body):
-    path = proj / "inventories" / env / "group_vars" / "all" / "deploy.yml"
+def write_deploy(inventory_project, env, body):
+    path = inventory_project / "inventories" / env / "group_vars" / "all" / "deploy.yml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(body)
     return path
 
 
-def test_shipped_environments_load(proj):
-    project = Project(proj)
+def test_shipped_environments_load(inventory_project):
+    project = Project(inventory_project)
     assert environment_names(project) == ["dev", "prod", "qa"]
     qa = load_environment(project, "qa")
     assert qa.instances == 4 and qa.lb_port == 18081 and qa.require_verified is True and qa.promote_from == "dev"
@@ -50,29 +50,29 @@ def test_shipped_environments_load(proj):
     ("bakery_deploy: {image: webapp, lb_port: 19000, instances: 2, data_volume: {name: d, path: /var/lib/webapp}}\n",
      "data_volume needs instances: 1 and refresh.min_healthy_percentage: 0"),
 ])
-def test_invalid_deploy_settings_name_file_field_and_value(proj, body, message):
-    write_deploy(proj, "bad", body)
+def test_invalid_deploy_settings_name_file_field_and_value(inventory_project, body, message):
+    write_deploy(inventory_project, "bad", body)
     with pytest.raises(ConfigError) as err:
-        load_environment(Project(proj), "bad")
+        load_environment(Project(inventory_project), "bad")
     assert message in str(err.value) and "inventories/bad/group_vars/all/deploy.yml" in str(err.value)
 
 
-def test_promotion_cycle_is_refused(proj):
-    write_deploy(proj, "dev", "bakery_deploy: {image: webapp, lb_port: 19000, promote_from: prod}\n")
+def test_promotion_cycle_is_refused(inventory_project):
+    write_deploy(inventory_project, "dev", "bakery_deploy: {image: webapp, lb_port: 19000, promote_from: prod}\n")
     with pytest.raises(ConfigError, match="promotion cycle"):
-        load_environment(Project(proj), "prod")
+        load_environment(Project(inventory_project), "prod")
 
 
-def test_secrets_must_be_references(proj):
-    path = proj / "inventories" / "qa" / "group_vars" / "all" / "runtime.yml"
+def test_secrets_must_be_references(inventory_project):
+    path = inventory_project / "inventories" / "qa" / "group_vars" / "all" / "runtime.yml"
     path.write_text("bakery_runtime:\n  DATABASE_PASSWORD: hunter2\n")
     with pytest.raises(ConfigError, match="DATABASE_PASSWORD looks like a secret given by value"):
-        load_environment(Project(proj), "qa")
+        load_environment(Project(inventory_project), "qa")
     path.write_text("bakery_runtime:\n  lower_case: x\n")
     with pytest.raises(ConfigError, match="key 'lower_case' must be upper-case"):
-        load_environment(Project(proj), "qa")
+        load_environment(Project(inventory_project), "qa")
 
 
-def test_unknown_environment(proj):
+def test_unknown_environment(inventory_project):
     with pytest.raises(ConfigError, match="unknown environment 'nope'.*known environments: dev, prod, qa"):
-        load_environment(Project(proj), "nope")
+        load_environment(Project(inventory_project), "nope")

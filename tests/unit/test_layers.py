@@ -1,21 +1,13 @@
-import shutil
 
 import pytest
 
 from bakery.config import Project
 from bakery.layers import input_digest, plan_layers
-from tests.conftest import FIXTURE_PROJECT
 
 pytestmark = pytest.mark.unit
 
 BASE = "sha256:base"
 
-
-@pytest.fixture
-def proj(tmp_path):
-    root = tmp_path / "p"
-    shutil.copytree(FIXTURE_PROJECT, root)
-    return root
 
 
 def keys(root, extra=None, base=BASE):
