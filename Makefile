@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST := $(VENV)/bin/pytest
 
-.PHONY: setup demo test lint unit integration molecule clean
+.PHONY: setup demo test lint unit integration aws molecule clean
 
 
 setup:
@@ -29,6 +29,9 @@ lint: setup
 
 unit: setup
 	$(PYTEST) -m unit
+
+aws: setup
+	$(PYTEST) -m aws
 
 integration: setup
 	$(PYTEST) -m integration

@@ -14,6 +14,8 @@ import click
 
 from bakery import __version__
 from bakery.cli_fleet import register as register_fleet_commands
+from bakery.cli_observe import register as register_observe_commands
+from bakery.cli_pipeline import register as register_pipeline_commands
 from bakery.errors import BakeryError, ConfigError, Interrupted
 
 
@@ -123,18 +125,22 @@ def new_role(obj: Context, name: str) -> None:
 
 @cli.command()
 @click.argument("image")
-@click.option("--target", type=click.Choice(["local"]), default="local", show_default=True, help="Where the image is baked.")
+@click.option("--target", type=click.Choice(["local", "aws"]), default="local", show_default=True,
+              help="Where the image is baked: a podman image (local) or an AMI (aws).")
+@click.option("--builder", type=click.Choice(["podman", "packer", "imagebuilder"]),
+              help="How: podman (local); packer or imagebuilder (aws; default aws.builder in bakery.yml, else packer).")
 @click.option("--no-cache", is_flag=True, help="Run every role again, ignoring cached layers.")
 @click.option("--keep-on-failure", is_flag=True, help="Keep the build container when the bake fails, for inspection.")
 @click.option("-e", "--extra-var", "extra_vars", multiple=True, metavar="KEY=VALUE", help="Extra variable for the bake (part of the cache key).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_ctx
-def build(obj: Context, image: str, target: str, no_cache: bool, keep_on_failure: bool, extra_vars: tuple[str, ...], as_json: bool) -> None:
+def build(obj: Context, image: str, target: str, builder: str | None, no_cache: bool, keep_on_failure: bool,
+          extra_vars: tuple[str, ...], as_json: bool) -> None:
     """Bake IMAGE from playbooks/IMAGE.yml into a new image version.
 
     Example: ./bake.py build webapp
     """
-    from bakery.builders import DEFAULT_BUILDER, get_builder
+    from bakery.builders import builder_for
     from bakery.builders.base import BuildOptions
     from bakery.config import parse_extra_vars
     from bakery.progress import make_progress
@@ -144,9 +150,9 @@ def build(obj: Context, image: str, target: str, no_cache: bool, keep_on_failure
     options = BuildOptions(no_cache=no_cache, keep_on_failure=keep_on_failure, extra_vars=parse_extra_vars(extra_vars))
     progress = make_progress(quiet=as_json)
     run = Run.start(obj.project.state_dir, "build")
-    builder = get_builder(DEFAULT_BUILDER[target])(obj.project, obj.catalog, progress)
+    chosen = builder_for(target, builder, obj.project.aws.builder if target == "aws" else None)(obj.project, obj.catalog, progress)
     try:
-        result = builder.build(definition, options, run)
+        result = chosen.build(definition, options, run)
     except BaseException as exc:
         run.write_result({"status": "failed", "image": image, "error": str(exc)})
         raise
@@ -280,6 +286,8 @@ def gc(obj: Context, dry_run: bool, as_json: bool) -> None:
 
 
 register_fleet_commands(cli)
+register_observe_commands(cli)
+register_pipeline_commands(cli)
 
 
 def main(argv: list[str] | None = None) -> int:

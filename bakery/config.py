@@ -23,7 +23,7 @@ ROLE_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
 # so such work would either be repeated in every layer or silently skipped.
 TASK_KEYS = ("pre_tasks", "tasks", "post_tasks", "handlers", "import_playbook")
 IMAGE_SETTING_KEYS = {"base", "description", "artifacts", "health_check"}
-PROJECT_KEYS = {"images", "default_base"}
+PROJECT_KEYS = {"images", "default_base", "aws"}
 DEFAULT_BASE = "bookworm"
 
 
@@ -138,7 +138,15 @@ class Project:
             if not isinstance(artifacts, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in artifacts.items()):
                 raise ConfigError(f"{path}: images.{name}.artifacts must map a role name to an artifact name, e.g. {{webapp: webapp}}")
         data["images"] = images
+        from bakery.aws.settings import load_aws_settings
+
+        data["aws"] = load_aws_settings(data.get("aws"), str(path))
         return data
+
+    @property
+    def aws(self):
+        """The project's aws settings (bakery.aws.settings.AwsSettings); defaults when bakery.yml has no `aws:`."""
+        return self.settings["aws"]
 
     def image_names(self) -> list[str]:
         if not self.playbooks_dir.is_dir():

@@ -10,6 +10,7 @@ from bakery.fleets.base import Fleet
 # target name -> "module:Class"; a module is imported only when its target is used.
 REGISTRY = {
     "local": "bakery.fleets.local:LocalFleet",
+    "aws": "bakery.fleets.aws:AwsFleet",
 }
 
 
