@@ -1,0 +1,57 @@
+"""The tags bakery puts on AMIs and snapshots: the AWS side of the catalog.
+
+Every aws module reads and writes these names from here, so the builder that
+tags an AMI, the fleet that launches it and the clean-up that deregisters it
+agree. Values are sanitised to AWS's tag rules (256 characters, a restricted
+character set) by bakery.provenance.sanitize_tag_value.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bakery.provenance import Provenance, sanitize_tag_value
+
+MANAGED = "bakery:managed"  # "true" on everything this tool creates; gc touches nothing without it
+IMAGE = "bakery:image"
+VERSION = "bakery:version"
+INPUT_DIGEST = "bakery:input-digest"
+GIT_COMMIT = "bakery:git-commit"
+GIT_MESSAGE = "bakery:git-message"
+GIT_BRANCH = "bakery:git-branch"
+GIT_DIRTY = "bakery:git-dirty"
+BUILD_TIME = "bakery:build-time"
+BASE_IMAGE = "bakery:base-image"
+BAKERY_VERSION = "bakery:tool-version"
+ROLES = "bakery:roles"
+ARTIFACTS = "bakery:artifacts"
+ENVIRONMENT = "bakery:environment"  # on instances and volumes launched for an environment
+
+
+def provenance_tags(p: Provenance) -> dict[str, str]:
+    """Every provenance fact as an AMI/snapshot tag (Name too, for the console)."""
+    raw = {
+        "Name": f"{p.image}-{p.version}",
+        MANAGED: "true",
+        IMAGE: p.image,
+        VERSION: p.version,
+        INPUT_DIGEST: p.input_digest,
+        GIT_COMMIT: p.git_commit,
+        GIT_MESSAGE: p.git_message,
+        GIT_BRANCH: p.git_branch,
+        GIT_DIRTY: str(p.git_dirty).lower(),
+        BUILD_TIME: p.build_time,
+        BASE_IMAGE: p.base_image,
+        BAKERY_VERSION: p.bakery_version,
+        ROLES: " ".join(f"{k}={v[:19]}" for k, v in p.roles.items()),
+        ARTIFACTS: " ".join(f"{k}={v}" for k, v in p.artifacts.items()),
+    }
+    return {key: sanitize_tag_value(value) for key, value in raw.items()}
+
+
+def as_tag_list(tags: dict[str, str]) -> list[dict[str, str]]:
+    return [{"Key": k, "Value": v} for k, v in tags.items()]
+
+
+def from_tag_list(tags: list[dict[str, Any]] | None) -> dict[str, str]:
+    return {t["Key"]: t["Value"] for t in tags or []}
