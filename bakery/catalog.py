@@ -256,6 +256,22 @@ class SqliteCatalog(Catalog):
         with self._tx() as db:
             db.execute("DELETE FROM versions WHERE image = ? AND version = ?", (image, version))
 
+    def discard_versions(self, pairs: list[tuple[str, str]]) -> None:
+        """Forget many versions in one transaction (gc removing what it deleted from podman)."""
+        with self._tx() as db:
+            db.executemany("DELETE FROM versions WHERE image = ? AND version = ?", pairs)
+
+    def gc_versions(self) -> list[dict[str, Any]]:
+        """Ready versions with the artifacts baked into each ({name: version}): what gc plans over, in one query."""
+        rows = self._db.execute("SELECT image, version, seq, image_ref, image_id, json_extract(provenance, '$.artifacts') AS artifacts"
+                                " FROM versions WHERE status = 'ready'")
+        return [{**dict(r), "artifacts": json.loads(r["artifacts"]) if r["artifacts"] else {}} for r in rows]
+
+    def release_refs(self) -> list[dict[str, Any]]:
+        """Every release's env, image, versions, kind and status (no details): what gc protects, in one query."""
+        rows = self._db.execute("SELECT id, env, image, version, previous_version, kind, status FROM releases")
+        return [dict(r) for r in rows]
+
     def versions(self, image=None, status="ready"):
         query = "SELECT image, version, seq, status, created, run_id, pid, image_ref, image_id, input_digest, git_commit FROM versions"
         clauses, args = [], []
