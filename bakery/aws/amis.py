@@ -1,0 +1,120 @@
+"""AMIs this tool owns: find them by tag, wait for a new one to show up, remove one with its snapshots.
+
+EC2 is eventually consistent: an AMI that Packer (or CopyImage) just registered
+can answer InvalidAMIID.NotFound, or an empty list, for a while. Everything here
+that looks up one AMI retries that with a bounded backoff instead of failing.
+Throttling is botocore's job (adaptive retries in bakery.aws.clients).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from bakery.errors import ConfigError, OperationError
+
+log = logging.getLogger("bakery.aws.amis")
+
+NOT_YET_VISIBLE = {"InvalidAMIID.NotFound", "InvalidAMIID.Unavailable"}
+SNAPSHOT_BUSY = {"InvalidSnapshot.InUse"}
+VISIBLE_TIMEOUT = 300.0  # seconds an AMI may take to become visible after registration
+BACKOFF_FIRST, BACKOFF_MAX = 1.0, 15.0
+
+
+def backoff(first: float = BACKOFF_FIRST, limit: float = BACKOFF_MAX):
+    """Delays for polling: 1, 2, 4, ... seconds, capped."""
+    delay = first
+    while True:
+        yield delay
+        delay = min(delay * 2, limit)
+
+
+def tag_filters(tags: Mapping[str, str]) -> list[dict[str, Any]]:
+    return [{"Name": f"tag:{key}", "Values": [value]} for key, value in tags.items()]
+
+
+def find_amis(ec2, tags: Mapping[str, str], owners: tuple[str, ...] = ("self",)) -> list[dict[str, Any]]:
+    """AMIs owned by `owners` that carry every tag given, newest first."""
+    images = ec2.describe_images(Owners=list(owners), Filters=tag_filters(tags))["Images"]
+    return sorted(images, key=lambda i: i.get("CreationDate", ""), reverse=True)
+
+
+def describe_ami(ec2, ami_id: str) -> dict[str, Any] | None:
+    """One AMI, or None while EC2 does not (yet) know it."""
+    try:
+        images = ec2.describe_images(ImageIds=[ami_id])["Images"]
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] in NOT_YET_VISIBLE:
+            return None
+        raise
+    return images[0] if images else None
+
+
+def wait_until_visible(ec2, ami_id: str, *, state: str | None = "available", timeout: float = VISIBLE_TIMEOUT,
+                       sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
+    """Describe `ami_id` until EC2 shows it (and it reached `state`); bounded, with backoff."""
+    deadline = time.monotonic() + timeout
+    seen = "not visible"
+    for delay in backoff():
+        image = describe_ami(ec2, ami_id)
+        if image is not None:
+            seen = image.get("State", "unknown")
+            if seen == "failed":
+                reason = (image.get("StateReason") or {}).get("Message", "no reason given")
+                raise OperationError(f"AMI {ami_id} failed: {reason}")
+            if state is None or seen == state:
+                return image
+        if time.monotonic() + delay > deadline:
+            raise OperationError(f"AMI {ami_id} is still {seen} after {timeout:.0f} s; check it in the EC2 console and bake again")
+        log.info("AMI %s is %s; looking again in %.0f s", ami_id, seen, delay)
+        sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def snapshot_ids(image: Mapping[str, Any]) -> list[str]:
+    """The EBS snapshots behind an AMI (deregistering leaves them behind)."""
+    return [m["Ebs"]["SnapshotId"] for m in image.get("BlockDeviceMappings", []) if m.get("Ebs", {}).get("SnapshotId")]
+
+
+def deregister_with_snapshots(ec2, ami_id: str, *, sleep: Callable[[float], None] = time.sleep, attempts: int = 6) -> list[str]:
+    """Deregister an AMI and delete its snapshots; returns the snapshot ids deleted. Gone already is fine."""
+    image = describe_ami(ec2, ami_id)
+    if image is None:
+        return []
+    snapshots = snapshot_ids(image)
+    ec2.deregister_image(ImageId=ami_id)
+    for snapshot in snapshots:
+        delays = backoff()
+        for attempt in range(attempts):
+            try:
+                ec2.delete_snapshot(SnapshotId=snapshot)
+                break
+            except ClientError as exc:
+                code = exc.response["Error"]["Code"]
+                if code == "InvalidSnapshot.NotFound":
+                    break
+                if code not in SNAPSHOT_BUSY or attempt == attempts - 1:
+                    raise
+                sleep(next(delays))  # the AMI's deregistration has not reached the snapshot yet
+    log.info("deregistered %s and deleted snapshots %s", ami_id, ", ".join(snapshots) or "(none)")
+    return snapshots
+
+
+def resolve_base_ami(ssm, parameter: str, fixed: str = "") -> str:
+    """The base AMI id: `aws.base_ami` when set, else the value of the public SSM parameter."""
+    if fixed:
+        return fixed
+    try:
+        value = ssm.get_parameter(Name=parameter)["Parameter"]["Value"]
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] == "ParameterNotFound":
+            raise ConfigError(f"bakery.yml: aws.base_ami_parameter '{parameter}' does not exist in this region; "
+                              "set it to a public parameter such as /aws/service/debian/release/12/latest/amd64, or set aws.base_ami") from exc
+        raise
+    if not value.startswith("ami-"):
+        raise ConfigError(f"bakery.yml: aws.base_ami_parameter '{parameter}' holds '{value}', not an AMI id; point it at an AMI parameter")
+    return value
