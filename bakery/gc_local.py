@@ -1,0 +1,95 @@
+"""`bake.py gc --keep N` on the local target: gather what the plan needs, then carry it out.
+
+Gathering is three reads whatever the catalog's size: the catalog's ready versions
+and releases (one query each) and `podman ps -a` (which images containers use).
+Carrying out removes the planned images with `podman rmi` (never --force: an
+image a container started to use meanwhile stays), then forgets exactly the
+versions whose image is gone, in one catalog transaction. A gc killed between the
+two leaves catalog rows whose image is missing; the next gc (or bake) forgets them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from bakery import podman
+from bakery.artifacts import LocalArtifactStore
+from bakery.catalog import SqliteCatalog
+from bakery.config import Project
+from bakery.gc_plan import ArtifactRow, InUse, LocalPlan, ReleaseRow, VersionRow, plan_local
+
+log = logging.getLogger("bakery.gc")
+
+RMI_BATCH = 100  # image references per `podman rmi` call
+
+
+@dataclass
+class GcResult:
+    removed: list[dict[str, Any]] = field(default_factory=list)
+    failed: list[dict[str, Any]] = field(default_factory=list)  # planned, but podman kept the image (a container uses it now)
+    artifacts: list[dict[str, Any]] = field(default_factory=list)
+
+
+def containers_in_use() -> InUse:
+    """Image references and ids of every container on the host (running or not), with the containers' names."""
+    in_use = InUse()
+    for container in json.loads(podman.run("ps", "-a", "--format", "json").stdout or "[]"):
+        name = (container.get("Names") or [container.get("Id", "?")[:12]])[0]
+        if container.get("Image"):
+            in_use.refs.setdefault(container["Image"], []).append(name)
+        if container.get("ImageID"):
+            in_use.ids.setdefault(container["ImageID"].removeprefix("sha256:"), []).append(name)
+    return in_use
+
+
+def artifact_rows(store: LocalArtifactStore) -> list[ArtifactRow]:
+    rows = []
+    names = sorted(p.name for p in store.root.iterdir() if p.is_dir()) if store.root.is_dir() else []
+    for name in names:
+        latest = store.latest(name)
+        rows += [ArtifactRow(a.name, a.version, a.sha256, latest is not None and a.sha256 == latest.sha256) for a in store.list(name)]
+    return rows
+
+
+def plan(project: Project, catalog: SqliteCatalog, keep: int) -> LocalPlan:
+    """The plan for this project: podman versions only (an AMI version's image_ref is an AMI id: gc --target aws owns those)."""
+    prefix = podman.IMAGE_REPO + "/"
+    versions = [VersionRow(r["image"], r["version"], r["seq"], r["image_ref"], r["image_id"] or "", r["artifacts"])
+                for r in catalog.gc_versions() if (r["image_ref"] or "").startswith(prefix)]
+    releases = [ReleaseRow(**r) for r in catalog.release_refs()]
+    store = LocalArtifactStore(project.state_dir / "artifacts")
+    return plan_local(versions, releases, containers_in_use(), keep, artifact_rows(store))
+
+
+def _present_refs() -> set[str]:
+    images = json.loads(podman.run("images", "--format", "json").stdout or "[]")
+    return {name for image in images for name in image.get("Names") or []}
+
+
+def apply(project: Project, catalog: SqliteCatalog, planned: LocalPlan) -> GcResult:
+    """Remove the planned images, forget the versions whose image is gone (one transaction), delete stale artifacts."""
+    result = GcResult()
+    refs = [entry["image_ref"] for entry in planned.delete]
+    for start in range(0, len(refs), RMI_BATCH):
+        podman.run("rmi", "--ignore", *refs[start:start + RMI_BATCH], check=False)
+    present = _present_refs() if refs else set()
+    for entry in planned.delete:
+        (result.failed if entry["image_ref"] in present else result.removed).append(entry)
+    catalog.discard_versions([(e["image"], e["version"]) for e in result.removed])
+    for entry in result.failed:
+        log.warning("kept %s:%s: podman did not remove %s (a container may use it now)", entry["image"], entry["version"], entry["image_ref"])
+    directory = project.state_dir / "artifacts"
+    for artifact in planned.artifacts:
+        base = directory / artifact["name"] / artifact["sha256"]
+        # The manifest first: a manifest must never name a missing archive.
+        for suffix in (".json", ".tar.gz.sha256", ".tar.gz"):
+            try:
+                os.unlink(f"{base}{suffix}")
+            except FileNotFoundError:
+                pass
+        result.artifacts.append(artifact)
+    return result

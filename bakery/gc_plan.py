@@ -1,0 +1,136 @@
+"""What `bake.py gc --keep N` removes on the local target, decided without touching podman.
+
+The plan is a pure function of catalog rows and the sets of images in use, so it
+can be tested without podman and stays fast for large catalogs (one pass over the
+rows, no call per version). The rules, per image:
+
+- the newest N ready versions stay;
+- a version an environment runs now (its newest successful rollout) stays, and so
+  does that environment's rollback target (the previous distinct version among
+  its successful rollouts), and both ends of a release still in progress;
+- a version a container uses (running or stopped) stays;
+- every other ready version goes.
+
+An artifact goes when no version that stays baked it in and it is not the newest
+of its name (the next bake would use it).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from bakery.fleets.operations import ROLLOUT_KINDS  # the kinds whose version an environment then runs
+
+
+@dataclass(frozen=True)
+class VersionRow:
+    """One ready version as the catalog holds it."""
+
+    image: str
+    version: str
+    seq: int
+    image_ref: str
+    image_id: str = ""
+    artifacts: dict[str, str] = field(default_factory=dict, hash=False, compare=False)  # artifact name -> artifact version
+
+
+@dataclass(frozen=True)
+class ReleaseRow:
+    id: int
+    env: str
+    image: str
+    version: str
+    previous_version: str | None
+    kind: str
+    status: str
+
+
+@dataclass(frozen=True)
+class ArtifactRow:
+    name: str
+    version: str
+    sha256: str
+    latest: bool
+
+
+@dataclass
+class InUse:
+    """What containers use: image references and image ids, each with the containers' names (for the reasons)."""
+
+    refs: dict[str, list[str]] = field(default_factory=dict)
+    ids: dict[str, list[str]] = field(default_factory=dict)
+
+    def users(self, row: VersionRow) -> list[str]:
+        names = list(self.refs.get(row.image_ref, []))
+        if row.image_id:
+            names += [n for n in self.ids.get(_bare_id(row.image_id), []) if n not in names]
+        return names
+
+
+@dataclass
+class LocalPlan:
+    keep: int
+    delete: list[dict[str, Any]] = field(default_factory=list)  # {image, version, image_ref, reason}
+    kept: list[dict[str, Any]] = field(default_factory=list)  # {image, version, image_ref, reasons: [...]}
+    artifacts: list[dict[str, Any]] = field(default_factory=list)  # {name, version, sha256, reason}
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _bare_id(image_id: str) -> str:
+    return image_id.removeprefix("sha256:")
+
+
+def release_protection(releases: Iterable[ReleaseRow]) -> dict[tuple[str, str], list[str]]:
+    """(image, version) -> why releases protect it: what each environment runs, its rollback target, refreshes in flight."""
+    reasons: dict[tuple[str, str], list[str]] = defaultdict(list)
+    seen: dict[tuple[str, str], list[str]] = defaultdict(list)  # (env, image) -> distinct versions of successful rollouts, newest first
+    for r in sorted(releases, key=lambda r: r.id, reverse=True):
+        if r.status == "in_progress":
+            reasons[(r.image, r.version)].append(f"release #{r.id} to {r.env} is in progress")
+            if r.previous_version:
+                reasons[(r.image, r.previous_version)].append(f"release #{r.id} to {r.env} may roll back to it")
+            continue
+        if r.status != "succeeded" or r.kind not in ROLLOUT_KINDS:
+            continue
+        versions = seen[(r.env, r.image)]
+        if len(versions) < 2 and r.version not in versions:
+            versions.append(r.version)
+            why = f"{r.env} runs it (release #{r.id})" if len(versions) == 1 else f"rollback target of {r.env} (release #{r.id})"
+            reasons[(r.image, r.version)].append(why)
+    return reasons
+
+
+def plan_local(versions: Iterable[VersionRow], releases: Iterable[ReleaseRow], in_use: InUse, keep: int,
+               artifacts: Iterable[ArtifactRow] = ()) -> LocalPlan:
+    """Decide which versions and artifacts go; every version that stays says why."""
+    if keep < 1:
+        raise ValueError("keep must be at least 1")
+    plan = LocalPlan(keep=keep)
+    protected = release_protection(releases)
+    by_image: dict[str, list[VersionRow]] = defaultdict(list)
+    for row in versions:
+        by_image[row.image].append(row)
+    staying: list[VersionRow] = []
+    for image in sorted(by_image):
+        for rank, row in enumerate(sorted(by_image[image], key=lambda r: r.seq, reverse=True)):
+            reasons = list(protected.get((image, row.version), []))
+            if rank < keep:
+                reasons.insert(0, f"one of the newest {keep}")
+            reasons += [f"container {name} uses it" for name in in_use.users(row)]
+            entry = {"image": image, "version": row.version, "image_ref": row.image_ref}
+            if reasons:
+                plan.kept.append({**entry, "reasons": reasons})
+                staying.append(row)
+            else:
+                plan.delete.append({**entry, "reason": f"older than the newest {keep} and not in use"})
+    baked = {(name, version) for row in staying for name, version in row.artifacts.items()}
+    for artifact in artifacts:
+        if not artifact.latest and (artifact.name, artifact.version) not in baked:
+            plan.artifacts.append({"name": artifact.name, "version": artifact.version, "sha256": artifact.sha256,
+                                   "reason": "no version that stays bakes it in and a newer one exists"})
+    return plan
