@@ -1,0 +1,164 @@
+"""The Image Builder bundle: everything the build instance needs to run an image's playbook, in one S3 object.
+
+A deterministic .tar.gz (packed like application artifacts: sorted entries,
+owner root, mtime 0) of the image's playbook and the group_vars/host_vars
+beside it, the roles it bakes (with their dependencies; Molecule scenarios and
+caches left out, as in the layer keys), the app artifacts it bakes, the image's
+testinfra suite, and an inventory and extra-vars file for `ansible-playbook -c
+local`. The same inputs give the same bytes, so the S3 key
+`bundles/<image>/<sha256>.tar.gz` names the content and an unchanged bundle is
+never uploaded twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from botocore.exceptions import ClientError
+
+from bakery.artifacts import _pack
+from bakery.config import PROJECT_FILE, ImageDefinition, Project, RoleRef
+from bakery.errors import ConfigError
+from bakery.layers import vars_files_digest
+from bakery.provenance import DIGEST_EXCLUDE_SUFFIXES, DIGEST_EXCLUDES
+
+# Where the build phase unpacks the bundle on the build instance (the component removes it before the snapshot).
+WORK_DIR = "/var/tmp/bakery-build"
+BUNDLE_ROOT = f"{WORK_DIR}/bundle"
+KEY_PREFIX = "bundles"
+
+
+@dataclass
+class Bundle:
+    image: str
+    data: bytes
+    sha256: str  # hex
+    files: list[str]
+
+    @property
+    def key(self) -> str:
+        return f"{KEY_PREFIX}/{self.image}/{self.sha256}.tar.gz"
+
+    def uri(self, bucket: str) -> str:
+        return f"s3://{bucket}/{self.key}"
+
+
+def _tree(root: Path, arc_root: str) -> dict[str, Path]:
+    """Every file under root that can change what a role does (the layer keys' view of a role)."""
+    found: dict[str, Path] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in DIGEST_EXCLUDES)
+        for name in sorted(filenames):
+            if not name.endswith(DIGEST_EXCLUDE_SUFFIXES):
+                path = Path(dirpath) / name
+                found[f"{arc_root}/{path.relative_to(root).as_posix()}"] = path
+    return found
+
+
+def _roles(refs: list[RoleRef]) -> dict[str, Path]:
+    """Each role once, with the roles it depends on."""
+    seen: dict[str, Path] = {}
+    pending = list(refs)
+    while pending:
+        role = pending.pop()
+        if role.name not in seen:
+            seen[role.name] = role.path
+            pending.extend(role.dependencies)
+    return dict(sorted(seen.items()))
+
+
+def bundle_sources(project: Project, definition: ImageDefinition) -> dict[str, Path]:
+    """Archive name -> file on disk, for everything of the project the bake reads."""
+    playbook_dir = definition.playbook.parent.resolve()
+    sources = {f"playbooks/{definition.playbook.name}": definition.playbook}
+    for name in ("group_vars", "host_vars"):
+        if (playbook_dir / name).is_dir():
+            sources.update(_tree(playbook_dir / name, f"playbooks/{name}"))
+    for layer in definition.layers:
+        for name in vars_files_digest(layer.play_header, playbook_dir):
+            path = (playbook_dir / name).resolve()
+            if path.is_relative_to(playbook_dir):
+                sources[f"playbooks/{path.relative_to(playbook_dir).as_posix()}"] = path
+    for role, path in _roles([layer.role for layer in definition.layers]).items():
+        sources.update(_tree(path, f"roles/{role}"))
+    if (project.root / "ansible.cfg").is_file():
+        sources["ansible.cfg"] = project.root / "ansible.cfg"
+    suite = image_suite(project, definition)
+    if suite is not None:
+        sources[f"tests/images/{suite.name}"] = suite
+    return sources
+
+
+def image_suite(project: Project, definition: ImageDefinition) -> Path | None:
+    suite = project.root / "tests" / "images" / f"test_{definition.name}.py"
+    """The image's testinfra suite, which Image Builder's test phase runs (None: the image has none)."""
+    return suite if suite.is_file() else None
+
+
+def instance_vars(extra_vars: dict[str, Any], role_vars: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Path]]:
+    """The bake's extra vars as the build instance sees them: artifact paths point into the unpacked bundle."""
+    merged = dict(extra_vars)
+    artifacts: dict[str, Path] = {}
+    for role, values in sorted(role_vars.items()):
+        for key, value in values.items():
+            if key == f"{role}_artifact_path":
+                local = Path(value)
+                arcname = f"artifacts/{role}/{local.name}"
+                artifacts[arcname] = local
+                value = f"{BUNDLE_ROOT}/{arcname}"
+            merged[key] = value
+    return merged, artifacts
+
+
+def build_bundle(project: Project, definition: ImageDefinition, extra_vars: dict[str, Any],
+                 role_vars: dict[str, dict[str, Any]]) -> Bundle:
+    """Pack the bundle; nothing here depends on the version being baked, so unchanged inputs give the same key."""
+    sources = bundle_sources(project, definition)
+    merged, artifacts = instance_vars(extra_vars, role_vars)
+    sources.update(artifacts)
+    groups = ["bakery_build", definition.name.replace("-", "_")]
+    host = {"ansible_connection": "local", "ansible_python_interpreter": "/usr/bin/python3", "ansible_become_method": "su"}
+    generated = {
+        "bakery/inventory.yml": yaml.safe_dump({"all": {"children": {g: {"hosts": {"localhost": host}} for g in groups}}}, sort_keys=True),
+        "bakery/extra-vars.json": json.dumps(merged, indent=2, sort_keys=True, default=str) + "\n",
+    }
+    with tempfile.TemporaryDirectory(prefix="bakery-bundle-") as tmp:
+        staging = Path(tmp)
+        for arcname, path in sources.items():
+            link = staging / arcname
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(path.resolve())
+        for arcname, text in generated.items():
+            target = staging / arcname
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text, encoding="utf-8")
+        files = sorted([*sources, *generated])
+        data, _ = _pack(staging, files)
+    return Bundle(definition.name, data, hashlib.sha256(data).hexdigest(), files)
+
+
+def require_bucket(bucket: str) -> str:
+    if not bucket:
+        raise ConfigError(f"{PROJECT_FILE}: aws.artifacts_bucket is empty; the Image Builder builder uploads its bundle there: "
+                          "set it to an S3 bucket the build instance profile can read")
+    return bucket
+
+
+def upload_bundle(s3, bucket: str, bundle: Bundle) -> bool:
+    """Put the bundle under its content-addressed key unless it is there already; True when uploaded."""
+    try:
+        s3.head_object(Bucket=bucket, Key=bundle.key)
+        return False
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] not in ("404", "NoSuchKey", "NotFound"):
+            raise
+    s3.put_object(Bucket=bucket, Key=bundle.key, Body=bundle.data, ContentType="application/gzip",
+                  Metadata={"sha256": bundle.sha256, "bakery-image": bundle.image})
+    return True

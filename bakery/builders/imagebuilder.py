@@ -1,0 +1,232 @@
+"""The EC2 Image Builder builder: the same playbook baked into an AMI by AWS's own build service.
+
+Flow: check the settings (bucket, instance profile), resolve the base AMI (SSM
+parameter or aws.base_ami), compute the input digest with the base AMI id as
+base digest, and return the existing AMI when one already carries that
+`bakery:input-digest` tag (no Image Builder call at all). Otherwise pack and
+upload the bundle (bakery.aws.bundle), reserve a version in the catalog, create
+or reuse the component, a recipe version, the infrastructure and distribution
+configurations (bakery.aws.imagebuilder_resources), start the build and follow
+it (bakery.aws.imagebuilder_wait). On AVAILABLE the home-region AMI id becomes
+the version's image_ref and image_id.
+
+Verification: the component's test phase runs the image's testinfra suite
+(tests/images/test_<image>.py) on an instance of the new AMI, and a build only
+becomes AVAILABLE when it passed; so when the image has a suite, its passing
+is recorded as a catalog verification of the version (what bakery.gate reads).
+
+On any failure or interrupt the reserved version is discarded and a build
+still running is cancelled (cancel_image_creation): nothing half-registered.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from bakery import __version__
+from bakery.aws import imagebuilder_resources as resources
+from bakery.aws import tags as tag_names
+from bakery.aws.amis import find_amis, resolve_base_ami
+from bakery.aws.bundle import Bundle, build_bundle, image_suite, require_bucket, upload_bundle
+from bakery.aws.clients import check_credentials, client, resolve_region
+from bakery.aws.imagebuilder_wait import ImageBuildFailed, log_locations, wait_for_image
+from bakery.builders.base import Builder, BuildOptions, BuildResult, LayerResult
+from bakery.config import PROJECT_FILE, ImageDefinition
+from bakery.errors import ConfigError, OperationError
+from bakery.layers import PlannedLayer, input_digest, plan_layers
+from bakery.provenance import Provenance, git_facts, utc_now
+from bakery.runs import Run
+from bakery.signals import cancellable
+
+log = logging.getLogger("bakery.build")
+
+POLL_FIRST, POLL_MAX = 15.0, 60.0  # seconds between get_image calls: the first, and the cap of the backoff
+BUILD_TIMEOUT = 4 * 3600.0
+TEST_TIMEOUT_MINUTES = 60
+DEFAULT_ROOT_DEVICE = "/dev/xvda"
+
+
+@dataclass
+class _Plan:
+    """What the build decided before it reserved a version."""
+
+    definition: ImageDefinition
+    region: str
+    base_ami: str
+    root_device: str
+    planned: list[PlannedLayer]
+    digest: str
+    bundle: Bundle
+    bucket: str
+    artifacts: dict[str, str]
+
+
+class ImageBuilderBuilder(Builder):
+    target = "aws"
+
+    def __init__(self, project, catalog, progress, *, poll_first: float = POLL_FIRST, poll_max: float = POLL_MAX,
+                 timeout: float = BUILD_TIMEOUT, sleep=time.sleep):
+        super().__init__(project, catalog, progress)
+        self.poll_first, self.poll_max, self.timeout, self.sleep = poll_first, poll_max, timeout, sleep
+
+    def build(self, definition: ImageDefinition, options: BuildOptions, run: Run) -> BuildResult:
+        started = time.monotonic()
+        settings = self.project.aws
+        bucket = require_bucket(settings.artifacts_bucket)
+        resources.infrastructure_spec(definition.name, settings, bucket)  # fails on a missing instance profile before any AWS call
+        check_credentials()
+        region = resolve_region(settings.region or None)
+        base_ami = resolve_base_ami(client("ssm", region), settings.base_ami_parameter, settings.base_ami)
+        extra_vars = {"bakery_image": definition.name, "bakery_target": self.target, **options.extra_vars}
+        role_inputs, role_vars = self.artifact_inputs(definition)
+        planned = plan_layers(definition, base_ami, extra_vars, role_inputs)
+        digest = input_digest(planned, base_ami)
+        log.info("image %s: base AMI %s, input digest %s", definition.name, base_ami, digest)
+        ec2 = client("ec2", region)
+        if not options.no_cache:
+            found = find_amis(ec2, {tag_names.MANAGED: "true", tag_names.IMAGE: definition.name, tag_names.INPUT_DIGEST: digest})
+            if found:
+                return self._reused(definition.name, found[0], digest, planned, run, started)
+        bundle = build_bundle(self.project, definition, extra_vars, role_vars)
+        if upload_bundle(client("s3", region), bucket, bundle):
+            self.progress.note(f"{definition.name}: uploaded bundle {bundle.uri(bucket)} ({len(bundle.data) >> 10} KiB)")
+        else:
+            self.progress.note(f"{definition.name}: bundle {bundle.uri(bucket)} is there already")
+        plan = _Plan(definition, region, base_ami, _root_device(ec2, base_ami), planned, digest, bundle, bucket,
+                     {v["artifact"]: v["version"] for v in role_inputs.values()})
+        with cancellable():
+            return _ImageBuild(self, plan, run, ec2, started).go()
+
+    def _reused(self, image: str, ami: dict[str, Any], digest: str, planned: list[PlannedLayer], run: Run, started: float) -> BuildResult:
+        found = tag_names.from_tag_list(ami.get("Tags"))
+        version = found.get(tag_names.VERSION, "")
+        self.progress.note(f"{image}: inputs unchanged, reusing {ami['ImageId']} (version {version})")
+        record = self.catalog.version(image, version) or {}
+        return BuildResult(
+            image=image, version=version, ref=ami["ImageId"], image_id=ami["ImageId"], input_digest=digest, reused=True,
+            run_id=run.id, seconds=round(time.monotonic() - started, 3),
+            layers=[LayerResult(p.role, p.key, p.role_digest, cached=True) for p in planned],
+            provenance=record.get("provenance") or {},
+        )
+
+
+def _root_device(ec2, ami: str) -> str:
+    """The base AMI's root device, which the recipe's encrypted volume must replace."""
+    images = ec2.describe_images(ImageIds=[ami])["Images"]
+    if not images:
+        raise ConfigError(f"{PROJECT_FILE}: base AMI {ami} is not visible in this region; check aws.base_ami / aws.base_ami_parameter")
+    return images[0].get("RootDeviceName") or DEFAULT_ROOT_DEVICE
+
+
+class _ImageBuild:
+    """One Image Builder build in progress; owns the version reservation and the running build until done."""
+
+    def __init__(self, builder: ImageBuilderBuilder, plan: _Plan, run: Run, ec2, started: float):
+        self.b = builder
+        self.plan = plan
+        self.run = run
+        self.ec2 = ec2
+        self.started = started
+        self.name = plan.definition.name
+        self.ib = client("imagebuilder", plan.region)
+        self.version: str | None = None
+        self.build_arn: str | None = None
+
+    def token(self, what: str) -> str:
+        """Idempotency token: a retried call of this run is the same request, another run's is not."""
+        return f"{self.run.id}-{what}"[-64:]
+
+    def go(self) -> BuildResult:
+        succeeded = False
+        try:
+            result = self._build()
+            succeeded = True
+            return result
+        except ImageBuildFailed:
+            self.build_arn = None  # it ended by itself: nothing to cancel
+            raise
+        finally:
+            if not succeeded:
+                self._cancel()
+                if self.version:
+                    self.b.catalog.discard_version(self.name, self.version)
+
+    def _build(self) -> BuildResult:
+        settings = self.b.project.aws
+        self.version = self.b.catalog.reserve_version(
+            self.name, self.run.id, os.getpid(),
+            taken=lambda v: bool(find_amis(self.ec2, {tag_names.IMAGE: self.name, tag_names.VERSION: v})))
+        provenance = self._provenance()
+        label = f"{self.name}:{self.version}"
+        document = resources.component_document(self.name, self.plan.bundle.uri(self.plan.bucket), self.plan.bundle.sha256)
+        component_arn, created = resources.ensure_component(self.ib, self.name, document, self.token("component"))
+        self.b.progress.note(f"{label}: {'created' if created else 'reusing'} component {component_arn}")
+        recipe_arn = resources.ensure_recipe(
+            self.ib, self.name, self.version, component_arn=component_arn,
+            parameters=resources.component_parameters(self.version, provenance.git_commit, provenance.release_file()),
+            parent_ami=self.plan.base_ami, root_device=self.plan.root_device, volume_size=settings.volume_size,
+            kms_key_id=settings.kms_key_id, token=self.token("recipe"))
+        infrastructure = resources.infrastructure_spec(self.name, settings, self.plan.bucket)
+        infrastructure_arn = resources.ensure_infrastructure(self.ib, self.name, infrastructure, self.token("infrastructure"))
+        regions = settings.all_regions(self.plan.region)
+        distribution = resources.distribution_spec(self.name, self.version, regions, settings.accounts, tag_names.provenance_tags(provenance))
+        distribution_arn = resources.ensure_distribution(self.ib, self.name, distribution, self.token("distribution"))
+        tests = image_suite(self.b.project, self.plan.definition) is not None
+        self.build_arn = self.ib.create_image(
+            imageRecipeArn=recipe_arn, infrastructureConfigurationArn=infrastructure_arn, distributionConfigurationArn=distribution_arn,
+            imageTestsConfiguration={"imageTestsEnabled": tests, "timeoutMinutes": TEST_TIMEOUT_MINUTES},
+            enhancedImageMetadataEnabled=True,
+            tags={tag_names.MANAGED: "true", tag_names.IMAGE: self.name, tag_names.VERSION: self.version},
+            clientToken=self.token("image"))["imageBuildVersionArn"]
+        self.b.progress.note(f"{label}: started Image Builder build {self.build_arn}")
+        waited_from, waited = utc_now(), time.monotonic()
+        image = wait_for_image(self.ib, self.build_arn, self.b.progress, label, first=self.b.poll_first, limit=self.b.poll_max,
+                               timeout=self.b.timeout, sleep=self.b.sleep)
+        self.build_arn = None  # finished: nothing to cancel any more
+        amis = {ami["region"]: ami["image"] for ami in (image.get("outputResources") or {}).get("amis", [])}
+        home = amis.get(self.plan.region)
+        if not home:
+            raise OperationError(f"Image Builder build of {label} is AVAILABLE but names no AMI in {self.plan.region} "
+                                 f"(it names: {', '.join(f'{r}={a}' for r, a in amis.items()) or 'none'}; logs: {log_locations(image)})")
+        self.b.progress.note(f"{label}: AMIs " + ", ".join(f"{region} {ami}" for region, ami in amis.items()))
+        self.b.catalog.complete_version(
+            self.name, self.version, image_ref=home, image_id=home, input_digest=self.plan.digest, provenance=provenance.to_dict(),
+            layers=[{"role": p.role, "role_digest": p.role_digest, "key": p.key, "cached": False} for p in self.plan.planned])
+        if tests:
+            suite = f"tests/images/test_{self.name}.py"
+            self.b.catalog.record_verification(
+                self.name, self.version, env=None, started=waited_from, seconds=round(time.monotonic() - waited, 1), passed=True,
+                run_id=self.run.id, summary=f"EC2 Image Builder test phase passed ({suite})",
+                reports={"imagebuilder_image": image.get("arn", ""), "logs": log_locations(image), "amis": amis})
+        return BuildResult(
+            image=self.name, version=self.version, ref=home, image_id=home, input_digest=self.plan.digest, reused=False,
+            run_id=self.run.id, seconds=round(time.monotonic() - self.started, 3),
+            layers=[LayerResult(p.role, p.key, p.role_digest, cached=False) for p in self.plan.planned],
+            provenance=provenance.to_dict(),
+        )
+
+    def _provenance(self) -> Provenance:
+        git = git_facts(self.b.project.root)
+        return Provenance(
+            image=self.name, version=self.version or "", git_commit=git.commit, git_message=git.message, git_branch=git.branch,
+            git_dirty=git.dirty, build_time=utc_now(), base_image=self.plan.base_ami, base_digest=self.plan.base_ami,
+            input_digest=self.plan.digest, bakery_version=__version__, roles={p.role: p.role_digest for p in self.plan.planned},
+            artifacts=self.plan.artifacts,
+        )
+
+    def _cancel(self) -> None:
+        """Stop a build that is still running, so no AMI appears for a version the catalog no longer holds."""
+        if not self.build_arn:
+            return
+        try:
+            self.ib.cancel_image_creation(imageBuildVersionArn=self.build_arn, clientToken=self.token("cancel"))
+            self.b.progress.note(f"{self.name}: cancelled Image Builder build {self.build_arn}")
+        except (ClientError, BotoCoreError, OperationError) as exc:  # the original error matters more; say what is left running
+            log.warning("could not cancel %s: %s", self.build_arn, exc)
+            self.b.progress.note(f"{self.name}: could not cancel Image Builder build {self.build_arn} ({exc}); cancel it in the console")

@@ -1,0 +1,325 @@
+"""The EC2 Image Builder builder: S3 bundle and SSM base AMI through moto server, every Image Builder call through Stubber.
+
+Stubber checks each request against botocore's Image Builder model (names,
+types, required members) and each canned response too, so the shapes here are
+the real service's.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import tarfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import yaml
+from botocore.stub import ANY, Stubber
+
+from bakery.aws import clients
+from bakery.aws import tags as tag_names
+from bakery.aws.bundle import BUNDLE_ROOT, build_bundle, upload_bundle
+from bakery.aws.imagebuilder_resources import ANSIBLE_CORE_VERSION, PYTEST_VERSION, TESTINFRA_VERSION, component_document, document_digest
+from bakery.builders.base import BuildOptions
+from bakery.builders.imagebuilder import ImageBuilderBuilder
+from bakery.catalog import open_catalog
+from bakery.config import Project
+from bakery.errors import ConfigError, OperationError
+from bakery.layers import input_digest, plan_layers
+from bakery.progress import Progress
+from bakery.runs import Run
+from tests.conftest import REPO, bake
+
+pytestmark = pytest.mark.aws
+
+ACCOUNT = "123456789012"
+BUCKET = "bakery-bundles-test"
+PARAMETER = "/test/debian-12/amd64"
+ARN = f"arn:aws:imagebuilder:us-east-1:{ACCOUNT}"
+AWS_SETTINGS = {
+    "region": "us-east-1", "regions": ["eu-west-1"], "accounts": ["111122223333"], "base_ami_parameter": PARAMETER,
+    "artifacts_bucket": BUCKET, "instance_profile": "bakery-build", "subnet_id": "subnet-0abc", "security_group_ids": ["sg-0abc"],
+}
+EXTRA = {"bakery_image": "sample", "bakery_target": "aws"}
+
+
+class Captured:
+    """A Stubber expectation that accepts any value and keeps it, for assertions about its content."""
+
+    value = None
+
+    def __eq__(self, other):
+        self.value = other
+        return True
+
+    def __ne__(self, other):
+        return not self.__eq__(other)
+
+
+@pytest.fixture
+def ibproj(proj: Path) -> Path:
+    """The fixture project with aws settings, a role dependency, group_vars and an image suite for `sample`."""
+    settings = yaml.safe_load((proj / "bakery.yml").read_text()) or {}
+    settings["aws"] = AWS_SETTINGS
+    (proj / "bakery.yml").write_text(yaml.safe_dump(settings))
+    (proj / "roles" / "dep" / "tasks").mkdir(parents=True)
+    (proj / "roles" / "dep" / "tasks" / "main.yml").write_text("---\n- name: Nothing\n  ansible.builtin.meta: noop\n")
+    (proj / "roles" / "second" / "meta").mkdir()
+    (proj / "roles" / "second" / "meta" / "main.yml").write_text("---\ndependencies:\n  - dep\n")
+    (proj / "roles" / "first" / "molecule" / "default").mkdir(parents=True)
+    (proj / "roles" / "first" / "molecule" / "default" / "molecule.yml").write_text("---\n")
+    (proj / "playbooks" / "group_vars" / "all").mkdir(parents=True)
+    (proj / "playbooks" / "group_vars" / "all" / "bake.yml").write_text("---\nsample_greeting: hello\n")
+    (proj / "tests" / "images").mkdir(parents=True)
+    (proj / "tests" / "images" / "test_sample.py").write_text("def test_release(host):\n    assert host.file('/etc/image-release').exists\n")
+    return proj
+
+
+@pytest.fixture
+def base_ami(aws, monkeypatch) -> str:
+    """A base AMI in moto and the SSM parameter naming it."""
+    monkeypatch.setenv("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")  # moto (same process) skips loading its ~1 s catalogue of public AMIs
+    ec2 = clients.client("ec2")
+    ami = ec2.register_image(Name="debian-12-test", RootDeviceName="/dev/xvda", Architecture="x86_64", VirtualizationType="hvm",
+                             BlockDeviceMappings=[{"DeviceName": "/dev/xvda", "Ebs": {"VolumeSize": 8}}])["ImageId"]
+    clients.client("ssm").put_parameter(Name=PARAMETER, Value=ami, Type="String")
+    clients.client("s3").create_bucket(Bucket=BUCKET)
+    return ami
+
+
+@pytest.fixture
+def ib(aws, monkeypatch):
+    """bakery's own imagebuilder client (retries, AccessDenied hook) under a Stubber; every other service stays moto's."""
+    stubbed = clients.client("imagebuilder", "us-east-1")
+    real = clients.client
+    monkeypatch.setattr("bakery.builders.imagebuilder.client",
+                        lambda service, region=None, profile=None: stubbed if service == "imagebuilder" else real(service, region, profile))
+    with Stubber(stubbed) as stub:
+        yield stub
+        stub.assert_no_pending_responses()
+
+
+def make_builder(root: Path, **kwargs):
+    project = Project(root)
+    catalog = open_catalog(project.state_dir)
+    stream = io.StringIO()
+    builder = ImageBuilderBuilder(project, catalog, Progress(stream), poll_first=0.001, poll_max=0.002, sleep=lambda _: None, **kwargs)
+    return builder, project, catalog, stream
+
+
+def expected_bundle(project: Project):
+    return build_bundle(project, project.image("sample"), dict(EXTRA), {})
+
+
+def image(status: str, **extra) -> dict:
+    return {"image": {"arn": f"{ARN}:image/bakery-sample/2026.1.0/1", "name": "bakery-sample", "state": {"status": status},
+                      "imageRecipe": {"name": "bakery-sample"},
+                      "infrastructureConfiguration": {"logging": {"s3Logs": {"s3BucketName": BUCKET, "s3KeyPrefix": "imagebuilder-logs/sample"}}},
+                      **extra}}
+
+
+def stub_resources(stub, ami: str, *, existing: bool, document: Captured, parameters: Captured, ami_tags: Captured,
+                   recipe_version: str, component_digest: str = "") -> None:
+    """The calls before create_image, for a project with no Image Builder resources yet, or with them all in place."""
+    name = "bakery-sample"
+    by_name = [{"name": "name", "values": [name]}]
+    component_arn = f"{ARN}:component/bakery-sample/1.0.0/1"
+    listed = [{"arn": f"{ARN}:component/bakery-sample/1.0.0", "name": name, "version": "1.0.0", "status": "ACTIVE",
+               "description": f"bakery image sample; document {component_digest}"}] if existing else []
+    stub.add_response("list_components", {"componentVersionList": listed}, {"owner": "Self", "filters": by_name, "byName": True})
+    if not existing:
+        stub.add_response("create_component", {"componentBuildVersionArn": component_arn}, {
+            "name": name, "semanticVersion": "1.0.0", "platform": "Linux", "data": document, "description": ANY,
+            "changeDescription": ANY, "tags": {"bakery:managed": "true", "bakery:image": "sample"}, "clientToken": ANY})
+    recipes = [{"arn": f"{ARN}:image-recipe/bakery-sample/{recipe_version.rsplit('.', 1)[0]}.0", "name": name}] if existing else []
+    stub.add_response("list_image_recipes", {"imageRecipeSummaryList": recipes}, {"owner": "Self", "filters": by_name})
+    stub.add_response("create_image_recipe", {"imageRecipeArn": f"{ARN}:image-recipe/bakery-sample/{recipe_version}"}, {
+        "name": name, "semanticVersion": recipe_version, "description": ANY, "parentImage": ami,
+        "components": [{"componentArn": listed[0]["arn"] if existing else component_arn, "parameters": parameters}],
+        "blockDeviceMappings": [{"deviceName": root_device(ami), "ebs": {"encrypted": True, "deleteOnTermination": True, "volumeSize": 8,
+                                                            "volumeType": "gp3"}}],
+        "additionalInstanceConfiguration": {"systemsManagerAgent": {"uninstallAfterBuild": True}},
+        "tags": {"bakery:managed": "true", "bakery:image": "sample"}, "clientToken": ANY})
+    infrastructure = {
+        "description": ANY, "instanceTypes": ["t3.small"], "instanceProfileName": "bakery-build", "subnetId": "subnet-0abc",
+        "securityGroupIds": ["sg-0abc"], "terminateInstanceOnFailure": True,
+        "instanceMetadataOptions": {"httpTokens": "required", "httpPutResponseHopLimit": 2},
+        "logging": {"s3Logs": {"s3BucketName": BUCKET, "s3KeyPrefix": "imagebuilder-logs/sample"}},
+        "resourceTags": {"bakery:managed": "true", "bakery:image": "sample"}, "clientToken": ANY}
+    infra_arn = f"{ARN}:infrastructure-configuration/bakery-sample"
+    distribution = {"description": ANY, "distributions": [
+        {"region": region, "amiDistributionConfiguration": {
+            "name": ANY, "description": ANY, "amiTags": ami_tags, "launchPermission": {"userIds": ["111122223333"]}}}
+        for region in ("us-east-1", "eu-west-1")], "clientToken": ANY}
+    dist_arn = f"{ARN}:distribution-configuration/bakery-sample"
+    for kind, spec, arn in (("infrastructure", infrastructure, infra_arn), ("distribution", distribution, dist_arn)):
+        summaries = [{"arn": arn, "name": name}] if existing else []
+        stub.add_response(f"list_{kind}_configurations", {f"{kind}ConfigurationSummaryList": summaries}, {"filters": by_name})
+        if existing:
+            stub.add_response(f"update_{kind}_configuration", {f"{kind}ConfigurationArn": arn}, {f"{kind}ConfigurationArn": arn, **spec})
+        else:
+            stub.add_response(f"create_{kind}_configuration", {f"{kind}ConfigurationArn": arn},
+                              {"name": name, **spec, "tags": {"bakery:managed": "true", "bakery:image": "sample"}})
+    stub.add_response("create_image", {"imageBuildVersionArn": f"{ARN}:image/bakery-sample/2026.1.0/1"}, {
+        "imageRecipeArn": f"{ARN}:image-recipe/bakery-sample/{recipe_version}", "infrastructureConfigurationArn": infra_arn,
+        "distributionConfigurationArn": dist_arn, "imageTestsConfiguration": {"imageTestsEnabled": True, "timeoutMinutes": 60},
+        "enhancedImageMetadataEnabled": True, "tags": ANY, "clientToken": ANY})
+
+
+def root_device(ami: str) -> str:
+    """What the base AMI says its root device is: the recipe's encrypted volume must replace exactly that one."""
+    return clients.client("ec2").describe_images(ImageIds=[ami])["Images"][0]["RootDeviceName"]
+
+
+def today_recipe(patch: int) -> str:
+    return f"{datetime.now(UTC):%Y%m%d}.1.{patch}"
+
+
+def test_build_creates_every_resource_polls_to_available_and_records_the_version(ibproj, base_ami, ib):
+    builder, project, catalog, stream = make_builder(ibproj)
+    document, parameters, ami_tags = Captured(), Captured(), Captured()
+    stub_resources(ib, base_ami, existing=False, document=document, parameters=parameters, ami_tags=ami_tags, recipe_version=today_recipe(0))
+    arn = {"imageBuildVersionArn": f"{ARN}:image/bakery-sample/2026.1.0/1"}
+    for status in ("PENDING", "CREATING", "BUILDING", "BUILDING", "TESTING", "DISTRIBUTING", "INTEGRATING"):
+        ib.add_response("get_image", image(status), arn)
+    ib.add_response("get_image", image("AVAILABLE", outputResources={"amis": [
+        {"region": "us-east-1", "image": "ami-0aaaaaaaaaaaaaaa1"}, {"region": "eu-west-1", "image": "ami-0bbbbbbbbbbbbbbb2"}]}), arn)
+
+    result = builder.build(project.image("sample"), BuildOptions(), Run.start(project.state_dir, "build"))
+
+    assert (result.ref, result.image_id, result.reused) == ("ami-0aaaaaaaaaaaaaaa1", "ami-0aaaaaaaaaaaaaaa1", False)
+    record = catalog.version("sample", result.version)
+    assert record["status"] == "ready" and record["image_ref"] == "ami-0aaaaaaaaaaaaaaa1"
+    assert record["provenance"]["base_image"] == base_ami
+    assert [layer["role"] for layer in record["layers"]] == ["first", "second"]
+    [verification] = catalog.verifications("sample", result.version)
+    assert verification["passed"] and "test phase passed" in verification["summary"]
+    # the bundle is in S3 under its content hash, and the component downloads exactly that object
+    bundle = expected_bundle(project)
+    body = clients.client("s3").get_object(Bucket=BUCKET, Key=f"bundles/sample/{bundle.sha256}.tar.gz")["Body"].read()
+    assert hashlib.sha256(body).hexdigest() == bundle.sha256
+    doc = yaml.safe_load(document.value)
+    build, validate, test = doc["phases"]
+    assert (build["name"], validate["name"], test["name"]) == ("build", "validate", "test")
+    assert build["steps"][0]["inputs"][0]["source"] == f"s3://{BUCKET}/bundles/sample/{bundle.sha256}.tar.gz"
+    assert bundle.sha256 in document.value and "ansible-playbook -c local" in document.value
+    params = {p["name"]: p["value"][0] for p in parameters.value}
+    assert params["ImageVersion"] == result.version and params["GitCommit"] == record["provenance"]["git_commit"]
+    assert f'IMAGE_VERSION="{result.version}"' in base64.b64decode(params["ImageRelease"]).decode()
+    assert ami_tags.value[tag_names.INPUT_DIGEST] == result.input_digest and ami_tags.value[tag_names.VERSION] == result.version
+    lines = stream.getvalue().splitlines()
+    states = [line.split("Image Builder ")[1].split(" (")[0] for line in lines if ": Image Builder " in line]
+    assert states == ["PENDING", "CREATING", "BUILDING", "TESTING", "DISTRIBUTING", "INTEGRATING", "AVAILABLE"]
+
+
+def test_failed_build_names_the_phase_and_logs_and_discards_the_version(ibproj, base_ami, ib):
+    builder, project, catalog, _ = make_builder(ibproj)
+    bundle = expected_bundle(project)
+    digest = document_digest(component_document("sample", bundle.uri(BUCKET), bundle.sha256))
+    stub_resources(ib, base_ami, existing=True, document=Captured(), parameters=Captured(), ami_tags=Captured(),
+                   recipe_version=today_recipe(1), component_digest=digest)
+    arn = {"imageBuildVersionArn": f"{ARN}:image/bakery-sample/2026.1.0/1"}
+    ib.add_response("get_image", image("BUILDING"), arn)
+    ib.add_response("get_image", image("FAILED", state={"status": "FAILED", "reason": "Workflow failed", "failureContext": {
+        "componentFailure": {"phaseName": "build", "stepName": "RunPlaybook", "errorMessage": "ansible-playbook exited 2"}}}), arn)
+
+    with pytest.raises(OperationError) as failed:
+        builder.build(project.image("sample"), BuildOptions(), Run.start(project.state_dir, "build"))
+
+    message = str(failed.value)
+    assert "phase 'build', step 'RunPlaybook'" in message and "ansible-playbook exited 2" in message
+    assert f"s3://{BUCKET}/imagebuilder-logs/sample/" in message and "/aws/imagebuilder/bakery-sample" in message
+    assert catalog.versions("sample", status=None) == []  # the reservation is gone; no cancel call was stubbed or made
+
+
+def test_a_build_that_outlives_its_timeout_is_cancelled_and_discarded(ibproj, base_ami, ib):
+    builder, project, catalog, stream = make_builder(ibproj, timeout=0)
+    stub_resources(ib, base_ami, existing=False, document=Captured(), parameters=Captured(), ami_tags=Captured(),
+                   recipe_version=today_recipe(0))
+    arn = {"imageBuildVersionArn": f"{ARN}:image/bakery-sample/2026.1.0/1"}
+    ib.add_response("get_image", image("BUILDING"), arn)
+    ib.add_response("cancel_image_creation", arn, {**arn, "clientToken": ANY})
+
+    with pytest.raises(OperationError, match="still BUILDING"):
+        builder.build(project.image("sample"), BuildOptions(), Run.start(project.state_dir, "build"))
+
+    assert catalog.versions("sample", status=None) == []
+    assert "cancelled Image Builder build" in stream.getvalue()
+
+
+def test_unchanged_inputs_reuse_the_tagged_ami_without_any_image_builder_call(ibproj, base_ami, ib):
+    builder, project, _, stream = make_builder(ibproj)
+    definition = project.image("sample")
+    digest = input_digest(plan_layers(definition, base_ami, dict(EXTRA), {}), base_ami)
+    ec2 = clients.client("ec2")
+    ami = ec2.register_image(Name="bakery-sample-20260101.001", RootDeviceName="/dev/xvda", Architecture="x86_64",
+                             VirtualizationType="hvm", BlockDeviceMappings=[{"DeviceName": "/dev/xvda", "Ebs": {"VolumeSize": 8}}])["ImageId"]
+    ec2.create_tags(Resources=[ami], Tags=tag_names.as_tag_list({tag_names.MANAGED: "true", tag_names.IMAGE: "sample",
+                                                                 tag_names.VERSION: "20260101.001", tag_names.INPUT_DIGEST: digest}))
+
+    result = builder.build(definition, BuildOptions(), Run.start(project.state_dir, "build"))
+
+    assert (result.reused, result.ref, result.version, result.input_digest) == (True, ami, "20260101.001", digest)
+    assert "KeyCount" in (listing := clients.client("s3").list_objects_v2(Bucket=BUCKET)) and listing["KeyCount"] == 0
+    assert "reusing" in stream.getvalue()
+
+
+def test_bundle_is_deterministic_holds_what_the_bake_reads_and_uploads_once(ibproj, base_ami, tmp_path):
+    project = Project(ibproj)
+    artifact = tmp_path / "0123abcd.tar.gz"
+    artifact.write_bytes(b"app")
+    role_vars = {"second": {"second_artifact_path": str(artifact), "second_artifact_sha256": "0123abcd"}}
+    first = build_bundle(project, project.image("sample"), dict(EXTRA), role_vars)
+    again = build_bundle(project, project.image("sample"), dict(EXTRA), role_vars)
+    assert first.sha256 == again.sha256 and first.data == again.data
+    with tarfile.open(fileobj=io.BytesIO(first.data)) as tar:
+        names = set(tar.getnames())
+        extra_vars = yaml.safe_load(tar.extractfile("bakery/extra-vars.json"))
+        inventory = yaml.safe_load(tar.extractfile("bakery/inventory.yml"))
+    assert {"playbooks/sample.yml", "playbooks/group_vars/all/bake.yml", "roles/first/tasks/main.yml", "roles/second/meta/main.yml",
+            "roles/dep/tasks/main.yml", "tests/images/test_sample.py", "artifacts/second/0123abcd.tar.gz"} <= names
+    assert not any(n.startswith(("roles/boom", "roles/planted", "playbooks/failing", "roles/first/molecule")) for n in names)
+    assert extra_vars["second_artifact_path"] == f"{BUNDLE_ROOT}/artifacts/second/0123abcd.tar.gz"
+    assert set(inventory["all"]["children"]) == {"bakery_build", "sample"}
+    s3 = clients.client("s3")
+    assert upload_bundle(s3, BUCKET, first) is True
+    assert upload_bundle(s3, BUCKET, again) is False
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"]] == [f"bundles/sample/{first.sha256}.tar.gz"]
+
+
+def test_component_template_is_valid_yaml_with_pinned_tools_that_match_requirements():
+    sha = "ab" * 32
+    document = yaml.safe_load(component_document("sample", f"s3://b/bundles/sample/{sha}.tar.gz", sha))
+    assert document["schemaVersion"] == 1.0
+    assert {list(p)[0] for p in document["parameters"]} == {"ImageVersion", "GitCommit", "ImageRelease"}
+    commands = {step["name"]: " ".join(step["inputs"]["commands"]) for phase in document["phases"] for step in phase["steps"]
+                if step["action"] == "ExecuteBash"}
+    assert "rm -rf /var/tmp/bakery-build" in commands["RemoveBuildTools"]
+    assert "is-system-running" in commands["SystemRunning"]
+    assert "--hosts=local://" in commands["Testinfra"] and "tests/images/test_sample.py" in commands["Testinfra"]
+    pins = dict(line.strip().split("==") for line in (REPO / "requirements.txt").read_text().splitlines() if "==" in line)
+    assert (pins["ansible-core"], pins["pytest"], pins["pytest-testinfra"]) == (ANSIBLE_CORE_VERSION, PYTEST_VERSION, TESTINFRA_VERSION)
+    with pytest.raises(ConfigError):
+        component_document("sample", "s3://b/x'; rm -rf /", sha)
+
+
+@pytest.mark.parametrize(("field", "value"), [("artifacts_bucket", ""), ("instance_profile", "")])
+def test_missing_bucket_or_instance_profile_is_one_config_line(ibproj, aws, field, value):
+    settings = yaml.safe_load((ibproj / "bakery.yml").read_text())
+    settings["aws"][field] = value
+    (ibproj / "bakery.yml").write_text(yaml.safe_dump(settings))
+    builder, project, _, _ = make_builder(ibproj)
+    with pytest.raises(ConfigError, match=f"aws.{field} is empty") as caught:
+        builder.build(project.image("sample"), BuildOptions(), Run.start(project.state_dir, "build"))
+    assert "\n" not in str(caught.value)
+
+
+def test_bake_py_exits_2_when_the_bucket_is_not_set(ibproj, aws):
+    settings = yaml.safe_load((ibproj / "bakery.yml").read_text())
+    settings["aws"]["artifacts_bucket"] = ""
+    (ibproj / "bakery.yml").write_text(yaml.safe_dump(settings))
+    outcome = bake(ibproj, "build", "sample", "--target", "aws", "--builder", "imagebuilder", timeout=60)
+    assert outcome.rc == 2, outcome.stderr
+    assert "aws.artifacts_bucket" in outcome.stderr and "Traceback" not in outcome.stderr
