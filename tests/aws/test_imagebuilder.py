@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import subprocess
 import tarfile
 from datetime import UTC, datetime
 from pathlib import Path
@@ -301,6 +302,10 @@ def test_component_template_is_valid_yaml_with_pinned_tools_that_match_requireme
     assert "--hosts=local://" in commands["Testinfra"] and "tests/images/test_sample.py" in commands["Testinfra"]
     pins = dict(line.strip().split("==") for line in (REPO / "requirements.txt").read_text().splitlines() if "==" in line)
     assert (pins["ansible-core"], pins["pytest"], pins["pytest-testinfra"]) == (ANSIBLE_CORE_VERSION, PYTEST_VERSION, TESTINFRA_VERSION)
+    for name, script in commands.items():  # every script parses as bash (parameters filled in as the recipe does)
+        script = script.replace("{{ ImageRelease }}", "SU1BR0U=").replace("{{ ImageVersion }}", "20260101.001").replace("{{ GitCommit }}", "abc1234")
+        checked = subprocess.run(["bash", "-n"], input=script, capture_output=True, text=True, check=False)
+        assert checked.returncode == 0, f"{name}: {checked.stderr}"
     with pytest.raises(ConfigError):
         component_document("sample", "s3://b/x'; rm -rf /", sha)
 
