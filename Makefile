@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST := $(VENV)/bin/pytest
 
-.PHONY: setup demo test lint unit integration aws molecule clean
+.PHONY: setup demo test lint unit integration aws molecule clean bench
 
 
 setup:
@@ -44,6 +44,15 @@ molecule: setup
 test: setup lint
 	$(PYTEST)
 	$(MAKE) --no-print-directory molecule
+
+# Side-by-side benchmarks (bench/): bake.py vs Packer vs the bare Ansible work, rebakes, rollout, CLI latency,
+# memory and catalog scale; bakes run in a throw-away project copy. Report: .bakery/bench/report.md.
+BENCH_ROUNDS ?= 2
+bench: setup
+	./bake.py base
+	./bake.py build-app
+	@started=$$(date +%s); $(PY) bench/run_all.py --rounds $(BENCH_ROUNDS) --report .bakery/bench/report.md; rc=$$?; \
+	  echo "make bench: benchmarks took $$(( $$(date +%s) - started )) s"; exit $$rc
 
 clean:
 	rm -rf .bakery/runs .pytest_cache .ruff_cache

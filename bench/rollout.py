@@ -7,7 +7,7 @@ through HAProxy without keep-alive, and reports wall time, time per instance, re
 failed (any non-200 or connection error). Ratios are against the first strategy. Every
 environment is taken down and its inventory removed afterwards.
 
-    .venv/bin/python bench/rollout.py --from 20261128.001 --to 20261128.002 [--instances 4] [--project DIR]
+    .venv/bin/python bench/rollout.py --from 20261128.001 --to 20261128.002 [--instances 4] [--project DIR] [--image NAME]
 """
 
 from __future__ import annotations
@@ -88,11 +88,11 @@ class Load:
             thread.join(timeout=30)
 
 
-def write_env(project: Path, name: str, instances: int, prefs: dict) -> int:
+def write_env(project: Path, name: str, instances: int, prefs: dict, image: str = "webapp") -> int:
     port = free_port()
     folder = project / "inventories" / name / "group_vars" / "all"
     folder.mkdir(parents=True)
-    settings = {"target": "local", "image": "webapp", "instances": instances, "lb_port": port, "require_verified": False,
+    settings = {"target": "local", "image": image, "instances": instances, "lb_port": port, "require_verified": False,
                 "health_check": {"path": "/health", "port": 8080, "interval_ms": 200, "rise": 1, "fall": 2, "timeout_ms": 1000},
                 "refresh": {"instance_warmup": 1, "health_check_grace": 60, **prefs}}
     (folder / "deploy.yml").write_text(yaml.safe_dump({"bakery_deploy": settings}, sort_keys=False))
@@ -100,16 +100,16 @@ def write_env(project: Path, name: str, instances: int, prefs: dict) -> int:
     return port
 
 
-def measure(project: Path, name: str, instances: int, prefs: dict, old: str, new: str) -> dict:
-    port = write_env(project, name, instances, prefs)
+def measure(project: Path, name: str, instances: int, prefs: dict, old: str, new: str, image: str = "webapp") -> dict:
+    port = write_env(project, name, instances, prefs, image)
     try:
-        first = bake(project, "deploy", f"webapp:{old}", "--env", name, "--json")
+        first = bake(project, "deploy", f"{image}:{old}", "--env", name, "--json")
         if first.returncode != 0:
             raise SystemExit(f"{name}: deploying {old} failed: {first.stderr.strip().splitlines()[-1]}")
         with Load(port) as load:
             time.sleep(1)
             started = time.monotonic()
-            out = bake(project, "deploy", f"webapp:{new}", "--env", name, "--json")
+            out = bake(project, "deploy", f"{image}:{new}", "--env", name, "--json")
             wall = time.monotonic() - started
             time.sleep(1)
         if out.returncode != 0:
@@ -128,15 +128,20 @@ def main() -> int:
     parser.add_argument("--from", dest="old", required=True, help="version deployed first")
     parser.add_argument("--to", dest="new", required=True, help="version rolled out under load")
     parser.add_argument("--instances", type=int, default=4)
+    parser.add_argument("--image", default="webapp", help="image whose versions are rolled out")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON (for bench/run_all.py)")
     parser.add_argument("--strategies", default=",".join(STRATEGIES), help="comma-separated subset of: " + ", ".join(STRATEGIES))
     args = parser.parse_args()
     results = {}
     for strategy in args.strategies.split(","):
         name = f"bench-{strategy}"[:40]
-        results[strategy] = measure(args.project.resolve(), name, args.instances, STRATEGIES[strategy], args.old, args.new)
+        results[strategy] = measure(args.project.resolve(), name, args.instances, STRATEGIES[strategy], args.old, args.new, args.image)
         print(f"{strategy}: done", file=sys.stderr)
+    if args.json:
+        print(json.dumps({"instances": args.instances, "results": results}))
+        return 1 if any(r["failed"] for r in results.values()) else 0
     base = next(iter(results.values()))
-    print(f"rollout of {args.instances} instances, webapp:{args.old} -> webapp:{args.new}, under ~80 requests/s")
+    print(f"rollout of {args.instances} instances, {args.image}:{args.old} -> {args.image}:{args.new}, under ~80 requests/s")
     print(f"{'strategy':<16} {'wall s':>7} {'s/instance':>10} {'ratio':>6} {'requests':>9} {'failed':>7}  preferences")
     for strategy, r in results.items():
         prefs = STRATEGIES[strategy]

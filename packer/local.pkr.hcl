@@ -27,6 +27,12 @@ variable "roles_path" {
   default = "roles"
 }
 
+variable "image_name" {
+  type        = string
+  default     = "webapp"
+  description = "the image's name as bake.py passes it to the roles (bakery_image)"
+}
+
 variable "artifact_path" {
   type = string
 }
@@ -67,7 +73,7 @@ build {
     user          = "root"
     use_sftp      = false
     extra_arguments = [
-      "--extra-vars", "bakery_image=webapp bakery_target=local ansible_become_method=su ansible_python_interpreter=/usr/bin/python3",
+      "--extra-vars", "bakery_image=${var.image_name} bakery_target=local ansible_become_method=su ansible_python_interpreter=/usr/bin/python3",
       "--extra-vars", "webapp_artifact_path=${var.artifact_path} webapp_artifact_sha256=${var.artifact_sha256} webapp_artifact_version=${var.artifact_version}",
       # Packer 1.6's SSH proxy only offers ssh-rsa; newer OpenSSH clients refuse it unless asked.
       "--ssh-extra-args=-o HostKeyAlgorithms=+ssh-rsa -o PubkeyAcceptedKeyTypes=+ssh-rsa",

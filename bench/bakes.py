@@ -1,0 +1,201 @@
+"""Bake benchmarks: cold bake vs Packer vs the bare provisioning work, then no-change and app-only rebakes.
+
+The three cold contenders run in turn, round after round (A B C A B C ...), so the other
+work on this machine slows each of them alike; every run's time is kept for the spread.
+
+  cold bake     bake.py build bench-webapp --no-cache
+  Packer        packer build packer/local.pkr.hcl (docker builder on podman via the podman-docker shim,
+                ansible provisioner, same playbook, base and variables, one commit at the end)
+  bare          ansible-playbook of the same playbook against an already booted systemd container
+                (containers.podman connection, the same settings bake.py gives Ansible) + one podman commit:
+                the time the work itself needs
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from common import (
+    BARE_REPO,
+    BASE,
+    BENCH_LABEL,
+    IMAGE,
+    PACKER_REPO,
+    PYTHON,
+    REPO,
+    BenchProject,
+    Memory,
+    bake_json,
+    log,
+    median,
+    run,
+    timed,
+)
+
+ANSIBLE_PLAYBOOK = REPO / ".venv" / "bin" / "ansible-playbook"
+SHIM_PATH = "/usr/bin"  # podman-docker's `docker` must win over /usr/local/bin/docker
+
+
+def mitogen_env() -> dict[str, str]:
+    """Ansible settings that turn on mitogen's linear strategy (its podman connection replaces podman exec per task)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("ansible_mitogen")
+    if spec is None or not spec.origin:
+        raise SystemExit("bench: mitogen is not installed; run make setup")
+    return {"ANSIBLE_STRATEGY_PLUGINS": str(Path(spec.origin).parent / "plugins" / "strategy"), "ANSIBLE_STRATEGY": "mitogen_linear"}
+
+
+def fact_cache_env(folder: Path) -> dict[str, str]:
+    """Gather facts once per bake and reuse them for the later layers' plays (jsonfile cache, smart gathering)."""
+    return {"ANSIBLE_GATHERING": "smart", "ANSIBLE_CACHE_PLUGIN": "jsonfile", "ANSIBLE_CACHE_PLUGIN_CONNECTION": str(folder),
+            "ANSIBLE_CACHE_PLUGIN_TIMEOUT": "3600"}
+
+
+def cold_bake(project: BenchProject, env: dict[str, str] | None = None) -> tuple[float, Memory, dict]:
+    result = project.bake("build", IMAGE, "--no-cache", "--json", env=env)
+    return result.seconds, result.memory, bake_json(result)
+
+
+def packer_bake(project: BenchProject, tag: str, role_vars: dict[str, str]) -> float:
+    env = {**os.environ, "PATH": f"{SHIM_PATH}:{os.environ.get('PATH', '')}", "PACKER_NO_COLOR": "1", "CHECKPOINT_DISABLE": "1"}
+    cmd = ["packer", "build", "-color=false",
+           "-var", f"image_name={IMAGE}", "-var", f"playbook=playbooks/{IMAGE}.yml",
+           "-var", f"roles_path={project.root / 'roles'}", "-var", f"ansible_playbook={ANSIBLE_PLAYBOOK}",
+           "-var", f"artifact_path={role_vars['webapp_artifact_path']}", "-var", f"artifact_sha256={role_vars['webapp_artifact_sha256']}",
+           "-var", f"artifact_version={role_vars['webapp_artifact_version']}",
+           "-var", f"image_repository={PACKER_REPO}", "-var", f"image_tag={tag}", "packer/local.pkr.hcl"]
+    try:
+        seconds, _ = timed(cmd, env=env, cwd=project.root)
+    finally:
+        run(["podman", "rmi", "-f", f"{PACKER_REPO}:{tag}"]) if _exists(f"{PACKER_REPO}:{tag}") else None
+    return seconds
+
+
+def bare_bake(project: BenchProject, tag: str, role_vars: dict[str, str], mitogen: bool = False) -> float:
+    """ansible-playbook + podman commit against a container booted beforehand (the boot is not timed)."""
+    sys_path_project()
+    from bakery.ansible import ansible_env, podman_inventory
+
+    container = f"bakery-bench-bare-{os.getpid()}-{tag}"
+    run(["podman", "run", "-d", "--name", container, "--systemd=always", "--hostname", f"{IMAGE}-bake",
+         "--label", f"{BENCH_LABEL}=bare", BASE, "/sbin/init"])
+    folder = project.root.parent / f"bare-{tag}"
+    folder.mkdir()
+    try:
+        _wait_booted(container)
+        inventory = podman_inventory(container, ["bakery_build", IMAGE.replace("-", "_")])
+        if mitogen:
+            for group in inventory["all"]["children"].values():
+                group["hosts"][container]["ansible_connection"] = "podman"
+        (folder / "inventory.json").write_text(json.dumps(inventory))
+        (folder / "vars.json").write_text(json.dumps({"bakery_image": IMAGE, "bakery_target": "local", **role_vars}))
+        env = {**os.environ, **ansible_env(project.root), **(mitogen_env() if mitogen else {})}
+        started = time.monotonic()
+        run([str(ANSIBLE_PLAYBOOK), "-i", str(folder / "inventory.json"), "-e", f"@{folder / 'vars.json'}",
+             str(project.root / "playbooks" / f"{IMAGE}.yml")], env=env, cwd=project.root)
+        run(["podman", "commit", "-q", container, f"{BARE_REPO}:{tag}"], timeout=900)
+        return time.monotonic() - started
+    finally:
+        run(["podman", "rm", "-f", "-t", "0", container])
+        if _exists(f"{BARE_REPO}:{tag}"):
+            run(["podman", "rmi", "-f", f"{BARE_REPO}:{tag}"])
+
+
+def sys_path_project() -> None:
+    import sys
+
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+
+
+def _exists(ref: str) -> bool:
+    import subprocess
+
+    return subprocess.run(["podman", "image", "exists", ref], check=False).returncode == 0
+
+
+def _wait_booted(container: str, timeout: float = 90) -> None:
+    import subprocess
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = subprocess.run(["podman", "exec", container, "systemctl", "is-system-running"], capture_output=True, text=True,
+                               check=False).stdout.strip()
+        if state in ("running", "degraded"):
+            return
+        time.sleep(0.3)
+    raise SystemExit(f"bench: {container} did not boot")
+
+
+def cold_rounds(project: BenchProject, rounds: int) -> dict:
+    """Alternate bake.py, Packer and the bare run; every time kept, plus bake.py's peak memory."""
+    role_vars = project.artifact_vars()
+    times: dict[str, list[float]] = {"bake": [], "packer": [], "bare": []}
+    memory: list[Memory] = []
+    versions: list[str] = []
+    for n in range(1, rounds + 1):
+        log(f"round {n}/{rounds}: cold bake.py")
+        seconds, mem, result = cold_bake(project)
+        times["bake"].append(seconds)
+        memory.append(mem)
+        versions.append(result["version"])
+        log(f"round {n}/{rounds}: cold bake.py {seconds:.1f} s; Packer")
+        times["packer"].append(packer_bake(project, f"r{n}", role_vars))
+        log(f"round {n}/{rounds}: Packer {times['packer'][-1]:.1f} s; bare ansible-playbook + commit")
+        times["bare"].append(bare_bake(project, f"r{n}", role_vars))
+        log(f"round {n}/{rounds}: bare {times['bare'][-1]:.1f} s")
+    return {"times": times, "memory": memory, "versions": versions}
+
+
+def no_change(project: BenchProject, runs: int) -> list[float]:
+    times = []
+    for _ in range(runs):
+        result = project.bake("build", IMAGE, "--json")
+        if not bake_json(result)["reused"]:
+            raise SystemExit("bench: a bake with nothing changed did not reuse the version")
+        times.append(result.seconds)
+    return times
+
+
+def app_only(project: BenchProject, runs: int) -> tuple[list[float], list[str]]:
+    """A changed app file, a new artifact, a bake: only the webapp layer may run."""
+    times, versions = [], []
+    for n in range(runs):
+        project.change_app(f"{os.getpid()}-{n}")
+        result = project.bake("build", IMAGE, "--json")
+        data = bake_json(result)
+        baked = [layer["role"] for layer in data["layers"] if not layer["cached"]]
+        if baked != ["webapp"]:
+            raise SystemExit(f"bench: an app-only change re-baked {baked}, expected only ['webapp']")
+        times.append(result.seconds)
+        versions.append(data["version"])
+    return times, versions
+
+
+def options(project: BenchProject) -> dict[str, float]:
+    """Each speed-up option measured once (not alternated: indicative), next to a plain run made right before it."""
+    role_vars = project.artifact_vars()
+    found: dict[str, float] = {}
+    log("option: bare run with mitogen")
+    found["bare, plain"] = bare_bake(project, "opt-plain", role_vars)
+    found["bare, mitogen_linear"] = bare_bake(project, "opt-mitogen", role_vars, mitogen=True)
+    log("option: bake.py with a fact cache")
+    cache = project.root.parent / "facts"
+    found["bake.py, fact cache"] = cold_bake(project, env={**os.environ, **fact_cache_env(cache)})[0]
+    return found
+
+
+if __name__ == "__main__":
+    # Quick use: .venv/bin/python bench/bakes.py [rounds] -> JSON on stdout
+    import sys
+
+    with BenchProject() as proj:
+        run([str(PYTHON), str(REPO / "bake.py"), "--project", str(proj.root), "build-app"])
+        out = cold_rounds(proj, int(sys.argv[1]) if len(sys.argv) > 1 else 1)
+        out["no_change"] = no_change(proj, 3)
+        out["app_only"] = app_only(proj, 1)
+        print(json.dumps({**out, "memory": [vars(m) for m in out["memory"]], "cold_median": median(out["times"]["bake"])}, indent=1))
