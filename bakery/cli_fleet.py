@@ -80,10 +80,12 @@ def _report_release(result, as_json: bool) -> None:
 @click.argument("ref", metavar="IMAGE[:VERSION]")
 @click.option("--env", "env_name", required=True, metavar="ENV", help="The environment (inventories/ENV).")
 @click.option("--force", is_flag=True, help="Deploy even if the version did not pass verification (recorded in the release).")
+@click.option("--replace-running", is_flag=True,
+              help="Target aws: cancel an instance refresh already running on the group instead of waiting for it to end.")
 @click.option("--json", "as_json", is_flag=True, help="Print the release summary as JSON.")
 @refresh_options
 @click.pass_obj
-def deploy(obj, ref: str, env_name: str, force: bool, as_json: bool, **prefs) -> None:
+def deploy(obj, ref: str, env_name: str, force: bool, replace_running: bool, as_json: bool, **prefs) -> None:
     """Roll IMAGE:VERSION out to ENV by a zero-downtime rolling refresh (default: the newest version).
 
     Exits 1 when the refresh failed or rolled back, naming the failing health check.
@@ -97,7 +99,7 @@ def deploy(obj, ref: str, env_name: str, force: bool, as_json: bool, **prefs) ->
     image, version = parse_image_ref(ref)
     session = _session(obj, as_json)
     try:
-        result = operations.deploy(session, env, image, version, overrides=_overrides(prefs), force=force)
+        result = operations.deploy(session, env, image, version, overrides=_overrides(prefs), force=force, replace_running=replace_running)
     finally:
         session.progress.close()
     _report_release(result, as_json)

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bakery.aws.settings import REGION_RE
 from bakery.config import NAME_RE, Project, load_yaml
 from bakery.errors import ConfigError
 from bakery.provenance import sha256_json
@@ -23,6 +24,10 @@ RUNTIME_KEY_RE = re.compile(r"^[A-Z][A-Z0-9_]*$")
 SECRET_NAME_RE = re.compile(r"(PASSWORD|SECRET|TOKEN|PRIVATE_KEY|API_KEY)$")
 SECRET_REF_RE = re.compile(r"^(ssm:|arn:aws:|file:|secretsmanager:)")
 TARGETS = ("local", "aws")
+# bakery_deploy.aws: the environment on EC2 Auto Scaling; region empty = bakery.yml's aws.region, else the standard AWS chain.
+AWS_DEPLOY_DEFAULTS: dict[str, Any] = {"auto_scaling_group": "", "launch_template": "", "instance_type": "", "region": "", "alarms": []}
+AWS_REQUIRED = ("auto_scaling_group", "launch_template")
+INSTANCE_TYPE_RE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
 
 
 @dataclass
@@ -113,7 +118,7 @@ def load_environment(project: Project, name: str, check_promotion: bool = True) 
     env.lb_port = _int(settings, "lb_port", rel, 0, low=1024, high=65535, required=env.target == "local")
     env.require_verified = _bool(settings, "require_verified", rel, True)
     env.promote_from = _str(settings, "promote_from", rel) or None
-    env.aws = _mapping(settings.get("aws") or {}, deploy_file, "bakery_deploy.aws")
+    env.aws = _aws(settings.get("aws"), deploy_file, rel, required=env.target == "aws")
 
     hc = _mapping(settings.get("health_check") or {}, deploy_file, "bakery_deploy.health_check")
     _unknown(hc, set(HealthCheck.__dataclass_fields__), rel, "bakery_deploy.health_check")
@@ -167,6 +172,29 @@ def load_environment(project: Project, name: str, check_promotion: bool = True) 
     if check_promotion and env.promote_from:
         _check_promotion_chain(project, env)
     return env
+
+
+def _aws(value: Any, path: Path, rel: str, required: bool) -> dict[str, Any]:
+    """bakery_deploy.aws: which Auto Scaling group and launch template the environment is (required for target aws)."""
+    p = "bakery_deploy.aws"
+    if value is None and not required:
+        return {}
+    data = _mapping(value if value is not None else {}, path, p)
+    _unknown(data, set(AWS_DEPLOY_DEFAULTS), rel, p)
+    result: dict[str, Any] = dict(AWS_DEPLOY_DEFAULTS)
+    for key in ("auto_scaling_group", "launch_template", "instance_type", "region"):
+        result[key] = _str(data, key, rel, "", prefix=p) or ""
+        if key in AWS_REQUIRED and required and not result[key]:
+            raise ConfigError(f"{rel}: {p}.{key} is required for target aws (the name of the environment's {key.replace('_', ' ')})")
+    if result["region"] and not REGION_RE.match(result["region"]):
+        raise ConfigError(f"{rel}: {p}.region must be a region name like eu-west-1, got '{result['region']}'")
+    if result["instance_type"] and not INSTANCE_TYPE_RE.match(result["instance_type"]):
+        raise ConfigError(f"{rel}: {p}.instance_type must be an EC2 instance type like t3.small, got '{result['instance_type']}'")
+    alarms = data.get("alarms") or []
+    if not isinstance(alarms, list) or not all(isinstance(a, str) and a for a in alarms) or len(alarms) > 10:
+        raise ConfigError(f"{rel}: {p}.alarms must be a list of up to 10 CloudWatch alarm names, got {alarms!r}")
+    result["alarms"] = alarms
+    return result
 
 
 def _runtime(path: Path, project: Project) -> dict[str, str]:

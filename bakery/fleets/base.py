@@ -97,6 +97,7 @@ class RefreshRequest:
     previous: Goal | None
     preferences: RefreshPreferences
     run_id: str
+    replace_running: bool = False  # a refresh the target runs already is cancelled instead of waited for (aws; deploy --replace-running)
 
 
 @dataclass
@@ -157,6 +158,11 @@ class Fleet(ABC):
     @abstractmethod
     def resume(self, cancel: Cancellation, on_done: Callable[[RefreshOutcome], None]) -> tuple[dict[str, Any], RefreshOutcome]:
         """Finish (or roll back) the interrupted refresh; returns its saved state and the outcome."""
+
+    def stop_live_refresh(self, how: str, cancel: Cancellation) -> dict[str, Any] | None:
+        """When the target itself runs a refresh of this environment (EC2 Auto Scaling does; a local refresh lives only in
+        the bake.py holding the lock), ask it to 'cancel' or 'rollback' and wait until it ended. Returns what ended, else None."""
+        return None
 
     def known_runtime(self, config_digest: str) -> dict[str, str] | None:
         """The runtime config deployed under this digest before, when the target kept it."""

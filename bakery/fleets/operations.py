@@ -150,7 +150,7 @@ def recover(session: Session, fleet: Fleet, cancel: Cancellation) -> list[dict[s
 
 
 def _rollout(session: Session, fleet: Fleet, goal: Goal, overrides: dict[str, Any] | None, kind: str, forced: bool,
-             cancel: Cancellation, resumed: list[dict[str, Any]]) -> ReleaseResult:
+             cancel: Cancellation, resumed: list[dict[str, Any]], replace_running: bool = False) -> ReleaseResult:
     env, catalog = fleet.env, session.catalog
     prefs = effective_preferences(env.refresh, overrides or {})
     current = fleet.current()
@@ -163,7 +163,8 @@ def _rollout(session: Session, fleet: Fleet, goal: Goal, overrides: dict[str, An
     was = f"{current.image}:{current.version}" if current else "nothing"
     session.progress.note(f"{env.name}: release #{release_id}: {kind} {goal.image}:{goal.version} (config {goal.config_digest[7:19]}), "
                           f"replacing {was}" + (" (verification gate forced open)" if forced else ""))
-    request = RefreshRequest(release_id=release_id, kind=kind, goal=goal, previous=current, preferences=prefs, run_id=run.id)
+    request = RefreshRequest(release_id=release_id, kind=kind, goal=goal, previous=current, preferences=prefs, run_id=run.id,
+                             replace_running=replace_running)
     try:
         outcome = fleet.refresh(request, cancel, on_done=lambda o: _finish(catalog, release_id, o))
     except (Interrupted, KeyboardInterrupt):
@@ -186,8 +187,10 @@ def _rollout(session: Session, fleet: Fleet, goal: Goal, overrides: dict[str, An
 
 
 def deploy(session: Session, env: Environment, image: str, version: str | None, *, overrides: dict[str, Any] | None = None,
-           force: bool = False) -> ReleaseResult:
-    """Roll IMAGE:VERSION out to ENV (gate first); blocks until it succeeded, rolled back or failed."""
+           force: bool = False, replace_running: bool = False) -> ReleaseResult:
+    """Roll IMAGE:VERSION out to ENV (gate first); blocks until it succeeded, rolled back or failed.
+
+    replace_running: a refresh the target runs already (aws) is cancelled instead of waited for."""
     _check_image(env, image)
     version = resolve_version(session.catalog, image, version)
     effective_preferences(env.refresh, overrides or {})  # bad flags fail before anything happens
@@ -196,14 +199,20 @@ def deploy(session: Session, env: Environment, image: str, version: str | None, 
     fleet.check_goal(goal)
     forced = require_verified(session.catalog, image, version, required=env.require_verified, force=force, env=env.name)
     with cancellable() as cancel, fleet.lock():
+        if replace_running:
+            fleet.stop_live_refresh("cancel", cancel)  # an interrupted release's refresh ends Cancelled; recover records that
         resumed = recover(session, fleet, cancel)
-        return _rollout(session, fleet, goal, overrides, "deploy", forced, cancel, resumed)
+        return _rollout(session, fleet, goal, overrides, "deploy", forced, cancel, resumed, replace_running)
 
 
 def rollback(session: Session, env: Environment, *, overrides: dict[str, Any] | None = None) -> ReleaseResult:
     """Back to the newest successful release whose version or config differs from what runs now."""
     effective_preferences(env.refresh, overrides or {})
     fleet = open_fleet(session, env)
+    with cancellable() as cancel:
+        stopped = fleet.stop_live_refresh("rollback", cancel)
+        if stopped is not None:
+            return _rolled_back_live(session, fleet, stopped, cancel)
     with cancellable() as cancel, fleet.lock():
         resumed = recover(session, fleet, cancel)
         current = fleet.current()
@@ -225,6 +234,23 @@ def rollback(session: Session, env: Environment, *, overrides: dict[str, Any] | 
         fleet.check_goal(goal)
         session.progress.note(f"{env.name}: rolling back to release #{target['id']} ({goal.image}:{goal.version})")
         return _rollout(session, fleet, goal, overrides, "rollback", False, cancel, resumed)
+
+
+def _rolled_back_live(session: Session, fleet: Fleet, stopped: dict[str, Any], cancel: Cancellation) -> ReleaseResult:
+    """The target rolled its running refresh back; the release it belonged to is closed by the bake.py waiting on it, or here."""
+    env = fleet.env
+    resumed: list[dict[str, Any]] = []
+    with fleet.try_lock() as free:
+        if free:  # no bake.py waits on that refresh any more: record its end now
+            resumed = recover(session, fleet, cancel)
+    now = fleet.current()
+    ok = stopped["status"] == "RollbackSuccessful"
+    reason = None if ok else f"refresh {stopped['id']} ended {stopped['status']}" + (f": {stopped['reason']}" if stopped.get("reason") else "")
+    result = ReleaseResult(env=env.name, kind="rollback", image=env.image, from_version=stopped.get("from"),
+                           to_version=now.version if now else "-", result="succeeded" if ok else "failed", replaced=0, total=0, seconds=0.0,
+                           reason=reason, release_id=stopped.get("release_id"), endpoint=None, resumed=resumed)
+    Run.start(session.project.state_dir, "rollback").write_result({**result.to_dict(), "instance_refresh": stopped})
+    return result
 
 
 def promote(session: Session, env: Environment, image: str, version: str | None, *, overrides: dict[str, Any] | None = None) -> ReleaseResult:

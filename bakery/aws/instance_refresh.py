@@ -1,0 +1,103 @@
+"""EC2 Auto Scaling instance refresh: start one with the environment's preferences, and wait for it (AWS has no waiter).
+
+The preferences are the environment's `bakery_deploy.refresh`, one to one, so
+a refresh behaves the same on the local target and on AWS. The wait polls
+DescribeInstanceRefreshes with backoff and reports each change (status,
+percentage, instances left, AWS's status reason) until the refresh ends.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from bakery.environments import RefreshPreferences
+from bakery.errors import ConfigError, OperationError
+
+ACTIVE = ("Pending", "InProgress", "Cancelling", "RollbackInProgress", "Baking")
+ROLLBACK_ALLOWED = ("Pending", "InProgress", "Baking")
+ENDED = ("Successful", "Failed", "Cancelled", "RollbackSuccessful", "RollbackFailed")
+MAX_POLL_SECONDS = 60.0
+
+
+def preferences(prefs: RefreshPreferences, alarms: list[str]) -> dict[str, Any]:
+    """StartInstanceRefresh Preferences from the environment's refresh preferences (ConfigError where AWS would refuse them)."""
+    if prefs.max_healthy_percentage - prefs.min_healthy_percentage > 100:
+        raise ConfigError(f"instance refresh: max healthy percentage {prefs.max_healthy_percentage} may be at most 100 above min healthy "
+                          f"percentage {prefs.min_healthy_percentage} on AWS; raise --min-healthy-percentage or lower --max-healthy-percentage")
+    result: dict[str, Any] = {
+        "MinHealthyPercentage": prefs.min_healthy_percentage,
+        "MaxHealthyPercentage": prefs.max_healthy_percentage,
+        "InstanceWarmup": prefs.instance_warmup,
+        "SkipMatching": prefs.skip_matching,
+        "AutoRollback": prefs.auto_rollback,
+        "BakeTime": prefs.bake_time,
+    }
+    if prefs.checkpoint_percentages:
+        result["CheckpointPercentages"] = list(prefs.checkpoint_percentages)
+        result["CheckpointDelay"] = prefs.checkpoint_delay
+    if alarms:
+        result["AlarmSpecification"] = {"Alarms": list(alarms)}
+    return result
+
+
+def desired_configuration(template_id: str, version: int) -> dict[str, Any]:
+    return {"LaunchTemplate": {"LaunchTemplateId": template_id, "Version": str(version)}}
+
+
+def start(client: Any, group: str, template_id: str, version: int, prefs: dict[str, Any]) -> str:
+    answer = client.start_instance_refresh(AutoScalingGroupName=group, Strategy="Rolling",
+                                           DesiredConfiguration=desired_configuration(template_id, version), Preferences=prefs)
+    return answer["InstanceRefreshId"]
+
+
+def active(client: Any, group: str) -> dict[str, Any] | None:
+    """The group's refresh that has not ended yet, if any (AWS runs one at a time)."""
+    refreshes = client.describe_instance_refreshes(AutoScalingGroupName=group)["InstanceRefreshes"]
+    return next((r for r in refreshes if r["Status"] in ACTIVE), None)
+
+
+def describe(client: Any, group: str, refresh_id: str) -> dict[str, Any]:
+    found = client.describe_instance_refreshes(AutoScalingGroupName=group, InstanceRefreshIds=[refresh_id])["InstanceRefreshes"]
+    if not found:
+        raise OperationError(f"instance refresh {refresh_id} of Auto Scaling group {group} is unknown to AWS (older than its history?)")
+    return found[0]
+
+
+def cancel(client: Any, group: str) -> str:
+    return client.cancel_instance_refresh(AutoScalingGroupName=group)["InstanceRefreshId"]
+
+
+def rollback(client: Any, group: str) -> str:
+    return client.rollback_instance_refresh(AutoScalingGroupName=group)["InstanceRefreshId"]
+
+
+def summary(refresh: dict[str, Any]) -> str:
+    """One progress line: status, percentage, instances left, AWS's reason."""
+    parts = [refresh["Status"]]
+    if "PercentageComplete" in refresh:
+        parts.append(f"{refresh['PercentageComplete']}%")
+    if "InstancesToUpdate" in refresh:
+        parts.append(f"{refresh['InstancesToUpdate']} instances to update")
+    text = " ".join(parts[:2]) + (f" ({parts[2]})" if len(parts) > 2 else "")
+    reason = refresh.get("StatusReason")
+    return text + (f": {reason}" if reason else "")
+
+
+def wait(client: Any, group: str, refresh_id: str, *, report: Callable[[str], None], check: Callable[[], None],
+         poll_seconds: float) -> dict[str, Any]:
+    """Block until the refresh ended; report every change. `check` raises to stop waiting (the refresh goes on at AWS)."""
+    delay, last = poll_seconds, None
+    while True:
+        check()
+        refresh = describe(client, group, refresh_id)
+        line = summary(refresh)
+        if line != last:
+            report(line)
+            last = line
+            delay = poll_seconds  # something moved: look again soon
+        if refresh["Status"] in ENDED:
+            return refresh
+        time.sleep(delay)
+        delay = min(delay * 1.5, max(poll_seconds, MAX_POLL_SECONDS))

@@ -1,0 +1,116 @@
+"""One launch template version per release: the AMI, IMDSv2, encrypted volumes, the runtime config as UserData.
+
+A release never edits a version: it creates a new one from the version the
+Auto Scaling group runs now (so the network, key, profile and security groups
+set up with the template carry over) and the group is pinned to its number.
+`$Latest` and `$Default` are never used: they move under a running group and
+leave nothing to roll back to.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from bakery.aws import tags
+from bakery.fleets.base import Goal
+from bakery.provenance import sanitize_tag_value
+
+CONFIG_DIGEST = "bakery:config-digest"  # on instances and volumes: which runtime config they were launched with
+RELEASE = "bakery:release"
+TAGGED_RESOURCES = ("instance", "volume")
+
+
+def user_data(env_text: str) -> str:
+    """The runtime env file (KEY="value" lines, as the local target mounts it), base64 for the launch template."""
+    return base64.b64encode(env_text.encode("utf-8")).decode("ascii")
+
+
+def user_data_text(encoded: str | None) -> str:
+    return base64.b64decode(encoded).decode("utf-8") if encoded else ""
+
+
+def release_tags(env: str, goal: Goal, release_id: int) -> dict[str, str]:
+    raw = {tags.MANAGED: "true", tags.ENVIRONMENT: env, tags.IMAGE: goal.image, tags.VERSION: goal.version,
+           tags.GIT_COMMIT: goal.git_commit, tags.GIT_MESSAGE: goal.git_message, CONFIG_DIGEST: goal.config_digest,
+           RELEASE: str(release_id), "Name": f"{goal.image}-{env}-{goal.version}"}
+    return {key: sanitize_tag_value(value) for key, value in raw.items() if value}
+
+
+def _merged_tag_specifications(source: list[dict[str, Any]], ours: dict[str, str]) -> list[dict[str, Any]]:
+    """The source version's tag specifications with ours added to instances and volumes (ours win on a clash)."""
+    by_type = {spec["ResourceType"]: tags.from_tag_list(spec.get("Tags")) for spec in source}
+    for resource in TAGGED_RESOURCES:
+        by_type[resource] = {**by_type.get(resource, {}), **ours}
+    return [{"ResourceType": resource, "Tags": tags.as_tag_list(values)} for resource, values in by_type.items()]
+
+
+def _encrypted_mappings(image: dict[str, Any], source: list[dict[str, Any]], kms_key_id: str) -> list[dict[str, Any]]:
+    """Every EBS volume of the AMI (and any extra the template adds) encrypted; an unencrypted snapshot is encrypted on launch.
+    The AMI's devices take their snapshots from the AMI, never from an older image the source version named."""
+    image_devices = {m["DeviceName"] for m in image.get("BlockDeviceMappings", [])}
+    mappings: dict[str, dict[str, Any]] = {}
+    for mapping in [*image.get("BlockDeviceMappings", []), *source]:
+        if "Ebs" not in mapping:
+            continue
+        dropped = ("Encrypted", "KmsKeyId", "SnapshotId") if mapping["DeviceName"] in image_devices else ("Encrypted", "KmsKeyId")
+        ebs = {**mappings.get(mapping["DeviceName"], {}).get("Ebs", {}), **{k: v for k, v in mapping["Ebs"].items() if k not in dropped}}
+        ebs["Encrypted"] = True
+        if mapping["DeviceName"] in image_devices:
+            ebs["DeleteOnTermination"] = True  # a replaced instance must not leave its root volume behind
+        if ebs.get("VolumeType", "standard") == "standard":
+            ebs["VolumeType"] = "gp3"
+        if kms_key_id:
+            ebs["KmsKeyId"] = kms_key_id
+        mappings[mapping["DeviceName"]] = {"DeviceName": mapping["DeviceName"], "Ebs": ebs}
+    return list(mappings.values())
+
+
+def launch_data(*, image: dict[str, Any], source: dict[str, Any], goal: Goal, env_name: str, env_text: str, instance_type: str,
+                release_id: int, kms_key_id: str = "") -> dict[str, Any]:
+    """LaunchTemplateData for a release: what changes per release; the rest comes from the source version."""
+    data: dict[str, Any] = {
+        "ImageId": image["ImageId"],
+        "MetadataOptions": {**source.get("MetadataOptions", {}), "HttpTokens": "required", "HttpEndpoint": "enabled"},
+        "BlockDeviceMappings": _encrypted_mappings(image, source.get("BlockDeviceMappings", []), kms_key_id),
+        "UserData": user_data(env_text),
+        "TagSpecifications": _merged_tag_specifications(source.get("TagSpecifications", []), release_tags(env_name, goal, release_id)),
+    }
+    if instance_type:
+        data["InstanceType"] = instance_type
+    return data
+
+
+def template(ec2: Any, name: str) -> dict[str, Any] | None:
+    try:
+        found = ec2.describe_launch_templates(LaunchTemplateNames=[name])["LaunchTemplates"]
+    except ec2.exceptions.ClientError as exc:
+        if "NotFound" in exc.response.get("Error", {}).get("Code", ""):
+            return None
+        raise
+    return found[0] if found else None
+
+
+def version_data(ec2: Any, template_id: str, version: str | int) -> dict[str, Any]:
+    found = ec2.describe_launch_template_versions(LaunchTemplateId=template_id, Versions=[str(version)])["LaunchTemplateVersions"]
+    return found[0]["LaunchTemplateData"] if found else {}
+
+
+def all_versions(ec2: Any, template_id: str) -> list[dict[str, Any]]:
+    """Every version of the template, newest first."""
+    versions: list[dict[str, Any]] = []
+    for page in ec2.get_paginator("describe_launch_template_versions").paginate(LaunchTemplateId=template_id):
+        versions.extend(page["LaunchTemplateVersions"])
+    return sorted(versions, key=lambda v: v["VersionNumber"], reverse=True)
+
+
+def create_version(ec2: Any, template_id: str, source_version: str | int, data: dict[str, Any], description: str) -> int:
+    made = ec2.create_launch_template_version(LaunchTemplateId=template_id, SourceVersion=str(source_version),
+                                              VersionDescription=description[:255], LaunchTemplateData=data)
+    return int(made["LaunchTemplateVersion"]["VersionNumber"])
+
+
+def instance_tags(data: dict[str, Any]) -> dict[str, str]:
+    """The tags a version puts on its instances."""
+    spec = next((s for s in data.get("TagSpecifications", []) if s["ResourceType"] == "instance"), {})
+    return tags.from_tag_list(spec.get("Tags"))

@@ -1,0 +1,333 @@
+"""The aws fleet against moto server: pinned launch template versions, UserData, SSM releases, promote, down.
+
+EC2, Auto Scaling groups and SSM are moto server on loopback. The instance
+refresh calls (start/describe/cancel/rollback), which moto lacks, go through
+botocore's Stubber on the fleet's own refresh client: it checks every request
+against the service model and, with expected_params, the exact preferences.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import io
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from botocore.stub import Stubber
+
+from bakery.aws import clients, instance_refresh, releases
+from bakery.catalog import open_catalog
+from bakery.cli import main as bake_main
+from bakery.config import Project
+from bakery.environments import RefreshPreferences, load_environment
+from bakery.errors import ConfigError
+from bakery.fleets import operations
+from bakery.fleets.aws import AwsFleet
+from bakery.progress import Progress
+from tests.conftest import REPO, bake
+
+pytestmark = pytest.mark.aws
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+MESSAGE = "Tune the app\n\nwith a body line <and> an ampersand & more"
+QA_PREFERENCES = {"MinHealthyPercentage": 50, "MaxHealthyPercentage": 150, "InstanceWarmup": 30, "SkipMatching": True,
+                  "AutoRollback": True, "BakeTime": 60, "CheckpointPercentages": [50, 100], "CheckpointDelay": 20,
+                  "AlarmSpecification": {"Alarms": ["webapp-qa-5xx"]}}
+
+
+def deploy_yml(name: str, group: str, template: str, **extra) -> dict:
+    return {"bakery_deploy": {
+        "target": "aws", "image": "webapp", "instances": 2, "require_verified": False,
+        "refresh": {"min_healthy_percentage": 50, "max_healthy_percentage": 150, "instance_warmup": 30, "checkpoint_percentages": [50, 100],
+                    "checkpoint_delay": 20, "bake_time": 60},
+        "aws": {"auto_scaling_group": group, "launch_template": template, "instance_type": "t3.small", "alarms": [f"webapp-{name}-5xx"]},
+        **extra}}
+
+
+class World:
+    """A project with aws environments qa and prod, two baked versions with AMIs, a group per environment on version 1."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        shutil.copy(REPO / "bakery.yml", root / "bakery.yml")
+        self.write_env("qa", deploy_yml("qa", "web-qa", "web-qa-lt"), {"LOG_LEVEL": "info", "DATABASE_URL": "postgres://db/app"})
+        self.write_env("prod", deploy_yml("prod", "web-prod", "web-prod-lt", promote_from="qa"), {"LOG_LEVEL": "warn"})
+        self.project = Project(root)
+        self.catalog = open_catalog(self.project.state_dir)
+        self.lines = io.StringIO()
+        self.session = operations.Session(self.project, self.catalog, Progress(self.lines))
+        self.ec2, self.asg, self.ssm = clients.client("ec2"), clients.client("autoscaling"), clients.client("ssm")
+        self.versions, self.amis = [], []
+        for _ in range(2):
+            version = self.catalog.reserve_version("webapp", "run", 1)
+            ami = self.ec2.register_image(Name=f"webapp-{version}", RootDeviceName="/dev/xvda")["ImageId"]
+            self.ec2.create_tags(Resources=[ami], Tags=[{"Key": "bakery:image", "Value": "webapp"}, {"Key": "bakery:version", "Value": version},
+                                                         {"Key": "bakery:git-commit", "Value": COMMIT}])
+            self.catalog.complete_version("webapp", version, image_ref=ami, image_id=ami, input_digest="sha256:x", layers=[],
+                                          provenance={"git_commit": COMMIT, "git_message": MESSAGE})
+            self.versions.append(version)
+            self.amis.append(ami)
+        self.templates = {env: self.group(env, self.amis[0]) for env in ("qa", "prod")}
+
+    def write_env(self, name: str, deploy: dict, runtime: dict) -> None:
+        folder = self.root / "inventories" / name / "group_vars" / "all"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "deploy.yml").write_text(yaml.safe_dump(deploy))
+        (folder / "runtime.yml").write_text(yaml.safe_dump({"bakery_runtime": runtime}))
+
+    def group(self, env: str, ami: str) -> str:
+        template = self.ec2.create_launch_template(LaunchTemplateName=f"web-{env}-lt",
+                                                   LaunchTemplateData={"ImageId": ami, "InstanceType": "t3.micro"})["LaunchTemplate"]
+        self.asg.create_auto_scaling_group(AutoScalingGroupName=f"web-{env}", MinSize=1, MaxSize=4, DesiredCapacity=2,
+                                           AvailabilityZones=["us-east-1a"],
+                                           LaunchTemplate={"LaunchTemplateId": template["LaunchTemplateId"], "Version": "1"})
+        return template["LaunchTemplateId"]
+
+    def env(self, name: str):
+        return load_environment(self.project, name)
+
+    def pinned(self, env: str) -> str:
+        return self.asg.describe_auto_scaling_groups(AutoScalingGroupNames=[f"web-{env}"])["AutoScalingGroups"][0]["LaunchTemplate"]["Version"]
+
+    def template_data(self, env: str, version: str) -> dict:
+        found = self.ec2.describe_launch_template_versions(LaunchTemplateId=self.templates[env], Versions=[version])
+        return found["LaunchTemplateVersions"][0]["LaunchTemplateData"]
+
+    def released(self, env: str) -> dict | None:
+        return releases.released(self.ssm, "webapp", env)
+
+
+@pytest.fixture
+def world(aws, tmp_path):
+    root = tmp_path / "project"
+    root.mkdir()
+    made = World(root)
+    yield made
+    made.catalog.close()
+
+
+@pytest.fixture
+def refresh(world, monkeypatch):
+    """The instance refresh client behind a Stubber; every fleet operations opens uses it and polls without waiting."""
+    stubbed = clients.client("autoscaling")
+    monkeypatch.setattr(operations, "get_fleet", lambda target: functools.partial(AwsFleet, refresh_client=stubbed, poll_seconds=0))
+    with Stubber(stubbed) as stub:
+        yield stub
+        stub.assert_no_pending_responses()
+
+
+def described(stub, group, *refreshes, ids=None):
+    """Queue one DescribeInstanceRefreshes answer (of the group, or of the given refresh ids)."""
+    params = {"AutoScalingGroupName": group, **({"InstanceRefreshIds": ids} if ids else {})}
+    items = [{"InstanceRefreshId": rid, "AutoScalingGroupName": group, "Status": status, **extra} for rid, status, extra in refreshes]
+    stub.add_response("describe_instance_refreshes", {"InstanceRefreshes": items}, params)
+
+
+def started(stub, world, group, template_env, version, refresh_id, prefs=QA_PREFERENCES):
+    stub.add_response("start_instance_refresh", {"InstanceRefreshId": refresh_id}, {
+        "AutoScalingGroupName": group, "Strategy": "Rolling", "Preferences": prefs,
+        "DesiredConfiguration": {"LaunchTemplate": {"LaunchTemplateId": world.templates[template_env], "Version": version}}})
+
+
+def test_deploy_pins_a_new_version_waits_for_the_refresh_and_releases_in_ssm(world, refresh):
+    qa = world.env("qa")
+    described(refresh, "web-qa")  # nothing running on the group
+    started(refresh, world, "web-qa", "qa", "2", "rid-1")
+    described(refresh, "web-qa", ("rid-1", "InProgress", {"PercentageComplete": 50, "InstancesToUpdate": 1,
+                                                          "StatusReason": "Waiting for instances to warm up"}), ids=["rid-1"])
+    described(refresh, "web-qa", ("rid-1", "Successful", {"PercentageComplete": 100, "InstancesToUpdate": 0}), ids=["rid-1"])
+    described(refresh, "web-qa", ("rid-1", "Successful", {}))  # the status shown at the end
+
+    result = operations.deploy(world.session, qa, "webapp", world.versions[1])
+
+    assert result.ok and (result.from_version, result.to_version, result.replaced, result.total) == (world.versions[0], world.versions[1], 2, 2)
+    assert world.pinned("qa") == "2"  # the exact number, never $Latest or $Default
+    data = world.template_data("qa", "2")
+    assert data["ImageId"] == world.amis[1] and data["InstanceType"] == "t3.small"
+    assert data["MetadataOptions"]["HttpTokens"] == "required"
+    assert data["BlockDeviceMappings"] and all(m["Ebs"]["Encrypted"] for m in data["BlockDeviceMappings"])
+    user_data = base64.b64decode(data["UserData"]).decode()
+    assert user_data == qa.runtime_env_text() and 'DATABASE_URL="postgres://db/app"\n' in user_data and 'ENVIRONMENT="qa"' in user_data
+    tags = {spec["ResourceType"]: {t["Key"]: t["Value"] for t in spec["Tags"]} for spec in data["TagSpecifications"]}
+    assert set(tags) == {"instance", "volume"}
+    for resource in tags.values():
+        assert resource["bakery:environment"] == "qa" and resource["bakery:version"] == world.versions[1]
+        assert resource["bakery:git-commit"] == COMMIT
+        assert resource["bakery:git-message"] == "Tune the app with a body line and an ampersand more"  # one line, AWS's tag alphabet
+        assert resource["bakery:config-digest"] == qa.config_digest()
+    assert world.released("qa") == {"ami_id": world.amis[1], "version": world.versions[1]}
+    release = world.catalog.releases("qa")[0]
+    assert release["status"] == "succeeded" and release["details"]["instance_refresh_id"] == "rid-1"
+    progress = world.lines.getvalue()
+    assert "InProgress 50% (1 instances to update): Waiting for instances to warm up" in progress
+    assert not (world.project.state_dir / "envs" / "qa" / "refresh.json").exists()
+
+
+@pytest.mark.parametrize("final, reason, result, pinned", [
+    ("Failed", "Instance i-1 failed its ELB health check", "failed", "2"),
+    ("RollbackSuccessful", "Alarm webapp-qa-5xx went off", "rolled back", "1"),
+])
+def test_a_refresh_that_fails_or_rolls_back_exits_1_and_leaves_ssm_alone(world, refresh, capsys, final, reason, result, pinned):
+    releases.record_release(world.ssm, "webapp", "qa", world.amis[0], world.versions[0])
+    described(refresh, "web-qa")
+    started(refresh, world, "web-qa", "qa", "2", "rid-2")
+    described(refresh, "web-qa", ("rid-2", final, {"PercentageComplete": 50, "InstancesToUpdate": 1, "StatusReason": reason}), ids=["rid-2"])
+    described(refresh, "web-qa")
+
+    code = bake_main(["--project", str(world.root), "deploy", f"webapp:{world.versions[1]}", "--env", "qa"])
+
+    err = capsys.readouterr().err
+    assert code == 1 and f"bake.py: error: deploy of webapp:{world.versions[1]} to qa {result}" in err and reason in err
+    assert world.released("qa") == {"ami_id": world.amis[0], "version": world.versions[0]}
+    assert releases.history(world.ssm, "webapp", "qa") == [world.versions[0]]
+    assert world.pinned("qa") == pinned  # a rollback leaves the group on the version pinned before
+    assert world.catalog.releases("qa")[0]["status"] == result.replace(" ", "_")
+
+
+@pytest.mark.parametrize("replace", [True, False])
+def test_a_running_refresh_is_cancelled_with_replace_running_or_waited_for(world, refresh, replace):
+    running = ("rid-0", "InProgress", {"PercentageComplete": 40, "InstancesToUpdate": 2})
+    described(refresh, "web-qa", running)
+    if replace:
+        refresh.add_response("cancel_instance_refresh", {"InstanceRefreshId": "rid-0"}, {"AutoScalingGroupName": "web-qa"})
+        described(refresh, "web-qa", ("rid-0", "Cancelled", {}), ids=["rid-0"])
+        described(refresh, "web-qa", ("rid-0", "Cancelled", {}))  # the deploy's own look before it starts
+    else:
+        described(refresh, "web-qa", ("rid-0", "InProgress", {"PercentageComplete": 80, "InstancesToUpdate": 1}), ids=["rid-0"])
+        described(refresh, "web-qa", ("rid-0", "Successful", {}), ids=["rid-0"])
+    started(refresh, world, "web-qa", "qa", "2", "rid-1")
+    described(refresh, "web-qa", ("rid-1", "Successful", {}), ids=["rid-1"])
+    described(refresh, "web-qa")
+
+    result = operations.deploy(world.session, world.env("qa"), "webapp", world.versions[1], replace_running=replace)
+
+    assert result.ok and world.pinned("qa") == "2"
+    progress = world.lines.getvalue()
+    assert ("cancelling instance refresh rid-0" in progress) is replace
+    assert ("waiting for it to end" in progress) is not replace
+    assert "instance refresh rid-0: InProgress 80% (1 instances to update)" in progress or replace
+
+
+class Interrupt(Progress):
+    """Ctrl-C at the moment a progress line matching `at` is printed."""
+
+    def __init__(self, stream, at: str):
+        super().__init__(stream)
+        self.at = at
+
+    def note(self, message: str) -> None:
+        super().note(message)
+        if self.at in message:
+            self.at = "\0never"
+            raise KeyboardInterrupt
+
+
+def test_rollback_while_the_refresh_runs_asks_aws_to_roll_it_back(world, refresh):
+    described(refresh, "web-qa")
+    started(refresh, world, "web-qa", "qa", "2", "rid-1")
+    described(refresh, "web-qa", ("rid-1", "InProgress", {"PercentageComplete": 20}), ids=["rid-1"])
+    world.session.progress = Interrupt(world.lines, "InProgress 20%")
+    with pytest.raises(KeyboardInterrupt):
+        operations.deploy(world.session, world.env("qa"), "webapp", world.versions[1])
+    assert (world.project.state_dir / "envs" / "qa" / "refresh.json").exists()  # the refresh goes on at AWS; bakery knows its id
+
+    described(refresh, "web-qa", ("rid-1", "InProgress", {"PercentageComplete": 30}))
+    refresh.add_response("rollback_instance_refresh", {"InstanceRefreshId": "rid-1"}, {"AutoScalingGroupName": "web-qa"})
+    described(refresh, "web-qa", ("rid-1", "RollbackInProgress", {}), ids=["rid-1"])
+    described(refresh, "web-qa", ("rid-1", "RollbackSuccessful", {"StatusReason": "rolled back by request"}), ids=["rid-1"])
+    described(refresh, "web-qa", ("rid-1", "RollbackSuccessful", {"StatusReason": "rolled back by request"}), ids=["rid-1"])  # re-attached
+
+    result = operations.rollback(world.session, world.env("qa"))
+
+    deploy_release = world.catalog.releases("qa")[0]
+    assert result.ok and result.kind == "rollback" and result.to_version == world.versions[0] and result.release_id == deploy_release["id"]
+    assert deploy_release["status"] == "rolled_back" and deploy_release["kind"] == "deploy"
+    assert world.pinned("qa") == "1" and world.released("qa") is None
+    assert not (world.project.state_dir / "envs" / "qa" / "refresh.json").exists()
+
+
+def test_promote_puts_the_same_ami_in_the_next_environments_launch_template(world, refresh):
+    # qa runs the second version: its group is pinned to a version of its template with that AMI.
+    world.ec2.create_launch_template_version(LaunchTemplateId=world.templates["qa"], SourceVersion="1",
+                                             LaunchTemplateData={"ImageId": world.amis[1]})
+    world.asg.update_auto_scaling_group(AutoScalingGroupName="web-qa", LaunchTemplate={"LaunchTemplateId": world.templates["qa"], "Version": "2"})
+    runs(world, "qa", "2")
+    world.catalog.record_verification("webapp", world.versions[1], env=None, started="2026-11-29T00:00:00Z", seconds=1.0, passed=True,
+                                      run_id="r", summary="passed", reports={})
+    described(refresh, "web-qa")  # promote checks the version is healthy in qa: no refresh there
+    described(refresh, "web-prod")
+    prod_prefs = {**QA_PREFERENCES, "AlarmSpecification": {"Alarms": ["webapp-prod-5xx"]}}
+    started(refresh, world, "web-prod", "prod", "2", "rid-p", prefs=prod_prefs)
+    described(refresh, "web-prod", ("rid-p", "Successful", {}), ids=["rid-p"])
+    described(refresh, "web-prod")
+
+    result = operations.promote(world.session, world.env("prod"), "webapp", None)
+
+    assert result.ok and result.kind == "promote" and result.to_version == world.versions[1]
+    assert world.template_data("prod", world.pinned("prod"))["ImageId"] == world.template_data("qa", "2")["ImageId"] == world.amis[1]
+    assert world.released("prod") == {"ami_id": world.amis[1], "version": world.versions[1]}
+    assert 'ENVIRONMENT="prod"' in base64.b64decode(world.template_data("prod", "2")["UserData"]).decode()
+
+
+def runs(world, env: str, version: str) -> None:
+    """moto reports every instance of a group on its template's default version: make that the version the group runs."""
+    world.ec2.modify_launch_template(LaunchTemplateId=world.templates[env], DefaultVersion=version)
+
+
+def test_down_sets_the_desired_capacity_to_zero(world, refresh):
+    described(refresh, "web-qa")  # down looks at the environment first
+
+    down = operations.down(world.session, world.env("qa"))
+
+    group = world.asg.describe_auto_scaling_groups(AutoScalingGroupNames=["web-qa"])["AutoScalingGroups"][0]
+    assert down["removed"] == 2 and (group["MinSize"], group["DesiredCapacity"], group["Instances"]) == (0, 0, [])
+    assert world.catalog.releases("qa")[0]["kind"] == "down" and world.pinned("qa") == "1"
+
+
+def test_an_up_to_date_environment_is_left_alone(world, refresh):
+    described(refresh, "web-qa")
+    started(refresh, world, "web-qa", "qa", "2", "rid-1")
+    described(refresh, "web-qa", ("rid-1", "Successful", {}), ids=["rid-1"])
+    described(refresh, "web-qa")
+    operations.deploy(world.session, world.env("qa"), "webapp", world.versions[1])
+    runs(world, "qa", "2")
+    described(refresh, "web-qa")  # the same version and config again: no new launch template version, no refresh started
+    described(refresh, "web-qa")
+
+    result = operations.deploy(world.session, world.env("qa"), "webapp", world.versions[1])
+
+    assert result.ok and result.replaced == 0 and world.pinned("qa") == "2"
+    assert "nothing to replace" in world.lines.getvalue()
+    assert len(world.ec2.describe_launch_template_versions(LaunchTemplateId=world.templates["qa"])["LaunchTemplateVersions"]) == 2
+    assert releases.history(world.ssm, "webapp", "qa") == [world.versions[1]]
+
+
+def test_refresh_preferences_map_one_to_one_and_refuse_what_aws_would():
+    prefs = RefreshPreferences(min_healthy_percentage=90, max_healthy_percentage=110, instance_warmup=5, skip_matching=False,
+                               auto_rollback=False, bake_time=0)
+    assert instance_refresh.preferences(prefs, []) == {"MinHealthyPercentage": 90, "MaxHealthyPercentage": 110, "InstanceWarmup": 5,
+                                                       "SkipMatching": False, "AutoRollback": False, "BakeTime": 0}
+    with pytest.raises(ConfigError, match="at most 100 above"):
+        instance_refresh.preferences(RefreshPreferences(min_healthy_percentage=0, max_healthy_percentage=150), [])
+
+
+def test_ssm_history_gives_the_previous_distinct_release(aws):
+    ssm = clients.client("ssm")
+    for version in ("20261129.001", "20261129.002", "20261129.002", "20261129.003"):
+        releases.record_release(ssm, "webapp", "prod", f"ami-{version[-3:]}", version)
+    assert releases.released(ssm, "webapp", "prod") == {"ami_id": "ami-003", "version": "20261129.003"}
+    assert releases.previous_release(ssm, "webapp", "prod") == "20261129.002"
+    assert releases.previous_release(ssm, "webapp", "nowhere") is None
+
+
+def test_bake_py_names_a_missing_group_in_one_line(world):
+    world.asg.delete_auto_scaling_group(AutoScalingGroupName="web-qa", ForceDelete=True)
+    out = bake(world.root, "deploy", f"webapp:{world.versions[1]}", "--env", "qa", timeout=60)
+    assert out.rc == 2, out.stderr
+    assert out.stderr.strip().splitlines() == [out.stderr.strip()]
+    assert "bakery_deploy.aws.auto_scaling_group 'web-qa' does not exist in us-east-1" in out.stderr
+    assert world.catalog.releases("qa") == []
+    assert len(world.ec2.describe_launch_template_versions(LaunchTemplateId=world.templates["qa"])["LaunchTemplateVersions"]) == 1
