@@ -256,6 +256,20 @@ class SqliteCatalog(Catalog):
         with self._tx() as db:
             db.execute("DELETE FROM versions WHERE image = ? AND version = ?", (image, version))
 
+    def adopt_version(self, image: str, version: str, *, run_id: str, pid: int, image_ref: str, image_id: str, input_digest: str,
+                      provenance: dict[str, Any]) -> bool:
+        """Record a ready version made elsewhere (an AMI another checkout baked); False when it is known already."""
+        with self._tx() as db:
+            if db.execute("SELECT 1 FROM versions WHERE image = ? AND version = ?", (image, version)).fetchone():
+                return False
+            seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM versions WHERE image = ?", (image,)).fetchone()[0]
+            db.execute(
+                "INSERT INTO versions (image, version, seq, status, created, run_id, pid, image_ref, image_id, input_digest, git_commit,"
+                " provenance) VALUES (?, ?, ?, 'ready', ?, ?, ?, ?, ?, ?, ?, ?)",
+                (image, version, seq, _now(), run_id, pid, image_ref, image_id, input_digest, provenance.get("git_commit"),
+                 json.dumps(provenance)))
+        return True
+
     def discard_versions(self, pairs: list[tuple[str, str]]) -> None:
         """Forget many versions in one transaction (gc removing what it deleted from podman)."""
         with self._tx() as db:

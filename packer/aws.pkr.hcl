@@ -1,0 +1,238 @@
+# The aws target's bake: one amazon-ebs build running the same playbooks/IMAGE.yml (same roles) as the local target.
+#
+# bake.py (bakery/builders/packer.py) passes every variable below in a var file under .bakery/runs/<run-id>/;
+# run it by hand only to debug: packer build -var-file=.bakery/runs/<run-id>/packer.vars.json packer/aws.pkr.hcl
+#
+# Written for Packer 1.6.6 (Debian 12's package). That version has no `metadata_options` block, so the build
+# instance cannot be launched with IMDSv2 required; bake.py instead marks every AMI it registers ImdsSupport=v2.0,
+# so every instance launched from it requires IMDSv2 (and the aws fleet's launch templates require it as well).
+# With Packer >= 1.7 (amazon plugin) add to the source: metadata_options { http_tokens = "required" }.
+
+variable "region" {
+  type        = string
+  description = "Home region: the build instance runs here and the first AMI is registered here."
+}
+
+variable "source_ami" {
+  type        = string
+  description = "Base AMI id, resolved by bake.py from aws.base_ami or the public SSM parameter aws.base_ami_parameter."
+}
+
+variable "instance_type" {
+  type = string
+}
+
+variable "ssh_username" {
+  type = string
+}
+
+variable "subnet_id" {
+  type        = string
+  default     = ""
+  description = "Empty: the default VPC's subnet."
+}
+
+variable "security_group_ids" {
+  type        = list(string)
+  default     = []
+  description = "Empty: Packer creates a temporary group allowing SSH from the builder's address only."
+}
+
+variable "iam_instance_profile" {
+  type    = string
+  default = ""
+}
+
+variable "volume_size" {
+  type = number
+}
+
+variable "kms_key_id" {
+  type        = string
+  default     = ""
+  description = "Empty: the account's default EBS key (an AMI encrypted with it cannot be shared with other accounts)."
+}
+
+variable "ami_name" {
+  type = string
+}
+
+variable "ami_description" {
+  type = string
+}
+
+variable "ami_regions" {
+  type        = list(string)
+  default     = []
+  description = "Regions the AMI is copied to besides the home region."
+}
+
+variable "ami_users" {
+  type        = list(string)
+  default     = []
+  description = "Accounts given launch permission on the AMI."
+}
+
+variable "snapshot_users" {
+  type        = list(string)
+  default     = []
+  description = "Accounts given create-volume permission on the AMI's snapshots."
+}
+
+variable "tags" {
+  type        = map(string)
+  description = "Provenance tags (bakery/aws/tags.py, already sanitised) put on the AMI and its snapshots."
+}
+
+variable "run_tags" {
+  type        = map(string)
+  description = "Tags on the build instance, so a leftover can be traced to its bake."
+}
+
+variable "playbook_file" {
+  type = string
+}
+
+variable "ansible_command" {
+  type        = string
+  description = "The ansible-playbook of bakery's virtual environment."
+}
+
+variable "ansible_extra_vars_file" {
+  type        = string
+  description = "JSON file of extra vars: bakery_image, bakery_target, -e values, artifact paths and digests."
+}
+
+variable "ansible_env_vars" {
+  type = list(string)
+}
+
+variable "image_release_file" {
+  type        = string
+  description = "/etc/image-release for this version, rendered by bake.py from the provenance."
+}
+
+variable "runtime_env_file" {
+  type        = string
+  description = "A neutral runtime config (ENVIRONMENT=verify) present only while the image is checked on the build instance."
+}
+
+variable "testinfra_script" {
+  type = string
+}
+
+variable "testinfra_env" {
+  type        = list(string)
+  description = "KEY=VALUE lines for the testinfra run: python, test files, junit path, BAKERY_VERIFY_*."
+}
+
+variable "manifest_path" {
+  type = string
+}
+
+source "amazon-ebs" "image" {
+  region               = var.region
+  source_ami           = var.source_ami
+  instance_type        = var.instance_type
+  subnet_id            = var.subnet_id
+  security_group_ids   = var.security_group_ids
+  iam_instance_profile = var.iam_instance_profile
+
+  communicator              = "ssh"
+  ssh_username              = var.ssh_username
+  ssh_clear_authorized_keys = true
+  ssh_timeout               = "10m"
+
+  launch_block_device_mappings {
+    device_name           = "/dev/xvda"
+    volume_size           = var.volume_size
+    volume_type           = "gp3"
+    throughput            = 125
+    iops                  = 3000
+    encrypted             = true
+    kms_key_id            = var.kms_key_id
+    delete_on_termination = true
+  }
+  encrypt_boot = true
+  kms_key_id   = var.kms_key_id
+
+  ami_name        = var.ami_name
+  ami_description = var.ami_description
+  ami_regions     = var.ami_regions
+  ami_users       = var.ami_users
+  snapshot_users  = var.snapshot_users
+  tags            = var.tags
+  snapshot_tags   = var.tags
+  run_tags        = var.run_tags
+}
+
+build {
+  sources = ["source.amazon-ebs.image"]
+
+  # 1. The image definition, exactly as the local target runs it.
+  provisioner "ansible" {
+    playbook_file    = var.playbook_file
+    command          = var.ansible_command
+    user             = var.ssh_username
+    use_proxy        = false
+    extra_arguments  = ["--extra-vars", "@${var.ansible_extra_vars_file}"]
+    ansible_env_vars = var.ansible_env_vars
+  }
+
+  # 2. Provenance inside the image, and a neutral runtime config for the checks below.
+  provisioner "file" {
+    source      = var.image_release_file
+    destination = "/tmp/bakery-image-release"
+  }
+
+  provisioner "file" {
+    source      = var.runtime_env_file
+    destination = "/tmp/bakery-runtime.env"
+  }
+
+  provisioner "shell" {
+    inline = [
+      "sudo install -m 0644 -o root -g root /tmp/bakery-image-release /etc/image-release",
+      "sudo install -D -m 0640 -o root -g root /tmp/bakery-runtime.env /etc/bakery/launch/runtime.env",
+      "rm -f /tmp/bakery-image-release /tmp/bakery-runtime.env",
+      "sudo systemctl reboot",
+    ]
+    expect_disconnect = true
+  }
+
+  # 3. Boot check: systemd must reach `running` (not `degraded`) after a reboot of the baked disk.
+  provisioner "shell" {
+    pause_before = "15s"
+    inline = [
+      "state=$(sudo systemctl is-system-running --wait || true); echo \"systemd is $state\"",
+      "[ \"$state\" = running ] || { sudo systemctl --failed --no-legend --plain; exit 1; }",
+    ]
+  }
+
+  # 4. The image's testinfra suite and its roles' Molecule tests, run from this machine over SSH:
+  #    nothing is installed on the instance.
+  provisioner "shell-local" {
+    environment_vars = concat(var.testinfra_env, [
+      "BAKERY_SSH_HOST=${build.Host}",
+      "BAKERY_SSH_PORT=${build.Port}",
+      "BAKERY_SSH_USER=${build.User}",
+      "BAKERY_SSH_KEY=${build.SSHPrivateKey}",
+    ])
+    command = "/bin/sh ${var.testinfra_script}"
+  }
+
+  # 5. Nothing of the bake or the checks stays in the image.
+  provisioner "shell" {
+    inline = [
+      "sudo rm -f /etc/bakery/launch/runtime.env",
+      "sudo cloud-init clean --logs || true",
+      "sudo truncate -s 0 /etc/machine-id",
+      "sudo sh -c 'rm -rf /tmp/* /var/tmp/* /root/.ansible /home/*/.ansible; find /var/log/journal -mindepth 1 -delete; true'",
+    ]
+  }
+
+  post-processor "manifest" {
+    output     = var.manifest_path
+    strip_path = true
+  }
+}

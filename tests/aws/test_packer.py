@@ -1,0 +1,266 @@
+"""The Packer builder against moto server: the template Debian's packer validates, manifests, tags, reuse, real packer builds.
+
+The end-to-end tests run the real `packer build` (Debian's 1.6.6) of packer/aws.pkr.hcl
+against moto server: the template is used as shipped except that its provisioners
+are cut (there is no instance to SSH into) and the source talks to moto
+(communicator none, custom_endpoint_ec2). Packer really launches, images, copies
+and tags in moto; bake.py really parses its manifest and checks what it registered.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bakery.aws import amis, clients, tags
+from bakery.builders.base import BuildOptions
+from bakery.builders.packer import PackerBake, PackerBuilder, parse_manifest
+from bakery.catalog import open_catalog
+from bakery.config import Project
+from bakery.errors import ConfigError, OperationError
+from bakery.progress import Progress
+from bakery.runs import Run
+from bakery.signals import Cancellation
+from tests.aws.test_amis import register_ami
+from tests.aws.test_retries import FailFirst
+from tests.conftest import REPO, bake
+
+pytestmark = pytest.mark.aws
+
+BASE_PARAMETER = "/test/debian/12/amd64"
+MOTO_EBS_AMI = "ami-03cf127a"  # in moto 5.2.5's bundled public AMIs (requirements.txt pins moto)
+KMS_KEY = "arn:aws:kms:us-east-1:123456789012:key/11111111-2222-3333-4444-555555555555"
+
+
+@pytest.fixture
+def aws_project(project: Path, aws) -> Path:
+    """The fixture project with the shipped Packer files, two regions, and a base AMI named by an SSM parameter in moto."""
+    shutil.copytree(REPO / "packer", project / "packer", ignore=shutil.ignore_patterns("local.pkr.hcl"))
+    settings = yaml.safe_load((project / "bakery.yml").read_text())
+    settings["aws"] = {"region": "us-east-1", "regions": ["eu-west-1"], "base_ami_parameter": BASE_PARAMETER}
+    (project / "bakery.yml").write_text(yaml.safe_dump(settings))
+    clients.client("ssm").put_parameter(Name=BASE_PARAMETER, Value=moto_ebs_ami(), Type="String")
+    return project
+
+
+def moto_ebs_ami() -> str:
+    """One of moto's built-in public AMIs with an EBS root (Packer's amazon-ebs insists on one; register_image makes 'standard')."""
+    image = clients.client("ec2").describe_images(ImageIds=[MOTO_EBS_AMI])["Images"][0]  # by id: listing all of moto's takes 2 s
+    assert image["RootDeviceType"] == "ebs", f"moto's {MOTO_EBS_AMI} changed; pick another EBS-root AMI from moto's amis.json"
+    return MOTO_EBS_AMI
+
+
+def builder_for(root: Path) -> PackerBuilder:
+    project = Project(root)
+    return PackerBuilder(project, open_catalog(project.state_dir), Progress(io.StringIO()))
+
+
+def for_moto(template: Path, endpoint: str, *, drop_tags: bool = False) -> None:
+    """Cut the provisioners (no instance to reach) and point the source at moto; everything else stays as shipped."""
+    text = template.read_text()
+    while (start := re.search(r'^  provisioner "[^"]+" \{$', text, re.M)) is not None:
+        end = text.index("\n  }\n", start.end()) + len("\n  }\n")
+        text = text[:start.start()] + text[end:]
+    moto = (f'communicator = "none"\n  custom_endpoint_ec2 = "{endpoint}"\n  skip_credential_validation = true\n'
+            '  skip_metadata_api_check = true\n  skip_region_validation = true')
+    text = text.replace('communicator              = "ssh"', moto)
+    if drop_tags:
+        text = text.replace("tags            = var.tags", "tags            = {}").replace("snapshot_tags   = var.tags", "snapshot_tags   = {}")
+    assert "provisioner" not in text and "custom_endpoint_ec2" in text
+    template.write_text(text)
+
+
+@pytest.fixture
+def packer_env(monkeypatch):
+    """Packer polls fast, and anything it tried beyond loopback would hit a dead proxy instead of the internet."""
+    monkeypatch.setenv("AWS_POLL_DELAY_SECONDS", "1")
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+
+
+def all_amis(region: str) -> list[dict]:
+    return clients.client("ec2", region).describe_images(Owners=["self"])["Images"]
+
+
+# -- the template ---------------------------------------------------------------------------------
+
+
+def test_template_validates_with_exactly_the_variables_the_builder_passes(aws_project, tmp_path):
+    settings = yaml.safe_load((aws_project / "bakery.yml").read_text())
+    settings["aws"].update(accounts=["210987654321"], kms_key_id=KMS_KEY, subnet_id="subnet-0abc", security_group_ids=["sg-0abc"])
+    (aws_project / "bakery.yml").write_text(yaml.safe_dump(settings))
+    builder = builder_for(aws_project)
+    definition = builder.project.image("sample")
+    plan = builder.plan(definition, BuildOptions())
+    run = Run.start(builder.project.state_dir, "build")
+    bake_ = PackerBake(builder, definition, run, Cancellation(), plan, packer="packer", template=aws_project / "packer/aws.pkr.hcl",
+                       started=0)
+    bake_.version = "20261129.001"
+    var_file = bake_.write_inputs(bake_.provenance())
+
+    passed = json.loads(var_file.read_text())
+    declared = re.findall(r'^variable "(\w+)"', (REPO / "packer/aws.pkr.hcl").read_text(), re.M)
+    assert sorted(passed) == sorted(declared)
+    assert passed["ami_regions"] == ["eu-west-1"] and passed["ami_users"] == passed["snapshot_users"] == ["210987654321"]
+    assert passed["source_ami"] == plan.base_ami and passed["tags"][tags.INPUT_DIGEST] == plan.digest
+    assert json.loads(Path(passed["ansible_extra_vars_file"]).read_text())["bakery_target"] == "aws"
+    proc = subprocess.run(["packer", "validate", f"-var-file={var_file}", str(REPO / "packer/aws.pkr.hcl")],
+                          capture_output=True, text=True, check=False, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_sharing_with_accounts_needs_a_customer_managed_key(aws_project):
+    settings = yaml.safe_load((aws_project / "bakery.yml").read_text())
+    settings["aws"]["accounts"] = ["210987654321"]
+    (aws_project / "bakery.yml").write_text(yaml.safe_dump(settings))
+    builder = builder_for(aws_project)
+    with pytest.raises(ConfigError, match="aws.accounts needs aws.kms_key_id"):
+        builder.plan(builder.project.image("sample"), BuildOptions())
+
+
+def test_tags_carry_every_provenance_fact_sanitised(aws_project):
+    builder = builder_for(aws_project)
+    definition = builder.project.image("sample")
+    plan = builder.plan(definition, BuildOptions())
+    bake_ = PackerBake(builder, definition, Run.start(builder.project.state_dir, "build"), Cancellation(), plan, packer="packer",
+                       template=aws_project / "packer/aws.pkr.hcl", started=0)
+    bake_.version = "20261129.002"
+    provenance = bake_.provenance()
+    provenance.git_message = "Fix <script>\n\"quoted\" & {braces} " + "x" * 400
+    variables = bake_.variables(provenance)
+    ami_tags = variables["tags"]
+    assert ami_tags[tags.VERSION] == "20261129.002" and ami_tags[tags.MANAGED] == "true"
+    assert ami_tags[tags.GIT_MESSAGE].startswith("Fix script quoted braces xxx") and len(ami_tags[tags.GIT_MESSAGE]) == 255
+    assert all(len(v) <= 256 and re.fullmatch(r"[\w .:/=+\-@]*", v) for v in ami_tags.values())
+    assert {tags.IMAGE, tags.INPUT_DIGEST, tags.GIT_COMMIT, tags.GIT_BRANCH, tags.GIT_DIRTY, tags.BUILD_TIME, tags.BASE_IMAGE,
+            tags.BAKERY_VERSION, tags.ROLES} <= set(ami_tags)
+    assert variables["run_tags"]["bakery:run"] == bake_.run.id
+
+
+# -- the manifest ---------------------------------------------------------------------------------
+
+
+def test_manifest_gives_the_ami_per_region_of_the_last_run(tmp_path):
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"builds": [
+        {"name": "image", "artifact_id": "us-east-1:ami-0aaa,eu-west-1:ami-0bbb", "packer_run_uuid": "run-2"},
+        {"name": "image", "artifact_id": "us-east-1:ami-0old", "packer_run_uuid": "run-1"},
+        {"name": "image", "artifact_id": "us-east-1:ami-0ccc,eu-west-1:ami-0ddd,ap-south-1:ami-0eee", "packer_run_uuid": "run-2"},
+    ], "last_run_uuid": "run-2"}))
+    assert parse_manifest(manifest) == {"us-east-1": "ami-0ccc", "eu-west-1": "ami-0ddd", "ap-south-1": "ami-0eee"}
+
+    manifest.write_text(json.dumps({"builds": [{"artifact_id": "us-east-1:ami-0aaa", "packer_run_uuid": "run-1"}],
+                                    "last_run_uuid": "run-9"}))
+    with pytest.raises(OperationError, match="no build of packer run run-9"):
+        parse_manifest(manifest)
+    manifest.write_text(json.dumps({"builds": [{"artifact_id": "Null", "packer_run_uuid": "r"}], "last_run_uuid": "r"}))
+    with pytest.raises(OperationError, match="'Null' is not REGION:AMI-ID"):
+        parse_manifest(manifest)
+    with pytest.raises(OperationError, match="wrote no manifest"):
+        parse_manifest(tmp_path / "missing.json")
+
+
+# -- reuse ----------------------------------------------------------------------------------------
+
+
+def test_unchanged_inputs_reuse_the_ami_without_packer(aws_project, tmp_path, monkeypatch):
+    no_packer = tmp_path / "bin"  # bake.py runs with a PATH holding git and nothing else: no packer to run
+    no_packer.mkdir()
+    os.symlink(shutil.which("git"), no_packer / "git")
+    monkeypatch.setenv("PATH", str(no_packer))
+
+    first = bake(aws_project, "build", "sample", "--target", "aws", "--json")
+    assert first.rc == 2 and "packer is not installed" in first.stderr and "Traceback" not in first.stderr
+
+    builder = builder_for(aws_project)
+    digest = builder.plan(builder.project.image("sample"), BuildOptions()).digest
+    ami = register_ami(clients.client("ec2"), "sample-20261101.007-abc123",
+                       {tags.MANAGED: "true", tags.IMAGE: "sample", tags.VERSION: "20261101.007", tags.INPUT_DIGEST: digest})
+    again = bake(aws_project, "build", "sample", "--target", "aws", "--json")
+    assert again.rc == 0, again.stderr
+    result = json.loads(again.stdout)
+    assert result["reused"] is True and result["ref"] == ami and result["version"] == "20261101.007"
+    run_dir = aws_project / ".bakery" / "runs" / result["run_id"]
+    assert not (run_dir / "packer.vars.json").exists() and not (run_dir / "packer.log").exists()
+    row = open_catalog(aws_project / ".bakery").version("sample", "20261101.007")
+    assert row["status"] == "ready" and row["image_ref"] == ami and row["input_digest"] == digest  # recorded: baked elsewhere
+
+
+# -- real packer builds against moto --------------------------------------------------------------
+
+
+def test_packer_build_registers_tagged_amis_that_bake_py_records(aws_project, aws, packer_env, monkeypatch):
+    for_moto(aws_project / "packer/aws.pkr.hcl", aws)
+    # The first look-up of one AMI in the home region answers InvalidAMIID.NotFound, as EC2 may just after registration.
+    lagging = FailFirst("DescribeImages", "InvalidAMIID.NotFound", times=1, match="ImageId.1=")
+    make_client = clients.client
+
+    def client_with_lagging_home_region(service, region=None, profile=None):
+        made = make_client(service, region, profile)
+        if (service, region) == ("ec2", "us-east-1"):
+            lagging.attach(made)
+        return made
+
+    monkeypatch.setattr(clients, "client", client_with_lagging_home_region)
+    builder = builder_for(aws_project)
+    result = builder.build(builder.project.image("sample"), BuildOptions(), Run.start(builder.project.state_dir, "build"))
+
+    assert result.reused is False and result.ref.startswith("ami-")
+    amis_by_region = result.provenance["amis"]
+    assert set(amis_by_region) == {"us-east-1", "eu-west-1"} and amis_by_region["us-east-1"] == result.ref
+    assert lagging.injected == 1 and lagging.passed >= 1  # not visible at first, then waited for
+    for region, ami in amis_by_region.items():
+        ec2 = make_client("ec2", region)
+        image = ec2.describe_images(ImageIds=[ami])["Images"][0]
+        found = tags.from_tag_list(image["Tags"])
+        assert found[tags.VERSION] == result.version and found[tags.INPUT_DIGEST] == result.input_digest
+        assert found[tags.GIT_COMMIT] == result.provenance["git_commit"]
+        for snapshot in amis.snapshot_ids(image):
+            snap_tags = tags.from_tag_list(ec2.describe_snapshots(SnapshotIds=[snapshot])["Snapshots"][0]["Tags"])
+            assert snap_tags[tags.VERSION] == result.version
+    catalog = open_catalog(aws_project / ".bakery")
+    row = catalog.version("sample", result.version)
+    assert row["status"] == "ready" and row["image_ref"] == result.ref and row["provenance"]["amis"] == amis_by_region
+    verification = catalog.verifications("sample", result.version)[0]
+    assert verification["passed"] and "build instance" in verification["summary"]
+
+    again = builder.build(builder.project.image("sample"), BuildOptions(), Run.start(builder.project.state_dir, "build"))
+    assert again.reused and again.ref == result.ref and again.version == result.version
+
+
+def test_failed_bake_leaves_no_ami_no_snapshot_and_no_version(aws_project, aws, packer_env):
+    for_moto(aws_project / "packer/aws.pkr.hcl", aws, drop_tags=True)  # Packer succeeds, the tag check after it fails
+    settings = yaml.safe_load((aws_project / "bakery.yml").read_text())
+    settings["aws"]["regions"] = []  # one region keeps it short; the undo walks every configured region alike
+    (aws_project / "bakery.yml").write_text(yaml.safe_dump(settings))
+    before = {r: {i["ImageId"] for i in all_amis(r)} for r in ("us-east-1",)}
+    snapshots_before = {s["SnapshotId"] for s in clients.client("ec2").describe_snapshots(OwnerIds=["self"])["Snapshots"]}
+    builder = builder_for(aws_project)
+    with pytest.raises(OperationError, match=r"lacks the provenance tags .*bakery:image"):
+        builder.build(builder.project.image("sample"), BuildOptions(), Run.start(builder.project.state_dir, "build"))
+    assert {r: {i["ImageId"] for i in all_amis(r)} for r in before} == before
+    snapshots_after = {s["SnapshotId"] for s in clients.client("ec2").describe_snapshots(OwnerIds=["self"])["Snapshots"]}
+    assert snapshots_after <= snapshots_before
+    assert builder.catalog.versions("sample", status=None) == []
+
+
+def test_packer_failure_names_the_failing_step(aws_project, aws, packer_env):
+    for_moto(aws_project / "packer/aws.pkr.hcl", aws)
+    clients.client("ssm").put_parameter(Name=BASE_PARAMETER, Value="ami-0123456789abcdef0", Type="String", Overwrite=True)
+    builder = builder_for(aws_project)
+    with pytest.raises(OperationError) as caught:
+        builder.build(builder.project.image("sample"), BuildOptions(), Run.start(builder.project.state_dir, "build"))
+    message = str(caught.value)
+    assert message.startswith("packer build of sample failed at 'Prevalidating AMI Name: sample-")
+    assert "': Error querying AMI: InvalidAMIID.NotFound: The image id '[ami-0123456789abcdef0]' does not exist (log: " in message
+    assert builder.catalog.versions("sample", status=None) == []
+
