@@ -200,15 +200,20 @@ def verify(obj: Context, ref: str, env_name: str | None, as_json: bool) -> None:
 
 @cli.command()
 @click.argument("image", required=False)
+@click.option("--target", type=click.Choice(["local", "aws"]), default="local", show_default=True,
+              help="Read the local catalog, or AMI tags and SSM release parameters in the home region (aws).")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 @pass_ctx
-def images(obj: Context, image: str | None, as_json: bool) -> None:
-    """List image versions, newest first.
+def images(obj: Context, image: str | None, target: str, as_json: bool) -> None:
+    """List image versions, newest first (on aws: with the environments that run each).
 
-    Example: ./bake.py images webapp
+    Example: ./bake.py images webapp --target aws
     """
     if image:
         obj.project.image(image)  # unknown names fail clearly
+    if target == "aws":
+        _images_aws(obj, image, as_json)
+        return
     rows = obj.catalog.versions(image, status=None)
     if as_json:
         emit_json([{k: r[k] for k in ("image", "version", "status", "created", "git_commit", "image_ref")} for r in rows])
@@ -219,6 +224,30 @@ def images(obj: Context, image: str | None, as_json: bool) -> None:
     click.echo(f"{'IMAGE':<20} {'VERSION':<14} {'CREATED':<21} {'COMMIT':<12} STATUS")
     for r in rows:
         click.echo(f"{r['image']:<20} {r['version']:<14} {r['created']:<21} {(r['git_commit'] or '-')[:12]:<12} {r['status']}")
+
+
+def _images_aws(obj: Context, image: str | None, as_json: bool) -> None:
+    from bakery.aws.catalog_read import aws_images, environment_regions
+    from bakery.aws.clients import check_credentials
+
+    check_credentials()
+    data = aws_images(obj.project.aws, image, environment_regions(obj.project))
+    if as_json:
+        emit_json(data)
+        return
+    if not data["versions"]:
+        click.echo(f"no AMIs tagged bakery:managed=true in {data['region']}; bake one with: ./bake.py build IMAGE --target aws")
+    else:
+        click.echo(f"{'IMAGE':<20} {'VERSION':<14} {'AMI':<22} {'CREATED':<25} {'COMMIT':<12} ENVIRONMENTS")
+    for r in data["versions"]:
+        state = "" if r["state"] == "available" else f" ({r['state']})"
+        click.echo(f"{r['image']:<20} {r['version']:<14} {r['ami_id']:<22} {r['created']:<25} {(r['git_commit'] or '-')[:12]:<12} "
+                   f"{', '.join(r['environments']) or '-'}{state}")
+    listed = {r["ami_id"] for r in data["versions"]}
+    for release in data["releases"]:
+        if release["ami_id"] not in listed:
+            click.echo(f"{release['env']} runs {release['image']}:{release['version'] or '?'} ({release['ami_id'] or 'no ami-id parameter'}), "
+                       f"an AMI not found among the managed AMIs in {data['region']}")
 
 
 @cli.command()
@@ -258,31 +287,130 @@ def show(obj: Context, ref: str, as_json: bool) -> None:
 
 
 @cli.command()
-@click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
+@click.option("--target", type=click.Choice(["local", "aws"]), default="local", show_default=True,
+              help="Clean podman and .bakery/ (local), or AMIs and snapshots in every configured region (aws).")
+@click.option("--keep", type=int, metavar="N",
+              help="Also remove image versions older than the newest N of each image, except any in use or an environment's "
+                   "rollback target (required on aws).")
+@click.option("--dry-run", is_flag=True, help="Only list what would be removed, and why the rest is kept.")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 @pass_ctx
-def gc(obj: Context, dry_run: bool, as_json: bool) -> None:
-    """Remove what dead bakes left behind: build containers, unfinished versions, generated playbooks.
+def gc(obj: Context, target: str, keep: int | None, dry_run: bool, as_json: bool) -> None:
+    """Remove what dead bakes left behind; with --keep N, old image versions, their snapshots and stale artifacts too.
 
-    Example: ./bake.py gc --dry-run
+    Example: ./bake.py gc --keep 3 --dry-run
     """
-    from bakery import leftovers, podman
+    if keep is not None and keep < 1:
+        raise ConfigError(f"gc --keep must be at least 1, got {keep}: the newest N versions of each image always stay")
+    if target == "aws":
+        _gc_aws(obj, keep, dry_run, as_json)
+        return
+    from bakery import gc_local, leftovers, podman
+    from bakery.errors import OperationError
 
     podman.check_working()
     found = leftovers.find(obj.project, obj.catalog)
+    planned = gc_local.plan(obj.project, obj.catalog, keep) if keep else None
+    result = gc_local.GcResult(removed=list(planned.delete), artifacts=list(planned.artifacts)) if planned else gc_local.GcResult()
     if not dry_run:
         leftovers.remove(found, obj.catalog)
-    data = {"dry_run": dry_run, "containers": found.containers, "pending_versions": found.pending_versions,
-            "playbooks": found.playbooks}
+        if planned:
+            result = gc_local.apply(obj.project, obj.catalog, planned)
+    data = {"dry_run": dry_run, "containers": found.containers, "pending_versions": found.pending_versions, "playbooks": found.playbooks,
+            "keep": keep, "versions": result.removed, "failed": result.failed, "artifacts": result.artifacts,
+            "kept": planned.kept if planned else []}
     if as_json:
         emit_json(data)
+    else:
+        verb = "would remove" if dry_run else "removed"
+        if found.empty() and not (result.removed or result.failed or result.artifacts):
+            click.echo("nothing to remove")
+        for kind in ("containers", "pending_versions", "playbooks"):
+            for item in data[kind]:
+                click.echo(f"{verb} {kind.rstrip('s').replace('_', ' ')} {item}")
+        for entry in result.removed:
+            click.echo(f"{verb} version {entry['image']}:{entry['version']} ({entry['reason']})")
+        for entry in result.artifacts:
+            click.echo(f"{verb} artifact {entry['name']} {entry['version']} ({entry['reason']})")
+        for entry in data["kept"] if dry_run else []:
+            click.echo(f"keep version {entry['image']}:{entry['version']}: {'; '.join(entry['reasons'])}")
+    if result.failed:
+        names = ", ".join(f"{e['image']}:{e['version']}" for e in result.failed)
+        raise OperationError(f"podman did not remove {names} (a container may have started to use it); they stay in the catalog")
+
+
+def _gc_aws(obj: Context, keep: int | None, dry_run: bool, as_json: bool) -> None:
+    from bakery.aws import gc as aws_gc
+    from bakery.aws.catalog_read import environment_regions
+    from bakery.aws.clients import check_credentials
+    from bakery.errors import OperationError
+    from bakery.progress import make_progress
+
+    if keep is None:
+        raise ConfigError("gc --target aws deregisters AMIs older than the newest N versions of each image: give --keep N (e.g. --keep 3)")
+    check_credentials()
+    progress = make_progress(quiet=as_json)
+    try:
+        planned = aws_gc.plan(obj.project.aws, keep, progress, environment_regions(obj.project))
+        if not dry_run:
+            aws_gc.apply(planned, progress, obj.catalog)
+    finally:
+        progress.close()
+    if as_json:
+        emit_json({"target": "aws", "dry_run": dry_run, **planned.to_dict()})
+    else:
+        verb = "would delete" if dry_run else "deleted"
+        if not planned.delete:
+            click.echo(f"nothing to delete in {', '.join(planned.regions)}")
+        for entry in planned.delete:
+            where = ", ".join(f"{a['ami_id']} in {a['region']} ({len(a['snapshots'])} snapshots)" for a in entry["amis"])
+            click.echo(f"{verb} {entry['image']}:{entry['version']}: {where} ({entry['reason']})")
+        for entry in planned.kept:
+            click.echo(f"keep {entry['image']}:{entry['version']}: {'; '.join(entry['reasons'])}")
+    if planned.failed:
+        first = planned.failed[0]
+        raise OperationError(f"{len(planned.failed)} AMI(s) could not be deleted, first {first['ami_id']} in {first['region']}: {first['error']}")
+
+
+@cli.command()
+@click.argument("ref", metavar="IMAGE:VERSION")
+@click.option("--regions", metavar="R1,R2", help="Regions to copy the AMI to (default: aws.regions in bakery.yml).")
+@click.option("--accounts", metavar="ID1,ID2", help="Accounts given launch permission (default: aws.accounts in bakery.yml).")
+@click.option("--timeout", type=click.FloatRange(min=1), default=3600, show_default=True, help="Seconds to wait for copies.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@pass_ctx
+def distribute(obj: Context, ref: str, regions: str | None, accounts: str | None, timeout: float, as_json: bool) -> None:
+    """Copy one AMI version to regions (with its tags) and share it, and its snapshots, with accounts. Safe to re-run.
+
+    Example: ./bake.py distribute webapp:20261128.003 --regions eu-west-1,eu-central-1 --accounts 111122223333
+    """
+    from bakery.aws import distribute as dist
+    from bakery.aws.clients import check_credentials
+    from bakery.progress import make_progress
+
+    name, version = parse_image_ref(ref)
+    if not version:
+        raise ConfigError(f"distribute needs IMAGE:VERSION, got '{ref}'; list versions with: ./bake.py images {name} --target aws")
+    settings = obj.project.aws
+    wanted_regions = dist.parse_regions(regions, settings.regions)
+    wanted_accounts = dist.parse_accounts(accounts, settings.accounts)
+    obj.project.image(name)
+    check_credentials()
+    progress = make_progress(quiet=as_json)
+    try:
+        result = dist.distribute(settings, name, version, wanted_regions, wanted_accounts, progress, timeout=timeout)
+    finally:
+        progress.close()
+    if as_json:
+        emit_json(result.to_dict())
         return
-    verb = "would remove" if dry_run else "removed"
-    if found.empty():
-        click.echo("nothing to remove")
-    for kind in ("containers", "pending_versions", "playbooks"):
-        for item in data[kind]:
-            click.echo(f"{verb} {kind.rstrip('s').replace('_', ' ')} {item}")
+    for r in result.regions:
+        done = (["copied"] if r.copied else []) + ([f"tagged {len(r.tagged)}"] if r.tagged else [])
+        done += [f"launch permission for {', '.join(r.launch_permission_added)}"] if r.launch_permission_added else []
+        done += [f"create-volume permission on {len(r.create_volume_permission_added)} snapshots"] if r.create_volume_permission_added else []
+        click.echo(f"{r.region}: {r.ami_id} {r.state}; {', '.join(done) or 'already distributed'}")
+    click.echo(f"{name}:{version} is in {len(result.regions)} regions, shared with {len(result.accounts)} accounts"
+               + ("" if result.changed else " (nothing changed)"))
 
 
 register_fleet_commands(cli)

@@ -1,0 +1,216 @@
+"""`bake.py distribute IMAGE:VERSION`: one version's AMI in every region and account that launches it.
+
+The version's AMI is found in the home region by its tags. Each other region
+gets a copy (CopyImage) unless one is there already; tags do not travel with a
+copy, so the copy and its snapshots get the source's tags (bakery:managed,
+bakery:image, bakery:version and the provenance): that is how the next run, gc
+and deploys in that region find it. Every AMI then gets launch permission for
+the accounts, and every snapshot behind it create-volume permission (without it
+an account can launch an encrypted AMI's instances but not copy it).
+
+Re-running changes nothing that is already right: copies are found by tag,
+permissions are read before they are added. Copies are asked for with the tags
+in TagSpecifications too, so on AWS a copy interrupted before the final tagging
+is still found by the next run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from bakery.aws import amis, tags
+from bakery.aws.clients import client, resolve_region
+from bakery.aws.settings import ACCOUNT_RE, REGION_RE
+from bakery.errors import ConfigError, OperationError
+from bakery.progress import Progress
+
+COPY_TIMEOUT = 3600.0  # seconds: an 8 GiB copy across regions usually takes 5-20 minutes
+LIVE_STATES = ("pending", "available")
+
+
+@dataclass
+class RegionResult:
+    region: str
+    ami_id: str
+    copied: bool = False
+    state: str = ""
+    snapshots: list[str] = field(default_factory=list)
+    tagged: list[str] = field(default_factory=list)  # resources that lacked the version's tags
+    launch_permission_added: list[str] = field(default_factory=list)
+    create_volume_permission_added: dict[str, list[str]] = field(default_factory=dict)  # snapshot -> accounts
+
+    @property
+    def changed(self) -> bool:
+        return self.copied or bool(self.tagged or self.launch_permission_added or self.create_volume_permission_added)
+
+
+@dataclass
+class Distribution:
+    image: str
+    version: str
+    home_region: str
+    accounts: list[str]
+    regions: list[RegionResult] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return any(r.changed for r in self.regions)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["changed"] = self.changed
+        for entry, result in zip(data["regions"], self.regions, strict=True):
+            entry["changed"] = result.changed
+        return data
+
+
+def _parse_list(value: str | None, default: list[str], pattern, flag: str, what: str) -> list[str]:
+    """A comma-separated list (or the default from bakery.yml), each item checked; a bad one is one line naming it."""
+    items = [v.strip() for v in value.split(",") if v.strip()] if value else list(default)
+    for item in items:
+        if not pattern.match(item):
+            raise ConfigError(f"{flag}: '{item}' is not {what}")
+    return list(dict.fromkeys(items))
+
+
+def parse_regions(value: str | None, default: list[str]) -> list[str]:
+    return _parse_list(value, default, REGION_RE, "--regions", "an AWS region name like eu-west-1")
+
+
+def parse_accounts(value: str | None, default: list[str]) -> list[str]:
+    return _parse_list(value, default, ACCOUNT_RE, "--accounts", "a 12-digit AWS account id")
+
+
+def version_tags(image: str, version: str) -> dict[str, str]:
+    return {tags.MANAGED: "true", tags.IMAGE: image, tags.VERSION: version}
+
+
+def find_version(ec2, image: str, version: str) -> dict[str, Any] | None:
+    """The version's AMI in this region (pending or available), or None."""
+    found = [i for i in amis.find_amis(ec2, version_tags(image, version)) if i.get("State") in LIVE_STATES]
+    return found[0] if found else None
+
+
+def _copy(ec2, source: dict[str, Any], home: str, region: str, tag_list: list[dict[str, str]]) -> str:
+    token = hashlib.sha256(f"bakery {source['ImageId']} {region}".encode()).hexdigest()[:64]  # a retried request makes no second copy
+    answer = ec2.copy_image(SourceRegion=home, SourceImageId=source["ImageId"], Name=source["Name"],
+                            Description=source.get("Description") or f"copy of {source['ImageId']} from {home}", ClientToken=token,
+                            TagSpecifications=[{"ResourceType": "image", "Tags": tag_list}, {"ResourceType": "snapshot", "Tags": tag_list}])
+    return answer["ImageId"]
+
+
+def wait_for_copies(clients: dict[str, Any], pending: dict[str, str], progress: Progress, timeout: float,
+                    sleep: Callable[[float], None] = time.sleep) -> dict[str, dict[str, Any]]:
+    """Poll every copy (region -> AMI id) until all are available; a line whenever one changes state. Bounded by `timeout`."""
+    started = time.monotonic()
+    done: dict[str, dict[str, Any]] = {}
+    last: dict[str, str] = {}
+    delays = amis.backoff()
+    while True:
+        for region, ami_id in pending.items():
+            if region in done:
+                continue
+            image = amis.describe_ami(clients[region], ami_id)
+            state = image.get("State", "unknown") if image else "not visible yet"
+            if state == "failed":
+                reason = (image.get("StateReason") or {}).get("Message", "no reason given")
+                raise OperationError(f"copy {ami_id} in {region} failed: {reason}; run distribute again to retry")
+            if state != last.get(region):
+                progress.note(f"{region}: {ami_id} {state} after {time.monotonic() - started:.0f} s")
+                last[region] = state
+            if state == "available":
+                done[region] = image
+        if len(done) == len(pending):
+            return done
+        delay = next(delays)
+        if time.monotonic() - started + delay > timeout:
+            waiting = ", ".join(f"{r} ({pending[r]} {last[r]})" for r in pending if r not in done)
+            raise OperationError(f"copies still not available after {timeout:.0f} s: {waiting}; they go on in AWS: "
+                                 "run distribute again later to share them")
+        sleep(delay)
+
+
+def _share(ec2, result: RegionResult, accounts: list[str]) -> None:
+    """Launch permission on the AMI, create-volume permission on its snapshots, for the accounts that lack them."""
+    if not accounts:
+        return
+    have = {p.get("UserId") for p in ec2.describe_image_attribute(ImageId=result.ami_id, Attribute="launchPermission")["LaunchPermissions"]}
+    missing = [a for a in accounts if a not in have]
+    if missing:
+        ec2.modify_image_attribute(ImageId=result.ami_id, LaunchPermission={"Add": [{"UserId": a} for a in missing]})
+        result.launch_permission_added = missing
+    for snapshot in result.snapshots:
+        answer = ec2.describe_snapshot_attribute(SnapshotId=snapshot, Attribute="createVolumePermission")
+        have = {p.get("UserId") for p in answer["CreateVolumePermissions"]}
+        missing = [a for a in accounts if a not in have]
+        if missing:
+            ec2.modify_snapshot_attribute(SnapshotId=snapshot, Attribute="createVolumePermission", OperationType="add", UserIds=missing)
+            result.create_volume_permission_added[snapshot] = missing
+
+
+def distribute(settings, image: str, version: str, regions: list[str], accounts: list[str], progress: Progress,
+               timeout: float = COPY_TIMEOUT, sleep: Callable[[float], None] = time.sleep) -> Distribution:
+    """Copy, tag and share one version; returns what was found and what changed in each region."""
+    home = resolve_region(settings.region)
+    ec2 = {region: client("ec2", region) for region in dict.fromkeys([home, *regions])}
+    source = find_version(ec2[home], image, version)
+    if source is None:
+        raise ConfigError(f"no AMI of {image}:{version} in {home} (tags {tags.IMAGE}={image}, {tags.VERSION}={version}); "
+                          f"list versions with: ./bake.py images {image} --target aws")
+    if source.get("State") != "available":
+        progress.note(f"{home}: {source['ImageId']} is {source.get('State')}; waiting for it")
+        source = amis.wait_until_visible(ec2[home], source["ImageId"], timeout=timeout, sleep=sleep)
+    copied_tags = {k: v for k, v in tags.from_tag_list(source.get("Tags")).items() if not k.startswith("aws:")}
+    tag_list = tags.as_tag_list(copied_tags)
+    result = Distribution(image=image, version=version, home_region=home, accounts=accounts)
+    by_region = {home: RegionResult(region=home, ami_id=source["ImageId"])}
+    pending: dict[str, str] = {}
+    described: dict[str, dict[str, Any]] = {home: source}
+    for region in ec2:
+        if region == home:
+            continue
+        existing = find_version(ec2[region], image, version)
+        if existing is not None:
+            by_region[region] = RegionResult(region=region, ami_id=existing["ImageId"])
+            if existing.get("State") == "available":
+                described[region] = existing
+            else:
+                pending[region] = existing["ImageId"]
+            continue
+        ami_id = _copy(ec2[region], source, home, region, tag_list)
+        progress.note(f"{region}: copying {source['ImageId']} from {home} as {ami_id}")
+        by_region[region] = RegionResult(region=region, ami_id=ami_id, copied=True)
+        pending[region] = ami_id
+    if pending:
+        described.update(wait_for_copies(ec2, pending, progress, timeout, sleep))
+    for region, entry in by_region.items():
+        image_data = described.get(region) or amis.describe_ami(ec2[region], entry.ami_id) or {}
+        entry.state = image_data.get("State", "unknown")
+        entry.snapshots = amis.snapshot_ids(image_data)
+        if region != home:
+            _tag_missing(ec2[region], entry, image_data, copied_tags)
+        _share(ec2[region], entry, accounts)
+        result.regions.append(entry)
+    return result
+
+
+def _tag_missing(ec2, entry: RegionResult, image_data: dict[str, Any], wanted: dict[str, str]) -> None:
+    """Give a copy and its snapshots the version's tags where they lack them (CopyImage does not carry tags)."""
+    current = {entry.ami_id: tags.from_tag_list(image_data.get("Tags"))}
+    if entry.snapshots:
+        for snapshot in ec2.describe_snapshots(SnapshotIds=entry.snapshots)["Snapshots"]:
+            current[snapshot["SnapshotId"]] = tags.from_tag_list(snapshot.get("Tags"))
+    lacking = [r for r in [entry.ami_id, *entry.snapshots] if any(current.get(r, {}).get(k) != v for k, v in wanted.items())]
+    if not lacking:
+        return
+    try:
+        ec2.create_tags(Resources=lacking, Tags=tags.as_tag_list(wanted))
+    except ClientError as exc:
+        raise OperationError(f"could not tag {', '.join(lacking)} in {entry.region}: {exc}; run distribute again") from exc
+    entry.tagged = lacking

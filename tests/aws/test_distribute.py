@@ -1,0 +1,59 @@
+"""distribute against moto server: a tagged copy in the other region, shared with the accounts (AMIs and snapshots), and a re-run changes nothing."""
+
+from __future__ import annotations
+
+import boto3
+import pytest
+
+from bakery.aws import amis, tags
+from tests.aws.ami_factory import version_ami, with_aws_settings
+from tests.conftest import bake
+
+pytestmark = pytest.mark.aws
+
+HOME, OTHER = "us-east-1", "eu-west-1"
+ACCOUNTS = ["111122223333", "444455556666"]
+VERSION = "20260101.007"
+
+
+def shared_with(ec2, ami_id: str) -> tuple[set[str], dict[str, set[str]]]:
+    """Who may launch the AMI, and who may create volumes from each of its snapshots."""
+    image = ec2.describe_images(ImageIds=[ami_id])["Images"][0]
+    launch = {p["UserId"] for p in ec2.describe_image_attribute(ImageId=ami_id, Attribute="launchPermission")["LaunchPermissions"]}
+    volumes = {s: {p["UserId"] for p in ec2.describe_snapshot_attribute(SnapshotId=s, Attribute="createVolumePermission")["CreateVolumePermissions"]}
+               for s in amis.snapshot_ids(image)}
+    return launch, volumes
+
+
+def test_distribute_copies_tags_and_shares_then_a_rerun_is_a_no_op(aws, proj):
+    with_aws_settings(proj, [HOME, OTHER], ACCOUNTS)
+    home, other = boto3.client("ec2", HOME), boto3.client("ec2", OTHER)
+    source, _ = version_ami(home, "sample", VERSION, **{tags.INPUT_DIGEST: "sha256:abc"})
+
+    first = bake(proj, "distribute", f"sample:{VERSION}", "--regions", OTHER, "--accounts", ",".join(ACCOUNTS), "--json")
+    assert first.rc == 0, first.stderr
+    result = {r["region"]: r for r in first.json["regions"]}
+    assert first.json["changed"] and result[HOME]["ami_id"] == source and not result[HOME]["copied"] and result[OTHER]["copied"]
+    copies = amis.find_amis(other, {tags.MANAGED: "true", tags.IMAGE: "sample", tags.VERSION: VERSION})
+    assert [c["ImageId"] for c in copies] == [result[OTHER]["ami_id"]]
+    copy_tags = tags.from_tag_list(copies[0]["Tags"])
+    assert copy_tags[tags.INPUT_DIGEST] == "sha256:abc" and copy_tags["Name"] == f"sample-{VERSION}"
+    copy_snapshots = amis.snapshot_ids(copies[0])
+    assert copy_snapshots and all(
+        tags.from_tag_list(s["Tags"]).get(tags.VERSION) == VERSION for s in other.describe_snapshots(SnapshotIds=copy_snapshots)["Snapshots"])
+    for ec2, ami in ((home, source), (other, copies[0]["ImageId"])):
+        launch, volumes = shared_with(ec2, ami)
+        assert launch == set(ACCOUNTS) and volumes and all(users == set(ACCOUNTS) for users in volumes.values())
+
+    again = bake(proj, "distribute", f"sample:{VERSION}", "--json")  # regions and accounts from bakery.yml this time
+    assert again.rc == 0, again.stderr
+    assert not again.json["changed"] and all(not r["changed"] for r in again.json["regions"])
+    assert len(amis.find_amis(other, {tags.IMAGE: "sample"})) == 1
+
+
+def test_distribute_refuses_bad_input_in_one_line(proj):
+    bad_account = bake(proj, "distribute", f"sample:{VERSION}", "--accounts", "12345")
+    assert bad_account.rc == 2 and bad_account.stderr.count("\n") == 1
+    assert "--accounts: '12345' is not a 12-digit AWS account id" in bad_account.stderr
+    no_version = bake(proj, "distribute", "sample")
+    assert no_version.rc == 2 and "distribute needs IMAGE:VERSION" in no_version.stderr

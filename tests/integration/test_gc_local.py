@@ -1,0 +1,54 @@
+"""gc --keep on real podman: old version tags and their catalog rows go together; what a container or an environment uses stays."""
+
+from __future__ import annotations
+
+import secrets
+
+import pytest
+
+from bakery import gc_local, podman
+from bakery.artifacts import LocalArtifactStore
+from bakery.catalog import open_catalog
+from bakery.config import Project
+
+pytestmark = pytest.mark.integration
+
+
+def test_gc_keep_removes_old_versions_from_podman_and_the_catalog_and_stale_artifacts(proj, base_image):
+    image = f"h3gc{secrets.token_hex(3)}"  # tags of the shared base under a unique name: removing a tag never removes the base
+    catalog = open_catalog(proj / ".bakery")
+    store = LocalArtifactStore(proj / ".bakery" / "artifacts")
+    baked = [store.put("webapp", f"1.0+{n}", f"bytes {n}".encode(), []) for n in ("kept", "used", "stale", "kept")]
+    store.put("webapp", "1.0+newest", b"newest bytes", [])
+    versions, container = [], f"{image}-user"
+    try:
+        for _ in range(4):
+            version = catalog.reserve_version(image, "run", 1)
+            ref = podman.image_ref(image, version)
+            podman.run("tag", base_image.ref, ref)
+            # Tags of one image share its id; real versions never do (each writes its own /etc/image-release), so give each its own.
+            catalog.complete_version(image, version, image_ref=ref, image_id=f"sha256:{secrets.token_hex(32)}", input_digest="sha256:x",
+                                     provenance={"artifacts": {"webapp": baked[len(versions)].version}},
+                                     layers=[])
+            versions.append(version)
+        podman.run("create", "--name", container, podman.image_ref(image, versions[0]), "/sbin/init")
+        release = catalog.start_release("qa", image, versions[1], previous_version=None, kind="deploy", user="t", forced=False,
+                                        run_id="run", pid=1, config_digest=None)
+        catalog.finish_release(release, "succeeded")
+
+        planned = gc_local.plan(Project(proj), catalog, keep=1)
+        mine = [d for d in planned.delete if d["image"] == image]
+        assert [d["version"] for d in mine] == [versions[2]]
+        result = gc_local.apply(Project(proj), catalog, planned)
+
+        assert [d["version"] for d in result.removed] == [versions[2]] and not result.failed
+        assert not podman.image_exists(podman.image_ref(image, versions[2])) and catalog.version(image, versions[2]) is None
+        for kept in (versions[0], versions[1], versions[3]):
+            assert podman.image_exists(podman.image_ref(image, kept)) and catalog.version(image, kept) is not None
+        assert podman.image_exists(base_image.ref)
+        assert {a.version for a in store.list("webapp")} == {"1.0+kept", "1.0+used", "1.0+newest"}  # stale: only the deleted version had it
+        assert not baked[2].path.exists() and not baked[2].path.with_name(baked[2].path.name + ".sha256").exists()
+    finally:
+        podman.remove_container(container)
+        for version in versions:
+            podman.remove_image(podman.image_ref(image, version))
