@@ -1,0 +1,143 @@
+"""The AWS docs stay true: the CloudFormation example passes cfn-lint, and the IAM policy grants every AWS call bakery makes.
+
+The calls are found statically: every `x.method(...)` (and `x.get_paginator("method")`) in bakery/ whose name is an
+operation of a service bakery creates clients for, resolved to its service by the receiver's name (`ec2`, `self.ssm`,
+`client("autoscaling", ...)`) when more than one service has that operation. botocore's own service models say
+which method is which API operation, so a new call anywhere in bakery fails this test until the policy grants it.
+"""
+
+from __future__ import annotations
+
+import ast
+import fnmatch
+import json
+import subprocess
+from collections import defaultdict
+from functools import cache
+from pathlib import Path
+
+import botocore.session
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.aws
+
+POLICY = REPO / "docs" / "aws-iam-policy.json"
+TEMPLATE = REPO / "docs" / "cloudformation" / "environment.yaml"
+RECEIVER_ALIASES = {"ib": "imagebuilder", "refresh_client": "autoscaling", "asg": "autoscaling"}
+IAM_PREFIX = {"elbv2": "elasticloadbalancing"}
+# S3 operations whose IAM action has another name.
+S3_ACTIONS = {"HeadObject": "GetObject", "HeadBucket": "ListBucket", "ListObjectsV2": "ListBucket", "ListObjects": "ListBucket"}
+
+
+@cache
+def _session():
+    return botocore.session.get_session()
+
+
+@cache
+def _client(service: str):
+    """A client only for its model (method names, operations); it never makes a request."""
+    return _session().create_client(service, region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+
+
+def _services_used(trees: dict[Path, ast.AST]) -> set[str]:
+    """Service names given as string arguments to anything called *client* (client("ec2", ...), _clients(p, e, "logs"))."""
+    known = set(_session().get_available_services())
+    used = set()
+    for tree in trees.values():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call):
+                name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+                if "client" in name.lower():
+                    used |= {a.value for a in node.args if isinstance(a, ast.Constant) and a.value in known}
+    return used
+
+
+def _receiver_service(receiver: ast.AST | None, services: set[str]) -> str | None:
+    """The service a client expression belongs to: client("svc", ...) or a name like ec2, self.ssm, ib (aliases above)."""
+    if receiver is None:
+        return None
+    if isinstance(receiver, ast.Call) and receiver.args and isinstance(receiver.args[0], ast.Constant):
+        return receiver.args[0].value if receiver.args[0].value in services else None
+    last = ast.unparse(receiver).split(".")[-1].lower()
+    last = RECEIVER_ALIASES.get(last, last)
+    return next((svc for svc in sorted(services) if svc == last or svc in last), None)
+
+
+def _names(node: ast.AST, all_methods: set[str]) -> tuple[list[str], ast.AST | None]:
+    """The client method names a node refers to, and the receiver expression when there is one.
+
+    `x.describe_images(...)` and `_all(x.list_components, ...)`: the attribute; `x.get_paginator("describe_instances")`: the
+    string; `getattr(x, f"create_{kind}_configuration")`: every method matching the pattern; a bare string constant naming
+    a method (a lookup table for getattr): that method.
+    """
+    if isinstance(node, ast.Attribute):
+        return [node.attr], node.value
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get_paginator" and node.args:
+        if isinstance(node.args[0], ast.Constant):
+            return [node.args[0].value], node.func.value
+    if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "getattr" and len(node.args) >= 2:
+        if isinstance(node.args[1], ast.JoinedStr):
+            pattern = "".join(v.value if isinstance(v, ast.Constant) else "*" for v in node.args[1].values)
+            return fnmatch.filter(sorted(all_methods), pattern), node.args[0]
+    if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in all_methods:
+        return [node.value], None
+    return [], None
+
+
+def aws_operations() -> tuple[dict[tuple[str, str], set[str]], list[str]]:
+    """{(service, Operation): {file:line, ...}} for every AWS call in bakery/, and the references that could not be resolved."""
+    trees = {path: ast.parse(path.read_text(encoding="utf-8")) for path in sorted((REPO / "bakery").rglob("*.py"))}
+    services = _services_used(trees)
+    methods = {svc: _client(svc).meta.method_to_api_mapping for svc in services}
+    all_methods = set().union(*(set(m) for m in methods.values()))
+    found: dict[tuple[str, str], set[str]] = defaultdict(set)
+    ambiguous = []
+    for path, tree in trees.items():
+        for node in ast.walk(tree):
+            names, receiver = _names(node, all_methods)
+            hint = _receiver_service(receiver, services)
+            for name in names:
+                candidates = [hint] if hint else sorted(svc for svc in services if name in methods[svc])
+                if not candidates or name not in methods[candidates[0]]:
+                    continue  # not an operation of the client it is called on (self.ec2.meta, ec2_ids.append)
+                where = f"{path.relative_to(REPO)}:{node.lineno}"
+                if len(candidates) > 1:
+                    ambiguous.append(f"{where}: {name} could be {', '.join(candidates)}")
+                    continue
+                found[(candidates[0], methods[candidates[0]][name])].add(where)
+    return found, ambiguous
+
+
+def iam_action(service: str, operation: str) -> str:
+    model = _client(service).meta.service_model
+    prefix = IAM_PREFIX.get(service, model.metadata.get("signingName") or model.service_name)
+    return f"{prefix}:{S3_ACTIONS.get(operation, operation) if service == 's3' else operation}"
+
+
+def policy_actions() -> list[str]:
+    policy = json.loads(POLICY.read_text(encoding="utf-8"))
+    assert policy["Version"] == "2012-10-17"
+    actions = []
+    for statement in policy["Statement"]:
+        assert statement["Effect"] == "Allow" and statement.get("Resource") and statement.get("Sid")
+        listed = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        actions += listed
+    return actions
+
+
+def test_the_iam_policy_grants_every_aws_call_bakery_makes():
+    found, ambiguous = aws_operations()
+    assert not ambiguous, "name the client variable after its service so the call can be checked: " + "; ".join(ambiguous)
+    assert {svc for svc, _ in found} >= {"ec2", "autoscaling", "ssm"}  # the scan sees the calls at all
+    granted = policy_actions()
+    missing = {iam_action(svc, op): sorted(where)[0] for (svc, op), where in found.items()
+               if not any(fnmatch.fnmatchcase(iam_action(svc, op), pattern) for pattern in granted)}
+    assert not missing, f"{POLICY.relative_to(REPO)} lacks: " + ", ".join(f"{a} (called at {w})" for a, w in sorted(missing.items()))
+
+
+def test_the_cloudformation_example_passes_cfn_lint():
+    proc = subprocess.run([str(REPO / ".venv" / "bin" / "cfn-lint"), "--", str(TEMPLATE)], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
