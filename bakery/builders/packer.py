@@ -112,7 +112,9 @@ class PackerBuilder(Builder):
         template = self.project.root / TEMPLATE
         packer = self.check_tools(template)  # only now: reusing an AMI needs no Packer
         with cancellable() as cancel:
-            return PackerBake(self, definition, run, cancel, plan, packer=packer, template=template, started=started).go()
+            bake = PackerBake(self, definition, run, cancel, plan, packer=packer, template=template, started=started)
+            bake.keep_on_failure = options.keep_on_failure
+            return bake.go()
 
     def plan(self, definition: ImageDefinition, options: BuildOptions) -> BakePlan:
         """Settings checked, base AMI resolved, every layer key and the input digest computed; nothing changed yet."""
@@ -211,6 +213,7 @@ class PackerBake:
         self.regions = self.settings.all_regions(plan.region)
         self.version: str | None = None
         self.ami_name = ""
+        self.keep_on_failure = False  # Packer's -on-error=abort: the build instance stays up for inspection
         self.manifest = run.path / "packer-manifest.json"
         self.log_path = run.path / "packer.log"
 
@@ -320,7 +323,8 @@ class PackerBake:
     def _run_packer(self, var_file: Path) -> None:
         step = f"packer build {self.definition.name}:{self.version}"
         self.b.progress.step_start(step, f"amazon-ebs in {self.region} from {self.plan.base_ami}")
-        cmd = [self.packer, "build", "-machine-readable", "-color=false", f"-var-file={var_file}", str(self.template)]
+        cmd = [self.packer, "build", "-machine-readable", "-color=false", *(["-on-error=abort"] if self.keep_on_failure else []),
+               f"-var-file={var_file}", str(self.template)]
         env = {**os.environ, "PACKER_NO_COLOR": "1", "CHECKPOINT_DISABLE": "1"}
         failure = PackerFailure()
         self.cancel.deferred = True  # a signal now asks Packer to stop: it terminates its instance and deregisters what it made
@@ -343,6 +347,9 @@ class PackerBake:
         self.cancel.check()
         if rc != 0:
             self.b.progress.step_done(step, "FAILED")
+            if self.keep_on_failure:
+                self.b.progress.note(f"packer left the build instance running for inspection (tag bakery:run={self.run.id}); "
+                                     "terminate it in the EC2 console when done")
             raise OperationError(f"packer build of {self.definition.name} failed at '{failure.step}': "
                                  f"{failure.describe(rc)} (log: {self.log_path})")
         self.b.progress.step_done(step, "built")

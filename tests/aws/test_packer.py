@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from botocore.exceptions import ClientError
 
 from bakery.aws import amis, clients, tags
 from bakery.builders.base import BuildOptions
@@ -94,24 +95,34 @@ def all_amis(region: str) -> list[dict]:
 # -- the template ---------------------------------------------------------------------------------
 
 
-def test_template_validates_with_exactly_the_variables_the_builder_passes(aws_project, tmp_path):
-    settings = yaml.safe_load((aws_project / "bakery.yml").read_text())
-    settings["aws"].update(accounts=["210987654321"], kms_key_id=KMS_KEY, subnet_id="subnet-0abc", security_group_ids=["sg-0abc"])
-    (aws_project / "bakery.yml").write_text(yaml.safe_dump(settings))
-    builder = builder_for(aws_project)
+def bake_for(root: Path, version: str) -> PackerBake:
+    """A PackerBake as PackerBuilder.build makes one, up to (not including) running Packer."""
+    builder = builder_for(root)
     definition = builder.project.image("sample")
     plan = builder.plan(definition, BuildOptions())
-    run = Run.start(builder.project.state_dir, "build")
-    bake_ = PackerBake(builder, definition, run, Cancellation(), plan, packer="packer", template=aws_project / "packer/aws.pkr.hcl",
-                       started=0)
-    bake_.version = "20261129.001"
+    made = PackerBake(builder, definition, Run.start(builder.project.state_dir, "build"), Cancellation(), plan, packer="packer",
+                      template=root / "packer/aws.pkr.hcl", started=0)
+    made.version = version
+    return made
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["home-region-only", "two-regions-shared-with-an-account"])
+def test_template_validates_with_exactly_the_variables_the_builder_passes(aws_project, shared):
+    settings = yaml.safe_load((aws_project / "bakery.yml").read_text())
+    if shared:
+        settings["aws"].update(accounts=["210987654321"], kms_key_id=KMS_KEY, subnet_id="subnet-0abc", security_group_ids=["sg-0abc"])
+    else:
+        settings["aws"]["regions"] = []
+    (aws_project / "bakery.yml").write_text(yaml.safe_dump(settings))
+    bake_ = bake_for(aws_project, "20261129.001")
     var_file = bake_.write_inputs(bake_.provenance())
 
     passed = json.loads(var_file.read_text())
     declared = re.findall(r'^variable "(\w+)"', (REPO / "packer/aws.pkr.hcl").read_text(), re.M)
     assert sorted(passed) == sorted(declared)
-    assert passed["ami_regions"] == ["eu-west-1"] and passed["ami_users"] == passed["snapshot_users"] == ["210987654321"]
-    assert passed["source_ami"] == plan.base_ami and passed["tags"][tags.INPUT_DIGEST] == plan.digest
+    accounts = ["210987654321"] if shared else []
+    assert passed["ami_regions"] == (["eu-west-1"] if shared else []) and passed["ami_users"] == passed["snapshot_users"] == accounts
+    assert passed["source_ami"] == bake_.plan.base_ami and passed["tags"][tags.INPUT_DIGEST] == bake_.plan.digest
     assert json.loads(Path(passed["ansible_extra_vars_file"]).read_text())["bakery_target"] == "aws"
     proc = subprocess.run(["packer", "validate", f"-var-file={var_file}", str(REPO / "packer/aws.pkr.hcl")],
                           capture_output=True, text=True, check=False, timeout=60)
@@ -128,12 +139,7 @@ def test_sharing_with_accounts_needs_a_customer_managed_key(aws_project):
 
 
 def test_tags_carry_every_provenance_fact_sanitised(aws_project):
-    builder = builder_for(aws_project)
-    definition = builder.project.image("sample")
-    plan = builder.plan(definition, BuildOptions())
-    bake_ = PackerBake(builder, definition, Run.start(builder.project.state_dir, "build"), Cancellation(), plan, packer="packer",
-                       template=aws_project / "packer/aws.pkr.hcl", started=0)
-    bake_.version = "20261129.002"
+    bake_ = bake_for(aws_project, "20261129.002")
     provenance = bake_.provenance()
     provenance.git_message = "Fix <script>\n\"quoted\" & {braces} " + "x" * 400
     variables = bake_.variables(provenance)
@@ -202,12 +208,15 @@ def test_packer_build_registers_tagged_amis_that_bake_py_records(aws_project, aw
     for_moto(aws_project / "packer/aws.pkr.hcl", aws)
     # The first look-up of one AMI in the home region answers InvalidAMIID.NotFound, as EC2 may just after registration.
     lagging = FailFirst("DescribeImages", "InvalidAMIID.NotFound", times=1, match="ImageId.1=")
+    imds_requests: list[str] = []  # moto accepts ImdsSupport but does not keep it: record what bake.py sent
     make_client = clients.client
 
     def client_with_lagging_home_region(service, region=None, profile=None):
         made = make_client(service, region, profile)
         if (service, region) == ("ec2", "us-east-1"):
             lagging.attach(made)
+        if service == "ec2":
+            made.meta.events.register("before-send.ec2.ModifyImageAttribute", lambda request, **_: imds_requests.append(request.body))
         return made
 
     monkeypatch.setattr(clients, "client", client_with_lagging_home_region)
@@ -218,6 +227,8 @@ def test_packer_build_registers_tagged_amis_that_bake_py_records(aws_project, aw
     amis_by_region = result.provenance["amis"]
     assert set(amis_by_region) == {"us-east-1", "eu-west-1"} and amis_by_region["us-east-1"] == result.ref
     assert lagging.injected == 1 and lagging.passed >= 1  # not visible at first, then waited for
+    for ami in amis_by_region.values():  # every instance launched from either AMI must use IMDSv2
+        assert any(f"ImageId={ami}" in str(body) and "ImdsSupport.Value=v2.0" in str(body) for body in imds_requests)
     for region, ami in amis_by_region.items():
         ec2 = make_client("ec2", region)
         image = ec2.describe_images(ImageIds=[ami])["Images"][0]
@@ -237,19 +248,29 @@ def test_packer_build_registers_tagged_amis_that_bake_py_records(aws_project, aw
     assert again.reused and again.ref == result.ref and again.version == result.version
 
 
-def test_failed_bake_leaves_no_ami_no_snapshot_and_no_version(aws_project, aws, packer_env):
+def test_failed_bake_leaves_no_ami_no_snapshot_and_no_version(aws_project, aws, packer_env, monkeypatch):
     for_moto(aws_project / "packer/aws.pkr.hcl", aws, drop_tags=True)  # Packer succeeds, the tag check after it fails
     settings = yaml.safe_load((aws_project / "bakery.yml").read_text())
     settings["aws"]["regions"] = []  # one region keeps it short; the undo walks every configured region alike
     (aws_project / "bakery.yml").write_text(yaml.safe_dump(settings))
-    before = {r: {i["ImageId"] for i in all_amis(r)} for r in ("us-east-1",)}
-    snapshots_before = {s["SnapshotId"] for s in clients.client("ec2").describe_snapshots(OwnerIds=["self"])["Snapshots"]}
+    removed: dict[str, list[str]] = {}
+    deregister = amis.deregister_with_snapshots
+
+    def recording_deregister(ec2, ami_id, **kwargs):  # the real one, remembering which snapshots it deleted
+        removed[ami_id] = deregister(ec2, ami_id, **kwargs)
+        return removed[ami_id]
+
+    monkeypatch.setattr(amis, "deregister_with_snapshots", recording_deregister)
     builder = builder_for(aws_project)
+    run = Run.start(builder.project.state_dir, "build")
     with pytest.raises(OperationError, match=r"lacks the provenance tags .*bakery:image"):
-        builder.build(builder.project.image("sample"), BuildOptions(), Run.start(builder.project.state_dir, "build"))
-    assert {r: {i["ImageId"] for i in all_amis(r)} for r in before} == before
-    snapshots_after = {s["SnapshotId"] for s in clients.client("ec2").describe_snapshots(OwnerIds=["self"])["Snapshots"]}
-    assert snapshots_after <= snapshots_before
+        builder.build(builder.project.image("sample"), BuildOptions(), run)
+    registered = parse_manifest(run.path / "packer-manifest.json")  # what Packer made before bake.py refused it
+    assert set(removed) == set(registered.values()) and all(removed.values())
+    assert all_amis("us-east-1") == []
+    for snapshots in removed.values():
+        with pytest.raises(ClientError, match="InvalidSnapshot.NotFound"):
+            clients.client("ec2").describe_snapshots(SnapshotIds=snapshots)
     assert builder.catalog.versions("sample", status=None) == []
 
 
