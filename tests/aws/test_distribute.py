@@ -57,3 +57,25 @@ def test_distribute_refuses_bad_input_in_one_line(proj):
     assert "--accounts: '12345' is not a 12-digit AWS account id" in bad_account.stderr
     no_version = bake(proj, "distribute", "sample")
     assert no_version.rc == 2 and "distribute needs IMAGE:VERSION" in no_version.stderr
+
+
+def test_waiting_for_a_copy_rides_out_eventual_consistency_and_is_bounded(aws):
+    import io
+
+    from bakery.aws import clients
+    from bakery.aws.distribute import wait_for_copies
+    from bakery.errors import OperationError
+    from bakery.progress import Progress
+    from tests.aws.test_retries import FailFirst
+
+    ec2 = clients.client("ec2", OTHER)
+    ami, _ = version_ami(ec2, "sample", VERSION, OTHER)
+    lagging = FailFirst("DescribeImages", "InvalidAMIID.NotFound", times=2, match="ImageId.1=").attach(ec2)
+    lines, sleeps = io.StringIO(), []
+    described = wait_for_copies({OTHER: ec2}, {OTHER: ami}, Progress(lines), timeout=60, sleep=sleeps.append)
+    assert described[OTHER]["ImageId"] == ami and lagging.injected == 2 and sleeps == [1.0, 2.0]
+    assert [line.split(" after ")[0] for line in lines.getvalue().splitlines()] == [f"{OTHER}: {ami} not visible yet", f"{OTHER}: {ami} available"]
+
+    FailFirst("DescribeImages", "InvalidAMIID.NotFound", times=100, match="ImageId.1=").attach(ec2)
+    with pytest.raises(OperationError, match=f"copies still not available after 5 s: {OTHER} \\({ami} not visible yet\\).*run distribute again"):
+        wait_for_copies({OTHER: ec2}, {OTHER: ami}, Progress(io.StringIO()), timeout=5, sleep=lambda s: None)
