@@ -35,7 +35,7 @@ variable "subnet_id" {
 variable "security_group_ids" {
   type        = list(string)
   default     = []
-  description = "Empty: Packer creates a temporary group allowing SSH from the builder's address only."
+  description = "Empty: Packer 1.6.6 creates a temporary group open to SSH from 0.0.0.0/0 (key-only, for the build's duration); set aws.security_group_ids to narrow it."
 }
 
 variable "iam_instance_profile" {
@@ -101,6 +101,11 @@ variable "ansible_command" {
 variable "ansible_extra_vars_file" {
   type        = string
   description = "JSON file of extra vars: bakery_image, bakery_target, -e values, artifact paths and digests."
+}
+
+variable "ansible_groups" {
+  type        = list(string)
+  description = "Inventory groups of the build instance: every group the playbook's plays name in hosts:, so every play applies."
 }
 
 variable "ansible_env_vars" {
@@ -174,6 +179,7 @@ build {
     playbook_file    = var.playbook_file
     command          = var.ansible_command
     user             = var.ssh_username
+    groups           = var.ansible_groups
     use_proxy        = false
     extra_arguments  = ["--extra-vars", "@${var.ansible_extra_vars_file}"]
     ansible_env_vars = var.ansible_env_vars

@@ -275,6 +275,17 @@ class PackerBake:
             files += sorted((self.b.project.roles_dir / p.role / "molecule" / "default" / "tests").glob("test_*.py"))
         return [f for f in dict.fromkeys(files) if f.is_file()]
 
+    def inventory_groups(self) -> list[str]:
+        """Like the local target, a bake ignores `hosts:`: the build instance joins every group a play names."""
+        named = set()
+        for p in self.plan.planned:
+            hosts = p.layer.play_header.get("hosts", "all")
+            for pattern in (hosts if isinstance(hosts, list) else re.split(r"[,:]", str(hosts))):
+                name = str(pattern).strip().lstrip("&!")
+                if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", name) and name not in ("all", "ungrouped"):
+                    named.add(name)
+        return sorted(named | {"bakery_build", self.definition.name.replace("-", "_")})
+
     def variables(self, provenance: Provenance) -> dict[str, Any]:
         """Every variable of packer/aws.pkr.hcl; the tests validate the template with exactly these."""
         s = self.settings
@@ -295,6 +306,7 @@ class PackerBake:
             "playbook_file": str(self.definition.playbook),
             "ansible_command": str(Path(sys.executable).parent / "ansible-playbook"),
             "ansible_extra_vars_file": str(run_dir / "ansible-extra-vars.json"),
+            "ansible_groups": self.inventory_groups(),
             "ansible_env_vars": [f"{k}={v}" for k, v in env.items()],
             "image_release_file": str(run_dir / "image-release"),
             "runtime_env_file": str(run_dir / "runtime.env"),

@@ -109,6 +109,8 @@ def bake_for(root: Path, version: str) -> PackerBake:
 @pytest.mark.parametrize("shared", [False, True], ids=["home-region-only", "two-regions-shared-with-an-account"])
 def test_template_validates_with_exactly_the_variables_the_builder_passes(aws_project, shared):
     settings = yaml.safe_load((aws_project / "bakery.yml").read_text())
+    playbook = aws_project / "playbooks/sample.yml"
+    playbook.write_text(playbook.read_text().replace("hosts: all", "hosts: webservers:&bookworm"))  # a bake ignores hosts:
     if shared:
         settings["aws"].update(accounts=["210987654321"], kms_key_id=KMS_KEY, subnet_id="subnet-0abc", security_group_ids=["sg-0abc"])
     else:
@@ -124,6 +126,7 @@ def test_template_validates_with_exactly_the_variables_the_builder_passes(aws_pr
     assert passed["ami_regions"] == (["eu-west-1"] if shared else []) and passed["ami_users"] == passed["snapshot_users"] == accounts
     assert passed["source_ami"] == bake_.plan.base_ami and passed["tags"][tags.INPUT_DIGEST] == bake_.plan.digest
     assert json.loads(Path(passed["ansible_extra_vars_file"]).read_text())["bakery_target"] == "aws"
+    assert passed["ansible_groups"] == ["bakery_build", "bookworm", "sample", "webservers"]
     proc = subprocess.run(["packer", "validate", f"-var-file={var_file}", str(REPO / "packer/aws.pkr.hcl")],
                           capture_output=True, text=True, check=False, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
