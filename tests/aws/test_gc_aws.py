@@ -30,14 +30,14 @@ def image_state(ec2, ami_id: str) -> str | None:
 
 @pytest.fixture
 def estate(aws, proj):
-    """sample v1..v6 in two regions, api a1..a3 at home; an ASG, an instance and SSM release history pointing at some of them."""
+    """sample v1..v6 in two regions, api a1..a5 at home; groups (pinned, mixed, launch configuration), an instance and SSM history."""
     with_aws_settings(proj, [HOME, OTHER])
     ec2 = {HOME: boto3.client("ec2", HOME), OTHER: boto3.client("ec2", OTHER)}
     amis = {}
     for n in range(1, 7):
         for region in (HOME, OTHER):
             amis[(f"v{n}", region)] = version_ami(ec2[region], "sample", f"20260101.00{n}", region)
-    for n in range(1, 4):
+    for n in range(1, 6):
         amis[(f"a{n}", HOME)] = version_ami(ec2[HOME], "api", f"20260101.00{n}")
     unmanaged = ec2[HOME].register_image(Name="hand-made", RootDeviceName="/dev/xvda")["ImageId"]
     # eu-west-1: the group is pinned to launch template version 1 (sample v2); version 2 ($Latest, sample v1) is used by nothing.
@@ -49,6 +49,16 @@ def estate(aws, proj):
         AutoScalingGroupName="webapp-qa", MinSize=0, MaxSize=1, DesiredCapacity=0, AvailabilityZones=[f"{OTHER}a"],
         LaunchTemplate={"LaunchTemplateId": lt["LaunchTemplate"]["LaunchTemplateId"], "Version": "1"})
     ec2[HOME].run_instances(ImageId=amis[("a1", HOME)][0], MinCount=1, MaxCount=1, InstanceType="t3.micro")
+    # us-east-1: api a3 through a mixed instances policy on $Latest, api a4 through a launch configuration.
+    autoscaling = boto3.client("autoscaling", HOME)
+    ec2[HOME].create_launch_template(LaunchTemplateName="api-mixed", LaunchTemplateData={"ImageId": amis[("a3", HOME)][0]})
+    autoscaling.create_auto_scaling_group(
+        AutoScalingGroupName="api-mixed", MinSize=0, MaxSize=1, DesiredCapacity=0, AvailabilityZones=[f"{HOME}a"],
+        MixedInstancesPolicy={"LaunchTemplate": {"LaunchTemplateSpecification": {"LaunchTemplateName": "api-mixed", "Version": "$Latest"},
+                                                 "Overrides": [{"InstanceType": "t3.small"}]}})
+    autoscaling.create_launch_configuration(LaunchConfigurationName="api-old", ImageId=amis[("a4", HOME)][0], InstanceType="t3.small")
+    autoscaling.create_auto_scaling_group(AutoScalingGroupName="api-old", MinSize=0, MaxSize=1, DesiredCapacity=0,
+                                          AvailabilityZones=[f"{HOME}a"], LaunchConfigurationName="api-old")
     ssm = boto3.client("ssm", HOME)
     for version in ("v1", "v3", "v3", "v5"):  # qa: now v5, rollback target v3 (the previous distinct value); v1 is older history
         ssm.put_parameter(Name="/bakery/sample/qa/ami-id", Value=amis[(version, HOME)][0], Type="String", Overwrite=True)
@@ -68,11 +78,13 @@ def test_gc_keeps_every_ami_in_use_and_the_rollback_target_and_deletes_the_rest_
     planned = {(e["image"], e["version"]) for e in dry.json["delete"]}
     assert planned == {("sample", "20260101.001"), ("sample", "20260101.004"), ("api", "20260101.002")}
     kept = {e["version"] if e["image"] == "sample" else "api:" + e["version"]: " | ".join(e["reasons"]) for e in dry.json["kept"]}
-    assert "one of the newest 1" in kept["20260101.006"] and "one of the newest 1" in kept["api:20260101.003"]
+    assert "one of the newest 1" in kept["20260101.006"] and "one of the newest 1" in kept["api:20260101.005"]
     assert "qa runs it (/bakery/sample/qa/ami-id)" in kept["20260101.005"]
     assert "rollback target of qa" in kept["20260101.003"]
     assert "Auto Scaling group webapp-qa launches it (launch template webapp-qa version 1)" in kept["20260101.002"]
     assert "instance i-" in kept["api:20260101.001"]
+    assert "Auto Scaling group api-mixed launches it (launch template api-mixed version 1)" in kept["api:20260101.003"]
+    assert "Auto Scaling group api-old launches it (launch configuration api-old)" in kept["api:20260101.004"]
     assert all(image_state(ec2[region], ami) == "available" for (_, region), (ami, _) in amis.items())  # a dry run deletes nothing
 
     real = bake(proj, "gc", "--target", "aws", "--keep", "1")
