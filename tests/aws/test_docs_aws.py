@@ -141,3 +141,25 @@ def test_the_iam_policy_grants_every_aws_call_bakery_makes():
 def test_the_cloudformation_example_passes_cfn_lint():
     proc = subprocess.run([str(REPO / ".venv" / "bin" / "cfn-lint"), "--", str(TEMPLATE)], capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_the_settings_examples_in_the_aws_docs_load(proj):
+    """docs/aws.md's `aws:` block and its environment deploy.yml pass the real validation."""
+    import re
+
+    import yaml
+
+    from bakery.aws.settings import load_aws_settings
+    from bakery.config import Project
+    from bakery.environments import load_environment
+
+    text = (REPO / "docs" / "aws.md").read_text(encoding="utf-8")
+    settings = re.search(r"### `bakery.yml`: `aws:`\n\n```yaml\n(.*?)```", text, re.S).group(1)
+    assert load_aws_settings(yaml.safe_load(settings)["aws"]).regions == ["eu-west-1", "eu-central-1"]
+    deploy = re.search(r"`inventories/<env>/group_vars/all/deploy.yml`:\n\n```yaml\n(.*?)```", text, re.S).group(1)
+    (proj / "playbooks" / "webapp.yml").write_text((proj / "playbooks" / "sample.yml").read_text())
+    for env, body in (("qa", deploy), ("dev", "bakery_deploy: {target: aws, image: webapp, aws: {auto_scaling_group: g, launch_template: t}}\n")):
+        (proj / "inventories" / env / "group_vars" / "all").mkdir(parents=True)
+        (proj / "inventories" / env / "group_vars" / "all" / "deploy.yml").write_text(body)
+    env = load_environment(Project(proj), "qa")
+    assert env.target == "aws" and env.aws["auto_scaling_group"] == "bakery-qa" and env.refresh.max_healthy_percentage == 150
