@@ -9,6 +9,7 @@ is checked in the cheapest way that still fails when the README drifts from the 
   must be run by some test under tests/ (the full behaviour is tested there);
 - every `make X` names a target of the Makefile;
 - `cd DIR` names a directory of the repository (or a role the README created with new-role);
+  `. .venv/bin/activate` sources the virtual environment make setup creates;
   `molecule test` runs in a role with a Molecule scenario, and some test runs molecule;
 - any other program must be one of the few external tools listed in EXTERNAL_TOOLS;
 - the cheap commands run for real on a copy of the project: `--help`, `images`, `new-role`
@@ -36,6 +37,7 @@ from tests.conftest import REPO, bake
 pytestmark = pytest.mark.unit
 
 README = REPO / "README.md"
+VENV_ACTIVATE = ".venv/bin/activate"  # made by make setup (Makefile VENV), so not in the repository
 SEPARATORS = {"&&", "||", ";", "|", "&"}
 REDIRECTIONS = {">", ">>", "<", "2>", "2>&1"}
 # Programs the README may show besides bake.py, make, cd and molecule: what they do is the user's, not bakery's.
@@ -177,6 +179,11 @@ def test_every_command_is_known_and_valid():
                 made = len(cwd.parts) == 2 and cwd.parts[0] == "roles" and cwd.parts[1] in roles_made
                 if not (made or (REPO / cwd).is_dir()):
                     problems.append(f"{where}: no directory {cwd} in the repository")
+            elif program in (".", "source"):
+                if rest != [VENV_ACTIVATE]:
+                    problems.append(f"{where}: only the project's virtual environment ({VENV_ACTIVATE}) may be sourced")
+                elif f"VENV := {VENV_ACTIVATE.split('/')[0]}" not in (REPO / "Makefile").read_text():
+                    problems.append(f"{where}: the Makefile no longer makes {VENV_ACTIVATE.split('/')[0]}")
             elif program == "molecule":
                 in_role = len(cwd.parts) == 2 and cwd.parts[0] == "roles"
                 scenario = (REPO / cwd / "molecule" / "default" / "molecule.yml").is_file() or cwd.parts[-1:] and cwd.parts[-1] in roles_made
