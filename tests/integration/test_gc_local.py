@@ -10,6 +10,7 @@ from bakery import gc_local, podman
 from bakery.artifacts import LocalArtifactStore
 from bakery.catalog import open_catalog
 from bakery.config import Project
+from tests.conftest import bake
 
 pytestmark = pytest.mark.integration
 
@@ -36,10 +37,16 @@ def test_gc_keep_removes_old_versions_from_podman_and_the_catalog_and_stale_arti
                                         run_id="run", pid=1, config_digest=None)
         catalog.finish_release(release, "succeeded")
 
-        planned = gc_local.plan(Project(proj), catalog, keep=1)
-        mine = [d for d in planned.delete if d["image"] == image]
-        assert [d["version"] for d in mine] == [versions[2]]
-        result = gc_local.apply(Project(proj), catalog, planned)
+        # The CLI's dry run (it removes nothing, so it cannot touch other engineers' leftovers either) plans exactly that.
+        dry = bake(proj, "gc", "--keep", "1", "--dry-run", "--json")
+        assert dry.rc == 0, dry.stderr
+        assert [d["version"] for d in dry.json["versions"] if d["image"] == image] == [versions[2]]
+        kept = {k["version"]: k["reasons"] for k in dry.json["kept"] if k["image"] == image}
+        assert kept == {versions[3]: ["one of the newest 1"], versions[1]: [f"qa runs it (release #{release})"],
+                        versions[0]: [f"container {container} uses it"]}
+        assert podman.image_exists(podman.image_ref(image, versions[2]))
+
+        result = gc_local.apply(Project(proj), catalog, gc_local.plan(Project(proj), catalog, keep=1))
 
         assert [d["version"] for d in result.removed] == [versions[2]] and not result.failed
         assert not podman.image_exists(podman.image_ref(image, versions[2])) and catalog.version(image, versions[2]) is None
