@@ -51,6 +51,7 @@ class PackerFailure:
     step: str = "starting packer"
     error: str = ""
     detail: str = ""  # the first fatal line of a provisioner (ansible's FAILED! task), more telling than Packer's summary
+    task: str = ""  # the ansible task running when it failed
 
     def describe(self, rc: int) -> str:
         return "; ".join(part for part in (self.detail, self.error) if part) or f"exit code {rc}"
@@ -97,6 +98,38 @@ def parse_manifest(path: Path) -> dict[str, str]:
 def unescape_machine_readable(data: str) -> str:
     """Packer's -machine-readable escapes commas and newlines inside a field."""
     return data.replace("%!(PACKER_COMMA)", ",").replace("\\n", "\n").replace("\\r", "")
+
+
+def read_output_line(line: str, failure: PackerFailure) -> str | None:
+    """One line of `packer build -machine-readable`: the message to show (None for non-ui lines).
+
+    Remembers on `failure` the last step Packer announced before it failed, the
+    ansible task and fatal line if a provisioner failed, and Packer's error.
+    """
+    fields = line.split(",", 4)
+    if len(fields) < 4 or fields[2] != "ui":
+        return None
+    kind, message = fields[3], unescape_machine_readable(fields[4] if len(fields) > 4 else "").strip()
+    if not message:
+        return None
+    text = re.sub(r"^(==>|-->)? ?[\w.-]+\.[\w.-]+: ", "", message)  # without the "amazon-ebs.image: " prefix
+    if kind == "error":
+        cause = re.match(r"^Build '[^']+' errored after [^:]+: (.*)", message, re.S)
+        if cause:  # Packer's own summary of why the build failed
+            failure.error = " ".join(cause.group(1).split())[:500]
+        elif not failure.error:  # else the first error: cleanup steps and summaries follow it
+            failure.error = " ".join(text.splitlines()[0].split())[:500]
+    elif (task := re.search(r"TASK \[(.+?)\]", text)) and not failure.detail:
+        failure.task = task.group(1)
+    elif not failure.detail and ("fatal:" in text or "FAILED!" in text):  # ansible's failed task
+        failure.detail = (f"task '{failure.task}': " if failure.task else "") + " ".join(text.split())[:500]
+    elif not failure.detail and text.startswith("FAILED "):  # pytest's summary of a failed testinfra test
+        failure.detail = "testinfra " + " ".join(text.split())[:500]
+    elif message.startswith("==> ") and not failure.error:
+        announced = message.removeprefix("==> ").split(": ", 1)[-1].strip()
+        if not announced.startswith(("Provisioning step had errors", "Some builds didn't", "Wait completed", "Builds finished")):
+            failure.step = announced
+    return message
 
 
 class PackerBuilder(Builder):
@@ -367,24 +400,11 @@ class PackerBake:
         self.b.progress.step_done(step, "built")
 
     def _show(self, line: str, step: str, failure: PackerFailure) -> None:
-        """One machine-readable line: ui messages become progress, step announcements and errors are remembered."""
-        fields = line.split(",", 4)
-        if len(fields) < 4 or fields[2] != "ui":
+        message = read_output_line(line, failure)
+        if message is None:
             return
-        kind, message = fields[3], unescape_machine_readable(fields[4] if len(fields) > 4 else "").strip()
-        if not message:
-            return
-        if kind == "error":
-            # The first error is the cause; Packer's cleanup steps and its closing summary follow it.
-            first_line = re.sub(r"^(==>|-->) [\w.-]+: ", "", message.splitlines()[0])
-            failure.error = failure.error or " ".join(first_line.split())[:500]
-        elif not failure.detail and ("fatal:" in message or "FAILED!" in message):
-            failure.detail = " ".join(message.split())[:500]
-        elif message.startswith("==> ") and not failure.error:
-            announced = message.removeprefix("==> ").split(": ", 1)[-1].strip()
-            if "errored" not in announced and not announced.startswith(("Some builds didn't", "Wait completed", "Builds finished")):
-                failure.step = announced
-        self.b.progress.task_done(step, message[:120], changed=False)
+        if message.startswith("==> "):  # one of Packer's steps: what the live status line counts
+            self.b.progress.task_done(step, message.removeprefix("==> ")[:120], changed=False)
         self.b.progress.note(message)
 
     # -- after Packer ----------------------------------------------------------------------------

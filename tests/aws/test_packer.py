@@ -23,7 +23,7 @@ from botocore.exceptions import ClientError
 
 from bakery.aws import amis, clients, tags
 from bakery.builders.base import BuildOptions
-from bakery.builders.packer import PackerBake, PackerBuilder, parse_manifest
+from bakery.builders.packer import PackerBake, PackerBuilder, PackerFailure, parse_manifest, read_output_line
 from bakery.catalog import open_catalog
 from bakery.config import Project
 from bakery.errors import ConfigError, OperationError
@@ -132,11 +132,11 @@ def test_template_validates_with_exactly_the_variables_the_builder_passes(aws_pr
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_sharing_with_accounts_needs_a_customer_managed_key(aws_project):
-    settings = yaml.safe_load((aws_project / "bakery.yml").read_text())
-    settings["aws"]["accounts"] = ["210987654321"]
-    (aws_project / "bakery.yml").write_text(yaml.safe_dump(settings))
-    builder = builder_for(aws_project)
+def test_sharing_with_accounts_needs_a_customer_managed_key(project):
+    settings = yaml.safe_load((project / "bakery.yml").read_text())
+    settings["aws"] = {"region": "us-east-1", "accounts": ["210987654321"]}
+    (project / "bakery.yml").write_text(yaml.safe_dump(settings))
+    builder = builder_for(project)  # refused before any AWS call
     with pytest.raises(ConfigError, match="aws.accounts needs aws.kms_key_id"):
         builder.plan(builder.project.image("sample"), BuildOptions())
 
@@ -176,6 +176,30 @@ def test_manifest_gives_the_ami_per_region_of_the_last_run(tmp_path):
         parse_manifest(manifest)
     with pytest.raises(OperationError, match="wrote no manifest"):
         parse_manifest(tmp_path / "missing.json")
+
+
+def test_a_failing_provisioner_is_named_with_its_step_task_and_error(tmp_path):
+    """Real Packer output (null source, a provisioner failing the way ansible does) read as bake.py reads it."""
+    template = tmp_path / "failing.pkr.hcl"
+    template.write_text('''source "null" "image" { communicator = "none" }
+build {
+  sources = ["source.null.image"]
+  provisioner "shell-local" {
+    inline = ["echo 'TASK [webapp : Install the application] ***'",
+              "echo 'fatal: [default]: FAILED! => {\\"changed\\": false, \\"msg\\": \\"No package matching nginxx\\"}'", "exit 2"]
+  }
+}
+''')
+    proc = subprocess.run(["packer", "build", "-machine-readable", "-color=false", str(template)], capture_output=True, text=True,
+                          check=False, timeout=60, env={**os.environ, "CHECKPOINT_DISABLE": "1"})
+    assert proc.returncode != 0
+    failure = PackerFailure()
+    shown = [m for m in (read_output_line(line, failure) for line in proc.stdout.splitlines()) if m]
+    assert failure.step.startswith("Running local shell script: ")
+    assert failure.describe(proc.returncode) == (
+        "task 'webapp : Install the application': fatal: [default]: FAILED! => {\"changed\": false, \"msg\": \"No package matching nginxx\"}; "
+        "Script exited with non-zero exit status: 2.Allowed exit codes are: [0]")
+    assert any("Provisioning step had errors" in m for m in shown)  # shown, but not taken for the failing step
 
 
 # -- reuse ----------------------------------------------------------------------------------------
@@ -285,6 +309,7 @@ def test_packer_failure_names_the_failing_step(aws_project, aws, packer_env):
         builder.build(builder.project.image("sample"), BuildOptions(), Run.start(builder.project.state_dir, "build"))
     message = str(caught.value)
     assert message.startswith("packer build of sample failed at 'Prevalidating AMI Name: sample-")
-    assert "': Error querying AMI: InvalidAMIID.NotFound: The image id '[ami-0123456789abcdef0]' does not exist (log: " in message
+    assert "': Error querying AMI: InvalidAMIID.NotFound: The image id '[ami-0123456789abcdef0]' does not exist" in message
+    assert message.endswith("packer.log)")
     assert builder.catalog.versions("sample", status=None) == []
 
