@@ -22,7 +22,7 @@ from collections.abc import Callable
 from functools import cached_property
 from typing import Any
 
-from bakery.aws import instance_refresh, launch_templates, releases, tags
+from bakery.aws import amis, instance_refresh, launch_templates, releases, tags
 from bakery.aws.clients import client
 from bakery.errors import ConfigError, OperationError
 from bakery.files import write_atomically
@@ -133,16 +133,11 @@ class AwsFleet(Fleet):
 
     def _ami_of(self, version: str) -> dict[str, Any] | None:
         """The AMI of a version in this environment's region, found by its bakery tags (AWS is the source of truth)."""
-        images = self.ec2.describe_images(Owners=["self"], Filters=[
-            {"Name": f"tag:{tags.IMAGE}", "Values": [self.env.image]},
-            {"Name": f"tag:{tags.VERSION}", "Values": [version]},
-            {"Name": "state", "Values": ["available"]},
-        ])["Images"]
+        images = [i for i in amis.find_amis(self.ec2, {tags.IMAGE: self.env.image, tags.VERSION: version}) if i.get("State") == "available"]
         if not images:
             return None
         record = self.catalog.version(self.env.image, version) or {}
-        chosen = next((i for i in images if i["ImageId"] == record.get("image_ref")), None)
-        chosen = chosen or max(images, key=lambda i: i.get("CreationDate", ""))
+        chosen = next((i for i in images if i["ImageId"] == record.get("image_ref")), images[0])  # else the newest
         self._images[chosen["ImageId"]] = chosen
         return chosen
 
