@@ -32,10 +32,11 @@ from pathlib import Path
 from typing import Any
 
 from bakery import podman
-from bakery.errors import ConfigError, OperationError
+from bakery.errors import BakeryError, ConfigError, OperationError
 from bakery.files import write_atomically
 from bakery.fleets.base import Fleet, FleetStatus, Goal, InstanceStatus, RefreshOutcome, RefreshRequest
 from bakery.haproxy import HAProxy, Server
+from bakery.observe.journals import export_journal
 from bakery.refresh import InstanceGroup, Member, RefreshState, RollingRefresh
 from bakery.signals import Cancellation
 
@@ -242,12 +243,29 @@ class LocalFleet(Fleet, InstanceGroup):
             self.haproxy.maint(name)
         elif name in servers:
             self.haproxy.maint(name)
+        self._keep_journal(name)
         if graceful:
             # systemd gets SIGRTMIN+3 and stops every service cleanly (the app finishes its requests).
             podman.run("stop", "-t", str(STOP_TIMEOUT), name, check=False, timeout=STOP_TIMEOUT + 30)
         if name in servers:
             self.haproxy.delete(name)
         podman.remove_container(name)
+
+    def _keep_journal(self, name: str) -> None:
+        """Export a running instance's journal before it goes, so `bake.py logs` still shows it (bakery.observe.journals).
+
+        Best effort: a failed export is logged and never stops a refresh."""
+        try:
+            facts = podman.run("container", "inspect", name, "--format", '{{.State.Running}} {{index .Config.Labels "io.bakery.version"}}',
+                               timeout=30).stdout.split()
+            if facts[:1] != ["true"]:
+                log.info("%s is not running: its journal cannot be exported", name)
+                return
+            started = time.monotonic()
+            path = export_journal(self.folder / "journals", name, facts[1] if len(facts) > 1 else "?")
+            log.info("kept the journal of %s in %s (%.2f s)", name, path, time.monotonic() - started)
+        except (BakeryError, OSError) as exc:
+            log.warning("could not keep the journal of %s: %s", name, exc)
 
     def probe_through_lb(self, requests: int) -> tuple[bool, str]:
         for _ in range(requests):

@@ -1,0 +1,28 @@
+"""`--since` values: a duration back from now (90s, 10m, 2h, 1d) or an ISO 8601 time."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+
+from bakery.errors import ConfigError
+
+DURATION_RE = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
+UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+def parse_since(text: str, now: datetime | None = None) -> datetime:
+    """The moment `text` names, in UTC; a time without a zone is taken as UTC (the instances' zone)."""
+    now = now or datetime.now(UTC)
+    match = DURATION_RE.match(text or "")
+    if match:
+        return now - timedelta(**{UNITS[match.group(2)]: int(match.group(1))})
+    try:
+        moment = datetime.fromisoformat((text or "").strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(f"--since '{text}' is neither a duration (30s, 10m, 2h, 1d) nor an ISO time (2026-11-29T10:00:00Z)") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    if moment > now:
+        raise ConfigError(f"--since '{text}' is in the future; give a past time or a duration such as 10m")
+    return moment.astimezone(UTC)
