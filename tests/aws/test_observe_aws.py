@@ -11,6 +11,10 @@ import pytest
 import yaml
 
 from bakery.aws import tags
+from bakery.config import Project
+from bakery.environments import load_environment
+from bakery.observe.cloudwatch import CloudWatchLogs
+from bakery.observe.logs import LogQuery, merge
 from tests.conftest import bake
 
 pytestmark = pytest.mark.aws
@@ -78,6 +82,15 @@ def test_logs_merges_instance_streams_in_time_order_with_grep(aws, proj):
 
     out = bake(proj, "logs", "--env", ENV, "--since", "1m", "--grep", "marker", "--json")  # everything is older than a minute
     assert out.rc == 0 and out.stdout == ""
+
+    # --follow polls from the newest event seen: only what arrives later, never a line twice.
+    source = CloudWatchLogs(None, load_environment(Project.discover(str(proj)), ENV), logs, boto3.client("ec2"))
+    query = LogQuery(since=start - timedelta(minutes=1), grep="marker")
+    assert len(merge(source.read(query))) == 5 and merge(source.poll(query)) == []
+    logs.put_log_events(logGroupName=f"/bakery/{ENV}", logStreamName=second,
+                        logEvents=[journal_event(start + timedelta(seconds=90), "webapp.service", "marker four")])
+    assert [(x.instance, x.message) for x in merge(source.poll(query))] == [(second, "marker four")]
+    assert merge(source.poll(query)) == []
 
 
 def test_logs_of_an_environment_without_its_log_group_is_one_line(aws, proj):
