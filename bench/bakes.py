@@ -39,16 +39,6 @@ ANSIBLE_PLAYBOOK = REPO / ".venv" / "bin" / "ansible-playbook"
 SHIM_PATH = "/usr/bin"  # podman-docker's `docker` must win over /usr/local/bin/docker
 
 
-def mitogen_env() -> dict[str, str]:
-    """Ansible settings that turn on mitogen's linear strategy (its podman connection replaces podman exec per task)."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("ansible_mitogen")
-    if spec is None or not spec.origin:
-        raise SystemExit("bench: mitogen is not installed; run make setup")
-    return {"ANSIBLE_STRATEGY_PLUGINS": str(Path(spec.origin).parent / "plugins" / "strategy"), "ANSIBLE_STRATEGY": "mitogen_linear"}
-
-
 def fact_cache_env(folder: Path) -> dict[str, str]:
     """Gather facts once per bake and reuse them for the later layers' plays (jsonfile cache, smart gathering)."""
     return {"ANSIBLE_GATHERING": "smart", "ANSIBLE_CACHE_PLUGIN": "jsonfile", "ANSIBLE_CACHE_PLUGIN_CONNECTION": str(folder),
@@ -75,10 +65,16 @@ def packer_bake(project: BenchProject, tag: str, role_vars: dict[str, str]) -> f
     return seconds
 
 
-def bare_bake(project: BenchProject, tag: str, role_vars: dict[str, str], mitogen: bool = False) -> float:
-    """ansible-playbook + podman commit against a container booted beforehand (the boot is not timed)."""
+def bare_bake(project: BenchProject, tag: str, role_vars: dict[str, str], mitogen: bool | None = None) -> float:
+    """ansible-playbook + podman commit against a container booted beforehand (the boot is not timed).
+
+    With the Ansible settings bake.py uses (mitogen too when bake.py would use it), so only bake.py's own work differs.
+    """
     sys_path_project()
-    from bakery.ansible import ansible_env, podman_inventory
+    from bakery.ansible import ansible_env, mitogen_env, mitogen_wanted, podman_inventory
+
+    if mitogen is None:
+        mitogen = mitogen_wanted()
 
     container = f"bakery-bench-bare-{os.getpid()}-{tag}"
     run(["podman", "run", "-d", "--name", container, "--systemd=always", "--hostname", f"{IMAGE}-bake",
@@ -87,10 +83,7 @@ def bare_bake(project: BenchProject, tag: str, role_vars: dict[str, str], mitoge
     folder.mkdir()
     try:
         _wait_booted(container)
-        inventory = podman_inventory(container, ["bakery_build", IMAGE.replace("-", "_")])
-        if mitogen:
-            for group in inventory["all"]["children"].values():
-                group["hosts"][container]["ansible_connection"] = "podman"
+        inventory = podman_inventory(container, ["bakery_build", IMAGE.replace("-", "_")], mitogen=mitogen)
         (folder / "inventory.json").write_text(json.dumps(inventory))
         (folder / "vars.json").write_text(json.dumps({"bakery_image": IMAGE, "bakery_target": "local", **role_vars}))
         env = {**os.environ, **ansible_env(project.root), **(mitogen_env() if mitogen else {})}
@@ -137,18 +130,20 @@ def cold_rounds(project: BenchProject, rounds: int) -> dict:
     times: dict[str, list[float]] = {"bake": [], "packer": [], "bare": []}
     memory: list[Memory] = []
     versions: list[str] = []
+    refs: list[str] = []
     for n in range(1, rounds + 1):
         log(f"round {n}/{rounds}: cold bake.py")
         seconds, mem, result = cold_bake(project)
         times["bake"].append(seconds)
         memory.append(mem)
         versions.append(result["version"])
+        refs.append(result["ref"])
         log(f"round {n}/{rounds}: cold bake.py {seconds:.1f} s; Packer")
         times["packer"].append(packer_bake(project, f"r{n}", role_vars))
         log(f"round {n}/{rounds}: Packer {times['packer'][-1]:.1f} s; bare ansible-playbook + commit")
         times["bare"].append(bare_bake(project, f"r{n}", role_vars))
         log(f"round {n}/{rounds}: bare {times['bare'][-1]:.1f} s")
-    return {"times": times, "memory": memory, "versions": versions}
+    return {"times": times, "memory": memory, "versions": versions, "refs": refs}
 
 
 def no_change(project: BenchProject, runs: int) -> list[float]:
@@ -176,16 +171,14 @@ def app_only(project: BenchProject, runs: int) -> tuple[list[float], list[str]]:
     return times, versions
 
 
-def options(project: BenchProject) -> dict[str, float]:
-    """Each speed-up option measured once (not alternated: indicative), next to a plain run made right before it."""
-    role_vars = project.artifact_vars()
-    found: dict[str, float] = {}
-    log("option: bare run with mitogen")
-    found["bare, plain"] = bare_bake(project, "opt-plain", role_vars)
-    found["bare, mitogen_linear"] = bare_bake(project, "opt-mitogen", role_vars, mitogen=True)
-    log("option: bake.py with a fact cache")
-    cache = project.root.parent / "facts"
-    found["bake.py, fact cache"] = cold_bake(project, env={**os.environ, **fact_cache_env(cache)})[0]
+def options(project: BenchProject) -> dict[str, tuple[float, str]]:
+    """Each speed-up option measured once (not alternated, so indicative only): (seconds, image ref)."""
+    found: dict[str, tuple[float, str]] = {}
+    for name, env in (("no mitogen", {"BAKERY_MITOGEN": "0"}), ("fact cache", fact_cache_env(project.root.parent / "facts"))):
+        log(f"option: bake.py, {name}")
+        seconds, _memory, result = cold_bake(project, env={**os.environ, **env})
+        found[name] = (seconds, result["ref"])
+        log(f"option: bake.py, {name}: {seconds:.1f} s")
     return found
 
 

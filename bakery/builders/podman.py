@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from bakery import __version__, leftovers, podman
-from bakery.ansible import ansible_env, podman_inventory, run_playbook
+from bakery.ansible import ansible_env, mitogen_env, mitogen_wanted, podman_inventory, run_playbook
 from bakery.base_image import resolve_base
 from bakery.builders.base import Builder, BuildOptions, BuildResult, LayerResult
 from bakery.config import ImageDefinition
@@ -208,14 +208,15 @@ class _Bake:
         step = f"[{p.layer.position + 1}/{len(self.planned)}] {p.role}"
         self.b.progress.step_start(step, "running")
         playbook = self._write_layer_playbook(p)
+        mitogen = mitogen_wanted()
         self.cancel.deferred = True
         try:
             outcome = run_playbook(
                 playbook=playbook,
-                inventory=podman_inventory(self.container, ["bakery_build", self.definition.name.replace("-", "_")]),
+                inventory=podman_inventory(self.container, ["bakery_build", self.definition.name.replace("-", "_")], mitogen=mitogen),
                 private_data_dir=self.run.path / "ansible",
                 ident=f"{p.layer.position + 1:02d}-{p.role}",
-                envvars=ansible_env(self.b.project.root),
+                envvars={**ansible_env(self.b.project.root), **(mitogen_env() if mitogen else {})},
                 extravars={**self.extra_vars, **self.role_vars.get(p.role, {})},
                 progress=self.b.progress,
                 step=step,
