@@ -61,6 +61,9 @@ def measure_bakes(report: Report, project: BenchProject, rounds: int, with_optio
     report.row("provisioning limit: bare ansible-playbook + 1 commit, same Ansible settings", f"{bare:.1f} s", f"bake.py {bake:.1f} s",
                f"overhead {(bake / bare - 1) * 100:+.0f} %", "≤ +10 %", bake / bare - 1 <= 0.10, f"{times(t['bare'])}; spread {spread(t['bare'])}")
 
+    # The options bake the same inputs as the cold rounds (before the app changes), so their images compare file for file.
+    found = bakes.options(project) if with_options else {}
+
     log("no-change rebakes")
     same = bakes.no_change(project, 3)
     report.row("no-change rebake", f"{median(same):.2f} s", f"cold {bake:.1f} s", f"{median(same) / bake:.3f}", "< 3 s", median(same) < 3,
@@ -75,17 +78,22 @@ def measure_bakes(report: Report, project: BenchProject, rounds: int, with_optio
                f"Ansible & podman children apart: up to {max(m.children_mb for m in cold['memory']):.0f} MB at once, "
                f"largest {bake_mem.largest_child_mb:.0f} MB ({bake_mem.largest_child})")
 
-    if with_options:
-        found = bakes.options(project)
+    if found:
         (plain, plain_ref), (facts, facts_ref) = found["no mitogen"], found["fact cache"]
         report.row("option: mitogen_linear (default when installed) vs BAKERY_MITOGEN=0", f"{bake:.1f} s", f"without mitogen {plain:.1f} s",
                    f"{bake / plain:.2f}", "", None, f"1 run without; without mitogen bake.py/Packer would be {plain / packer:.2f}")
         report.row("option: fact cache (jsonfile, smart gathering) on top", f"{facts:.1f} s", f"cold {bake:.1f} s",
                    f"{facts / bake:.2f}", "", None, "1 run")
         for label, ref in (("without mitogen", plain_ref), ("with a fact cache", facts_ref)):
-            same, only_default, only_option = content.compare(cold["refs"][-1], ref)
-            report.notes.append(f"Content: the default bake and the bake {label} share {same} paths; only in the default: "
+            shared, only_default, only_option = content.compare(cold["refs"][-1], ref)
+            report.notes.append(f"Content: the default bake and the bake {label} share {shared} paths; only in the default: "
                                 f"{only_default[:5] or 'none'}; only {label}: {only_option[:5] or 'none'}.")
+    report.notes += [
+        "Not measured as options: Ansible pipelining (already on, but the containers.podman connection cannot pipeline); "
+        "gather_facts off per layer (the fact cache is its safe general form: roles keep the facts they use); "
+        "a shared apt package cache (each role's handler empties /var/cache/apt and the lists at its end, so a mounted cache "
+        "would be emptied by the roles themselves; it needs a role-side switch first).",
+    ]
     left = content.leftovers(cold["refs"][-1])
     report.notes.append(f"Caches left in the default bake's image (~/.ansible, ~/.cache, apt archives and lists): {left or 'none'}.")
     return [*cold["versions"], *app_versions]
