@@ -141,9 +141,12 @@ def _print_status(data: dict[str, Any], env) -> None:
         click.echo(f"{data['env']}: down (no instances, load balancer stopped); start it with: ./bake.py deploy {env.image}:VERSION "
                    f"--env {data['env']}")
     else:
-        lb = f"load balancer {data['endpoint']}" if data["lb_running"] else "load balancer NOT running"
+        if env.target == "aws":  # the group's load balancer is the infrastructure's (docs/aws.md), not bakery's
+            lb = f"Auto Scaling group {env.aws['auto_scaling_group']}"
+        else:
+            lb = f"load balancer {data['endpoint']}" if data["lb_running"] else "load balancer NOT running"
         click.echo(f"{data['env']}: {data['state']} - {in_service} of {data['desired']} instances in service, {lb}")
-    if instances and not data["lb_running"]:
+    if instances and not data["lb_running"] and env.target == "local":
         click.echo(f"  its load balancer ({data['lb_address']}) is not running: the next ./bake.py deploy --env {data['env']} starts it "
                    "and puts the healthy instances back")
     if data.get("refresh"):

@@ -25,7 +25,9 @@ SECRET_NAME_RE = re.compile(r"(PASSWORD|SECRET|TOKEN|PRIVATE_KEY|API_KEY)$")
 SECRET_REF_RE = re.compile(r"^(ssm:|arn:aws:|file:|secretsmanager:)")
 TARGETS = ("local", "aws")
 # bakery_deploy.aws: the environment on EC2 Auto Scaling; region empty = bakery.yml's aws.region, else the standard AWS chain.
-AWS_DEPLOY_DEFAULTS: dict[str, Any] = {"auto_scaling_group": "", "launch_template": "", "instance_type": "", "region": "", "alarms": []}
+AWS_DEPLOY_DEFAULTS: dict[str, Any] = {"auto_scaling_group": "", "launch_template": "", "instance_type": "", "region": "", "alarms": [],
+                                       "log_group": ""}
+LOG_GROUP_RE = re.compile(r"^/[\w./#-]{1,511}$")  # CloudWatch Logs group names; bakery's are /bakery/<env>
 AWS_REQUIRED = ("auto_scaling_group", "launch_template")
 INSTANCE_TYPE_RE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
 
@@ -182,7 +184,7 @@ def _aws(value: Any, path: Path, rel: str, required: bool) -> dict[str, Any]:
     data = _mapping(value if value is not None else {}, path, p)
     _unknown(data, set(AWS_DEPLOY_DEFAULTS), rel, p)
     result: dict[str, Any] = dict(AWS_DEPLOY_DEFAULTS)
-    for key in ("auto_scaling_group", "launch_template", "instance_type", "region"):
+    for key in ("auto_scaling_group", "launch_template", "instance_type", "region", "log_group"):
         result[key] = _str(data, key, rel, "", prefix=p) or ""
         if key in AWS_REQUIRED and required and not result[key]:
             raise ConfigError(f"{rel}: {p}.{key} is required for target aws (the name of the environment's {key.replace('_', ' ')})")
@@ -190,6 +192,8 @@ def _aws(value: Any, path: Path, rel: str, required: bool) -> dict[str, Any]:
         raise ConfigError(f"{rel}: {p}.region must be a region name like eu-west-1, got '{result['region']}'")
     if result["instance_type"] and not INSTANCE_TYPE_RE.match(result["instance_type"]):
         raise ConfigError(f"{rel}: {p}.instance_type must be an EC2 instance type like t3.small, got '{result['instance_type']}'")
+    if result["log_group"] and not LOG_GROUP_RE.match(result["log_group"]):
+        raise ConfigError(f"{rel}: {p}.log_group must be a CloudWatch Logs group name starting with '/', got '{result['log_group']}'")
     alarms = data.get("alarms") or []
     if not isinstance(alarms, list) or not all(isinstance(a, str) and a for a in alarms) or len(alarms) > 10:
         raise ConfigError(f"{rel}: {p}.alarms must be a list of up to 10 CloudWatch alarm names, got {alarms!r}")

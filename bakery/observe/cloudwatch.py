@@ -21,31 +21,23 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bakery.aws import tags
-from bakery.errors import ConfigError, OperationError
+from bakery.errors import OperationError
 from bakery.observe.logs import LogLine, LogQuery, from_journal, journal_matches, line_matches
 from bakery.observe.top import ProcessRow
 
 NAMESPACE = "CWAgent"
 METRICS = {"cpu_percent": "procstat_cpu_usage", "memory_bytes": "procstat_memory_rss", "open_fds": "procstat_num_fds", "pid": "procstat_pid"}
 PID_WINDOW = timedelta(hours=1)
-# Keys of bakery_deploy.aws naming the environment's Auto Scaling group, in the order they are tried.
-ASG_KEYS = ("auto_scaling_group", "asg_name", "asg")
 
 
 def log_group(env) -> str:
-    value = (env.aws or {}).get("log_group") or f"/bakery/{env.name}"
-    if not isinstance(value, str) or not value.startswith("/"):
-        raise ConfigError(f"{env.path}/group_vars/all/deploy.yml: bakery_deploy.aws.log_group must be a log group name such as "
-                          f"/bakery/{env.name}, got {value!r}")
-    return value
+    """bakery_deploy.aws.log_group (validated by bakery.environments), else the role's default /bakery/<env>."""
+    return (env.aws or {}).get("log_group") or f"/bakery/{env.name}"
 
 
 def asg_name(env) -> str:
-    for key in ASG_KEYS:
-        value = (env.aws or {}).get(key)
-        if isinstance(value, str) and value:
-            return value
-    return f"bakery-{env.name}"
+    """bakery_deploy.aws.auto_scaling_group: required for target aws, so load_environment has checked it."""
+    return env.aws["auto_scaling_group"]
 
 
 def _clients(project, env, *services: str):

@@ -32,7 +32,7 @@ def load(root, body):
 def test_an_aws_environment_needs_no_lb_port_and_gets_defaults(root):
     env = load(root, GOOD % ", region: eu-west-1, alarms: [web-5xx]")
     assert env.target == "aws" and env.lb_port == 0
-    assert env.aws == {"auto_scaling_group": "web-qa", "launch_template": "web-qa-lt", "instance_type": "", "region": "eu-west-1",
+    assert env.aws == {"auto_scaling_group": "web-qa", "launch_template": "web-qa-lt", "instance_type": "", "region": "eu-west-1", "log_group": "",
                        "alarms": ["web-5xx"]}
 
 
@@ -59,4 +59,13 @@ def test_bake_py_refuses_bad_aws_settings_with_exit_2(root):
     out = bake(root, "deploy", "webapp", "--env", "cloud", timeout=60)
     assert out.rc == 2 and out.stdout == ""
     assert out.stderr.strip() == ("bake.py: error: inventories/cloud/group_vars/all/deploy.yml: bakery_deploy.aws: unknown key 'launch_templat'; "
-                                  "known keys: alarms, auto_scaling_group, instance_type, launch_template, region")
+                                  "known keys: alarms, auto_scaling_group, instance_type, launch_template, log_group, region")
+
+
+def test_a_log_group_must_be_a_cloudwatch_logs_group_name(proj):
+    deploy = proj / "inventories" / "cloud" / "group_vars" / "all" / "deploy.yml"
+    deploy.parent.mkdir(parents=True)
+    deploy.write_text("bakery_deploy:\n  target: aws\n  image: sample\n  aws:\n    auto_scaling_group: g\n    launch_template: t\n"
+                      "    log_group: no-slash\n")
+    with pytest.raises(ConfigError, match=r"bakery_deploy.aws.log_group must be a CloudWatch Logs group name starting with '/', got 'no-slash'"):
+        load_environment(Project(proj), "cloud")

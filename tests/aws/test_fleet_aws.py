@@ -331,3 +331,15 @@ def test_bake_py_names_a_missing_group_in_one_line(world):
     assert "bakery_deploy.aws.auto_scaling_group 'web-qa' does not exist in us-east-1" in out.stderr
     assert world.catalog.releases("qa") == []
     assert len(world.ec2.describe_launch_template_versions(LaunchTemplateId=world.templates["qa"])["LaunchTemplateVersions"]) == 1
+
+
+def test_status_of_an_aws_environment_names_its_group_and_the_version_each_instance_runs(world, refresh, capsys):
+    described(refresh, "web-qa")  # status asks for a running refresh once
+
+    code = bake_main(["--project", str(world.root), "status", "--env", "qa"])
+
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "qa: up - 2 of 2 instances in service, Auto Scaling group web-qa" in out.splitlines()[0]
+    assert "None" not in out and "NOT running" not in out
+    assert out.count(world.versions[0]) >= 2  # each instance's version, from its launch template version's AMI tags
