@@ -159,8 +159,8 @@ source "amazon-ebs" "image" {
     kms_key_id            = var.kms_key_id
     delete_on_termination = true
   }
-  encrypt_boot = true
-  kms_key_id   = var.kms_key_id
+  # No encrypt_boot: the launch volume is encrypted already, so the AMI's snapshot is. encrypt_boot would make
+  # Packer copy the AMI once more and deregister an untagged intermediate that the IAM policy may not delete.
 
   ami_name        = var.ami_name
   ami_description = var.ami_description
