@@ -251,7 +251,7 @@ def test_help_images_and_new_role_run_for_real(example_copy):
     for args in helps:
         out = bake(example_copy, *args)
         assert out.rc == 0 and "pipeline" in out.stdout and "new-role" in out.stdout, out.stderr
-    images = readme_bake_commands("images")
+    images = [args for args in readme_bake_commands("images") if "aws" not in args]  # the aws ones need moto: tests/aws
     assert images
     for args in images:
         out = bake(example_copy, *args)
