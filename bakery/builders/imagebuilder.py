@@ -25,7 +25,6 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -36,7 +35,8 @@ from bakery.aws.amis import find_amis, resolve_base_ami
 from bakery.aws.bundle import Bundle, build_bundle, image_suite, require_bucket, upload_bundle
 from bakery.aws.clients import check_credentials, client, resolve_region
 from bakery.aws.imagebuilder_wait import ImageBuildFailed, log_locations, wait_for_image
-from bakery.builders.base import Builder, BuildOptions, BuildResult, LayerResult
+from bakery.builders.ami import AmiBuilder
+from bakery.builders.base import BuildOptions, BuildResult, LayerResult
 from bakery.config import PROJECT_FILE, ImageDefinition
 from bakery.errors import ConfigError, OperationError
 from bakery.layers import PlannedLayer, input_digest, plan_layers
@@ -67,8 +67,7 @@ class _Plan:
     artifacts: dict[str, str]
 
 
-class ImageBuilderBuilder(Builder):
-    target = "aws"
+class ImageBuilderBuilder(AmiBuilder):
 
     def __init__(self, project, catalog, progress, *, poll_first: float = POLL_FIRST, poll_max: float = POLL_MAX,
                  timeout: float = BUILD_TIMEOUT, sleep=time.sleep):
@@ -90,9 +89,9 @@ class ImageBuilderBuilder(Builder):
         log.info("image %s: base AMI %s, input digest %s", definition.name, base_ami, digest)
         ec2 = client("ec2", region)
         if not options.no_cache:
-            found = find_amis(ec2, {tag_names.MANAGED: "true", tag_names.IMAGE: definition.name, tag_names.INPUT_DIGEST: digest})
-            if found:
-                return self._reused(definition.name, found[0], digest, planned, run, started)
+            existing = self.existing_ami(ec2, definition.name, digest)
+            if existing:
+                return self.reused(existing, region, digest, planned, run, started)
         bundle = build_bundle(self.project, definition, extra_vars, role_vars)
         if upload_bundle(client("s3", region), bucket, bundle):
             self.progress.note(f"{definition.name}: uploaded bundle {bundle.uri(bucket)} ({len(bundle.data) >> 10} KiB)")
@@ -102,18 +101,6 @@ class ImageBuilderBuilder(Builder):
                      {v["artifact"]: v["version"] for v in role_inputs.values()})
         with cancellable():
             return _ImageBuild(self, plan, run, ec2, started).go()
-
-    def _reused(self, image: str, ami: dict[str, Any], digest: str, planned: list[PlannedLayer], run: Run, started: float) -> BuildResult:
-        found = tag_names.from_tag_list(ami.get("Tags"))
-        version = found.get(tag_names.VERSION, "")
-        self.progress.note(f"{image}: inputs unchanged, reusing {ami['ImageId']} (version {version})")
-        record = self.catalog.version(image, version) or {}
-        return BuildResult(
-            image=image, version=version, ref=ami["ImageId"], image_id=ami["ImageId"], input_digest=digest, reused=True,
-            run_id=run.id, seconds=round(time.monotonic() - started, 3),
-            layers=[LayerResult(p.role, p.key, p.role_digest, cached=True) for p in planned],
-            provenance=record.get("provenance") or {},
-        )
 
 
 def _root_device(ec2, ami: str) -> str:

@@ -30,7 +30,8 @@ from xml.etree import ElementTree
 from bakery import __version__
 from bakery.ansible import ansible_env
 from bakery.aws import amis, clients, tags
-from bakery.builders.base import Builder, BuildOptions, BuildResult, LayerResult
+from bakery.builders.ami import AmiBuilder
+from bakery.builders.base import BuildOptions, BuildResult, LayerResult
 from bakery.config import ImageDefinition
 from bakery.errors import ConfigError, OperationError
 from bakery.layers import PlannedLayer, input_digest, plan_layers
@@ -163,8 +164,7 @@ def read_output_line(line: str, failure: PackerFailure) -> str | None:
     return message
 
 
-class PackerBuilder(Builder):
-    target = "aws"
+class PackerBuilder(AmiBuilder):
 
     def build(self, definition: ImageDefinition, options: BuildOptions, run: Run) -> BuildResult:
         started = time.monotonic()
@@ -172,7 +172,7 @@ class PackerBuilder(Builder):
         if not options.no_cache:
             existing = self.existing_ami(clients.client("ec2", plan.region), definition.name, plan.digest)
             if existing:
-                return self._reused(existing, plan, run, started)
+                return self.reused(existing, plan.region, plan.digest, plan.planned, run, started)
         template = self.project.root / TEMPLATE
         packer = self.check_tools(template)  # only now: reusing an AMI needs no Packer
         with cancellable() as cancel:
@@ -206,31 +206,6 @@ class PackerBuilder(Builder):
             raise ConfigError(f"{template}: Packer template not found; copy packer/aws.pkr.hcl and packer/testinfra.sh from bakery "
                               "into the project (or use --builder imagebuilder)")
         return packer
-
-    @staticmethod
-    def existing_ami(ec2, image: str, digest: str) -> dict[str, Any] | None:
-        """The newest available AMI of this image baked from exactly these inputs."""
-        found = amis.find_amis(ec2, {tags.MANAGED: "true", tags.IMAGE: image, tags.INPUT_DIGEST: digest})
-        available = [i for i in found if i.get("State") == "available"]
-        return available[0] if available else None
-
-    def _reused(self, image: dict[str, Any], plan: BakePlan, run: Run, started: float) -> BuildResult:
-        region, digest = plan.region, plan.digest
-        facts = tags.from_tag_list(image.get("Tags"))
-        name, version, ami = facts[tags.IMAGE], facts.get(tags.VERSION, ""), image["ImageId"]
-        self.progress.note(f"{name}: inputs unchanged, reusing version {version} ({ami} in {region})")
-        row = self.catalog.version(name, version)
-        if row is None:
-            provenance = {"image": name, "version": version, "input_digest": digest, "git_commit": facts.get(tags.GIT_COMMIT, ""),
-                          "tags": facts, "amis": {region: ami}}
-            self.catalog.adopt_version(name, version, run_id=run.id, pid=os.getpid(), image_ref=ami, image_id=ami,
-                                       input_digest=digest, provenance=provenance)
-            log.info("recorded %s:%s (%s) in the catalog: it was baked elsewhere", name, version, ami)
-            row = self.catalog.version(name, version) or {}
-        return BuildResult(image=name, version=version, ref=ami, image_id=ami, input_digest=digest, reused=True, run_id=run.id,
-                           seconds=round(time.monotonic() - started, 3),
-                           layers=[LayerResult(p.role, p.key, p.role_digest, cached=True) for p in plan.planned],
-                           provenance=row.get("provenance") or {})
 
 
 def _merged(role_vars: dict[str, dict[str, Any]]) -> dict[str, Any]:

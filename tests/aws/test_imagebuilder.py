@@ -265,6 +265,8 @@ def test_unchanged_inputs_reuse_the_tagged_ami_without_any_image_builder_call(ib
     assert (result.reused, result.ref, result.version, result.input_digest) == (True, ami, "20260101.001", digest)
     assert "KeyCount" in (listing := clients.client("s3").list_objects_v2(Bucket=BUCKET)) and listing["KeyCount"] == 0
     assert "reusing" in stream.getvalue()
+    adopted = builder.catalog.version("sample", "20260101.001")  # baked elsewhere: now deployable from this checkout
+    assert adopted is not None and (adopted["status"], adopted["image_id"]) == ("ready", ami)
 
 
 def test_bundle_is_deterministic_holds_what_the_bake_reads_and_uploads_once(ibproj, base_ami, tmp_path):
