@@ -273,7 +273,7 @@ def source_files(source_dir: Path, package: str) -> list[str]:
     return sorted(found)
 
 
-def _pack(source_dir: Path, files: list[str]) -> tuple[bytes, list[dict[str, Any]]]:
+def pack(source_dir: Path, files: list[str]) -> tuple[bytes, list[dict[str, Any]]]:
     """A reproducible .tar.gz of `files` (with their parent directories) and their manifest entries."""
     dirs = sorted({p.as_posix() for f in files for p in Path(f).parents if p != Path(".")})
     entries = []
@@ -315,7 +315,7 @@ def build_app(source_dir: Path, store: ArtifactStore, name: str = "webapp") -> A
     app_version = read_version(init_file)
     files = source_files(source_dir, name)
     try:
-        data, entries = _pack(source_dir, files)
+        data, entries = pack(source_dir, files)
     except OSError as exc:
         raise OperationError(f"{exc.filename or source_dir}: cannot pack the application: {exc.strerror or exc}") from exc
     sha = hashlib.sha256(data).hexdigest()

@@ -120,7 +120,8 @@ def new_role(obj: Context, name: str) -> None:
     from bakery.scaffold import new_role as scaffold
 
     created = scaffold(obj.project.roles_dir, name)
-    click.echo(f"created roles/{name} ({len(created)} files); test it with: cd roles/{name} && molecule test")
+    click.echo(f"created roles/{name} ({len(created)} files); test it with: cd roles/{name} && molecule test "
+               "(molecule comes with bakery's virtual environment: source .venv/bin/activate first)")
 
 
 @cli.command()

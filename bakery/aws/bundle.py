@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 from botocore.exceptions import ClientError
 
-from bakery.artifacts import _pack
+from bakery.artifacts import pack
 from bakery.config import PROJECT_FILE, ImageDefinition, Project, RoleRef
 from bakery.errors import ConfigError
 from bakery.layers import vars_files_digest
@@ -140,7 +140,7 @@ def build_bundle(project: Project, definition: ImageDefinition, extra_vars: dict
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(text, encoding="utf-8")
         files = sorted([*sources, *generated])
-        data, _ = _pack(staging, files)
+        data, _ = pack(staging, files)
     return Bundle(definition.name, data, hashlib.sha256(data).hexdigest(), files)
 
 

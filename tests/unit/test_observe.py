@@ -141,8 +141,6 @@ def test_cloudwatch_events_keep_journal_units_and_filter_like_local_ones():
     env = SimpleNamespace(name="prod", aws={}, path="inventories/prod")
     assert log_group(env) == "/bakery/prod"
     assert log_group(SimpleNamespace(name="prod", aws={"log_group": "/org/prod-web"}, path="x")) == "/org/prod-web"
-    with pytest.raises(ConfigError, match="log_group must be a log group name"):
-        log_group(SimpleNamespace(name="prod", aws={"log_group": "prod"}, path="x"))
     stamp = int((EPOCH + timedelta(seconds=5)).timestamp() * 1000)
     journal = {"logStreamName": "i-1", "timestamp": stamp, "message": json.dumps(entry(5, "marker"))}
     plain = {"logStreamName": "i-2", "timestamp": stamp, "message": "plain marker\n"}
