@@ -34,10 +34,15 @@ class AwsSettings:
     instance_profile: str = ""  # the build instance's profile (Image Builder needs one; Packer may use one)
     artifacts_bucket: str = ""  # S3 bucket for application artifacts and Image Builder bundles
     volume_size: int = 8
-    kms_key_id: str = ""  # empty: the account's default EBS key
+    kms_key_id: str = ""  # the home region's EBS key; empty: the account's default EBS key (such AMIs cannot be shared)
+    region_kms_key_ids: dict[str, str] = field(default_factory=dict)  # other region -> its EBS key (copies are re-encrypted there)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def kms_key_for(self, region: str, home: str) -> str:
+        """The EBS key for volumes and AMI copies in `region` ('' = that region's default key)."""
+        return self.region_kms_key_ids.get(region) or (self.kms_key_id if region == home else "")
 
     def all_regions(self, home: str) -> list[str]:
         """The home region first, then the others, without repeats."""
@@ -59,7 +64,10 @@ def load_aws_settings(data: Any, where: str = "bakery.yml") -> AwsSettings:
         if key not in data:
             continue
         value = data[key]
-        if isinstance(default, list):
+        if isinstance(default, dict):
+            if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) and v for k, v in value.items()):
+                raise ConfigError(f"{where}: aws.{key} must map a region name to a KMS key id, ARN or alias, got {value!r}")
+        elif isinstance(default, list):
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise ConfigError(f"{where}: aws.{key} must be a list of strings, got {value!r}")
         elif isinstance(default, int):
@@ -68,7 +76,7 @@ def load_aws_settings(data: Any, where: str = "bakery.yml") -> AwsSettings:
         elif not isinstance(value, str):
             raise ConfigError(f"{where}: aws.{key} must be a string, got {value!r}")
         setattr(settings, key, value)
-    for region in ([settings.region] if settings.region else []) + settings.regions:
+    for region in ([settings.region] if settings.region else []) + settings.regions + list(settings.region_kms_key_ids):
         if not REGION_RE.match(region):
             raise ConfigError(f"{where}: aws region '{region}' is not a region name like eu-west-1")
     for account in settings.accounts:
