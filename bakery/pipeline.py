@@ -330,15 +330,25 @@ def run_pipeline(project: Project, catalog: Catalog, progress: Progress, request
                 result.stages.append(StageResult(stage.name, "interrupted", time.monotonic() - begun))
                 result.status, result.exit_code, result.failed_stage = "interrupted", Interrupted.exit_code, stage.name
                 raise
+            except Exception as exc:  # an unexpected error is this stage's failure too; the CLI reports it (traceback with --debug)
+                error = f"{type(exc).__name__}: {exc}"
+                result.stages.append(StageResult(stage.name, "failed", time.monotonic() - begun, detail=error))
+                result.status, result.exit_code, result.failed_stage, result.error = "failed", 1, stage.name, error
+                raise
             outcome.seconds = time.monotonic() - begun
             result.stages.append(outcome)
             _note_resume(result, previous, stage.name, outcome)
             progress.note(f"  {stage.name}: {outcome.status}" + (f" - {outcome.detail}" if outcome.detail else "")
                           + f" ({outcome.seconds:.1f} s)")
             _save(path, run, result, started)
-    finally:
+    except BaseException:
+        if result.status == "running":  # failed between stages (saving the state, say): never recorded as a success
+            result.status, result.exit_code = "failed", result.exit_code or 1
+        raise
+    else:
         if result.status == "running":
             result.status = "succeeded"
+    finally:
         _save(path, run, result, started)
     return result
 
