@@ -28,6 +28,7 @@ from bakery.observe.top import ProcessRow
 NAMESPACE = "CWAgent"
 METRICS = {"cpu_percent": "procstat_cpu_usage", "memory_bytes": "procstat_memory_rss", "open_fds": "procstat_num_fds", "pid": "procstat_pid"}
 PID_WINDOW = timedelta(hours=1)
+LOOKBACK_MS = 120_000  # how late (by its own timestamp) an event may reach CloudWatch Logs and still be followed
 
 
 def log_group(env) -> str:
@@ -60,7 +61,8 @@ def instance_versions(ec2, instance_ids: list[str]) -> dict[str, str]:
     image_ids = sorted({i for i in images.values() if i})
     versions: dict[str, str] = {}
     if image_ids:
-        for image in ec2.describe_images(ImageIds=image_ids).get("Images", []):
+        # A filter, not ImageIds: an AMI deregistered since (gc) is simply absent instead of failing the whole call.
+        for image in ec2.describe_images(Filters=[{"Name": "image-id", "Values": image_ids}]).get("Images", []):
             found = {t["Key"]: t["Value"] for t in image.get("Tags", [])}
             versions[image["ImageId"]] = found.get(tags.VERSION, "?")
     return {i: versions.get(images.get(i, ""), "?") for i in instance_ids}
@@ -104,8 +106,8 @@ class CloudWatchLogs:
         self.group = log_group(env)
         self.env = env
         self.versions: dict[str, str] = {}
-        self.after_ms: int | None = None  # the newest event time seen (polling starts there)
-        self.seen: set[str] = set()  # event ids at after_ms (a poll starting there must not repeat them)
+        self.after_ms: int | None = None  # the newest event time seen; polling starts LOOKBACK_MS before it
+        self.seen: dict[str, int] = {}  # event id -> its time, for events inside the look-back window (never shown twice)
 
     def _events(self, query: LogQuery, start_ms: int) -> list[dict[str, Any]]:
         args: dict[str, Any] = {"logGroupName": self.group, "startTime": start_ms}
@@ -133,18 +135,20 @@ class CloudWatchLogs:
             if line is not None:
                 streams.setdefault(line.instance, []).append(line)
         if events:
-            newest = max(int(e.get("timestamp", 0)) for e in events)
-            if self.after_ms != newest:
-                self.seen = set()
-            self.after_ms = newest
-            self.seen |= {e["eventId"] for e in events if int(e.get("timestamp", 0)) == newest and e.get("eventId")}
+            self.after_ms = max(self.after_ms or 0, *(int(e.get("timestamp", 0)) for e in events))
+            self.seen.update({e["eventId"]: int(e.get("timestamp", 0)) for e in events if e.get("eventId")})
+            horizon = self.after_ms - LOOKBACK_MS
+            self.seen = {event: at for event, at in self.seen.items() if at >= horizon}
         return list(streams.values())
 
     def read(self, query: LogQuery) -> list[list[LogLine]]:
         return self._lines(self._events(query, int(query.since.timestamp() * 1000)), query)
 
     def poll(self, query: LogQuery) -> list[list[LogLine]]:
-        start = self.after_ms if self.after_ms is not None else int(query.since.timestamp() * 1000)
+        since = int(query.since.timestamp() * 1000)
+        # Agents send in batches: an event stamped before the newest one seen can arrive later. Look back a while and
+        # drop what was shown already (by event id), so a late event is neither skipped nor repeated.
+        start = max(since, self.after_ms - LOOKBACK_MS) if self.after_ms is not None else since
         return self._lines(self._events(query, start), query)
 
 

@@ -91,6 +91,18 @@ def test_logs_merges_instance_streams_in_time_order_with_grep(aws, proj):
                         logEvents=[journal_event(start + timedelta(seconds=90), "webapp.service", "marker four")])
     assert [(x.instance, x.message) for x in merge(source.poll(query))] == [(second, "marker four")]
     assert merge(source.poll(query)) == []
+    # An agent's batch arrives late: stamped before the newest line shown, it is still followed, once.
+    logs.put_log_events(logGroupName=f"/bakery/{ENV}", logStreamName=first,
+                        logEvents=[journal_event(start + timedelta(seconds=80), "webapp.service", "marker late")])
+    assert [(x.instance, x.message) for x in merge(source.poll(query))] == [(first, "marker late")]
+    assert merge(source.poll(query)) == []
+
+    # gc deregistered the AMI the instances were launched from: their lines still show, with an unknown version.
+    ec2 = boto3.client("ec2")
+    ec2.deregister_image(ImageId=ec2.describe_images(Owners=["self"])["Images"][0]["ImageId"])
+    out = bake(proj, "logs", "--env", ENV, "--grep", "marker", "--since", "10m", "--json")
+    assert out.rc == 0, out.stderr
+    assert {json.loads(line)["version"] for line in out.stdout.splitlines()} == {"?"}
 
 
 def test_logs_of_an_environment_without_its_log_group_is_one_line(aws, proj):
