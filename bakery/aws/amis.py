@@ -43,6 +43,11 @@ def find_amis(ec2, tags: Mapping[str, str], owners: tuple[str, ...] = ("self",))
     return sorted(images, key=lambda i: i.get("CreationDate", ""), reverse=True)
 
 
+def newest_available(ec2, tags: Mapping[str, str]) -> dict[str, Any] | None:
+    """The newest available AMI carrying these tags (a pending or failed one is nothing to use yet)."""
+    return next((i for i in find_amis(ec2, tags) if i.get("State") == "available"), None)
+
+
 def describe_ami(ec2, ami_id: str) -> dict[str, Any] | None:
     """One AMI, or None while EC2 does not (yet) know it."""
     try:

@@ -8,17 +8,13 @@ another laptop) is adopted into it, so deploy and promote can name it.
 
 from __future__ import annotations
 
-import logging
-import os
 import time
 from typing import Any
 
-from bakery.aws import amis, tags
+from bakery.aws import adopt, amis, tags
 from bakery.builders.base import Builder, BuildResult, LayerResult
 from bakery.layers import PlannedLayer
 from bakery.runs import Run
-
-log = logging.getLogger("bakery.build")
 
 
 class AmiBuilder(Builder):
@@ -27,23 +23,14 @@ class AmiBuilder(Builder):
     @staticmethod
     def existing_ami(ec2, image: str, digest: str) -> dict[str, Any] | None:
         """The newest available AMI of this image baked from exactly these inputs (a pending or failed one is no bake)."""
-        found = amis.find_amis(ec2, {tags.MANAGED: "true", tags.IMAGE: image, tags.INPUT_DIGEST: digest})
-        available = [i for i in found if i.get("State") == "available"]
-        return available[0] if available else None
+        return amis.newest_available(ec2, {tags.MANAGED: "true", tags.IMAGE: image, tags.INPUT_DIGEST: digest})
 
     def reused(self, ami: dict[str, Any], region: str, digest: str, planned: list[PlannedLayer], run: Run, started: float) -> BuildResult:
         """The existing AMI as this bake's result, recorded in the catalog first when it was baked elsewhere."""
         facts = tags.from_tag_list(ami.get("Tags"))
         name, version, ami_id = facts[tags.IMAGE], facts.get(tags.VERSION, ""), ami["ImageId"]
         self.progress.note(f"{name}: inputs unchanged, reusing version {version} ({ami_id} in {region})")
-        row = self.catalog.version(name, version)
-        if row is None:
-            provenance = {"image": name, "version": version, "input_digest": digest, "git_commit": facts.get(tags.GIT_COMMIT, ""),
-                          "tags": facts, "amis": {region: ami_id}}
-            self.catalog.adopt_version(name, version, run_id=run.id, pid=os.getpid(), image_ref=ami_id, image_id=ami_id,
-                                       input_digest=digest, provenance=provenance)
-            log.info("recorded %s:%s (%s) in the catalog: it was baked elsewhere", name, version, ami_id)
-            row = self.catalog.version(name, version) or {}
+        row = adopt.adopt_ami(self.catalog, ami, region, run.id)
         return BuildResult(image=name, version=version, ref=ami_id, image_id=ami_id, input_digest=digest, reused=True, run_id=run.id,
                            seconds=round(time.monotonic() - started, 3),
                            layers=[LayerResult(p.role, p.key, p.role_digest, cached=True) for p in planned],
