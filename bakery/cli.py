@@ -294,9 +294,11 @@ def show(obj: Context, ref: str, as_json: bool) -> None:
               help="Also remove image versions older than the newest N of each image, except any in use or an environment's "
                    "rollback target (required on aws).")
 @click.option("--dry-run", is_flag=True, help="Only list what would be removed, and why the rest is kept.")
+@click.option("--include-shared", is_flag=True,
+              help="aws: also delete old AMIs other accounts may launch (by default they stay: gc cannot see what those accounts run).")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 @pass_ctx
-def gc(obj: Context, target: str, keep: int | None, dry_run: bool, as_json: bool) -> None:
+def gc(obj: Context, target: str, keep: int | None, dry_run: bool, include_shared: bool, as_json: bool) -> None:
     """Remove what dead bakes left behind; with --keep N, old image versions, their snapshots and stale artifacts too.
 
     Example: ./bake.py gc --keep 3 --dry-run
@@ -304,22 +306,25 @@ def gc(obj: Context, target: str, keep: int | None, dry_run: bool, as_json: bool
     if keep is not None and keep < 1:
         raise ConfigError(f"gc --keep must be at least 1, got {keep}: the newest N versions of each image always stay")
     if target == "aws":
-        _gc_aws(obj, keep, dry_run, as_json)
+        _gc_aws(obj, keep, dry_run, include_shared, as_json)
         return
+    from contextlib import nullcontext
+
     from bakery import gc_local, leftovers, podman
     from bakery.errors import OperationError
 
     podman.check_working()
-    found = leftovers.find(obj.project, obj.catalog)
-    planned = gc_local.plan(obj.project, obj.catalog, keep) if keep else None
-    result = gc_local.GcResult(removed=list(planned.delete), artifacts=list(planned.artifacts)) if planned else gc_local.GcResult()
-    if not dry_run:
-        leftovers.remove(found, obj.catalog)
-        if planned:
-            result = gc_local.apply(obj.project, obj.catalog, planned)
+    with nullcontext() if dry_run or not keep else gc_local.environment_locks(obj.project, obj.catalog, "local"):
+        found = leftovers.find(obj.project, obj.catalog)
+        planned = gc_local.plan(obj.project, obj.catalog, keep) if keep else None
+        result = gc_local.GcResult(removed=list(planned.delete), artifacts=list(planned.artifacts)) if planned else gc_local.GcResult()
+        if not dry_run:
+            leftovers.remove(found, obj.catalog)
+            if planned:
+                result = gc_local.apply(obj.project, obj.catalog, planned)
     data = {"dry_run": dry_run, "containers": found.containers, "pending_versions": found.pending_versions, "playbooks": found.playbooks,
             "keep": keep, "versions": result.removed, "failed": result.failed, "artifacts": result.artifacts,
-            "kept": planned.kept if planned else []}
+            "kept": planned.kept if planned else [], "skipped": result.skipped}
     if as_json:
         emit_json(data)
     else:
@@ -333,6 +338,8 @@ def gc(obj: Context, target: str, keep: int | None, dry_run: bool, as_json: bool
             click.echo(f"{verb} version {entry['image']}:{entry['version']} ({entry['reason']})")
         for entry in result.artifacts:
             click.echo(f"{verb} artifact {entry['name']} {entry['version']} ({entry['reason']})")
+        for entry in result.skipped:
+            click.echo(f"kept version {entry['image']}:{entry['version']} ({entry['reason']})")
         for entry in data["kept"] if dry_run else []:
             click.echo(f"keep version {entry['image']}:{entry['version']}: {'; '.join(entry['reasons'])}")
     if result.failed:
@@ -340,7 +347,10 @@ def gc(obj: Context, target: str, keep: int | None, dry_run: bool, as_json: bool
         raise OperationError(f"podman did not remove {names} (a container may have started to use it); they stay in the catalog")
 
 
-def _gc_aws(obj: Context, keep: int | None, dry_run: bool, as_json: bool) -> None:
+def _gc_aws(obj: Context, keep: int | None, dry_run: bool, include_shared: bool, as_json: bool) -> None:
+    from contextlib import nullcontext
+
+    from bakery import gc_local
     from bakery.aws import gc as aws_gc
     from bakery.aws.catalog_read import environment_regions
     from bakery.aws.clients import check_credentials
@@ -352,9 +362,10 @@ def _gc_aws(obj: Context, keep: int | None, dry_run: bool, as_json: bool) -> Non
     check_credentials()
     progress = make_progress(quiet=as_json)
     try:
-        planned = aws_gc.plan(obj.project.aws, keep, progress, environment_regions(obj.project))
-        if not dry_run:
-            aws_gc.apply(planned, progress, obj.catalog)
+        with nullcontext() if dry_run else gc_local.environment_locks(obj.project, obj.catalog, "aws"):
+            planned = aws_gc.plan(obj.project.aws, keep, progress, environment_regions(obj.project), include_shared=include_shared)
+            if not dry_run:
+                aws_gc.apply(planned, progress, obj.catalog)
     finally:
         progress.close()
     if as_json:
@@ -368,6 +379,8 @@ def _gc_aws(obj: Context, keep: int | None, dry_run: bool, as_json: bool) -> Non
             click.echo(f"{verb} {entry['image']}:{entry['version']}: {where} ({entry['reason']})")
         for entry in planned.kept:
             click.echo(f"keep {entry['image']}:{entry['version']}: {'; '.join(entry['reasons'])}")
+        for entry in planned.skipped:
+            click.echo(f"kept {entry['ami_id']} in {entry['region']} after all: {'; '.join(entry['reasons'])}")
     if planned.failed:
         first = planned.failed[0]
         raise OperationError(f"{len(planned.failed)} AMI(s) could not be deleted, first {first['ami_id']} in {first['region']}: {first['error']}")

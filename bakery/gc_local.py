@@ -6,6 +6,10 @@ Carrying out removes the planned images with `podman rmi` (never --force: an
 image a container started to use meanwhile stays), then forgets exactly the
 versions whose image is gone, in one catalog transaction. A gc killed between the
 two leaves catalog rows whose image is missing; the next gc (or bake) forgets them.
+
+Carrying out runs under every local environment's fleet lock (environment_locks: the
+lock deploy, rollback and promote take), and `podman ps -a` is read once more just
+before `podman rmi`: a version a container started to use since the plan stays.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +38,23 @@ class GcResult:
     removed: list[dict[str, Any]] = field(default_factory=list)
     failed: list[dict[str, Any]] = field(default_factory=list)  # planned, but podman kept the image (a container uses it now)
     artifacts: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[dict[str, Any]] = field(default_factory=list)  # planned, but a container started to use it before rmi
+
+
+@contextmanager
+def environment_locks(project: Project, catalog, target: str) -> Iterator[None]:
+    """Hold the fleet lock of every environment on `target` (the one deploy, rollback and promote take), or fail in one line."""
+    from bakery.environments import environment_names, load_environment
+    from bakery.fleets import get_fleet
+    from bakery.progress import make_progress
+
+    fleet_class = get_fleet(target)
+    with ExitStack() as stack:
+        for name in environment_names(project):
+            env = load_environment(project, name, check_promotion=False)
+            if env.target == target:
+                stack.enter_context(fleet_class(project, catalog, env, make_progress(quiet=True)).lock())
+        yield
 
 
 def containers_in_use() -> InUse:
@@ -73,11 +96,19 @@ def _present_refs() -> set[str]:
 def apply(project: Project, catalog: SqliteCatalog, planned: LocalPlan) -> GcResult:
     """Remove the planned images, forget the versions whose image is gone (one transaction), delete stale artifacts."""
     result = GcResult()
-    refs = [entry["image_ref"] for entry in planned.delete]
+    in_use = containers_in_use()
+    going = []
+    for entry in planned.delete:
+        users = in_use.refs.get(entry["image_ref"], [])
+        if users:
+            result.skipped.append({**entry, "reason": f"container {', '.join(users)} started to use it"})
+        else:
+            going.append(entry)
+    refs = [entry["image_ref"] for entry in going]
     for start in range(0, len(refs), RMI_BATCH):
         podman.run("rmi", "--ignore", *refs[start:start + RMI_BATCH], check=False)
     present = _present_refs() if refs else set()
-    for entry in planned.delete:
+    for entry in going:
         (result.failed if entry["image_ref"] in present else result.removed).append(entry)
     catalog.discard_versions([(e["image"], e["version"]) for e in result.removed])
     for entry in result.failed:

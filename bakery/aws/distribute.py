@@ -8,6 +8,11 @@ and deploys in that region find it. Every AMI then gets launch permission for
 the accounts, and every snapshot behind it create-volume permission (without it
 an account can launch an encrypted AMI's instances but not copy it).
 
+A copy is encrypted with the destination region's customer managed key
+(aws.region_kms_key_ids, or aws.kms_key_id at home): a copy under the region's
+default aws/ebs key cannot be launched by another account, so sharing with
+accounts is refused up front for a region without a key.
+
 Re-running changes nothing that is already right: copies are found by tag,
 permissions are read before they are added. Copies are asked for with the tags
 in TagSpecifications too, so on AWS a copy interrupted before the final tagging
@@ -97,11 +102,25 @@ def find_version(ec2, image: str, version: str) -> dict[str, Any] | None:
     return found[0] if found else None
 
 
-def _copy(ec2, source: dict[str, Any], home: str, region: str, tag_list: list[dict[str, str]]) -> str:
-    token = hashlib.sha256(f"bakery {source['ImageId']} {region}".encode()).hexdigest()[:64]  # a retried request makes no second copy
+def check_keys_for_sharing(settings, home: str, regions: list[str], accounts: list[str]) -> None:
+    """Sharing needs a customer managed key in every region: the default aws/ebs key cannot be granted to other accounts."""
+    if not accounts:
+        return
+    for region in dict.fromkeys([home, *regions]):
+        if not settings.kms_key_for(region, home):
+            setting = "aws.kms_key_id" if region == home else f"aws.region_kms_key_ids.{region}"
+            raise ConfigError(f"bakery.yml: {setting} is not set: the AMI in {region} would be encrypted with the default aws/ebs key, which "
+                              f"accounts {', '.join(accounts)} cannot use; set it to a customer managed key whose policy allows them "
+                              "(docs/aws.md, Sharing encrypted AMIs)")
+
+
+def _copy(ec2, source: dict[str, Any], home: str, region: str, tag_list: list[dict[str, str]], kms_key: str = "") -> str:
+    token = hashlib.sha256(f"bakery {source['ImageId']} {region} {kms_key}".encode()).hexdigest()[:64]  # a retried request makes no second copy
+    encryption = {"Encrypted": True, "KmsKeyId": kms_key} if kms_key else {}
     answer = ec2.copy_image(SourceRegion=home, SourceImageId=source["ImageId"], Name=source["Name"],
                             Description=source.get("Description") or f"copy of {source['ImageId']} from {home}", ClientToken=token,
-                            TagSpecifications=[{"ResourceType": "image", "Tags": tag_list}, {"ResourceType": "snapshot", "Tags": tag_list}])
+                            TagSpecifications=[{"ResourceType": "image", "Tags": tag_list}, {"ResourceType": "snapshot", "Tags": tag_list}],
+                            **encryption)
     return answer["ImageId"]
 
 
@@ -158,6 +177,7 @@ def distribute(settings, image: str, version: str, regions: list[str], accounts:
                timeout: float = COPY_TIMEOUT, sleep: Callable[[float], None] = time.sleep) -> Distribution:
     """Copy, tag and share one version; returns what was found and what changed in each region."""
     home = resolve_region(settings.region)
+    check_keys_for_sharing(settings, home, regions, accounts)
     ec2 = {region: client("ec2", region) for region in dict.fromkeys([home, *regions])}
     source = find_version(ec2[home], image, version)
     if source is None:
@@ -183,7 +203,7 @@ def distribute(settings, image: str, version: str, regions: list[str], accounts:
             else:
                 pending[region] = existing["ImageId"]
             continue
-        ami_id = _copy(ec2[region], source, home, region, tag_list)
+        ami_id = _copy(ec2[region], source, home, region, tag_list, settings.kms_key_for(region, home))
         progress.note(f"{region}: copying {source['ImageId']} from {home} as {ami_id}")
         by_region[region] = RegionResult(region=region, ami_id=ami_id, copied=True)
         pending[region] = ami_id

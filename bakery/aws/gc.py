@@ -8,11 +8,18 @@ still needs:
   plain or in a mixed instances policy, or its launch configuration);
 - an instance runs it (pending, running, stopping or stopped);
 - an environment's SSM parameter `/bakery/<image>/<env>/ami-id` names it (what it
-  runs now), or the previous distinct value of that parameter does (its rollback target).
+  runs now), or the previous distinct value of that parameter does (its rollback target);
+- its launch permission names another account, an organisation or everyone: gc
+  cannot see what other accounts run, so shared AMIs stay unless --include-shared.
 
 A version is kept or deleted as a whole: its copies in every region go together.
 Deregistering leaves the snapshots behind (Packer's force_deregister does too), so
-they are deleted with their AMI. The plan is a pure function; `--dry-run` stops there.
+they are deleted with their AMI (DeregisterImage with DeleteAssociatedSnapshots, then
+any snapshot still there one by one). The plan is a pure function; `--dry-run` stops there.
+
+Applying runs under every aws environment's fleet lock (bakery.gc_local.environment_locks),
+and each AMI is looked at once more just before it goes (instances launched from it,
+the groups' launch template versions): one that became used meanwhile is kept and reported.
 """
 
 from __future__ import annotations
@@ -24,9 +31,9 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from bakery.aws import amis, tags
+from bakery.aws import amis
 from bakery.aws.catalog_read import AmiVersion, managed_amis, read_releases
-from bakery.aws.clients import client, resolve_region
+from bakery.aws.clients import AccessDenied, client, resolve_region
 from bakery.aws.releases import AMI_ID, previous_release
 from bakery.progress import Progress
 
@@ -43,6 +50,7 @@ class AwsPlan:
     kept: list[dict[str, Any]] = field(default_factory=list)  # {image, version, amis, reasons}
     deleted: list[dict[str, Any]] = field(default_factory=list)  # {region, ami_id, snapshots} once carried out
     failed: list[dict[str, Any]] = field(default_factory=list)  # {region, ami_id, error}
+    skipped: list[dict[str, Any]] = field(default_factory=list)  # {region, ami_id, reasons}: in use by the time it was to go
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -130,7 +138,36 @@ def release_use(region: str, reasons: dict[str, list[str]]) -> None:
         _add(reasons, previous_release(ssm, release.image, release.env, AMI_ID), f"rollback target of {release.env} (history of {release.parameter})")
 
 
-def plan(settings, keep: int, progress: Progress, env_regions: list[str] | tuple[str, ...] = ()) -> AwsPlan:
+def describe_sharing(permissions: list[dict[str, str]]) -> str:
+    """The launch permission entries in words ('' when only this account may launch it)."""
+    accounts = sorted(p["UserId"] for p in permissions if p.get("UserId"))
+    groups = sorted(p["Group"] for p in permissions if p.get("Group"))
+    organisations = sorted(p.get("OrganizationArn") or p.get("OrganizationalUnitArn") for p in permissions
+                           if p.get("OrganizationArn") or p.get("OrganizationalUnitArn"))
+    parts = [f"accounts {', '.join(accounts)}"] if accounts else []
+    parts += ["everyone (public)" if g == "all" else f"group {g}" for g in groups]
+    parts += [f"organisation {o}" for o in organisations]
+    return " and ".join(parts)
+
+
+def shared_use(region: str, found: list[AmiVersion], reasons: dict[str, list[str]]) -> None:
+    """AMIs other accounts may launch: what they run is invisible from here, so such an AMI is treated as in use."""
+    ec2 = client("ec2", region)
+    for ami in found:
+        if ami.region != region:
+            continue
+        try:
+            permissions = ec2.describe_image_attribute(ImageId=ami.ami_id, Attribute="launchPermission")["LaunchPermissions"]
+        except ClientError as exc:
+            if exc.response["Error"]["Code"].startswith("InvalidAMIID"):
+                continue  # gone meanwhile
+            raise
+        shared = describe_sharing(permissions)
+        if shared:
+            _add(reasons, ami.ami_id, f"shared with {shared} (--include-shared deletes it anyway)")
+
+
+def plan(settings, keep: int, progress: Progress, env_regions: list[str] | tuple[str, ...] = (), include_shared: bool = False) -> AwsPlan:
     """Look at every configured region (and every aws environment's) and decide; nothing is changed here."""
     home = resolve_region(settings.region)
     regions = list(dict.fromkeys([*settings.all_regions(home), *env_regions]))
@@ -139,35 +176,73 @@ def plan(settings, keep: int, progress: Progress, env_regions: list[str] | tuple
     for region in regions:
         progress.note(f"gc: looking at AMIs, Auto Scaling groups, instances and release parameters in {region}")
         release_use(region, reasons)
-        found += managed_amis(client("ec2", region), region)
+        region_amis = managed_amis(client("ec2", region), region)
+        found += region_amis
         auto_scaling_use(region, reasons)
         instance_use(region, reasons)
+        if not include_shared:
+            shared_use(region, region_amis, reasons)
     return plan_aws(found, reasons, keep, regions)
 
 
-def _tag_snapshots(ec2, ami: dict[str, Any]) -> None:
-    """Give the AMI's snapshots its bakery tags before deleting them: Image Builder leaves snapshots untagged, the IAM policy lets
-    bakery delete only tagged ones, and a snapshot whose deletion fails stays findable by tag."""
-    if ami["snapshots"]:
-        ec2.create_tags(Resources=ami["snapshots"], Tags=tags.as_tag_list({tags.MANAGED: "true", tags.IMAGE: ami["image"],
-                                                                           tags.VERSION: ami["version"]}))
+def use_now(region: str, ami_id: str) -> list[str]:
+    """Why the AMI is needed at this moment: instances launched from it, groups whose launch template version names it."""
+    reasons: dict[str, list[str]] = defaultdict(list)
+    pages = client("ec2", region).get_paginator("describe_instances").paginate(
+        Filters=[{"Name": "image-id", "Values": [ami_id]}, {"Name": "instance-state-name", "Values": LIVE_INSTANCE_STATES}])
+    for page in pages:
+        for reservation in page["Reservations"]:
+            for instance in reservation["Instances"]:
+                _add(reasons, ami_id, f"instance {instance['InstanceId']} runs it")
+    auto_scaling_use(region, reasons)
+    return reasons.get(ami_id, [])
+
+
+def deregister(ec2, ami_id: str) -> tuple[list[str], list[str]]:
+    """Deregister the AMI and delete its snapshots without tagging anything first: AWS deletes them with the AMI
+    (DeleteAssociatedSnapshots); any it left (refused, or an endpoint that ignores the flag) are deleted one by one.
+    Returns (snapshots gone, problems with the ones that stay); the AMI itself is gone either way."""
+    image = amis.describe_ami(ec2, ami_id)
+    if image is None:
+        return [], []
+    snapshots = amis.snapshot_ids(image)
+    answer = ec2.deregister_image(ImageId=ami_id, DeleteAssociatedSnapshots=True)
+    done = {r["SnapshotId"] for r in answer.get("DeleteSnapshotResults") or [] if r.get("ReturnCode") == "success"}
+    left = [s for s in snapshots if s not in done]
+    existing = {s["SnapshotId"] for s in ec2.describe_snapshots(Filters=[{"Name": "snapshot-id", "Values": left}])["Snapshots"]} if left else set()
+    problems: dict[str, str] = {}
+    for snapshot in sorted(existing):
+        try:
+            ec2.delete_snapshot(SnapshotId=snapshot)
+        except ClientError as exc:  # another AMI uses it, say: the AMI is gone all the same
+            problems[snapshot] = f"snapshot {snapshot} stays: {exc.response['Error'].get('Message') or exc.response['Error']['Code']}"
+        except AccessDenied as exc:
+            problems[snapshot] = f"snapshot {snapshot} stays: {exc}"
+    return [s for s in snapshots if s not in problems], list(problems.values())
 
 
 def apply(planned: AwsPlan, progress: Progress, catalog=None) -> AwsPlan:
-    """Deregister every planned AMI and delete its snapshots; one failure does not stop the others."""
-    for entry in planned.delete:
-        for ami in entry["amis"]:
-            ec2 = client("ec2", ami["region"])
-            try:
-                _tag_snapshots(ec2, ami)
-                snapshots = amis.deregister_with_snapshots(ec2, ami["ami_id"])
-            except ClientError as exc:  # AccessDenied stops gc: every other AMI would be refused the same way
-                planned.failed.append({"region": ami["region"], "ami_id": ami["ami_id"], "error": str(exc)})
-                continue
-            planned.deleted.append({"region": ami["region"], "ami_id": ami["ami_id"], "snapshots": snapshots})
-            progress.note(f"gc: deregistered {entry['image']}:{entry['version']} {ami['ami_id']} in {ami['region']} "
-                          f"and deleted {len(snapshots)} snapshot(s)")
-    if catalog is not None:
-        gone = {d["ami_id"] for d in planned.deleted}
-        catalog.discard_versions([(r["image"], r["version"]) for r in catalog.gc_versions() if r["image_ref"] in gone])
+    """Deregister every planned AMI still unused and delete its snapshots; a failed call stops nothing else but AccessDenied,
+    and the catalog forgets exactly the AMIs that went, whatever stopped the run."""
+    try:
+        for entry in planned.delete:
+            for ami in entry["amis"]:
+                busy = use_now(ami["region"], ami["ami_id"])
+                if busy:
+                    planned.skipped.append({"region": ami["region"], "ami_id": ami["ami_id"], "reasons": busy})
+                    progress.note(f"gc: kept {ami['ami_id']} in {ami['region']}: {'; '.join(busy)} (since the plan was made)")
+                    continue
+                try:
+                    snapshots, problems = deregister(client("ec2", ami["region"]), ami["ami_id"])
+                except ClientError as exc:  # AccessDenied is no ClientError (bakery.aws.clients): it stops gc, as every AMI would be refused
+                    planned.failed.append({"region": ami["region"], "ami_id": ami["ami_id"], "error": str(exc)})
+                    continue
+                planned.deleted.append({"region": ami["region"], "ami_id": ami["ami_id"], "snapshots": snapshots})
+                planned.failed += [{"region": ami["region"], "ami_id": ami["ami_id"], "error": problem} for problem in problems]
+                progress.note(f"gc: deregistered {entry['image']}:{entry['version']} {ami['ami_id']} in {ami['region']} "
+                              f"and deleted {len(snapshots)} snapshot(s)")
+    finally:
+        if catalog is not None:
+            gone = {d["ami_id"] for d in planned.deleted}
+            catalog.discard_versions([(r["image"], r["version"]) for r in catalog.gc_versions() if r["image_ref"] in gone])
     return planned

@@ -18,11 +18,16 @@ def version_ami(ec2, image: str, version: str, region: str = "us-east-1", **extr
     return ami, snapshots
 
 
-def with_aws_settings(project: Path, regions: list[str], accounts: list[str] | None = None) -> Path:
-    """Give the fixture project an `aws:` section (home region us-east-1)."""
+def with_aws_settings(project: Path, regions: list[str], accounts: list[str] | None = None, keys: dict[str, str] | None = None) -> Path:
+    """Give the fixture project an `aws:` section (home region us-east-1; `keys`: region -> KMS key, the home one as aws.kms_key_id)."""
     lines = ["aws:", "  region: us-east-1", f"  regions: [{', '.join(regions)}]"]
     if accounts:
         lines.append(f"  accounts: [{', '.join(repr(a) for a in accounts)}]")
+    keys = dict(keys or {})
+    if "us-east-1" in keys:
+        lines.append(f"  kms_key_id: {keys.pop('us-east-1')}")
+    if keys:
+        lines += ["  region_kms_key_ids:", *(f"    {region}: {key}" for region, key in keys.items())]
     with open(project / "bakery.yml", "a", encoding="utf-8") as fh:
         fh.write("\n".join(lines) + "\n")
     return project

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import boto3
 import pytest
 
@@ -14,6 +16,7 @@ pytestmark = pytest.mark.aws
 HOME, OTHER = "us-east-1", "eu-west-1"
 ACCOUNTS = ["111122223333", "444455556666"]
 VERSION = "20260101.007"
+KEYS = {HOME: "alias/bakery-ami", OTHER: "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"}
 
 
 def shared_with(ec2, ami_id: str) -> tuple[set[str], dict[str, set[str]]]:
@@ -26,7 +29,7 @@ def shared_with(ec2, ami_id: str) -> tuple[set[str], dict[str, set[str]]]:
 
 
 def test_distribute_copies_tags_and_shares_then_a_rerun_is_a_no_op(aws, proj):
-    with_aws_settings(proj, [HOME, OTHER], ACCOUNTS)
+    with_aws_settings(proj, [HOME, OTHER], ACCOUNTS, KEYS)
     home, other = boto3.client("ec2", HOME), boto3.client("ec2", OTHER)
     source, _ = version_ami(home, "sample", VERSION, **{tags.INPUT_DIGEST: "sha256:abc"})
 
@@ -51,6 +54,36 @@ def test_distribute_copies_tags_and_shares_then_a_rerun_is_a_no_op(aws, proj):
     assert len(amis.find_amis(other, {tags.IMAGE: "sample"})) == 1
 
 
+def test_a_copy_is_encrypted_with_the_destination_regions_key(aws, proj, monkeypatch):
+    from bakery.aws import clients
+    from bakery.aws import distribute as dist
+    from bakery.config import Project
+    from bakery.progress import Progress
+
+    copies = []
+
+    def recording_client(service, region=None, profile=None):
+        made = clients.client(service, region, profile)
+        made.meta.events.register("provide-client-params.ec2.CopyImage", lambda params, **_: copies.append((region, dict(params))))
+        return made
+
+    monkeypatch.setattr(dist, "client", recording_client)
+    settings = Project(with_aws_settings(proj, [HOME, OTHER], ACCOUNTS, KEYS)).aws
+    version_ami(boto3.client("ec2", HOME), "sample", VERSION)
+    result = dist.distribute(settings, "sample", VERSION, [OTHER], ACCOUNTS, Progress(io.StringIO()))
+    assert [r.region for r in result.regions if r.copied] == [OTHER]
+    assert [(region, params["Encrypted"], params["KmsKeyId"]) for region, params in copies] == [(OTHER, True, KEYS[OTHER])]
+
+
+def test_sharing_without_a_customer_key_in_a_region_is_refused_before_anything_is_copied(aws, proj):
+    with_aws_settings(proj, [HOME, OTHER], ACCOUNTS, {HOME: KEYS[HOME]})
+    version_ami(boto3.client("ec2", HOME), "sample", VERSION)
+    refused = bake(proj, "distribute", f"sample:{VERSION}")
+    assert refused.rc == 2 and refused.stderr.count("\n") == 1, refused.stderr
+    assert f"aws.region_kms_key_ids.{OTHER} is not set: the AMI in {OTHER} would be encrypted with the default aws/ebs key" in refused.stderr
+    assert not amis.find_amis(boto3.client("ec2", OTHER), {tags.IMAGE: "sample"})  # nothing copied
+
+
 def test_distribute_refuses_bad_input_in_one_line(proj):
     bad_account = bake(proj, "distribute", f"sample:{VERSION}", "--accounts", "12345")
     assert bad_account.rc == 2 and bad_account.stderr.count("\n") == 1
@@ -60,8 +93,6 @@ def test_distribute_refuses_bad_input_in_one_line(proj):
 
 
 def test_waiting_for_a_copy_rides_out_eventual_consistency_and_is_bounded(aws):
-    import io
-
     from bakery.aws import clients
     from bakery.aws.distribute import wait_for_copies
     from bakery.errors import OperationError

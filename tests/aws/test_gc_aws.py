@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import boto3
 import pytest
 from botocore.exceptions import ClientError
@@ -123,3 +125,86 @@ def test_images_on_aws_reads_versions_from_tags_and_releases_from_ssm(estate):
                                    "parameter": "/bakery/sample/qa/ami-id"}]
     text = bake(proj, "images", "--target", "aws")
     assert text.rc == 0 and any(line.startswith("sample") and "20260101.005" in line and line.endswith("qa") for line in text.stdout.splitlines())
+
+
+@pytest.fixture
+def three(aws, proj):
+    """sample .001, .002, .003 at home; gc --keep 1 would delete .001 and .002."""
+    with_aws_settings(proj, [HOME])
+    ec2 = boto3.client("ec2", HOME)
+    return proj, ec2, [version_ami(ec2, "sample", f"20260101.00{n}")[0] for n in (1, 2, 3)]
+
+
+def test_gc_keeps_amis_other_accounts_may_launch_unless_include_shared(three):
+    proj, ec2, (first, second, _) = three
+    ec2.modify_image_attribute(ImageId=first, LaunchPermission={"Add": [{"UserId": "111122223333"}]})
+    ec2.modify_image_attribute(ImageId=second, LaunchPermission={"Add": [{"Group": "all"}]})
+    dry = bake(proj, "gc", "--target", "aws", "--keep", "1", "--dry-run")
+    assert dry.rc == 0, dry.stderr
+    lines = dry.stdout.splitlines()
+    assert any(line.startswith("keep sample:20260101.001: shared with accounts 111122223333") for line in lines), dry.stdout
+    assert any(line.startswith("keep sample:20260101.002: shared with everyone (public)") for line in lines), dry.stdout
+    assert not any(line.startswith("would delete") for line in lines)
+    forced = bake(proj, "gc", "--target", "aws", "--keep", "1", "--include-shared")
+    assert forced.rc == 0, forced.stderr
+    assert image_state(ec2, first) is None and image_state(ec2, second) is None
+
+
+def test_gc_looks_again_just_before_deleting_and_keeps_what_became_used(three):
+    from bakery.aws import gc as aws_gc
+    from bakery.config import Project
+    from bakery.progress import Progress
+
+    proj, ec2, (first, second, _) = three
+    planned = aws_gc.plan(Project(proj).aws, 1, Progress(io.StringIO()))
+    assert [e["version"] for e in planned.delete] == ["20260101.002", "20260101.001"]
+    instance = ec2.run_instances(ImageId=first, MinCount=1, MaxCount=1, InstanceType="t3.micro")["Instances"][0]["InstanceId"]
+    template = ec2.create_launch_template(LaunchTemplateName="late", LaunchTemplateData={"ImageId": second})["LaunchTemplate"]
+    boto3.client("autoscaling", HOME).create_auto_scaling_group(
+        AutoScalingGroupName="late", MinSize=0, MaxSize=1, DesiredCapacity=0, AvailabilityZones=[f"{HOME}a"],
+        LaunchTemplate={"LaunchTemplateId": template["LaunchTemplateId"], "Version": "1"})
+    aws_gc.apply(planned, Progress(io.StringIO()))
+    skipped = {s["ami_id"]: " | ".join(s["reasons"]) for s in planned.skipped}
+    assert skipped == {first: f"instance {instance} runs it", second: "Auto Scaling group late launches it (launch template late version 1)"}
+    assert planned.deleted == [] and image_state(ec2, first) == "available" and image_state(ec2, second) == "available"
+
+
+def test_gc_waits_for_no_environment_a_deploy_holds(three):
+    from tests.integration.test_gc_local import environment_held
+
+    proj, ec2, (first, _, _) = three
+    settings = {"target": "aws", "image": "sample", "instances": 1, "aws": {"auto_scaling_group": "prod", "launch_template": "prod"}}
+    with environment_held(proj, "prod", settings):
+        busy = bake(proj, "gc", "--target", "aws", "--keep", "1")
+        dry = bake(proj, "gc", "--target", "aws", "--keep", "1", "--dry-run")
+    assert busy.rc == 1 and busy.stderr.count("\n") == 1 and "environment 'prod' is busy: another bake.py (pid 4242)" in busy.stderr
+    assert image_state(ec2, first) == "available"
+    assert dry.rc == 0 and "would delete sample:20260101.001" in dry.stdout  # a dry run changes nothing, so it takes no lock
+
+
+def test_access_denied_midway_leaves_the_catalog_matching_what_is_left(three, monkeypatch):
+    from bakery.aws import clients
+    from bakery.aws import gc as aws_gc
+    from bakery.config import Project
+    from bakery.progress import Progress
+    from tests.aws.test_retries import FailFirst
+
+    proj, ec2, (first, second, _) = three
+    catalog = open_catalog(proj / ".bakery")
+    rows = {}
+    for ami in (first, second):
+        rows[ami] = catalog.reserve_version("sample", "run", 1)
+        catalog.complete_version("sample", rows[ami], image_ref=ami, image_id=ami, input_digest="sha256:x", provenance={}, layers=[])
+    denial = FailFirst("DeregisterImage", "UnauthorizedOperation", times=1, status=403, match=f"ImageId={first}")
+    monkeypatch.setattr(aws_gc, "client", lambda service, region=None: _attached(clients.client(service, region), denial))
+    planned = aws_gc.plan(Project(proj).aws, 1, Progress(io.StringIO()))
+    with pytest.raises(clients.AccessDenied, match="ec2:DeregisterImage"):
+        aws_gc.apply(planned, Progress(io.StringIO()), catalog)
+    assert image_state(ec2, second) is None and image_state(ec2, first) == "available"  # the second DeregisterImage was refused
+    assert catalog.version("sample", rows[second]) is None and catalog.version("sample", rows[first]) is not None
+
+
+def _attached(made, handler):
+    if made.meta.service_model.service_name == "ec2":
+        handler.attach(made)
+    return made

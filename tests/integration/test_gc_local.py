@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
+import yaml
 
 from bakery import gc_local, podman
 from bakery.artifacts import LocalArtifactStore
@@ -21,7 +26,7 @@ def test_gc_keep_removes_old_versions_from_podman_and_the_catalog_and_stale_arti
     store = LocalArtifactStore(proj / ".bakery" / "artifacts")
     baked = [store.put("webapp", f"1.0+{n}", f"bytes {n}".encode(), []) for n in ("kept", "used", "stale", "kept")]
     store.put("webapp", "1.0+newest", b"newest bytes", [])
-    versions, container = [], f"{image}-user"
+    versions, container, late = [], f"{image}-user", f"{image}-late"
     try:
         for _ in range(4):
             version = catalog.reserve_version(image, "run", 1)
@@ -46,6 +51,14 @@ def test_gc_keep_removes_old_versions_from_podman_and_the_catalog_and_stale_arti
                         versions[0]: [f"container {container} uses it"]}
         assert podman.image_exists(podman.image_ref(image, versions[2]))
 
+        # A container that starts to use a planned version before `podman rmi` keeps it: apply looks at the containers again.
+        planned = gc_local.plan(Project(proj), catalog, keep=1)
+        podman.run("create", "--name", late, podman.image_ref(image, versions[2]), "/sbin/init")
+        early = gc_local.apply(Project(proj), catalog, planned)
+        assert [d["version"] for d in early.skipped] == [versions[2]] and f"container {late} started to use it" in early.skipped[0]["reason"]
+        assert not early.removed and podman.image_exists(podman.image_ref(image, versions[2])) and catalog.version(image, versions[2])
+        podman.remove_container(late)
+
         result = gc_local.apply(Project(proj), catalog, gc_local.plan(Project(proj), catalog, keep=1))
 
         assert [d["version"] for d in result.removed] == [versions[2]] and not result.failed
@@ -57,5 +70,27 @@ def test_gc_keep_removes_old_versions_from_podman_and_the_catalog_and_stale_arti
         assert not baked[2].path.exists() and not baked[2].path.with_name(baked[2].path.name + ".sha256").exists()
     finally:
         podman.remove_container(container)
+        podman.remove_container(late)
         for version in versions:
             podman.remove_image(podman.image_ref(image, version))
+
+
+@contextmanager
+def environment_held(project: Path, env: str, settings: dict, pid: int = 4242) -> Iterator[None]:
+    """An environment whose fleet lock another process holds, as a deploy in progress would (the lock file names its pid)."""
+    folder = project / "inventories" / env / "group_vars" / "all"
+    folder.mkdir(parents=True)
+    (folder / "deploy.yml").write_text(yaml.safe_dump({"bakery_deploy": settings}))
+    lock = project / ".bakery" / "envs" / env / "lock"
+    lock.parent.mkdir(parents=True)
+    with open(lock, "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        held.write(f"{pid}\n")
+        held.flush()
+        yield
+
+
+def test_gc_keep_waits_for_no_local_environment_a_deploy_holds(proj):
+    with environment_held(proj, "qa", {"image": "sample", "instances": 1, "lb_port": 18080}):
+        busy = bake(proj, "gc", "--keep", "1")
+    assert busy.rc == 1 and busy.stderr.count("\n") == 1 and "environment 'qa' is busy: another bake.py (pid 4242)" in busy.stderr
