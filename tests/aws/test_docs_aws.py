@@ -163,3 +163,29 @@ def test_the_settings_examples_in_the_aws_docs_load(proj):
         (proj / "inventories" / env / "group_vars" / "all" / "deploy.yml").write_text(body)
     env = load_environment(Project(proj), "qa")
     assert env.target == "aws" and env.aws["auto_scaling_group"] == "bakery-qa" and env.refresh.max_healthy_percentage == 150
+
+
+DESTRUCTIVE = {"ec2:DeregisterImage", "ec2:DeleteSnapshot", "ec2:ModifyImageAttribute", "ec2:ModifySnapshotAttribute",
+               "ec2:TerminateInstances", "ec2:StopInstances"}
+
+
+def test_the_policy_lets_bakery_change_only_what_it_tagged_as_its_own():
+    """Deleting, sharing and tagging need a condition: a role that could tag anything bakery:managed could then delete or publish it."""
+    policy = json.loads(POLICY.read_text(encoding="utf-8"))
+    granting = defaultdict(list)  # action -> the Condition of every statement that grants it (through a wildcard too)
+    for statement in policy["Statement"]:
+        patterns = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        for action in DESTRUCTIVE | {"ec2:CreateTags", "s3:ListBucket"}:
+            if any(fnmatch.fnmatchcase(action, pattern) for pattern in patterns):
+                granting[action].append(statement.get("Condition") or {})
+    assert set(granting) == DESTRUCTIVE | {"ec2:CreateTags", "s3:ListBucket"}
+    for action in DESTRUCTIVE:
+        assert all(c.get("StringEquals", {}).get("aws:ResourceTag/bakery:managed") == "true" for c in granting[action]), action
+    own_keys = {"ForAllValues:StringLike": {"aws:TagKeys": ["bakery:*", "Name"]}}
+    for condition in granting["ec2:CreateTags"]:
+        equals = condition.get("StringEquals", {})
+        at_creation = {"RunInstances", "CopyImage", "CreateImage"} <= set(equals.get("ec2:CreateAction", []))
+        on_its_own = equals.get("aws:ResourceTag/bakery:managed") == "true" and condition.items() >= own_keys.items()
+        marking_new = equals.get("aws:RequestTag/bakery:managed") == "true" and condition.items() >= own_keys.items()
+        assert at_creation or on_its_own or marking_new, condition
+    assert granting["s3:ListBucket"] == [{"StringLikeIfExists": {"s3:prefix": "bundles/*"}}]
