@@ -374,9 +374,12 @@ def _gc_aws(obj: Context, keep: int | None, dry_run: bool, include_shared: bool,
         verb = "would delete" if dry_run else "deleted"
         if not planned.delete:
             click.echo(f"nothing to delete in {', '.join(planned.regions)}")
+        gone = {d["ami_id"] for d in planned.deleted}
         for entry in planned.delete:
-            where = ", ".join(f"{a['ami_id']} in {a['region']} ({len(a['snapshots'])} snapshots)" for a in entry["amis"])
-            click.echo(f"{verb} {entry['image']}:{entry['version']}: {where} ({entry['reason']})")
+            copies = [a for a in entry["amis"] if dry_run or a["ami_id"] in gone]
+            where = ", ".join(f"{a['ami_id']} in {a['region']} ({len(a['snapshots'])} snapshots)" for a in copies)
+            if copies:
+                click.echo(f"{verb} {entry['image']}:{entry['version']}: {where} ({entry['reason']})")
         for entry in planned.kept:
             click.echo(f"keep {entry['image']}:{entry['version']}: {'; '.join(entry['reasons'])}")
         for entry in planned.skipped:
