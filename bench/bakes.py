@@ -131,6 +131,7 @@ def cold_rounds(project: BenchProject, rounds: int) -> dict:
     memory: list[Memory] = []
     versions: list[str] = []
     refs: list[str] = []
+    in_ansible: list[float] = []  # the part of each cold bake spent in its layers' playbooks
     for n in range(1, rounds + 1):
         log(f"round {n}/{rounds}: cold bake.py")
         seconds, mem, result = cold_bake(project)
@@ -138,12 +139,13 @@ def cold_rounds(project: BenchProject, rounds: int) -> dict:
         memory.append(mem)
         versions.append(result["version"])
         refs.append(result["ref"])
+        in_ansible.append(sum(layer["seconds"] for layer in result["layers"]))
         log(f"round {n}/{rounds}: cold bake.py {seconds:.1f} s; Packer")
         times["packer"].append(packer_bake(project, f"r{n}", role_vars))
         log(f"round {n}/{rounds}: Packer {times['packer'][-1]:.1f} s; bare ansible-playbook + commit")
         times["bare"].append(bare_bake(project, f"r{n}", role_vars))
         log(f"round {n}/{rounds}: bare {times['bare'][-1]:.1f} s")
-    return {"times": times, "memory": memory, "versions": versions, "refs": refs}
+    return {"times": times, "memory": memory, "versions": versions, "refs": refs, "in_ansible": in_ansible}
 
 
 def no_change(project: BenchProject, runs: int) -> list[float]:

@@ -59,7 +59,9 @@ def measure_bakes(report: Report, project: BenchProject, rounds: int, with_optio
     report.row("cold bake: bake.py build --no-cache vs Packer", f"{bake:.1f} s", f"Packer {packer:.1f} s", f"{bake / packer:.2f}", "≤ 0.90",
                bake / packer <= 0.9, f"bake.py {times(t['bake'])}; Packer {times(t['packer'])}; spread {spread(t['bake'])} / {spread(t['packer'])}")
     report.row("provisioning limit: bare ansible-playbook + 1 commit, same Ansible settings", f"{bare:.1f} s", f"bake.py {bake:.1f} s",
-               f"overhead {(bake / bare - 1) * 100:+.0f} %", "≤ +10 %", bake / bare - 1 <= 0.10, f"{times(t['bare'])}; spread {spread(t['bare'])}")
+               f"overhead {(bake / bare - 1) * 100:+.0f} %", "≤ +10 %", bake / bare - 1 <= 0.10,
+               f"{times(t['bare'])}; spread {spread(t['bare'])}; bake.py's 3 layer playbooks took {median(cold['in_ansible']):.1f} s of its "
+               f"{bake:.1f} s, the rest is boot, 3 layer commits, the final layer and its own start")
 
     # The options bake the same inputs as the cold rounds (before the app changes), so their images compare file for file.
     found = bakes.options(project) if with_options else {}
@@ -165,7 +167,7 @@ def main() -> int:
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.node()} ({cpus} CPUs, shared with other work), "
         f"{args.rounds} alternating rounds of bake.py / Packer / bare; benchmark wall time {time.monotonic() - started:.0f} s.",
         f"Example image {IMAGE} = playbooks/webapp.yml in a throw-away project copy; base localhost/bakery/base:bookworm; "
-        f"Packer {subprocess.run(['packer', 'version'], capture_output=True, text=True, check=False).stdout.split()[1:2]}.",
+        f"{subprocess.run(['packer', 'version'], capture_output=True, text=True, check=False).stdout.strip()}.",
     ]
     text = report.markdown(header)
     args.report.parent.mkdir(parents=True, exist_ok=True)
