@@ -23,6 +23,7 @@ RUNTIME_KEY_RE = re.compile(r"^[A-Z][A-Z0-9_]*$")
 # Secrets are given by reference (an SSM parameter, a file path), never by value.
 SECRET_NAME_RE = re.compile(r"(PASSWORD|SECRET|TOKEN|PRIVATE_KEY|API_KEY)$")
 SECRET_REF_RE = re.compile(r"^(ssm:|arn:aws:|file:|secretsmanager:)")
+URL_CREDENTIALS_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#@\s:]*:[^/?#@\s]+@")  # scheme://user:password@host
 TARGETS = ("local", "aws")
 # bakery_deploy.aws: the environment on EC2 Auto Scaling; region empty = bakery.yml's aws.region, else the standard AWS chain.
 AWS_DEPLOY_DEFAULTS: dict[str, Any] = {"auto_scaling_group": "", "launch_template": "", "instance_type": "", "region": "", "alarms": [],
@@ -220,6 +221,10 @@ def _runtime(path: Path, project: Project) -> dict[str, str]:
         if SECRET_NAME_RE.search(key) and not SECRET_REF_RE.match(text):
             raise ConfigError(f"{rel}: bakery_runtime.{key} looks like a secret given by value; give a reference "
                               "(ssm:/path, secretsmanager:name, arn:aws:..., file:/path) instead")
+        if URL_CREDENTIALS_RE.search(text):  # the value is never repeated: it would print the password
+            raise ConfigError(f"{rel}: bakery_runtime.{key} carries a password in its URL (user:password@host); give a reference "
+                              f"(ssm:/path, secretsmanager:name, ...) or a URL without the password plus a reference in "
+                              f"{key.removesuffix('_URL')}_PASSWORD")
         result[key] = text
     return result
 

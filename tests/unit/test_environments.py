@@ -76,3 +76,24 @@ def test_secrets_must_be_references(inventory_project):
 def test_unknown_environment(inventory_project):
     with pytest.raises(ConfigError, match="unknown environment 'nope'.*known environments: dev, prod, qa"):
         load_environment(Project(inventory_project), "nope")
+
+
+@pytest.mark.parametrize("value, refused", [
+    ("postgres://app:hunter2@db.internal:5432/app", True),
+    ("redis://:s3cret@cache:6379/0", True),
+    ("amqp://guest:guest@mq/vhost?heartbeat=30", True),
+    ("postgres://app@db.internal:5432/app", False),  # a user without a password; the password comes from DATABASE_PASSWORD
+    ("http://payments.qa.internal:8080/v1/@me", False),  # a port and an '@' in the path are no credentials
+    ("ssm:/webapp/qa/database-url", False),
+])
+def test_a_password_in_a_url_is_refused_like_a_secret_given_by_value(inventory_project, value, refused):
+    path = inventory_project / "inventories" / "qa" / "group_vars" / "all" / "runtime.yml"
+    path.write_text(f'bakery_runtime:\n  DATABASE_URL: "{value}"\n')
+    if not refused:
+        assert load_environment(Project(inventory_project), "qa").runtime["DATABASE_URL"] == value
+        return
+    with pytest.raises(ConfigError) as err:
+        load_environment(Project(inventory_project), "qa")
+    text = str(err.value)
+    assert text.startswith("inventories/qa/group_vars/all/runtime.yml: bakery_runtime.DATABASE_URL carries a password in its URL")
+    assert "DATABASE_PASSWORD" in text and value.split("@")[0].split(":")[-1] not in text and "\n" not in text
