@@ -68,7 +68,10 @@ def _encrypted_mappings(image: dict[str, Any], source: list[dict[str, Any]], kms
 
 def launch_data(*, image: dict[str, Any], source: dict[str, Any], goal: Goal, env_name: str, env_text: str, instance_type: str,
                 release_id: int, kms_key_id: str = "") -> dict[str, Any]:
-    """LaunchTemplateData for a release: what changes per release; the rest comes from the source version."""
+    """LaunchTemplateData for a release: what changes per release; the rest comes from the source version.
+
+    kms_key_id is the key of the environment's own region (AwsSettings.kms_key_for): a KMS key is regional, so the home
+    region's key cannot encrypt volumes elsewhere; '' leaves the region's default EBS key."""
     data: dict[str, Any] = {
         "ImageId": image["ImageId"],
         "MetadataOptions": {**source.get("MetadataOptions", {}), "HttpTokens": "required", "HttpEndpoint": "enabled"},

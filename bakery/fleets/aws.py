@@ -2,13 +2,19 @@
 
 A release creates a new launch template version (bakery.aws.launch_templates:
 the version's AMI, IMDSv2, encrypted volumes, the runtime config as UserData,
-release tags), pins the group to that version number, and lets EC2 Auto
-Scaling replace the instances by an instance refresh with the environment's
-preferences (bakery.aws.instance_refresh). bake.py blocks until the refresh
-ended; only a Successful one writes the SSM release parameters
-(bakery.aws.releases). The refresh runs at AWS: when bake.py is interrupted it
-goes on, and .bakery/envs/<env>/refresh.json (its id, release, goal and the
-version pinned before) lets the next command re-attach and record how it ended.
+release tags) and lets EC2 Auto Scaling replace the instances by an instance
+refresh to that version number (its DesiredConfiguration) with the
+environment's preferences (bakery.aws.instance_refresh). The group itself stays
+pinned to the version it ran until the refresh ends Successful (AWS then pins
+the new one; bakery confirms it): a rollback, manual or automatic, returns to
+the old version, and scale-outs during the refresh never launch the untested
+one. Only an empty group is pinned directly (there is nothing to refresh).
+bake.py blocks until the refresh ended; only a Successful one writes the SSM
+release parameters (bakery.aws.releases). The refresh runs at AWS: when bake.py
+is interrupted it goes on, and .bakery/envs/<env>/refresh.json (its id, release,
+goal and the version pinned before) lets the next command re-attach and record
+how it ended. A version or release this checkout's catalog does not know (CI
+baked or released it) is adopted from the AMI tags and the SSM release history.
 Locking is the local target's flock on .bakery/envs/<env>/lock.
 """
 
@@ -22,16 +28,18 @@ from collections.abc import Callable
 from functools import cached_property
 from typing import Any
 
-from bakery.aws import amis, instance_refresh, launch_templates, releases, tags
-from bakery.aws.clients import client
+from bakery.aws import adopt, amis, instance_refresh, launch_templates, releases, tags
+from bakery.aws.clients import client, resolve_region
 from bakery.errors import ConfigError, OperationError
 from bakery.files import write_atomically
 from bakery.fleets.base import Fleet, FleetStatus, Goal, InstanceStatus, RefreshOutcome, RefreshRequest
 from bakery.fleets.local import LocalFleet, parse_env_file
+from bakery.provenance import sha256_json
 from bakery.signals import Cancellation
 
 POLL_SECONDS = 5.0  # first look at a refresh; backs off to instance_refresh.MAX_POLL_SECONDS while nothing changes
 CAPACITY_TIMEOUT = 900.0  # seconds a group brought up from zero may take to have every instance InService
+LOG_GROUP_KEY = "CLOUDWATCH_LOG_GROUP"  # the runtime key the cloudwatch_agent role names its log group from
 
 
 class AwsFleet(Fleet):
@@ -168,7 +176,25 @@ class AwsFleet(Fleet):
             raise ConfigError(f"{goal.image}:{goal.version} has no AMI in {self.ec2.meta.region_name} (none tagged {tags.IMAGE}={goal.image} "
                               f"{tags.VERSION}={goal.version} owned by this account); bake it with ./bake.py build {goal.image} --target aws, "
                               "or copy it to this region with ./bake.py distribute")
+        self._check_log_group()
         self._template(self._group())
+
+    def _check_log_group(self) -> None:
+        wanted, given = self.env.aws.get("log_group"), self.env.runtime.get(LOG_GROUP_KEY)
+        if wanted and given is not None and given != wanted:
+            raise ConfigError(f"{self.env.path / 'group_vars' / 'all' / 'runtime.yml'}: bakery_runtime.{LOG_GROUP_KEY} '{given}' disagrees with "
+                              f"bakery_deploy.aws.log_group '{wanted}' in {self._where()}; remove one of them or make them equal")
+
+    def _env_text(self, runtime: dict[str, str]) -> str:
+        """The UserData env file: the runtime config, with the environment's log group for the CloudWatch agent when one is set."""
+        if self.env.aws.get("log_group"):
+            runtime = {**runtime, LOG_GROUP_KEY: self.env.aws["log_group"]}
+        return dataclasses.replace(self.env, runtime=runtime).runtime_env_text()
+
+    def _volume_key(self) -> str:
+        """The EBS key of this environment's region: a home-region key cannot encrypt volumes elsewhere ('' = the region's default)."""
+        settings = self.project.aws
+        return settings.kms_key_for(self.ec2.meta.region_name, resolve_region(settings.region or None))
 
     def goal_for(self, version: str | None, digest: str | None, runtime: dict[str, str] | None = None) -> Goal | None:
         record = self.catalog.version(self.env.image, version) if version else None
@@ -192,6 +218,45 @@ class AwsFleet(Fleet):
             if launch_templates.instance_tags(data).get(launch_templates.CONFIG_DIGEST) == config_digest:
                 return parse_env_file(launch_templates.user_data_text(data.get("UserData")))
         return None
+
+    # ---- versions baked elsewhere: the AMI tags are the record, this checkout's catalog a cache of them
+
+    def adopt(self, version: str | None, run_id: str) -> None:
+        """Record image:version from its AMI's tags (and the verification the builder tagged) when this checkout's catalog
+        lacks it, as in a fresh CI container; with no version and no version of the image in the catalog, the newest AMI's."""
+        image, region = self.env.image, self.ec2.meta.region_name
+        if version is not None:
+            adopt.adopt_version(self.catalog, self.ec2, image, version, region, run_id)
+            return
+        if self.catalog.versions(image):
+            return
+        found = [i for i in amis.find_amis(self.ec2, {tags.MANAGED: "true", tags.IMAGE: image})
+                 if i.get("State") == "available" and tags.from_tag_list(i.get("Tags")).get(tags.VERSION)]
+        if found:
+            newest = max(found, key=lambda i: (tags.from_tag_list(i.get("Tags"))[tags.VERSION], i.get("CreationDate", "")))
+            adopt.adopt_ami(self.catalog, newest, region, run_id)
+
+    def release_before(self, current: Goal, run_id: str) -> Goal | None:
+        """The rollback target when this catalog has no earlier release (another checkout or CI released): the previous distinct
+        version in the SSM release history, adopted from its AMI, with the runtime config of the newest launch template version
+        that launched it (else the environment's). None when SSM knows no other release."""
+        version = next((v for v in releases.history(self.ssm, self.env.image, self.env.name) if v != current.version), None)
+        if version is None:
+            return None
+        if adopt.adopt_version(self.catalog, self.ec2, self.env.image, version, self.ec2.meta.region_name, run_id) is None:
+            raise OperationError(f"the release before {current.version} in SSM ({self.env.image}:{version}) has no AMI tagged "
+                                 f"{tags.IMAGE}={self.env.image} {tags.VERSION}={version} in {self.ec2.meta.region_name} any more; "
+                                 "deploy a version instead")
+        runtime, digest = dict(self.env.runtime), sha256_json(self.env.runtime)
+        template = launch_templates.template(self.ec2, self.template_name)
+        for item in launch_templates.all_versions(self.ec2, template["LaunchTemplateId"]) if template else []:
+            data = item["LaunchTemplateData"]
+            launched = launch_templates.instance_tags(data)
+            if launched.get(tags.VERSION) == version and launched.get(launch_templates.CONFIG_DIGEST):
+                runtime = parse_env_file(launch_templates.user_data_text(data.get("UserData")))
+                digest = launched[launch_templates.CONFIG_DIGEST]
+                break
+        return self.goal_for(version, digest, runtime)
 
     def current(self) -> Goal | None:
         """What the group's pinned launch template version launches (None when the group is empty or not bakery's)."""
@@ -284,6 +349,8 @@ class AwsFleet(Fleet):
         running = self._goal_of_version(template_id, pinned)
         if running is None or (running.image_id, running.config_digest) != (goal.image_id, goal.config_digest):
             return False
+        if self.env.aws.get("log_group") and running.runtime.get(LOG_GROUP_KEY) != self.env.aws["log_group"]:
+            return False
         wanted_type = self.env.aws.get("instance_type")
         if wanted_type and launch_templates.version_data(self.ec2, template_id, pinned).get("InstanceType") != wanted_type:
             return False
@@ -316,18 +383,22 @@ class AwsFleet(Fleet):
             return outcome
         data = launch_templates.launch_data(
             image=self._images.get(goal.image_id) or self._ami_of(goal.version), source=launch_templates.version_data(self.ec2, template_id, pinned),
-            goal=goal, env_name=self.env.name, env_text=dataclasses.replace(self.env, runtime=goal.runtime).runtime_env_text(),
-            instance_type=self.env.aws.get("instance_type", ""), release_id=request.release_id, kms_key_id=self.project.aws.kms_key_id)
+            goal=goal, env_name=self.env.name, env_text=self._env_text(goal.runtime),
+            instance_type=self.env.aws.get("instance_type", ""), release_id=request.release_id, kms_key_id=self._volume_key())
         number = launch_templates.create_version(self.ec2, template_id, pinned, data,
                                                  f"bakery release #{request.release_id}: {request.kind} {goal.image}:{goal.version}")
-        update: dict[str, Any] = {"AutoScalingGroupName": self.group_name,
-                                  "LaunchTemplate": {"LaunchTemplateId": template_id, "Version": str(number)}}
-        empty = not group["Instances"]
-        if group["DesiredCapacity"] == 0 and self.env.instances:
-            update["DesiredCapacity"] = self.env.instances
-        self.autoscaling.update_auto_scaling_group(**update)
-        self._note(f"launch template {self.template_name} version {number} ({goal.image_id}); Auto Scaling group {self.group_name} "
-                   f"pinned to it (was version {pinned})")
+        empty = group["DesiredCapacity"] == 0 or not group["Instances"]
+        if empty:  # nothing to refresh: new instances launch from the pinned version
+            update: dict[str, Any] = {"AutoScalingGroupName": self.group_name,
+                                      "LaunchTemplate": {"LaunchTemplateId": template_id, "Version": str(number)}}
+            if group["DesiredCapacity"] == 0 and self.env.instances:
+                update["DesiredCapacity"] = self.env.instances
+            self.autoscaling.update_auto_scaling_group(**update)
+            self._note(f"launch template {self.template_name} version {number} ({goal.image_id}); the Auto Scaling group {self.group_name} "
+                       f"was empty, pinned it to that version (was version {pinned})")
+        else:  # the refresh's DesiredConfiguration carries the version; AWS pins the group only when the refresh succeeds
+            self._note(f"launch template {self.template_name} version {number} ({goal.image_id}); Auto Scaling group {self.group_name} "
+                       f"stays on version {pinned} until the instance refresh succeeds")
         state = {"release_id": request.release_id, "kind": request.kind, "env": self.env.name, "run_id": request.run_id, "pid": os.getpid(),
                  "goal": goal.to_dict(), "previous": request.previous.to_dict() if request.previous else None, "phase": "refresh",
                  "template_id": template_id, "version": number, "previous_version": pinned, "preferences": prefs, "refresh_id": None,
@@ -369,23 +440,28 @@ class AwsFleet(Fleet):
         details = {"instance_refresh_id": state["refresh_id"], "aws_status": status, "launch_template_version": state["version"],
                    "previous_launch_template_version": state["previous_version"], "ami_id": goal.image_id}
         if status == "Successful":
+            self._confirm_pin(state["template_id"], state["version"])
             self._record_release(goal)
             return RefreshOutcome("succeeded", None, total - left, total, seconds, details)
+        pinned = self._pinned_version()  # AWS left the group's configuration alone: it is the version pinned before
         if status == "RollbackSuccessful":
-            self._repin(state["template_id"], state["previous_version"])
+            self._note(f"Auto Scaling group {self.group_name} runs launch template version {pinned} again")
             return RefreshOutcome("rolled_back", reason or f"AWS rolled instance refresh {state['refresh_id']} back", total - left, total, seconds,
                                   details)
-        where = f"; the group stays on launch template version {state['version']}" if status != "RollbackFailed" else ""
+        where = (f"; the group stays on launch template version {pinned}; instances it replaced already run version {state['version']} "
+                 "until the next deploy or ./bake.py rollback") if total - left else f"; the group stays on launch template version {pinned}"
         return RefreshOutcome("failed", f"instance refresh {state['refresh_id']} ended {status}" + (f": {reason}" if reason else "") + where,
                               total - left, total, seconds, details)
 
-    def _repin(self, template_id: str, version: str) -> None:
-        """After a rollback the group runs the version pinned before (AWS restores it; this makes sure it is a number)."""
-        group = self._group()
-        if (group.get("LaunchTemplate") or {}).get("Version") != str(version):
+    def _pinned_version(self) -> str:
+        return str((self._group().get("LaunchTemplate") or {}).get("Version", "?"))
+
+    def _confirm_pin(self, template_id: str, version: int) -> None:
+        """After a Successful refresh AWS has pinned the group to its DesiredConfiguration; pin the exact number where it did not."""
+        if self._pinned_version() != str(version):
             self.autoscaling.update_auto_scaling_group(AutoScalingGroupName=self.group_name,
                                                        LaunchTemplate={"LaunchTemplateId": template_id, "Version": str(version)})
-        self._note(f"Auto Scaling group {self.group_name} is back on launch template version {version}")
+        self._note(f"Auto Scaling group {self.group_name} is pinned to launch template version {version}")
 
     def _wait_for_group(self, done: Callable[[dict[str, Any]], bool], cancel: Cancellation, timeout: float) -> dict[str, Any]:
         deadline, delay = time.monotonic() + timeout, self.poll_seconds

@@ -94,6 +94,13 @@ def resolve_version(catalog: Catalog, image: str, version: str | None) -> str:
     return version
 
 
+def _adopt_on_aws(session: Session, env: Environment, version: str | None, kind: str) -> None:
+    """On aws the AMI tags are the record and this checkout's catalog a cache of them: a version it lacks (a fresh CI container)
+    is recorded from its AMI, with the builder's tagged verification, before versions are resolved and the gate applied."""
+    if env.target == "aws":
+        open_fleet(session, env).adopt(version, f"{kind}-{os.getpid()}")
+
+
 def _check_image(env: Environment, image: str) -> None:
     if image != env.image:
         raise ConfigError(f"{deploy_file(env)}: environment '{env.name}' deploys image '{env.image}', not '{image}'")
@@ -192,6 +199,7 @@ def deploy(session: Session, env: Environment, image: str, version: str | None, 
 
     replace_running: a refresh the target runs already (aws) is cancelled instead of waited for."""
     _check_image(env, image)
+    _adopt_on_aws(session, env, version, "deploy")
     version = resolve_version(session.catalog, image, version)
     effective_preferences(env.refresh, overrides or {})  # bad flags fail before anything happens
     fleet = open_fleet(session, env)
@@ -222,6 +230,13 @@ def rollback(session: Session, env: Environment, *, overrides: dict[str, Any] | 
         target = next((r for r in session.catalog.releases(env.name, limit=500)
                        if r["status"] == "succeeded" and r["kind"] in ROLLOUT_KINDS
                        and (r["version"], r["config_digest"]) != (current.version, current.config_digest)), None)
+        if target is None and env.target == "aws":  # released from another checkout or CI: the SSM release history knows
+            goal = fleet.release_before(current, f"rollback-{os.getpid()}")
+            if goal is not None:
+                fleet.check_goal(goal)
+                session.progress.note(f"{env.name}: rolling back to {goal.image}:{goal.version}, the release before "
+                                      f"{current.version} in SSM (this catalog has no earlier release)")
+                return _rollout(session, fleet, goal, overrides, "rollback", False, cancel, resumed)
         if target is None:
             raise OperationError(f"environment '{env.name}' has no earlier successful release to roll back to (it runs {current.version})")
         runtime = (target.get("details") or {}).get("runtime")
@@ -265,6 +280,7 @@ def promote(session: Session, env: Environment, image: str, version: str | None,
         if current is None:
             raise OperationError(f"nothing to promote: environment '{source.name}' has no instances")
         version = current.version
+    _adopt_on_aws(session, env, version, "promote")
     version = resolve_version(session.catalog, image, version)
     effective_preferences(env.refresh, overrides or {})
     require_verified(session.catalog, image, version, required=True, force=False, env=env.name)

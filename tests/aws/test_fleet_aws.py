@@ -9,6 +9,7 @@ against the service model and, with expected_params, the exact preferences.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import functools
 import io
 import shutil
@@ -23,7 +24,7 @@ from bakery.catalog import open_catalog
 from bakery.cli import main as bake_main
 from bakery.config import Project
 from bakery.environments import RefreshPreferences, load_environment
-from bakery.errors import ConfigError
+from bakery.errors import ConfigError, OperationError
 from bakery.fleets import operations
 from bakery.fleets.aws import AwsFleet
 from bakery.progress import Progress
@@ -119,6 +120,28 @@ def refresh(world, monkeypatch):
         stub.assert_no_pending_responses()
 
 
+@pytest.fixture
+def group_updates(world):
+    """Every UpdateAutoScalingGroup a fleet client makes (clients created from now on carry this hook; the test's own do not)."""
+    calls = []
+    clients._session(None).events.register("before-parameter-build.auto-scaling.UpdateAutoScalingGroup",
+                                           lambda params, **_: calls.append(params))
+    return calls
+
+
+class PinWatch(Progress):
+    """Notes which launch template version the group is pinned to whenever the fleet reports on its instance refresh."""
+
+    def __init__(self, stream, world, env: str):
+        super().__init__(stream)
+        self.world, self.env, self.pins = world, env, []
+
+    def note(self, message: str) -> None:
+        super().note(message)
+        if "instance refresh rid-" in message:
+            self.pins.append(self.world.pinned(self.env))
+
+
 def described(stub, group, *refreshes, ids=None):
     """Queue one DescribeInstanceRefreshes answer (of the group, or of the given refresh ids)."""
     params = {"AutoScalingGroupName": group, **({"InstanceRefreshIds": ids} if ids else {})}
@@ -132,8 +155,15 @@ def started(stub, world, group, template_env, version, refresh_id, prefs=QA_PREF
         "DesiredConfiguration": {"LaunchTemplate": {"LaunchTemplateId": world.templates[template_env], "Version": version}}})
 
 
-def test_deploy_pins_a_new_version_waits_for_the_refresh_and_releases_in_ssm(world, refresh):
+@pytest.mark.parametrize("region_keys, volume_key", [({"us-east-1": "alias/east"}, "alias/east"), ({}, None)])
+def test_deploy_pins_a_new_version_waits_for_the_refresh_and_releases_in_ssm(world, refresh, group_updates, region_keys, volume_key):
+    # The environment is in us-east-1, the home region elsewhere: its volumes take us-east-1's key (or the region's default), never home's.
+    world.project.aws.region, world.project.aws.kms_key_id, world.project.aws.region_kms_key_ids = "eu-west-1", "alias/home", region_keys
+    settings = deploy_yml("qa", "web-qa", "web-qa-lt")
+    settings["bakery_deploy"]["aws"].update(region="us-east-1", log_group="/bakery/qa-web")
+    world.write_env("qa", settings, {"LOG_LEVEL": "info", "DATABASE_URL": "postgres://db/app"})
     qa = world.env("qa")
+    world.session.progress = PinWatch(world.lines, world, "qa")
     described(refresh, "web-qa")  # nothing running on the group
     started(refresh, world, "web-qa", "qa", "2", "rid-1")
     described(refresh, "web-qa", ("rid-1", "InProgress", {"PercentageComplete": 50, "InstancesToUpdate": 1,
@@ -144,13 +174,18 @@ def test_deploy_pins_a_new_version_waits_for_the_refresh_and_releases_in_ssm(wor
     result = operations.deploy(world.session, qa, "webapp", world.versions[1])
 
     assert result.ok and (result.from_version, result.to_version, result.replaced, result.total) == (world.versions[0], world.versions[1], 2, 2)
-    assert world.pinned("qa") == "2"  # the exact number, never $Latest or $Default
+    # The refresh carried the new version; the group stayed on the old one until it succeeded, then was pinned to the exact number.
+    assert world.session.progress.pins[:3] == ["1", "1", "1"] and world.pinned("qa") == "2"  # never $Latest or $Default
+    assert [call["LaunchTemplate"]["Version"] for call in group_updates] == ["2"]  # moto leaves the pin to bakery's confirm step
     data = world.template_data("qa", "2")
     assert data["ImageId"] == world.amis[1] and data["InstanceType"] == "t3.small"
     assert data["MetadataOptions"]["HttpTokens"] == "required"
     assert data["BlockDeviceMappings"] and all(m["Ebs"]["Encrypted"] for m in data["BlockDeviceMappings"])
+    assert [m["Ebs"].get("KmsKeyId") for m in data["BlockDeviceMappings"]] == [volume_key] * len(data["BlockDeviceMappings"])
     user_data = base64.b64decode(data["UserData"]).decode()
-    assert user_data == qa.runtime_env_text() and 'DATABASE_URL="postgres://db/app"\n' in user_data and 'ENVIRONMENT="qa"' in user_data
+    assert user_data == dataclasses.replace(qa, runtime={**qa.runtime, "CLOUDWATCH_LOG_GROUP": "/bakery/qa-web"}).runtime_env_text()
+    assert 'DATABASE_URL="postgres://db/app"\n' in user_data and 'ENVIRONMENT="qa"' in user_data
+    assert 'CLOUDWATCH_LOG_GROUP="/bakery/qa-web"\n' in user_data  # the agent names its log group from it
     tags = {spec["ResourceType"]: {t["Key"]: t["Value"] for t in spec["Tags"]} for spec in data["TagSpecifications"]}
     assert set(tags) == {"instance", "volume"}
     for resource in tags.values():
@@ -166,11 +201,11 @@ def test_deploy_pins_a_new_version_waits_for_the_refresh_and_releases_in_ssm(wor
     assert not (world.project.state_dir / "envs" / "qa" / "refresh.json").exists()
 
 
-@pytest.mark.parametrize("final, reason, result, pinned", [
-    ("Failed", "Instance i-1 failed its ELB health check", "failed", "2"),
-    ("RollbackSuccessful", "Alarm webapp-qa-5xx went off", "rolled back", "1"),
+@pytest.mark.parametrize("final, reason, result", [
+    ("Failed", "Instance i-1 failed its ELB health check", "failed"),
+    ("RollbackSuccessful", "Alarm webapp-qa-5xx went off", "rolled back"),
 ])
-def test_a_refresh_that_fails_or_rolls_back_exits_1_and_leaves_ssm_alone(world, refresh, capsys, final, reason, result, pinned):
+def test_a_refresh_that_fails_or_rolls_back_exits_1_and_leaves_ssm_alone(world, refresh, group_updates, capsys, final, reason, result):
     releases.record_release(world.ssm, "webapp", "qa", world.amis[0], world.versions[0])
     described(refresh, "web-qa")
     started(refresh, world, "web-qa", "qa", "2", "rid-2")
@@ -183,7 +218,8 @@ def test_a_refresh_that_fails_or_rolls_back_exits_1_and_leaves_ssm_alone(world, 
     assert code == 1 and f"bake.py: error: deploy of webapp:{world.versions[1]} to qa {result}" in err and reason in err
     assert world.released("qa") == {"ami_id": world.amis[0], "version": world.versions[0]}
     assert releases.history(world.ssm, "webapp", "qa") == [world.versions[0]]
-    assert world.pinned("qa") == pinned  # a rollback leaves the group on the version pinned before
+    assert world.pinned("qa") == "1" and group_updates == []  # the group never left the version pinned before: nothing to re-pin
+    assert "the group stays on launch template version 1" in err or final != "Failed"
     assert world.catalog.releases("qa")[0]["status"] == result.replace(" ", "_")
 
 
@@ -225,7 +261,7 @@ class Interrupt(Progress):
             raise KeyboardInterrupt
 
 
-def test_rollback_while_the_refresh_runs_asks_aws_to_roll_it_back(world, refresh):
+def test_rollback_while_the_refresh_runs_asks_aws_to_roll_it_back(world, refresh, group_updates):
     described(refresh, "web-qa")
     started(refresh, world, "web-qa", "qa", "2", "rid-1")
     described(refresh, "web-qa", ("rid-1", "InProgress", {"PercentageComplete": 20}), ids=["rid-1"])
@@ -245,7 +281,7 @@ def test_rollback_while_the_refresh_runs_asks_aws_to_roll_it_back(world, refresh
     deploy_release = world.catalog.releases("qa")[0]
     assert result.ok and result.kind == "rollback" and result.to_version == world.versions[0] and result.release_id == deploy_release["id"]
     assert deploy_release["status"] == "rolled_back" and deploy_release["kind"] == "deploy"
-    assert world.pinned("qa") == "1" and world.released("qa") is None
+    assert world.pinned("qa") == "1" and world.released("qa") is None and group_updates == []
     assert not (world.project.state_dir / "envs" / "qa" / "refresh.json").exists()
 
 
@@ -343,3 +379,97 @@ def test_status_of_an_aws_environment_names_its_group_and_the_version_each_insta
     assert "qa: up - 2 of 2 instances in service, Auto Scaling group web-qa" in out.splitlines()[0]
     assert "None" not in out and "NOT running" not in out
     assert out.count(world.versions[0]) >= 2  # each instance's version, from its launch template version's AMI tags
+
+
+# ---- a fresh checkout (a CI container): the catalog knows nothing, the AMI tags and SSM history are the record
+
+
+def tag_ami(world, index: int, verified: str) -> None:
+    """Tag an AMI the way the builders do: bakery's, and the result of the builder's test run."""
+    facts = {"bakery:managed": "true", "bakery:verified": verified, "bakery:verification": f"12 tests, {verified}"}
+    world.ec2.create_tags(Resources=[world.amis[index]], Tags=[{"Key": k, "Value": v} for k, v in facts.items()])
+
+
+@pytest.fixture
+def fresh(world, tmp_path):
+    """A session whose catalog is empty, in a directory of its own (the project and AWS are the same)."""
+    catalog = open_catalog(tmp_path / "ci")
+    yield operations.Session(world.project, catalog, Progress(world.lines))
+    catalog.close()
+
+
+def test_promote_from_an_empty_catalog_adopts_the_version_and_its_verification_from_ami_tags(world, refresh, fresh):
+    world.ec2.create_launch_template_version(LaunchTemplateId=world.templates["qa"], SourceVersion="1",
+                                             LaunchTemplateData={"ImageId": world.amis[1]})
+    world.asg.update_auto_scaling_group(AutoScalingGroupName="web-qa", LaunchTemplate={"LaunchTemplateId": world.templates["qa"], "Version": "2"})
+    runs(world, "qa", "2")
+    tag_ami(world, 1, "passed")
+    described(refresh, "web-qa")
+    described(refresh, "web-prod")
+    started(refresh, world, "web-prod", "prod", "2", "rid-p", prefs={**QA_PREFERENCES, "AlarmSpecification": {"Alarms": ["webapp-prod-5xx"]}})
+    described(refresh, "web-prod", ("rid-p", "Successful", {}), ids=["rid-p"])
+    described(refresh, "web-prod")
+
+    result = operations.promote(fresh, world.env("prod"), "webapp", None)
+
+    assert result.ok and result.to_version == world.versions[1]
+    row = fresh.catalog.version("webapp", world.versions[1])
+    assert row["status"] == "ready" and row["image_ref"] == world.amis[1]
+    assert [(v["passed"], v["summary"]) for v in fresh.catalog.verifications("webapp", world.versions[1])] == [(True, "12 tests, passed")]
+    assert world.released("prod") == {"ami_id": world.amis[1], "version": world.versions[1]} and world.pinned("prod") == "2"
+
+
+def test_rollback_from_an_empty_catalog_returns_to_the_previous_release_in_ssm_with_its_config(world, refresh, fresh):
+    old, new = world.versions
+    # v0 was released by another checkout with launch template version 2 (its runtime config in UserData), v1 runs now (version 3).
+    world.ec2.create_launch_template_version(LaunchTemplateId=world.templates["qa"], SourceVersion="1", LaunchTemplateData={
+        "ImageId": world.amis[0], "UserData": base64.b64encode(b'LOG_LEVEL="debug"\nENVIRONMENT="qa"\n').decode(),
+        "TagSpecifications": [{"ResourceType": "instance", "Tags": [{"Key": "bakery:version", "Value": old},
+                                                                    {"Key": "bakery:config-digest", "Value": "sha256:old"}]}]})
+    world.ec2.create_launch_template_version(LaunchTemplateId=world.templates["qa"], SourceVersion="1", LaunchTemplateData={"ImageId": world.amis[1]})
+    world.asg.update_auto_scaling_group(AutoScalingGroupName="web-qa", LaunchTemplate={"LaunchTemplateId": world.templates["qa"], "Version": "3"})
+    runs(world, "qa", "3")
+    releases.record_release(world.ssm, "webapp", "qa", world.amis[0], old)
+    releases.record_release(world.ssm, "webapp", "qa", world.amis[1], new)
+    tag_ami(world, 0, "passed")
+    described(refresh, "web-qa")  # no refresh to roll back: a rollback release
+    described(refresh, "web-qa")
+    started(refresh, world, "web-qa", "qa", "4", "rid-r")
+    described(refresh, "web-qa", ("rid-r", "Successful", {}), ids=["rid-r"])
+    described(refresh, "web-qa")
+
+    result = operations.rollback(fresh, world.env("qa"))
+
+    assert result.ok and (result.kind, result.from_version, result.to_version) == ("rollback", new, old)
+    data = world.template_data("qa", "4")
+    assert data["ImageId"] == world.amis[0] and base64.b64decode(data["UserData"]).decode() == 'ENVIRONMENT="qa"\nLOG_LEVEL="debug"\n'
+    assert fresh.catalog.releases("qa")[0]["config_digest"] == "sha256:old"
+    assert world.released("qa") == {"ami_id": world.amis[0], "version": old} and world.pinned("qa") == "4"
+    assert fresh.catalog.version("webapp", old)["image_ref"] == world.amis[0]
+
+
+def test_deploy_from_an_empty_catalog_takes_the_newest_ami_and_its_failed_verification_closes_the_gate(world, fresh):
+    settings = deploy_yml("qa", "web-qa", "web-qa-lt")
+    settings["bakery_deploy"]["require_verified"] = True
+    world.write_env("qa", settings, {"LOG_LEVEL": "info"})
+    tag_ami(world, 0, "passed")
+    tag_ami(world, 1, "failed")
+
+    with pytest.raises(OperationError, match=rf"webapp:{world.versions[1]} failed its last verification \(12 tests, failed\)") as err:
+        operations.deploy(fresh, world.env("qa"), "webapp", None)
+
+    assert err.value.exit_code == 1 and fresh.catalog.releases("qa") == []
+    assert len(world.ec2.describe_launch_template_versions(LaunchTemplateId=world.templates["qa"])["LaunchTemplateVersions"]) == 1
+
+
+def test_a_log_group_in_deploy_yml_and_runtime_yml_must_agree(world):
+    settings = deploy_yml("qa", "web-qa", "web-qa-lt")
+    settings["bakery_deploy"]["aws"]["log_group"] = "/bakery/qa"
+    world.write_env("qa", settings, {"CLOUDWATCH_LOG_GROUP": "/org/qa-web"})
+
+    with pytest.raises(ConfigError) as err:
+        operations.deploy(world.session, world.env("qa"), "webapp", world.versions[1])
+
+    text = str(err.value)
+    assert "bakery_runtime.CLOUDWATCH_LOG_GROUP '/org/qa-web' disagrees with bakery_deploy.aws.log_group '/bakery/qa'" in text
+    assert "runtime.yml" in text and "deploy.yml" in text and world.catalog.releases("qa") == []
