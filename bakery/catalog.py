@@ -297,7 +297,9 @@ class SqliteCatalog(Catalog):
             args.append(status)
         if clauses:
             query += " WHERE " + " AND ".join(clauses)
-        query += " ORDER BY image, seq DESC"
+        # Newest first by the version itself (YYYYMMDD.N, numerically), not by when this catalog learnt of it: a version
+        # adopted from an AMI baked elsewhere may be older than the ones baked here.
+        query += " ORDER BY image, CAST(substr(version, 1, 8) AS INTEGER) DESC, CAST(substr(version, 10) AS INTEGER) DESC, seq DESC"
         return [dict(row) for row in self._db.execute(query, args)]
 
     def version(self, image, version):

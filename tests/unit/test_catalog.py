@@ -163,3 +163,13 @@ def test_reservation_skips_versions_taken_outside_this_catalog(tmp_path):
     elsewhere.add(first.replace(".001", ".002"))
     second = cat.reserve_version("web", "r", os.getpid(), taken=elsewhere.__contains__)
     assert first.endswith(".001") and second.endswith(".003")
+
+
+def test_an_older_version_adopted_later_does_not_become_the_newest(tmp_path):
+    cat = SqliteCatalog(tmp_path / "c.db")
+    baked = cat.reserve_version("web", "run1", os.getpid())
+    complete(cat, "web", baked)
+    for old in ("20200101.002", "20200101.010"):  # baked elsewhere long ago (an AMI), learnt of now
+        cat.adopt_version("web", old, run_id="run2", pid=os.getpid(), image_ref="ami-1", image_id="ami-1", input_digest="sha256:x",
+                          provenance={})
+    assert [r["version"] for r in cat.versions("web")] == [baked, "20200101.010", "20200101.002"]  # .010 after .002: numerically
