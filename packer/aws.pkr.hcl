@@ -53,6 +53,17 @@ variable "kms_key_id" {
   description = "Empty: the account's default EBS key (an AMI encrypted with it cannot be shared with other accounts)."
 }
 
+variable "root_device_name" {
+  type        = string
+  description = "The base AMI's root device (/dev/xvda, /dev/sda1, ...), looked up by bake.py: the encrypted volume must replace it, not add one."
+}
+
+variable "region_kms_key_ids" {
+  type        = map(string)
+  default     = {}
+  description = "Copied region -> its EBS key (aws.region_kms_key_ids); empty: copies keep the source's encryption. Set: every copied region has a key."
+}
+
 variable "ami_name" {
   type = string
 }
@@ -150,7 +161,7 @@ source "amazon-ebs" "image" {
   ssh_timeout               = "10m"
 
   launch_block_device_mappings {
-    device_name           = "/dev/xvda"
+    device_name           = var.root_device_name
     volume_size           = var.volume_size
     volume_type           = "gp3"
     throughput            = 125
@@ -159,8 +170,12 @@ source "amazon-ebs" "image" {
     kms_key_id            = var.kms_key_id
     delete_on_termination = true
   }
-  # No encrypt_boot: the launch volume is encrypted already, so the AMI's snapshot is. encrypt_boot would make
-  # Packer copy the AMI once more and deregister an untagged intermediate that the IAM policy may not delete.
+  # No encrypt_boot unless copies need their region's key: the launch volume is encrypted already, so the AMI's
+  # snapshot is. Packer 1.6.6 takes region_kms_key_ids only with encrypt_boot, which makes it copy the AMI once more
+  # in the home region (with kms_key_id) and deregister an untagged intermediate: the build role must be allowed that.
+  encrypt_boot       = length(var.region_kms_key_ids) > 0
+  kms_key_id         = length(var.region_kms_key_ids) > 0 ? var.kms_key_id : ""
+  region_kms_key_ids = var.region_kms_key_ids
 
   ami_name        = var.ami_name
   ami_description = var.ami_description

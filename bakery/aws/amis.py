@@ -21,6 +21,7 @@ log = logging.getLogger("bakery.aws.amis")
 
 NOT_YET_VISIBLE = {"InvalidAMIID.NotFound", "InvalidAMIID.Unavailable"}
 SNAPSHOT_BUSY = {"InvalidSnapshot.InUse"}
+DEFAULT_ROOT_DEVICE = "/dev/xvda"
 VISIBLE_TIMEOUT = 300.0  # seconds an AMI may take to become visible after registration
 BACKOFF_FIRST, BACKOFF_MAX = 1.0, 15.0
 
@@ -83,6 +84,22 @@ def wait_until_visible(ec2, ami_id: str, *, state: str | None = "available", tim
 def snapshot_ids(image: Mapping[str, Any]) -> list[str]:
     """The EBS snapshots behind an AMI (deregistering leaves them behind)."""
     return [m["Ebs"]["SnapshotId"] for m in image.get("BlockDeviceMappings", []) if m.get("Ebs", {}).get("SnapshotId")]
+
+
+def tag_with_snapshots(ec2, ami_id: str, wanted: Mapping[str, str]) -> list[str]:
+    """Put `wanted` on an AMI and every snapshot behind it (tags set at registration do not cover facts known later)."""
+    image = wait_until_visible(ec2, ami_id)
+    resources = [ami_id, *snapshot_ids(image)]
+    ec2.create_tags(Resources=resources, Tags=[{"Key": k, "Value": v} for k, v in wanted.items()])
+    return resources
+
+
+def root_device(ec2, ami_id: str) -> str:
+    """The base AMI's root device name (/dev/xvda, /dev/sda1, ...): the build's volume settings must name it, or EC2 adds a volume."""
+    images = ec2.describe_images(Filters=[{"Name": "image-id", "Values": [ami_id]}])["Images"]  # unknown: [] (ImageIds= raises)
+    if not images:
+        raise ConfigError(f"bakery.yml: base AMI {ami_id} is not visible in this region; check aws.base_ami / aws.base_ami_parameter")
+    return images[0].get("RootDeviceName") or DEFAULT_ROOT_DEVICE
 
 
 def deregister_with_snapshots(ec2, ami_id: str, *, sleep: Callable[[float], None] = time.sleep, attempts: int = 6) -> list[str]:

@@ -152,12 +152,17 @@ def require_bucket(bucket: str) -> str:
 
 
 def upload_bundle(s3, bucket: str, bundle: Bundle) -> bool:
-    """Put the bundle under its content-addressed key unless it is there already; True when uploaded."""
+    """Put the bundle under its content-addressed key unless it is there already; True when uploaded.
+
+    Without s3:ListBucket, S3 answers a missing key's HEAD with 403, not 404:
+    that counts as absent too. The key names the content, so putting an object
+    that was there after all changes nothing; a denied put still fails clearly.
+    """
     try:
         s3.head_object(Bucket=bucket, Key=bundle.key)
         return False
     except ClientError as exc:
-        if exc.response["Error"]["Code"] not in ("404", "NoSuchKey", "NotFound"):
+        if exc.response["Error"]["Code"] not in ("404", "NoSuchKey", "NotFound", "403"):
             raise
     s3.put_object(Bucket=bucket, Key=bundle.key, Body=bundle.data, ContentType="application/gzip",
                   Metadata={"sha256": bundle.sha256, "bakery-image": bundle.image})

@@ -170,15 +170,18 @@ def infrastructure_spec(image: str, settings, bucket: str) -> dict[str, Any]:
     return spec
 
 
-def distribution_spec(image: str, version: str, regions: list[str], accounts: list[str], ami_tags: dict[str, str]) -> dict[str, Any]:
-    """Where the AMI goes: every configured region, launch permission for the accounts, provenance tags. No launch template update."""
+def distribution_spec(image: str, version: str, keys: dict[str, str], accounts: list[str], ami_tags: dict[str, str]) -> dict[str, Any]:
+    """Where the AMI goes: every region of `keys` (region -> its EBS key, '' = the region's default key), each copy encrypted
+    with its region's key, launch permission for the accounts, provenance tags. No launch template update."""
     distributions = []
-    for region in regions:
+    for region, key in keys.items():
         ami: dict[str, Any] = {
             "name": f"bakery-{image}-{version}-{{{{ imagebuilder:buildDate }}}}",
             "description": f"bakery image {image} version {version}",
             "amiTags": dict(ami_tags),
         }
+        if key:
+            ami["kmsKeyId"] = key
         if accounts:
             ami["launchPermission"] = {"userIds": list(accounts)}
         distributions.append({"region": region, "amiDistributionConfiguration": ami})

@@ -13,7 +13,9 @@ the version's image_ref and image_id.
 Verification: the component's test phase runs the image's testinfra suite
 (tests/images/test_<image>.py) on an instance of the new AMI, and a build only
 becomes AVAILABLE when it passed; so when the image has a suite, its passing
-is recorded as a catalog verification of the version (what bakery.gate reads).
+is recorded as a catalog verification of the version (what bakery.gate reads),
+and tagged (bakery:verified, bakery:run) on every AMI and snapshot, so a checkout
+that adopts the version from AWS (bakery.aws.adopt) sees the same result.
 
 On any failure or interrupt the reserved version is discarded and a build
 still running is cancelled (cancel_image_creation): nothing half-registered.
@@ -31,16 +33,16 @@ from botocore.exceptions import BotoCoreError, ClientError
 from bakery import __version__
 from bakery.aws import imagebuilder_resources as resources
 from bakery.aws import tags as tag_names
-from bakery.aws.amis import find_amis, resolve_base_ami
+from bakery.aws.amis import find_amis, resolve_base_ami, root_device, tag_with_snapshots
 from bakery.aws.bundle import Bundle, build_bundle, image_suite, require_bucket, upload_bundle
 from bakery.aws.clients import check_credentials, client, resolve_region
 from bakery.aws.imagebuilder_wait import ImageBuildFailed, log_locations, wait_for_image
-from bakery.builders.ami import AmiBuilder
+from bakery.builders.ami import AmiBuilder, region_keys
 from bakery.builders.base import BuildOptions, BuildResult, LayerResult
-from bakery.config import PROJECT_FILE, ImageDefinition
-from bakery.errors import ConfigError, OperationError
+from bakery.config import ImageDefinition
+from bakery.errors import OperationError
 from bakery.layers import PlannedLayer, input_digest, plan_layers
-from bakery.provenance import Provenance, git_facts, utc_now
+from bakery.provenance import Provenance, git_facts, sanitize_tag_value, utc_now
 from bakery.runs import Run
 from bakery.signals import cancellable
 
@@ -49,7 +51,6 @@ log = logging.getLogger("bakery.build")
 POLL_FIRST, POLL_MAX = 15.0, 60.0  # seconds between get_image calls: the first, and the cap of the backoff
 BUILD_TIMEOUT = 4 * 3600.0
 TEST_TIMEOUT_MINUTES = 60
-DEFAULT_ROOT_DEVICE = "/dev/xvda"
 
 
 @dataclass
@@ -59,6 +60,7 @@ class _Plan:
     definition: ImageDefinition
     region: str
     base_ami: str
+    keys: dict[str, str]  # region -> its EBS key ('' = the region's default key), home region first
     root_device: str
     planned: list[PlannedLayer]
     digest: str
@@ -79,8 +81,9 @@ class ImageBuilderBuilder(AmiBuilder):
         settings = self.project.aws
         bucket = require_bucket(settings.artifacts_bucket)
         resources.infrastructure_spec(definition.name, settings, bucket)  # fails on a missing instance profile before any AWS call
-        check_credentials()
         region = resolve_region(settings.region or None)
+        keys = region_keys(settings, region)
+        check_credentials()
         base_ami = resolve_base_ami(client("ssm", region), settings.base_ami_parameter, settings.base_ami)
         extra_vars = {"bakery_image": definition.name, "bakery_target": self.target, **options.extra_vars}
         role_inputs, role_vars = self.artifact_inputs(definition)
@@ -97,18 +100,10 @@ class ImageBuilderBuilder(AmiBuilder):
             self.progress.note(f"{definition.name}: uploaded bundle {bundle.uri(bucket)} ({len(bundle.data) >> 10} KiB)")
         else:
             self.progress.note(f"{definition.name}: bundle {bundle.uri(bucket)} is there already")
-        plan = _Plan(definition, region, base_ami, _root_device(ec2, base_ami), planned, digest, bundle, bucket,
+        plan = _Plan(definition, region, base_ami, keys, root_device(ec2, base_ami), planned, digest, bundle, bucket,
                      {v["artifact"]: v["version"] for v in role_inputs.values()})
         with cancellable():
             return _ImageBuild(self, plan, run, ec2, started).go()
-
-
-def _root_device(ec2, ami: str) -> str:
-    """The base AMI's root device, which the recipe's encrypted volume must replace."""
-    images = ec2.describe_images(ImageIds=[ami])["Images"]
-    if not images:
-        raise ConfigError(f"{PROJECT_FILE}: base AMI {ami} is not visible in this region; check aws.base_ami / aws.base_ami_parameter")
-    return images[0].get("RootDeviceName") or DEFAULT_ROOT_DEVICE
 
 
 class _ImageBuild:
@@ -158,11 +153,10 @@ class _ImageBuild:
             self.ib, self.name, self.version, component_arn=component_arn,
             parameters=resources.component_parameters(self.version, provenance.git_commit, provenance.release_file()),
             parent_ami=self.plan.base_ami, root_device=self.plan.root_device, volume_size=settings.volume_size,
-            kms_key_id=settings.kms_key_id, token=self.token("recipe"))
+            kms_key_id=self.plan.keys[self.plan.region], token=self.token("recipe"))
         infrastructure = resources.infrastructure_spec(self.name, settings, self.plan.bucket)
         infrastructure_arn = resources.ensure_infrastructure(self.ib, self.name, infrastructure, self.token("infrastructure"))
-        regions = settings.all_regions(self.plan.region)
-        distribution = resources.distribution_spec(self.name, self.version, regions, settings.accounts, tag_names.provenance_tags(provenance))
+        distribution = resources.distribution_spec(self.name, self.version, self.plan.keys, settings.accounts, tag_names.provenance_tags(provenance))
         distribution_arn = resources.ensure_distribution(self.ib, self.name, distribution, self.token("distribution"))
         tests = image_suite(self.b.project, self.plan.definition) is not None
         self.build_arn = self.ib.create_image(
@@ -182,14 +176,21 @@ class _ImageBuild:
             raise OperationError(f"Image Builder build of {label} is AVAILABLE but names no AMI in {self.plan.region} "
                                  f"(it names: {', '.join(f'{r}={a}' for r, a in amis.items()) or 'none'}; logs: {log_locations(image)})")
         self.b.progress.note(f"{label}: AMIs " + ", ".join(f"{region} {ami}" for region, ami in amis.items()))
+        # AVAILABLE with tests enabled means the test phase passed: say so on every AMI and snapshot (bakery.aws.adopt reads it),
+        # with the run id, and the provenance on the snapshots too (Image Builder tags only the AMIs).
+        summary = f"EC2 Image Builder test phase passed (tests/images/test_{self.name}.py)"
+        made_tags = {**tag_names.provenance_tags(provenance), tag_names.RUN: sanitize_tag_value(self.run.id)}
+        if tests:
+            made_tags |= {tag_names.VERIFIED: "passed", tag_names.VERIFICATION: sanitize_tag_value(summary)}
+        for region, ami in amis.items():
+            tag_with_snapshots(client("ec2", region), ami, made_tags)
         self.b.catalog.complete_version(
             self.name, self.version, image_ref=home, image_id=home, input_digest=self.plan.digest, provenance=provenance.to_dict(),
             layers=[{"role": p.role, "role_digest": p.role_digest, "key": p.key, "cached": False} for p in self.plan.planned])
         if tests:
-            suite = f"tests/images/test_{self.name}.py"
             self.b.catalog.record_verification(
                 self.name, self.version, env=None, started=waited_from, seconds=round(time.monotonic() - waited, 1), passed=True,
-                run_id=self.run.id, summary=f"EC2 Image Builder test phase passed ({suite})",
+                run_id=self.run.id, summary=summary,
                 reports={"imagebuilder_image": image.get("arn", ""), "logs": log_locations(image), "amis": amis})
         return BuildResult(
             image=self.name, version=self.version, ref=home, image_id=home, input_digest=self.plan.digest, reused=False,

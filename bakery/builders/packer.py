@@ -5,8 +5,11 @@ the base AMI id), return the existing AMI tagged with that digest if there is on
 (Packer never starts), otherwise reserve a version, write Packer's inputs into
 the run directory, run `packer build` streaming its output as progress, read the
 AMI ids per region from the manifest, wait until EC2 shows each AMI with its
-tags, and only then mark the version ready. A failure or an interrupt discards
-the reservation and deregisters whatever the run registered.
+tags, tag every AMI and snapshot with the build instance's test result
+(bakery:verified, so any checkout can adopt it with its verification), and only
+then mark the version ready. A failure or an interrupt discards the reservation
+and deregisters what this run registered (its bakery:run tag or its AMI name),
+never another bake's AMI of the same version.
 """
 
 from __future__ import annotations
@@ -30,12 +33,12 @@ from xml.etree import ElementTree
 from bakery import __version__
 from bakery.ansible import ansible_env
 from bakery.aws import amis, clients, tags
-from bakery.builders.ami import AmiBuilder
+from bakery.builders.ami import AmiBuilder, region_keys
 from bakery.builders.base import BuildOptions, BuildResult, LayerResult
 from bakery.config import ImageDefinition
 from bakery.errors import ConfigError, OperationError
 from bakery.layers import PlannedLayer, input_digest, plan_layers
-from bakery.provenance import Provenance, git_facts, utc_now
+from bakery.provenance import Provenance, git_facts, sanitize_tag_value, utc_now
 from bakery.runs import Run
 from bakery.signals import Cancellation, cancellable
 
@@ -49,6 +52,8 @@ ADAPTER_SSH = {
     "ANSIBLE_SSH_ARGS": "-o HostKeyAlgorithms=+ssh-rsa -o PubkeyAcceptedKeyTypes=+ssh-rsa -o ControlMaster=auto -o ControlPersist=60s",
     "ANSIBLE_SSH_TRANSFER_METHOD": "piped",
 }
+# What Packer announces while it cleans up after a failure: never the step that failed.
+CLEANUP_STEPS = ("Deleting temporary", "No volumes to clean up", "Terminating the source", "Cleaning up", "Deregistering the AMI")
 RUNTIME_FOR_CHECKS = 'ENVIRONMENT="verify"\n'  # the neutral runtime config `bake.py verify` uses without --env
 
 
@@ -66,11 +71,28 @@ class PackerFailure:
 
 
 @dataclass
+class BuildVerification:
+    """The build instance's test run: recorded in the catalog and tagged on every AMI and snapshot."""
+
+    passed: bool
+    counts: str
+    summary: str
+    junit: Path
+    seconds: float
+
+    @property
+    def tags(self) -> dict[str, str]:
+        return {tags.VERIFIED: "passed" if self.passed else "failed",
+                tags.VERIFICATION: sanitize_tag_value(f"packer build: testinfra on the build instance: {self.counts}")}
+
+
+@dataclass
 class BakePlan:
     """What a bake starts from: the home region, the base AMI, the layer keys and the variables the playbook gets."""
 
     region: str
     base_ami: str
+    keys: dict[str, str]  # region -> its EBS key ('' = the region's default key), home region first
     planned: list[PlannedLayer]
     digest: str
     extra_vars: dict[str, Any]
@@ -159,7 +181,7 @@ def read_output_line(line: str, failure: PackerFailure) -> str | None:
         failure.detail = "testinfra " + " ".join(text.split())[:500]
     elif message.startswith("==> ") and not failure.error:
         announced = message.removeprefix("==> ").split(": ", 1)[-1].strip()
-        if not announced.startswith(("Provisioning step had errors", "Some builds didn't", "Wait completed", "Builds finished")):
+        if not announced.startswith(("Provisioning step had errors", "Some builds didn't", "Wait completed", "Builds finished", *CLEANUP_STEPS)):
             failure.step = announced
     return message
 
@@ -183,18 +205,16 @@ class PackerBuilder(AmiBuilder):
     def plan(self, definition: ImageDefinition, options: BuildOptions) -> BakePlan:
         """Settings checked, base AMI resolved, every layer key and the input digest computed; nothing changed yet."""
         settings = self.project.aws
-        if settings.accounts and not settings.kms_key_id:
-            raise ConfigError("bakery.yml: aws.accounts needs aws.kms_key_id: an AMI encrypted with the default EBS key cannot be shared; "
-                              "set a customer-managed KMS key the accounts may use")
-        clients.check_credentials()
         region = clients.resolve_region(settings.region or None)
+        keys = region_keys(settings, region, all_or_none=True)
+        clients.check_credentials()
         base_ami = amis.resolve_base_ami(clients.client("ssm", region), settings.base_ami_parameter, settings.base_ami)
         extra_vars = {"bakery_image": definition.name, "bakery_target": self.target, **options.extra_vars}
         role_inputs, role_vars = self.artifact_inputs(definition)
         planned = plan_layers(definition, base_ami, extra_vars, role_inputs)
         digest = input_digest(planned, base_ami)
         log.info("image %s: base AMI %s in %s, input digest %s", definition.name, base_ami, region, digest)
-        return BakePlan(region=region, base_ami=base_ami, planned=planned, digest=digest, extra_vars={**extra_vars, **_merged(role_vars)},
+        return BakePlan(region=region, base_ami=base_ami, keys=keys, planned=planned, digest=digest, extra_vars={**extra_vars, **_merged(role_vars)},
                         artifacts={v["artifact"]: v["version"] for v in role_inputs.values()})
 
     def check_tools(self, template: Path) -> str:
@@ -252,6 +272,7 @@ class PackerBake:
         self.regions = self.settings.all_regions(plan.region)
         self.version: str | None = None
         self.ami_name = ""
+        self.root_device = ""  # the base AMI's, looked up with the template's variables
         self.keep_on_failure = False  # Packer's -on-error=abort: the build instance stays up for inspection
         self.manifest = run.path / "packer-manifest.json"
         self.log_path = run.path / "packer.log"
@@ -280,17 +301,23 @@ class PackerBake:
         built = parse_manifest(self.manifest)
         if self.region not in built:
             raise OperationError(f"packer manifest {self.manifest} has no AMI in the home region {self.region}: {built}")
-        expected = tags.provenance_tags(provenance)
+        expected = self.ami_tags(provenance)
         for region, ami in built.items():
             self.cancel.check()
             self._check_registered(clients.client("ec2", region), region, ami, expected)
+        verification = self._verification(time.monotonic() - t)
+        if verification:  # on the AMIs first: a checkout or CI job that adopts the version sees the result (bakery.aws.adopt)
+            for region, ami in built.items():
+                self.cancel.check()
+                amis.tag_with_snapshots(clients.client("ec2", region), ami, verification.tags)
         self.cancel.check()
         home = built[self.region]
         record = {**provenance.to_dict(), "amis": built}
         self.b.catalog.complete_version(
             name, self.version, image_ref=home, image_id=home, input_digest=self.plan.digest, provenance=record,
             layers=[{"role": p.role, "role_digest": p.role_digest, "key": p.key, "cached": False} for p in self.plan.planned])
-        self._record_verification(time.monotonic() - t)
+        if verification:
+            self._record_verification(verification)
         self.b.progress.note(f"{name}:{self.version}: " + ", ".join(f"{ami} in {region}" for region, ami in built.items()))
         return BuildResult(image=name, version=self.version, ref=home, image_id=home, input_digest=self.plan.digest, reused=False,
                            run_id=self.run.id, seconds=round(time.monotonic() - self.started, 3),
@@ -325,6 +352,10 @@ class PackerBake:
                     named.add(name)
         return sorted(named | {"bakery_build", self.definition.name.replace("-", "_")})
 
+    def ami_tags(self, provenance: Provenance) -> dict[str, str]:
+        """The AMIs' and snapshots' tags: the provenance, and this run's id (a failed bake removes only its own AMIs)."""
+        return {**tags.provenance_tags(provenance), tags.RUN: sanitize_tag_value(self.run.id)}
+
     def variables(self, provenance: Provenance) -> dict[str, Any]:
         """Every variable of packer/aws.pkr.hcl; the tests validate the template with exactly these."""
         s = self.settings
@@ -332,16 +363,18 @@ class PackerBake:
         suffix = self.run.id.rsplit("-", 1)[-1]
         self.ami_name = f"{self.definition.name}-{provenance.version}-{suffix}"
         env = ansible_env(self.b.project.root)
+        self.root_device = self.root_device or amis.root_device(clients.client("ec2", self.region), self.plan.base_ami)
         return {
             "region": self.region, "source_ami": self.plan.base_ami, "instance_type": s.instance_type, "ssh_username": s.ssh_username,
             "subnet_id": s.subnet_id, "security_group_ids": s.security_group_ids, "iam_instance_profile": s.instance_profile,
-            "volume_size": s.volume_size, "kms_key_id": s.kms_key_id,
+            "volume_size": s.volume_size, "kms_key_id": self.plan.keys[self.region], "root_device_name": self.root_device,
+            "region_kms_key_ids": {r: k for r, k in self.plan.keys.items() if r != self.region and k},
             "ami_name": self.ami_name,
             "ami_description": f"{self.definition.name} {provenance.version} from {provenance.git_commit[:12]} (bakery)",
             "ami_regions": [r for r in self.regions if r != self.region], "ami_users": s.accounts, "snapshot_users": s.accounts,
-            "tags": tags.provenance_tags(provenance),
+            "tags": self.ami_tags(provenance),
             "run_tags": {"Name": f"bakery-build-{self.definition.name}-{suffix}", tags.MANAGED: "true", tags.IMAGE: self.definition.name,
-                         tags.VERSION: provenance.version, "bakery:run": self.run.id},
+                         tags.VERSION: provenance.version, tags.RUN: self.run.id},
             "playbook_file": str(self.definition.playbook),
             "ansible_command": str(Path(sys.executable).parent / "ansible-playbook"),
             "ansible_extra_vars_file": str(run_dir / "ansible-extra-vars.json"),
@@ -425,32 +458,41 @@ class PackerBake:
         # Packer 1.6.6 cannot launch its build instance with IMDSv2 required; every instance of the AMI will require it.
         ec2.modify_image_attribute(ImageId=ami, ImdsSupport={"Value": "v2.0"})
 
-    def _record_verification(self, seconds: float) -> None:
-        """Record the testinfra report of the build instance (packer/testinfra.sh) as this version's verification."""
+    def _verification(self, seconds: float) -> BuildVerification | None:
+        """The testinfra report of the build instance (packer/testinfra.sh), or None (with a note) when nothing was tested."""
         junit = self.run.path / "testinfra-build.xml"
         files = [str(f.relative_to(self.b.project.root)) for f in self.test_files()]
         if not files or not junit.is_file():
             why = "the image has no testinfra suite and no role tests" if not files else f"the template wrote no report at {junit}"
             self.b.progress.note(f"{self.definition.name}:{self.version}: not verified ({why}); deploys to environments that "
                                  "require verification need --force")
-            return
+            return None
         passed, counts = read_junit(junit)
         summary = (f"testinfra on the build instance, before the AMI was made: {counts} ({', '.join(files)}); "
                    "the offline boot and the secret scan of bake.py verify do not run on aws")
-        self.b.catalog.record_verification(self.definition.name, self.version or "", env=None, started=utc_now(), seconds=round(seconds, 1),
-                                           passed=passed, run_id=self.run.id, summary=summary,
-                                           reports={"junit": str(junit), "packer_log": str(self.log_path)})
-        self.b.progress.note(f"{self.definition.name}:{self.version}: verification {'passed' if passed else 'FAILED'}: {counts} "
-                             f"(report {junit})")
+        return BuildVerification(passed=passed, counts=counts, summary=summary, junit=junit, seconds=round(seconds, 1))
+
+    def _record_verification(self, verification: BuildVerification) -> None:
+        """The report as this version's catalog verification (what bakery.gate reads)."""
+        self.b.catalog.record_verification(self.definition.name, self.version or "", env=None, started=utc_now(),
+                                           seconds=verification.seconds, passed=verification.passed, run_id=self.run.id,
+                                           summary=verification.summary,
+                                           reports={"junit": str(verification.junit), "packer_log": str(self.log_path)})
+        self.b.progress.note(f"{self.definition.name}:{self.version}: verification {'passed' if verification.passed else 'FAILED'}: "
+                             f"{verification.counts} (report {verification.junit})")
 
     def _undo(self) -> None:
-        """Nothing half-made stays: deregister every AMI of this version (by tags and by name) and forget the reservation."""
+        """Nothing half-made stays: deregister every AMI this run registered (by its run tag and by name), forget the reservation.
+
+        Never by image and version alone: another checkout's catalog may have
+        reserved the same version, and its AMIs are not this run's to remove.
+        """
         if not self.version:
             return
         try:
             for region in self.regions:
                 ec2 = clients.client("ec2", region)
-                found = {i["ImageId"] for i in amis.find_amis(ec2, {tags.IMAGE: self.definition.name, tags.VERSION: self.version})}
+                found = {i["ImageId"] for i in amis.find_amis(ec2, {tags.RUN: sanitize_tag_value(self.run.id)})}
                 if self.ami_name:
                     found |= {i["ImageId"] for i in ec2.describe_images(
                         Owners=["self"], Filters=[{"Name": "name", "Values": [self.ami_name]}])["Images"]}

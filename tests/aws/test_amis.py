@@ -78,3 +78,14 @@ def test_base_ami_comes_from_the_ssm_parameter_unless_fixed(aws):
     assert amis.resolve_base_ami(ssm, "/test/debian/12/amd64", fixed="ami-0fff1234def567890") == "ami-0fff1234def567890"
     with pytest.raises(ConfigError, match="aws.base_ami_parameter '/test/missing' does not exist"):
         amis.resolve_base_ami(ssm, "/test/missing")
+
+
+def test_root_device_is_the_base_amis_and_an_unknown_base_is_one_line(aws):
+    ec2 = clients.client("ec2")
+    volume = ec2.create_volume(Size=8, AvailabilityZone="us-east-1a")
+    snapshot = ec2.create_snapshot(VolumeId=volume["VolumeId"])["SnapshotId"]
+    ami = ec2.register_image(Name="debian-sda1", RootDeviceName="/dev/sda1", VirtualizationType="hvm",
+                             BlockDeviceMappings=[{"DeviceName": "/dev/sda1", "Ebs": {"SnapshotId": snapshot}}])["ImageId"]
+    assert amis.root_device(ec2, ami) == "/dev/sda1"
+    with pytest.raises(ConfigError, match="base AMI ami-0123456789abcdef0 is not visible in this region"):
+        amis.root_device(ec2, "ami-0123456789abcdef0")

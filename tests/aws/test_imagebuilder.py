@@ -21,7 +21,7 @@ from botocore.stub import ANY, Stubber
 
 from bakery.aws import clients
 from bakery.aws import tags as tag_names
-from bakery.aws.bundle import BUNDLE_ROOT, build_bundle, upload_bundle
+from bakery.aws.bundle import BUNDLE_ROOT, Bundle, build_bundle, upload_bundle
 from bakery.aws.imagebuilder_resources import ANSIBLE_CORE_VERSION, PYTEST_VERSION, TESTINFRA_VERSION, component_document, document_digest
 from bakery.builders.base import BuildOptions
 from bakery.builders.imagebuilder import ImageBuilderBuilder
@@ -42,7 +42,9 @@ ARN = f"arn:aws:imagebuilder:us-east-1:{ACCOUNT}"
 AWS_SETTINGS = {
     "region": "us-east-1", "regions": ["eu-west-1"], "accounts": ["111122223333"], "base_ami_parameter": PARAMETER,
     "artifacts_bucket": BUCKET, "instance_profile": "bakery-build", "subnet_id": "subnet-0abc", "security_group_ids": ["sg-0abc"],
+    "kms_key_id": "alias/bakery-us", "region_kms_key_ids": {"eu-west-1": "alias/bakery-eu"},
 }
+KEYS = {"us-east-1": "alias/bakery-us", "eu-west-1": "alias/bakery-eu"}  # each copy is encrypted with its own region's key
 EXTRA = {"bakery_image": "sample", "bakery_target": "aws"}
 
 
@@ -140,7 +142,7 @@ def stub_resources(stub, ami: str, *, existing: bool, document: Captured, parame
         "name": name, "semanticVersion": recipe_version, "description": ANY, "parentImage": ami,
         "components": [{"componentArn": listed[0]["arn"] if existing else component_arn, "parameters": parameters}],
         "blockDeviceMappings": [{"deviceName": root_device(ami), "ebs": {"encrypted": True, "deleteOnTermination": True, "volumeSize": 8,
-                                                            "volumeType": "gp3"}}],
+                                                            "volumeType": "gp3", "kmsKeyId": KEYS["us-east-1"]}}],
         "additionalInstanceConfiguration": {"systemsManagerAgent": {"uninstallAfterBuild": True}},
         "tags": {"bakery:managed": "true", "bakery:image": "sample"}, "clientToken": ANY})
     infrastructure = {
@@ -152,7 +154,7 @@ def stub_resources(stub, ami: str, *, existing: bool, document: Captured, parame
     infra_arn = f"{ARN}:infrastructure-configuration/bakery-sample"
     distribution = {"description": ANY, "distributions": [
         {"region": region, "amiDistributionConfiguration": {
-            "name": ANY, "description": ANY, "amiTags": ami_tags, "launchPermission": {"userIds": ["111122223333"]}}}
+            "name": ANY, "description": ANY, "amiTags": ami_tags, "kmsKeyId": KEYS[region], "launchPermission": {"userIds": ["111122223333"]}}}
         for region in ("us-east-1", "eu-west-1")], "clientToken": ANY}
     dist_arn = f"{ARN}:distribution-configuration/bakery-sample"
     for kind, spec, arn in (("infrastructure", infrastructure, infra_arn), ("distribution", distribution, dist_arn)):
@@ -167,6 +169,15 @@ def stub_resources(stub, ami: str, *, existing: bool, document: Captured, parame
         "imageRecipeArn": f"{ARN}:image-recipe/bakery-sample/{recipe_version}", "infrastructureConfigurationArn": infra_arn,
         "distributionConfigurationArn": dist_arn, "imageTestsConfiguration": {"imageTestsEnabled": True, "timeoutMinutes": 60},
         "enhancedImageMetadataEnabled": True, "tags": ANY, "clientToken": ANY})
+
+
+def made_ami(region: str) -> str:
+    """An AMI with a snapshot in `region`, as Image Builder leaves one (its own tags only on the AMI)."""
+    ec2 = clients.client("ec2", region)
+    volume = ec2.create_volume(Size=8, AvailabilityZone=f"{region}a")
+    snapshot = ec2.create_snapshot(VolumeId=volume["VolumeId"])["SnapshotId"]
+    return ec2.register_image(Name=f"bakery-sample-{region}", RootDeviceName="/dev/xvda", VirtualizationType="hvm",
+                              BlockDeviceMappings=[{"DeviceName": "/dev/xvda", "Ebs": {"SnapshotId": snapshot}}])["ImageId"]
 
 
 def root_device(ami: str) -> str:
@@ -185,14 +196,26 @@ def test_build_creates_every_resource_polls_to_available_and_records_the_version
     arn = {"imageBuildVersionArn": f"{ARN}:image/bakery-sample/2026.1.0/1"}
     for status in ("PENDING", "CREATING", "BUILDING", "BUILDING", "TESTING", "DISTRIBUTING", "INTEGRATING"):
         ib.add_response("get_image", image(status), arn)
+    made = {region: made_ami(region) for region in ("us-east-1", "eu-west-1")}  # what Image Builder registered, in moto
     ib.add_response("get_image", image("AVAILABLE", outputResources={"amis": [
-        {"region": "us-east-1", "image": "ami-0aaaaaaaaaaaaaaa1"}, {"region": "eu-west-1", "image": "ami-0bbbbbbbbbbbbbbb2"}]}), arn)
+        {"region": region, "image": ami} for region, ami in made.items()]}), arn)
 
-    result = builder.build(project.image("sample"), BuildOptions(), Run.start(project.state_dir, "build"))
+    run = Run.start(project.state_dir, "build")
+    result = builder.build(project.image("sample"), BuildOptions(), run)
 
-    assert (result.ref, result.image_id, result.reused) == ("ami-0aaaaaaaaaaaaaaa1", "ami-0aaaaaaaaaaaaaaa1", False)
+    home = made["us-east-1"]
+    assert (result.ref, result.image_id, result.reused) == (home, home, False)
     record = catalog.version("sample", result.version)
-    assert record["status"] == "ready" and record["image_ref"] == "ami-0aaaaaaaaaaaaaaa1"
+    assert record["status"] == "ready" and record["image_ref"] == home
+    for region, ami in made.items():  # the test phase's pass and the run id, on every AMI and snapshot (a fresh checkout adopts them)
+        ec2 = clients.client("ec2", region)
+        image_data = ec2.describe_images(ImageIds=[ami])["Images"][0]
+        snapshots = [m["Ebs"]["SnapshotId"] for m in image_data["BlockDeviceMappings"]]
+        assert snapshots
+        for resource in [image_data, *ec2.describe_snapshots(SnapshotIds=snapshots)["Snapshots"]]:
+            found = tag_names.from_tag_list(resource["Tags"])
+            assert (found[tag_names.VERIFIED], found[tag_names.RUN], found[tag_names.VERSION]) == ("passed", run.id, result.version)
+            assert found[tag_names.VERIFICATION] == "EC2 Image Builder test phase passed tests/images/test_sample.py"
     assert record["provenance"]["base_image"] == base_ami
     assert [layer["role"] for layer in record["layers"]] == ["first", "second"]
     [verification] = catalog.verifications("sample", result.version)
@@ -290,6 +313,27 @@ def test_bundle_is_deterministic_holds_what_the_bake_reads_and_uploads_once(ibpr
     assert upload_bundle(s3, BUCKET, first) is True
     assert upload_bundle(s3, BUCKET, again) is False
     assert [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"]] == [f"bundles/sample/{first.sha256}.tar.gz"]
+
+
+def test_upload_counts_a_forbidden_head_as_absent(aws):
+    """Without s3:ListBucket S3 answers HEAD of a missing key with 403: the bundle is put all the same (its key names its content)."""
+    from botocore.awsrequest import AWSResponse
+    from urllib3 import HTTPResponse
+
+    s3 = clients.client("s3")
+    s3.create_bucket(Bucket=BUCKET)
+    heads: list[str] = []
+
+    def forbidden(request, **_):  # what S3 sends a caller without s3:ListBucket: 403, no body (a HEAD has none)
+        heads.append(request.url)
+        return AWSResponse(request.url, 403, {}, HTTPResponse(body=io.BytesIO(b""), status=403, preload_content=False))
+
+    s3.meta.events.register("before-send.s3.HeadObject", forbidden)
+    data = b"bundle"
+    bundle = Bundle(image="sample", data=data, sha256=hashlib.sha256(data).hexdigest(), files=[])
+    assert upload_bundle(s3, BUCKET, bundle) is True
+    assert upload_bundle(s3, BUCKET, bundle) is True  # there already, still forbidden to see: the same bytes again, harmlessly
+    assert len(heads) == 2 and s3.get_object(Bucket=BUCKET, Key=bundle.key)["Body"].read() == data
 
 
 def test_component_template_is_valid_yaml_with_pinned_tools_that_match_requirements():

@@ -39,6 +39,7 @@ pytestmark = pytest.mark.aws
 BASE_PARAMETER = "/test/debian/12/amd64"
 MOTO_EBS_AMI = "ami-03cf127a"  # in moto 5.2.5's bundled public AMIs (requirements.txt pins moto)
 KMS_KEY = "arn:aws:kms:us-east-1:123456789012:key/11111111-2222-3333-4444-555555555555"
+EU_KMS_KEY = "arn:aws:kms:eu-west-1:123456789012:key/66666666-7777-8888-9999-000000000000"
 
 
 @pytest.fixture
@@ -112,7 +113,8 @@ def test_template_validates_with_exactly_the_variables_the_builder_passes(aws_pr
     playbook = aws_project / "playbooks/sample.yml"
     playbook.write_text(playbook.read_text().replace("hosts: all", "hosts: webservers:&bookworm"))  # a bake ignores hosts:
     if shared:
-        settings["aws"].update(accounts=["210987654321"], kms_key_id=KMS_KEY, subnet_id="subnet-0abc", security_group_ids=["sg-0abc"])
+        settings["aws"].update(accounts=["210987654321"], kms_key_id=KMS_KEY, region_kms_key_ids={"eu-west-1": EU_KMS_KEY},
+                               subnet_id="subnet-0abc", security_group_ids=["sg-0abc"])
     else:
         settings["aws"]["regions"] = []
     (aws_project / "bakery.yml").write_text(yaml.safe_dump(settings))
@@ -125,6 +127,10 @@ def test_template_validates_with_exactly_the_variables_the_builder_passes(aws_pr
     accounts = ["210987654321"] if shared else []
     assert passed["ami_regions"] == (["eu-west-1"] if shared else []) and passed["ami_users"] == passed["snapshot_users"] == accounts
     assert passed["source_ami"] == bake_.plan.base_ami and passed["tags"][tags.INPUT_DIGEST] == bake_.plan.digest
+    base = clients.client("ec2").describe_images(ImageIds=[bake_.plan.base_ami])["Images"][0]
+    assert passed["root_device_name"] == base["RootDeviceName"]  # the base AMI's own root device, replaced not added to
+    assert passed["region_kms_key_ids"] == ({"eu-west-1": EU_KMS_KEY} if shared else {})  # copies re-encrypted with their region's key
+    assert passed["kms_key_id"] == (KMS_KEY if shared else "")
     assert json.loads(Path(passed["ansible_extra_vars_file"]).read_text())["bakery_target"] == "aws"
     assert passed["ansible_groups"] == ["bakery_build", "bookworm", "sample", "webservers"]
     proc = subprocess.run(["packer", "validate", f"-var-file={var_file}", str(REPO / "packer/aws.pkr.hcl")],
@@ -132,12 +138,19 @@ def test_template_validates_with_exactly_the_variables_the_builder_passes(aws_pr
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_sharing_with_accounts_needs_a_customer_managed_key(project):
+@pytest.mark.parametrize(("aws_settings", "refusal"), [
+    ({"accounts": ["210987654321"]}, "aws.accounts needs aws.kms_key_id"),
+    ({"accounts": ["210987654321"], "kms_key_id": KMS_KEY, "regions": ["eu-west-1", "us-west-2"],
+      "region_kms_key_ids": {"eu-west-1": EU_KMS_KEY}}, "aws.accounts needs a key for every region: .* has none for us-west-2"),
+    ({"regions": ["eu-west-1", "us-west-2"], "region_kms_key_ids": {"us-west-2": EU_KMS_KEY}},
+     "aws.region_kms_key_ids has no key for eu-west-1: Packer needs a key for every copied region"),
+], ids=["shared-without-a-key", "shared-without-a-copied-regions-key", "some-copied-regions-without-a-key"])
+def test_keys_that_cannot_work_are_refused_naming_what_is_missing(project, aws_settings, refusal):
     settings = yaml.safe_load((project / "bakery.yml").read_text())
-    settings["aws"] = {"region": "us-east-1", "accounts": ["210987654321"]}
+    settings["aws"] = {"region": "us-east-1", **aws_settings}
     (project / "bakery.yml").write_text(yaml.safe_dump(settings))
     builder = builder_for(project)  # refused before any AWS call
-    with pytest.raises(ConfigError, match="aws.accounts needs aws.kms_key_id"):
+    with pytest.raises(ConfigError, match=refusal):
         builder.plan(builder.project.image("sample"), BuildOptions())
 
 
@@ -152,7 +165,7 @@ def test_tags_carry_every_provenance_fact_sanitised(aws_project):
     assert all(len(v) <= 256 and re.fullmatch(r"[\w .:/=+\-@]*", v) for v in ami_tags.values())
     assert {tags.IMAGE, tags.INPUT_DIGEST, tags.GIT_COMMIT, tags.GIT_BRANCH, tags.GIT_DIRTY, tags.BUILD_TIME, tags.BASE_IMAGE,
             tags.BAKERY_VERSION, tags.ROLES} <= set(ami_tags)
-    assert variables["run_tags"]["bakery:run"] == bake_.run.id
+    assert variables["run_tags"][tags.RUN] == ami_tags[tags.RUN] == bake_.run.id  # what a failed bake's undo looks for
 
 
 # -- the manifest ---------------------------------------------------------------------------------
@@ -234,6 +247,9 @@ def test_unchanged_inputs_reuse_the_ami_without_packer(aws_project, tmp_path, mo
 
 def test_packer_build_registers_tagged_amis_that_bake_py_records(aws_project, aws, packer_offline, monkeypatch):
     for_moto(aws_project / "packer/aws.pkr.hcl", aws)
+    settings = yaml.safe_load((aws_project / "bakery.yml").read_text())
+    settings["aws"].update(kms_key_id=KMS_KEY, region_kms_key_ids={"eu-west-1": EU_KMS_KEY})  # each copy gets its region's key
+    (aws_project / "bakery.yml").write_text(yaml.safe_dump(settings))
     # The first look-up of one AMI in the home region answers InvalidAMIID.NotFound, as EC2 may just after registration.
     lagging = FailFirst("DescribeImages", "InvalidAMIID.NotFound", times=1, match="ImageId.1=")
     imds_requests: list[str] = []  # moto accepts ImdsSupport but does not keep it: record what bake.py sent
@@ -248,8 +264,16 @@ def test_packer_build_registers_tagged_amis_that_bake_py_records(aws_project, aw
         return made
 
     monkeypatch.setattr(clients, "client", client_with_lagging_home_region)
+    suite = aws_project / "tests/images/test_sample.py"
+    suite.parent.mkdir(parents=True)
+    suite.write_text("def test_nginx(host):\n    assert host.service('nginx').is_running\n")
     builder = builder_for(aws_project)
-    result = builder.build(builder.project.image("sample"), BuildOptions(), Run.start(builder.project.state_dir, "build"))
+    run = Run.start(builder.project.state_dir, "build")
+    # What packer/testinfra.sh writes (its provisioner is cut here: no instance): one test failed on the build instance.
+    (run.path / "testinfra-build.xml").write_text(
+        '<testsuites><testsuite name="pytest" tests="2" failures="1" errors="0" skipped="0">'
+        '<testcase name="test_nginx"><failure message="not running"/></testcase><testcase name="test_ssh"/></testsuite></testsuites>')
+    result = builder.build(builder.project.image("sample"), BuildOptions(), run)
 
     assert result.reused is False and result.ref.startswith("ami-")
     amis_by_region = result.provenance["amis"]
@@ -262,14 +286,19 @@ def test_packer_build_registers_tagged_amis_that_bake_py_records(aws_project, aw
         image = ec2.describe_images(ImageIds=[ami])["Images"][0]
         found = tags.from_tag_list(image["Tags"])
         assert found[tags.VERSION] == result.version and found[tags.INPUT_DIGEST] == result.input_digest
-        assert found[tags.GIT_COMMIT] == result.provenance["git_commit"]
+        assert found[tags.GIT_COMMIT] == result.provenance["git_commit"] and found[tags.RUN] == run.id
+        assert found[tags.VERIFIED] == "failed" and found[tags.VERIFICATION].endswith("1 passed 1 failed 0 skipped: test_nginx")
         for snapshot in amis.snapshot_ids(image):
             snap_tags = tags.from_tag_list(ec2.describe_snapshots(SnapshotIds=[snapshot])["Snapshots"][0]["Tags"])
-            assert snap_tags[tags.VERSION] == result.version
+            assert (snap_tags[tags.VERSION], snap_tags[tags.RUN], snap_tags[tags.VERIFIED]) == (result.version, run.id, "failed")
+    # Per-region keys take Packer's encrypting copy (moto keeps no KMS key to check): it copied, then removed its intermediate AMI.
+    assert "Copying/Encrypting AMI" in (run.path / "packer.log").read_text()
+    assert [i["ImageId"] for i in all_amis("us-east-1")] == [result.ref]
     catalog = open_catalog(aws_project / ".bakery")
     row = catalog.version("sample", result.version)
     assert row["status"] == "ready" and row["image_ref"] == result.ref and row["provenance"]["amis"] == amis_by_region
-    assert catalog.verifications("sample", result.version) == []  # its provisioners were cut: nothing ran, nothing is claimed
+    [verification] = catalog.verifications("sample", result.version)
+    assert not verification["passed"] and "1 passed, 1 failed" in verification["summary"]
 
     again = builder.build(builder.project.image("sample"), BuildOptions(), Run.start(builder.project.state_dir, "build"))
     assert again.reused and again.ref == result.ref and again.version == result.version
@@ -301,15 +330,30 @@ def test_failed_bake_leaves_no_ami_no_snapshot_and_no_version(aws_project, aws, 
     assert builder.catalog.versions("sample", status=None) == []
 
 
+def test_undo_removes_only_what_this_run_registered(aws_project):
+    """Two catalogs can reserve the same version: a failed bake must not deregister the other bake's AMI."""
+    bake_ = bake_for(aws_project, "20261129.004")
+    bake_.variables(bake_.provenance())  # names this run's AMI, as before Packer starts
+    ec2 = clients.client("ec2")
+    same_version = {tags.MANAGED: "true", tags.IMAGE: "sample", tags.VERSION: "20261129.004"}
+    mine_tagged = register_ami(ec2, "sample-20261129.004-copy", {**same_version, tags.RUN: bake_.run.id})
+    mine_named = register_ami(ec2, bake_.ami_name, {})  # registered, not yet tagged
+    theirs = register_ami(ec2, "sample-20261129.004-b0b0b0", {**same_version, tags.RUN: "20261129T000000Z-build-b0b0b0"})
+    bake_._undo()
+    assert [i["ImageId"] for i in all_amis("us-east-1")] == [theirs]
+    assert amis.describe_ami(ec2, mine_tagged) is None and amis.describe_ami(ec2, mine_named) is None
+
+
 def test_packer_failure_names_the_failing_step(aws_project, aws, packer_offline):
     for_moto(aws_project / "packer/aws.pkr.hcl", aws)
-    clients.client("ssm").put_parameter(Name=BASE_PARAMETER, Value="ami-0123456789abcdef0", Type="String", Overwrite=True)
+    not_ebs = register_ami(clients.client("ec2"), "debian-12-not-ebs", {})  # moto registers it with a 'standard' root: Packer refuses it
+    clients.client("ssm").put_parameter(Name=BASE_PARAMETER, Value=not_ebs, Type="String", Overwrite=True)
     builder = builder_for(aws_project)
     with pytest.raises(OperationError) as caught:
         builder.build(builder.project.image("sample"), BuildOptions(), Run.start(builder.project.state_dir, "build"))
     message = str(caught.value)
-    assert message.startswith("packer build of sample failed at 'Prevalidating AMI Name: sample-")
-    assert "': Error querying AMI: InvalidAMIID.NotFound: The image id '[ami-0123456789abcdef0]' does not exist" in message
+    assert message.startswith("packer build of sample failed at 'Launching a source AWS instance...': ")  # not a clean-up step after it
+    assert "The provided source AMI has an invalid root device type. Expected 'ebs', got 'standard'." in message
     assert message.endswith("packer.log)")
     assert builder.catalog.versions("sample", status=None) == []
 

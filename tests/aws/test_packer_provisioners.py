@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from bakery import podman
+from bakery.aws import tags
 from bakery.base_image import build_base
 from tests.aws import test_packer
 from tests.aws.test_packer import bake_for
@@ -81,7 +82,10 @@ def test_ansible_and_testinfra_reach_the_instance_through_packers_adapter(aws_pr
     finally:
         podman.remove_container(container)
 
-    bake_._record_verification(1.0)
+    result = bake_._verification(1.0)
+    assert result is not None and result.tags[tags.VERIFIED] == "failed"  # what the AMIs get tagged with
+    assert result.tags[tags.VERIFICATION].startswith("packer build: testinfra on the build instance: 2 passed 1 failed 0 skipped: test_a_check")
+    bake_._record_verification(result)
     verification = bake_.b.catalog.verifications("adapter", "20261129.007")[0]
     assert verification["passed"] is False  # one check failed: recorded, and the bake itself went on
     assert "2 passed, 1 failed, 0 skipped: test_a_check_that_fails" in verification["summary"]
