@@ -52,6 +52,15 @@ def _session(obj, as_json: bool):
     return Session(obj.project, obj.catalog, make_progress(quiet=as_json))
 
 
+def _run(obj, as_json: bool, operation, *args, **kwargs):
+    """Run one fleet operation in a session whose progress display is closed however the operation ends."""
+    session = _session(obj, as_json)
+    try:
+        return operation(session, *args, **kwargs)
+    finally:
+        session.progress.close()
+
+
 def _environment(obj, name: str):
     from bakery.environments import load_environment
 
@@ -97,11 +106,7 @@ def deploy(obj, ref: str, env_name: str, force: bool, replace_running: bool, as_
 
     env = _environment(obj, env_name)
     image, version = parse_image_ref(ref)
-    session = _session(obj, as_json)
-    try:
-        result = operations.deploy(session, env, image, version, overrides=_overrides(prefs), force=force, replace_running=replace_running)
-    finally:
-        session.progress.close()
+    result = _run(obj, as_json, operations.deploy, env, image, version, overrides=_overrides(prefs), force=force, replace_running=replace_running)
     _report_release(result, as_json)
 
 
@@ -120,11 +125,7 @@ def status(obj, env_name: str, as_json: bool) -> None:
     from bakery.fleets import operations
 
     env = _environment(obj, env_name)
-    session = _session(obj, as_json)
-    try:
-        data = operations.status(session, env)
-    finally:
-        session.progress.close()
+    data = _run(obj, as_json, operations.status, env)
     if as_json:
         emit_json(data)
         return
@@ -179,11 +180,7 @@ def rollback(obj, env_name: str, as_json: bool, **prefs) -> None:
     from bakery.fleets import operations
 
     env = _environment(obj, env_name)
-    session = _session(obj, as_json)
-    try:
-        result = operations.rollback(session, env, overrides=_overrides(prefs))
-    finally:
-        session.progress.close()
+    result = _run(obj, as_json, operations.rollback, env, overrides=_overrides(prefs))
     _report_release(result, as_json)
 
 
@@ -205,11 +202,7 @@ def promote(obj, ref: str, env_name: str, as_json: bool, **prefs) -> None:
 
     env = _environment(obj, env_name)
     image, version = parse_image_ref(ref)
-    session = _session(obj, as_json)
-    try:
-        result = operations.promote(session, env, image, version, overrides=_overrides(prefs))
-    finally:
-        session.progress.close()
+    result = _run(obj, as_json, operations.promote, env, image, version, overrides=_overrides(prefs))
     _report_release(result, as_json)
 
 
@@ -259,11 +252,7 @@ def config_set(obj, pairs: tuple[str, ...], env_name: str, as_json: bool, **pref
     from bakery.fleets import operations
 
     env = _environment(obj, env_name)
-    session = _session(obj, as_json)
-    try:
-        data = operations.config_set(session, env, pairs, overrides=_overrides(prefs))
-    finally:
-        session.progress.close()
+    data = _run(obj, as_json, operations.config_set, env, pairs, overrides=_overrides(prefs))
     if as_json:
         emit_json(data)
     result = data.get("result")
@@ -295,11 +284,7 @@ def down(obj, env_name: str, as_json: bool) -> None:
     from bakery.fleets import operations
 
     env = _environment(obj, env_name)
-    session = _session(obj, as_json)
-    try:
-        data = operations.down(session, env)
-    finally:
-        session.progress.close()
+    data = _run(obj, as_json, operations.down, env)
     if as_json:
         emit_json(data)
     elif data["result"] == "already down":
