@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import random
 import shutil
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -58,3 +60,15 @@ def bake(project: Path, *args: str, timeout: float = 600) -> Outcome:
     proc = subprocess.run([sys.executable, str(BAKE), "--project", str(project), *args],
                           capture_output=True, text=True, timeout=timeout, check=False)
     return Outcome(proc.returncode, proc.stdout, proc.stderr)
+
+
+def free_port() -> int:
+    """A free loopback port in 19000-19999 (the range these tests may use)."""
+    for port in random.sample(range(19000, 20000), 1000):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no free port in 19000-19999")

@@ -8,18 +8,13 @@ instance refresh), in the tests that need them.
 
 from __future__ import annotations
 
-import socket
 import urllib.request
 
 import pytest
 
+from tests.conftest import free_port
+
 REGION = "us-east-1"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -27,7 +22,7 @@ def moto_endpoint():
     """One moto server per test session, on a free loopback port."""
     from moto.server import ThreadedMotoServer
 
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     try:

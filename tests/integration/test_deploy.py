@@ -10,7 +10,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import random
 import re
 import signal
 import socket
@@ -27,25 +26,13 @@ import yaml
 from bakery import podman
 from bakery.catalog import open_catalog
 from bakery.fleets.local import ENV_LABEL, PROJECT_LABEL, project_id
-from tests.conftest import BAKE, bake
+from tests.conftest import BAKE, bake, free_port
 from tests.integration.conftest import BAKE_RUNS
 
 pytestmark = pytest.mark.integration
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def free_port() -> int:
-    """A free loopback port in 19000-19999 (the range these tests may use)."""
-    for port in random.sample(range(19000, 20000), 1000):
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise AssertionError("no free port in 19000-19999")
 
 
 def write_env(project: Path, name: str, *, instances: int = 4, require_verified: bool = False, promote_from: str | None = None,
