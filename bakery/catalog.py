@@ -23,84 +23,10 @@ from typing import Any
 
 from bakery.errors import ConfigError
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS versions (
-    image TEXT NOT NULL,
-    version TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    status TEXT NOT NULL CHECK (status IN ('pending', 'ready')),
-    created TEXT NOT NULL,
-    run_id TEXT NOT NULL,
-    pid INTEGER NOT NULL,
-    image_ref TEXT,
-    image_id TEXT,
-    input_digest TEXT,
-    git_commit TEXT,
-    provenance TEXT,
-    PRIMARY KEY (image, version),
-    UNIQUE (image, seq)
-);
-CREATE INDEX IF NOT EXISTS versions_by_input ON versions (image, input_digest);
-CREATE TABLE IF NOT EXISTS version_layers (
-    image TEXT NOT NULL,
-    version TEXT NOT NULL,
-    position INTEGER NOT NULL,
-    role TEXT NOT NULL,
-    role_digest TEXT NOT NULL,
-    layer_key TEXT NOT NULL,
-    cached INTEGER NOT NULL,
-    PRIMARY KEY (image, version, position),
-    FOREIGN KEY (image, version) REFERENCES versions (image, version) ON DELETE CASCADE
-);
-CREATE TABLE IF NOT EXISTS layers (
-    layer_key TEXT PRIMARY KEY,
-    image TEXT NOT NULL,
-    role TEXT NOT NULL,
-    ref TEXT NOT NULL,
-    image_id TEXT NOT NULL,
-    parent TEXT NOT NULL,
-    created TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS verifications (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    image TEXT NOT NULL,
-    version TEXT NOT NULL,
-    env TEXT,
-    started TEXT NOT NULL,
-    seconds REAL NOT NULL,
-    passed INTEGER NOT NULL,
-    run_id TEXT NOT NULL,
-    summary TEXT NOT NULL,
-    reports TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS verifications_by_version ON verifications (image, version);
-CREATE TABLE IF NOT EXISTS releases (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    env TEXT NOT NULL,
-    image TEXT NOT NULL,
-    version TEXT NOT NULL,
-    previous_version TEXT,
-    kind TEXT NOT NULL,
-    status TEXT NOT NULL CHECK (status IN ('in_progress', 'succeeded', 'failed', 'rolled_back', 'abandoned')),
-    started TEXT NOT NULL,
-    finished TEXT,
-    seconds REAL,
-    user TEXT NOT NULL,
-    forced INTEGER NOT NULL DEFAULT 0,
-    run_id TEXT NOT NULL,
-    pid INTEGER NOT NULL,
-    config_digest TEXT,
-    reason TEXT,
-    details TEXT
-);
-CREATE INDEX IF NOT EXISTS releases_by_env ON releases (env, id);
-CREATE TABLE IF NOT EXISTS bases (
-    ref TEXT PRIMARY KEY,
-    release TEXT NOT NULL,
-    digest TEXT NOT NULL,
-    created TEXT NOT NULL
-);
-"""
+SCHEMA = (Path(__file__).parent / "catalog_schema.sql").read_text(encoding="utf-8")
+
+# The release kinds after which an environment runs the release's version (gc and the pipeline read them too).
+ROLLOUT_KINDS = ("deploy", "promote", "config", "rollback")
 
 
 def _now() -> str:
@@ -130,6 +56,19 @@ class Catalog(ABC):
     @abstractmethod
     def version(self, image: str, version: str) -> dict[str, Any] | None:
         """One version with its provenance and layers."""
+
+    def resolve(self, image: str, version: str | None, *, ready_only: bool = True) -> dict[str, Any]:
+        """The version a command names (the newest ready one when none is named), or one line saying how to find one.
+        `show` passes ready_only=False so a pending bake can be looked at."""
+        if version is None:
+            rows = self.versions(image)
+            if not rows:
+                raise ConfigError(f"image '{image}' has no versions; bake one with: ./bake.py build {image}")
+            version = rows[0]["version"]
+        record = self.version(image, version)
+        if record is None or (ready_only and record["status"] != "ready"):
+            raise ConfigError(f"unknown version '{image}:{version}'; list versions with: ./bake.py images {image}")
+        return record
 
     @abstractmethod
     def find_by_input(self, image: str, input_digest: str) -> list[dict[str, Any]]:

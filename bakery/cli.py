@@ -261,14 +261,8 @@ def show(obj: Context, ref: str, as_json: bool) -> None:
     Example: ./bake.py show webapp:20261128.001
     """
     name, version = parse_image_ref(ref)
-    if version is None:
-        rows = obj.catalog.versions(name)
-        if not rows:
-            raise ConfigError(f"image '{name}' has no versions; bake one with: ./bake.py build {name}")
-        version = rows[0]["version"]
-    record = obj.catalog.version(name, version)
-    if record is None:
-        raise ConfigError(f"unknown version '{name}:{version}'; list versions with: ./bake.py images {name}")
+    record = obj.catalog.resolve(name, version, ready_only=False)
+    version = record["version"]
     record["verifications"] = obj.catalog.verifications(name, version)
     if as_json:
         emit_json(record)

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from bakery.fleets.operations import ROLLOUT_KINDS  # the kinds whose version an environment then runs
+from bakery.catalog import ROLLOUT_KINDS
 
 
 @dataclass(frozen=True)

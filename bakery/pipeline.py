@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bakery.catalog import Catalog
+from bakery.catalog import ROLLOUT_KINDS, Catalog
 from bakery.config import ImageDefinition, Project
 from bakery.environments import Environment, load_environment
 from bakery.errors import BakeryError, ConfigError, Interrupted, OperationError
@@ -224,7 +224,7 @@ STAGE_NAMES = tuple(s.name for s in STAGES)
 
 def _roll_out(p: Pipeline, stage: str, env: Environment, release: Callable[[Any], Any]) -> StageResult:
     """Deploy or promote, unless every instance already runs this version with this runtime config."""
-    from bakery.fleets.operations import ROLLOUT_KINDS, open_fleet
+    from bakery.fleets.operations import open_fleet
 
     session = p.session()
     image, version = p.definition.name, p.result.version

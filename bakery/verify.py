@@ -56,14 +56,8 @@ class VerifyResult:
 
 
 def resolve_version(catalog: Catalog, image: str, version: str | None) -> dict[str, Any]:
-    if version is None:
-        rows = catalog.versions(image)
-        if not rows:
-            raise ConfigError(f"image '{image}' has no versions; bake one with: ./bake.py build {image}")
-        version = rows[0]["version"]
-    record = catalog.version(image, version)
-    if record is None or record["status"] != "ready":
-        raise ConfigError(f"unknown version '{image}:{version}'; list versions with: ./bake.py images {image}")
+    """The catalog's version, which must also still be in podman's storage to be verified."""
+    record = catalog.resolve(image, version)
     if not podman.image_exists(record["image_ref"]):
         raise ConfigError(f"{record['image_ref']} is in the catalog but not in podman's storage; bake it again")
     return record

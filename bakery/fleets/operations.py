@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bakery.catalog import Catalog
+from bakery.catalog import ROLLOUT_KINDS, Catalog
 from bakery.config import PROJECT_FILE, Project
 from bakery.environments import Environment, load_environment
 from bakery.errors import BakeryError, ConfigError, Interrupted, OperationError
@@ -35,7 +35,6 @@ from bakery.runs import Run
 from bakery.signals import Cancellation, cancellable
 
 # Releases that put a version with a config on an environment: what a rollback can return to.
-ROLLOUT_KINDS = ("deploy", "promote", "config", "rollback")
 
 
 @dataclass
@@ -80,18 +79,6 @@ def open_fleet(session: Session, env: Environment) -> Fleet:
 
 def deploy_file(env: Environment) -> Path:
     return env.path / "group_vars" / "all" / "deploy.yml"
-
-
-def resolve_version(catalog: Catalog, image: str, version: str | None) -> str:
-    if version is None:
-        rows = catalog.versions(image)
-        if not rows:
-            raise ConfigError(f"image '{image}' has no versions; bake one with: ./bake.py build {image}")
-        return rows[0]["version"]
-    record = catalog.version(image, version)
-    if record is None or record["status"] != "ready":
-        raise ConfigError(f"unknown version '{image}:{version}'; list versions with: ./bake.py images {image}")
-    return version
 
 
 def _adopt_on_aws(session: Session, env: Environment, version: str | None, kind: str) -> None:
@@ -200,7 +187,7 @@ def deploy(session: Session, env: Environment, image: str, version: str | None, 
     replace_running: a refresh the target runs already (aws) is cancelled instead of waited for."""
     _check_image(env, image)
     _adopt_on_aws(session, env, version, "deploy")
-    version = resolve_version(session.catalog, image, version)
+    version = session.catalog.resolve(image, version)["version"]
     effective_preferences(env.refresh, overrides or {})  # bad flags fail before anything happens
     fleet = open_fleet(session, env)
     goal = fleet.goal_for(version, sha256_json(env.runtime), env.runtime)
@@ -281,7 +268,7 @@ def promote(session: Session, env: Environment, image: str, version: str | None,
             raise OperationError(f"nothing to promote: environment '{source.name}' has no instances")
         version = current.version
     _adopt_on_aws(session, env, version, "promote")
-    version = resolve_version(session.catalog, image, version)
+    version = session.catalog.resolve(image, version)["version"]
     effective_preferences(env.refresh, overrides or {})
     require_verified(session.catalog, image, version, required=True, force=False, env=env.name)
     _require_healthy_in(source_fleet, source, image, version)
