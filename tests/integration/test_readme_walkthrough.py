@@ -1,6 +1,7 @@
-"""The README walkthrough's commands that need podman and are cheap enough to run for real.
+"""The documented commands that need podman and are cheap enough to run for real: `./bake.py base`.
 
-The rest are checked by tests/unit/test_readme.py (parsed against the real CLI, and run by the
+README.md and docs/*.md (docs/commands.md shows `base`; docs/walkthrough.md is the long walkthrough)
+are otherwise checked by tests/unit/test_readme.py (parsed against the real CLI, and run by the
 integration tests of each command); running the whole walkthrough would take far longer than
 make test's budget allows.
 """
