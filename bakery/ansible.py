@@ -66,7 +66,8 @@ def mitogen_env() -> dict[str, str]:
     if plugins is None:
         from bakery.errors import ConfigError
 
-        raise ConfigError("mitogen is not installed in the project's virtual environment; run: make setup (or set BAKERY_MITOGEN=0)")
+        raise ConfigError("mitogen is not installed in the project's virtual environment; "
+                          "run: make setup (or set BAKERY_MITOGEN=0)")
     return {"ANSIBLE_STRATEGY_PLUGINS": str(plugins), "ANSIBLE_STRATEGY": "mitogen_linear"}
 
 
@@ -154,7 +155,8 @@ def run_playbook(
     result.rc = runner.rc if runner.rc is not None else -1
     if not result.ok and not result.failure:
         result.failure = _tail(runner)
-    log.info("playbook %s: status=%s rc=%s tasks=%s changed=%s", playbook.name, result.status, result.rc, result.tasks, result.changed)
+    log.info("playbook %s: status=%s rc=%s tasks=%s changed=%s", playbook.name, result.status, result.rc, result.tasks,
+             result.changed)
     return result
 
 
@@ -163,7 +165,8 @@ def _failure_message(res: dict[str, Any]) -> str:
         if isinstance(module, dict) and (module.get("module_stderr") or module.get("msg")):
             res = module
             break
-    message = res.get("module_stderr") or res.get("msg") or res.get("stderr") or res.get("module_stderr") or res.get("reason") or "task failed"
+    message = (res.get("module_stderr") or res.get("msg") or res.get("stderr") or res.get("module_stderr")
+               or res.get("reason") or "task failed")
     return " ".join(str(message).split())[:500]
 
 

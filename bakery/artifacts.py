@@ -155,19 +155,22 @@ class LocalArtifactStore(ArtifactStore):
             if not (pointer.is_file() and pointer.read_text().strip() == sha):
                 write_atomically(pointer, f"{sha}\n".encode())
         except OSError as exc:
-            raise OperationError(f"{directory}: cannot store artifact {name}: {exc.strerror or exc}; check the disk and permissions") from exc
+            raise OperationError(f"{directory}: cannot store artifact {name}: {exc.strerror or exc}; "
+                                 "check the disk and permissions") from exc
         return self._artifact(directory, manifest)
 
     def get(self, name: str, sha256: str) -> Artifact:
         directory = self._dir(name)
         wanted = sha256.strip().lower().removeprefix("sha256:").rpartition("+")[2]
         if len(wanted) < MIN_PREFIX or not re.fullmatch(r"[0-9a-f]{1,64}", wanted):
-            raise ConfigError(f"artifact id {sha256!r} is not a sha256 (or a prefix of at least {MIN_PREFIX} hex digits)")
+            raise ConfigError(f"artifact id {sha256!r} is not a sha256 "
+                              f"(or a prefix of at least {MIN_PREFIX} hex digits)")
         matches = [sha for sha in self._shas(directory) if sha.startswith(wanted)]
         if not matches:
             raise ConfigError(f"no artifact {name}@{wanted} in {directory}; build one with: ./bake.py build-app")
         if len(matches) > 1:
-            raise ConfigError(f"artifact id {wanted} is ambiguous in {directory} ({len(matches)} match); give more digits")
+            raise ConfigError(f"artifact id {wanted} is ambiguous in {directory} ({len(matches)} match); "
+                              "give more digits")
         return self._load(directory, matches[0])
 
     def latest(self, name: str) -> Artifact | None:
@@ -194,16 +197,19 @@ class LocalArtifactStore(ArtifactStore):
             names = os.listdir(directory)
         except FileNotFoundError:
             return []
-        return sorted(n[: -len(".json")] for n in names if n.endswith(".json") and _SHA256.fullmatch(n[: -len(".json")]))
+        return sorted(n[: -len(".json")] for n in names
+                      if n.endswith(".json") and _SHA256.fullmatch(n[: -len(".json")]))
 
     @staticmethod
     def _read_manifest(path: Path) -> dict[str, Any]:
         try:
             manifest = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
-            raise OperationError(f"{path}: unreadable artifact manifest ({exc}); delete it and run ./bake.py build-app") from exc
+            raise OperationError(f"{path}: unreadable artifact manifest ({exc}); "
+                                 "delete it and run ./bake.py build-app") from exc
         if not isinstance(manifest, dict):
-            raise OperationError(f"{path}: artifact manifest is not a JSON object; delete it and run ./bake.py build-app")
+            raise OperationError(f"{path}: artifact manifest is not a JSON object; "
+                                 "delete it and run ./bake.py build-app")
         return manifest
 
     def _load(self, directory: Path, sha: str) -> Artifact:
@@ -222,7 +228,8 @@ def verify(artifact: Artifact) -> Artifact:
     try:
         actual = _file_sha256(artifact.path)
     except FileNotFoundError as exc:
-        raise OperationError(f"{artifact.path}: artifact {artifact.name} {artifact.version} is missing; rebuild it with ./bake.py build-app") from exc
+        raise OperationError(f"{artifact.path}: artifact {artifact.name} {artifact.version} is missing; "
+                             "rebuild it with ./bake.py build-app") from exc
     except OSError as exc:
         raise OperationError(f"{artifact.path}: cannot read artifact: {exc.strerror or exc}") from exc
     if actual != artifact.sha256:
@@ -240,9 +247,11 @@ def read_version(init_file: Path) -> str:
     except OSError as exc:
         raise ConfigError(f"{init_file}: cannot read: {exc.strerror or exc}") from exc
     except SyntaxError as exc:
-        raise ConfigError(f"{init_file}:{exc.lineno}: syntax error ({exc.msg}); fix it before building the app") from exc
+        raise ConfigError(f"{init_file}:{exc.lineno}: syntax error ({exc.msg}); "
+                          "fix it before building the app") from exc
     for node in tree.body:
-        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        targets = (node.targets if isinstance(node, ast.Assign)
+                   else [node.target] if isinstance(node, ast.AnnAssign) else [])
         if any(isinstance(t, ast.Name) and t.id == "__version__" for t in targets):
             value = node.value
             if isinstance(value, ast.Constant) and isinstance(value.value, str) and _VERSION.fullmatch(value.value):
@@ -268,7 +277,8 @@ def source_files(source_dir: Path, package: str) -> list[str]:
         dirnames[:] = [d for d in dirnames if not d.startswith(".") and d not in EXCLUDED_DIRS]
         for entry in [*dirnames, *filenames]:
             if (here / entry).is_symlink() and (entry in dirnames or _included(entry)):
-                raise ConfigError(f"{here / entry}: symlinks cannot be packed into an artifact; replace it with the file itself")
+                raise ConfigError(f"{here / entry}: symlinks cannot be packed into an artifact; "
+                                  "replace it with the file itself")
         found.extend((here / f).relative_to(source_dir).as_posix() for f in filenames if _included(f))
     return sorted(found)
 
@@ -295,7 +305,8 @@ def pack(source_dir: Path, files: list[str]) -> tuple[bytes, list[dict[str, Any]
             info.size = len(data)
             info.mode = 0o755 if os.stat(path).st_mode & 0o100 else 0o644
             tar.addfile(info, io.BytesIO(data))
-            entries.append({"path": rel, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data), "mode": f"{info.mode:04o}"})
+            entries.append({"path": rel, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data),
+                            "mode": f"{info.mode:04o}"})
     return raw.getvalue(), entries
 
 
@@ -308,16 +319,19 @@ def build_app(source_dir: Path, store: ArtifactStore, name: str = "webapp") -> A
     source_dir = Path(source_dir)
     _check_name(name)
     if not source_dir.is_dir():
-        raise ConfigError(f"{source_dir}: application source directory not found; run from the project root or create it")
+        raise ConfigError(f"{source_dir}: application source directory not found; "
+                          "run from the project root or create it")
     init_file = source_dir / name / "__init__.py"
     if not init_file.is_file():
-        raise ConfigError(f"{init_file}: not found; the application must be a Python package {name}/ inside {source_dir}")
+        raise ConfigError(f"{init_file}: not found; "
+                          f"the application must be a Python package {name}/ inside {source_dir}")
     app_version = read_version(init_file)
     files = source_files(source_dir, name)
     try:
         data, entries = pack(source_dir, files)
     except OSError as exc:
-        raise OperationError(f"{exc.filename or source_dir}: cannot pack the application: {exc.strerror or exc}") from exc
+        raise OperationError(f"{exc.filename or source_dir}: cannot pack the application: "
+                             f"{exc.strerror or exc}") from exc
     sha = hashlib.sha256(data).hexdigest()
     separator = "." if "+" in app_version else "+"  # a version with a local part already gets ".<sha>"
     return store.put(name, f"{app_version}{separator}{sha[:MIN_PREFIX]}", data, entries)

@@ -69,7 +69,8 @@ def resolve_base(spec: str) -> BaseImage:
 def build_base(release: str, work_dir: Path, rebuild: bool = False) -> BaseImage:
     """Make (or reuse) the base for a release: mmdebstrap, then podman import."""
     if release not in KNOWN_RELEASES:
-        raise ConfigError(f"--release '{release}' is not a Debian release bakery knows ({', '.join(sorted(KNOWN_RELEASES))})")
+        raise ConfigError(f"--release '{release}' is not a Debian release bakery knows "
+                          f"({', '.join(sorted(KNOWN_RELEASES))})")
     if not rebuild:
         existing = find_base(release)
         if existing:

@@ -87,8 +87,8 @@ class Catalog(ABC):
     def record_base(self, ref: str, release: str, digest: str) -> None: ...
 
     @abstractmethod
-    def record_verification(self, image: str, version: str, *, env: str | None, started: str, seconds: float, passed: bool,
-                            run_id: str, summary: str, reports: dict[str, Any]) -> int:
+    def record_verification(self, image: str, version: str, *, env: str | None, started: str, seconds: float,
+                            passed: bool, run_id: str, summary: str, reports: dict[str, Any]) -> int:
         """Record one verification of one version (re-verification adds a row)."""
 
     @abstractmethod
@@ -97,11 +97,13 @@ class Catalog(ABC):
 
     @abstractmethod
     def start_release(self, env: str, image: str, version: str, *, previous_version: str | None, kind: str, user: str,
-                      forced: bool, run_id: str, pid: int, config_digest: str | None, details: dict[str, Any] | None = None) -> int:
+                      forced: bool, run_id: str, pid: int, config_digest: str | None,
+                      details: dict[str, Any] | None = None) -> int:
         """Record that a rollout of env to image:version began."""
 
     @abstractmethod
-    def finish_release(self, release_id: int, status: str, *, reason: str | None = None, details: dict[str, Any] | None = None) -> None:
+    def finish_release(self, release_id: int, status: str, *, reason: str | None = None,
+                       details: dict[str, Any] | None = None) -> None:
         """Close a release with its outcome."""
 
     @abstractmethod
@@ -167,12 +169,14 @@ class SqliteCatalog(Catalog):
             number = count + 1
             # Image names are global to the host while a catalog belongs to one checkout: another checkout of the
             # same project may already own a version's tag, so `taken` checks the container storage too.
-            while (db.execute("SELECT 1 FROM versions WHERE image = ? AND version = ?", (image, _version(day, number))).fetchone()
+            while (db.execute("SELECT 1 FROM versions WHERE image = ? AND version = ?", (image, _version(day, number)))
+                   .fetchone()
                    or (taken is not None and taken(_version(day, number)))):
                 number += 1
             version = _version(day, number)
             db.execute(
-                "INSERT INTO versions (image, version, seq, status, created, run_id, pid) VALUES (?, ?, ?, 'pending', ?, ?, ?)",
+                "INSERT INTO versions (image, version, seq, status, created, run_id, pid)"
+                " VALUES (?, ?, ?, 'pending', ?, ?, ?)",
                 (image, version, seq, _now(), run_id, pid),
             )
         return version
@@ -182,7 +186,8 @@ class SqliteCatalog(Catalog):
             db.execute(
                 "UPDATE versions SET status = 'ready', image_ref = ?, image_id = ?, input_digest = ?, git_commit = ?,"
                 " provenance = ? WHERE image = ? AND version = ?",
-                (image_ref, image_id, input_digest, provenance.get("git_commit"), json.dumps(provenance), image, version),
+                (image_ref, image_id, input_digest, provenance.get("git_commit"), json.dumps(provenance),
+                 image, version),
             )
             for position, layer in enumerate(layers):
                 db.execute(
@@ -195,18 +200,18 @@ class SqliteCatalog(Catalog):
         with self._tx() as db:
             db.execute("DELETE FROM versions WHERE image = ? AND version = ?", (image, version))
 
-    def adopt_version(self, image: str, version: str, *, run_id: str, pid: int, image_ref: str, image_id: str, input_digest: str,
-                      provenance: dict[str, Any]) -> bool:
+    def adopt_version(self, image: str, version: str, *, run_id: str, pid: int, image_ref: str, image_id: str,
+                      input_digest: str, provenance: dict[str, Any]) -> bool:
         """Record a ready version made elsewhere (an AMI another checkout baked); False when it is known already."""
         with self._tx() as db:
             if db.execute("SELECT 1 FROM versions WHERE image = ? AND version = ?", (image, version)).fetchone():
                 return False
             seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM versions WHERE image = ?", (image,)).fetchone()[0]
             db.execute(
-                "INSERT INTO versions (image, version, seq, status, created, run_id, pid, image_ref, image_id, input_digest, git_commit,"
-                " provenance) VALUES (?, ?, ?, 'ready', ?, ?, ?, ?, ?, ?, ?, ?)",
-                (image, version, seq, _now(), run_id, pid, image_ref, image_id, input_digest, provenance.get("git_commit"),
-                 json.dumps(provenance)))
+                "INSERT INTO versions (image, version, seq, status, created, run_id, pid, image_ref, image_id, "
+                "input_digest, git_commit, provenance) VALUES (?, ?, ?, 'ready', ?, ?, ?, ?, ?, ?, ?, ?)",
+                (image, version, seq, _now(), run_id, pid, image_ref, image_id, input_digest,
+                 provenance.get("git_commit"), json.dumps(provenance)))
         return True
 
     def discard_versions(self, pairs: list[tuple[str, str]]) -> None:
@@ -216,7 +221,8 @@ class SqliteCatalog(Catalog):
 
     def gc_versions(self) -> list[dict[str, Any]]:
         """Ready versions with the artifacts baked into each ({name: version}): what gc plans over, in one query."""
-        rows = self._db.execute("SELECT image, version, seq, image_ref, image_id, json_extract(provenance, '$.artifacts') AS artifacts"
+        rows = self._db.execute("SELECT image, version, seq, image_ref, image_id,"
+                                " json_extract(provenance, '$.artifacts') AS artifacts"
                                 " FROM versions WHERE status = 'ready'")
         return [{**dict(r), "artifacts": json.loads(r["artifacts"]) if r["artifacts"] else {}} for r in rows]
 
@@ -226,7 +232,8 @@ class SqliteCatalog(Catalog):
         return [dict(r) for r in rows]
 
     def versions(self, image=None, status="ready"):
-        query = "SELECT image, version, seq, status, created, run_id, pid, image_ref, image_id, input_digest, git_commit FROM versions"
+        query = ("SELECT image, version, seq, status, created, run_id, pid, image_ref, image_id, input_digest,"
+                 " git_commit FROM versions")
         clauses, args = [], []
         if image:
             clauses.append("image = ?")
@@ -238,7 +245,8 @@ class SqliteCatalog(Catalog):
             query += " WHERE " + " AND ".join(clauses)
         # Newest first by the version itself (YYYYMMDD.N, numerically), not by when this catalog learnt of it: a version
         # adopted from an AMI baked elsewhere may be older than the ones baked here.
-        query += " ORDER BY image, CAST(substr(version, 1, 8) AS INTEGER) DESC, CAST(substr(version, 10) AS INTEGER) DESC, seq DESC"
+        query += (" ORDER BY image, CAST(substr(version, 1, 8) AS INTEGER) DESC,"
+                  " CAST(substr(version, 10) AS INTEGER) DESC, seq DESC")
         return [dict(row) for row in self._db.execute(query, args)]
 
     def version(self, image, version):
@@ -293,17 +301,19 @@ class SqliteCatalog(Catalog):
             return cur.lastrowid
 
     def verifications(self, image, version):
-        rows = self._db.execute("SELECT * FROM verifications WHERE image = ? AND version = ? ORDER BY id DESC", (image, version))
+        rows = self._db.execute("SELECT * FROM verifications WHERE image = ? AND version = ? ORDER BY id DESC",
+                                (image, version))
         result = [_loads(r, "reports") for r in rows]
         for r in result:
             r["passed"] = bool(r["passed"])
         return result
 
-    def start_release(self, env, image, version, *, previous_version, kind, user, forced, run_id, pid, config_digest, details=None):
+    def start_release(self, env, image, version, *, previous_version, kind, user, forced, run_id, pid, config_digest,
+                      details=None):
         with self._tx() as db:
             cur = db.execute(
-                "INSERT INTO releases (env, image, version, previous_version, kind, status, started, user, forced, run_id, pid,"
-                " config_digest, details) VALUES (?, ?, ?, ?, ?, 'in_progress', ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO releases (env, image, version, previous_version, kind, status, started, user, forced, "
+                "run_id, pid, config_digest, details) VALUES (?, ?, ?, ?, ?, 'in_progress', ?, ?, ?, ?, ?, ?, ?)",
                 (env, image, version, previous_version, kind, _now(), user, int(forced), run_id, pid, config_digest,
                  json.dumps(details or {})))
             return cur.lastrowid
@@ -315,7 +325,8 @@ class SqliteCatalog(Catalog):
                 return
             started = datetime.strptime(row["started"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
             merged = {**(json.loads(row["details"]) if row["details"] else {}), **(details or {})}
-            db.execute("UPDATE releases SET status = ?, finished = ?, seconds = ?, reason = ?, details = ? WHERE id = ?",
+            db.execute("UPDATE releases SET status = ?, finished = ?, seconds = ?, reason = ?, details = ?"
+                       " WHERE id = ?",
                        (status, _now(), round((datetime.now(UTC) - started).total_seconds(), 1), reason,
                         json.dumps(merged), release_id))
 

@@ -130,13 +130,16 @@ class Project:
             bad = sorted(set(settings) - IMAGE_SETTING_KEYS)
             if bad:
                 raise ConfigError(
-                    f"{path}: images.{name}: unknown key '{bad[0]}'; known keys: {', '.join(sorted(IMAGE_SETTING_KEYS))}"
+                    f"{path}: images.{name}: unknown key '{bad[0]}'; "
+                    f"known keys: {', '.join(sorted(IMAGE_SETTING_KEYS))}"
                 )
             if "base" in settings and not isinstance(settings["base"], str):
                 raise ConfigError(f"{path}: images.{name}.base must be a string (a release name or an image reference)")
             artifacts = settings.get("artifacts") or {}
-            if not isinstance(artifacts, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in artifacts.items()):
-                raise ConfigError(f"{path}: images.{name}.artifacts must map a role name to an artifact name, e.g. {{webapp: webapp}}")
+            if not isinstance(artifacts, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                          for k, v in artifacts.items()):
+                raise ConfigError(f"{path}: images.{name}.artifacts must map a role name to an artifact name, "
+                                  "e.g. {webapp: webapp}")
         data["images"] = images
         from bakery.aws.settings import load_aws_settings
 
@@ -157,7 +160,8 @@ class Project:
         """Load and validate playbooks/<name>.yml into role layers."""
         if not NAME_RE.match(name):
             raise ConfigError(
-                f"image name '{name}' is invalid: use lower-case letters, digits, '-' and '_' (it names playbooks/<image>.yml)"
+                f"image name '{name}' is invalid: use lower-case letters, digits, '-' and '_' "
+                "(it names playbooks/<image>.yml)"
             )
         playbook = self.playbooks_dir / f"{name}.yml"
         if not playbook.is_file():
@@ -165,13 +169,15 @@ class Project:
             raise ConfigError(f"unknown image '{name}': {playbook} does not exist (known images: {known})")
         settings = self.settings["images"].get(name) or {}
         base = settings.get("base") or self.settings.get("default_base") or DEFAULT_BASE
-        definition = ImageDefinition(name=name, playbook=playbook, base=base, artifacts=dict(settings.get("artifacts") or {}),
+        definition = ImageDefinition(name=name, playbook=playbook, base=base,
+                                     artifacts=dict(settings.get("artifacts") or {}),
                                      health_check=self._health_check(name, settings.get("health_check")))
         definition.layers = self._layers(playbook)
         roles = {layer.role.name for layer in definition.layers}
         for role in definition.artifacts:
             if role not in roles:
-                raise ConfigError(f"{PROJECT_FILE}: images.{name}.artifacts names role '{role}', which {self._rel(playbook)} does not bake")
+                raise ConfigError(f"{PROJECT_FILE}: images.{name}.artifacts names role '{role}', "
+                                  f"which {self._rel(playbook)} does not bake")
         return definition
 
     def _health_check(self, name: str, value: Any) -> dict[str, Any]:
@@ -223,10 +229,12 @@ class Project:
             raise ConfigError(f"{where}: role '{name}' must be a role under roles/ (letters, digits, '_' and '-')")
         path = self.roles_dir / name
         if not path.is_dir():
-            raise ConfigError(f"{where}: role '{name}' not found in {self._rel(self.roles_dir)}/; create it with: bake.py new-role {name}")
+            raise ConfigError(f"{where}: role '{name}' not found in {self._rel(self.roles_dir)}/; "
+                              f"create it with: bake.py new-role {name}")
         if name in chain:
             raise ConfigError(f"{where}: role dependency cycle: {' -> '.join((*chain, name))}")
-        deps = tuple(self.role(dep, f"{self._rel(path)}/meta/main.yml", (*chain, name)) for dep in self._dependencies(path))
+        deps = tuple(self.role(dep, f"{self._rel(path)}/meta/main.yml", (*chain, name))
+                     for dep in self._dependencies(path))
         return RoleRef(name=name, path=path, entry=entry, dependencies=deps)
 
     def _dependencies(self, role_path: Path) -> list[Any]:

@@ -19,7 +19,8 @@ log = logging.getLogger("bakery.podman")
 NO_SPACE_HINT = "no space left on device under podman's storage; free disk space or run: bake.py gc"
 
 
-def run(*args: str, check: bool = True, timeout: float | None = 600, input_text: str | None = None) -> subprocess.CompletedProcess:
+def run(*args: str, check: bool = True, timeout: float | None = 600,
+        input_text: str | None = None) -> subprocess.CompletedProcess:
     """Run `podman ARGS`; raise OperationError naming the command and podman's message on failure."""
     cmd = ["podman", *args]
     log.debug("$ %s", shlex.join(cmd))
@@ -43,7 +44,8 @@ def run(*args: str, check: bool = True, timeout: float | None = 600, input_text:
 def check_working() -> None:
     """Fail early, with a setup hint, when podman is missing or cannot run containers."""
     try:
-        proc = subprocess.run(["podman", "info", "--format", "{{.Host.OCIRuntime.Name}}"], capture_output=True, text=True, timeout=60, check=False)
+        proc = subprocess.run(["podman", "info", "--format", "{{.Host.OCIRuntime.Name}}"], capture_output=True,
+                              text=True, timeout=60, check=False)
     except FileNotFoundError as exc:
         raise ConfigError("podman is not installed; run: make setup") from exc
     except subprocess.TimeoutExpired as exc:

@@ -37,22 +37,24 @@ def adopt_ami(catalog: Catalog, ami: dict[str, Any], region: str, run_id: str) -
     if row is not None:
         return row
     digest = facts.get(tags.INPUT_DIGEST, "")
-    provenance = {"image": image, "version": version, "input_digest": digest, "git_commit": facts.get(tags.GIT_COMMIT, ""),
-                  "tags": facts, "amis": {region: ami_id}}
+    provenance = {"image": image, "version": version, "input_digest": digest,
+                  "git_commit": facts.get(tags.GIT_COMMIT, ""), "tags": facts, "amis": {region: ami_id}}
     adopted = catalog.adopt_version(image, version, run_id=run_id, pid=os.getpid(), image_ref=ami_id, image_id=ami_id,
                                     input_digest=digest, provenance=provenance)
     if adopted:
         log.info("recorded %s:%s (%s in %s) in the catalog: it was baked elsewhere", image, version, ami_id, region)
         result = facts.get(tags.VERIFIED)
         if result:
-            catalog.record_verification(image, version, env=None, started=utc_now(), seconds=0.0, passed=result == "passed",
-                                        run_id=run_id, summary=facts.get(tags.VERIFICATION) or f"{tags.VERIFIED}={result} on {ami_id}",
+            summary = facts.get(tags.VERIFICATION) or f"{tags.VERIFIED}={result} on {ami_id}"
+            catalog.record_verification(image, version, env=None, started=utc_now(), seconds=0.0,
+                                        passed=result == "passed", run_id=run_id, summary=summary,
                                         reports={"ami": ami_id})
     return catalog.version(image, version) or {}
 
 
-def adopt_version(catalog: Catalog, ec2, image: str, version: str, region: str, run_id: str) -> dict[str, Any] | None:
-    """image:version's catalog row, adopted from its AMI's tags when the catalog lacks it; None when no such AMI exists."""
+def adopt_version(catalog: Catalog, ec2, image: str, version: str, region: str,
+                  run_id: str) -> dict[str, Any] | None:
+    """image:version's catalog row, adopted from its AMI's tags when the catalog lacks it; None if there is no AMI."""
     row = catalog.version(image, version)
     if row is not None:
         return row

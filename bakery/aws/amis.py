@@ -75,7 +75,8 @@ def wait_until_visible(ec2, ami_id: str, *, state: str | None = "available", tim
             if state is None or seen == state:
                 return image
         if time.monotonic() + delay > deadline:
-            raise OperationError(f"AMI {ami_id} is still {seen} after {timeout:.0f} s; check it in the EC2 console and bake again")
+            raise OperationError(f"AMI {ami_id} is still {seen} after {timeout:.0f} s; check it in the EC2 console "
+                                 "and bake again")
         log.info("AMI %s is %s; looking again in %.0f s", ami_id, seen, delay)
         sleep(delay)
     raise AssertionError("unreachable")
@@ -95,14 +96,20 @@ def tag_with_snapshots(ec2, ami_id: str, wanted: Mapping[str, str]) -> list[str]
 
 
 def root_device(ec2, ami_id: str) -> str:
-    """The base AMI's root device name (/dev/xvda, /dev/sda1, ...): the build's volume settings must name it, or EC2 adds a volume."""
-    images = ec2.describe_images(Filters=[{"Name": "image-id", "Values": [ami_id]}])["Images"]  # unknown: [] (ImageIds= raises)
+    """The base AMI's root device name (/dev/xvda, /dev/sda1, ...).
+
+    The build's volume settings must name it, or EC2 adds a volume.
+    """
+    # by filter: an unknown id gives [] (ImageIds= raises)
+    images = ec2.describe_images(Filters=[{"Name": "image-id", "Values": [ami_id]}])["Images"]
     if not images:
-        raise ConfigError(f"bakery.yml: base AMI {ami_id} is not visible in this region; check aws.base_ami / aws.base_ami_parameter")
+        raise ConfigError(f"bakery.yml: base AMI {ami_id} is not visible in this region; check aws.base_ami / "
+                          "aws.base_ami_parameter")
     return images[0].get("RootDeviceName") or DEFAULT_ROOT_DEVICE
 
 
-def deregister_with_snapshots(ec2, ami_id: str, *, sleep: Callable[[float], None] = time.sleep, attempts: int = 6) -> list[str]:
+def deregister_with_snapshots(ec2, ami_id: str, *, sleep: Callable[[float], None] = time.sleep,
+                              attempts: int = 6) -> list[str]:
     """Deregister an AMI and delete its snapshots; returns the snapshot ids deleted. Gone already is fine."""
     image = describe_ami(ec2, ami_id)
     if image is None:
@@ -135,8 +142,10 @@ def resolve_base_ami(ssm, parameter: str, fixed: str = "") -> str:
     except ClientError as exc:
         if exc.response["Error"]["Code"] == "ParameterNotFound":
             raise ConfigError(f"bakery.yml: aws.base_ami_parameter '{parameter}' does not exist in this region; "
-                              "set it to a public parameter such as /aws/service/debian/release/12/latest/amd64, or set aws.base_ami") from exc
+                              "set it to a public parameter such as /aws/service/debian/release/12/latest/amd64, or "
+                              "set aws.base_ami") from exc
         raise
     if not value.startswith("ami-"):
-        raise ConfigError(f"bakery.yml: aws.base_ami_parameter '{parameter}' holds '{value}', not an AMI id; point it at an AMI parameter")
+        raise ConfigError(f"bakery.yml: aws.base_ami_parameter '{parameter}' holds '{value}', not an AMI id; point it "
+                          "at an AMI parameter")
     return value

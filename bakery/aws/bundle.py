@@ -102,7 +102,8 @@ def image_suite(project: Project, definition: ImageDefinition) -> Path | None:
     return suite if suite.is_file() else None
 
 
-def instance_vars(extra_vars: dict[str, Any], role_vars: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Path]]:
+def instance_vars(extra_vars: dict[str, Any],
+                  role_vars: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Path]]:
     """The bake's extra vars as the build instance sees them: artifact paths point into the unpacked bundle."""
     merged = dict(extra_vars)
     artifacts: dict[str, Path] = {}
@@ -124,9 +125,11 @@ def build_bundle(project: Project, definition: ImageDefinition, extra_vars: dict
     merged, artifacts = instance_vars(extra_vars, role_vars)
     sources.update(artifacts)
     groups = ["bakery_build", definition.name.replace("-", "_")]
-    host = {"ansible_connection": "local", "ansible_python_interpreter": "/usr/bin/python3", "ansible_become_method": "su"}
+    host = {"ansible_connection": "local", "ansible_python_interpreter": "/usr/bin/python3",
+            "ansible_become_method": "su"}
     generated = {
-        "bakery/inventory.yml": yaml.safe_dump({"all": {"children": {g: {"hosts": {"localhost": host}} for g in groups}}}, sort_keys=True),
+        "bakery/inventory.yml": yaml.safe_dump({"all": {"children": {g: {"hosts": {"localhost": host}}
+                                                                     for g in groups}}}, sort_keys=True),
         "bakery/extra-vars.json": json.dumps(merged, indent=2, sort_keys=True, default=str) + "\n",
     }
     with tempfile.TemporaryDirectory(prefix="bakery-bundle-") as tmp:
@@ -146,8 +149,8 @@ def build_bundle(project: Project, definition: ImageDefinition, extra_vars: dict
 
 def require_bucket(bucket: str) -> str:
     if not bucket:
-        raise ConfigError(f"{PROJECT_FILE}: aws.artifacts_bucket is empty; the Image Builder builder uploads its bundle there: "
-                          "set it to an S3 bucket the build instance profile can read")
+        raise ConfigError(f"{PROJECT_FILE}: aws.artifacts_bucket is empty; the Image Builder builder uploads its "
+                          "bundle there: set it to an S3 bucket the build instance profile can read")
     return bucket
 
 

@@ -59,14 +59,18 @@ def managed_amis(ec2, region: str, image: str | None = None) -> list[AmiVersion]
     found = []
     for raw in amis.find_amis(ec2, wanted):
         t = tags.from_tag_list(raw.get("Tags"))
-        found.append(AmiVersion(region=region, ami_id=raw["ImageId"], image=t.get(tags.IMAGE, ""), version=t.get(tags.VERSION, ""),
-                                state=raw.get("State", ""), created=raw.get("CreationDate", ""), git_commit=t.get(tags.GIT_COMMIT, ""),
+        found.append(AmiVersion(region=region, ami_id=raw["ImageId"], image=t.get(tags.IMAGE, ""),
+                                version=t.get(tags.VERSION, ""), state=raw.get("State", ""),
+                                created=raw.get("CreationDate", ""), git_commit=t.get(tags.GIT_COMMIT, ""),
                                 snapshots=amis.snapshot_ids(raw)))
     return found
 
 
 def read_releases(ssm, image: str | None = None) -> list[Release]:
-    """Every environment's release from `/bakery/<image>/<env>/{ami-id,version}` in the client's region, sorted by image and env."""
+    """Every environment's release from `/bakery/<image>/<env>/{ami-id,version}` in the client's region.
+
+    Sorted by image and env.
+    """
     found: dict[tuple[str, str], Release] = {}
     path = f"{RELEASE_ROOT}{image}/" if image else RELEASE_ROOT
     for page in ssm.get_paginator("get_parameters_by_path").paginate(Path=path, Recursive=True):
@@ -96,13 +100,18 @@ def environment_regions(project) -> list[str]:
 
 
 def aws_images(settings, image: str | None = None, env_regions: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
-    """Versions in the home region (newest first per image) and which environment runs which (releases of every region given)."""
+    """Versions in the home region (newest first per image) and which environment runs which.
+
+    Releases are read in every region given.
+    """
     home = resolve_region(settings.region)
     versions = managed_amis(client("ec2", home), home, image)
-    released = [r for region in dict.fromkeys([home, *env_regions]) for r in read_releases(client("ssm", region), image)]
+    released = [r for region in dict.fromkeys([home, *env_regions])
+                for r in read_releases(client("ssm", region), image)]
     rows = []
     for ami in sorted(versions, key=lambda a: (a.image, a.version), reverse=True):
-        envs = [r.env for r in released if r.image == ami.image and (r.ami_id == ami.ami_id or r.version == ami.version)]
+        envs = [r.env for r in released
+                if r.image == ami.image and (r.ami_id == ami.ami_id or r.version == ami.version)]
         rows.append({**ami.to_dict(), "environments": envs})
     rows.sort(key=lambda r: r["image"])  # stable: images alphabetically, versions newest first within each
     return {"region": home, "versions": rows, "releases": [r.to_dict() for r in released]}

@@ -64,7 +64,8 @@ def client(service: str, region: str | None = None, profile: str | None = None):
     """A boto3 client with adaptive retries and readable AccessDenied errors."""
     name = resolve_region(region, profile)
     try:
-        made = _session(profile).client(service, region_name=name, config=Config(retries=RETRIES, user_agent_extra="bakery"))
+        made = _session(profile).client(service, region_name=name,
+                                        config=Config(retries=RETRIES, user_agent_extra="bakery"))
     except NoRegionError as exc:
         raise ConfigError("no AWS region: set aws.region in bakery.yml or AWS_REGION in the environment") from exc
     made.meta.events.register(f"after-call.{made.meta.service_model.service_id.hyphenize()}", _refuse_denied)

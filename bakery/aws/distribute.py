@@ -103,30 +103,37 @@ def find_version(ec2, image: str, version: str) -> dict[str, Any] | None:
 
 
 def check_keys_for_sharing(settings, home: str, regions: list[str], accounts: list[str]) -> None:
-    """Sharing needs a customer managed key in every region: the default aws/ebs key cannot be granted to other accounts."""
+    """Sharing needs a customer managed key in every region: the default aws/ebs key cannot be granted to others."""
     if not accounts:
         return
     for region in dict.fromkeys([home, *regions]):
         if not settings.kms_key_for(region, home):
             setting = "aws.kms_key_id" if region == home else f"aws.region_kms_key_ids.{region}"
-            raise ConfigError(f"bakery.yml: {setting} is not set: the AMI in {region} would be encrypted with the default aws/ebs key, which "
-                              f"accounts {', '.join(accounts)} cannot use; set it to a customer managed key whose policy allows them "
-                              "(docs/aws.md, Sharing encrypted AMIs)")
+            raise ConfigError(f"bakery.yml: {setting} is not set: the AMI in {region} would be encrypted with the "
+                              f"default aws/ebs key, which accounts {', '.join(accounts)} cannot use; set it to a "
+                              "customer managed key whose policy allows them (docs/aws.md, Sharing encrypted AMIs)")
 
 
-def _copy(ec2, source: dict[str, Any], home: str, region: str, tag_list: list[dict[str, str]], kms_key: str = "") -> str:
-    token = hashlib.sha256(f"bakery {source['ImageId']} {region} {kms_key}".encode()).hexdigest()[:64]  # a retried request makes no second copy
+def _copy(ec2, source: dict[str, Any], home: str, region: str, tag_list: list[dict[str, str]],
+          kms_key: str = "") -> str:
+    # a retried request makes no second copy
+    token = hashlib.sha256(f"bakery {source['ImageId']} {region} {kms_key}".encode()).hexdigest()[:64]
     encryption = {"Encrypted": True, "KmsKeyId": kms_key} if kms_key else {}
     answer = ec2.copy_image(SourceRegion=home, SourceImageId=source["ImageId"], Name=source["Name"],
-                            Description=source.get("Description") or f"copy of {source['ImageId']} from {home}", ClientToken=token,
-                            TagSpecifications=[{"ResourceType": "image", "Tags": tag_list}, {"ResourceType": "snapshot", "Tags": tag_list}],
+                            Description=source.get("Description") or f"copy of {source['ImageId']} from {home}",
+                            ClientToken=token,
+                            TagSpecifications=[{"ResourceType": "image", "Tags": tag_list},
+                                               {"ResourceType": "snapshot", "Tags": tag_list}],
                             **encryption)
     return answer["ImageId"]
 
 
 def wait_for_copies(clients: dict[str, Any], pending: dict[str, str], progress: Progress, timeout: float,
                     sleep: Callable[[float], None] = time.sleep) -> dict[str, dict[str, Any]]:
-    """Poll every copy (region -> AMI id) until all are available; a line whenever one changes state. Bounded by `timeout`."""
+    """Poll every copy (region -> AMI id) until all are available; a line whenever one changes state.
+
+    Bounded by `timeout`.
+    """
     started = time.monotonic()
     done: dict[str, dict[str, Any]] = {}
     last: dict[str, str] = {}
@@ -159,7 +166,8 @@ def _share(ec2, result: RegionResult, accounts: list[str]) -> None:
     """Launch permission on the AMI, create-volume permission on its snapshots, for the accounts that lack them."""
     if not accounts:
         return
-    have = {p.get("UserId") for p in ec2.describe_image_attribute(ImageId=result.ami_id, Attribute="launchPermission")["LaunchPermissions"]}
+    permissions = ec2.describe_image_attribute(ImageId=result.ami_id, Attribute="launchPermission")["LaunchPermissions"]
+    have = {p.get("UserId") for p in permissions}
     missing = [a for a in accounts if a not in have]
     if missing:
         ec2.modify_image_attribute(ImageId=result.ami_id, LaunchPermission={"Add": [{"UserId": a} for a in missing]})
@@ -169,7 +177,8 @@ def _share(ec2, result: RegionResult, accounts: list[str]) -> None:
         have = {p.get("UserId") for p in answer["CreateVolumePermissions"]}
         missing = [a for a in accounts if a not in have]
         if missing:
-            ec2.modify_snapshot_attribute(SnapshotId=snapshot, Attribute="createVolumePermission", OperationType="add", UserIds=missing)
+            ec2.modify_snapshot_attribute(SnapshotId=snapshot, Attribute="createVolumePermission", OperationType="add",
+                                          UserIds=missing)
             result.create_volume_permission_added[snapshot] = missing
 
 
@@ -181,8 +190,8 @@ def distribute(settings, image: str, version: str, regions: list[str], accounts:
     ec2 = {region: client("ec2", region) for region in dict.fromkeys([home, *regions])}
     source = find_version(ec2[home], image, version)
     if source is None:
-        raise ConfigError(f"no AMI of {image}:{version} in {home} (tags {tags.IMAGE}={image}, {tags.VERSION}={version}); "
-                          f"list versions with: ./bake.py images {image} --target aws")
+        raise ConfigError(f"no AMI of {image}:{version} in {home} (tags {tags.IMAGE}={image}, "
+                          f"{tags.VERSION}={version}); list versions with: ./bake.py images {image} --target aws")
     if source.get("State") != "available":
         progress.note(f"{home}: {source['ImageId']} is {source.get('State')}; waiting for it")
         source = amis.wait_until_visible(ec2[home], source["ImageId"], timeout=timeout, sleep=sleep)
@@ -226,11 +235,13 @@ def _tag_missing(ec2, entry: RegionResult, image_data: dict[str, Any], wanted: d
     if entry.snapshots:
         for snapshot in ec2.describe_snapshots(SnapshotIds=entry.snapshots)["Snapshots"]:
             current[snapshot["SnapshotId"]] = tags.from_tag_list(snapshot.get("Tags"))
-    lacking = [r for r in [entry.ami_id, *entry.snapshots] if any(current.get(r, {}).get(k) != v for k, v in wanted.items())]
+    lacking = [r for r in [entry.ami_id, *entry.snapshots]
+               if any(current.get(r, {}).get(k) != v for k, v in wanted.items())]
     if not lacking:
         return
     try:
         ec2.create_tags(Resources=lacking, Tags=tags.as_tag_list(wanted))
     except ClientError as exc:
-        raise OperationError(f"could not tag {', '.join(lacking)} in {entry.region}: {exc}; run distribute again") from exc
+        raise OperationError(f"could not tag {', '.join(lacking)} in {entry.region}: {exc}; "
+                             "run distribute again") from exc
     entry.tagged = lacking

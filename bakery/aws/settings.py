@@ -22,7 +22,8 @@ DEBIAN_12_PARAMETER = "/aws/service/debian/release/12/latest/amd64"
 @dataclass
 class AwsSettings:
     region: str = ""  # the home region: builds, SSM release parameters, deploys; empty = the standard AWS chain
-    regions: list[str] = field(default_factory=list)  # every region AMIs are copied to (and gc looks in); home region first
+    # every region AMIs are copied to (and gc looks in); home region first
+    regions: list[str] = field(default_factory=list)
     accounts: list[str] = field(default_factory=list)  # accounts given launch permission on every AMI
     builder: str = "packer"
     base_ami_parameter: str = DEBIAN_12_PARAMETER  # public SSM parameter naming the base AMI
@@ -35,7 +36,8 @@ class AwsSettings:
     artifacts_bucket: str = ""  # S3 bucket for application artifacts and Image Builder bundles
     volume_size: int = 8
     kms_key_id: str = ""  # the home region's EBS key; empty: the account's default EBS key (such AMIs cannot be shared)
-    region_kms_key_ids: dict[str, str] = field(default_factory=dict)  # other region -> its EBS key (copies are re-encrypted there)
+    # other region -> its EBS key (copies are re-encrypted there)
+    region_kms_key_ids: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -65,8 +67,10 @@ def load_aws_settings(data: Any, where: str = "bakery.yml") -> AwsSettings:
             continue
         value = data[key]
         if isinstance(default, dict):
-            if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) and v for k, v in value.items()):
-                raise ConfigError(f"{where}: aws.{key} must map a region name to a KMS key id, ARN or alias, got {value!r}")
+            if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) and v
+                                                      for k, v in value.items()):
+                raise ConfigError(f"{where}: aws.{key} must map a region name to a KMS key id, ARN or alias, "
+                                  f"got {value!r}")
         elif isinstance(default, list):
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise ConfigError(f"{where}: aws.{key} must be a list of strings, got {value!r}")
@@ -85,5 +89,6 @@ def load_aws_settings(data: Any, where: str = "bakery.yml") -> AwsSettings:
     if settings.builder not in BUILDERS:
         raise ConfigError(f"{where}: aws.builder must be one of {', '.join(BUILDERS)}, got {settings.builder!r}")
     if settings.base_ami and not re.match(r"^ami-[0-9a-f]{8,17}$", settings.base_ami):
-        raise ConfigError(f"{where}: aws.base_ami must be an AMI id like ami-0123456789abcdef0, got {settings.base_ami!r}")
+        raise ConfigError(f"{where}: aws.base_ami must be an AMI id like ami-0123456789abcdef0, "
+                          f"got {settings.base_ami!r}")
     return settings

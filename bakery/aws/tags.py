@@ -25,7 +25,8 @@ BASE_IMAGE = "bakery:base-image"
 BAKERY_VERSION = "bakery:tool-version"
 ROLES = "bakery:roles"
 ARTIFACTS = "bakery:artifacts"
-VERIFIED = "bakery:verified"  # "passed" or "failed": the builder's test run, so any checkout (or CI job) can apply the gate
+# "passed" or "failed": the builder's test run, so any checkout (or CI job) can apply the gate
+VERIFIED = "bakery:verified"
 VERIFICATION = "bakery:verification"  # its one-line summary
 RUN = "bakery:run"  # the bake's run id: a failed bake removes only what its own run registered
 ENVIRONMENT = "bakery:environment"  # on instances and volumes launched for an environment

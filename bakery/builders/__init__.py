@@ -22,7 +22,8 @@ def builder_for(target: str, name: str | None, configured: str | None = None) ->
     """The builder class for a target: the one asked for, else the configured one, else the target's default."""
     chosen = name or configured or DEFAULT_BUILDER[target]
     if chosen not in TARGET_BUILDERS[target]:
-        raise ConfigError(f"builder '{chosen}' does not build for target '{target}'; use one of: {', '.join(TARGET_BUILDERS[target])}")
+        raise ConfigError(f"builder '{chosen}' does not build for target '{target}'; use one of: "
+                          f"{', '.join(TARGET_BUILDERS[target])}")
     return get_builder(chosen)
 
 

@@ -73,7 +73,8 @@ class Builder(ABC):
             artifact = store.latest(name)
             if artifact is None:
                 raise ConfigError(
-                    f"image '{definition.name}' bakes artifact '{name}' into role '{role}', but none is built; run: ./bake.py build-app")
+                    f"image '{definition.name}' bakes artifact '{name}' into role '{role}', but none is built; run: "
+                    "./bake.py build-app")
             verify(artifact)
             sha = artifact.sha256.removeprefix("sha256:")
             inputs[role] = {"artifact": name, "sha256": sha, "version": artifact.version}

@@ -6,8 +6,8 @@ base digest, and return the existing AMI when one already carries that
 `bakery:input-digest` tag (no Image Builder call at all). Otherwise pack and
 upload the bundle (bakery.aws.bundle), reserve a version in the catalog, create
 or reuse the component, a recipe version, the infrastructure and distribution
-configurations (bakery.aws.imagebuilder_resources), start the build and follow
-it (bakery.aws.imagebuilder_wait). On AVAILABLE the home-region AMI id becomes
+configurations (bakery.aws.imagebuilder.resources), start the build and follow
+it (bakery.aws.imagebuilder.wait). On AVAILABLE the home-region AMI id becomes
 the version's image_ref and image_id.
 
 Verification: the component's test phase runs the image's testinfra suite
@@ -31,12 +31,12 @@ from dataclasses import dataclass
 from botocore.exceptions import BotoCoreError, ClientError
 
 from bakery import __version__
-from bakery.aws import imagebuilder_resources as resources
 from bakery.aws import tags as tag_names
 from bakery.aws.amis import find_amis, resolve_base_ami, root_device, tag_with_snapshots
 from bakery.aws.bundle import Bundle, build_bundle, image_suite, require_bucket, upload_bundle
 from bakery.aws.clients import check_credentials, client, resolve_region
-from bakery.aws.imagebuilder_wait import ImageBuildFailed, log_locations, wait_for_image
+from bakery.aws.imagebuilder import resources
+from bakery.aws.imagebuilder.wait import ImageBuildFailed, log_locations, wait_for_image
 from bakery.builders.ami import AmiBuilder, region_keys
 from bakery.builders.base import BuildOptions, BuildResult, LayerResult
 from bakery.config import ImageDefinition
@@ -80,7 +80,8 @@ class ImageBuilderBuilder(AmiBuilder):
         started = time.monotonic()
         settings = self.project.aws
         bucket = require_bucket(settings.artifacts_bucket)
-        resources.infrastructure_spec(definition.name, settings, bucket)  # fails on a missing instance profile before any AWS call
+        # fails on a missing instance profile before any AWS call
+        resources.infrastructure_spec(definition.name, settings, bucket)
         region = resolve_region(settings.region or None)
         keys = region_keys(settings, region)
         check_credentials()
@@ -97,7 +98,8 @@ class ImageBuilderBuilder(AmiBuilder):
                 return self.reused(existing, region, digest, planned, run, started)
         bundle = build_bundle(self.project, definition, extra_vars, role_vars)
         if upload_bundle(client("s3", region), bucket, bundle):
-            self.progress.note(f"{definition.name}: uploaded bundle {bundle.uri(bucket)} ({len(bundle.data) >> 10} KiB)")
+            self.progress.note(f"{definition.name}: uploaded bundle {bundle.uri(bucket)} "
+                               f"({len(bundle.data) >> 10} KiB)")
         else:
             self.progress.note(f"{definition.name}: bundle {bundle.uri(bucket)} is there already")
         plan = _Plan(definition, region, base_ami, keys, root_device(ec2, base_ami), planned, digest, bundle, bucket,
@@ -140,44 +142,27 @@ class _ImageBuild:
                     self.b.catalog.discard_version(self.name, self.version)
 
     def _build(self) -> BuildResult:
-        settings = self.b.project.aws
         self.version = self.b.catalog.reserve_version(
             self.name, self.run.id, os.getpid(),
             taken=lambda v: bool(find_amis(self.ec2, {tag_names.IMAGE: self.name, tag_names.VERSION: v})))
         provenance = self._provenance()
         label = f"{self.name}:{self.version}"
-        document = resources.component_document(self.name, self.plan.bundle.uri(self.plan.bucket), self.plan.bundle.sha256)
-        component_arn, created = resources.ensure_component(self.ib, self.name, document, self.token("component"))
-        self.b.progress.note(f"{label}: {'created' if created else 'reusing'} component {component_arn}")
-        recipe_arn = resources.ensure_recipe(
-            self.ib, self.name, self.version, component_arn=component_arn,
-            parameters=resources.component_parameters(self.version, provenance.git_commit, provenance.release_file()),
-            parent_ami=self.plan.base_ami, root_device=self.plan.root_device, volume_size=settings.volume_size,
-            kms_key_id=self.plan.keys[self.plan.region], token=self.token("recipe"))
-        infrastructure = resources.infrastructure_spec(self.name, settings, self.plan.bucket)
-        infrastructure_arn = resources.ensure_infrastructure(self.ib, self.name, infrastructure, self.token("infrastructure"))
-        distribution = resources.distribution_spec(self.name, self.version, self.plan.keys, settings.accounts, tag_names.provenance_tags(provenance))
-        distribution_arn = resources.ensure_distribution(self.ib, self.name, distribution, self.token("distribution"))
         tests = image_suite(self.b.project, self.plan.definition) is not None
-        self.build_arn = self.ib.create_image(
-            imageRecipeArn=recipe_arn, infrastructureConfigurationArn=infrastructure_arn, distributionConfigurationArn=distribution_arn,
-            imageTestsConfiguration={"imageTestsEnabled": tests, "timeoutMinutes": TEST_TIMEOUT_MINUTES},
-            enhancedImageMetadataEnabled=True,
-            tags={tag_names.MANAGED: "true", tag_names.IMAGE: self.name, tag_names.VERSION: self.version},
-            clientToken=self.token("image"))["imageBuildVersionArn"]
+        self.build_arn = self._start(provenance, label, tests)
         self.b.progress.note(f"{label}: started Image Builder build {self.build_arn}")
         waited_from, waited = utc_now(), time.monotonic()
-        image = wait_for_image(self.ib, self.build_arn, self.b.progress, label, first=self.b.poll_first, limit=self.b.poll_max,
-                               timeout=self.b.timeout, sleep=self.b.sleep)
+        image = wait_for_image(self.ib, self.build_arn, self.b.progress, label, first=self.b.poll_first,
+                               limit=self.b.poll_max, timeout=self.b.timeout, sleep=self.b.sleep)
         self.build_arn = None  # finished: nothing to cancel any more
         amis = {ami["region"]: ami["image"] for ami in (image.get("outputResources") or {}).get("amis", [])}
         home = amis.get(self.plan.region)
         if not home:
             raise OperationError(f"Image Builder build of {label} is AVAILABLE but names no AMI in {self.plan.region} "
-                                 f"(it names: {', '.join(f'{r}={a}' for r, a in amis.items()) or 'none'}; logs: {log_locations(image)})")
+                                 f"(it names: {', '.join(f'{r}={a}' for r, a in amis.items()) or 'none'}; "
+                                 f"logs: {log_locations(image)})")
         self.b.progress.note(f"{label}: AMIs " + ", ".join(f"{region} {ami}" for region, ami in amis.items()))
-        # AVAILABLE with tests enabled means the test phase passed: say so on every AMI and snapshot (bakery.aws.adopt reads it),
-        # with the run id, and the provenance on the snapshots too (Image Builder tags only the AMIs).
+        # AVAILABLE with tests enabled means the test phase passed: say so on every AMI and snapshot (bakery.aws.adopt
+        # reads it), with the run id, and the provenance on the snapshots too (Image Builder tags only the AMIs).
         summary = f"EC2 Image Builder test phase passed (tests/images/test_{self.name}.py)"
         made_tags = {**tag_names.provenance_tags(provenance), tag_names.RUN: sanitize_tag_value(self.run.id)}
         if tests:
@@ -185,12 +170,14 @@ class _ImageBuild:
         for region, ami in amis.items():
             tag_with_snapshots(client("ec2", region), ami, made_tags)
         self.b.catalog.complete_version(
-            self.name, self.version, image_ref=home, image_id=home, input_digest=self.plan.digest, provenance=provenance.to_dict(),
-            layers=[{"role": p.role, "role_digest": p.role_digest, "key": p.key, "cached": False} for p in self.plan.planned])
+            self.name, self.version, image_ref=home, image_id=home, input_digest=self.plan.digest,
+            provenance=provenance.to_dict(),
+            layers=[{"role": p.role, "role_digest": p.role_digest, "key": p.key, "cached": False}
+                    for p in self.plan.planned])
         if tests:
             self.b.catalog.record_verification(
-                self.name, self.version, env=None, started=waited_from, seconds=round(time.monotonic() - waited, 1), passed=True,
-                run_id=self.run.id, summary=summary,
+                self.name, self.version, env=None, started=waited_from, seconds=round(time.monotonic() - waited, 1),
+                passed=True, run_id=self.run.id, summary=summary,
                 reports={"imagebuilder_image": image.get("arn", ""), "logs": log_locations(image), "amis": amis})
         return BuildResult(
             image=self.name, version=self.version, ref=home, image_id=home, input_digest=self.plan.digest, reused=False,
@@ -199,13 +186,40 @@ class _ImageBuild:
             provenance=provenance.to_dict(),
         )
 
+    def _start(self, provenance: Provenance, label: str, tests: bool) -> str:
+        """Every resource the build needs (created, reused or updated in place), then the build: its ARN."""
+        settings = self.b.project.aws
+        version = self.version or ""
+        document = resources.component_document(self.name, self.plan.bundle.uri(self.plan.bucket),
+                                                self.plan.bundle.sha256)
+        component_arn, created = resources.ensure_component(self.ib, self.name, document, self.token("component"))
+        self.b.progress.note(f"{label}: {'created' if created else 'reusing'} component {component_arn}")
+        recipe_arn = resources.ensure_recipe(
+            self.ib, self.name, version, component_arn=component_arn,
+            parameters=resources.component_parameters(version, provenance.git_commit, provenance.release_file()),
+            parent_ami=self.plan.base_ami, root_device=self.plan.root_device, volume_size=settings.volume_size,
+            kms_key_id=self.plan.keys[self.plan.region], token=self.token("recipe"))
+        infrastructure = resources.infrastructure_spec(self.name, settings, self.plan.bucket)
+        infrastructure_arn = resources.ensure_infrastructure(self.ib, self.name, infrastructure,
+                                                             self.token("infrastructure"))
+        distribution = resources.distribution_spec(self.name, version, self.plan.keys, settings.accounts,
+                                                   tag_names.provenance_tags(provenance))
+        distribution_arn = resources.ensure_distribution(self.ib, self.name, distribution, self.token("distribution"))
+        return self.ib.create_image(
+            imageRecipeArn=recipe_arn, infrastructureConfigurationArn=infrastructure_arn,
+            distributionConfigurationArn=distribution_arn,
+            imageTestsConfiguration={"imageTestsEnabled": tests, "timeoutMinutes": TEST_TIMEOUT_MINUTES},
+            enhancedImageMetadataEnabled=True,
+            tags={tag_names.MANAGED: "true", tag_names.IMAGE: self.name, tag_names.VERSION: version},
+            clientToken=self.token("image"))["imageBuildVersionArn"]
+
     def _provenance(self) -> Provenance:
         git = git_facts(self.b.project.root)
         return Provenance(
-            image=self.name, version=self.version or "", git_commit=git.commit, git_message=git.message, git_branch=git.branch,
-            git_dirty=git.dirty, build_time=utc_now(), base_image=self.plan.base_ami, base_digest=self.plan.base_ami,
-            input_digest=self.plan.digest, bakery_version=__version__, roles={p.role: p.role_digest for p in self.plan.planned},
-            artifacts=self.plan.artifacts,
+            image=self.name, version=self.version or "", git_commit=git.commit, git_message=git.message,
+            git_branch=git.branch, git_dirty=git.dirty, build_time=utc_now(), base_image=self.plan.base_ami,
+            base_digest=self.plan.base_ami, input_digest=self.plan.digest, bakery_version=__version__,
+            roles={p.role: p.role_digest for p in self.plan.planned}, artifacts=self.plan.artifacts,
         )
 
     def _cancel(self) -> None:
@@ -215,6 +229,7 @@ class _ImageBuild:
         try:
             self.ib.cancel_image_creation(imageBuildVersionArn=self.build_arn, clientToken=self.token("cancel"))
             self.b.progress.note(f"{self.name}: cancelled Image Builder build {self.build_arn}")
-        except (ClientError, BotoCoreError, OperationError) as exc:  # the original error matters more; say what is left running
+        except (ClientError, BotoCoreError, OperationError) as exc:  # the original error matters; say what is left
             log.warning("could not cancel %s: %s", self.build_arn, exc)
-            self.b.progress.note(f"{self.name}: could not cancel Image Builder build {self.build_arn} ({exc}); cancel it in the console")
+            self.b.progress.note(f"{self.name}: could not cancel Image Builder build {self.build_arn} ({exc}); "
+                                 "cancel it in the console")

@@ -19,12 +19,13 @@ from typing import Any
 
 import yaml
 
-from bakery import __version__, leftovers, podman
+from bakery import __version__, podman
 from bakery.ansible import ansible_env, mitogen_env, mitogen_wanted, podman_inventory, run_playbook
 from bakery.base_image import resolve_base
 from bakery.builders.base import Builder, BuildOptions, BuildResult, LayerResult
 from bakery.config import ImageDefinition
 from bakery.errors import ConfigError, Interrupted, OperationError
+from bakery.gc import leftovers
 from bakery.layers import PlannedLayer, input_digest, plan_layers
 from bakery.provenance import Provenance, git_facts, utc_now
 from bakery.runs import Run
@@ -66,7 +67,8 @@ class PodmanBuilder(Builder):
                 return self._reused_result(existing, planned, run, started)
 
         with cancellable() as cancel:
-            bake = _Bake(self, definition, options, run, cancel, base.ref, base.digest, planned, digest, extra_vars, started)
+            bake = _Bake(self, definition, options, run, cancel, base.ref, base.digest, planned, digest, extra_vars,
+                         started)
             bake.role_vars = role_vars
             bake.artifacts = {v["artifact"]: v["version"] for v in role_inputs.values()}
             return bake.go()
@@ -94,7 +96,8 @@ class PodmanBuilder(Builder):
         probe = storage if storage.exists() else Path("/")
         free = shutil.disk_usage(probe).free
         if free < MIN_FREE_BYTES:
-            raise ConfigError(f"only {free >> 20} MiB free under {probe}; a bake needs at least 1 GiB: free space or run: ./bake.py gc")
+            raise ConfigError(f"only {free >> 20} MiB free under {probe}; a bake needs at least 1 GiB: "
+                              "free space or run: ./bake.py gc")
 
 
 class _Bake:
@@ -146,14 +149,16 @@ class _Bake:
             podman.remove_container(self.container)
         self.cancel.check()
         self.version = self.b.catalog.reserve_version(
-            self.definition.name, self.run.id, os.getpid(), taken=lambda v: podman.image_exists(podman.image_ref(self.definition.name, v)))
+            self.definition.name, self.run.id, os.getpid(),
+            taken=lambda v: podman.image_exists(podman.image_ref(self.definition.name, v)))
         provenance = self._provenance()
         ref, image_id = self._finalize(parent_ref, provenance)
         self.cancel.check()
         self.b.catalog.complete_version(
             self.definition.name, self.version, image_ref=ref, image_id=image_id, input_digest=self.digest,
             provenance=provenance.to_dict(),
-            layers=[{"role": r.role, "role_digest": r.role_digest, "key": r.key, "cached": r.cached} for r in self.layer_results],
+            layers=[{"role": r.role, "role_digest": r.role_digest, "key": r.key, "cached": r.cached}
+                    for r in self.layer_results],
         )
         return BuildResult(
             image=self.definition.name, version=self.version, ref=ref, image_id=image_id, input_digest=self.digest,
@@ -198,11 +203,13 @@ class _Bake:
             state = proc.stdout.strip() or "unknown"
             if state in ("running", "degraded"):
                 if state == "degraded":
-                    failed = podman.run("exec", self.container, "systemctl", "--failed", "--no-legend", "--plain", check=False)
+                    failed = podman.run("exec", self.container, "systemctl", "--failed", "--no-legend", "--plain",
+                                        check=False)
                     log.warning("build container is degraded: %s", " ".join(failed.stdout.split()))
                 return
             time.sleep(0.3)
-        raise OperationError(f"build container {self.container} did not boot: systemd is '{state}' after {BOOT_TIMEOUT} s")
+        raise OperationError(f"build container {self.container} did not boot: "
+                             f"systemd is '{state}' after {BOOT_TIMEOUT} s")
 
     def _bake_layer(self, p: PlannedLayer) -> str:
         step = f"[{p.layer.position + 1}/{len(self.planned)}] {p.role}"
@@ -213,7 +220,8 @@ class _Bake:
         try:
             outcome = run_playbook(
                 playbook=playbook,
-                inventory=podman_inventory(self.container, ["bakery_build", self.definition.name.replace("-", "_")], mitogen=mitogen),
+                inventory=podman_inventory(self.container, ["bakery_build", self.definition.name.replace("-", "_")],
+                                           mitogen=mitogen),
                 private_data_dir=self.run.path / "ansible",
                 ident=f"{p.layer.position + 1:02d}-{p.role}",
                 envvars={**ansible_env(self.b.project.root), **(mitogen_env() if mitogen else {})},
@@ -237,8 +245,9 @@ class _Bake:
         ref = podman.cache_ref(self.definition.name, p.role, p.key)
         podman.run("commit", "-q", self.container, ref, timeout=900)
         image_id = podman.image_id(ref) or ""
+        parent = self.planned[p.layer.position - 1].key if p.layer.position else self.base_digest
         self.b.catalog.put_layer(p.key, image=self.definition.name, role=p.role, ref=ref, image_id=image_id,
-                                 parent=self.planned[p.layer.position - 1].key if p.layer.position else self.base_digest)
+                                 parent=parent)
         self.layer_results.append(LayerResult(p.role, p.key, p.role_digest, cached=False, seconds=round(seconds, 3),
                                               tasks=outcome.tasks, changed=outcome.changed))
         return ref

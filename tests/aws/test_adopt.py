@@ -1,13 +1,13 @@
-"""Adopting a version baked elsewhere from its AMI's tags (moto server): the catalog row and the builder's verification."""
+"""Adopting a version baked elsewhere from its AMI's tags (moto server): its catalog row and its build's checks."""
 
 from __future__ import annotations
 
 import pytest
 
-from bakery import gate
 from bakery.aws import adopt, clients, tags
 from bakery.catalog import open_catalog
 from bakery.errors import OperationError
+from bakery.verify import gate
 from tests.aws.test_amis import register_ami
 
 pytestmark = pytest.mark.aws
@@ -38,13 +38,15 @@ def test_adoption_records_the_version_and_its_passed_verification_once(aws, tmp_
 
     again = adopt.adopt_version(catalog, ec2, "webapp", "20261101.001", REGION, "run-2")
     assert again is not None and again["run_id"] == "run-1"
-    assert adopt.adopt_ami(catalog, ec2.describe_images(ImageIds=[ami])["Images"][0], REGION, "run-3")["run_id"] == "run-1"
+    assert adopt.adopt_ami(
+        catalog, ec2.describe_images(ImageIds=[ami])["Images"][0], REGION, "run-3")["run_id"] == "run-1"
     assert len(catalog.verifications("webapp", "20261101.001")) == 1  # idempotent: one adoption, one verification
 
 
 def test_adoption_keeps_a_failed_result_failed_and_an_untested_one_unverified(aws, tmp_path):
     ec2 = clients.client("ec2", REGION)
-    register_ami(ec2, "webapp-failed", version_tags("20261101.002", **{tags.VERIFIED: "failed", tags.VERIFICATION: "1 failed"}))
+    register_ami(ec2, "webapp-failed",
+                 version_tags("20261101.002", **{tags.VERIFIED: "failed", tags.VERIFICATION: "1 failed"}))
     register_ami(ec2, "webapp-untested", version_tags("20261101.003"))
     catalog = open_catalog(tmp_path / ".bakery")
     assert adopt.adopt_version(catalog, ec2, "webapp", "20261101.002", REGION, "run-1") is not None

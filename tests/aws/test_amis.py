@@ -16,8 +16,9 @@ def register_ami(ec2, name: str, ami_tags: dict[str, str]) -> str:
     """An AMI in moto with these tags (moto ignores TagSpecifications on register_image, so tag afterwards)."""
     volume = ec2.create_volume(Size=8, AvailabilityZone="us-east-1a")
     snapshot = ec2.create_snapshot(VolumeId=volume["VolumeId"])["SnapshotId"]
-    ami = ec2.register_image(Name=name, RootDeviceName="/dev/xvda", VirtualizationType="hvm",
-                             BlockDeviceMappings=[{"DeviceName": "/dev/xvda", "Ebs": {"SnapshotId": snapshot}}])["ImageId"]
+    ami = ec2.register_image(
+        Name=name, RootDeviceName="/dev/xvda", VirtualizationType="hvm",
+        BlockDeviceMappings=[{"DeviceName": "/dev/xvda", "Ebs": {"SnapshotId": snapshot}}])["ImageId"]
     ec2.create_tags(Resources=[ami], Tags=tags.as_tag_list(ami_tags))
     return ami
 
@@ -84,8 +85,9 @@ def test_root_device_is_the_base_amis_and_an_unknown_base_is_one_line(aws):
     ec2 = clients.client("ec2")
     volume = ec2.create_volume(Size=8, AvailabilityZone="us-east-1a")
     snapshot = ec2.create_snapshot(VolumeId=volume["VolumeId"])["SnapshotId"]
-    ami = ec2.register_image(Name="debian-sda1", RootDeviceName="/dev/sda1", VirtualizationType="hvm",
-                             BlockDeviceMappings=[{"DeviceName": "/dev/sda1", "Ebs": {"SnapshotId": snapshot}}])["ImageId"]
+    ami = ec2.register_image(
+        Name="debian-sda1", RootDeviceName="/dev/sda1", VirtualizationType="hvm",
+        BlockDeviceMappings=[{"DeviceName": "/dev/sda1", "Ebs": {"SnapshotId": snapshot}}])["ImageId"]
     assert amis.root_device(ec2, ami) == "/dev/sda1"
     with pytest.raises(ConfigError, match="base AMI ami-0123456789abcdef0 is not visible in this region"):
         amis.root_device(ec2, "ami-0123456789abcdef0")

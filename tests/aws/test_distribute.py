@@ -1,4 +1,5 @@
-"""distribute against moto server: a tagged copy in the other region, shared with the accounts (AMIs and snapshots), and a re-run changes nothing."""
+"""distribute against moto server: a tagged copy in the other region, shared with the accounts (AMIs and snapshots),
+and a re-run changes nothing."""
 
 from __future__ import annotations
 
@@ -16,14 +17,17 @@ pytestmark = pytest.mark.aws
 HOME, OTHER = "us-east-1", "eu-west-1"
 ACCOUNTS = ["111122223333", "444455556666"]
 VERSION = "20260101.007"
-KEYS = {HOME: "alias/bakery-ami", OTHER: "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"}
+KEYS = {HOME: "alias/bakery-ami",
+        OTHER: "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"}
 
 
 def shared_with(ec2, ami_id: str) -> tuple[set[str], dict[str, set[str]]]:
     """Who may launch the AMI, and who may create volumes from each of its snapshots."""
     image = ec2.describe_images(ImageIds=[ami_id])["Images"][0]
-    launch = {p["UserId"] for p in ec2.describe_image_attribute(ImageId=ami_id, Attribute="launchPermission")["LaunchPermissions"]}
-    volumes = {s: {p["UserId"] for p in ec2.describe_snapshot_attribute(SnapshotId=s, Attribute="createVolumePermission")["CreateVolumePermissions"]}
+    launch = {p["UserId"]
+              for p in ec2.describe_image_attribute(ImageId=ami_id, Attribute="launchPermission")["LaunchPermissions"]}
+    volumes = {s: {p["UserId"] for p in ec2.describe_snapshot_attribute(
+                       SnapshotId=s, Attribute="createVolumePermission")["CreateVolumePermissions"]}
                for s in amis.snapshot_ids(image)}
     return launch, volumes
 
@@ -33,17 +37,20 @@ def test_distribute_copies_tags_and_shares_then_a_rerun_is_a_no_op(aws, proj):
     home, other = boto3.client("ec2", HOME), boto3.client("ec2", OTHER)
     source, _ = version_ami(home, "sample", VERSION, **{tags.INPUT_DIGEST: "sha256:abc"})
 
-    first = bake(proj, "distribute", f"sample:{VERSION}", "--regions", OTHER, "--accounts", ",".join(ACCOUNTS), "--json")
+    first = bake(proj, "distribute", f"sample:{VERSION}", "--regions", OTHER, "--accounts", ",".join(ACCOUNTS),
+                 "--json")
     assert first.rc == 0, first.stderr
     result = {r["region"]: r for r in first.json["regions"]}
-    assert first.json["changed"] and result[HOME]["ami_id"] == source and not result[HOME]["copied"] and result[OTHER]["copied"]
+    assert (first.json["changed"] and result[HOME]["ami_id"] == source and not result[HOME]["copied"]
+            and result[OTHER]["copied"])
     copies = amis.find_amis(other, {tags.MANAGED: "true", tags.IMAGE: "sample", tags.VERSION: VERSION})
     assert [c["ImageId"] for c in copies] == [result[OTHER]["ami_id"]]
     copy_tags = tags.from_tag_list(copies[0]["Tags"])
     assert copy_tags[tags.INPUT_DIGEST] == "sha256:abc" and copy_tags["Name"] == f"sample-{VERSION}"
     copy_snapshots = amis.snapshot_ids(copies[0])
     assert copy_snapshots and all(
-        tags.from_tag_list(s["Tags"]).get(tags.VERSION) == VERSION for s in other.describe_snapshots(SnapshotIds=copy_snapshots)["Snapshots"])
+        tags.from_tag_list(s["Tags"]).get(tags.VERSION) == VERSION
+        for s in other.describe_snapshots(SnapshotIds=copy_snapshots)["Snapshots"])
     for ec2, ami in ((home, source), (other, copies[0]["ImageId"])):
         launch, volumes = shared_with(ec2, ami)
         assert launch == set(ACCOUNTS) and volumes and all(users == set(ACCOUNTS) for users in volumes.values())
@@ -64,7 +71,8 @@ def test_a_copy_is_encrypted_with_the_destination_regions_key(aws, proj, monkeyp
 
     def recording_client(service, region=None, profile=None):
         made = clients.client(service, region, profile)
-        made.meta.events.register("provide-client-params.ec2.CopyImage", lambda params, **_: copies.append((region, dict(params))))
+        made.meta.events.register("provide-client-params.ec2.CopyImage",
+                                  lambda params, **_: copies.append((region, dict(params))))
         return made
 
     monkeypatch.setattr(dist, "client", recording_client)
@@ -72,7 +80,8 @@ def test_a_copy_is_encrypted_with_the_destination_regions_key(aws, proj, monkeyp
     version_ami(boto3.client("ec2", HOME), "sample", VERSION)
     result = dist.distribute(settings, "sample", VERSION, [OTHER], ACCOUNTS, Progress(io.StringIO()))
     assert [r.region for r in result.regions if r.copied] == [OTHER]
-    assert [(region, params["Encrypted"], params["KmsKeyId"]) for region, params in copies] == [(OTHER, True, KEYS[OTHER])]
+    assert ([(region, params["Encrypted"], params["KmsKeyId"]) for region, params in copies]
+            == [(OTHER, True, KEYS[OTHER])])
 
 
 def test_sharing_without_a_customer_key_in_a_region_is_refused_before_anything_is_copied(aws, proj):
@@ -80,7 +89,8 @@ def test_sharing_without_a_customer_key_in_a_region_is_refused_before_anything_i
     version_ami(boto3.client("ec2", HOME), "sample", VERSION)
     refused = bake(proj, "distribute", f"sample:{VERSION}")
     assert refused.rc == 2 and refused.stderr.count("\n") == 1, refused.stderr
-    assert f"aws.region_kms_key_ids.{OTHER} is not set: the AMI in {OTHER} would be encrypted with the default aws/ebs key" in refused.stderr
+    assert (f"aws.region_kms_key_ids.{OTHER} is not set: the AMI in {OTHER} would be encrypted with the default "
+            "aws/ebs key") in refused.stderr
     assert not amis.find_amis(boto3.client("ec2", OTHER), {tags.IMAGE: "sample"})  # nothing copied
 
 
@@ -105,8 +115,10 @@ def test_waiting_for_a_copy_rides_out_eventual_consistency_and_is_bounded(aws):
     lines, sleeps = io.StringIO(), []
     described = wait_for_copies({OTHER: ec2}, {OTHER: ami}, Progress(lines), timeout=60, sleep=sleeps.append)
     assert described[OTHER]["ImageId"] == ami and lagging.injected == 2 and sleeps == [1.0, 2.0]
-    assert [line.split(" after ")[0] for line in lines.getvalue().splitlines()] == [f"{OTHER}: {ami} not visible yet", f"{OTHER}: {ami} available"]
+    assert ([line.split(" after ")[0] for line in lines.getvalue().splitlines()]
+            == [f"{OTHER}: {ami} not visible yet", f"{OTHER}: {ami} available"])
 
     FailFirst("DescribeImages", "InvalidAMIID.NotFound", times=100, match="ImageId.1=").attach(ec2)
-    with pytest.raises(OperationError, match=f"copies still not available after 5 s: {OTHER} \\({ami} not visible yet\\).*run distribute again"):
+    with pytest.raises(OperationError, match=f"copies still not available after 5 s: {OTHER} "
+                                             f"\\({ami} not visible yet\\).*run distribute again"):
         wait_for_copies({OTHER: ec2}, {OTHER: ami}, Progress(io.StringIO()), timeout=5, sleep=lambda s: None)

@@ -1,4 +1,4 @@
-"""The EC2 Image Builder builder: S3 bundle and SSM base AMI through moto server, every Image Builder call through Stubber.
+"""The EC2 Image Builder builder: S3 bundle and SSM base AMI through moto server, every Image Builder call by Stubber.
 
 Stubber checks each request against botocore's Image Builder model (names,
 types, required members) and each canned response too, so the shapes here are
@@ -22,7 +22,13 @@ from botocore.stub import ANY, Stubber
 from bakery.aws import clients
 from bakery.aws import tags as tag_names
 from bakery.aws.bundle import BUNDLE_ROOT, Bundle, build_bundle, upload_bundle
-from bakery.aws.imagebuilder_resources import ANSIBLE_CORE_VERSION, PYTEST_VERSION, TESTINFRA_VERSION, component_document, document_digest
+from bakery.aws.imagebuilder.resources import (
+    ANSIBLE_CORE_VERSION,
+    PYTEST_VERSION,
+    TESTINFRA_VERSION,
+    component_document,
+    document_digest,
+)
 from bakery.builders.base import BuildOptions
 from bakery.builders.imagebuilder import ImageBuilderBuilder
 from bakery.catalog import open_catalog
@@ -41,10 +47,11 @@ PARAMETER = "/test/debian-12/amd64"
 ARN = f"arn:aws:imagebuilder:us-east-1:{ACCOUNT}"
 AWS_SETTINGS = {
     "region": "us-east-1", "regions": ["eu-west-1"], "accounts": ["111122223333"], "base_ami_parameter": PARAMETER,
-    "artifacts_bucket": BUCKET, "instance_profile": "bakery-build", "subnet_id": "subnet-0abc", "security_group_ids": ["sg-0abc"],
+    "artifacts_bucket": BUCKET, "instance_profile": "bakery-build", "subnet_id": "subnet-0abc",
+    "security_group_ids": ["sg-0abc"],
     "kms_key_id": "alias/bakery-us", "region_kms_key_ids": {"eu-west-1": "alias/bakery-eu"},
 }
-KEYS = {"us-east-1": "alias/bakery-us", "eu-west-1": "alias/bakery-eu"}  # each copy is encrypted with its own region's key
+KEYS = {"us-east-1": "alias/bakery-us", "eu-west-1": "alias/bakery-eu"}  # each copy is encrypted with its region's key
 EXTRA = {"bakery_image": "sample", "bakery_target": "aws"}
 
 
@@ -76,16 +83,19 @@ def ibproj(proj: Path) -> Path:
     (proj / "playbooks" / "group_vars" / "all").mkdir(parents=True)
     (proj / "playbooks" / "group_vars" / "all" / "bake.yml").write_text("---\nsample_greeting: hello\n")
     (proj / "tests" / "images").mkdir(parents=True)
-    (proj / "tests" / "images" / "test_sample.py").write_text("def test_release(host):\n    assert host.file('/etc/image-release').exists\n")
+    (proj / "tests" / "images" / "test_sample.py").write_text(
+        "def test_release(host):\n    assert host.file('/etc/image-release').exists\n")
     return proj
 
 
 @pytest.fixture
 def base_ami(aws, monkeypatch) -> str:
     """A base AMI in moto and the SSM parameter naming it."""
-    monkeypatch.setenv("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")  # moto (same process) skips loading its ~1 s catalogue of public AMIs
+    # moto (same process) skips loading its ~1 s catalogue of public AMIs
+    monkeypatch.setenv("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
     ec2 = clients.client("ec2")
-    ami = ec2.register_image(Name="debian-12-test", RootDeviceName="/dev/xvda", Architecture="x86_64", VirtualizationType="hvm",
+    ami = ec2.register_image(Name="debian-12-test", RootDeviceName="/dev/xvda", Architecture="x86_64",
+                             VirtualizationType="hvm",
                              BlockDeviceMappings=[{"DeviceName": "/dev/xvda", "Ebs": {"VolumeSize": 8}}])["ImageId"]
     clients.client("ssm").put_parameter(Name=PARAMETER, Value=ami, Type="String")
     clients.client("s3").create_bucket(Bucket=BUCKET)
@@ -94,11 +104,13 @@ def base_ami(aws, monkeypatch) -> str:
 
 @pytest.fixture
 def ib(aws, monkeypatch):
-    """bakery's own imagebuilder client (retries, AccessDenied hook) under a Stubber; every other service stays moto's."""
+    """bakery's own imagebuilder client (retries, AccessDenied hook) under a Stubber; other services stay moto's."""
     stubbed = clients.client("imagebuilder", "us-east-1")
     real = clients.client
-    monkeypatch.setattr("bakery.builders.imagebuilder.client",
-                        lambda service, region=None, profile=None: stubbed if service == "imagebuilder" else real(service, region, profile))
+    monkeypatch.setattr(
+        "bakery.builders.imagebuilder.client",
+        lambda service, region=None, profile=None: (stubbed if service == "imagebuilder"
+                                                    else real(service, region, profile)))
     with Stubber(stubbed) as stub:
         yield stub
         stub.assert_no_pending_responses()
@@ -108,7 +120,8 @@ def make_builder(root: Path, **kwargs):
     project = Project(root)
     catalog = open_catalog(project.state_dir)
     stream = io.StringIO()
-    builder = ImageBuilderBuilder(project, catalog, Progress(stream), poll_first=0.001, poll_max=0.002, sleep=lambda _: None, **kwargs)
+    builder = ImageBuilderBuilder(project, catalog, Progress(stream), poll_first=0.001, poll_max=0.002,
+                                  sleep=lambda _: None, **kwargs)
     return builder, project, catalog, stream
 
 
@@ -117,9 +130,10 @@ def expected_bundle(project: Project):
 
 
 def image(status: str, **extra) -> dict:
-    return {"image": {"arn": f"{ARN}:image/bakery-sample/2026.1.0/1", "name": "bakery-sample", "state": {"status": status},
-                      "imageRecipe": {"name": "bakery-sample"},
-                      "infrastructureConfiguration": {"logging": {"s3Logs": {"s3BucketName": BUCKET, "s3KeyPrefix": "imagebuilder-logs/sample"}}},
+    return {"image": {"arn": f"{ARN}:image/bakery-sample/2026.1.0/1", "name": "bakery-sample",
+                      "state": {"status": status}, "imageRecipe": {"name": "bakery-sample"},
+                      "infrastructureConfiguration": {
+                          "logging": {"s3Logs": {"s3BucketName": BUCKET, "s3KeyPrefix": "imagebuilder-logs/sample"}}},
                       **extra}}
 
 
@@ -131,43 +145,50 @@ def stub_resources(stub, ami: str, *, existing: bool, document: Captured, parame
     component_arn = f"{ARN}:component/bakery-sample/1.0.0/1"
     listed = [{"arn": f"{ARN}:component/bakery-sample/1.0.0", "name": name, "version": "1.0.0", "status": "ACTIVE",
                "description": f"bakery image sample; document {component_digest}"}] if existing else []
-    stub.add_response("list_components", {"componentVersionList": listed}, {"owner": "Self", "filters": by_name, "byName": True})
+    stub.add_response("list_components", {"componentVersionList": listed},
+                      {"owner": "Self", "filters": by_name, "byName": True})
     if not existing:
         stub.add_response("create_component", {"componentBuildVersionArn": component_arn}, {
             "name": name, "semanticVersion": "1.0.0", "platform": "Linux", "data": document, "description": ANY,
             "changeDescription": ANY, "tags": {"bakery:managed": "true", "bakery:image": "sample"}, "clientToken": ANY})
-    recipes = [{"arn": f"{ARN}:image-recipe/bakery-sample/{recipe_version.rsplit('.', 1)[0]}.0", "name": name}] if existing else []
+    recipes = ([{"arn": f"{ARN}:image-recipe/bakery-sample/{recipe_version.rsplit('.', 1)[0]}.0", "name": name}]
+               if existing else [])
     stub.add_response("list_image_recipes", {"imageRecipeSummaryList": recipes}, {"owner": "Self", "filters": by_name})
     stub.add_response("create_image_recipe", {"imageRecipeArn": f"{ARN}:image-recipe/bakery-sample/{recipe_version}"}, {
         "name": name, "semanticVersion": recipe_version, "description": ANY, "parentImage": ami,
         "components": [{"componentArn": listed[0]["arn"] if existing else component_arn, "parameters": parameters}],
-        "blockDeviceMappings": [{"deviceName": root_device(ami), "ebs": {"encrypted": True, "deleteOnTermination": True, "volumeSize": 8,
-                                                            "volumeType": "gp3", "kmsKeyId": KEYS["us-east-1"]}}],
+        "blockDeviceMappings": [{"deviceName": root_device(ami), "ebs": {
+            "encrypted": True, "deleteOnTermination": True, "volumeSize": 8, "volumeType": "gp3",
+            "kmsKeyId": KEYS["us-east-1"]}}],
         "additionalInstanceConfiguration": {"systemsManagerAgent": {"uninstallAfterBuild": True}},
         "tags": {"bakery:managed": "true", "bakery:image": "sample"}, "clientToken": ANY})
     infrastructure = {
-        "description": ANY, "instanceTypes": ["t3.small"], "instanceProfileName": "bakery-build", "subnetId": "subnet-0abc",
-        "securityGroupIds": ["sg-0abc"], "terminateInstanceOnFailure": True,
+        "description": ANY, "instanceTypes": ["t3.small"], "instanceProfileName": "bakery-build",
+        "subnetId": "subnet-0abc", "securityGroupIds": ["sg-0abc"], "terminateInstanceOnFailure": True,
         "instanceMetadataOptions": {"httpTokens": "required", "httpPutResponseHopLimit": 2},
         "logging": {"s3Logs": {"s3BucketName": BUCKET, "s3KeyPrefix": "imagebuilder-logs/sample"}},
         "resourceTags": {"bakery:managed": "true", "bakery:image": "sample"}, "clientToken": ANY}
     infra_arn = f"{ARN}:infrastructure-configuration/bakery-sample"
     distribution = {"description": ANY, "distributions": [
         {"region": region, "amiDistributionConfiguration": {
-            "name": ANY, "description": ANY, "amiTags": ami_tags, "kmsKeyId": KEYS[region], "launchPermission": {"userIds": ["111122223333"]}}}
+            "name": ANY, "description": ANY, "amiTags": ami_tags, "kmsKeyId": KEYS[region],
+            "launchPermission": {"userIds": ["111122223333"]}}}
         for region in ("us-east-1", "eu-west-1")], "clientToken": ANY}
     dist_arn = f"{ARN}:distribution-configuration/bakery-sample"
     for kind, spec, arn in (("infrastructure", infrastructure, infra_arn), ("distribution", distribution, dist_arn)):
         summaries = [{"arn": arn, "name": name}] if existing else []
-        stub.add_response(f"list_{kind}_configurations", {f"{kind}ConfigurationSummaryList": summaries}, {"filters": by_name})
+        stub.add_response(f"list_{kind}_configurations", {f"{kind}ConfigurationSummaryList": summaries},
+                          {"filters": by_name})
         if existing:
-            stub.add_response(f"update_{kind}_configuration", {f"{kind}ConfigurationArn": arn}, {f"{kind}ConfigurationArn": arn, **spec})
+            stub.add_response(f"update_{kind}_configuration", {f"{kind}ConfigurationArn": arn},
+                              {f"{kind}ConfigurationArn": arn, **spec})
         else:
             stub.add_response(f"create_{kind}_configuration", {f"{kind}ConfigurationArn": arn},
                               {"name": name, **spec, "tags": {"bakery:managed": "true", "bakery:image": "sample"}})
     stub.add_response("create_image", {"imageBuildVersionArn": f"{ARN}:image/bakery-sample/2026.1.0/1"}, {
-        "imageRecipeArn": f"{ARN}:image-recipe/bakery-sample/{recipe_version}", "infrastructureConfigurationArn": infra_arn,
-        "distributionConfigurationArn": dist_arn, "imageTestsConfiguration": {"imageTestsEnabled": True, "timeoutMinutes": 60},
+        "imageRecipeArn": f"{ARN}:image-recipe/bakery-sample/{recipe_version}",
+        "infrastructureConfigurationArn": infra_arn, "distributionConfigurationArn": dist_arn,
+        "imageTestsConfiguration": {"imageTestsEnabled": True, "timeoutMinutes": 60},
         "enhancedImageMetadataEnabled": True, "tags": ANY, "clientToken": ANY})
 
 
@@ -176,8 +197,9 @@ def made_ami(region: str) -> str:
     ec2 = clients.client("ec2", region)
     volume = ec2.create_volume(Size=8, AvailabilityZone=f"{region}a")
     snapshot = ec2.create_snapshot(VolumeId=volume["VolumeId"])["SnapshotId"]
-    return ec2.register_image(Name=f"bakery-sample-{region}", RootDeviceName="/dev/xvda", VirtualizationType="hvm",
-                              BlockDeviceMappings=[{"DeviceName": "/dev/xvda", "Ebs": {"SnapshotId": snapshot}}])["ImageId"]
+    return ec2.register_image(
+        Name=f"bakery-sample-{region}", RootDeviceName="/dev/xvda", VirtualizationType="hvm",
+        BlockDeviceMappings=[{"DeviceName": "/dev/xvda", "Ebs": {"SnapshotId": snapshot}}])["ImageId"]
 
 
 def root_device(ami: str) -> str:
@@ -192,7 +214,8 @@ def today_recipe(patch: int) -> str:
 def test_build_creates_every_resource_polls_to_available_and_records_the_version(ibproj, base_ami, ib):
     builder, project, catalog, stream = make_builder(ibproj)
     document, parameters, ami_tags = Captured(), Captured(), Captured()
-    stub_resources(ib, base_ami, existing=False, document=document, parameters=parameters, ami_tags=ami_tags, recipe_version=today_recipe(0))
+    stub_resources(ib, base_ami, existing=False, document=document, parameters=parameters, ami_tags=ami_tags,
+                   recipe_version=today_recipe(0))
     arn = {"imageBuildVersionArn": f"{ARN}:image/bakery-sample/2026.1.0/1"}
     for status in ("PENDING", "CREATING", "BUILDING", "BUILDING", "TESTING", "DISTRIBUTING", "INTEGRATING"):
         ib.add_response("get_image", image(status), arn)
@@ -207,14 +230,16 @@ def test_build_creates_every_resource_polls_to_available_and_records_the_version
     assert (result.ref, result.image_id, result.reused) == (home, home, False)
     record = catalog.version("sample", result.version)
     assert record["status"] == "ready" and record["image_ref"] == home
-    for region, ami in made.items():  # the test phase's pass and the run id, on every AMI and snapshot (a fresh checkout adopts them)
+    # the test phase's pass and the run id, on every AMI and snapshot (a fresh checkout adopts them)
+    for region, ami in made.items():
         ec2 = clients.client("ec2", region)
         image_data = ec2.describe_images(ImageIds=[ami])["Images"][0]
         snapshots = [m["Ebs"]["SnapshotId"] for m in image_data["BlockDeviceMappings"]]
         assert snapshots
         for resource in [image_data, *ec2.describe_snapshots(SnapshotIds=snapshots)["Snapshots"]]:
             found = tag_names.from_tag_list(resource["Tags"])
-            assert (found[tag_names.VERIFIED], found[tag_names.RUN], found[tag_names.VERSION]) == ("passed", run.id, result.version)
+            assert ((found[tag_names.VERIFIED], found[tag_names.RUN], found[tag_names.VERSION])
+                    == ("passed", run.id, result.version))
             assert found[tag_names.VERIFICATION] == "EC2 Image Builder test phase passed tests/images/test_sample.py"
     assert record["provenance"]["base_image"] == base_ami
     assert [layer["role"] for layer in record["layers"]] == ["first", "second"]
@@ -232,7 +257,8 @@ def test_build_creates_every_resource_polls_to_available_and_records_the_version
     params = {p["name"]: p["value"][0] for p in parameters.value}
     assert params["ImageVersion"] == result.version and params["GitCommit"] == record["provenance"]["git_commit"]
     assert f'IMAGE_VERSION="{result.version}"' in base64.b64decode(params["ImageRelease"]).decode()
-    assert ami_tags.value[tag_names.INPUT_DIGEST] == result.input_digest and ami_tags.value[tag_names.VERSION] == result.version
+    assert (ami_tags.value[tag_names.INPUT_DIGEST] == result.input_digest
+            and ami_tags.value[tag_names.VERSION] == result.version)
     lines = stream.getvalue().splitlines()
     states = [line.split("Image Builder ")[1].split(" (")[0] for line in lines if ": Image Builder " in line]
     assert states == ["PENDING", "CREATING", "BUILDING", "TESTING", "DISTRIBUTING", "INTEGRATING", "AVAILABLE"]
@@ -246,8 +272,9 @@ def test_failed_build_names_the_phase_and_logs_and_discards_the_version(ibproj, 
                    recipe_version=today_recipe(1), component_digest=digest)
     arn = {"imageBuildVersionArn": f"{ARN}:image/bakery-sample/2026.1.0/1"}
     ib.add_response("get_image", image("BUILDING"), arn)
-    ib.add_response("get_image", image("FAILED", state={"status": "FAILED", "reason": "Workflow failed", "failureContext": {
-        "componentFailure": {"phaseName": "build", "stepName": "RunPlaybook", "errorMessage": "ansible-playbook exited 2"}}}), arn)
+    ib.add_response("get_image", image("FAILED", state={
+        "status": "FAILED", "reason": "Workflow failed", "failureContext": {"componentFailure": {
+            "phaseName": "build", "stepName": "RunPlaybook", "errorMessage": "ansible-playbook exited 2"}}}), arn)
 
     with pytest.raises(OperationError) as failed:
         builder.build(project.image("sample"), BuildOptions(), Run.start(project.state_dir, "build"))
@@ -279,9 +306,11 @@ def test_unchanged_inputs_reuse_the_tagged_ami_without_any_image_builder_call(ib
     digest = input_digest(plan_layers(definition, base_ami, dict(EXTRA), {}), base_ami)
     ec2 = clients.client("ec2")
     ami = ec2.register_image(Name="bakery-sample-20260101.001", RootDeviceName="/dev/xvda", Architecture="x86_64",
-                             VirtualizationType="hvm", BlockDeviceMappings=[{"DeviceName": "/dev/xvda", "Ebs": {"VolumeSize": 8}}])["ImageId"]
-    ec2.create_tags(Resources=[ami], Tags=tag_names.as_tag_list({tag_names.MANAGED: "true", tag_names.IMAGE: "sample",
-                                                                 tag_names.VERSION: "20260101.001", tag_names.INPUT_DIGEST: digest}))
+                             VirtualizationType="hvm",
+                             BlockDeviceMappings=[{"DeviceName": "/dev/xvda", "Ebs": {"VolumeSize": 8}}])["ImageId"]
+    ec2.create_tags(Resources=[ami], Tags=tag_names.as_tag_list({
+        tag_names.MANAGED: "true", tag_names.IMAGE: "sample", tag_names.VERSION: "20260101.001",
+        tag_names.INPUT_DIGEST: digest}))
 
     result = builder.build(definition, BuildOptions(), Run.start(project.state_dir, "build"))
 
@@ -304,19 +333,25 @@ def test_bundle_is_deterministic_holds_what_the_bake_reads_and_uploads_once(ibpr
         names = set(tar.getnames())
         extra_vars = yaml.safe_load(tar.extractfile("bakery/extra-vars.json"))
         inventory = yaml.safe_load(tar.extractfile("bakery/inventory.yml"))
-    assert {"playbooks/sample.yml", "playbooks/group_vars/all/bake.yml", "roles/first/tasks/main.yml", "roles/second/meta/main.yml",
-            "roles/dep/tasks/main.yml", "tests/images/test_sample.py", "artifacts/second/0123abcd.tar.gz"} <= names
-    assert not any(n.startswith(("roles/boom", "roles/planted", "playbooks/failing", "roles/first/molecule")) for n in names)
+    assert {"playbooks/sample.yml", "playbooks/group_vars/all/bake.yml", "roles/first/tasks/main.yml",
+            "roles/second/meta/main.yml", "roles/dep/tasks/main.yml", "tests/images/test_sample.py",
+            "artifacts/second/0123abcd.tar.gz"} <= names
+    assert not any(n.startswith(("roles/boom", "roles/planted", "playbooks/failing", "roles/first/molecule"))
+                   for n in names)
     assert extra_vars["second_artifact_path"] == f"{BUNDLE_ROOT}/artifacts/second/0123abcd.tar.gz"
     assert set(inventory["all"]["children"]) == {"bakery_build", "sample"}
     s3 = clients.client("s3")
     assert upload_bundle(s3, BUCKET, first) is True
     assert upload_bundle(s3, BUCKET, again) is False
-    assert [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"]] == [f"bundles/sample/{first.sha256}.tar.gz"]
+    assert ([o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"]]
+            == [f"bundles/sample/{first.sha256}.tar.gz"])
 
 
 def test_upload_counts_a_forbidden_head_as_absent(aws):
-    """Without s3:ListBucket S3 answers HEAD of a missing key with 403: the bundle is put all the same (its key names its content)."""
+    """Without s3:ListBucket S3 answers HEAD of a missing key with 403: the bundle is put all the same.
+
+    Its key names its content.
+    """
     from botocore.awsrequest import AWSResponse
     from urllib3 import HTTPResponse
 
@@ -332,7 +367,8 @@ def test_upload_counts_a_forbidden_head_as_absent(aws):
     data = b"bundle"
     bundle = Bundle(image="sample", data=data, sha256=hashlib.sha256(data).hexdigest(), files=[])
     assert upload_bundle(s3, BUCKET, bundle) is True
-    assert upload_bundle(s3, BUCKET, bundle) is True  # there already, still forbidden to see: the same bytes again, harmlessly
+    # there already, still forbidden to see: the same bytes again, harmlessly
+    assert upload_bundle(s3, BUCKET, bundle) is True
     assert len(heads) == 2 and s3.get_object(Bucket=BUCKET, Key=bundle.key)["Body"].read() == data
 
 
@@ -341,15 +377,18 @@ def test_component_template_is_valid_yaml_with_pinned_tools_that_match_requireme
     document = yaml.safe_load(component_document("sample", f"s3://b/bundles/sample/{sha}.tar.gz", sha))
     assert document["schemaVersion"] == 1.0
     assert {list(p)[0] for p in document["parameters"]} == {"ImageVersion", "GitCommit", "ImageRelease"}
-    commands = {step["name"]: " ".join(step["inputs"]["commands"]) for phase in document["phases"] for step in phase["steps"]
-                if step["action"] == "ExecuteBash"}
+    commands = {step["name"]: " ".join(step["inputs"]["commands"])
+                for phase in document["phases"] for step in phase["steps"] if step["action"] == "ExecuteBash"}
     assert "rm -rf /var/tmp/bakery-build" in commands["RemoveBuildTools"]
     assert "is-system-running" in commands["SystemRunning"]
     assert "--hosts=local://" in commands["Testinfra"] and "tests/images/test_sample.py" in commands["Testinfra"]
-    pins = dict(line.strip().split("==") for line in (REPO / "requirements.txt").read_text().splitlines() if "==" in line)
-    assert (pins["ansible-core"], pins["pytest"], pins["pytest-testinfra"]) == (ANSIBLE_CORE_VERSION, PYTEST_VERSION, TESTINFRA_VERSION)
+    pins = dict(line.strip().split("==")
+                for line in (REPO / "requirements.txt").read_text().splitlines() if "==" in line)
+    assert ((pins["ansible-core"], pins["pytest"], pins["pytest-testinfra"])
+            == (ANSIBLE_CORE_VERSION, PYTEST_VERSION, TESTINFRA_VERSION))
     for name, script in commands.items():  # every script parses as bash (parameters filled in as the recipe does)
-        script = script.replace("{{ ImageRelease }}", "SU1BR0U=").replace("{{ ImageVersion }}", "20260101.001").replace("{{ GitCommit }}", "abc1234")
+        script = (script.replace("{{ ImageRelease }}", "SU1BR0U=").replace("{{ ImageVersion }}", "20260101.001")
+                  .replace("{{ GitCommit }}", "abc1234"))
         checked = subprocess.run(["bash", "-n"], input=script, capture_output=True, text=True, check=False)
         assert checked.returncode == 0, f"{name}: {checked.stderr}"
     with pytest.raises(ConfigError):

@@ -1,4 +1,4 @@
-"""The Packer builder against moto server: the template Debian's packer validates, manifests, tags, reuse, real packer builds.
+"""The Packer builder against moto server: the template Debian's packer validates, manifests, tags, reuse, real builds.
 
 The end-to-end tests run the real `packer build` (Debian's 1.6.6) of packer/aws.pkr.hcl
 against moto server: the template is used as shipped except that its provisioners
@@ -23,7 +23,9 @@ from botocore.exceptions import ClientError
 
 from bakery.aws import amis, clients, tags
 from bakery.builders.base import BuildOptions
-from bakery.builders.packer import PackerBake, PackerBuilder, PackerFailure, packer_env, parse_manifest, read_output_line
+from bakery.builders.packer import PackerBuilder
+from bakery.builders.packer_bake import PackerBake
+from bakery.builders.packer_run import PackerFailure, packer_env, parse_manifest, read_output_line
 from bakery.catalog import open_catalog
 from bakery.config import Project
 from bakery.errors import ConfigError, OperationError
@@ -44,7 +46,7 @@ EU_KMS_KEY = "arn:aws:kms:eu-west-1:123456789012:key/66666666-7777-8888-9999-000
 
 @pytest.fixture
 def aws_project(project: Path, aws) -> Path:
-    """The fixture project with the shipped Packer files, two regions, and a base AMI named by an SSM parameter in moto."""
+    """The fixture project with the shipped Packer files, two regions, and a base AMI named by an SSM parameter."""
     shutil.copytree(REPO / "packer", project / "packer", ignore=shutil.ignore_patterns("local.pkr.hcl"))
     settings = yaml.safe_load((project / "bakery.yml").read_text())
     settings["aws"] = {"region": "us-east-1", "regions": ["eu-west-1"], "base_ami_parameter": BASE_PARAMETER}
@@ -54,9 +56,14 @@ def aws_project(project: Path, aws) -> Path:
 
 
 def moto_ebs_ami() -> str:
-    """One of moto's built-in public AMIs with an EBS root (Packer's amazon-ebs insists on one; register_image makes 'standard')."""
-    image = clients.client("ec2").describe_images(ImageIds=[MOTO_EBS_AMI])["Images"][0]  # by id: listing all of moto's takes 2 s
-    assert image["RootDeviceType"] == "ebs", f"moto's {MOTO_EBS_AMI} changed; pick another EBS-root AMI from moto's amis.json"
+    """One of moto's built-in public AMIs with an EBS root.
+
+    Packer's amazon-ebs insists on one; register_image makes 'standard'.
+    """
+    # by id: listing all of moto's takes 2 s
+    image = clients.client("ec2").describe_images(ImageIds=[MOTO_EBS_AMI])["Images"][0]
+    assert image["RootDeviceType"] == "ebs", (f"moto's {MOTO_EBS_AMI} changed; "
+                                              "pick another EBS-root AMI from moto's amis.json")
     return MOTO_EBS_AMI
 
 
@@ -75,7 +82,8 @@ def for_moto(template: Path, endpoint: str, *, drop_tags: bool = False) -> None:
             '  skip_metadata_api_check = true\n  skip_region_validation = true')
     text = text.replace('communicator              = "ssh"', moto)
     if drop_tags:
-        text = text.replace("tags            = var.tags", "tags            = {}").replace("snapshot_tags   = var.tags", "snapshot_tags   = {}")
+        text = (text.replace("tags            = var.tags", "tags            = {}")
+                .replace("snapshot_tags   = var.tags", "snapshot_tags   = {}"))
     assert 'provisioner "' not in text and "custom_endpoint_ec2" in text
     template.write_text(text)
 
@@ -101,8 +109,8 @@ def bake_for(root: Path, version: str, image: str = "sample") -> PackerBake:
     builder = builder_for(root)
     definition = builder.project.image(image)
     plan = builder.plan(definition, BuildOptions())
-    made = PackerBake(builder, definition, Run.start(builder.project.state_dir, "build"), Cancellation(), plan, packer="packer",
-                      template=root / "packer/aws.pkr.hcl", started=0)
+    made = PackerBake(builder, definition, Run.start(builder.project.state_dir, "build"), Cancellation(), plan,
+                      packer="packer", template=root / "packer/aws.pkr.hcl", started=0)
     made.version = version
     return made
 
@@ -111,9 +119,11 @@ def bake_for(root: Path, version: str, image: str = "sample") -> PackerBake:
 def test_template_validates_with_exactly_the_variables_the_builder_passes(aws_project, shared):
     settings = yaml.safe_load((aws_project / "bakery.yml").read_text())
     playbook = aws_project / "playbooks/sample.yml"
-    playbook.write_text(playbook.read_text().replace("hosts: all", "hosts: webservers:&bookworm"))  # a bake ignores hosts:
+    # a bake ignores hosts:
+    playbook.write_text(playbook.read_text().replace("hosts: all", "hosts: webservers:&bookworm"))
     if shared:
-        settings["aws"].update(accounts=["210987654321"], kms_key_id=KMS_KEY, region_kms_key_ids={"eu-west-1": EU_KMS_KEY},
+        settings["aws"].update(accounts=["210987654321"], kms_key_id=KMS_KEY,
+                               region_kms_key_ids={"eu-west-1": EU_KMS_KEY},
                                subnet_id="subnet-0abc", security_group_ids=["sg-0abc"])
     else:
         settings["aws"]["regions"] = []
@@ -125,11 +135,13 @@ def test_template_validates_with_exactly_the_variables_the_builder_passes(aws_pr
     declared = re.findall(r'^variable "(\w+)"', (REPO / "packer/aws.pkr.hcl").read_text(), re.M)
     assert sorted(passed) == sorted(declared)
     accounts = ["210987654321"] if shared else []
-    assert passed["ami_regions"] == (["eu-west-1"] if shared else []) and passed["ami_users"] == passed["snapshot_users"] == accounts
+    assert (passed["ami_regions"] == (["eu-west-1"] if shared else [])
+            and passed["ami_users"] == passed["snapshot_users"] == accounts)
     assert passed["source_ami"] == bake_.plan.base_ami and passed["tags"][tags.INPUT_DIGEST] == bake_.plan.digest
     base = clients.client("ec2").describe_images(ImageIds=[bake_.plan.base_ami])["Images"][0]
     assert passed["root_device_name"] == base["RootDeviceName"]  # the base AMI's own root device, replaced not added to
-    assert passed["region_kms_key_ids"] == ({"eu-west-1": EU_KMS_KEY} if shared else {})  # copies re-encrypted with their region's key
+    # copies are re-encrypted with their region's key
+    assert passed["region_kms_key_ids"] == ({"eu-west-1": EU_KMS_KEY} if shared else {})
     assert passed["kms_key_id"] == (KMS_KEY if shared else "")
     assert json.loads(Path(passed["ansible_extra_vars_file"]).read_text())["bakery_target"] == "aws"
     assert passed["ansible_groups"] == ["bakery_build", "bookworm", "sample", "webservers"]
@@ -141,7 +153,8 @@ def test_template_validates_with_exactly_the_variables_the_builder_passes(aws_pr
 @pytest.mark.parametrize(("aws_settings", "refusal"), [
     ({"accounts": ["210987654321"]}, "aws.accounts needs aws.kms_key_id"),
     ({"accounts": ["210987654321"], "kms_key_id": KMS_KEY, "regions": ["eu-west-1", "us-west-2"],
-      "region_kms_key_ids": {"eu-west-1": EU_KMS_KEY}}, "aws.accounts needs a key for every region: .* has none for us-west-2"),
+      "region_kms_key_ids": {"eu-west-1": EU_KMS_KEY}},
+     "aws.accounts needs a key for every region: .* has none for us-west-2"),
     ({"regions": ["eu-west-1", "us-west-2"], "region_kms_key_ids": {"us-west-2": EU_KMS_KEY}},
      "aws.region_kms_key_ids has no key for eu-west-1: Packer needs a key for every copied region"),
 ], ids=["shared-without-a-key", "shared-without-a-copied-regions-key", "some-copied-regions-without-a-key"])
@@ -161,10 +174,11 @@ def test_tags_carry_every_provenance_fact_sanitised(aws_project):
     variables = bake_.variables(provenance)
     ami_tags = variables["tags"]
     assert ami_tags[tags.VERSION] == "20261129.002" and ami_tags[tags.MANAGED] == "true"
-    assert ami_tags[tags.GIT_MESSAGE].startswith("Fix script quoted braces xxx") and len(ami_tags[tags.GIT_MESSAGE]) == 255
+    assert (ami_tags[tags.GIT_MESSAGE].startswith("Fix script quoted braces xxx")
+            and len(ami_tags[tags.GIT_MESSAGE]) == 255)
     assert all(len(v) <= 256 and re.fullmatch(r"[\w .:/=+\-@]*", v) for v in ami_tags.values())
-    assert {tags.IMAGE, tags.INPUT_DIGEST, tags.GIT_COMMIT, tags.GIT_BRANCH, tags.GIT_DIRTY, tags.BUILD_TIME, tags.BASE_IMAGE,
-            tags.BAKERY_VERSION, tags.ROLES} <= set(ami_tags)
+    assert {tags.IMAGE, tags.INPUT_DIGEST, tags.GIT_COMMIT, tags.GIT_BRANCH, tags.GIT_DIRTY, tags.BUILD_TIME,
+            tags.BASE_IMAGE, tags.BAKERY_VERSION, tags.ROLES} <= set(ami_tags)
     assert variables["run_tags"][tags.RUN] == ami_tags[tags.RUN] == bake_.run.id  # what a failed bake's undo looks for
 
 
@@ -176,7 +190,8 @@ def test_manifest_gives_the_ami_per_region_of_the_last_run(tmp_path):
     manifest.write_text(json.dumps({"builds": [
         {"name": "image", "artifact_id": "us-east-1:ami-0aaa,eu-west-1:ami-0bbb", "packer_run_uuid": "run-2"},
         {"name": "image", "artifact_id": "us-east-1:ami-0old", "packer_run_uuid": "run-1"},
-        {"name": "image", "artifact_id": "us-east-1:ami-0ccc,eu-west-1:ami-0ddd,ap-south-1:ami-0eee", "packer_run_uuid": "run-2"},
+        {"name": "image", "artifact_id": "us-east-1:ami-0ccc,eu-west-1:ami-0ddd,ap-south-1:ami-0eee",
+         "packer_run_uuid": "run-2"},
     ], "last_run_uuid": "run-2"}))
     assert parse_manifest(manifest) == {"us-east-1": "ami-0ccc", "eu-west-1": "ami-0ddd", "ap-south-1": "ami-0eee"}
 
@@ -199,18 +214,20 @@ build {
   sources = ["source.null.image"]
   provisioner "shell-local" {
     inline = ["echo 'TASK [webapp : Install the application] ***'",
-              "echo 'fatal: [default]: FAILED! => {\\"changed\\": false, \\"msg\\": \\"No package matching nginxx\\"}'", "exit 2"]
+              "echo 'fatal: [default]: FAILED! => {\\"changed\\": false, \\"msg\\": \\"No package matching nginxx\\"}'",
+              "exit 2"]
   }
 }
 ''')
-    proc = subprocess.run(["packer", "build", "-machine-readable", "-color=false", str(template)], capture_output=True, text=True,
-                          check=False, timeout=60, env={**os.environ, "CHECKPOINT_DISABLE": "1"})
+    proc = subprocess.run(["packer", "build", "-machine-readable", "-color=false", str(template)], capture_output=True,
+                          text=True, check=False, timeout=60, env={**os.environ, "CHECKPOINT_DISABLE": "1"})
     assert proc.returncode != 0
     failure = PackerFailure()
     shown = [m for m in (read_output_line(line, failure) for line in proc.stdout.splitlines()) if m]
     assert failure.step.startswith("Running local shell script: ")
     assert failure.describe(proc.returncode) == (
-        "task 'webapp : Install the application': fatal: [default]: FAILED! => {\"changed\": false, \"msg\": \"No package matching nginxx\"}; "
+        "task 'webapp : Install the application': fatal: [default]: FAILED! => "
+        "{\"changed\": false, \"msg\": \"No package matching nginxx\"}; "
         "Script exited with non-zero exit status: 2.Allowed exit codes are: [0]")
     assert any("Provisioning step had errors" in m for m in shown)  # shown, but not taken for the failing step
 
@@ -225,13 +242,14 @@ def test_unchanged_inputs_reuse_the_ami_without_packer(aws_project, tmp_path, mo
     monkeypatch.setenv("PATH", str(no_packer))
 
     builder = builder_for(aws_project)
-    with pytest.raises(ConfigError, match="packer is not installed .* run make setup"):  # nothing to reuse yet: Packer is needed
+    # nothing to reuse yet: Packer is needed
+    with pytest.raises(ConfigError, match="packer is not installed .* run make setup"):
         builder.build(builder.project.image("sample"), BuildOptions(), Run.start(builder.project.state_dir, "build"))
     assert builder.catalog.versions("sample", status=None) == []
 
     digest = builder.plan(builder.project.image("sample"), BuildOptions()).digest
-    ami = register_ami(clients.client("ec2"), "sample-20261101.007-abc123",
-                       {tags.MANAGED: "true", tags.IMAGE: "sample", tags.VERSION: "20261101.007", tags.INPUT_DIGEST: digest})
+    ami = register_ami(clients.client("ec2"), "sample-20261101.007-abc123", {
+        tags.MANAGED: "true", tags.IMAGE: "sample", tags.VERSION: "20261101.007", tags.INPUT_DIGEST: digest})
     again = bake(aws_project, "build", "sample", "--target", "aws", "--json")
     assert again.rc == 0, again.stderr
     result = json.loads(again.stdout)
@@ -239,7 +257,8 @@ def test_unchanged_inputs_reuse_the_ami_without_packer(aws_project, tmp_path, mo
     run_dir = aws_project / ".bakery" / "runs" / result["run_id"]
     assert not (run_dir / "packer.vars.json").exists() and not (run_dir / "packer.log").exists()
     row = open_catalog(aws_project / ".bakery").version("sample", "20261101.007")
-    assert row["status"] == "ready" and row["image_ref"] == ami and row["input_digest"] == digest  # recorded: baked elsewhere
+    # recorded: baked elsewhere
+    assert row["status"] == "ready" and row["image_ref"] == ami and row["input_digest"] == digest
 
 
 # -- real packer builds against moto --------------------------------------------------------------
@@ -248,7 +267,8 @@ def test_unchanged_inputs_reuse_the_ami_without_packer(aws_project, tmp_path, mo
 def test_packer_build_registers_tagged_amis_that_bake_py_records(aws_project, aws, packer_offline, monkeypatch):
     for_moto(aws_project / "packer/aws.pkr.hcl", aws)
     settings = yaml.safe_load((aws_project / "bakery.yml").read_text())
-    settings["aws"].update(kms_key_id=KMS_KEY, region_kms_key_ids={"eu-west-1": EU_KMS_KEY})  # each copy gets its region's key
+    # each copy gets its region's key
+    settings["aws"].update(kms_key_id=KMS_KEY, region_kms_key_ids={"eu-west-1": EU_KMS_KEY})
     (aws_project / "bakery.yml").write_text(yaml.safe_dump(settings))
     # The first look-up of one AMI in the home region answers InvalidAMIID.NotFound, as EC2 may just after registration.
     lagging = FailFirst("DescribeImages", "InvalidAMIID.NotFound", times=1, match="ImageId.1=")
@@ -260,7 +280,8 @@ def test_packer_build_registers_tagged_amis_that_bake_py_records(aws_project, aw
         if (service, region) == ("ec2", "us-east-1"):
             lagging.attach(made)
         if service == "ec2":
-            made.meta.events.register("before-send.ec2.ModifyImageAttribute", lambda request, **_: imds_requests.append(request.body))
+            made.meta.events.register("before-send.ec2.ModifyImageAttribute",
+                                      lambda request, **_: imds_requests.append(request.body))
         return made
 
     monkeypatch.setattr(clients, "client", client_with_lagging_home_region)
@@ -272,7 +293,8 @@ def test_packer_build_registers_tagged_amis_that_bake_py_records(aws_project, aw
     # What packer/testinfra.sh writes (its provisioner is cut here: no instance): one test failed on the build instance.
     (run.path / "testinfra-build.xml").write_text(
         '<testsuites><testsuite name="pytest" tests="2" failures="1" errors="0" skipped="0">'
-        '<testcase name="test_nginx"><failure message="not running"/></testcase><testcase name="test_ssh"/></testsuite></testsuites>')
+        '<testcase name="test_nginx"><failure message="not running"/></testcase><testcase '
+        'name="test_ssh"/></testsuite></testsuites>')
     result = builder.build(builder.project.image("sample"), BuildOptions(), run)
 
     assert result.reused is False and result.ref.startswith("ami-")
@@ -287,11 +309,14 @@ def test_packer_build_registers_tagged_amis_that_bake_py_records(aws_project, aw
         found = tags.from_tag_list(image["Tags"])
         assert found[tags.VERSION] == result.version and found[tags.INPUT_DIGEST] == result.input_digest
         assert found[tags.GIT_COMMIT] == result.provenance["git_commit"] and found[tags.RUN] == run.id
-        assert found[tags.VERIFIED] == "failed" and found[tags.VERIFICATION].endswith("1 passed 1 failed 0 skipped: test_nginx")
+        assert (found[tags.VERIFIED] == "failed"
+                and found[tags.VERIFICATION].endswith("1 passed 1 failed 0 skipped: test_nginx"))
         for snapshot in amis.snapshot_ids(image):
             snap_tags = tags.from_tag_list(ec2.describe_snapshots(SnapshotIds=[snapshot])["Snapshots"][0]["Tags"])
-            assert (snap_tags[tags.VERSION], snap_tags[tags.RUN], snap_tags[tags.VERIFIED]) == (result.version, run.id, "failed")
-    # Per-region keys take Packer's encrypting copy (moto keeps no KMS key to check): it copied, then removed its intermediate AMI.
+            assert ((snap_tags[tags.VERSION], snap_tags[tags.RUN], snap_tags[tags.VERIFIED])
+                    == (result.version, run.id, "failed"))
+    # Per-region keys take Packer's encrypting copy (moto keeps no KMS key to check): it copied, then removed its
+    # intermediate AMI.
     assert "Copying/Encrypting AMI" in (run.path / "packer.log").read_text()
     assert [i["ImageId"] for i in all_amis("us-east-1")] == [result.ref]
     catalog = open_catalog(aws_project / ".bakery")
@@ -300,7 +325,8 @@ def test_packer_build_registers_tagged_amis_that_bake_py_records(aws_project, aw
     [verification] = catalog.verifications("sample", result.version)
     assert not verification["passed"] and "1 passed, 1 failed" in verification["summary"]
 
-    again = builder.build(builder.project.image("sample"), BuildOptions(), Run.start(builder.project.state_dir, "build"))
+    again = builder.build(builder.project.image("sample"), BuildOptions(),
+                          Run.start(builder.project.state_dir, "build"))
     assert again.reused and again.ref == result.ref and again.version == result.version
 
 
@@ -338,7 +364,8 @@ def test_undo_removes_only_what_this_run_registered(aws_project):
     same_version = {tags.MANAGED: "true", tags.IMAGE: "sample", tags.VERSION: "20261129.004"}
     mine_tagged = register_ami(ec2, "sample-20261129.004-copy", {**same_version, tags.RUN: bake_.run.id})
     mine_named = register_ami(ec2, bake_.ami_name, {})  # registered, not yet tagged
-    theirs = register_ami(ec2, "sample-20261129.004-b0b0b0", {**same_version, tags.RUN: "20261129T000000Z-build-b0b0b0"})
+    theirs = register_ami(ec2, "sample-20261129.004-b0b0b0",
+                          {**same_version, tags.RUN: "20261129T000000Z-build-b0b0b0"})
     bake_._undo()
     assert [i["ImageId"] for i in all_amis("us-east-1")] == [theirs]
     assert amis.describe_ami(ec2, mine_tagged) is None and amis.describe_ami(ec2, mine_named) is None
@@ -346,13 +373,15 @@ def test_undo_removes_only_what_this_run_registered(aws_project):
 
 def test_packer_failure_names_the_failing_step(aws_project, aws, packer_offline):
     for_moto(aws_project / "packer/aws.pkr.hcl", aws)
-    not_ebs = register_ami(clients.client("ec2"), "debian-12-not-ebs", {})  # moto registers it with a 'standard' root: Packer refuses it
+    # moto registers it with a 'standard' root: Packer refuses it
+    not_ebs = register_ami(clients.client("ec2"), "debian-12-not-ebs", {})
     clients.client("ssm").put_parameter(Name=BASE_PARAMETER, Value=not_ebs, Type="String", Overwrite=True)
     builder = builder_for(aws_project)
     with pytest.raises(OperationError) as caught:
         builder.build(builder.project.image("sample"), BuildOptions(), Run.start(builder.project.state_dir, "build"))
     message = str(caught.value)
-    assert message.startswith("packer build of sample failed at 'Launching a source AWS instance...': ")  # not a clean-up step after it
+    # not a clean-up step after it
+    assert message.startswith("packer build of sample failed at 'Launching a source AWS instance...': ")
     assert "The provided source AMI has an invalid root device type. Expected 'ebs', got 'standard'." in message
     assert message.endswith("packer.log)")
     assert builder.catalog.versions("sample", status=None) == []

@@ -60,7 +60,8 @@ def docker_instead_of_ec2(template: Path, base_ref: str, container: str) -> None
 
 def test_ansible_and_testinfra_reach_the_instance_through_packers_adapter(aws_project, tmp_path, monkeypatch):
     base = build_base("bookworm", REPO / ".bakery" / "tmp")
-    (aws_project / "playbooks" / "adapter.yml").write_text("- hosts: all\n  gather_facts: false\n  roles: [first]\n")  # one task
+    # one task
+    (aws_project / "playbooks" / "adapter.yml").write_text("- hosts: all\n  gather_facts: false\n  roles: [first]\n")
     (aws_project / "tests" / "images").mkdir(parents=True)
     (aws_project / "tests" / "images" / "test_adapter.py").write_text(IMAGE_SUITE)
     shim = tmp_path / "bin"  # the podman-docker shim's `docker`, ahead of any docker client that cannot talk to podman
@@ -75,7 +76,8 @@ def test_ansible_and_testinfra_reach_the_instance_through_packers_adapter(aws_pr
     docker_instead_of_ec2(bake_.template, base.ref, container)
     bake_.packer = shutil.which("packer")
     var_file = bake_.write_inputs(bake_.provenance())
-    text = var_file.read_text().replace('"BAKERY_SUDO=1"', '"BAKERY_SUDO=0"').replace('"ssh_username": "admin"', '"ssh_username": "root"')
+    text = (var_file.read_text().replace('"BAKERY_SUDO=1"', '"BAKERY_SUDO=0"')
+            .replace('"ssh_username": "admin"', '"ssh_username": "root"'))
     var_file.write_text(text)  # the container is entered as root, without sudo; on EC2 it is admin with sudo
     try:
         bake_._run_packer(var_file)
@@ -84,7 +86,8 @@ def test_ansible_and_testinfra_reach_the_instance_through_packers_adapter(aws_pr
 
     result = bake_._verification(1.0)
     assert result is not None and result.tags[tags.VERIFIED] == "failed"  # what the AMIs get tagged with
-    assert result.tags[tags.VERIFICATION].startswith("packer build: testinfra on the build instance: 2 passed 1 failed 0 skipped: test_a_check")
+    assert result.tags[tags.VERIFICATION].startswith(
+        "packer build: testinfra on the build instance: 2 passed 1 failed 0 skipped: test_a_check")
     bake_._record_verification(result)
     verification = bake_.b.catalog.verifications("adapter", "20261129.007")[0]
     assert verification["passed"] is False  # one check failed: recorded, and the bake itself went on

@@ -20,9 +20,10 @@ pytestmark = pytest.mark.aws
 
 
 class FailFirst:
-    """A before-send handler: the first `times` requests of `operation` get an AWS error answer instead of reaching moto."""
+    """A before-send handler: the first `times` requests of `operation` get an AWS error answer, not moto's."""
 
-    def __init__(self, operation: str, code: str, times: int, status: int = 400, message: str = "injected", match: str = ""):
+    def __init__(self, operation: str, code: str, times: int, status: int = 400, message: str = "injected",
+                 match: str = ""):
         self.operation, self.code, self.times, self.status, self.message = operation, code, times, status, message
         self.match = match  # only requests whose body contains this (e.g. "ImageId.1=" for look-ups of one AMI)
         self.injected = 0
@@ -38,8 +39,8 @@ class FailFirst:
         self.injected += 1
         from botocore.awsrequest import AWSResponse
 
-        payload = (f"<Response><Errors><Error><Code>{self.code}</Code><Message>{self.message}</Message></Error></Errors>"
-                f"<RequestID>injected-{self.injected}</RequestID></Response>").encode()
+        payload = (f"<Response><Errors><Error><Code>{self.code}</Code><Message>{self.message}</Message></Error>"
+                   f"</Errors><RequestID>injected-{self.injected}</RequestID></Response>").encode()
         raw = HTTPResponse(body=io.BytesIO(payload), status=self.status, preload_content=False)
         return AWSResponse(request.url, self.status, {"Content-Type": "text/xml"}, raw)
 

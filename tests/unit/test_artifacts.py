@@ -102,7 +102,8 @@ def test_archive_is_normalised_and_unpacks_to_a_runnable_package(src, store, tmp
             assert m.mode == (0o755 if m.isdir() else 0o644), m.name
         tar.extractall(tmp_path / "unpacked", filter="data")
     probe = "import webapp, webapp.server; print(webapp.__version__)"
-    out = subprocess.run([sys.executable, "-c", probe], env={"PYTHONPATH": str(tmp_path / "unpacked"), "PATH": os.environ["PATH"]},
+    out = subprocess.run([sys.executable, "-c", probe], env={"PYTHONPATH": str(tmp_path / "unpacked"),
+                                                             "PATH": os.environ["PATH"]},
                          cwd=tmp_path, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "1.0.0"
 
@@ -111,7 +112,8 @@ def test_store_layout_manifest_and_checksum_file(src, store, tmp_path):
     artifact = build_app(src, store)
     sha = artifact.sha256
     directory = store.root / "webapp"
-    assert sorted(p.name for p in directory.iterdir()) == sorted([f"{sha}.tar.gz", f"{sha}.tar.gz.sha256", f"{sha}.json", "latest"])
+    assert sorted(p.name for p in directory.iterdir()) == sorted([f"{sha}.tar.gz", f"{sha}.tar.gz.sha256",
+                                                                  f"{sha}.json", "latest"])
     assert artifact.path == directory / f"{sha}.tar.gz"
     assert hashlib.sha256(artifact.path.read_bytes()).hexdigest() == sha
     assert artifact.size == artifact.path.stat().st_size
@@ -119,7 +121,8 @@ def test_store_layout_manifest_and_checksum_file(src, store, tmp_path):
 
     manifest = json.loads((directory / f"{sha}.json").read_text())
     assert {k: manifest[k] for k in ("name", "version", "sha256", "size", "created")} == {
-        "name": "webapp", "version": artifact.version, "sha256": sha, "size": artifact.size, "created": artifact.created}
+        "name": "webapp", "version": artifact.version, "sha256": sha, "size": artifact.size,
+                                                                                          "created": artifact.created}
     assert artifact.created.endswith("Z") and "T" in artifact.created
     files = {f["path"]: f for f in manifest["files"]}
     assert sorted(files) == source_files(src, "webapp")
@@ -128,11 +131,13 @@ def test_store_layout_manifest_and_checksum_file(src, store, tmp_path):
     assert files["webapp/__init__.py"]["sha256"] == hashlib.sha256(init.read_bytes()).hexdigest()
 
     assert (directory / f"{sha}.tar.gz.sha256").read_text() == f"{sha}  {sha}.tar.gz\n"
-    check = subprocess.run(["sha256sum", "-c", f"{sha}.tar.gz.sha256"], cwd=directory, capture_output=True, text=True, check=False)
+    check = subprocess.run(["sha256sum", "-c", f"{sha}.tar.gz.sha256"], cwd=directory, capture_output=True, text=True,
+                           check=False)
     assert check.returncode == 0, check.stdout + check.stderr
     assert not [p for p in directory.iterdir() if p.name.endswith(".tmp")]
 
-    assert artifact.to_dict() == {"name": "webapp", "version": artifact.version, "sha256": sha, "path": str(artifact.path),
+    assert artifact.to_dict() == {"name": "webapp", "version": artifact.version, "sha256": sha,
+                                  "path": str(artifact.path),
                                   "size": artifact.size, "created": artifact.created}
     assert json.loads(json.dumps(artifact.to_dict()))["path"] == str(artifact.path)
 
@@ -203,7 +208,8 @@ def test_verify_passes_on_an_intact_file_and_catches_corruption(src, store):
     blob = bytearray(artifact.path.read_bytes())
     blob[len(blob) // 2] ^= 0xFF
     artifact.path.write_bytes(bytes(blob))
-    with pytest.raises(OperationError, match=rf"{artifact.path}: corrupt artifact: sha256 is [0-9a-f]{{64}}, expected {artifact.sha256}"):
+    with pytest.raises(OperationError, match=rf"{artifact.path}: corrupt artifact: sha256 is [0-9a-f]{{64}}, expected "
+                                             rf"{artifact.sha256}"):
         verify(artifact)
     artifact.path.unlink()
     with pytest.raises(OperationError, match="is missing; rebuild it"):
@@ -220,7 +226,8 @@ def test_missing_source_dir_is_a_config_error_naming_it(tmp_path, store):
 
 def test_missing_package_is_a_config_error(tmp_path, store):
     (tmp_path / "app").mkdir()
-    with pytest.raises(ConfigError, match=r"app/webapp/__init__.py: not found; the application must be a Python package webapp/"):
+    with pytest.raises(ConfigError, match=r"app/webapp/__init__.py: not found; the application must be a Python "
+                                          r"package webapp/"):
         build_app(tmp_path / "app", store)
 
 

@@ -50,7 +50,8 @@ def test_tasks_outside_roles_are_refused(proj):
 
 def test_unknown_role_says_how_to_create_it(proj):
     (proj / "playbooks" / "bad.yml").write_text("- hosts: all\n  roles: [first, nosuchrole]\n")
-    with pytest.raises(ConfigError, match="role 'nosuchrole' not found in roles/; create it with: bake.py new-role nosuchrole"):
+    with pytest.raises(ConfigError, match="role 'nosuchrole' not found in roles/; create it with: bake.py new-role "
+                                          "nosuchrole"):
         Project(proj).image("bad")
 
 

@@ -44,7 +44,8 @@ def test_extra_vars_play_vars_and_base_are_in_every_key(proj):
     before = keys(proj)
     assert keys(proj, {"x": 1})[0] != before[0]
     assert keys(proj, base="sha256:other")[0] != before[0]
-    text = (proj / "playbooks/sample.yml").read_text().replace("gather_facts: false", "gather_facts: false\n  vars: {x: 2}")
+    text = (proj / "playbooks/sample.yml").read_text().replace("gather_facts: false",
+                                                               "gather_facts: false\n  vars: {x: 2}")
     (proj / "playbooks/sample.yml").write_text(text)
     assert keys(proj)[0] != before[0]
 
@@ -58,7 +59,8 @@ def test_group_vars_beside_the_playbook_are_in_the_key(proj):
 
 def test_vars_files_contents_are_in_the_key(proj):
     (proj / "playbooks/vars.yml").write_text("second_color: green\n")
-    text = (proj / "playbooks/sample.yml").read_text().replace("gather_facts: false", "gather_facts: false\n  vars_files: [vars.yml]")
+    text = (proj / "playbooks/sample.yml").read_text().replace("gather_facts: false",
+                                                               "gather_facts: false\n  vars_files: [vars.yml]")
     (proj / "playbooks/sample.yml").write_text(text)
     before = keys(proj)
     (proj / "playbooks/vars.yml").write_text("second_color: yellow\n")
@@ -92,5 +94,6 @@ def test_role_inputs_invalidate_only_that_role_and_later(proj):
     before = [p.key for p in plan_layers(definition, BASE, {}, {"second": {"sha256": "a" * 64}})]
     after = [p.key for p in plan_layers(definition, BASE, {}, {"second": {"sha256": "b" * 64}})]
     assert before[0] == after[0] and before[1] != after[1]
-    first_changed = [p.key for p in plan_layers(definition, BASE, {}, {"first": {"sha256": "b" * 64}, "second": {"sha256": "a" * 64}})]
+    first_changed = [p.key for p in plan_layers(definition, BASE, {},
+                                                {"first": {"sha256": "b" * 64}, "second": {"sha256": "a" * 64}})]
     assert first_changed[0] != before[0] and first_changed[1] != before[1]

@@ -1,4 +1,4 @@
-"""Follow one EC2 Image Builder image build to its end: progress per state, the failing phase and its logs when it fails.
+"""Follow one EC2 Image Builder image build to its end: progress per state, the failing phase and its logs if it fails.
 
 Image Builder has no waiter: the build is polled with `get_image`, backing off
 from a short first interval to a longer one, and every state change (PENDING,
@@ -47,12 +47,15 @@ def describe_failure(image: dict[str, Any], last_state: str) -> str:
     state = image.get("state") or {}
     context = state.get("failureContext") or {}
     component = context.get("componentFailure") or {}
-    phase = component.get("phaseName") or PHASE_OF_STATE.get(context.get("imageStatus", ""), "") or PHASE_OF_STATE.get(last_state, last_state.lower())
+    phase = (component.get("phaseName") or PHASE_OF_STATE.get(context.get("imageStatus", ""), "")
+             or PHASE_OF_STATE.get(last_state, last_state.lower()))
     step = component.get("stepName") or context.get("failedStep")
-    reason = component.get("errorMessage") or (context.get("distributionFailure") or {}).get("errorMessage") or state.get("reason")
+    reason = (component.get("errorMessage") or (context.get("distributionFailure") or {}).get("errorMessage")
+              or state.get("reason"))
     reason = " ".join((reason or "no reason given").split())[:400]
     where = f"phase '{phase}'" + (f", step '{step}'" if step else "")
-    return f"Image Builder build {image.get('arn', '')} {state.get('status', 'FAILED')} in {where}: {reason} (logs: {log_locations(image)})"
+    return (f"Image Builder build {image.get('arn', '')} {state.get('status', 'FAILED')} in {where}: {reason} "
+            f"(logs: {log_locations(image)})")
 
 
 def wait_for_image(ib, arn: str, progress: Progress, label: str, *, first: float, limit: float, timeout: float,

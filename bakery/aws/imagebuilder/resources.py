@@ -1,4 +1,4 @@
-"""The EC2 Image Builder resources one bake needs: component, image recipe, infrastructure and distribution configurations.
+"""The EC2 Image Builder resources one bake needs: component, image recipe, infrastructure and distribution configs.
 
 Each resource is named `bakery-<image>` and found again by that name, so a
 project never piles up configurations. Components and recipes are immutable
@@ -25,7 +25,7 @@ from bakery.aws import tags as tag_names
 from bakery.config import PROJECT_FILE
 from bakery.errors import ConfigError
 
-TEMPLATE = Path(__file__).parent / "templates" / "imagebuilder-component.yml"
+TEMPLATE = Path(__file__).parent.parent / "templates" / "imagebuilder-component.yml"
 TEST_DIR = "/var/tmp/bakery-test"
 # Installed on the build/test instance in throwaway venvs; kept equal to requirements.txt (a test checks).
 ANSIBLE_CORE_VERSION = "2.19.14"
@@ -47,15 +47,16 @@ def resource_tags(image: str) -> dict[str, str]:
 
 
 def component_document(image: str, bundle_uri: str, bundle_sha256: str) -> str:
-    """The component's YAML document for this image and bundle; parsed once here so a broken template never reaches AWS."""
+    """The component's YAML document for this image and bundle; parsed here so a broken template never reaches AWS."""
     from bakery.aws.bundle import WORK_DIR
 
     values = {
         "__IMAGE__": image, "__BUNDLE_URI__": bundle_uri, "__BUNDLE_SHA256__": bundle_sha256, "__WORK_DIR__": WORK_DIR,
-        "__TEST_DIR__": TEST_DIR, "__ANSIBLE_CORE_VERSION__": ANSIBLE_CORE_VERSION, "__PYTEST_VERSION__": PYTEST_VERSION,
-        "__TESTINFRA_VERSION__": TESTINFRA_VERSION,
+        "__TEST_DIR__": TEST_DIR, "__ANSIBLE_CORE_VERSION__": ANSIBLE_CORE_VERSION,
+        "__PYTEST_VERSION__": PYTEST_VERSION, "__TESTINFRA_VERSION__": TESTINFRA_VERSION,
     }
-    checks = {"__IMAGE__": r"[a-z0-9][a-z0-9_-]*", "__BUNDLE_URI__": r"s3://[a-z0-9.-]+/[A-Za-z0-9/_.-]+", "__BUNDLE_SHA256__": r"[0-9a-f]{64}"}
+    checks = {"__IMAGE__": r"[a-z0-9][a-z0-9_-]*", "__BUNDLE_URI__": r"s3://[a-z0-9.-]+/[A-Za-z0-9/_.-]+",
+              "__BUNDLE_SHA256__": r"[0-9a-f]{64}"}
     for key, pattern in checks.items():
         if not re.fullmatch(pattern, values[key]):
             raise ConfigError(f"cannot put {values[key]!r} into the Image Builder component ({key.strip('_').lower()})")
@@ -66,7 +67,8 @@ def component_document(image: str, bundle_uri: str, bundle_sha256: str) -> str:
     if left:
         raise ConfigError(f"{TEMPLATE}: placeholder {left.group()} has no value")
     document = yaml.safe_load(text)
-    if not isinstance(document, dict) or [p["name"] for p in document.get("phases", [])] != ["build", "validate", "test"]:
+    phases = [p["name"] for p in document.get("phases", [])] if isinstance(document, dict) else None
+    if phases != ["build", "validate", "test"]:
         raise ConfigError(f"{TEMPLATE}: must be a component document with the phases build, validate, test")
     return text
 
@@ -78,7 +80,8 @@ def document_digest(document: str) -> str:
 def component_parameters(version: str, git_commit: str, release_file: str) -> list[dict[str, Any]]:
     """The per-version values the component reads: what /etc/image-release says and what the test phase checks."""
     if not re.fullmatch(r"\d{8}\.\d{3}", version) or not re.fullmatch(r"[0-9a-f]{7,40}|unknown", git_commit):
-        raise ConfigError(f"version {version!r} / commit {git_commit!r} cannot be passed to the Image Builder component")
+        raise ConfigError(f"version {version!r} / commit {git_commit!r} "
+                          "cannot be passed to the Image Builder component")
     release = base64.b64encode(release_file.encode()).decode()
     return [{"name": "ImageVersion", "value": [version]}, {"name": "GitCommit", "value": [git_commit]},
             {"name": "ImageRelease", "value": [release]}]
@@ -105,7 +108,10 @@ def _semver(text: str) -> tuple[int, int, int] | None:
 
 
 def ensure_component(ib, image: str, document: str, token: str) -> tuple[str, bool]:
-    """The component for this exact document: (arn, created). Same document, same component; else the next patch version."""
+    """The component for this exact document: (arn, created).
+
+    Same document, same component; else the next patch version.
+    """
     name = resource_name(image)
     digest = document_digest(document)
     versions = _all(ib.list_components, "componentVersionList", owner="Self", filters=_by_name(name), byName=True)
@@ -129,17 +135,19 @@ def recipe_version(version: str, existing: list[str]) -> str:
     return f"{day}.{number}.{max(patches) + 1 if patches else 0}"
 
 
-def ensure_recipe(ib, image: str, version: str, *, component_arn: str, parameters: list[dict[str, Any]], parent_ami: str,
-                  root_device: str, volume_size: int, kms_key_id: str, token: str) -> str:
+def ensure_recipe(ib, image: str, version: str, *, component_arn: str, parameters: list[dict[str, Any]],
+                  parent_ami: str, root_device: str, volume_size: int, kms_key_id: str, token: str) -> str:
     """A new recipe version on the base AMI, with the component and an encrypted root volume."""
     name = resource_name(image)
     existing = [found["arn"].rsplit("/", 1)[-1] for found in
                 _all(ib.list_image_recipes, "imageRecipeSummaryList", owner="Self", filters=_by_name(name))]
-    ebs: dict[str, Any] = {"encrypted": True, "deleteOnTermination": True, "volumeSize": volume_size, "volumeType": ROOT_VOLUME_TYPE}
+    ebs: dict[str, Any] = {"encrypted": True, "deleteOnTermination": True, "volumeSize": volume_size,
+                           "volumeType": ROOT_VOLUME_TYPE}
     if kms_key_id:
         ebs["kmsKeyId"] = kms_key_id
     created = ib.create_image_recipe(
-        name=name, semanticVersion=recipe_version(version, existing), description=f"bakery image {image} version {version}",
+        name=name, semanticVersion=recipe_version(version, existing),
+        description=f"bakery image {image} version {version}",
         components=[{"componentArn": component_arn, "parameters": parameters}], parentImage=parent_ami,
         blockDeviceMappings=[{"deviceName": root_device, "ebs": ebs}],
         # Image Builder installs the SSM agent it drives the build with; it must not stay in the image.
@@ -150,10 +158,11 @@ def ensure_recipe(ib, image: str, version: str, *, component_arn: str, parameter
 
 
 def infrastructure_spec(image: str, settings, bucket: str) -> dict[str, Any]:
-    """Where builds run: the build instance's profile, size and network; IMDSv2 only; no instance kept after a failure."""
+    """Where builds run: the build instance's profile, size and network; IMDSv2 only; no instance kept on failure."""
     if not settings.instance_profile:
-        raise ConfigError(f"{PROJECT_FILE}: aws.instance_profile is empty; Image Builder needs an instance profile for its build "
-                          "instance (with EC2InstanceProfileForImageBuilder and read access to aws.artifacts_bucket): set it")
+        raise ConfigError(f"{PROJECT_FILE}: aws.instance_profile is empty; Image Builder needs an instance profile "
+                          "for its build instance (with EC2InstanceProfileForImageBuilder "
+                          "and read access to aws.artifacts_bucket): set it")
     spec: dict[str, Any] = {
         "description": f"bakery build instances for image {image}",
         "instanceTypes": [settings.instance_type],
@@ -170,9 +179,13 @@ def infrastructure_spec(image: str, settings, bucket: str) -> dict[str, Any]:
     return spec
 
 
-def distribution_spec(image: str, version: str, keys: dict[str, str], accounts: list[str], ami_tags: dict[str, str]) -> dict[str, Any]:
-    """Where the AMI goes: every region of `keys` (region -> its EBS key, '' = the region's default key), each copy encrypted
-    with its region's key, launch permission for the accounts, provenance tags. No launch template update."""
+def distribution_spec(image: str, version: str, keys: dict[str, str], accounts: list[str],
+                      ami_tags: dict[str, str]) -> dict[str, Any]:
+    """Where the AMI goes: every region of `keys` (region -> its EBS key, '' = the region's default key).
+
+    Each copy is encrypted with its region's key, with launch permission for the
+    accounts and the provenance tags. No launch template update.
+    """
     distributions = []
     for region, key in keys.items():
         ami: dict[str, Any] = {

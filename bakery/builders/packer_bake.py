@@ -1,0 +1,328 @@
+"""One Packer bake from reservation to ready version: Packer's inputs, the run, the AMIs' checks and tags, the undo.
+
+PackerBuilder (bakery.builders.packer) decides whether to bake at all; once it
+does, a PackerBake owns the version it reserved and every AMI the run registers,
+so that a failure or an interrupt removes exactly what this run made and no
+other bake's AMI of the same version.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bakery import __version__
+from bakery.ansible import ansible_env
+from bakery.aws import amis, clients, tags
+from bakery.builders.ami import AmiBuilder
+from bakery.builders.base import BuildResult, LayerResult
+from bakery.builders.packer_run import parse_manifest, read_junit, stream_packer
+from bakery.config import ImageDefinition
+from bakery.errors import OperationError
+from bakery.layers import PlannedLayer
+from bakery.provenance import Provenance, git_facts, sanitize_tag_value, utc_now
+from bakery.runs import Run
+from bakery.signals import Cancellation
+
+log = logging.getLogger("bakery.build")
+
+TESTINFRA_SCRIPT = Path("packer") / "testinfra.sh"
+# Packer 1.6.6's SSH adapter offers only an ssh-rsa host key (OpenSSH >= 8.8 refuses it unless asked) and no SFTP
+# server of its own: ansible pipes files through the command channel instead.
+ADAPTER_SSH = {
+    "ANSIBLE_SSH_ARGS": "-o HostKeyAlgorithms=+ssh-rsa -o PubkeyAcceptedKeyTypes=+ssh-rsa -o ControlMaster=auto "
+                        "-o ControlPersist=60s",
+    "ANSIBLE_SSH_TRANSFER_METHOD": "piped",
+}
+RUNTIME_FOR_CHECKS = 'ENVIRONMENT="verify"\n'  # the neutral runtime config `bake.py verify` uses without --env
+
+
+@dataclass
+class BuildVerification:
+    """The build instance's test run: recorded in the catalog and tagged on every AMI and snapshot."""
+
+    passed: bool
+    counts: str
+    summary: str
+    junit: Path
+    seconds: float
+
+    @property
+    def tags(self) -> dict[str, str]:
+        return {tags.VERIFIED: "passed" if self.passed else "failed",
+                tags.VERIFICATION: sanitize_tag_value(f"packer build: testinfra on the build instance: {self.counts}")}
+
+
+@dataclass
+class BakePlan:
+    """What a bake starts from: the home region, the base AMI, the layer keys and the variables the playbook gets."""
+
+    region: str
+    base_ami: str
+    keys: dict[str, str]  # region -> its EBS key ('' = the region's default key), home region first
+    planned: list[PlannedLayer]
+    digest: str
+    extra_vars: dict[str, Any]
+    artifacts: dict[str, str]
+
+
+class PackerBake:
+    """One Packer run in progress; owns the version reservation and anything the run registers until done."""
+
+    def __init__(self, builder: AmiBuilder, definition: ImageDefinition, run: Run, cancel: Cancellation,
+                 plan: BakePlan, *, packer: str, template: Path, started: float):
+        self.b = builder
+        self.definition = definition
+        self.run = run
+        self.cancel = cancel
+        self.packer = packer
+        self.template = template
+        self.plan = plan
+        self.region = plan.region
+        self.started = started
+        self.settings = builder.project.aws
+        self.regions = self.settings.all_regions(plan.region)
+        self.version: str | None = None
+        self.ami_name = ""
+        self.root_device = ""  # the base AMI's, looked up with the template's variables
+        self.keep_on_failure = False  # Packer's -on-error=abort: the build instance stays up for inspection
+        self.manifest = run.path / "packer-manifest.json"
+        self.log_path = run.path / "packer.log"
+
+    # -- the whole bake --------------------------------------------------------------------------
+
+    def go(self) -> BuildResult:
+        succeeded = False
+        try:
+            result = self._bake()
+            succeeded = True
+            return result
+        finally:
+            if not succeeded:
+                self._undo()
+
+    def _bake(self) -> BuildResult:
+        ec2 = clients.client("ec2", self.region)
+        name = self.definition.name
+        self.version = self.b.catalog.reserve_version(
+            name, self.run.id, os.getpid(),
+            taken=lambda v: bool(amis.find_amis(ec2, {tags.IMAGE: name, tags.VERSION: v})))
+        provenance = self.provenance()
+        var_file = self.write_inputs(provenance)
+        t = time.monotonic()
+        self._run_packer(var_file)
+        built = self._built_amis(provenance)
+        verification = self._verification(time.monotonic() - t)
+        if verification:  # on the AMIs first: a checkout or CI job that adopts the version sees the result
+            for region, ami in built.items():  # (bakery.aws.adopt)
+                self.cancel.check()
+                amis.tag_with_snapshots(clients.client("ec2", region), ami, verification.tags)
+        self.cancel.check()
+        home = built[self.region]
+        record = {**provenance.to_dict(), "amis": built}
+        self.b.catalog.complete_version(
+            name, self.version, image_ref=home, image_id=home, input_digest=self.plan.digest, provenance=record,
+            layers=[{"role": p.role, "role_digest": p.role_digest, "key": p.key, "cached": False}
+                    for p in self.plan.planned])
+        if verification:
+            self._record_verification(verification)
+        where = ", ".join(f"{ami} in {region}" for region, ami in built.items())
+        self.b.progress.note(f"{name}:{self.version}: {where}")
+        return BuildResult(image=name, version=self.version, ref=home, image_id=home, input_digest=self.plan.digest,
+                           reused=False, run_id=self.run.id, seconds=round(time.monotonic() - self.started, 3),
+                           layers=[LayerResult(p.role, p.key, p.role_digest, cached=False) for p in self.plan.planned],
+                           provenance=record)
+
+    def provenance(self) -> Provenance:
+        git = git_facts(self.b.project.root)
+        return Provenance(
+            image=self.definition.name, version=self.version or "", git_commit=git.commit, git_message=git.message,
+            git_branch=git.branch, git_dirty=git.dirty, build_time=utc_now(), base_image=self.plan.base_ami,
+            base_digest=self.plan.base_ami, input_digest=self.plan.digest, bakery_version=__version__,
+            roles={p.role: p.role_digest for p in self.plan.planned}, artifacts=self.plan.artifacts)
+
+    # -- Packer's inputs -------------------------------------------------------------------------
+
+    def test_files(self) -> list[Path]:
+        """What `bake.py verify` runs too: the image's suite, then every baked role's Molecule tests."""
+        root = self.b.project.root
+        files = [root / "tests" / "images" / f"test_{self.definition.name}.py"]
+        for p in self.plan.planned:
+            files += sorted((self.b.project.roles_dir / p.role / "molecule" / "default" / "tests").glob("test_*.py"))
+        return [f for f in dict.fromkeys(files) if f.is_file()]
+
+    def inventory_groups(self) -> list[str]:
+        """Like the local target, a bake ignores `hosts:`: the build instance joins every group a play names."""
+        named = set()
+        for p in self.plan.planned:
+            hosts = p.layer.play_header.get("hosts", "all")
+            for pattern in (hosts if isinstance(hosts, list) else re.split(r"[,:]", str(hosts))):
+                name = str(pattern).strip().lstrip("&!")
+                if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", name) and name not in ("all", "ungrouped"):
+                    named.add(name)
+        return sorted(named | {"bakery_build", self.definition.name.replace("-", "_")})
+
+    def ami_tags(self, provenance: Provenance) -> dict[str, str]:
+        """The AMIs' and snapshots' tags: the provenance and this run's id (a failed bake removes only its own AMIs)."""
+        return {**tags.provenance_tags(provenance), tags.RUN: sanitize_tag_value(self.run.id)}
+
+    def variables(self, provenance: Provenance) -> dict[str, Any]:
+        """Every variable of packer/aws.pkr.hcl; the tests validate the template with exactly these."""
+        s = self.settings
+        suffix = self.run.id.rsplit("-", 1)[-1]
+        self.ami_name = f"{self.definition.name}-{provenance.version}-{suffix}"
+        self.root_device = self.root_device or amis.root_device(clients.client("ec2", self.region), self.plan.base_ami)
+        return {
+            "region": self.region, "source_ami": self.plan.base_ami, "instance_type": s.instance_type,
+            "ssh_username": s.ssh_username, "subnet_id": s.subnet_id, "security_group_ids": s.security_group_ids,
+            "iam_instance_profile": s.instance_profile, "volume_size": s.volume_size,
+            "kms_key_id": self.plan.keys[self.region], "root_device_name": self.root_device,
+            "region_kms_key_ids": {r: k for r, k in self.plan.keys.items() if r != self.region and k},
+            "ami_name": self.ami_name,
+            "ami_description":
+                f"{self.definition.name} {provenance.version} from {provenance.git_commit[:12]} (bakery)",
+            "ami_regions": [r for r in self.regions if r != self.region], "ami_users": s.accounts,
+            "snapshot_users": s.accounts,
+            "tags": self.ami_tags(provenance),
+            "run_tags": {"Name": f"bakery-build-{self.definition.name}-{suffix}", tags.MANAGED: "true",
+                         tags.IMAGE: self.definition.name, tags.VERSION: provenance.version, tags.RUN: self.run.id},
+            **self._provisioner_variables(provenance),
+            "manifest_path": str(self.manifest),
+        }
+
+    def _provisioner_variables(self, provenance: Provenance) -> dict[str, Any]:
+        """The template's variables for its two provisioners: ansible's playbook run and the testinfra script."""
+        run_dir = self.run.path
+        env = ansible_env(self.b.project.root)
+        testinfra_env = {
+            "BAKERY_PYTHON": sys.executable, "BAKERY_ROOT": str(self.b.project.root),
+            "BAKERY_TESTS": " ".join(str(f) for f in self.test_files()),
+            "BAKERY_JUNIT": str(run_dir / "testinfra-build.xml"),
+            "BAKERY_VERIFY_IMAGE": self.definition.name, "BAKERY_VERIFY_VERSION": provenance.version,
+            "BAKERY_VERIFY_COMMIT": provenance.git_commit, "BAKERY_VERIFY_ENV": "verify", "BAKERY_SUDO": "1",
+        }
+        return {
+            "playbook_file": str(self.definition.playbook),
+            "ansible_command": str(Path(sys.executable).parent / "ansible-playbook"),
+            "ansible_extra_vars_file": str(run_dir / "ansible-extra-vars.json"),
+            "ansible_groups": self.inventory_groups(),
+            "ansible_env_vars": [f"{k}={v}" for k, v in {**env, **ADAPTER_SSH}.items()],
+            "image_release_file": str(run_dir / "image-release"),
+            "runtime_env_file": str(run_dir / "runtime.env"),
+            "testinfra_script": str(self.b.project.root / TESTINFRA_SCRIPT),
+            "testinfra_env": [f"{k}={v}" for k, v in testinfra_env.items()],
+        }
+
+    def write_inputs(self, provenance: Provenance) -> Path:
+        """The var file and the files it names, all in the run directory (kept for the record)."""
+        variables = self.variables(provenance)
+        extra = {**self.plan.extra_vars, "ansible_python_interpreter": "/usr/bin/python3"}
+        Path(variables["ansible_extra_vars_file"]).write_text(json.dumps(extra, indent=2, sort_keys=True),
+                                                              encoding="utf-8")
+        Path(variables["image_release_file"]).write_text(provenance.release_file(), encoding="utf-8")
+        Path(variables["runtime_env_file"]).write_text(RUNTIME_FOR_CHECKS, encoding="utf-8")
+        var_file = self.run.path / "packer.vars.json"
+        var_file.write_text(json.dumps(variables, indent=2, sort_keys=True), encoding="utf-8")
+        return var_file
+
+    # -- running Packer --------------------------------------------------------------------------
+
+    def _run_packer(self, var_file: Path) -> None:
+        step = f"packer build {self.definition.name}:{self.version}"
+        self.b.progress.step_start(step, f"amazon-ebs in {self.region} from {self.plan.base_ami}")
+        cmd = [self.packer, "build", "-machine-readable", "-color=false",
+               *(["-on-error=abort"] if self.keep_on_failure else []), f"-var-file={var_file}", str(self.template)]
+        rc, failure = stream_packer(cmd, cwd=self.b.project.root, log_path=self.log_path, cancel=self.cancel,
+                                    progress=self.b.progress, step=step)
+        self.cancel.check()
+        if rc != 0:
+            self.b.progress.step_done(step, "FAILED")
+            if self.keep_on_failure:
+                self.b.progress.note("packer left the build instance running for inspection "
+                                     f"(tag bakery:run={self.run.id}); terminate it in the EC2 console when done")
+            raise OperationError(f"packer build of {self.definition.name} failed at '{failure.step}': "
+                                 f"{failure.describe(rc)} (log: {self.log_path})")
+        self.b.progress.step_done(step, "built")
+
+    # -- after Packer ----------------------------------------------------------------------------
+
+    def _built_amis(self, provenance: Provenance) -> dict[str, str]:
+        """The AMI per region Packer's manifest names, each checked on EC2 (visible, tagged, IMDSv2 required)."""
+        built = parse_manifest(self.manifest)
+        if self.region not in built:
+            raise OperationError(f"packer manifest {self.manifest} has no AMI in the home region {self.region}: "
+                                 f"{built}")
+        expected = self.ami_tags(provenance)
+        for region, ami in built.items():
+            self.cancel.check()
+            self._check_registered(clients.client("ec2", region), region, ami, expected)
+        return built
+
+    def _check_registered(self, ec2, region: str, ami: str, expected: dict[str, str]) -> None:
+        """EC2 may not show a new AMI (or its copy) at once: wait, then insist on its tags and IMDSv2."""
+        image = amis.wait_until_visible(ec2, ami)
+        found = tags.from_tag_list(image.get("Tags"))
+        wrong = sorted(k for k, v in expected.items() if found.get(k) != v)
+        if wrong:
+            raise OperationError(f"AMI {ami} in {region} lacks the provenance tags {', '.join(wrong)}; "
+                                 "the template must set tags = var.tags")
+        # Packer 1.6.6 cannot launch its build instance with IMDSv2 required; every instance of the AMI will require it.
+        ec2.modify_image_attribute(ImageId=ami, ImdsSupport={"Value": "v2.0"})
+
+    def _verification(self, seconds: float) -> BuildVerification | None:
+        """The build instance's testinfra report (packer/testinfra.sh), or None (with a note) if nothing was tested."""
+        junit = self.run.path / "testinfra-build.xml"
+        files = [str(f.relative_to(self.b.project.root)) for f in self.test_files()]
+        if not files or not junit.is_file():
+            why = ("the image has no testinfra suite and no role tests" if not files
+                   else f"the template wrote no report at {junit}")
+            self.b.progress.note(f"{self.definition.name}:{self.version}: not verified ({why}); "
+                                 "deploys to environments that require verification need --force")
+            return None
+        passed, counts = read_junit(junit)
+        summary = (f"testinfra on the build instance, before the AMI was made: {counts} ({', '.join(files)}); "
+                   "the offline boot and the secret scan of bake.py verify do not run on aws")
+        return BuildVerification(passed=passed, counts=counts, summary=summary, junit=junit, seconds=round(seconds, 1))
+
+    def _record_verification(self, verification: BuildVerification) -> None:
+        """The report as this version's catalog verification (what bakery.gate reads)."""
+        self.b.catalog.record_verification(self.definition.name, self.version or "", env=None, started=utc_now(),
+                                           seconds=verification.seconds, passed=verification.passed,
+                                           run_id=self.run.id, summary=verification.summary,
+                                           reports={"junit": str(verification.junit), "packer_log": str(self.log_path)})
+        outcome = "passed" if verification.passed else "FAILED"
+        self.b.progress.note(f"{self.definition.name}:{self.version}: verification {outcome}: "
+                             f"{verification.counts} (report {verification.junit})")
+
+    def _undo(self) -> None:
+        """Nothing half-made stays: deregister every AMI this run registered (by run tag or name), drop the reservation.
+
+        Never by image and version alone: another checkout's catalog may have
+        reserved the same version, and its AMIs are not this run's to remove.
+        """
+        if not self.version:
+            return
+        try:
+            for region in self.regions:
+                ec2 = clients.client("ec2", region)
+                found = {i["ImageId"] for i in amis.find_amis(ec2, {tags.RUN: sanitize_tag_value(self.run.id)})}
+                if self.ami_name:
+                    found |= {i["ImageId"] for i in ec2.describe_images(
+                        Owners=["self"], Filters=[{"Name": "name", "Values": [self.ami_name]}])["Images"]}
+                for ami in sorted(found):
+                    amis.deregister_with_snapshots(ec2, ami)
+                    self.b.progress.note(f"deregistered {ami} in {region} (and its snapshots): the bake did not finish")
+        except Exception as exc:  # noqa: BLE001 - the failure that brought us here is the one to report
+            log.error("could not clean up AMIs of %s:%s: %s; gc removes them later",
+                      self.definition.name, self.version, exc)
+            self.b.progress.note(f"could not deregister what this bake registered ({exc}); "
+                                 "run ./bake.py gc --target aws")
+        finally:
+            self.b.catalog.discard_version(self.definition.name, self.version)
