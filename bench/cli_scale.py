@@ -59,8 +59,8 @@ def big_catalog(parent: Path) -> tuple[Path, str, float]:
 
 
 def gc_available(project: Path) -> bool:
-    """The local gc planner is another engineer's work in progress: time it only once bakery/gc_local.py exists."""
-    return (REPO / "bakery" / "gc_local.py").is_file() or (REPO / "bakery" / "gc_plan.py").is_file()
+    """The local gc planner is another engineer's work in progress: time it only once bakery/gc/local.py exists."""
+    return (REPO / "bakery" / "gc" / "local.py").is_file() or (REPO / "bakery" / "gc" / "plan.py").is_file()
 
 
 def measure(small_project: Path, parent: Path, runs: int) -> dict:

@@ -137,7 +137,7 @@ def measure_cli(report: Report, project: BenchProject, runs: int) -> None:
             report.row(f"scale: {label} on {scale}", f"{median(found[key]):.2f} s", "", "", f"< {limit:g} s", median(found[key]) < limit,
                        f"median of {len(found[key])}, {min(found[key]):.2f}-{max(found[key]):.2f} s")
         else:
-            reason = found.get("big_gc_error", "the local gc planner (bakery/gc_local.py) is not available in this checkout")
+            reason = found.get("big_gc_error", "the local gc planner (bakery/gc/local.py) is not available in this checkout")
             report.row(f"scale: {label} on {scale}", "not available", "", "", f"< {limit:g} s", None, reason)
     report.notes.append(f"The {scale} catalog was written through bakery's catalog API in {found['fill_seconds']:.1f} s.")
 

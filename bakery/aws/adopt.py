@@ -4,7 +4,7 @@ On AWS the AMI tags are the source of truth and the local SQLite catalog is a
 cache of them: a fresh CI container knows no version. Adoption records the AMI
 as a ready version and, when the builder tagged its test result on the AMI
 (tags.VERIFIED / tags.VERIFICATION), that result as the version's verification,
-so the gate (bakery/gate.py) and the pipeline's verify stage accept it there too.
+so the gate (bakery/verify/gate.py) and the pipeline's verify stage accept it there too.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ the version's image_ref and image_id.
 Verification: the component's test phase runs the image's testinfra suite
 (tests/images/test_<image>.py) on an instance of the new AMI, and a build only
 becomes AVAILABLE when it passed; so when the image has a suite, its passing
-is recorded as a catalog verification of the version (what bakery.gate reads),
+is recorded as a catalog verification of the version (what bakery.verify.gate reads),
 and tagged (bakery:verified, bakery:run) on every AMI and snapshot, so a checkout
 that adopts the version from AWS (bakery.aws.adopt) sees the same result.
 

@@ -292,7 +292,7 @@ class PackerBake:
         return BuildVerification(passed=passed, counts=counts, summary=summary, junit=junit, seconds=round(seconds, 1))
 
     def _record_verification(self, verification: BuildVerification) -> None:
-        """The report as this version's catalog verification (what bakery.gate reads)."""
+        """The report as this version's catalog verification (what bakery.verify.gate reads)."""
         self.b.catalog.record_verification(self.definition.name, self.version or "", env=None, started=utc_now(),
                                            seconds=verification.seconds, passed=verification.passed,
                                            run_id=self.run.id, summary=verification.summary,

@@ -1,4 +1,5 @@
-"""gc --target aws against moto server: old AMIs and their snapshots go, every AMI still needed stays, in every region."""
+"""gc --target aws against moto server: old AMIs and their snapshots go, every AMI still needed stays, in every
+region."""
 
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ def image_state(ec2, ami_id: str) -> str | None:
 
 @pytest.fixture
 def estate(aws, proj):
-    """sample v1..v6 in two regions, api a1..a5 at home; groups (pinned, mixed, launch configuration), an instance and SSM history."""
+    """sample v1..v6 in two regions, api a1..a5 at home; groups (pinned, mixed, launch configuration), an instance
+    and SSM history."""
     with_aws_settings(proj, [HOME, OTHER])
     ec2 = {HOME: boto3.client("ec2", HOME), OTHER: boto3.client("ec2", OTHER)}
     amis = {}
@@ -42,28 +44,34 @@ def estate(aws, proj):
     for n in range(1, 6):
         amis[(f"a{n}", HOME)] = version_ami(ec2[HOME], "api", f"20260101.00{n}")
     unmanaged = ec2[HOME].register_image(Name="hand-made", RootDeviceName="/dev/xvda")["ImageId"]
-    # eu-west-1: the group is pinned to launch template version 1 (sample v2); version 2 ($Latest, sample v1) is used by nothing.
-    lt = ec2[OTHER].create_launch_template(LaunchTemplateName="webapp-qa",
-                                           LaunchTemplateData={"ImageId": amis[("v2", OTHER)][0], "InstanceType": "t3.small"})
-    ec2[OTHER].create_launch_template_version(LaunchTemplateName="webapp-qa",
-                                              LaunchTemplateData={"ImageId": amis[("v1", OTHER)][0], "InstanceType": "t3.small"})
+    # eu-west-1: the group is pinned to launch template version 1 (sample v2);
+    # version 2 ($Latest, sample v1) is used by nothing.
+    lt = ec2[OTHER].create_launch_template(LaunchTemplateName="webapp-qa", LaunchTemplateData={
+        "ImageId": amis[("v2", OTHER)][0], "InstanceType": "t3.small"})
+    ec2[OTHER].create_launch_template_version(LaunchTemplateName="webapp-qa", LaunchTemplateData={
+        "ImageId": amis[("v1", OTHER)][0], "InstanceType": "t3.small"})
     boto3.client("autoscaling", OTHER).create_auto_scaling_group(
         AutoScalingGroupName="webapp-qa", MinSize=0, MaxSize=1, DesiredCapacity=0, AvailabilityZones=[f"{OTHER}a"],
         LaunchTemplate={"LaunchTemplateId": lt["LaunchTemplate"]["LaunchTemplateId"], "Version": "1"})
     ec2[HOME].run_instances(ImageId=amis[("a1", HOME)][0], MinCount=1, MaxCount=1, InstanceType="t3.micro")
     # us-east-1: api a3 through a mixed instances policy on $Latest, api a4 through a launch configuration.
     autoscaling = boto3.client("autoscaling", HOME)
-    ec2[HOME].create_launch_template(LaunchTemplateName="api-mixed", LaunchTemplateData={"ImageId": amis[("a3", HOME)][0]})
+    ec2[HOME].create_launch_template(LaunchTemplateName="api-mixed",
+                                     LaunchTemplateData={"ImageId": amis[("a3", HOME)][0]})
     autoscaling.create_auto_scaling_group(
         AutoScalingGroupName="api-mixed", MinSize=0, MaxSize=1, DesiredCapacity=0, AvailabilityZones=[f"{HOME}a"],
-        MixedInstancesPolicy={"LaunchTemplate": {"LaunchTemplateSpecification": {"LaunchTemplateName": "api-mixed", "Version": "$Latest"},
-                                                 "Overrides": [{"InstanceType": "t3.small"}]}})
-    autoscaling.create_launch_configuration(LaunchConfigurationName="api-old", ImageId=amis[("a4", HOME)][0], InstanceType="t3.small")
+        MixedInstancesPolicy={"LaunchTemplate": {
+            "LaunchTemplateSpecification": {"LaunchTemplateName": "api-mixed", "Version": "$Latest"},
+            "Overrides": [{"InstanceType": "t3.small"}]}})
+    autoscaling.create_launch_configuration(LaunchConfigurationName="api-old", ImageId=amis[("a4", HOME)][0],
+                                            InstanceType="t3.small")
     autoscaling.create_auto_scaling_group(AutoScalingGroupName="api-old", MinSize=0, MaxSize=1, DesiredCapacity=0,
                                           AvailabilityZones=[f"{HOME}a"], LaunchConfigurationName="api-old")
     ssm = boto3.client("ssm", HOME)
-    for version in ("v1", "v3", "v3", "v5"):  # qa: now v5, rollback target v3 (the previous distinct value); v1 is older history
-        ssm.put_parameter(Name="/bakery/sample/qa/ami-id", Value=amis[(version, HOME)][0], Type="String", Overwrite=True)
+    # qa: now v5, rollback target v3 (the previous distinct value); v1 is older history
+    for version in ("v1", "v3", "v3", "v5"):
+        ssm.put_parameter(Name="/bakery/sample/qa/ami-id", Value=amis[(version, HOME)][0], Type="String",
+                          Overwrite=True)
     ssm.put_parameter(Name="/bakery/sample/qa/version", Value="20260101.005", Type="String", Overwrite=True)
     return proj, ec2, amis, unmanaged
 
@@ -72,14 +80,15 @@ def test_gc_keeps_every_ami_in_use_and_the_rollback_target_and_deletes_the_rest_
     proj, ec2, amis, unmanaged = estate
     catalog = open_catalog(proj / ".bakery")
     recorded = catalog.reserve_version("sample", "run", 1)
-    catalog.complete_version("sample", recorded, image_ref=amis[("v1", HOME)][0], image_id=amis[("v1", HOME)][0], input_digest="sha256:x",
-                             provenance={}, layers=[])
+    catalog.complete_version("sample", recorded, image_ref=amis[("v1", HOME)][0], image_id=amis[("v1", HOME)][0],
+                             input_digest="sha256:x", provenance={}, layers=[])
 
     dry = bake(proj, "gc", "--target", "aws", "--keep", "1", "--dry-run", "--json")
     assert dry.rc == 0, dry.stderr
     planned = {(e["image"], e["version"]) for e in dry.json["delete"]}
     assert planned == {("sample", "20260101.001"), ("sample", "20260101.004"), ("api", "20260101.002")}
-    kept = {e["version"] if e["image"] == "sample" else "api:" + e["version"]: " | ".join(e["reasons"]) for e in dry.json["kept"]}
+    kept = {e["version"] if e["image"] == "sample" else "api:" + e["version"]: " | ".join(e["reasons"])
+            for e in dry.json["kept"]}
     assert "one of the newest 1" in kept["20260101.006"] and "one of the newest 1" in kept["api:20260101.005"]
     assert "qa runs it (/bakery/sample/qa/ami-id)" in kept["20260101.005"]
     assert "rollback target of qa" in kept["20260101.003"]
@@ -87,7 +96,8 @@ def test_gc_keeps_every_ami_in_use_and_the_rollback_target_and_deletes_the_rest_
     assert "instance i-" in kept["api:20260101.001"]
     assert "Auto Scaling group api-mixed launches it (launch template api-mixed version 1)" in kept["api:20260101.003"]
     assert "Auto Scaling group api-old launches it (launch configuration api-old)" in kept["api:20260101.004"]
-    assert all(image_state(ec2[region], ami) == "available" for (_, region), (ami, _) in amis.items())  # a dry run deletes nothing
+    # a dry run deletes nothing
+    assert all(image_state(ec2[region], ami) == "available" for (_, region), (ami, _) in amis.items())
 
     real = bake(proj, "gc", "--target", "aws", "--keep", "1")
     assert real.rc == 0, real.stderr
@@ -101,8 +111,8 @@ def test_gc_keeps_every_ami_in_use_and_the_rollback_target_and_deletes_the_rest_
     assert image_state(ec2[HOME], unmanaged) == "available"  # not bakery's: never touched
     assert catalog.version("sample", recorded) is None  # the catalog row of a deregistered AMI goes with it
     lines = real.stdout.splitlines()
-    assert f"deleted sample:20260101.001: {amis[('v1', OTHER)][0]} in {OTHER} (1 snapshots), {amis[('v1', HOME)][0]} in {HOME} (1 snapshots)" \
-        " (older than the newest 1 and in use nowhere)" in lines
+    assert f"deleted sample:20260101.001: {amis[('v1', OTHER)][0]} in {OTHER} (1 snapshots), " \
+        f"{amis[('v1', HOME)][0]} in {HOME} (1 snapshots) (older than the newest 1 and in use nowhere)" in lines
     assert any(line.startswith("keep sample:20260101.003: rollback target of qa") for line in lines)
 
 
@@ -121,10 +131,11 @@ def test_images_on_aws_reads_versions_from_tags_and_releases_from_ssm(estate):
     listed = aws_images(Project(proj).aws, "sample")
     assert [r["version"] for r in listed["versions"]] == [f"20260101.00{n}" for n in range(6, 0, -1)]
     assert {r["version"]: r["environments"] for r in listed["versions"]}["20260101.005"] == ["qa"]
-    assert listed["releases"] == [{"image": "sample", "env": "qa", "region": HOME, "ami_id": amis[("v5", HOME)][0], "version": "20260101.005",
-                                   "parameter": "/bakery/sample/qa/ami-id"}]
+    assert listed["releases"] == [{"image": "sample", "env": "qa", "region": HOME, "ami_id": amis[("v5", HOME)][0],
+                                   "version": "20260101.005", "parameter": "/bakery/sample/qa/ami-id"}]
     text = bake(proj, "images", "--target", "aws")
-    assert text.rc == 0 and any(line.startswith("sample") and "20260101.005" in line and line.endswith("qa") for line in text.stdout.splitlines())
+    assert text.rc == 0 and any(line.startswith("sample") and "20260101.005" in line and line.endswith("qa")
+                                for line in text.stdout.splitlines())
 
 
 @pytest.fixture
@@ -142,7 +153,8 @@ def test_gc_keeps_amis_other_accounts_may_launch_unless_include_shared(three):
     dry = bake(proj, "gc", "--target", "aws", "--keep", "1", "--dry-run")
     assert dry.rc == 0, dry.stderr
     lines = dry.stdout.splitlines()
-    assert any(line.startswith("keep sample:20260101.001: shared with accounts 111122223333") for line in lines), dry.stdout
+    assert any(line.startswith("keep sample:20260101.001: shared with accounts 111122223333")
+               for line in lines), dry.stdout
     assert any(line.startswith("keep sample:20260101.002: shared with everyone (public)") for line in lines), dry.stdout
     assert not any(line.startswith("would delete") for line in lines)
     forced = bake(proj, "gc", "--target", "aws", "--keep", "1", "--include-shared")
@@ -151,21 +163,24 @@ def test_gc_keeps_amis_other_accounts_may_launch_unless_include_shared(three):
 
 
 def test_gc_looks_again_just_before_deleting_and_keeps_what_became_used(three):
-    from bakery.aws import gc as aws_gc
     from bakery.config import Project
+    from bakery.gc import aws as aws_gc
     from bakery.progress import Progress
 
     proj, ec2, (first, second, _) = three
     planned = aws_gc.plan(Project(proj).aws, 1, Progress(io.StringIO()))
     assert [e["version"] for e in planned.delete] == ["20260101.002", "20260101.001"]
-    instance = ec2.run_instances(ImageId=first, MinCount=1, MaxCount=1, InstanceType="t3.micro")["Instances"][0]["InstanceId"]
-    template = ec2.create_launch_template(LaunchTemplateName="late", LaunchTemplateData={"ImageId": second})["LaunchTemplate"]
+    launched = ec2.run_instances(ImageId=first, MinCount=1, MaxCount=1, InstanceType="t3.micro")
+    instance = launched["Instances"][0]["InstanceId"]
+    template = ec2.create_launch_template(LaunchTemplateName="late",
+                                          LaunchTemplateData={"ImageId": second})["LaunchTemplate"]
     boto3.client("autoscaling", HOME).create_auto_scaling_group(
         AutoScalingGroupName="late", MinSize=0, MaxSize=1, DesiredCapacity=0, AvailabilityZones=[f"{HOME}a"],
         LaunchTemplate={"LaunchTemplateId": template["LaunchTemplateId"], "Version": "1"})
     aws_gc.apply(planned, Progress(io.StringIO()))
     skipped = {s["ami_id"]: " | ".join(s["reasons"]) for s in planned.skipped}
-    assert skipped == {first: f"instance {instance} runs it", second: "Auto Scaling group late launches it (launch template late version 1)"}
+    assert skipped == {first: f"instance {instance} runs it",
+                       second: "Auto Scaling group late launches it (launch template late version 1)"}
     assert planned.deleted == [] and image_state(ec2, first) == "available" and image_state(ec2, second) == "available"
 
 
@@ -173,19 +188,22 @@ def test_gc_waits_for_no_environment_a_deploy_holds(three):
     from tests.integration.test_gc_local import environment_held
 
     proj, ec2, (first, _, _) = three
-    settings = {"target": "aws", "image": "sample", "instances": 1, "aws": {"auto_scaling_group": "prod", "launch_template": "prod"}}
+    settings = {"target": "aws", "image": "sample", "instances": 1,
+                "aws": {"auto_scaling_group": "prod", "launch_template": "prod"}}
     with environment_held(proj, "prod", settings):
         busy = bake(proj, "gc", "--target", "aws", "--keep", "1")
         dry = bake(proj, "gc", "--target", "aws", "--keep", "1", "--dry-run")
-    assert busy.rc == 1 and busy.stderr.count("\n") == 1 and "environment 'prod' is busy: another bake.py (pid 4242)" in busy.stderr
+    assert busy.rc == 1 and busy.stderr.count("\n") == 1
+    assert "environment 'prod' is busy: another bake.py (pid 4242)" in busy.stderr
     assert image_state(ec2, first) == "available"
-    assert dry.rc == 0 and "would delete sample:20260101.001" in dry.stdout  # a dry run changes nothing, so it takes no lock
+    # a dry run changes nothing, so it takes no lock
+    assert dry.rc == 0 and "would delete sample:20260101.001" in dry.stdout
 
 
 def test_access_denied_midway_leaves_the_catalog_matching_what_is_left(three, monkeypatch):
     from bakery.aws import clients
-    from bakery.aws import gc as aws_gc
     from bakery.config import Project
+    from bakery.gc import aws as aws_gc
     from bakery.progress import Progress
     from tests.aws.test_retries import FailFirst
 
@@ -194,13 +212,16 @@ def test_access_denied_midway_leaves_the_catalog_matching_what_is_left(three, mo
     rows = {}
     for ami in (first, second):
         rows[ami] = catalog.reserve_version("sample", "run", 1)
-        catalog.complete_version("sample", rows[ami], image_ref=ami, image_id=ami, input_digest="sha256:x", provenance={}, layers=[])
+        catalog.complete_version("sample", rows[ami], image_ref=ami, image_id=ami, input_digest="sha256:x",
+                                 provenance={}, layers=[])
     denial = FailFirst("DeregisterImage", "UnauthorizedOperation", times=1, status=403, match=f"ImageId={first}")
-    monkeypatch.setattr(aws_gc, "client", lambda service, region=None: _attached(clients.client(service, region), denial))
+    monkeypatch.setattr(aws_gc, "client",
+                        lambda service, region=None: _attached(clients.client(service, region), denial))
     planned = aws_gc.plan(Project(proj).aws, 1, Progress(io.StringIO()))
     with pytest.raises(clients.AccessDenied, match="ec2:DeregisterImage"):
         aws_gc.apply(planned, Progress(io.StringIO()), catalog)
-    assert image_state(ec2, second) is None and image_state(ec2, first) == "available"  # the second DeregisterImage was refused
+    # the second DeregisterImage was refused
+    assert image_state(ec2, second) is None and image_state(ec2, first) == "available"
     assert catalog.version("sample", rows[second]) is None and catalog.version("sample", rows[first]) is not None
 
 

@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bakery import gc_local, podman
+from bakery import podman
 from bakery.artifacts import LocalArtifactStore
 from bakery.catalog import open_catalog
 from bakery.config import Project
+from bakery.gc import local as gc_local
 from tests.conftest import bake
 
 pytestmark = pytest.mark.integration

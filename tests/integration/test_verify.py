@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from bakery import gate
 from bakery.catalog import open_catalog
 from bakery.errors import OperationError
+from bakery.verify import gate
 from tests.conftest import bake
 from tests.integration.conftest import containers
 

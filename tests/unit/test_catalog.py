@@ -9,6 +9,7 @@ import time
 import pytest
 
 from bakery.catalog import SqliteCatalog
+from bakery.errors import ConfigError
 
 pytestmark = pytest.mark.unit
 
@@ -88,7 +89,8 @@ def test_kill_9_mid_write_leaves_the_catalog_consistent(tmp_path):
         " WHERE v.status = 'ready' GROUP BY v.version HAVING COUNT(l.position) != 20").fetchall()
     assert incomplete == []
     orphans = db.execute(
-        "SELECT COUNT(*) FROM version_layers l JOIN versions v USING (image, version) WHERE v.status != 'ready'").fetchone()[0]
+        "SELECT COUNT(*) FROM version_layers l JOIN versions v USING (image, version)"
+        " WHERE v.status != 'ready'").fetchone()[0]
     assert orphans == 0
     assert SqliteCatalog(path).versions("web")  # still opens and reads
 
@@ -103,8 +105,6 @@ def test_layers_round_trip(tmp_path):
 
 
 def test_unreadable_catalog_is_a_clear_error(tmp_path):
-    from bakery.errors import ConfigError
-
     (tmp_path / "c.db").write_bytes(b"this is not sqlite at all" * 100)
     with pytest.raises(ConfigError, match="catalog unreadable"):
         SqliteCatalog(tmp_path / "c.db")
@@ -125,8 +125,9 @@ def test_many_processes_opening_a_new_catalog_at_once(tmp_path):
     path = tmp_path / "new.db"
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     start = str(time.time() + 1.5)
-    procs = [subprocess.Popen([sys.executable, "-c", OPENER, str(path), start], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, env={**os.environ, "PYTHONPATH": repo}) for _ in range(16)]
+    procs = [subprocess.Popen([sys.executable, "-c", OPENER, str(path), start], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": repo})
+             for _ in range(16)]
     outs = [p.communicate(timeout=120) for p in procs]
     assert all(p.returncode == 0 for p in procs), [err for _, err in outs]
     assert len({out.strip() for out, _ in outs}) == 16
@@ -146,8 +147,8 @@ def test_verifications_are_all_kept_newest_first(tmp_path):
 
 def test_release_history(tmp_path):
     cat = SqliteCatalog(tmp_path / "c.db")
-    rid = cat.start_release("qa", "web", "v2", previous_version="v1", kind="deploy", user="ops", forced=True, run_id="r",
-                            pid=os.getpid(), config_digest="sha256:c", details={"instances": 4})
+    rid = cat.start_release("qa", "web", "v2", previous_version="v1", kind="deploy", user="ops", forced=True,
+                            run_id="r", pid=os.getpid(), config_digest="sha256:c", details={"instances": 4})
     assert cat.releases("qa")[0]["status"] == "in_progress"
     cat.finish_release(rid, "rolled_back", reason="health check failed", details={"replaced": 1})
     row = cat.releases("qa")[0]
@@ -170,6 +171,39 @@ def test_an_older_version_adopted_later_does_not_become_the_newest(tmp_path):
     baked = cat.reserve_version("web", "run1", os.getpid())
     complete(cat, "web", baked)
     for old in ("20200101.002", "20200101.010"):  # baked elsewhere long ago (an AMI), learnt of now
-        cat.adopt_version("web", old, run_id="run2", pid=os.getpid(), image_ref="ami-1", image_id="ami-1", input_digest="sha256:x",
-                          provenance={})
-    assert [r["version"] for r in cat.versions("web")] == [baked, "20200101.010", "20200101.002"]  # .010 after .002: numerically
+        cat.adopt_version("web", old, run_id="run2", pid=os.getpid(), image_ref="ami-1", image_id="ami-1",
+                          input_digest="sha256:x", provenance={})
+    # .010 after .002: numerically
+    assert [r["version"] for r in cat.versions("web")] == [baked, "20200101.010", "20200101.002"]
+
+
+def test_resolve_names_the_newest_ready_version_when_none_is_given(tmp_path):
+    cat = SqliteCatalog(tmp_path / "c.db")
+    older, newer = cat.reserve_version("web", "r1", os.getpid()), cat.reserve_version("web", "r2", os.getpid())
+    for version in (older, newer):
+        complete(cat, "web", version)
+    cat.reserve_version("web", "r3", os.getpid())  # a bake in progress is newer still, but not ready
+    assert cat.resolve("web", None)["version"] == newer
+    assert cat.resolve("web", older)["version"] == older and cat.resolve("web", older)["status"] == "ready"
+
+
+def test_resolve_refuses_a_pending_version_unless_ready_only_is_off(tmp_path):
+    cat = SqliteCatalog(tmp_path / "c.db")
+    complete(cat, "web", cat.reserve_version("web", "r1", os.getpid()))
+    pending = cat.reserve_version("web", "r2", os.getpid())
+    with pytest.raises(ConfigError, match=f"unknown version 'web:{pending}'; list versions with: ./bake.py images web"):
+        cat.resolve("web", pending)
+    assert cat.resolve("web", pending, ready_only=False)["status"] == "pending"  # what `show` looks at
+
+
+def test_resolve_says_how_to_find_a_version_when_there_is_none(tmp_path):
+    cat = SqliteCatalog(tmp_path / "c.db")
+    with pytest.raises(ConfigError) as unknown:
+        cat.resolve("web", "20990101.001")
+    assert str(unknown.value) == "unknown version 'web:20990101.001'; list versions with: ./bake.py images web"
+    with pytest.raises(ConfigError) as none:
+        cat.resolve("web", None)
+    assert str(none.value) == "image 'web' has no versions; bake one with: ./bake.py build web"
+    cat.reserve_version("web", "r1", os.getpid())  # only a pending one: still nothing to name
+    with pytest.raises(ConfigError, match="image 'web' has no versions"):
+        cat.resolve("web", None)

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import pytest
 
-from bakery.gc_plan import ArtifactRow, InUse, ReleaseRow, VersionRow, plan_local
+from bakery.gc.plan import ArtifactRow, InUse, ReleaseRow, VersionRow, plan_local
 
 pytestmark = pytest.mark.unit
 
 
 def versions(image: str, count: int, artifacts=None) -> list[VersionRow]:
-    return [VersionRow(image, f"20260101.{n:03d}", n, f"localhost/bakery/{image}:20260101.{n:03d}", f"sha256:{image}{n:03d}",
-                       (artifacts or {}).get(n, {})) for n in range(1, count + 1)]
+    return [VersionRow(image, f"20260101.{n:03d}", n, f"localhost/bakery/{image}:20260101.{n:03d}",
+                       f"sha256:{image}{n:03d}", (artifacts or {}).get(n, {})) for n in range(1, count + 1)]
 
 
 def release(id_, env, version, kind="deploy", status="succeeded", previous=None, image="webapp") -> ReleaseRow:
-    return ReleaseRow(id=id_, env=env, image=image, version=version, previous_version=previous, kind=kind, status=status)
+    return ReleaseRow(id=id_, env=env, image=image, version=version, previous_version=previous, kind=kind,
+                      status=status)
 
 
 def deleted(plan) -> list[str]:
@@ -74,13 +75,15 @@ def test_a_version_a_container_uses_stays_whether_found_by_reference_or_by_id():
 
 
 def test_only_artifacts_no_remaining_version_bakes_in_and_not_the_newest_go():
-    rows = versions("webapp", 3, artifacts={1: {"webapp": "1.0+aaa"}, 2: {"webapp": "1.0+bbb"}, 3: {"webapp": "1.0+ccc"}})
+    rows = versions("webapp", 3,
+                    artifacts={1: {"webapp": "1.0+aaa"}, 2: {"webapp": "1.0+bbb"}, 3: {"webapp": "1.0+ccc"}})
     store = [ArtifactRow("webapp", "1.0+aaa", "a" * 64, False), ArtifactRow("webapp", "1.0+bbb", "b" * 64, False),
              ArtifactRow("webapp", "1.0+ccc", "c" * 64, False), ArtifactRow("webapp", "1.0+ddd", "d" * 64, True),
              ArtifactRow("webapp", "1.0+eee", "e" * 64, False)]
     plan = plan_local(rows, [release(1, "qa", "20260101.002")], InUse(), keep=1, artifacts=store)
     assert deleted(plan) == ["webapp:20260101.001"]
-    assert sorted(a["version"] for a in plan.artifacts) == ["1.0+aaa", "1.0+eee"]  # bbb: qa runs it; ccc: newest; ddd: latest
+    # bbb: qa runs it; ccc: newest; ddd: latest
+    assert sorted(a["version"] for a in plan.artifacts) == ["1.0+aaa", "1.0+eee"]
 
 
 def test_keep_must_be_positive():

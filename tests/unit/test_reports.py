@@ -2,7 +2,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from bakery import junit, packages
+from bakery.verify import junit, packages
 
 pytestmark = pytest.mark.unit
 
@@ -35,9 +35,11 @@ def test_dpkg_status_and_diff(tmp_path):
 def test_junit_merges_suites_and_counts(tmp_path):
     other = tmp_path / "testinfra.xml"
     other.write_text('<testsuites><testsuite name="t" tests="2" failures="1" errors="0">'
-                     '<testcase name="a"/><testcase name="b"><failure message="x"/></testcase></testsuite></testsuites>')
+                     '<testcase name="a"/><testcase name="b"><failure message="x"/></testcase>'
+                     '</testsuite></testsuites>')
     path = junit.write(tmp_path / "junit.xml", "verify web:1",
-                       [junit.Check("boot", True, 1.0), junit.Check("secret-scan", False, 0.5, "/etc/key (private-key)"),
+                       [junit.Check("boot", True, 1.0),
+                        junit.Check("secret-scan", False, 0.5, "/etc/key (private-key)"),
                         junit.Check("testinfra", True, skipped=True, message="none")], [other])
     root = ET.parse(path).getroot()
     assert root.tag == "testsuites" and root.get("tests") == "5" and root.get("failures") == "2"

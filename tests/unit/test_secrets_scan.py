@@ -1,7 +1,7 @@
 import pytest
 
 from bakery.errors import ConfigError
-from bakery.secrets_scan import load_allowlist, scan
+from bakery.verify.secrets import load_allowlist, scan
 
 pytestmark = pytest.mark.unit
 
@@ -48,7 +48,8 @@ def test_encrypted_vault_and_unlisted_paths_are_not_findings(tmp_path):
 def test_allowlist_needs_a_reason(tmp_path):
     (tmp_path / "allow.yml").write_text("- path: etc/app/*.pem\n  rule: private-key\n  reason: a test key\n")
     entries = load_allowlist(tmp_path / "allow.yml")
-    paths = tree(tmp_path, {"etc/app/key.pem": "-----BEGIN PRIVATE KEY-----\n", "etc/other.pem": "-----BEGIN PRIVATE KEY-----\n"})
+    key = "-----BEGIN PRIVATE KEY-----\n"
+    paths = tree(tmp_path, {"etc/app/key.pem": key, "etc/other.pem": key})
     assert [f.path for f in scan(tmp_path, paths, entries)] == ["/etc/other.pem"]
     (tmp_path / "allow.yml").write_text("- path: etc/app/*.pem\n  rule: private-key\n")
     with pytest.raises(ConfigError, match="entry 1 needs non-empty 'path', 'rule' and 'reason'"):

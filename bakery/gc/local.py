@@ -7,9 +7,12 @@ image a container started to use meanwhile stays), then forgets exactly the
 versions whose image is gone, in one catalog transaction. A gc killed between the
 two leaves catalog rows whose image is missing; the next gc (or bake) forgets them.
 
-Carrying out runs under every local environment's fleet lock (environment_locks: the
+Carrying out runs under every local environment's fleet lock (bakery.gc.locks: the
 lock deploy, rollback and promote take), and `podman ps -a` is read once more just
 before `podman rmi`: a version a container started to use since the plan stays.
+
+collect_local is the whole command: leftovers of dead bakes always, the plan with --keep,
+carried out unless it is a dry run; its LocalGcReport says what happened as JSON or lines.
 """
 
 from __future__ import annotations
@@ -17,8 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +28,10 @@ from bakery import podman
 from bakery.artifacts import LocalArtifactStore
 from bakery.catalog import SqliteCatalog
 from bakery.config import Project
-from bakery.gc_plan import ArtifactRow, InUse, LocalPlan, ReleaseRow, VersionRow, plan_local
+from bakery.errors import OperationError
+from bakery.gc import leftovers
+from bakery.gc.locks import environment_locks
+from bakery.gc.plan import ArtifactRow, InUse, LocalPlan, ReleaseRow, VersionRow, plan_local
 
 log = logging.getLogger("bakery.gc")
 
@@ -36,25 +41,52 @@ RMI_BATCH = 100  # image references per `podman rmi` call
 @dataclass
 class GcResult:
     removed: list[dict[str, Any]] = field(default_factory=list)
-    failed: list[dict[str, Any]] = field(default_factory=list)  # planned, but podman kept the image (a container uses it now)
+    # planned, but podman kept the image (a container uses it now)
+    failed: list[dict[str, Any]] = field(default_factory=list)
     artifacts: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[dict[str, Any]] = field(default_factory=list)  # planned, but a container started to use it before rmi
 
 
-@contextmanager
-def environment_locks(project: Project, catalog, target: str) -> Iterator[None]:
-    """Hold the fleet lock of every environment on `target` (the one deploy, rollback and promote take), or fail in one line."""
-    from bakery.environments import environment_names, load_environment
-    from bakery.fleets import get_fleet
-    from bakery.progress import make_progress
+@dataclass
+class LocalGcReport:
+    """One `bake.py gc` on the local target: the leftovers found, the plan (with --keep) and what became of it."""
 
-    fleet_class = get_fleet(target)
-    with ExitStack() as stack:
-        for name in environment_names(project):
-            env = load_environment(project, name, check_promotion=False)
-            if env.target == target:
-                stack.enter_context(fleet_class(project, catalog, env, make_progress(quiet=True)).lock())
-        yield
+    dry_run: bool
+    keep: int | None
+    found: leftovers.Leftovers
+    planned: LocalPlan | None
+    result: GcResult
+
+    def to_dict(self) -> dict[str, Any]:
+        found, result = self.found, self.result
+        return {"dry_run": self.dry_run, "containers": found.containers, "pending_versions": found.pending_versions,
+                "playbooks": found.playbooks, "keep": self.keep, "versions": result.removed, "failed": result.failed,
+                "artifacts": result.artifacts, "kept": self.planned.kept if self.planned else [],
+                "skipped": result.skipped}
+
+    def lines(self) -> list[str]:
+        """The report for a terminal: what went (or would go), and on a dry run why the rest stays."""
+        verb = "would remove" if self.dry_run else "removed"
+        found, result = self.found, self.result
+        lines = []
+        if found.empty() and not (result.removed or result.failed or result.artifacts):
+            lines.append("nothing to remove")
+        for kind, items in (("container", found.containers), ("pending version", found.pending_versions),
+                            ("playbook", found.playbooks)):
+            lines += [f"{verb} {kind} {item}" for item in items]
+        lines += [f"{verb} version {e['image']}:{e['version']} ({e['reason']})" for e in result.removed]
+        lines += [f"{verb} artifact {e['name']} {e['version']} ({e['reason']})" for e in result.artifacts]
+        lines += [f"kept version {e['image']}:{e['version']} ({e['reason']})" for e in result.skipped]
+        if self.dry_run and self.planned:
+            lines += [f"keep version {e['image']}:{e['version']}: {'; '.join(e['reasons'])}" for e in self.planned.kept]
+        return lines
+
+    def raise_for_failures(self) -> None:
+        """Versions podman refused to remove make the command fail (after its report), as they stay in the catalog."""
+        if self.result.failed:
+            names = ", ".join(f"{e['image']}:{e['version']}" for e in self.result.failed)
+            raise OperationError(f"podman did not remove {names} (a container may have started to use it); "
+                                 "they stay in the catalog")
 
 
 def containers_in_use() -> InUse:
@@ -74,12 +106,14 @@ def artifact_rows(store: LocalArtifactStore) -> list[ArtifactRow]:
     names = sorted(p.name for p in store.root.iterdir() if p.is_dir()) if store.root.is_dir() else []
     for name in names:
         latest = store.latest(name)
-        rows += [ArtifactRow(a.name, a.version, a.sha256, latest is not None and a.sha256 == latest.sha256) for a in store.list(name)]
+        rows += [ArtifactRow(a.name, a.version, a.sha256, latest is not None and a.sha256 == latest.sha256)
+                 for a in store.list(name)]
     return rows
 
 
 def plan(project: Project, catalog: SqliteCatalog, keep: int) -> LocalPlan:
-    """The plan for this project: podman versions only (an AMI version's image_ref is an AMI id: gc --target aws owns those)."""
+    """The plan for this project: podman versions only (an AMI version's image_ref is an AMI id: gc --target aws
+    owns those)."""
     prefix = podman.IMAGE_REPO + "/"
     versions = [VersionRow(r["image"], r["version"], r["seq"], r["image_ref"], r["image_id"] or "", r["artifacts"])
                 for r in catalog.gc_versions() if (r["image_ref"] or "").startswith(prefix)]
@@ -112,7 +146,8 @@ def apply(project: Project, catalog: SqliteCatalog, planned: LocalPlan) -> GcRes
         (result.failed if entry["image_ref"] in present else result.removed).append(entry)
     catalog.discard_versions([(e["image"], e["version"]) for e in result.removed])
     for entry in result.failed:
-        log.warning("kept %s:%s: podman did not remove %s (a container may use it now)", entry["image"], entry["version"], entry["image_ref"])
+        log.warning("kept %s:%s: podman did not remove %s (a container may use it now)",
+                    entry["image"], entry["version"], entry["image_ref"])
     directory = project.state_dir / "artifacts"
     for artifact in planned.artifacts:
         base = directory / artifact["name"] / artifact["sha256"]
@@ -124,3 +159,20 @@ def apply(project: Project, catalog: SqliteCatalog, planned: LocalPlan) -> GcRes
                 pass
         result.artifacts.append(artifact)
     return result
+
+
+def collect_local(project: Project, catalog: SqliteCatalog, keep: int | None, dry_run: bool) -> LocalGcReport:
+    """Find the leftovers of dead bakes and, with `keep`, plan which old versions go; unless `dry_run`, remove them.
+
+    Removing runs under every local environment's fleet lock (a dry run changes nothing, so it takes none).
+    The caller has checked that podman works (podman.check_working).
+    """
+    with nullcontext() if dry_run or not keep else environment_locks(project, catalog, "local"):
+        found = leftovers.find(project, catalog)
+        planned = plan(project, catalog, keep) if keep else None
+        result = GcResult(removed=list(planned.delete), artifacts=list(planned.artifacts)) if planned else GcResult()
+        if not dry_run:
+            leftovers.remove(found, catalog)
+            if planned:
+                result = apply(project, catalog, planned)
+    return LocalGcReport(dry_run, keep, found, planned, result)

@@ -28,5 +28,6 @@ def require_verified(catalog: Catalog, image: str, version: str, *, required: bo
     if verification is None:
         raise OperationError(f"{image}:{version} has no verification; environment '{env}' requires one: "
                              f"run ./bake.py verify {image}:{version} (or deploy with --force, which is recorded)")
-    raise OperationError(f"{image}:{version} failed its last verification ({verification['summary']}); environment '{env}' "
-                         f"requires a pass: fix the image and verify again (or deploy with --force, which is recorded)")
+    raise OperationError(f"{image}:{version} failed its last verification ({verification['summary']}); "
+                         f"environment '{env}' requires a pass: fix the image and verify again "
+                         f"(or deploy with --force, which is recorded)")

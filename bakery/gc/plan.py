@@ -34,7 +34,8 @@ class VersionRow:
     seq: int
     image_ref: str
     image_id: str = ""
-    artifacts: dict[str, str] = field(default_factory=dict, hash=False, compare=False)  # artifact name -> artifact version
+    # artifact name -> artifact version
+    artifacts: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -86,9 +87,11 @@ def _bare_id(image_id: str) -> str:
 
 
 def release_protection(releases: Iterable[ReleaseRow]) -> dict[tuple[str, str], list[str]]:
-    """(image, version) -> why releases protect it: what each environment runs, its rollback target, refreshes in flight."""
+    """(image, version) -> why releases protect it: what each environment runs, its rollback target, refreshes in
+    flight."""
     reasons: dict[tuple[str, str], list[str]] = defaultdict(list)
-    seen: dict[tuple[str, str], list[str]] = defaultdict(list)  # (env, image) -> distinct versions of successful rollouts, newest first
+    # (env, image) -> distinct versions of successful rollouts, newest first
+    seen: dict[tuple[str, str], list[str]] = defaultdict(list)
     for r in sorted(releases, key=lambda r: r.id, reverse=True):
         if r.status == "in_progress":
             reasons[(r.image, r.version)].append(f"release #{r.id} to {r.env} is in progress")
@@ -100,7 +103,8 @@ def release_protection(releases: Iterable[ReleaseRow]) -> dict[tuple[str, str], 
         versions = seen[(r.env, r.image)]
         if len(versions) < 2 and r.version not in versions:
             versions.append(r.version)
-            why = f"{r.env} runs it (release #{r.id})" if len(versions) == 1 else f"rollback target of {r.env} (release #{r.id})"
+            why = (f"{r.env} runs it (release #{r.id})" if len(versions) == 1
+                   else f"rollback target of {r.env} (release #{r.id})")
             reasons[(r.image, r.version)].append(why)
     return reasons
 

@@ -1,4 +1,5 @@
-"""`bake.py gc --target aws --keep N`: deregister old AMIs of this tool, and their snapshots, in every configured region.
+"""`bake.py gc --target aws --keep N`: deregister old AMIs of this tool, and their snapshots, in every configured
+region.
 
 Only AMIs tagged bakery:managed=true are considered. Per image the newest N
 versions (by bakery:version) stay, and so does every version that something
@@ -17,9 +18,10 @@ Deregistering leaves the snapshots behind (Packer's force_deregister does too), 
 they are deleted with their AMI (DeregisterImage with DeleteAssociatedSnapshots, then
 any snapshot still there one by one). The plan is a pure function; `--dry-run` stops there.
 
-Applying runs under every aws environment's fleet lock (bakery.gc_local.environment_locks),
+Applying runs under every aws environment's fleet lock (bakery.gc.locks.environment_locks),
 and each AMI is looked at once more just before it goes (instances launched from it,
 the groups' launch template versions): one that became used meanwhile is kept and reported.
+collect_aws is the whole command; its AwsGcReport says what happened as JSON or lines.
 """
 
 from __future__ import annotations
@@ -32,9 +34,13 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from bakery.aws import amis
-from bakery.aws.catalog_read import AmiVersion, managed_amis, read_releases
+from bakery.aws.catalog_read import AmiVersion, environment_regions, managed_amis, read_releases
 from bakery.aws.clients import AccessDenied, client, resolve_region
 from bakery.aws.releases import AMI_ID, previous_release
+from bakery.catalog import Catalog
+from bakery.config import Project
+from bakery.errors import OperationError
+from bakery.gc.locks import environment_locks
 from bakery.progress import Progress
 
 log = logging.getLogger("bakery.aws.gc")
@@ -50,14 +56,48 @@ class AwsPlan:
     kept: list[dict[str, Any]] = field(default_factory=list)  # {image, version, amis, reasons}
     deleted: list[dict[str, Any]] = field(default_factory=list)  # {region, ami_id, snapshots} once carried out
     failed: list[dict[str, Any]] = field(default_factory=list)  # {region, ami_id, error}
-    skipped: list[dict[str, Any]] = field(default_factory=list)  # {region, ami_id, reasons}: in use by the time it was to go
+    # {region, ami_id, reasons}: in use by the time it was to go
+    skipped: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
+@dataclass
+class AwsGcReport:
+    """One `bake.py gc --target aws`: the plan and, unless a dry run, what became of it."""
+
+    dry_run: bool
+    plan: AwsPlan
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"target": "aws", "dry_run": self.dry_run, **self.plan.to_dict()}
+
+    def lines(self) -> list[str]:
+        """The report for a terminal: the copies that went (or would go), why the rest stays, what became used."""
+        planned, verb = self.plan, "would delete" if self.dry_run else "deleted"
+        lines = [] if planned.delete else [f"nothing to delete in {', '.join(planned.regions)}"]
+        gone = {d["ami_id"] for d in planned.deleted}
+        for entry in planned.delete:
+            copies = [a for a in entry["amis"] if self.dry_run or a["ami_id"] in gone]
+            where = ", ".join(f"{a['ami_id']} in {a['region']} ({len(a['snapshots'])} snapshots)" for a in copies)
+            if copies:
+                lines.append(f"{verb} {entry['image']}:{entry['version']}: {where} ({entry['reason']})")
+        lines += [f"keep {e['image']}:{e['version']}: {'; '.join(e['reasons'])}" for e in planned.kept]
+        lines += [f"kept {e['ami_id']} in {e['region']} after all: {'; '.join(e['reasons'])}" for e in planned.skipped]
+        return lines
+
+    def raise_for_failures(self) -> None:
+        """AMIs that could not be deleted make the command fail (after its report)."""
+        if self.plan.failed:
+            first = self.plan.failed[0]
+            raise OperationError(f"{len(self.plan.failed)} AMI(s) could not be deleted, "
+                                 f"first {first['ami_id']} in {first['region']}: {first['error']}")
+
+
 def plan_aws(found: list[AmiVersion], by_ami: dict[str, list[str]], keep: int, regions: list[str]) -> AwsPlan:
-    """Which versions go: older than the newest `keep` of their image and needed by nothing in `by_ami` (AMI id -> why)."""
+    """Which versions go: older than the newest `keep` of their image and needed by nothing in `by_ami`
+    (AMI id -> why)."""
     if keep < 1:
         raise ValueError("keep must be at least 1")
     plan = AwsPlan(keep=keep, regions=regions)
@@ -92,7 +132,8 @@ def _add(reasons: dict[str, list[str]], ami_id: str | None, why: str) -> None:
 def auto_scaling_use(region: str, reasons: dict[str, list[str]]) -> None:
     """AMIs the region's Auto Scaling groups launch: through launch template versions or launch configurations."""
     ec2, autoscaling = client("ec2", region), client("autoscaling", region)
-    launched: dict[tuple[str, str, str], list[str]] = defaultdict(list)  # (LaunchTemplateId|LaunchTemplateName, value, version) -> groups
+    # (LaunchTemplateId|LaunchTemplateName, value, version) -> groups
+    launched: dict[tuple[str, str, str], list[str]] = defaultdict(list)
     configurations: dict[str, list[str]] = defaultdict(list)
     for page in autoscaling.get_paginator("describe_auto_scaling_groups").paginate():
         for group in page["AutoScalingGroups"]:
@@ -105,17 +146,21 @@ def auto_scaling_use(region: str, reasons: dict[str, list[str]]) -> None:
                 launched[(*key, spec.get("Version") or "$Default")].append(group["AutoScalingGroupName"])
             if group.get("LaunchConfigurationName"):
                 configurations[group["LaunchConfigurationName"]].append(group["AutoScalingGroupName"])
-    for (field_name, value, version), groups in launched.items():  # one call per distinct (template, version): $Latest needs its own
-        for lt in ec2.describe_launch_template_versions(**{field_name: value}, Versions=[version])["LaunchTemplateVersions"]:
+    # one call per distinct (template, version): $Latest needs its own
+    for (field_name, value, version), groups in launched.items():
+        answer = ec2.describe_launch_template_versions(**{field_name: value}, Versions=[version])
+        for lt in answer["LaunchTemplateVersions"]:
             _add(reasons, (lt.get("LaunchTemplateData") or {}).get("ImageId"),
                  f"Auto Scaling group {', '.join(sorted(set(groups)))} launches it "
                  f"(launch template {lt['LaunchTemplateName']} version {lt['VersionNumber']})")
     if configurations:
         names = sorted(configurations)
         for start in range(0, len(names), 50):
-            for lc in autoscaling.describe_launch_configurations(LaunchConfigurationNames=names[start:start + 50])["LaunchConfigurations"]:
+            answer = autoscaling.describe_launch_configurations(LaunchConfigurationNames=names[start:start + 50])
+            for lc in answer["LaunchConfigurations"]:
                 groups = ", ".join(configurations[lc["LaunchConfigurationName"]])
-                _add(reasons, lc.get("ImageId"), f"Auto Scaling group {groups} launches it (launch configuration {lc['LaunchConfigurationName']})")
+                _add(reasons, lc.get("ImageId"),
+                     f"Auto Scaling group {groups} launches it (launch configuration {lc['LaunchConfigurationName']})")
 
 
 def instance_use(region: str, reasons: dict[str, list[str]]) -> None:
@@ -135,7 +180,8 @@ def release_use(region: str, reasons: dict[str, list[str]]) -> None:
         if not release.ami_id:
             continue
         _add(reasons, release.ami_id, f"{release.env} runs it ({release.parameter})")
-        _add(reasons, previous_release(ssm, release.image, release.env, AMI_ID), f"rollback target of {release.env} (history of {release.parameter})")
+        _add(reasons, previous_release(ssm, release.image, release.env, AMI_ID),
+             f"rollback target of {release.env} (history of {release.parameter})")
 
 
 def describe_sharing(permissions: list[dict[str, str]]) -> str:
@@ -157,7 +203,8 @@ def shared_use(region: str, found: list[AmiVersion], reasons: dict[str, list[str
         if ami.region != region:
             continue
         try:
-            permissions = ec2.describe_image_attribute(ImageId=ami.ami_id, Attribute="launchPermission")["LaunchPermissions"]
+            answer = ec2.describe_image_attribute(ImageId=ami.ami_id, Attribute="launchPermission")
+            permissions = answer["LaunchPermissions"]
         except ClientError as exc:
             if exc.response["Error"]["Code"].startswith("InvalidAMIID"):
                 continue  # gone meanwhile
@@ -167,7 +214,8 @@ def shared_use(region: str, found: list[AmiVersion], reasons: dict[str, list[str
             _add(reasons, ami.ami_id, f"shared with {shared} (--include-shared deletes it anyway)")
 
 
-def plan(settings, keep: int, progress: Progress, env_regions: list[str] | tuple[str, ...] = (), include_shared: bool = False) -> AwsPlan:
+def plan(settings, keep: int, progress: Progress, env_regions: list[str] | tuple[str, ...] = (),
+         include_shared: bool = False) -> AwsPlan:
     """Look at every configured region (and every aws environment's) and decide; nothing is changed here."""
     home = resolve_region(settings.region)
     regions = list(dict.fromkeys([*settings.all_regions(home), *env_regions]))
@@ -186,10 +234,12 @@ def plan(settings, keep: int, progress: Progress, env_regions: list[str] | tuple
 
 
 def use_now(region: str, ami_id: str) -> list[str]:
-    """Why the AMI is needed at this moment: instances launched from it, groups whose launch template version names it."""
+    """Why the AMI is needed at this moment: instances launched from it, groups whose launch template version
+    names it."""
     reasons: dict[str, list[str]] = defaultdict(list)
     pages = client("ec2", region).get_paginator("describe_instances").paginate(
-        Filters=[{"Name": "image-id", "Values": [ami_id]}, {"Name": "instance-state-name", "Values": LIVE_INSTANCE_STATES}])
+        Filters=[{"Name": "image-id", "Values": [ami_id]},
+                 {"Name": "instance-state-name", "Values": LIVE_INSTANCE_STATES}])
     for page in pages:
         for reservation in page["Reservations"]:
             for instance in reservation["Instances"]:
@@ -209,40 +259,69 @@ def deregister(ec2, ami_id: str) -> tuple[list[str], list[str]]:
     answer = ec2.deregister_image(ImageId=ami_id, DeleteAssociatedSnapshots=True)
     done = {r["SnapshotId"] for r in answer.get("DeleteSnapshotResults") or [] if r.get("ReturnCode") == "success"}
     left = [s for s in snapshots if s not in done]
-    existing = {s["SnapshotId"] for s in ec2.describe_snapshots(Filters=[{"Name": "snapshot-id", "Values": left}])["Snapshots"]} if left else set()
+    existing = set()
+    if left:
+        answer = ec2.describe_snapshots(Filters=[{"Name": "snapshot-id", "Values": left}])
+        existing = {s["SnapshotId"] for s in answer["Snapshots"]}
     problems: dict[str, str] = {}
     for snapshot in sorted(existing):
         try:
             ec2.delete_snapshot(SnapshotId=snapshot)
         except ClientError as exc:  # another AMI uses it, say: the AMI is gone all the same
-            problems[snapshot] = f"snapshot {snapshot} stays: {exc.response['Error'].get('Message') or exc.response['Error']['Code']}"
+            error = exc.response["Error"]
+            problems[snapshot] = f"snapshot {snapshot} stays: {error.get('Message') or error['Code']}"
         except AccessDenied as exc:
             problems[snapshot] = f"snapshot {snapshot} stays: {exc}"
     return [s for s in snapshots if s not in problems], list(problems.values())
 
 
 def apply(planned: AwsPlan, progress: Progress, catalog=None) -> AwsPlan:
-    """Deregister every planned AMI still unused and delete its snapshots; a failed call stops nothing else but AccessDenied,
-    and the catalog forgets exactly the AMIs that went, whatever stopped the run."""
+    """Deregister every planned AMI still unused and delete its snapshots; a failed call stops nothing else but
+    AccessDenied, and the catalog forgets exactly the AMIs that went, whatever stopped the run."""
     try:
         for entry in planned.delete:
             for ami in entry["amis"]:
                 busy = use_now(ami["region"], ami["ami_id"])
                 if busy:
                     planned.skipped.append({"region": ami["region"], "ami_id": ami["ami_id"], "reasons": busy})
-                    progress.note(f"gc: kept {ami['ami_id']} in {ami['region']}: {'; '.join(busy)} (since the plan was made)")
+                    progress.note(f"gc: kept {ami['ami_id']} in {ami['region']}: {'; '.join(busy)} "
+                                  "(since the plan was made)")
                     continue
                 try:
                     snapshots, problems = deregister(client("ec2", ami["region"]), ami["ami_id"])
-                except ClientError as exc:  # AccessDenied is no ClientError (bakery.aws.clients): it stops gc, as every AMI would be refused
+                # AccessDenied is no ClientError (bakery.aws.clients): it stops gc, as every AMI would be refused
+                except ClientError as exc:
                     planned.failed.append({"region": ami["region"], "ami_id": ami["ami_id"], "error": str(exc)})
                     continue
                 planned.deleted.append({"region": ami["region"], "ami_id": ami["ami_id"], "snapshots": snapshots})
-                planned.failed += [{"region": ami["region"], "ami_id": ami["ami_id"], "error": problem} for problem in problems]
-                progress.note(f"gc: deregistered {entry['image']}:{entry['version']} {ami['ami_id']} in {ami['region']} "
-                              f"and deleted {len(snapshots)} snapshot(s)")
+                planned.failed += [{"region": ami["region"], "ami_id": ami["ami_id"], "error": problem}
+                                   for problem in problems]
+                progress.note(f"gc: deregistered {entry['image']}:{entry['version']} {ami['ami_id']} "
+                              f"in {ami['region']} and deleted {len(snapshots)} snapshot(s)")
     finally:
         if catalog is not None:
             gone = {d["ami_id"] for d in planned.deleted}
-            catalog.discard_versions([(r["image"], r["version"]) for r in catalog.gc_versions() if r["image_ref"] in gone])
+            catalog.discard_versions([(r["image"], r["version"]) for r in catalog.gc_versions()
+                                      if r["image_ref"] in gone])
     return planned
+
+
+def collect_aws(project: Project, keep: int, progress: Progress, *, dry_run: bool, include_shared: bool = False,
+                catalog: Catalog | None = None) -> AwsGcReport:
+    """Plan which old AMIs go in every region this project uses and, unless `dry_run`, deregister them.
+
+    Deregistering runs under every aws environment's fleet lock, and the catalog (this project's unless given,
+    opened only then) forgets the versions whose AMI went. A dry run changes nothing, so it takes no lock.
+    The caller has checked that there are AWS credentials (bakery.aws.clients.check_credentials).
+    """
+    if dry_run:
+        return AwsGcReport(True, plan(project.aws, keep, progress, environment_regions(project),
+                                      include_shared=include_shared))
+    if catalog is None:
+        from bakery.catalog import open_catalog
+
+        catalog = open_catalog(project.state_dir)
+    with environment_locks(project, catalog, "aws"):
+        planned = plan(project.aws, keep, progress, environment_regions(project), include_shared=include_shared)
+        apply(planned, progress, catalog)
+    return AwsGcReport(False, planned)

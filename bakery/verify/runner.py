@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bakery import junit, packages, podman, secrets_scan
+from bakery import podman
 from bakery.catalog import Catalog
 from bakery.config import Project
 from bakery.errors import ConfigError
@@ -31,6 +31,7 @@ from bakery.progress import Progress
 from bakery.provenance import utc_now
 from bakery.runs import Run
 from bakery.signals import cancellable
+from bakery.verify import junit, packages, secrets
 
 log = logging.getLogger("bakery.verify")
 
@@ -81,7 +82,7 @@ class Verifier:
         version = record["version"]
         definition = self.project.image(image) if (self.project.playbooks_dir / f"{image}.yml").is_file() else None
         health = (definition.health_check if definition else {}) or {}
-        allowlist = secrets_scan.load_allowlist(self.project.root / ALLOWLIST_FILE)
+        allowlist = secrets.load_allowlist(self.project.root / ALLOWLIST_FILE)
         runtime_file = self._runtime_file(image, env_name)
         self.progress.note(f"verify {image}:{version}: {record['image_ref']} (run {self.run.id})")
 
@@ -109,8 +110,8 @@ class Verifier:
         result = VerifyResult(image, version, passed, seconds, self.run.id, summary,
                               [c.__dict__ for c in self.checks], reports)
         self.run.write_result(result.to_dict())
-        self.catalog.record_verification(image, version, env=env_name, started=started_at, seconds=seconds, passed=passed,
-                                         run_id=self.run.id, summary=summary, reports=reports)
+        self.catalog.record_verification(image, version, env=env_name, started=started_at, seconds=seconds,
+                                         passed=passed, run_id=self.run.id, summary=summary, reports=reports)
         return result
 
     # -- instances -------------------------------------------------------------------------------
@@ -131,7 +132,8 @@ class Verifier:
         name = f"bakery-verify-{self.run.id.rsplit('-', 1)[-1]}-{role}"
         args = ["run", "-d", "--name", name, "--hostname", f"verify-{role}", "--systemd=always",
                 # marked like a build container so that gc removes it if this process dies without cleaning up
-                "--label", f"{VERIFY_LABEL}={self.run.id}", "--label", "io.bakery.build=1", "--label", f"io.bakery.build.pid={os.getpid()}",
+                "--label", f"{VERIFY_LABEL}={self.run.id}", "--label", "io.bakery.build=1",
+                "--label", f"io.bakery.build.pid={os.getpid()}",
                 "-v", f"{runtime_file}:/etc/bakery/launch/runtime.env:ro"]
         if not network:
             args += ["--network", "none"]
@@ -145,17 +147,19 @@ class Verifier:
 
     def _check_boot(self, check: str, name: str) -> bool:
         t = time.monotonic()
-        proc = podman.run("exec", name, "systemctl", "is-system-running", "--wait", check=False, timeout=BOOT_TIMEOUT)
+        proc = podman.run("exec", name, "systemctl", "is-system-running", "--wait", check=False,
+                          timeout=BOOT_TIMEOUT)
         state = proc.stdout.strip() or "unknown"
         seconds = time.monotonic() - t
         if state == "running":
             self._add(junit.Check(check, True, seconds, output=f"systemd is running after {seconds:.1f} s"))
             return True
-        failed = podman.run("exec", name, "systemctl", "--failed", "--no-legend", "--plain", check=False).stdout.split("\n")
-        units = [line.split()[0] for line in failed if line.strip()]
+        failed = podman.run("exec", name, "systemctl", "--failed", "--no-legend", "--plain", check=False).stdout
+        units = [line.split()[0] for line in failed.split("\n") if line.strip()]
         journal = ""
         if units:
-            journal = podman.run("exec", name, "journalctl", "--no-pager", "-n", "30", *[f"-u{u}" for u in units], check=False).stdout
+            journal = podman.run("exec", name, "journalctl", "--no-pager", "-n", "30", *[f"-u{u}" for u in units],
+                                 check=False).stdout
         message = f"systemd is '{state}'" + (f"; failed units: {', '.join(units)}" if units else "")
         self._add(junit.Check(check, False, seconds, message, journal))
         return False
@@ -173,7 +177,8 @@ class Verifier:
                 self._add(junit.Check(check, True, time.monotonic() - t, output=f"{url} answered 200"))
                 return
             time.sleep(0.5)
-        self._add(junit.Check(check, False, time.monotonic() - t, f"{url} did not answer 200 within {HEALTH_TIMEOUT} s (last: {last})"))
+        self._add(junit.Check(check, False, time.monotonic() - t,
+                              f"{url} did not answer 200 within {HEALTH_TIMEOUT} s (last: {last})"))
 
     # -- testinfra ------------------------------------------------------------------------------
 
@@ -190,7 +195,8 @@ class Verifier:
             files += sorted(tests_dir.glob("test_*.py")) if tests_dir.is_dir() else []
         return list(dict.fromkeys(files)), notes
 
-    def _run_testinfra(self, image: str, version: str, record: dict[str, Any], instance: str, env_name: str | None) -> None:
+    def _run_testinfra(self, image: str, version: str, record: dict[str, Any], instance: str,
+                       env_name: str | None) -> None:
         files, notes = self.test_files(image, record)
         if not files:
             self._add(junit.Check("testinfra", True, 0, skipped=True, message="; ".join(notes) or "no testinfra tests"))
@@ -202,11 +208,12 @@ class Verifier:
                "BAKERY_VERIFY_COMMIT": (record.get("provenance") or {}).get("git_commit", ""),
                "BAKERY_VERIFY_ENV": env_name or "verify",
                "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
-        cmd = [sys.executable, "-m", "pytest", "-c", str(ini), "--rootdir", str(self.project.root), "--import-mode=importlib",
-               f"--hosts=podman://{instance}",
+        cmd = [sys.executable, "-m", "pytest", "-c", str(ini), "--rootdir", str(self.project.root),
+               "--import-mode=importlib", f"--hosts=podman://{instance}",
                f"--junitxml={report}", "-o", f"junit_suite_name=testinfra {image}:{version}", "-q", *map(str, files)]
         t = time.monotonic()
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=self.project.root, check=False, timeout=1800)
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=self.project.root, check=False,
+                              timeout=1800)
         (self.run.path / "testinfra.log").write_text(proc.stdout + proc.stderr, encoding="utf-8")
         lines = [line for line in proc.stdout.splitlines() if line.strip()]
         tail = lines[-1] if lines else proc.stderr.strip()[-300:]
@@ -232,24 +239,28 @@ class Verifier:
                 return candidate
         return None
 
-    def _scan_secrets(self, record: dict[str, Any], allowlist: list[secrets_scan.AllowEntry]) -> None:
+    def _scan_secrets(self, record: dict[str, Any], allowlist: list[secrets.AllowEntry]) -> None:
         t = time.monotonic()
         base = self._base_ref(record)
         if base is None:
-            self._add(junit.Check("secret-scan", False, 0, "the image's base is gone from podman; cannot tell what the bake added"))
+            self._add(junit.Check("secret-scan", False, 0,
+                                  "the image's base is gone from podman; cannot tell what the bake added"))
             return
         # `podman image diff A B` lists what A changed compared with B
         diff = podman.run("image", "diff", record["image_ref"], base, timeout=600).stdout.splitlines()
         paths = [line[2:] for line in diff if line[:2] in ("A ", "C ")]
         with ExitStack() as stack:
-            findings = secrets_scan.scan(self._mounted(record["image_ref"], stack), paths, allowlist)
-        (self.run.path / "secrets.json").write_text(json.dumps([f.to_dict() for f in findings], indent=2), encoding="utf-8")
+            findings = secrets.scan(self._mounted(record["image_ref"], stack), paths, allowlist)
+        (self.run.path / "secrets.json").write_text(json.dumps([f.to_dict() for f in findings], indent=2),
+                                                    encoding="utf-8")
         if findings:
-            message = "; ".join(f"{f.path} ({f.rule})" for f in findings[:10]) + (f" and {len(findings) - 10} more" if len(findings) > 10 else "")
+            message = "; ".join(f"{f.path} ({f.rule})" for f in findings[:10])
+            message += f" and {len(findings) - 10} more" if len(findings) > 10 else ""
             self._add(junit.Check("secret-scan", False, time.monotonic() - t, message,
                                   "\n".join(f"{f.path}: {f.rule}: {f.detail}" for f in findings)))
         else:
-            self._add(junit.Check("secret-scan", True, time.monotonic() - t, output=f"{len(paths)} added or changed paths scanned"))
+            self._add(junit.Check("secret-scan", True, time.monotonic() - t,
+                                  output=f"{len(paths)} added or changed paths scanned"))
 
     def _report_packages(self, record: dict[str, Any]) -> None:
         t = time.monotonic()
@@ -257,12 +268,13 @@ class Verifier:
         with ExitStack() as stack:
             image_pkgs = packages.installed(self._mounted(record["image_ref"], stack))
             base_pkgs = packages.installed(self._mounted(base, stack)) if base else {}
-        report = {"image": record["image_ref"], "base": base, "packages": image_pkgs, "diff": packages.diff(base_pkgs, image_pkgs)}
+        report = {"image": record["image_ref"], "base": base, "packages": image_pkgs,
+                  "diff": packages.diff(base_pkgs, image_pkgs)}
         (self.run.path / "packages.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
         d = report["diff"]
         self._add(junit.Check("package-report", True, time.monotonic() - t,
-                              output=f"{len(image_pkgs)} packages; {len(d['added'])} added, {len(d['removed'])} removed, "
-                                     f"{len(d['changed'])} changed against the base"))
+                              output=f"{len(image_pkgs)} packages; {len(d['added'])} added, "
+                                     f"{len(d['removed'])} removed, {len(d['changed'])} changed against the base"))
 
     def _add(self, check: junit.Check) -> None:
         self.checks.append(check)

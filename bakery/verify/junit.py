@@ -1,4 +1,5 @@
-"""JUnit XML for verification reports: bakery's own checks plus the testinfra suites, in one file any CI viewer opens."""
+"""JUnit XML for verification reports: bakery's own checks plus the testinfra suites, in one file any CI viewer
+opens."""
 
 from __future__ import annotations
 

@@ -33,5 +33,6 @@ def diff(base: dict[str, str], image: dict[str, str]) -> dict[str, Any]:
     return {
         "added": {name: image[name] for name in sorted(set(image) - set(base))},
         "removed": {name: base[name] for name in sorted(set(base) - set(image))},
-        "changed": {name: {"base": base[name], "image": image[name]} for name in sorted(set(base) & set(image)) if base[name] != image[name]},
+        "changed": {name: {"base": base[name], "image": image[name]}
+                    for name in sorted(set(base) & set(image)) if base[name] != image[name]},
     }

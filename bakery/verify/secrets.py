@@ -25,11 +25,13 @@ PEM_BLOCK = re.compile(rb"-----BEGIN (?:RSA |DSA |EC |OPENSSH |ENCRYPTED |PGP )?
 CONTENT_RULES = {
     "private-key": re.compile(rb"-----BEGIN (?:RSA |DSA |EC |OPENSSH |ENCRYPTED |PGP )?PRIVATE KEY(?: BLOCK)?-----"),
     "aws-access-key-id": re.compile(rb"(?<![A-Z0-9])(?:AKIA|ASIA)[0-9A-Z]{16}(?![A-Z0-9])"),
-    "aws-secret-access-key": re.compile(rb"(?i)aws_?secret_?access_?key['\"]?\s*[:=]\s*['\"]?[A-Za-z0-9/+=]{40}(?![A-Za-z0-9/+=])"),
+    "aws-secret-access-key": re.compile(rb"(?i)aws_?secret_?access_?key['\"]?\s*[:=]\s*['\"]?"
+                                        rb"[A-Za-z0-9/+=]{40}(?![A-Za-z0-9/+=])"),
 }
 HISTORY_FILES = {".bash_history", ".zsh_history", ".sh_history", ".history", ".python_history", ".mysql_history",
                  ".psql_history", ".sqlite_history", ".node_repl_history", ".rediscli_history"}
-CREDENTIAL_FILES = {".netrc": "netrc", ".pgpass": "pgpass", ".my.cnf": "mysql-credentials", ".git-credentials": "git-credentials"}
+CREDENTIAL_FILES = {".netrc": "netrc", ".pgpass": "pgpass", ".my.cnf": "mysql-credentials",
+                    ".git-credentials": "git-credentials"}
 VAULT_NAME = re.compile(r"(?i)vault.*\.ya?ml$")
 SSH_HOST_KEY = re.compile(r"^etc/ssh/ssh_host_.*_key(\.pub)?$")
 
@@ -60,11 +62,15 @@ def load_allowlist(path: Path) -> list[AllowEntry]:
         raise ConfigError(f"{path}: expected a list of entries with path, rule and reason")
     entries = []
     for index, item in enumerate(data, start=1):
-        if not isinstance(item, dict) or not all(isinstance(item.get(k), str) and item.get(k).strip() for k in ("path", "rule", "reason")):
-            raise ConfigError(f"{path}: entry {index} needs non-empty 'path', 'rule' and 'reason' (say why it is not a secret)")
-        known = {*CONTENT_RULES, "git-directory", "shell-history", "ssh-host-key", "decrypted-vault", "*", *CREDENTIAL_FILES.values()}
+        fields = ("path", "rule", "reason")
+        if not isinstance(item, dict) or not all(isinstance(item.get(k), str) and item.get(k).strip() for k in fields):
+            raise ConfigError(f"{path}: entry {index} needs non-empty 'path', 'rule' and 'reason' "
+                              "(say why it is not a secret)")
+        known = {*CONTENT_RULES, "git-directory", "shell-history", "ssh-host-key", "decrypted-vault", "*",
+                 *CREDENTIAL_FILES.values()}
         if item["rule"] not in known:
-            raise ConfigError(f"{path}: entry {index}: unknown rule '{item['rule']}'; known rules: {', '.join(sorted(known))}")
+            raise ConfigError(f"{path}: entry {index}: unknown rule '{item['rule']}'; "
+                              f"known rules: {', '.join(sorted(known))}")
         entries.append(AllowEntry(item["path"].lstrip("/"), item["rule"], item["reason"]))
     return entries
 
