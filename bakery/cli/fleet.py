@@ -1,6 +1,6 @@
 """bake.py's environment commands: deploy, status, rollback, promote, config get|set, down.
 
-bakery.cli calls register(cli). Only click and the standard library are imported
+bakery.cli adds COMMANDS to its root group. Only click and the standard library are imported
 here at load time (the library is imported inside each command), so
 `bake.py --help` stays instant and there is no import cycle with bakery.cli.
 """
@@ -11,38 +11,7 @@ from typing import Any
 
 import click
 
-REFRESH_FLAGS = ("min_healthy_percentage", "max_healthy_percentage", "instance_warmup", "checkpoint_percentages",
-                 "checkpoint_delay", "skip_matching", "auto_rollback", "bake_time")
-
-
-def refresh_options(func):
-    """The environment's refresh preferences, overridable for one rollout."""
-    options = [
-        click.option("--min-healthy-percentage", type=click.IntRange(0, 100), metavar="PCT",
-                     help="Capacity that must stay in service during the refresh (rounded up)."),
-        click.option("--max-healthy-percentage", type=click.IntRange(100, 200), metavar="PCT",
-                     help="Capacity that may run at once; above 100 launches new instances before old ones go."),
-        click.option("--instance-warmup", type=click.IntRange(0, 3600), metavar="SECONDS",
-                     help="How long a new instance must stay healthy in service before the refresh moves on."),
-        click.option("--checkpoint-percentages", metavar="P,P,...", help="Pause and probe the environment at these percentages, e.g. 50,100."),
-        click.option("--checkpoint-delay", type=click.IntRange(0, 172800), metavar="SECONDS", help="Pause at each checkpoint."),
-        click.option("--skip-matching/--no-skip-matching", default=None,
-                     help="Keep instances already on the target version and config (default from the environment)."),
-        click.option("--auto-rollback/--no-auto-rollback", default=None, help="Return to the previous version when the refresh fails."),
-        click.option("--bake-time", type=click.IntRange(0, 86400), metavar="SECONDS",
-                     help="Watch the environment this long after the last replacement before declaring success."),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
-
-
-def _overrides(prefs: dict[str, Any]) -> dict[str, Any]:
-    from bakery.refresh import parse_percentages
-
-    values = {key: prefs.get(key) for key in REFRESH_FLAGS}
-    values["checkpoint_percentages"] = parse_percentages(values["checkpoint_percentages"])
-    return values
+from bakery.cli.common import emit_json, parse_image_ref, refresh_options, refresh_overrides
 
 
 def _session(obj, as_json: bool):
@@ -68,7 +37,6 @@ def _environment(obj, name: str):
 
 
 def _report_release(result, as_json: bool) -> None:
-    from bakery.cli import emit_json
     from bakery.errors import OperationError
 
     if as_json:
@@ -101,12 +69,11 @@ def deploy(obj, ref: str, env_name: str, force: bool, replace_running: bool, as_
 
     Example: ./bake.py deploy webapp:20261128.002 --env qa
     """
-    from bakery.cli import parse_image_ref
     from bakery.fleets import operations
 
     env = _environment(obj, env_name)
     image, version = parse_image_ref(ref)
-    result = _run(obj, as_json, operations.deploy, env, image, version, overrides=_overrides(prefs), force=force, replace_running=replace_running)
+    result = _run(obj, as_json, operations.deploy, env, image, version, overrides=refresh_overrides(prefs), force=force, replace_running=replace_running)
     _report_release(result, as_json)
 
 
@@ -121,7 +88,6 @@ def status(obj, env_name: str, as_json: bool) -> None:
 
     Example: ./bake.py status --env qa
     """
-    from bakery.cli import emit_json
     from bakery.fleets import operations
 
     env = _environment(obj, env_name)
@@ -180,7 +146,7 @@ def rollback(obj, env_name: str, as_json: bool, **prefs) -> None:
     from bakery.fleets import operations
 
     env = _environment(obj, env_name)
-    result = _run(obj, as_json, operations.rollback, env, overrides=_overrides(prefs))
+    result = _run(obj, as_json, operations.rollback, env, overrides=refresh_overrides(prefs))
     _report_release(result, as_json)
 
 
@@ -197,12 +163,11 @@ def promote(obj, ref: str, env_name: str, as_json: bool, **prefs) -> None:
 
     Example: ./bake.py promote webapp:20261128.002 --to prod
     """
-    from bakery.cli import parse_image_ref
     from bakery.fleets import operations
 
     env = _environment(obj, env_name)
     image, version = parse_image_ref(ref)
-    result = _run(obj, as_json, operations.promote, env, image, version, overrides=_overrides(prefs))
+    result = _run(obj, as_json, operations.promote, env, image, version, overrides=refresh_overrides(prefs))
     _report_release(result, as_json)
 
 
@@ -221,7 +186,6 @@ def config_get(obj, key: str | None, env_name: str, as_json: bool) -> None:
 
     Example: ./bake.py config get --env qa LOG_LEVEL
     """
-    from bakery.cli import emit_json
     from bakery.fleets import operations
 
     env = _environment(obj, env_name)
@@ -247,12 +211,11 @@ def config_set(obj, pairs: tuple[str, ...], env_name: str, as_json: bool, **pref
 
     Example: ./bake.py config set --env qa LOG_LEVEL=debug FEATURE_NEW_CHECKOUT=false
     """
-    from bakery.cli import emit_json
     from bakery.errors import OperationError
     from bakery.fleets import operations
 
     env = _environment(obj, env_name)
-    data = _run(obj, as_json, operations.config_set, env, pairs, overrides=_overrides(prefs))
+    data = _run(obj, as_json, operations.config_set, env, pairs, overrides=refresh_overrides(prefs))
     if as_json:
         emit_json(data)
     result = data.get("result")
@@ -280,7 +243,6 @@ def down(obj, env_name: str, as_json: bool) -> None:
 
     Example: ./bake.py down --env dev
     """
-    from bakery.cli import emit_json
     from bakery.fleets import operations
 
     env = _environment(obj, env_name)
@@ -295,8 +257,3 @@ def down(obj, env_name: str, as_json: bool) -> None:
 
 COMMANDS = (deploy, status, rollback, promote, config, down)
 
-
-def register(group: click.Group) -> None:
-    """Add the environment commands to bake.py's command group."""
-    for command in COMMANDS:
-        group.add_command(command)

@@ -1,14 +1,14 @@
 """bake.py's pipeline command: build-app, build, verify, deploy (and promote) one image in one job, for CI.
 
-bakery.cli calls register(cli). Only click and the standard library are imported
+bakery.cli adds this command to its root group. Only click and the standard library are imported
 here at load time (the library is imported inside each command).
 """
 
 from __future__ import annotations
 
-import json
-
 import click
+
+from bakery.cli.common import emit_json
 
 
 @click.command()
@@ -37,7 +37,7 @@ def pipeline(obj, image: str, env_name: str, target: str | None, builder: str | 
     finally:
         progress.close()
     if as_json:
-        click.echo(json.dumps(result.to_dict(), indent=2, sort_keys=True, default=str))
+        emit_json(result.to_dict())
     else:
         _print_summary(result)
     if result.failed_stage:
@@ -57,8 +57,3 @@ def _print_summary(result) -> None:
 
 COMMANDS: tuple[click.Command, ...] = (pipeline,)
 
-
-def register(group: click.Group) -> None:
-    """Add this module's commands to bake.py's command group."""
-    for command in COMMANDS:
-        group.add_command(command)

@@ -1,6 +1,6 @@
 """bake.py's observe commands: logs and top (seeing inside a fleet without signing in to an instance).
 
-bakery.cli calls register(cli). Only click and the standard library are imported
+bakery.cli adds COMMANDS to its root group. Only click and the standard library are imported
 here at load time (the library is imported inside each command).
 """
 
@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 
 import click
+
+from bakery.cli.common import emit_json
 
 
 @click.command()
@@ -62,7 +64,6 @@ def top(obj, env_name: str, unit: str, as_json: bool) -> None:
 
     Example: ./bake.py top --env dev
     """
-    from bakery.cli import emit_json
     from bakery.environments import load_environment
     from bakery.observe.targets import process_rows
     from bakery.observe.top import table
@@ -79,8 +80,3 @@ def top(obj, env_name: str, unit: str, as_json: bool) -> None:
 
 COMMANDS: tuple[click.Command, ...] = (logs, top)
 
-
-def register(group: click.Group) -> None:
-    """Add this module's commands to bake.py's command group."""
-    for command in COMMANDS:
-        group.add_command(command)

@@ -1,0 +1,154 @@
+"""bake.py base, build-app, build, new-role and distribute: making images and publishing AMIs."""
+
+from __future__ import annotations
+
+import click
+
+from bakery.cli.common import Context, emit_json, parse_image_ref, pass_ctx
+from bakery.errors import ConfigError
+
+
+@click.command()
+@click.option("--release", default="bookworm", show_default=True, help="Debian release of the base.")
+@click.option("--rebuild", is_flag=True, help="Make a new base even if one exists.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@pass_ctx
+def base(obj: Context, release: str, rebuild: bool, as_json: bool) -> None:
+    """Make the base image (mmdebstrap + podman import), or reuse the newest one.
+
+    Example: ./bake.py base --release bookworm
+    """
+    from bakery import podman
+    from bakery.base_image import build_base
+
+    podman.check_working()
+    if not as_json:
+        click.echo(f"base {release}: looking for an existing base" + (" (rebuild requested)" if rebuild else ""), err=True)
+    image = build_base(release, obj.project.state_dir / "tmp", rebuild=rebuild)
+    obj.catalog.record_base(image.ref, release, image.digest)
+    if as_json:
+        emit_json({"ref": image.ref, "digest": image.digest, "release": release, "reused": image.reused})
+    else:
+        click.echo(f"{'reused' if image.reused else 'built'} {image.ref} ({image.digest})")
+
+
+@click.command("build-app")
+@click.option("--source", default="app", show_default=True, metavar="DIR", help="Application source directory (relative to the project).")
+@click.option("--name", default="webapp", show_default=True, help="Artifact name in the store.")
+@click.option("--json", "as_json", is_flag=True, help="Print the artifact as JSON.")
+@pass_ctx
+def build_app(obj: Context, source: str, name: str, as_json: bool) -> None:
+    """Build the application artifact: a deterministic, content-addressed tarball in .bakery/artifacts/.
+
+    Example: ./bake.py build-app
+    """
+    from bakery.artifacts import LocalArtifactStore
+    from bakery.artifacts import build_app as build
+
+    artifact = build(obj.project.root / source, LocalArtifactStore(obj.project.state_dir / "artifacts"), name)
+    if as_json:
+        emit_json(artifact.to_dict())
+    else:
+        click.echo(f"artifact {artifact.name} {artifact.version} sha256:{artifact.sha256.removeprefix('sha256:')} ({artifact.path})")
+
+
+@click.command("new-role")
+@click.argument("name")
+@pass_ctx
+def new_role(obj: Context, name: str) -> None:
+    """Create roles/NAME in this project's style, with a Molecule scenario that passes as made.
+
+    Example: ./bake.py new-role demo && cd roles/demo && molecule test
+    """
+    from bakery.scaffold import new_role as scaffold
+
+    created = scaffold(obj.project.roles_dir, name)
+    click.echo(f"created roles/{name} ({len(created)} files); test it with: cd roles/{name} && molecule test "
+               "(molecule comes with bakery's virtual environment: source .venv/bin/activate first)")
+
+
+@click.command()
+@click.argument("image")
+@click.option("--target", type=click.Choice(["local", "aws"]), default="local", show_default=True,
+              help="Where the image is baked: a podman image (local) or an AMI (aws).")
+@click.option("--builder", type=click.Choice(["podman", "packer", "imagebuilder"]),
+              help="How: podman (local); packer or imagebuilder (aws; default aws.builder in bakery.yml, else packer).")
+@click.option("--no-cache", is_flag=True, help="Run every role again, ignoring cached layers.")
+@click.option("--keep-on-failure", is_flag=True, help="Keep the build container when the bake fails, for inspection.")
+@click.option("-e", "--extra-var", "extra_vars", multiple=True, metavar="KEY=VALUE", help="Extra variable for the bake (part of the cache key).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@pass_ctx
+def build(obj: Context, image: str, target: str, builder: str | None, no_cache: bool, keep_on_failure: bool,
+          extra_vars: tuple[str, ...], as_json: bool) -> None:
+    """Bake IMAGE from playbooks/IMAGE.yml into a new image version.
+
+    Example: ./bake.py build webapp
+    """
+    from bakery.builders import builder_for
+    from bakery.builders.base import BuildOptions
+    from bakery.config import parse_extra_vars
+    from bakery.progress import make_progress
+    from bakery.runs import Run
+
+    definition = obj.project.image(image)
+    options = BuildOptions(no_cache=no_cache, keep_on_failure=keep_on_failure, extra_vars=parse_extra_vars(extra_vars))
+    progress = make_progress(quiet=as_json)
+    run = Run.start(obj.project.state_dir, "build")
+    chosen = builder_for(target, builder, obj.project.aws.builder if target == "aws" else None)(obj.project, obj.catalog, progress)
+    try:
+        result = chosen.build(definition, options, run)
+    except BaseException as exc:
+        run.write_result({"status": "failed", "image": image, "error": str(exc)})
+        raise
+    finally:
+        progress.close()
+    data = result.to_dict()
+    data["status"] = "reused" if result.reused else "built"
+    run.write_result(data)
+    if as_json:
+        emit_json(data)
+    else:
+        ran = sum(1 for layer in result.layers if not layer.cached)
+        verb = "reused" if result.reused else "built"
+        click.echo(f"{verb} {result.ref} in {result.seconds:.1f} s ({ran} of {len(result.layers)} roles ran; run {result.run_id})")
+
+
+@click.command()
+@click.argument("ref", metavar="IMAGE:VERSION")
+@click.option("--regions", metavar="R1,R2", help="Regions to copy the AMI to (default: aws.regions in bakery.yml).")
+@click.option("--accounts", metavar="ID1,ID2", help="Accounts given launch permission (default: aws.accounts in bakery.yml).")
+@click.option("--timeout", type=click.FloatRange(min=1), default=3600, show_default=True, help="Seconds to wait for copies.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@pass_ctx
+def distribute(obj: Context, ref: str, regions: str | None, accounts: str | None, timeout: float, as_json: bool) -> None:
+    """Copy one AMI version to regions (with its tags) and share it, and its snapshots, with accounts. Safe to re-run.
+
+    Example: ./bake.py distribute webapp:20261128.003 --regions eu-west-1,eu-central-1 --accounts 111122223333
+    """
+    from bakery.aws import distribute as dist
+    from bakery.aws.clients import check_credentials
+    from bakery.progress import make_progress
+
+    name, version = parse_image_ref(ref)
+    if not version:
+        raise ConfigError(f"distribute needs IMAGE:VERSION, got '{ref}'; list versions with: ./bake.py images {name} --target aws")
+    settings = obj.project.aws
+    wanted_regions = dist.parse_regions(regions, settings.regions)
+    wanted_accounts = dist.parse_accounts(accounts, settings.accounts)
+    obj.project.image(name)
+    check_credentials()
+    progress = make_progress(quiet=as_json)
+    try:
+        result = dist.distribute(settings, name, version, wanted_regions, wanted_accounts, progress, timeout=timeout)
+    finally:
+        progress.close()
+    if as_json:
+        emit_json(result.to_dict())
+        return
+    for r in result.regions:
+        done = (["copied"] if r.copied else []) + ([f"tagged {len(r.tagged)}"] if r.tagged else [])
+        done += [f"launch permission for {', '.join(r.launch_permission_added)}"] if r.launch_permission_added else []
+        done += [f"create-volume permission on {len(r.create_volume_permission_added)} snapshots"] if r.create_volume_permission_added else []
+        click.echo(f"{r.region}: {r.ami_id} {r.state}; {', '.join(done) or 'already distributed'}")
+    click.echo(f"{name}:{version} is in {len(result.regions)} regions, shared with {len(result.accounts)} accounts"
+               + ("" if result.changed else " (nothing changed)"))

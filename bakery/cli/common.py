@@ -1,0 +1,79 @@
+"""What every command module shares: the lazy project/catalog context, JSON output, IMAGE[:VERSION] parsing and the
+refresh-preference flags. Only click and the standard library at load time, so `bake.py --help` stays instant."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+
+class Context:
+    def __init__(self, project: str | None, debug: bool):
+        self._project_arg = project
+        self.debug = debug
+        self._project = None
+        self._catalog = None
+
+    @property
+    def project(self):
+        if self._project is None:
+            from bakery.config import Project
+
+            self._project = Project.discover(self._project_arg)
+        return self._project
+
+    @property
+    def catalog(self):
+        if self._catalog is None:
+            from bakery.catalog import open_catalog
+
+            self._catalog = open_catalog(self.project.state_dir)
+        return self._catalog
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+def emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def parse_image_ref(value: str) -> tuple[str, str | None]:
+    name, _, version = value.partition(":")
+    return name, (version or None)
+
+
+REFRESH_FLAGS = ("min_healthy_percentage", "max_healthy_percentage", "instance_warmup", "checkpoint_percentages",
+                 "checkpoint_delay", "skip_matching", "auto_rollback", "bake_time")
+
+
+def refresh_options(func):
+    """The environment's refresh preferences, overridable for one rollout."""
+    options = [
+        click.option("--min-healthy-percentage", type=click.IntRange(0, 100), metavar="PCT",
+                     help="Capacity that must stay in service during the refresh (rounded up)."),
+        click.option("--max-healthy-percentage", type=click.IntRange(100, 200), metavar="PCT",
+                     help="Capacity that may run at once; above 100 launches new instances before old ones go."),
+        click.option("--instance-warmup", type=click.IntRange(0, 3600), metavar="SECONDS",
+                     help="How long a new instance must stay healthy in service before the refresh moves on."),
+        click.option("--checkpoint-percentages", metavar="P,P,...", help="Pause and probe the environment at these percentages, e.g. 50,100."),
+        click.option("--checkpoint-delay", type=click.IntRange(0, 172800), metavar="SECONDS", help="Pause at each checkpoint."),
+        click.option("--skip-matching/--no-skip-matching", default=None,
+                     help="Keep instances already on the target version and config (default from the environment)."),
+        click.option("--auto-rollback/--no-auto-rollback", default=None, help="Return to the previous version when the refresh fails."),
+        click.option("--bake-time", type=click.IntRange(0, 86400), metavar="SECONDS",
+                     help="Watch the environment this long after the last replacement before declaring success."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def refresh_overrides(prefs: dict[str, Any]) -> dict[str, Any]:
+    from bakery.fleets.planning import parse_percentages
+
+    values = {key: prefs.get(key) for key in REFRESH_FLAGS}
+    values["checkpoint_percentages"] = parse_percentages(values["checkpoint_percentages"])
+    return values

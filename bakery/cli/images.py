@@ -1,0 +1,89 @@
+"""bake.py images and show: reading the catalog (local) or AMI tags and SSM releases (aws)."""
+
+from __future__ import annotations
+
+import click
+
+from bakery.cli.common import Context, emit_json, parse_image_ref, pass_ctx
+
+
+@click.command()
+@click.argument("image", required=False)
+@click.option("--target", type=click.Choice(["local", "aws"]), default="local", show_default=True,
+              help="Read the local catalog, or AMI tags and SSM release parameters in the home region (aws).")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@pass_ctx
+def images(obj: Context, image: str | None, target: str, as_json: bool) -> None:
+    """List image versions, newest first (on aws: with the environments that run each).
+
+    Example: ./bake.py images webapp --target aws
+    """
+    if image:
+        obj.project.image(image)  # unknown names fail clearly
+    if target == "aws":
+        _images_aws(obj, image, as_json)
+        return
+    rows = obj.catalog.versions(image, status=None)
+    if as_json:
+        emit_json([{k: r[k] for k in ("image", "version", "status", "created", "git_commit", "image_ref")} for r in rows])
+        return
+    if not rows:
+        click.echo("no image versions yet; bake one with: ./bake.py build IMAGE")
+        return
+    click.echo(f"{'IMAGE':<20} {'VERSION':<14} {'CREATED':<21} {'COMMIT':<12} STATUS")
+    for r in rows:
+        click.echo(f"{r['image']:<20} {r['version']:<14} {r['created']:<21} {(r['git_commit'] or '-')[:12]:<12} {r['status']}")
+
+
+def _images_aws(obj: Context, image: str | None, as_json: bool) -> None:
+    from bakery.aws.catalog_read import aws_images, environment_regions
+    from bakery.aws.clients import check_credentials
+
+    check_credentials()
+    data = aws_images(obj.project.aws, image, environment_regions(obj.project))
+    if as_json:
+        emit_json(data)
+        return
+    if not data["versions"]:
+        click.echo(f"no AMIs tagged bakery:managed=true in {data['region']}; bake one with: ./bake.py build IMAGE --target aws")
+    else:
+        click.echo(f"{'IMAGE':<20} {'VERSION':<14} {'AMI':<22} {'CREATED':<25} {'COMMIT':<12} ENVIRONMENTS")
+    for r in data["versions"]:
+        state = "" if r["state"] == "available" else f" ({r['state']})"
+        click.echo(f"{r['image']:<20} {r['version']:<14} {r['ami_id']:<22} {r['created']:<25} {(r['git_commit'] or '-')[:12]:<12} "
+                   f"{', '.join(r['environments']) or '-'}{state}")
+    listed = {r["ami_id"] for r in data["versions"]}
+    for release in data["releases"]:
+        if release["ami_id"] not in listed:
+            click.echo(f"{release['env']} runs {release['image']}:{release['version'] or '?'} ({release['ami_id'] or 'no ami-id parameter'}), "
+                       f"an AMI not found among the managed AMIs in {data['region']}")
+
+
+@click.command()
+@click.argument("ref", metavar="IMAGE[:VERSION]")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@pass_ctx
+def show(obj: Context, ref: str, as_json: bool) -> None:
+    """Show one version's provenance and per-role layer digests (default: the newest).
+
+    Example: ./bake.py show webapp:20261128.001
+    """
+    name, version = parse_image_ref(ref)
+    record = obj.catalog.resolve(name, version, ready_only=False)
+    version = record["version"]
+    record["verifications"] = obj.catalog.verifications(name, version)
+    if as_json:
+        emit_json(record)
+        return
+    click.echo(f"{name}:{version}  ({record['status']}, {record['image_ref']})")
+    for key, value in (record.get("provenance") or {}).items():
+        if key != "roles":
+            click.echo(f"  {key:<15} {value}")
+    click.echo("  layers:")
+    for layer in record["layers"]:
+        click.echo(f"    {layer['position'] + 1}. {layer['role']:<20} role {layer['role_digest'][:19]}  layer {layer['layer_key'][:19]}"
+                   f"  {'cached' if layer['cached'] else 'baked'}")
+    click.echo("  verifications:" if record["verifications"] else f"  verifications: none (run: ./bake.py verify {name}:{version})")
+    for v in record["verifications"]:
+        click.echo(f"    {v['started']}  {'PASSED' if v['passed'] else 'FAILED'}  {v['seconds']:.1f} s  env {v['env'] or '-'}  "
+                   f"{v['summary'][:100]}  ({v['reports'].get('junit', '')})")

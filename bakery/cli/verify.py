@@ -1,0 +1,36 @@
+"""bake.py verify: the gate every version passes before it may be deployed."""
+
+from __future__ import annotations
+
+import click
+
+from bakery.cli.common import Context, emit_json, parse_image_ref, pass_ctx
+
+
+@click.command()
+@click.argument("ref", metavar="IMAGE[:VERSION]")
+@click.option("--env", "env_name", metavar="ENV", help="Mount this environment's runtime config, as its launches will.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@pass_ctx
+def verify(obj: Context, ref: str, env_name: str | None, as_json: bool) -> None:
+    """Verify an image version on throwaway instances (default: the newest): boot, testinfra, offline boot, secrets, packages.
+
+    Example: ./bake.py verify webapp --env qa
+    """
+    from bakery.errors import OperationError
+    from bakery.progress import make_progress
+    from bakery.verify.runner import verify_image
+
+    name, version = parse_image_ref(ref)
+    obj.project.image(name)
+    progress = make_progress(quiet=as_json)
+    try:
+        result = verify_image(obj.project, obj.catalog, progress, name, version, env_name)
+    finally:
+        progress.close()
+    if as_json:
+        emit_json(result.to_dict())
+    elif result.passed:
+        click.echo(f"PASSED {name}:{result.version} in {result.seconds:.1f} s (report {result.reports['junit']})")
+    if not result.passed:
+        raise OperationError(f"verification of {name}:{result.version} failed: {result.summary} (report {result.reports['junit']})")
