@@ -23,7 +23,7 @@ demo: setup
 
 lint: setup
 	$(VENV)/bin/ruff check bakery tests bake.py app scripts roles bench
-	$(PY) scripts/role_docs.py --check roles/hardening
+	$(PY) scripts/role_docs.py --check roles
 	$(VENV)/bin/yamllint -s roles playbooks
 	cd $(CURDIR) && NO_COLOR=1 PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/ansible-lint --nocolor --profile production playbooks roles
 
