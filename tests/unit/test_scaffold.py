@@ -27,3 +27,18 @@ def test_new_role_refuses_bad_names_and_existing_roles(tmp_path):
     new_role(tmp_path, "demo")
     with pytest.raises(ConfigError, match="already exists"):
         new_role(tmp_path, "demo")
+
+
+def test_new_role_passes_the_readme_check_and_its_tag_selects(tmp_path):
+    """make lint checks every role's generated variable table, and a concern's tag must reach its tasks."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    new_role(tmp_path, "demo")
+    check = subprocess.run([sys.executable, str(REPO / "scripts/role_docs.py"), "--check", str(tmp_path / "demo")],
+                           capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    dispatch = yaml.safe_load((tmp_path / "demo/tasks/main.yml").read_text())
+    assert all("ansible.builtin.import_tasks" in task for task in dispatch)
