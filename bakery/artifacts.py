@@ -21,6 +21,7 @@ manifest only ever names a complete artifact.
 from __future__ import annotations
 
 import ast
+import builtins
 import gzip
 import hashlib
 import io
@@ -83,7 +84,7 @@ class ArtifactStore(ABC):
         """The most recently built artifact of `name`, or None when there is none."""
 
     @abstractmethod
-    def list(self, name: str) -> list[Artifact]:
+    def list(self, name: str) -> builtins.list[Artifact]:
         """Every artifact of `name`, newest first."""
 
 
@@ -122,7 +123,7 @@ class LocalArtifactStore(ArtifactStore):
     def _dir(self, name: str) -> Path:
         return self.root / _check_name(name)
 
-    def put(self, name: str, version: str, data: bytes, files: list[dict[str, Any]]) -> Artifact:
+    def put(self, name: str, version: str, data: bytes, files: builtins.list[dict[str, Any]]) -> Artifact:
         sha = hashlib.sha256(data).hexdigest()
         directory = self._dir(name)
         archive = directory / f"{sha}.tar.gz"
@@ -184,7 +185,7 @@ class LocalArtifactStore(ArtifactStore):
         artifacts = self.list(name)  # no pointer (or a stale one): fall back to the newest manifest
         return artifacts[0] if artifacts else None
 
-    def list(self, name: str) -> list[Artifact]:
+    def list(self, name: str) -> builtins.list[Artifact]:
         directory = self._dir(name)
         artifacts = [self._load(directory, sha) for sha in self._shas(directory)]
         return sorted(artifacts, key=lambda a: (a.created, a.sha256), reverse=True)
@@ -192,7 +193,7 @@ class LocalArtifactStore(ArtifactStore):
     # ---- internals
 
     @staticmethod
-    def _shas(directory: Path) -> list[str]:
+    def _shas(directory: Path) -> builtins.list[str]:
         try:
             names = os.listdir(directory)
         except FileNotFoundError:
@@ -253,7 +254,7 @@ def read_version(init_file: Path) -> str:
         targets = (node.targets if isinstance(node, ast.Assign)
                    else [node.target] if isinstance(node, ast.AnnAssign) else [])
         if any(isinstance(t, ast.Name) and t.id == "__version__" for t in targets):
-            value = node.value
+            value = node.value if isinstance(node, ast.Assign | ast.AnnAssign) else None
             if isinstance(value, ast.Constant) and isinstance(value.value, str) and _VERSION.fullmatch(value.value):
                 return value.value
             raise ConfigError(f'{init_file}:{node.lineno}: __version__ must be a plain string literal such as "1.0.0"')
@@ -264,7 +265,7 @@ def _included(name: str) -> bool:
     return not (name.startswith(".") or name.endswith(EXCLUDED_SUFFIXES) or EXCLUDED_FILES.fullmatch(name))
 
 
-def source_files(source_dir: Path, package: str) -> list[str]:
+def source_files(source_dir: Path, package: str) -> builtins.list[str]:
     """The files an artifact carries, relative to source_dir, sorted: the package and README.md."""
     found = []
     readme = source_dir / README
@@ -283,7 +284,7 @@ def source_files(source_dir: Path, package: str) -> list[str]:
     return sorted(found)
 
 
-def pack(source_dir: Path, files: list[str]) -> tuple[bytes, list[dict[str, Any]]]:
+def pack(source_dir: Path, files: builtins.list[str]) -> tuple[bytes, builtins.list[dict[str, Any]]]:
     """A reproducible .tar.gz of `files` (with their parent directories) and their manifest entries."""
     dirs = sorted({p.as_posix() for f in files for p in Path(f).parents if p != Path(".")})
     entries = []

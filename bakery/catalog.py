@@ -71,6 +71,11 @@ class Catalog(ABC):
         return record
 
     @abstractmethod
+    def adopt_version(self, image: str, version: str, *, run_id: str, pid: int, image_ref: str, image_id: str,
+                      input_digest: str, provenance: dict[str, Any]) -> bool:
+        """Record a ready version made elsewhere (an AMI another checkout baked); False when it is known already."""
+
+    @abstractmethod
     def find_by_input(self, image: str, input_digest: str) -> list[dict[str, Any]]:
         """Ready versions baked from exactly these inputs, newest first."""
 
@@ -303,7 +308,7 @@ class SqliteCatalog(Catalog):
     def verifications(self, image, version):
         rows = self._db.execute("SELECT * FROM verifications WHERE image = ? AND version = ? ORDER BY id DESC",
                                 (image, version))
-        result = [_loads(r, "reports") for r in rows]
+        result = [row for r in rows if (row := _loads(r, "reports")) is not None]
         for r in result:
             r["passed"] = bool(r["passed"])
         return result
@@ -335,7 +340,7 @@ class SqliteCatalog(Catalog):
             rows = self._db.execute("SELECT * FROM releases WHERE env = ? ORDER BY id DESC LIMIT ?", (env, limit))
         else:
             rows = self._db.execute("SELECT * FROM releases ORDER BY id DESC LIMIT ?", (limit,))
-        result = [_loads(r, "details") for r in rows]
+        result = [row for r in rows if (row := _loads(r, "details")) is not None]
         for r in result:
             r["forced"] = bool(r["forced"])
         return result

@@ -219,10 +219,9 @@ class Project:
 
     def role(self, entry: Any, where: str, chain: tuple[str, ...] = ()) -> RoleRef:
         """Resolve a role entry (name or mapping) to its directory and its dependencies."""
-        if isinstance(entry, str):
-            name = entry
-        elif isinstance(entry, dict) and isinstance(entry.get("role", entry.get("name")), str):
-            name = entry.get("role", entry.get("name"))
+        named = entry.get("role", entry.get("name")) if isinstance(entry, dict) else entry
+        if isinstance(named, str):
+            name = named
         else:
             raise ConfigError(f"{where}: a role entry must be a name or a mapping with 'role:', got {entry!r}")
         if not ROLE_NAME_RE.match(name):

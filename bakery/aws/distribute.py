@@ -144,13 +144,13 @@ def wait_for_copies(clients: dict[str, Any], pending: dict[str, str], progress: 
                 continue
             image = amis.describe_ami(clients[region], ami_id)
             state = image.get("State", "unknown") if image else "not visible yet"
-            if state == "failed":
+            if state == "failed" and image:
                 reason = (image.get("StateReason") or {}).get("Message", "no reason given")
                 raise OperationError(f"copy {ami_id} in {region} failed: {reason}; run distribute again to retry")
             if state != last.get(region):
                 progress.note(f"{region}: {ami_id} {state} after {time.monotonic() - started:.0f} s")
                 last[region] = state
-            if state == "available":
+            if state == "available" and image:
                 done[region] = image
         if len(done) == len(pending):
             return done

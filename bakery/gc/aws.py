@@ -158,9 +158,9 @@ def auto_scaling_use(region: str, reasons: dict[str, list[str]]) -> None:
         for start in range(0, len(names), 50):
             answer = autoscaling.describe_launch_configurations(LaunchConfigurationNames=names[start:start + 50])
             for lc in answer["LaunchConfigurations"]:
-                groups = ", ".join(configurations[lc["LaunchConfigurationName"]])
+                users = ", ".join(configurations[lc["LaunchConfigurationName"]])
                 _add(reasons, lc.get("ImageId"),
-                     f"Auto Scaling group {groups} launches it (launch configuration {lc['LaunchConfigurationName']})")
+                     f"Auto Scaling group {users} launches it (launch configuration {lc['LaunchConfigurationName']})")
 
 
 def instance_use(region: str, reasons: dict[str, list[str]]) -> None:
@@ -188,7 +188,7 @@ def describe_sharing(permissions: list[dict[str, str]]) -> str:
     """The launch permission entries in words ('' when only this account may launch it)."""
     accounts = sorted(p["UserId"] for p in permissions if p.get("UserId"))
     groups = sorted(p["Group"] for p in permissions if p.get("Group"))
-    organisations = sorted(p.get("OrganizationArn") or p.get("OrganizationalUnitArn") for p in permissions
+    organisations = sorted(p.get("OrganizationArn") or p.get("OrganizationalUnitArn") or "" for p in permissions
                            if p.get("OrganizationArn") or p.get("OrganizationalUnitArn"))
     parts = [f"accounts {', '.join(accounts)}"] if accounts else []
     parts += ["everyone (public)" if g == "all" else f"group {g}" for g in groups]

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 
 from bakery import podman
-from bakery.catalog import SqliteCatalog
+from bakery.catalog import Catalog
 from bakery.config import Project
 from bakery.processes import pid_alive
 
@@ -34,7 +34,7 @@ class Leftovers:
         return not (self.containers or self.pending_versions or self.playbooks)
 
 
-def find(project: Project, catalog: SqliteCatalog) -> Leftovers:
+def find(project: Project, catalog: Catalog) -> Leftovers:
     found = Leftovers()
     for container in podman.containers_with_label(f"{BUILD_LABEL}=1"):
         labels = container.get("Labels") or {}
@@ -55,7 +55,7 @@ def find(project: Project, catalog: SqliteCatalog) -> Leftovers:
     return found
 
 
-def remove(found: Leftovers, catalog: SqliteCatalog) -> None:
+def remove(found: Leftovers, catalog: Catalog) -> None:
     for name in found.containers:
         log.info("removing leftover build container %s", name)
         podman.remove_container(name)
@@ -71,7 +71,7 @@ def remove(found: Leftovers, catalog: SqliteCatalog) -> None:
             pass
 
 
-def clean(project: Project, catalog: SqliteCatalog) -> Leftovers:
+def clean(project: Project, catalog: Catalog) -> Leftovers:
     found = find(project, catalog)
     remove(found, catalog)
     return found

@@ -63,7 +63,7 @@ def load_allowlist(path: Path) -> list[AllowEntry]:
     entries = []
     for index, item in enumerate(data, start=1):
         fields = ("path", "rule", "reason")
-        if not isinstance(item, dict) or not all(isinstance(item.get(k), str) and item.get(k).strip() for k in fields):
+        if not isinstance(item, dict) or not all(isinstance(item.get(k), str) and str(item[k]).strip() for k in fields):
             raise ConfigError(f"{path}: entry {index} needs non-empty 'path', 'rule' and 'reason' "
                               "(say why it is not a secret)")
         known = {*CONTENT_RULES, "git-directory", "shell-history", "ssh-host-key", "decrypted-vault", "*",
