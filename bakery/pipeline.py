@@ -59,7 +59,8 @@ class StageResult:
     data: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "status": self.status, "seconds": round(self.seconds, 2), "detail": self.detail, **self.data}
+        return {"name": self.name, "status": self.status, "seconds": round(self.seconds, 2), "detail": self.detail,
+                **self.data}
 
 
 @dataclass
@@ -124,7 +125,8 @@ class Pipeline:
 
 def build_app_stage(p: Pipeline) -> StageResult:
     if not p.definition.artifacts:
-        return StageResult("build-app", "skipped", detail=f"image '{p.definition.name}' bakes no application artifact (bakery.yml)")
+        return StageResult("build-app", "skipped",
+                           detail=f"image '{p.definition.name}' bakes no application artifact (bakery.yml)")
     from bakery.artifacts import LocalArtifactStore, build_app
 
     store = LocalArtifactStore(p.project.state_dir / "artifacts")
@@ -164,7 +166,7 @@ def build_stage(p: Pipeline) -> StageResult:
 
 
 def verify_stage(p: Pipeline) -> StageResult:
-    from bakery.gate import latest_verification
+    from bakery.verify.gate import latest_verification
 
     image, version = p.definition.name, p.result.version
     assert version is not None
@@ -172,18 +174,23 @@ def verify_stage(p: Pipeline) -> StageResult:
     if last and last["passed"] and not p.request.force_verify:
         by = "the aws builder" if p.target == "aws" else f"run {last['run_id']}"
         return StageResult("verify", "reused",
-                           detail=f"{image}:{version} passed verification at {last['started']} (env {last['env'] or '-'}, {by}); not repeated",
-                           data={"passed": True, "run_id": last["run_id"], "report": (last.get("reports") or {}).get("junit")})
+                           detail=f"{image}:{version} passed verification at {last['started']} "
+                                  f"(env {last['env'] or '-'}, {by}); not repeated",
+                           data={"passed": True, "run_id": last["run_id"],
+                                 "report": (last.get("reports") or {}).get("junit")})
     if p.target == "aws":
         if p.request.force_verify:
-            raise ConfigError("--force-verify works on the local target only: an AMI is verified by its builder during the bake")
-        raise OperationError(f"{image}:{version} has no passed verification: the aws builder records one when its bake's tests pass; "
+            raise ConfigError("--force-verify works on the local target only: "
+                              "an AMI is verified by its builder during the bake")
+        raise OperationError(f"{image}:{version} has no passed verification: "
+                             "the aws builder records one when its bake's tests pass; "
                              f"rebake with ./bake.py build {image} --target aws --no-cache and read its run log")
-    from bakery.verify import verify_image
+    from bakery.verify.runner import verify_image
 
     verified = verify_image(p.project, p.catalog, p.progress, image, version, p.env.name)
     if not verified.passed:
-        raise OperationError(f"verification of {image}:{version} failed: {verified.summary} (report {verified.reports['junit']})")
+        raise OperationError(f"verification of {image}:{version} failed: {verified.summary} "
+                             f"(report {verified.reports['junit']})")
     return StageResult("verify", "done", detail=f"{image}:{version} passed with {p.env.name}'s runtime config",
                        data={"passed": True, "run_id": verified.run_id, "report": verified.reports["junit"]})
 
@@ -231,24 +238,28 @@ def _roll_out(p: Pipeline, stage: str, env: Environment, release: Callable[[Any]
     fleet = open_fleet(session, env)
     goal = fleet.goal_for(version, env.config_digest(), env.runtime)
     status = fleet.status()
-    if goal is not None and status.state == "up" and all(goal.matches(i.version, i.config_digest) for i in status.instances):
-        current = next((r for r in p.catalog.releases(env.name, limit=100) if r["status"] == "succeeded" and r["kind"] in ROLLOUT_KINDS
+    if goal is not None and status.state == "up" and all(goal.matches(i.version, i.config_digest)
+                                                         for i in status.instances):
+        current = next((r for r in p.catalog.releases(env.name, limit=100)
+                        if r["status"] == "succeeded" and r["kind"] in ROLLOUT_KINDS
                         and r["version"] == version and r["config_digest"] == goal.config_digest), None)
         release_id = current["id"] if current else None
         _remember_release(p, stage, release_id, status.endpoint)
         return StageResult(stage, "unchanged",
-                           detail=f"all {len(status.instances)} instances of '{env.name}' already run {image}:{version} with this runtime config",
+                           detail=f"all {len(status.instances)} instances of '{env.name}' "
+                                  f"already run {image}:{version} with this runtime config",
                            data={"env": env.name, "release": release_id, "endpoint": status.endpoint, "replaced": 0})
     result = release(session)
     _remember_release(p, stage, result.release_id, result.endpoint)
-    data = {"env": env.name, "release": result.release_id, "endpoint": result.endpoint, "replaced": result.replaced, "from": result.from_version}
+    data = {"env": env.name, "release": result.release_id, "endpoint": result.endpoint, "replaced": result.replaced,
+            "from": result.from_version}
     if not result.ok:
-        raise OperationError(f"{stage} of {image}:{version} to '{env.name}' {result.result.replace('_', ' ')} (release #{result.release_id}): "
-                             f"{result.reason}")
+        raise OperationError(f"{stage} of {image}:{version} to '{env.name}' {result.result.replace('_', ' ')} "
+                             f"(release #{result.release_id}): {result.reason}")
     unchanged = result.replaced == 0 and result.from_version == version
     return StageResult(stage, "unchanged" if unchanged else "done",
-                       detail=f"'{env.name}' runs {image}:{version}: {result.replaced} of {result.total} instances replaced "
-                              f"(release #{result.release_id}, {result.endpoint})", data=data)
+                       detail=f"'{env.name}' runs {image}:{version}: {result.replaced} of {result.total} "
+                              f"instances replaced (release #{result.release_id}, {result.endpoint})", data=data)
 
 
 def _remember_release(p: Pipeline, stage: str, release_id: int | None, endpoint: str | None) -> None:
@@ -284,8 +295,8 @@ def prepare(project: Project, catalog: Catalog, progress: Progress, request: Pip
     if env.image != request.image:
         raise ConfigError(f"{deploy_file}: environment '{env.name}' deploys image '{env.image}', not '{request.image}'")
     if request.target and request.target != env.target:
-        raise ConfigError(f"{deploy_file}: environment '{env.name}' runs on target '{env.target}', not '{request.target}'; "
-                          f"run the pipeline with --target {env.target}")
+        raise ConfigError(f"{deploy_file}: environment '{env.name}' runs on target '{env.target}', "
+                          f"not '{request.target}'; run the pipeline with --target {env.target}")
     promote_env = None
     if request.promote_to:
         promote_env = load_environment(project, request.promote_to)
@@ -294,9 +305,11 @@ def prepare(project: Project, catalog: Catalog, progress: Progress, request: Pip
             raise ConfigError(f"{promote_file}: environment '{promote_env.name}' is promoted from "
                               f"'{promote_env.promote_from or 'nowhere'}' (promote_from), not from '{env.name}'")
         if promote_env.image != request.image or promote_env.target != env.target:
-            raise ConfigError(f"{promote_file}: environment '{promote_env.name}' must run image '{request.image}' on target '{env.target}'")
-    result = PipelineResult(image=request.image, env=env.name, target=env.target, promote_to=request.promote_to, run_id=run_id,
-                            started=utc_now(), state_file=str(state_path(project, request.image, env.name)))
+            raise ConfigError(f"{promote_file}: environment '{promote_env.name}' must run image '{request.image}' "
+                              f"on target '{env.target}'")
+    result = PipelineResult(image=request.image, env=env.name, target=env.target, promote_to=request.promote_to,
+                            run_id=run_id, started=utc_now(),
+                            state_file=str(state_path(project, request.image, env.name)))
     return Pipeline(project, catalog, progress, request, definition, env, promote_env, result)
 
 
@@ -310,10 +323,11 @@ def run_pipeline(project: Project, catalog: Catalog, progress: Progress, request
     path = Path(result.state_file)
     previous = load_state(path)
     if previous and previous.get("status") in ("failed", "interrupted") and previous.get("failed_stage"):
-        progress.note(f"pipeline {request.image} -> {p.env.name}: the previous run ({previous.get('run_id')}) stopped at stage "
-                      f"{previous['failed_stage']}; stages before it are reused when their inputs are unchanged")
-    progress.note(f"pipeline {request.image} -> {p.env.name}" + (f" -> {request.promote_to}" if request.promote_to else "")
-                  + f" on {p.target} (run {run.id})")
+        progress.note(f"pipeline {request.image} -> {p.env.name}: the previous run ({previous.get('run_id')}) "
+                      f"stopped at stage {previous['failed_stage']}; "
+                      "stages before it are reused when their inputs are unchanged")
+    progress.note(f"pipeline {request.image} -> {p.env.name}"
+                  + (f" -> {request.promote_to}" if request.promote_to else "") + f" on {p.target} (run {run.id})")
     try:
         for number, stage in enumerate(STAGES, 1):
             if result.status != "running":
@@ -325,12 +339,14 @@ def run_pipeline(project: Project, catalog: Catalog, progress: Progress, request
                 outcome = stage.run(p)
             except BakeryError as exc:
                 outcome = StageResult(stage.name, "failed", detail=str(exc))
-                result.status, result.exit_code, result.failed_stage, result.error = "failed", exc.exit_code, stage.name, str(exc)
+                result.status, result.exit_code, result.failed_stage, result.error = (
+                    "failed", exc.exit_code, stage.name, str(exc))
             except (Interrupted, KeyboardInterrupt):
                 result.stages.append(StageResult(stage.name, "interrupted", time.monotonic() - begun))
                 result.status, result.exit_code, result.failed_stage = "interrupted", Interrupted.exit_code, stage.name
                 raise
-            except Exception as exc:  # an unexpected error is this stage's failure too; the CLI reports it (traceback with --debug)
+            # an unexpected error is this stage's failure too; the CLI reports it (traceback with --debug)
+            except Exception as exc:
                 error = f"{type(exc).__name__}: {exc}"
                 result.stages.append(StageResult(stage.name, "failed", time.monotonic() - begun, detail=error))
                 result.status, result.exit_code, result.failed_stage, result.error = "failed", 1, stage.name, error

@@ -17,7 +17,8 @@ NEW_ROLE_RE = re.compile(r"^[a-z][a-z0-9_]{0,40}$")
 def new_role(roles_dir: Path, name: str) -> list[Path]:
     """Copy the role template to roles/<name>, substituting the name in paths and contents."""
     if not NEW_ROLE_RE.match(name):
-        raise ConfigError(f"role name '{name}' is invalid: use lower-case letters, digits and '_', starting with a letter")
+        raise ConfigError(f"role name '{name}' is invalid: "
+                          "use lower-case letters, digits and '_', starting with a letter")
     target = roles_dir / name
     if target.exists():
         raise ConfigError(f"{target} already exists; choose another name or remove it first")

@@ -113,12 +113,12 @@ def main() -> int:
     where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     release = app.release_facts()
     log.info("webapp %s starting: environment=%s port=%d listening on %s image=%s:%s commit=%s data_dir=%s features=%s",
-             __version__, config.environment, port, where, release.get("IMAGE_NAME", "-"), release.get("IMAGE_VERSION", "-"),
-             release.get("GIT_COMMIT", "-"), config.data_dir,
+             __version__, config.environment, port, where, release.get("IMAGE_NAME", "-"),
+             release.get("IMAGE_VERSION", "-"), release.get("GIT_COMMIT", "-"), config.data_dir,
              ",".join(f"{k}={'on' if v else 'off'}" for k, v in config.features.items()) or "-")
     if not os.path.lexists(config.release_file):
-        log.warning("release file %s does not exist: /version reports no image facts (expected only in a role test or mid-bake)",
-                    config.release_file)
+        log.warning("release file %s does not exist: /version reports no image facts "
+                    "(expected only in a role test or mid-bake)", config.release_file)
     try:
         app.items.remove_stale_temp_files()
     except OSError:

@@ -19,7 +19,8 @@ from bakery.errors import BakeryError, Interrupted
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--project", metavar="DIR", help="Project directory (default: nearest bakery.yml upwards; env BAKERY_PROJECT).")
+@click.option("--project", metavar="DIR",
+              help="Project directory (default: nearest bakery.yml upwards; env BAKERY_PROJECT).")
 @click.option("--debug", is_flag=True, help="Show tracebacks and verbose logs.")
 @click.version_option(__version__, prog_name="bakery")
 @click.pass_context
@@ -63,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - the CLI edge: one line, not a traceback
         if debug:
             raise
-        click.echo(f"bake.py: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", err=True)
+        click.echo(f"bake.py: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+                   err=True)
         return 1
     return 0

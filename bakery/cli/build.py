@@ -23,7 +23,8 @@ def base(obj: Context, release: str, rebuild: bool, as_json: bool) -> None:
 
     podman.check_working()
     if not as_json:
-        click.echo(f"base {release}: looking for an existing base" + (" (rebuild requested)" if rebuild else ""), err=True)
+        click.echo(f"base {release}: looking for an existing base" + (" (rebuild requested)" if rebuild else ""),
+                   err=True)
     image = build_base(release, obj.project.state_dir / "tmp", rebuild=rebuild)
     obj.catalog.record_base(image.ref, release, image.digest)
     if as_json:
@@ -33,7 +34,8 @@ def base(obj: Context, release: str, rebuild: bool, as_json: bool) -> None:
 
 
 @click.command("build-app")
-@click.option("--source", default="app", show_default=True, metavar="DIR", help="Application source directory (relative to the project).")
+@click.option("--source", default="app", show_default=True, metavar="DIR",
+              help="Application source directory (relative to the project).")
 @click.option("--name", default="webapp", show_default=True, help="Artifact name in the store.")
 @click.option("--json", "as_json", is_flag=True, help="Print the artifact as JSON.")
 @pass_ctx
@@ -49,7 +51,8 @@ def build_app(obj: Context, source: str, name: str, as_json: bool) -> None:
     if as_json:
         emit_json(artifact.to_dict())
     else:
-        click.echo(f"artifact {artifact.name} {artifact.version} sha256:{artifact.sha256.removeprefix('sha256:')} ({artifact.path})")
+        click.echo(f"artifact {artifact.name} {artifact.version} sha256:{artifact.sha256.removeprefix('sha256:')} "
+                   f"({artifact.path})")
 
 
 @click.command("new-role")
@@ -75,7 +78,8 @@ def new_role(obj: Context, name: str) -> None:
               help="How: podman (local); packer or imagebuilder (aws; default aws.builder in bakery.yml, else packer).")
 @click.option("--no-cache", is_flag=True, help="Run every role again, ignoring cached layers.")
 @click.option("--keep-on-failure", is_flag=True, help="Keep the build container when the bake fails, for inspection.")
-@click.option("-e", "--extra-var", "extra_vars", multiple=True, metavar="KEY=VALUE", help="Extra variable for the bake (part of the cache key).")
+@click.option("-e", "--extra-var", "extra_vars", multiple=True, metavar="KEY=VALUE",
+              help="Extra variable for the bake (part of the cache key).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_ctx
 def build(obj: Context, image: str, target: str, builder: str | None, no_cache: bool, keep_on_failure: bool,
@@ -94,7 +98,8 @@ def build(obj: Context, image: str, target: str, builder: str | None, no_cache: 
     options = BuildOptions(no_cache=no_cache, keep_on_failure=keep_on_failure, extra_vars=parse_extra_vars(extra_vars))
     progress = make_progress(quiet=as_json)
     run = Run.start(obj.project.state_dir, "build")
-    chosen = builder_for(target, builder, obj.project.aws.builder if target == "aws" else None)(obj.project, obj.catalog, progress)
+    chosen = builder_for(target, builder,
+                         obj.project.aws.builder if target == "aws" else None)(obj.project, obj.catalog, progress)
     try:
         result = chosen.build(definition, options, run)
     except BaseException as exc:
@@ -110,17 +115,21 @@ def build(obj: Context, image: str, target: str, builder: str | None, no_cache: 
     else:
         ran = sum(1 for layer in result.layers if not layer.cached)
         verb = "reused" if result.reused else "built"
-        click.echo(f"{verb} {result.ref} in {result.seconds:.1f} s ({ran} of {len(result.layers)} roles ran; run {result.run_id})")
+        click.echo(f"{verb} {result.ref} in {result.seconds:.1f} s "
+                   f"({ran} of {len(result.layers)} roles ran; run {result.run_id})")
 
 
 @click.command()
 @click.argument("ref", metavar="IMAGE:VERSION")
 @click.option("--regions", metavar="R1,R2", help="Regions to copy the AMI to (default: aws.regions in bakery.yml).")
-@click.option("--accounts", metavar="ID1,ID2", help="Accounts given launch permission (default: aws.accounts in bakery.yml).")
-@click.option("--timeout", type=click.FloatRange(min=1), default=3600, show_default=True, help="Seconds to wait for copies.")
+@click.option("--accounts", metavar="ID1,ID2",
+              help="Accounts given launch permission (default: aws.accounts in bakery.yml).")
+@click.option("--timeout", type=click.FloatRange(min=1), default=3600, show_default=True,
+              help="Seconds to wait for copies.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_ctx
-def distribute(obj: Context, ref: str, regions: str | None, accounts: str | None, timeout: float, as_json: bool) -> None:
+def distribute(obj: Context, ref: str, regions: str | None, accounts: str | None, timeout: float,
+               as_json: bool) -> None:
     """Copy one AMI version to regions (with its tags) and share it, and its snapshots, with accounts. Safe to re-run.
 
     Example: ./bake.py distribute webapp:20261128.003 --regions eu-west-1,eu-central-1 --accounts 111122223333
@@ -131,7 +140,8 @@ def distribute(obj: Context, ref: str, regions: str | None, accounts: str | None
 
     name, version = parse_image_ref(ref)
     if not version:
-        raise ConfigError(f"distribute needs IMAGE:VERSION, got '{ref}'; list versions with: ./bake.py images {name} --target aws")
+        raise ConfigError(f"distribute needs IMAGE:VERSION, got '{ref}'; "
+                          f"list versions with: ./bake.py images {name} --target aws")
     settings = obj.project.aws
     wanted_regions = dist.parse_regions(regions, settings.regions)
     wanted_accounts = dist.parse_accounts(accounts, settings.accounts)
@@ -148,7 +158,8 @@ def distribute(obj: Context, ref: str, regions: str | None, accounts: str | None
     for r in result.regions:
         done = (["copied"] if r.copied else []) + ([f"tagged {len(r.tagged)}"] if r.tagged else [])
         done += [f"launch permission for {', '.join(r.launch_permission_added)}"] if r.launch_permission_added else []
-        done += [f"create-volume permission on {len(r.create_volume_permission_added)} snapshots"] if r.create_volume_permission_added else []
+        done += ([f"create-volume permission on {len(r.create_volume_permission_added)} snapshots"]
+                 if r.create_volume_permission_added else [])
         click.echo(f"{r.region}: {r.ami_id} {r.state}; {', '.join(done) or 'already distributed'}")
     click.echo(f"{name}:{version} is in {len(result.regions)} regions, shared with {len(result.accounts)} accounts"
                + ("" if result.changed else " (nothing changed)"))

@@ -45,20 +45,23 @@ def _report_release(result, as_json: bool) -> None:
     if result.ok:
         if not as_json:
             where = f"; load balancer {result.endpoint}" if result.endpoint else ""
-            click.echo(f"{what} succeeded: {result.replaced} of {result.total} instances replaced in {result.seconds:.1f} s "
-                       f"(release #{result.release_id}){where}")
+            click.echo(f"{what} succeeded: {result.replaced} of {result.total} instances replaced "
+                       f"in {result.seconds:.1f} s (release #{result.release_id}){where}")
         return
     if result.result == "rolled_back":
-        raise OperationError(f"{what} rolled back to {result.from_version} (release #{result.release_id}): {result.reason}")
+        raise OperationError(f"{what} rolled back to {result.from_version} "
+                             f"(release #{result.release_id}): {result.reason}")
     raise OperationError(f"{what} failed (release #{result.release_id}): {result.reason}")
 
 
 @click.command()
 @click.argument("ref", metavar="IMAGE[:VERSION]")
 @click.option("--env", "env_name", required=True, metavar="ENV", help="The environment (inventories/ENV).")
-@click.option("--force", is_flag=True, help="Deploy even if the version did not pass verification (recorded in the release).")
+@click.option("--force", is_flag=True,
+              help="Deploy even if the version did not pass verification (recorded in the release).")
 @click.option("--replace-running", is_flag=True,
-              help="Target aws: cancel an instance refresh already running on the group instead of waiting for it to end.")
+              help="Target aws: cancel an instance refresh already running on the group "
+                   "instead of waiting for it to end.")
 @click.option("--json", "as_json", is_flag=True, help="Print the release summary as JSON.")
 @refresh_options
 @click.pass_obj
@@ -73,7 +76,8 @@ def deploy(obj, ref: str, env_name: str, force: bool, replace_running: bool, as_
 
     env = _environment(obj, env_name)
     image, version = parse_image_ref(ref)
-    result = _run(obj, as_json, operations.deploy, env, image, version, overrides=refresh_overrides(prefs), force=force, replace_running=replace_running)
+    result = _run(obj, as_json, operations.deploy, env, image, version, overrides=refresh_overrides(prefs), force=force,
+                  replace_running=replace_running)
     _report_release(result, as_json)
 
 
@@ -102,11 +106,12 @@ def _print_status(data: dict[str, Any], env) -> None:
     instances = data["instances"]
     in_service = sum(1 for i in instances if i["in_service"])
     for item in data["resumed"]:
-        click.echo(f"finished release #{item['release']} ({item['kind']} to {item['to']}) left unfinished: {item['result']}"
+        click.echo(f"finished release #{item['release']} ({item['kind']} to {item['to']}) "
+                   f"left unfinished: {item['result']}"
                    + (f" ({item['reason']})" if item.get("reason") else ""))
     if data["state"] == "down":
-        click.echo(f"{data['env']}: down (no instances, load balancer stopped); start it with: ./bake.py deploy {env.image}:VERSION "
-                   f"--env {data['env']}")
+        click.echo(f"{data['env']}: down (no instances, load balancer stopped); "
+                   f"start it with: ./bake.py deploy {env.image}:VERSION --env {data['env']}")
     else:
         if env.target == "aws":  # the group's load balancer is the infrastructure's (docs/aws.md), not bakery's
             lb = f"Auto Scaling group {env.aws['auto_scaling_group']}"
@@ -114,22 +119,24 @@ def _print_status(data: dict[str, Any], env) -> None:
             lb = f"load balancer {data['endpoint']}" if data["lb_running"] else "load balancer NOT running"
         click.echo(f"{data['env']}: {data['state']} - {in_service} of {data['desired']} instances in service, {lb}")
     if instances and not data["lb_running"] and env.target == "local":
-        click.echo(f"  its load balancer ({data['lb_address']}) is not running: the next ./bake.py deploy --env {data['env']} starts it "
-                   "and puts the healthy instances back")
+        click.echo(f"  its load balancer ({data['lb_address']}) is not running: "
+                   f"the next ./bake.py deploy --env {data['env']} starts it and puts the healthy instances back")
     if data.get("refresh"):
         r = data["refresh"]
-        click.echo(f"  refresh in progress: release #{r['release']} ({r['kind']} to {r['to']}, phase {r['phase']}, pid {r['pid']})")
+        click.echo(f"  refresh in progress: release #{r['release']} "
+                   f"({r['kind']} to {r['to']}, phase {r['phase']}, pid {r['pid']})")
     if instances:
-        click.echo(f"  {'NAME':<22} {'VERSION':<14} {'CONFIG':<13} {'STATE':<8} {'HEALTH':<10} {'LB':<7} {'ADDRESS':<16} CHECK")
+        click.echo(f"  {'NAME':<22} {'VERSION':<14} {'CONFIG':<13} {'STATE':<8} "
+                   f"{'HEALTH':<10} {'LB':<7} {'ADDRESS':<16} CHECK")
         for i in instances:
-            click.echo(f"  {i['name']:<22} {i['version'] or '-':<14} {(i['config_digest'] or '-')[7:19]:<13} {i['state']:<8} "
-                       f"{i['health']:<10} {i['lb_state']:<7} {i['address'] or '-':<16} {i['check']}")
+            click.echo(f"  {i['name']:<22} {i['version'] or '-':<14} {(i['config_digest'] or '-')[7:19]:<13} "
+                       f"{i['state']:<8} {i['health']:<10} {i['lb_state']:<7} {i['address'] or '-':<16} {i['check']}")
     if data["releases"]:
         click.echo("  last releases:")
         for r in data["releases"]:
             took = f"{r['seconds']:.1f} s" if r["seconds"] is not None else "-"
-            line = (f"    #{r['id']:<4} {r['kind']:<8} {r['previous_version'] or '-'} -> {r['version']:<14} {r['status']:<12} "
-                    f"{r['started']}  {took:>8}  {r['user']}" + ("  (forced)" if r["forced"] else ""))
+            line = (f"    #{r['id']:<4} {r['kind']:<8} {r['previous_version'] or '-'} -> {r['version']:<14} "
+                    f"{r['status']:<12} {r['started']}  {took:>8}  {r['user']}" + ("  (forced)" if r["forced"] else ""))
             click.echo(line + (f"  {r['reason']}" if r["reason"] and r["status"] != "succeeded" else ""))
 
 
@@ -152,7 +159,8 @@ def rollback(obj, env_name: str, as_json: bool, **prefs) -> None:
 
 @click.command()
 @click.argument("ref", metavar="IMAGE[:VERSION]")
-@click.option("--to", "env_name", required=True, metavar="ENV", help="The environment to promote to; its promote_from is the source.")
+@click.option("--to", "env_name", required=True, metavar="ENV",
+              help="The environment to promote to; its promote_from is the source.")
 @click.option("--json", "as_json", is_flag=True, help="Print the release summary as JSON.")
 @refresh_options
 @click.pass_obj
@@ -221,15 +229,17 @@ def config_set(obj, pairs: tuple[str, ...], env_name: str, as_json: bool, **pref
     result = data.get("result")
     if result in ("unchanged", "written"):
         if not as_json:
-            click.echo(f"{env.name}: runtime config {'unchanged' if result == 'unchanged' else 'written to ' + data['file']}"
+            click.echo(f"{env.name}: runtime config "
+                       f"{'unchanged' if result == 'unchanged' else 'written to ' + data['file']}"
                        + ("; the environment is down, it applies at the next deploy" if result == "written" else ""))
         return
     if result != "succeeded":
         raise OperationError(f"config change of {env.name} {'rolled back' if result == 'rolled_back' else 'failed'} "
                              f"(release #{data['release']}), runtime.yml restored: {data['reason']}")
     if not as_json:
-        click.echo(f"{env.name}: runtime config {data['config_digest'][7:19]} rolled out: {data['replaced']} of {data['total']} instances "
-                   f"replaced in {data['duration']:.1f} s (release #{data['release']})")
+        click.echo(f"{env.name}: runtime config {data['config_digest'][7:19]} rolled out: "
+                   f"{data['replaced']} of {data['total']} instances replaced in {data['duration']:.1f} s "
+                   f"(release #{data['release']})")
 
 
 @click.command()
@@ -252,7 +262,8 @@ def down(obj, env_name: str, as_json: bool) -> None:
     elif data["result"] == "already down":
         click.echo(f"{env.name}: already down")
     else:
-        click.echo(f"{env.name}: down ({data['removed']} instances removed, load balancer stopped; release #{data['release']})")
+        click.echo(f"{env.name}: down ({data['removed']} instances removed, load balancer stopped; "
+                   f"release #{data['release']})")
 
 
 COMMANDS = (deploy, status, rollback, promote, config, down)

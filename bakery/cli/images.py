@@ -25,14 +25,16 @@ def images(obj: Context, image: str | None, target: str, as_json: bool) -> None:
         return
     rows = obj.catalog.versions(image, status=None)
     if as_json:
-        emit_json([{k: r[k] for k in ("image", "version", "status", "created", "git_commit", "image_ref")} for r in rows])
+        emit_json([{k: r[k] for k in ("image", "version", "status", "created", "git_commit", "image_ref")}
+                   for r in rows])
         return
     if not rows:
         click.echo("no image versions yet; bake one with: ./bake.py build IMAGE")
         return
     click.echo(f"{'IMAGE':<20} {'VERSION':<14} {'CREATED':<21} {'COMMIT':<12} STATUS")
     for r in rows:
-        click.echo(f"{r['image']:<20} {r['version']:<14} {r['created']:<21} {(r['git_commit'] or '-')[:12]:<12} {r['status']}")
+        click.echo(f"{r['image']:<20} {r['version']:<14} {r['created']:<21} {(r['git_commit'] or '-')[:12]:<12} "
+                   f"{r['status']}")
 
 
 def _images_aws(obj: Context, image: str | None, as_json: bool) -> None:
@@ -45,17 +47,19 @@ def _images_aws(obj: Context, image: str | None, as_json: bool) -> None:
         emit_json(data)
         return
     if not data["versions"]:
-        click.echo(f"no AMIs tagged bakery:managed=true in {data['region']}; bake one with: ./bake.py build IMAGE --target aws")
+        click.echo(f"no AMIs tagged bakery:managed=true in {data['region']}; "
+                   "bake one with: ./bake.py build IMAGE --target aws")
     else:
         click.echo(f"{'IMAGE':<20} {'VERSION':<14} {'AMI':<22} {'CREATED':<25} {'COMMIT':<12} ENVIRONMENTS")
     for r in data["versions"]:
         state = "" if r["state"] == "available" else f" ({r['state']})"
-        click.echo(f"{r['image']:<20} {r['version']:<14} {r['ami_id']:<22} {r['created']:<25} {(r['git_commit'] or '-')[:12]:<12} "
-                   f"{', '.join(r['environments']) or '-'}{state}")
+        click.echo(f"{r['image']:<20} {r['version']:<14} {r['ami_id']:<22} {r['created']:<25} "
+                   f"{(r['git_commit'] or '-')[:12]:<12} {', '.join(r['environments']) or '-'}{state}")
     listed = {r["ami_id"] for r in data["versions"]}
     for release in data["releases"]:
         if release["ami_id"] not in listed:
-            click.echo(f"{release['env']} runs {release['image']}:{release['version'] or '?'} ({release['ami_id'] or 'no ami-id parameter'}), "
+            click.echo(f"{release['env']} runs {release['image']}:{release['version'] or '?'} "
+                       f"({release['ami_id'] or 'no ami-id parameter'}), "
                        f"an AMI not found among the managed AMIs in {data['region']}")
 
 
@@ -81,9 +85,10 @@ def show(obj: Context, ref: str, as_json: bool) -> None:
             click.echo(f"  {key:<15} {value}")
     click.echo("  layers:")
     for layer in record["layers"]:
-        click.echo(f"    {layer['position'] + 1}. {layer['role']:<20} role {layer['role_digest'][:19]}  layer {layer['layer_key'][:19]}"
-                   f"  {'cached' if layer['cached'] else 'baked'}")
-    click.echo("  verifications:" if record["verifications"] else f"  verifications: none (run: ./bake.py verify {name}:{version})")
+        click.echo(f"    {layer['position'] + 1}. {layer['role']:<20} role {layer['role_digest'][:19]}  "
+                   f"layer {layer['layer_key'][:19]}  {'cached' if layer['cached'] else 'baked'}")
+    click.echo("  verifications:" if record["verifications"]
+               else f"  verifications: none (run: ./bake.py verify {name}:{version})")
     for v in record["verifications"]:
-        click.echo(f"    {v['started']}  {'PASSED' if v['passed'] else 'FAILED'}  {v['seconds']:.1f} s  env {v['env'] or '-'}  "
-                   f"{v['summary'][:100]}  ({v['reports'].get('junit', '')})")
+        click.echo(f"    {v['started']}  {'PASSED' if v['passed'] else 'FAILED'}  {v['seconds']:.1f} s  "
+                   f"env {v['env'] or '-'}  {v['summary'][:100]}  ({v['reports'].get('junit', '')})")

@@ -16,10 +16,12 @@ from bakery.cli.common import emit_json
 @click.command()
 @click.option("--env", "env_name", required=True, metavar="ENV", help="The environment (inventories/ENV).")
 @click.option("--unit", metavar="UNIT", help="Only this systemd unit's lines (webapp means webapp.service).")
-@click.option("--since", default="10m", show_default=True, metavar="WHEN", help="A duration back from now (30s, 10m, 2h, 1d) or an ISO time.")
+@click.option("--since", default="10m", show_default=True, metavar="WHEN",
+              help="A duration back from now (30s, 10m, 2h, 1d) or an ISO time.")
 @click.option("--grep", metavar="TEXT", help="Only lines whose message contains TEXT (case-sensitive).")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new lines until Ctrl-C.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per line (time, instance, version, source, message, ...).")
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object per line (time, instance, version, source, message, ...).")
 @click.pass_obj
 def logs(obj, env_name: str, unit: str | None, since: str, grep: str | None, follow: bool, as_json: bool) -> None:
     """The journals of every instance of ENV, merged in time order, each line prefixed with instance and image version.
@@ -46,7 +48,8 @@ def logs(obj, env_name: str, unit: str | None, since: str, grep: str | None, fol
             emit(line)
         if not lines and not as_json:
             click.echo(f"no log lines in {env_name} since {query.since.isoformat(timespec='seconds')}"
-                       + (f" for unit {query.unit_name}" if unit else "") + (f" containing '{grep}'" if grep else ""), err=True)
+                       + (f" for unit {query.unit_name}" if unit else "")
+                       + (f" containing '{grep}'" if grep else ""), err=True)
         return
     try:
         library.follow(source, query, emit)
@@ -56,7 +59,8 @@ def logs(obj, env_name: str, unit: str | None, since: str, grep: str | None, fol
 
 @click.command()
 @click.option("--env", "env_name", required=True, metavar="ENV", help="The environment (inventories/ENV).")
-@click.option("--unit", default="webapp", show_default=True, metavar="UNIT", help="The watched process: a systemd unit's main process.")
+@click.option("--unit", default="webapp", show_default=True, metavar="UNIT",
+              help="The watched process: a systemd unit's main process.")
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
 @click.pass_obj
 def top(obj, env_name: str, unit: str, as_json: bool) -> None:

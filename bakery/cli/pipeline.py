@@ -14,15 +14,19 @@ from bakery.cli.common import emit_json
 @click.command()
 @click.argument("image")
 @click.option("--env", "env_name", required=True, metavar="ENV", help="Environment to deploy to (inventories/ENV).")
-@click.option("--target", type=click.Choice(["local", "aws"]), help="Target; must match the environment's (default: the environment's).")
+@click.option("--target", type=click.Choice(["local", "aws"]),
+              help="Target; must match the environment's (default: the environment's).")
 @click.option("--builder", type=click.Choice(["podman", "packer", "imagebuilder"]),
               help="Builder (default: podman locally; on aws, aws.builder in bakery.yml, else packer).")
-@click.option("--promote-to", metavar="ENV2", help="After the deploy, promote the same version to ENV2 (whose promote_from is ENV).")
-@click.option("--force-verify", is_flag=True, help="Verify again even when this version already passed a verification.")
-@click.option("--json", "as_json", is_flag=True, help="Print one summary as JSON (stages, durations, version, artifacts, releases).")
+@click.option("--promote-to", metavar="ENV2",
+              help="After the deploy, promote the same version to ENV2 (whose promote_from is ENV).")
+@click.option("--force-verify", is_flag=True,
+              help="Verify again even when this version already passed a verification.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one summary as JSON (stages, durations, version, artifacts, releases).")
 @click.pass_obj
-def pipeline(obj, image: str, env_name: str, target: str | None, builder: str | None, promote_to: str | None, force_verify: bool,
-             as_json: bool) -> None:
+def pipeline(obj, image: str, env_name: str, target: str | None, builder: str | None, promote_to: str | None,
+             force_verify: bool, as_json: bool) -> None:
     """Build the app, bake, verify, deploy to ENV and optionally promote; a re-run resumes where a failed run stopped.
 
     Example: ./bake.py pipeline webapp --env qa --promote-to prod
@@ -30,7 +34,8 @@ def pipeline(obj, image: str, env_name: str, target: str | None, builder: str | 
     from bakery.pipeline import PipelineFailed, PipelineRequest, run_pipeline
     from bakery.progress import make_progress
 
-    request = PipelineRequest(image=image, env=env_name, target=target, promote_to=promote_to, builder=builder, force_verify=force_verify)
+    request = PipelineRequest(image=image, env=env_name, target=target, promote_to=promote_to, builder=builder,
+                              force_verify=force_verify)
     progress = make_progress(quiet=as_json)
     try:
         result = run_pipeline(obj.project, obj.catalog, progress, request)
@@ -42,7 +47,8 @@ def pipeline(obj, image: str, env_name: str, target: str | None, builder: str | 
         _print_summary(result)
     if result.failed_stage:
         raise PipelineFailed(f"pipeline {image} -> {env_name}: stage {result.failed_stage} failed: {result.error} "
-                             f"(fix it and run the pipeline again: it resumes at {result.failed_stage})", result.exit_code)
+                             f"(fix it and run the pipeline again: it resumes at {result.failed_stage})",
+                             result.exit_code)
 
 
 def _print_summary(result) -> None:

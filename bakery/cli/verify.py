@@ -13,7 +13,8 @@ from bakery.cli.common import Context, emit_json, parse_image_ref, pass_ctx
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_ctx
 def verify(obj: Context, ref: str, env_name: str | None, as_json: bool) -> None:
-    """Verify an image version on throwaway instances (default: the newest): boot, testinfra, offline boot, secrets, packages.
+    """Verify an image version on throwaway instances (default: the newest):
+    boot, testinfra, offline boot, secrets, packages.
 
     Example: ./bake.py verify webapp --env qa
     """
@@ -33,4 +34,5 @@ def verify(obj: Context, ref: str, env_name: str | None, as_json: bool) -> None:
     elif result.passed:
         click.echo(f"PASSED {name}:{result.version} in {result.seconds:.1f} s (report {result.reports['junit']})")
     if not result.passed:
-        raise OperationError(f"verification of {name}:{result.version} failed: {result.summary} (report {result.reports['junit']})")
+        raise OperationError(f"verification of {name}:{result.version} failed: {result.summary} "
+                             f"(report {result.reports['junit']})")

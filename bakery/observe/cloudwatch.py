@@ -26,7 +26,8 @@ from bakery.observe.logs import LogLine, LogQuery, from_journal, journal_matches
 from bakery.observe.top import ProcessRow
 
 NAMESPACE = "CWAgent"
-METRICS = {"cpu_percent": "procstat_cpu_usage", "memory_bytes": "procstat_memory_rss", "open_fds": "procstat_num_fds", "pid": "procstat_pid"}
+METRICS = {"cpu_percent": "procstat_cpu_usage", "memory_bytes": "procstat_memory_rss", "open_fds": "procstat_num_fds",
+           "pid": "procstat_pid"}
 PID_WINDOW = timedelta(hours=1)
 LOOKBACK_MS = 120_000  # how late (by its own timestamp) an event may reach CloudWatch Logs and still be followed
 
@@ -42,7 +43,8 @@ def asg_name(env) -> str:
 
 
 def _clients(project, env, *services: str):
-    """Clients in the environment's region (bakery_deploy.aws.region), else bakery.yml's aws.region, else the AWS chain's."""
+    """Clients in the environment's region (bakery_deploy.aws.region), else bakery.yml's aws.region,
+    else the AWS chain's."""
     from bakery.aws.clients import client
 
     region = (env.aws or {}).get("region") or getattr(project.aws, "region", "") or None
@@ -54,7 +56,8 @@ def instance_versions(ec2, instance_ids: list[str]) -> dict[str, str]:
     if not instance_ids:
         return {}
     images: dict[str, str] = {}
-    for page in ec2.get_paginator("describe_instances").paginate(Filters=[{"Name": "instance-id", "Values": instance_ids}]):
+    for page in ec2.get_paginator("describe_instances").paginate(Filters=[{"Name": "instance-id",
+                                                                           "Values": instance_ids}]):
         for reservation in page.get("Reservations", []):
             for instance in reservation.get("Instances", []):
                 images[instance["InstanceId"]] = instance.get("ImageId", "")
@@ -86,8 +89,8 @@ def event_line(event: dict[str, Any], version: str, query: LogQuery) -> LogLine 
     elif query.unit_name:
         return None  # a plain file line names no unit
     else:
-        line = LogLine(timestamp_us=int(event.get("timestamp", 0)) * 1000, instance=instance, version=version, source="file",
-                       message=message.rstrip("\n"), origin="cloudwatch")
+        line = LogLine(timestamp_us=int(event.get("timestamp", 0)) * 1000, instance=instance, version=version,
+                       source="file", message=message.rstrip("\n"), origin="cloudwatch")
     return line if line is not None and line_matches(line, query) else None
 
 
@@ -107,7 +110,8 @@ class CloudWatchLogs:
         self.env = env
         self.versions: dict[str, str] = {}
         self.after_ms: int | None = None  # the newest event time seen; polling starts LOOKBACK_MS before it
-        self.seen: dict[str, int] = {}  # event id -> its time, for events inside the look-back window (never shown twice)
+        # event id -> its time, for events inside the look-back window (never shown twice)
+        self.seen: dict[str, int] = {}
 
     def _events(self, query: LogQuery, start_ms: int) -> list[dict[str, Any]]:
         args: dict[str, Any] = {"logGroupName": self.group, "startTime": start_ms}
@@ -119,8 +123,9 @@ class CloudWatchLogs:
             for page in self.logs.get_paginator("filter_log_events").paginate(**args):
                 events += page.get("events", [])
         except self.logs.exceptions.ResourceNotFoundException:
-            raise OperationError(f"log group {self.group} does not exist in CloudWatch Logs: do the instances of {self.env.name} "
-                                 "run the cloudwatch_agent role (and may their instance role write logs)?") from None
+            raise OperationError(f"log group {self.group} does not exist in CloudWatch Logs: "
+                                 f"do the instances of {self.env.name} run the cloudwatch_agent role "
+                                 "(and may their instance role write logs)?") from None
         return events
 
     def _lines(self, events: list[dict[str, Any]], query: LogQuery) -> list[list[LogLine]]:
@@ -158,11 +163,13 @@ def _procstat_metrics(cloudwatch, instance_id: str, unit: str) -> dict[str, dict
     found: dict[str, dict[str, Any]] = {}
     for field, name in METRICS.items():
         candidates = []
-        for page in cloudwatch.get_paginator("list_metrics").paginate(Namespace=NAMESPACE, MetricName=name,
-                                                                     Dimensions=[{"Name": "InstanceId", "Value": instance_id}]):
+        for page in cloudwatch.get_paginator("list_metrics").paginate(
+                Namespace=NAMESPACE, MetricName=name, Dimensions=[{"Name": "InstanceId", "Value": instance_id}]):
             candidates += page.get("Metrics", [])
-        # The agent tags each process it watches with how it found it (pattern, exe or pid_file): prefer the one naming the unit.
-        named = [m for m in candidates if any(d["Name"] in ("pattern", "exe", "pid_file") and short in d["Value"] for d in m.get("Dimensions", []))]
+        # The agent tags each process it watches with how it found it (pattern, exe or pid_file):
+        # prefer the one naming the unit.
+        named = [m for m in candidates if any(d["Name"] in ("pattern", "exe", "pid_file") and short in d["Value"]
+                                              for d in m.get("Dimensions", []))]
         chosen = (named or candidates)[:1]
         if chosen:
             found[field] = chosen[0]
@@ -175,7 +182,8 @@ def aws_top(project, env, unit: str, now: datetime | None = None, clients: tuple
     name = asg_name(env)
     groups = autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[name]).get("AutoScalingGroups", [])
     if not groups:
-        raise OperationError(f"Auto Scaling group {name} of environment {env.name} does not exist; deploy the environment first "
+        raise OperationError(f"Auto Scaling group {name} of environment {env.name} does not exist; "
+                             f"deploy the environment first "
                              f"(or name its group in bakery_deploy.aws.auto_scaling_group)")
     members = sorted(groups[0].get("Instances", []), key=lambda i: i["InstanceId"])
     versions = instance_versions(ec2, [m["InstanceId"] for m in members])
@@ -185,21 +193,26 @@ def aws_top(project, env, unit: str, now: datetime | None = None, clients: tuple
     for member in members:
         iid = member["InstanceId"]
         row = ProcessRow(instance=iid, version=versions.get(iid, "?"), health=member.get("HealthStatus", "?"),
-                         in_service=member.get("LifecycleState") == "InService" and member.get("HealthStatus") == "Healthy",
+                         in_service=(member.get("LifecycleState") == "InService"
+                                     and member.get("HealthStatus") == "Healthy"),
                          unit=unit_name, state=member.get("LifecycleState", "?"))
         metrics = _procstat_metrics(cloudwatch, iid, unit_name)
         if not metrics:
-            row.error = f"no procstat metrics in {NAMESPACE} for this instance in the last hour (is the cloudwatch_agent role baked in?)"
+            row.error = (f"no procstat metrics in {NAMESPACE} for this instance in the last hour "
+                         "(is the cloudwatch_agent role baked in?)")
             rows.append(row)
             continue
-        queries = [{"Id": f"m{index}", "MetricStat": {"Metric": metric, "Period": 60, "Stat": "Maximum" if field == "pid" else "Average"},
+        queries = [{"Id": f"m{index}",
+                    "MetricStat": {"Metric": metric, "Period": 60, "Stat": "Maximum" if field == "pid" else "Average"},
                     "ReturnData": True} for index, (field, metric) in enumerate(metrics.items())]
         fields = list(metrics)
-        results = cloudwatch.get_metric_data(MetricDataQueries=queries, StartTime=now - PID_WINDOW, EndTime=now + timedelta(minutes=1),
+        results = cloudwatch.get_metric_data(MetricDataQueries=queries, StartTime=now - PID_WINDOW,
+                                             EndTime=now + timedelta(minutes=1),
                                              ScanBy="TimestampDescending").get("MetricDataResults", [])
         for result in results:
             field = fields[int(result["Id"][1:])]
-            values = [v for _, v in sorted(zip(result.get("Timestamps", []), result.get("Values", []), strict=True), key=lambda p: p[0])]
+            values = [v for _, v in sorted(zip(result.get("Timestamps", []), result.get("Values", []), strict=True),
+                                           key=lambda p: p[0])]
             if not values:
                 continue
             if field == "pid":

@@ -49,7 +49,8 @@ def journalctl_args(query: LogQuery, cursor: str | None = None) -> list[str]:
     return args
 
 
-def parse_journal(text: str, instance: str, version: str, query: LogQuery, origin: str) -> tuple[list[LogLine], str | None]:
+def parse_journal(text: str, instance: str, version: str, query: LogQuery,
+                  origin: str) -> tuple[list[LogLine], str | None]:
     """journalctl's JSON lines -> the matching LogLines, and the last cursor seen (where the next poll starts)."""
     lines, cursor = [], None
     for raw in text.splitlines():
@@ -69,7 +70,8 @@ def parse_journal(text: str, instance: str, version: str, query: LogQuery, origi
 def export_journal(directory: Path, name: str, version: str, now: float | None = None) -> Path:
     """Copy a running instance's journal (the last RETENTION seconds) to directory/<name>.jsonl; prune old exports."""
     now = time.time() if now is None else now
-    proc = podman.run("exec", name, "journalctl", "-o", "json", "--no-pager", "--since", f"@{int(now - RETENTION)}", timeout=EXPORT_TIMEOUT)
+    proc = podman.run("exec", name, "journalctl", "-o", "json", "--no-pager", "--since", f"@{int(now - RETENTION)}",
+                      timeout=EXPORT_TIMEOUT)
     header = json.dumps({HEADER_KEY: 1, "instance": name, "version": version, "exported": now})
     path = directory / f"{name}.jsonl"
     write_atomically(path, header + "\n" + proc.stdout, mode=0o600)
@@ -113,7 +115,8 @@ class LocalJournals:
         self.cursors: dict[str, str | None] = {}  # instance -> last cursor read (None: read from --since)
 
     def _read_instance(self, instance: Instance, query: LogQuery) -> list[LogLine]:
-        proc = podman.run("exec", instance.name, *journalctl_args(query, self.cursors.get(instance.name)), check=False, timeout=READ_TIMEOUT)
+        proc = podman.run("exec", instance.name, *journalctl_args(query, self.cursors.get(instance.name)), check=False,
+                          timeout=READ_TIMEOUT)
         if proc.returncode != 0:
             log.warning("cannot read the journal of %s: %s", instance.name, (proc.stderr or "").strip()[-200:])
             return []

@@ -47,7 +47,8 @@ class LogLine:
     message: str
     priority: int | None = None
     unit: str = ""
-    origin: str = "live"  # live (a running instance), export (a replaced one, kept for the retention window), cloudwatch
+    # live (a running instance), export (a replaced one, kept for the retention window), cloudwatch
+    origin: str = "live"
 
     @property
     def time(self) -> datetime:
@@ -86,7 +87,8 @@ def from_journal(entry: dict[str, Any], instance: str, version: str, origin: str
     except (KeyError, TypeError, ValueError):
         priority = None
     return LogLine(timestamp_us=stamp, instance=instance, version=version or "?", source=source,
-                   message=journal_message(entry.get("MESSAGE")).rstrip("\n"), priority=priority, unit=unit, origin=origin)
+                   message=journal_message(entry.get("MESSAGE")).rstrip("\n"), priority=priority, unit=unit,
+                   origin=origin)
 
 
 def journal_matches(entry: dict[str, Any], query: LogQuery) -> bool:

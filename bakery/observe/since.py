@@ -20,7 +20,8 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
     try:
         moment = datetime.fromisoformat((text or "").strip().replace("Z", "+00:00"))
     except ValueError:
-        raise ConfigError(f"--since '{text}' is neither a duration (30s, 10m, 2h, 1d) nor an ISO time (2026-11-29T10:00:00Z)") from None
+        raise ConfigError(f"--since '{text}' is neither a duration (30s, 10m, 2h, 1d) "
+                          "nor an ISO time (2026-11-29T10:00:00Z)") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     if moment > now:

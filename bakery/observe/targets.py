@@ -30,7 +30,8 @@ def log_source(project: Project, catalog: Catalog, env: Environment) -> LogSourc
 
     podman.check_working()
     fleet = _local_fleet(project, catalog, env)
-    return LocalJournals(lambda: [Instance(m.name, m.version or "?", m.running) for m in fleet.observe()], exports_dir(project, env))
+    return LocalJournals(lambda: [Instance(m.name, m.version or "?", m.running) for m in fleet.observe()],
+                         exports_dir(project, env))
 
 
 def process_rows(project: Project, catalog: Catalog, env: Environment, unit: str) -> list[ProcessRow]:

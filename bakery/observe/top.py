@@ -29,7 +29,8 @@ DEFAULT_UNIT = "webapp"
 PROBE = r"""
 import json, os, subprocess, sys, time
 unit, sample = sys.argv[1], float(sys.argv[2])
-out = subprocess.run(["systemctl", "show", unit, "-p", "MainPID,NRestarts,ActiveState,SubState,ActiveEnterTimestampMonotonic,MemoryCurrent"],
+out = subprocess.run(["systemctl", "show", unit, "-p",
+                      "MainPID,NRestarts,ActiveState,SubState,ActiveEnterTimestampMonotonic,MemoryCurrent"],
                      capture_output=True, text=True).stdout
 props = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 pid = int(props.get("MainPID") or 0)
@@ -132,7 +133,8 @@ def probe_process(instance: str, unit: str, sample: float = SAMPLE_SECONDS) -> d
 def local_top(status, unit: str) -> list[ProcessRow]:
     """One row per instance of a local fleet's status (bakery.fleets.base.FleetStatus)."""
     unit_name = unit if "." in unit else f"{unit}.service"
-    rows = [ProcessRow(instance=i.name, version=i.version or "?", health=i.health, in_service=i.in_service, unit=unit_name, state=i.state)
+    rows = [ProcessRow(instance=i.name, version=i.version or "?", health=i.health, in_service=i.in_service,
+                       unit=unit_name, state=i.state)
             for i in status.instances]
     running = [r for r in rows if r.state == "running"]
     if not running:
@@ -180,11 +182,12 @@ def table(rows: list[ProcessRow]) -> str:
     header = ("INSTANCE", "VERSION", "HEALTH", "UNIT", "PID", "STATE", "CPU%", "MEM", "RESTARTS", "UPTIME", "FDS")
     body = []
     for r in rows:
-        body.append((r.instance, r.version, r.health + ("" if r.in_service else "*"), r.unit, str(r.pid or "-"), r.state,
-                     "-" if r.cpu_percent is None else f"{r.cpu_percent:.1f}", human_bytes(r.memory_bytes),
+        body.append((r.instance, r.version, r.health + ("" if r.in_service else "*"), r.unit, str(r.pid or "-"),
+                     r.state, "-" if r.cpu_percent is None else f"{r.cpu_percent:.1f}", human_bytes(r.memory_bytes),
                      "-" if r.restarts is None else str(r.restarts), human_seconds(r.uptime_seconds),
                      "-" if r.open_fds is None else str(r.open_fds)))
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip() for line in [header, *body]]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+             for line in [header, *body]]
     lines += [f"  {r.instance}: {r.error}" for r in rows if r.error]
     return "\n".join(lines)
