@@ -4,20 +4,24 @@ refresh-preference flags. Only click and the standard library at load time, so `
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
+
+if TYPE_CHECKING:  # the library is imported only when a command needs it
+    from bakery.catalog import SqliteCatalog
+    from bakery.config import Project
 
 
 class Context:
     def __init__(self, project: str | None, debug: bool):
         self._project_arg = project
         self.debug = debug
-        self._project = None
-        self._catalog = None
+        self._project: Project | None = None
+        self._catalog: SqliteCatalog | None = None
 
     @property
-    def project(self):
+    def project(self) -> Project:
         if self._project is None:
             from bakery.config import Project
 
@@ -25,7 +29,7 @@ class Context:
         return self._project
 
     @property
-    def catalog(self):
+    def catalog(self) -> SqliteCatalog:
         if self._catalog is None:
             from bakery.catalog import open_catalog
 

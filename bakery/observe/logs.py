@@ -74,7 +74,7 @@ def journal_message(value: Any) -> str:
 def from_journal(entry: dict[str, Any], instance: str, version: str, origin: str = "live") -> LogLine | None:
     """One `journalctl -o json` entry as a LogLine (None for an entry without a timestamp)."""
     try:
-        stamp = int(entry.get("__REALTIME_TIMESTAMP") or entry.get("_SOURCE_REALTIME_TIMESTAMP"))
+        stamp = int(entry.get("__REALTIME_TIMESTAMP") or entry.get("_SOURCE_REALTIME_TIMESTAMP") or "")
     except (TypeError, ValueError):
         return None
     unit = str(entry.get("_SYSTEMD_UNIT") or "")

@@ -140,9 +140,9 @@ def local_top(status, unit: str) -> list[ProcessRow]:
     if not running:
         return rows
     with ThreadPoolExecutor(max_workers=min(8, len(running) + 1)) as pool:
-        stats = pool.submit(container_stats, [r.instance for r in running])
+        pending_stats = pool.submit(container_stats, [r.instance for r in running])
         probes = list(pool.map(lambda row: probe_process(row.instance, unit_name), running))
-        stats = stats.result()
+        stats = pending_stats.result()
     for row, probe in zip(running, probes, strict=True):
         for key in ("pid", "state", "cpu_percent", "memory_bytes", "restarts", "uptime_seconds", "open_fds", "error"):
             if key in probe:
