@@ -10,6 +10,7 @@ config delivered at launch (the UserData equivalent), never baked.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,9 +26,10 @@ SECRET_NAME_RE = re.compile(r"(PASSWORD|SECRET|TOKEN|PRIVATE_KEY|API_KEY)$")
 SECRET_REF_RE = re.compile(r"^(ssm:|arn:aws:|file:|secretsmanager:)")
 URL_CREDENTIALS_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#@\s:]*:[^/?#@\s]+@")  # scheme://user:password@host
 TARGETS = ("local", "aws")
-# bakery_deploy.aws: the environment on EC2 Auto Scaling; region empty = bakery.yml's aws.region, else the standard AWS chain.
-AWS_DEPLOY_DEFAULTS: dict[str, Any] = {"auto_scaling_group": "", "launch_template": "", "instance_type": "", "region": "", "alarms": [],
-                                       "log_group": ""}
+# bakery_deploy.aws: the environment on EC2 Auto Scaling; region empty = bakery.yml's aws.region,
+# else the standard AWS chain.
+AWS_DEPLOY_DEFAULTS: dict[str, Any] = {"auto_scaling_group": "", "launch_template": "", "instance_type": "",
+                                       "region": "", "alarms": [], "log_group": ""}
 LOG_GROUP_RE = re.compile(r"^/[\w./#-]{1,511}$")  # CloudWatch Logs group names; bakery's are /bakery/<env>
 AWS_REQUIRED = ("auto_scaling_group", "launch_template")
 INSTANCE_TYPE_RE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
@@ -56,6 +58,35 @@ class RefreshPreferences:
     auto_rollback: bool = True
     bake_time: int = 0
     health_check_grace: int = 60  # seconds a new instance may take to pass its health check
+
+
+# The integer preferences and the values EC2 Auto Scaling accepts for them (health_check_grace is bakery's own).
+REFRESH_RANGES = {"min_healthy_percentage": (0, 100), "max_healthy_percentage": (100, 200),
+                  "instance_warmup": (0, 3600), "checkpoint_delay": (0, 172800), "bake_time": (0, 86400),
+                  "health_check_grace": (1, 3600)}
+
+
+def check_preferences(prefs: RefreshPreferences, name: Callable[[str], str], where: str = "") -> RefreshPreferences:
+    """The rules refresh preferences must follow, one place for deploy.yml and the deploy flags alike.
+
+    name(field) is the field as the user wrote it (bakery_deploy.refresh.min_healthy_percentage in the file,
+    --min-healthy-percentage on the command line); `where` starts every message (the file). Returns prefs."""
+    for key, (low, high) in REFRESH_RANGES.items():
+        value = getattr(prefs, key)
+        if not low <= value <= high:
+            raise ConfigError(f"{where}{name(key)} must be from {low} to {high}, got {value}")
+    cps = prefs.checkpoint_percentages
+    if cps != sorted(set(cps)) or any(not 1 <= c <= 100 for c in cps) or (cps and cps[-1] != 100):
+        raise ConfigError(f"{where}{name('checkpoint_percentages')} must rise strictly from 1 to 100 and end at 100, "
+                          f"got {cps}")
+    low, high = prefs.min_healthy_percentage, prefs.max_healthy_percentage
+    if high < low:
+        raise ConfigError(f"{where}{name('max_healthy_percentage')} must not be below "
+                          f"{name('min_healthy_percentage')} (got {low} and {high})")
+    if low == 100 and high == 100:
+        raise ConfigError(f"{where}{name('min_healthy_percentage')} 100 needs {name('max_healthy_percentage')} "
+                          "above 100 to make progress")
+    return prefs
 
 
 @dataclass
@@ -93,13 +124,25 @@ class Environment:
         return sha256_json(self.runtime)
 
 
+def parse_env_file(text: str) -> dict[str, str]:
+    """The runtime env file back into a mapping (the inverse of Environment.runtime_env_text)."""
+    values = {}
+    for line in text.splitlines():
+        key, sep, value = line.strip().partition("=")
+        if sep and key and not key.startswith("#"):
+            values[key] = value.strip().removeprefix('"').removesuffix('"')
+    return values
+
+
 DEPLOY_KEYS = {"target", "image", "instances", "lb_port", "require_verified", "promote_from", "health_check", "refresh",
                "data_volume", "aws"}
 
 
 def environment_names(project: Project) -> list[str]:
     base = project.root / "inventories"
-    return sorted(p.name for p in base.iterdir() if p.is_dir() and (p / "group_vars" / "all" / "deploy.yml").is_file()) if base.is_dir() else []
+    if not base.is_dir():
+        return []
+    return sorted(p.name for p in base.iterdir() if p.is_dir() and (p / "group_vars" / "all" / "deploy.yml").is_file())
 
 
 def load_environment(project: Project, name: str, check_promotion: bool = True) -> Environment:
@@ -122,59 +165,62 @@ def load_environment(project: Project, name: str, check_promotion: bool = True) 
     env.require_verified = _bool(settings, "require_verified", rel, True)
     env.promote_from = _str(settings, "promote_from", rel) or None
     env.aws = _aws(settings.get("aws"), deploy_file, rel, required=env.target == "aws")
-
-    hc = _mapping(settings.get("health_check") or {}, deploy_file, "bakery_deploy.health_check")
-    _unknown(hc, set(HealthCheck.__dataclass_fields__), rel, "bakery_deploy.health_check")
-    env.health_check = HealthCheck(
-        path=_str(hc, "path", rel, prefix="bakery_deploy.health_check") or "/health",
-        port=_int(hc, "port", rel, 8080, low=1, high=65535, prefix="bakery_deploy.health_check"),
-        interval_ms=_int(hc, "interval_ms", rel, 500, low=100, high=60000, prefix="bakery_deploy.health_check"),
-        rise=_int(hc, "rise", rel, 2, low=1, high=20, prefix="bakery_deploy.health_check"),
-        fall=_int(hc, "fall", rel, 2, low=1, high=20, prefix="bakery_deploy.health_check"),
-        timeout_ms=_int(hc, "timeout_ms", rel, 2000, low=100, high=60000, prefix="bakery_deploy.health_check"),
-    )
-    if not env.health_check.path.startswith("/"):
-        raise ConfigError(f"{rel}: bakery_deploy.health_check.path must start with '/', got '{env.health_check.path}'")
-
-    rf = _mapping(settings.get("refresh") or {}, deploy_file, "bakery_deploy.refresh")
-    _unknown(rf, set(RefreshPreferences.__dataclass_fields__), rel, "bakery_deploy.refresh")
-    p = "bakery_deploy.refresh"
-    refresh = RefreshPreferences(
-        min_healthy_percentage=_int(rf, "min_healthy_percentage", rel, 90, low=0, high=100, prefix=p),
-        max_healthy_percentage=_int(rf, "max_healthy_percentage", rel, 100, low=100, high=200, prefix=p),
-        instance_warmup=_int(rf, "instance_warmup", rel, 5, low=0, high=3600, prefix=p),
-        checkpoint_delay=_int(rf, "checkpoint_delay", rel, 0, low=0, high=172800, prefix=p),
-        skip_matching=_bool(rf, "skip_matching", rel, True, prefix=p),
-        auto_rollback=_bool(rf, "auto_rollback", rel, True, prefix=p),
-        bake_time=_int(rf, "bake_time", rel, 0, low=0, high=86400, prefix=p),
-        health_check_grace=_int(rf, "health_check_grace", rel, 60, low=1, high=3600, prefix=p),
-    )
-    checkpoints = rf.get("checkpoint_percentages") or []
-    if not isinstance(checkpoints, list) or not all(isinstance(c, int) and not isinstance(c, bool) for c in checkpoints):
-        raise ConfigError(f"{rel}: {p}.checkpoint_percentages must be a list of integers, got {checkpoints!r}")
-    if checkpoints != sorted(set(checkpoints)) or any(not 1 <= c <= 100 for c in checkpoints) or (checkpoints and checkpoints[-1] != 100):
-        raise ConfigError(f"{rel}: {p}.checkpoint_percentages must rise strictly from 1 to 100 and end at 100, got {checkpoints}")
-    refresh.checkpoint_percentages = checkpoints
-    if refresh.max_healthy_percentage - refresh.min_healthy_percentage < 0:
-        raise ConfigError(f"{rel}: {p}: max_healthy_percentage must not be below min_healthy_percentage")
-    if refresh.min_healthy_percentage == 100 and refresh.max_healthy_percentage == 100:
-        raise ConfigError(f"{rel}: {p}: min_healthy_percentage 100 needs max_healthy_percentage above 100 to make progress")
-    env.refresh = refresh
-
+    env.health_check = _health_check(settings.get("health_check"), deploy_file, rel)
+    env.refresh = _refresh(settings.get("refresh"), deploy_file, rel)
     if settings.get("data_volume") is not None:
-        dv = _mapping(settings["data_volume"], deploy_file, "bakery_deploy.data_volume")
-        _unknown(dv, {"name", "path"}, rel, "bakery_deploy.data_volume")
-        env.data_volume = DataVolume(name=_str(dv, "name", rel, required=True, prefix="bakery_deploy.data_volume"),
-                                     path=_str(dv, "path", rel, required=True, prefix="bakery_deploy.data_volume"))
-        if env.instances != 1 or refresh.min_healthy_percentage != 0:
-            raise ConfigError(f"{rel}: bakery_deploy.data_volume needs instances: 1 and refresh.min_healthy_percentage: 0 "
-                              "(one instance per volume; the volume moves only after the old instance stopped)")
-
+        env.data_volume = _data_volume(settings["data_volume"], env, deploy_file, rel)
     env.runtime = _runtime(folder / "group_vars" / "all" / "runtime.yml", project)
     env.runtime.setdefault("ENVIRONMENT", name)
     if check_promotion and env.promote_from:
         _check_promotion_chain(project, env)
     return env
+
+
+def _health_check(value: Any, path: Path, rel: str) -> HealthCheck:
+    p = "bakery_deploy.health_check"
+    hc = _mapping(value or {}, path, p)
+    _unknown(hc, set(HealthCheck.__dataclass_fields__), rel, p)
+    result = HealthCheck(
+        path=_str(hc, "path", rel, prefix=p) or "/health",
+        port=_int(hc, "port", rel, 8080, low=1, high=65535, prefix=p),
+        interval_ms=_int(hc, "interval_ms", rel, 500, low=100, high=60000, prefix=p),
+        rise=_int(hc, "rise", rel, 2, low=1, high=20, prefix=p),
+        fall=_int(hc, "fall", rel, 2, low=1, high=20, prefix=p),
+        timeout_ms=_int(hc, "timeout_ms", rel, 2000, low=100, high=60000, prefix=p),
+    )
+    if not result.path.startswith("/"):
+        raise ConfigError(f"{rel}: {p}.path must start with '/', got '{result.path}'")
+    return result
+
+
+def _refresh(value: Any, path: Path, rel: str) -> RefreshPreferences:
+    """bakery_deploy.refresh: each value's type here, the rules in check_preferences (shared with the deploy flags)."""
+    p = "bakery_deploy.refresh"
+    rf = _mapping(value or {}, path, p)
+    _unknown(rf, set(RefreshPreferences.__dataclass_fields__), rel, p)
+    defaults = RefreshPreferences()
+    values: dict[str, Any] = {}
+    for key, (low, high) in REFRESH_RANGES.items():
+        values[key] = _int(rf, key, rel, getattr(defaults, key), low=low, high=high, prefix=p)
+    for key in ("skip_matching", "auto_rollback"):
+        values[key] = _bool(rf, key, rel, getattr(defaults, key), prefix=p)
+    checkpoints = rf.get("checkpoint_percentages") or []
+    if not isinstance(checkpoints, list) or not all(type(c) is int for c in checkpoints):  # bool is no percentage
+        raise ConfigError(f"{rel}: {p}.checkpoint_percentages must be a list of integers, got {checkpoints!r}")
+    prefs = RefreshPreferences(**values, checkpoint_percentages=checkpoints)
+    return check_preferences(prefs, lambda key: f"{p}.{key}", where=f"{rel}: ")
+
+
+def _data_volume(value: Any, env: Environment, path: Path, rel: str) -> DataVolume:
+    p = "bakery_deploy.data_volume"
+    dv = _mapping(value, path, p)
+    _unknown(dv, {"name", "path"}, rel, p)
+    volume = DataVolume(name=_str(dv, "name", rel, required=True, prefix=p),
+                        path=_str(dv, "path", rel, required=True, prefix=p))
+    if env.instances != 1 or env.refresh.min_healthy_percentage != 0:
+        raise ConfigError(f"{rel}: {p} needs instances: 1 and refresh.min_healthy_percentage: 0 "
+                          "(one instance per volume; the volume moves only after the old instance stopped)")
+    return volume
 
 
 def _aws(value: Any, path: Path, rel: str, required: bool) -> dict[str, Any]:
@@ -188,13 +234,16 @@ def _aws(value: Any, path: Path, rel: str, required: bool) -> dict[str, Any]:
     for key in ("auto_scaling_group", "launch_template", "instance_type", "region", "log_group"):
         result[key] = _str(data, key, rel, "", prefix=p) or ""
         if key in AWS_REQUIRED and required and not result[key]:
-            raise ConfigError(f"{rel}: {p}.{key} is required for target aws (the name of the environment's {key.replace('_', ' ')})")
+            raise ConfigError(f"{rel}: {p}.{key} is required for target aws "
+                              f"(the name of the environment's {key.replace('_', ' ')})")
     if result["region"] and not REGION_RE.match(result["region"]):
         raise ConfigError(f"{rel}: {p}.region must be a region name like eu-west-1, got '{result['region']}'")
     if result["instance_type"] and not INSTANCE_TYPE_RE.match(result["instance_type"]):
-        raise ConfigError(f"{rel}: {p}.instance_type must be an EC2 instance type like t3.small, got '{result['instance_type']}'")
+        raise ConfigError(f"{rel}: {p}.instance_type must be an EC2 instance type like t3.small, "
+                          f"got '{result['instance_type']}'")
     if result["log_group"] and not LOG_GROUP_RE.match(result["log_group"]):
-        raise ConfigError(f"{rel}: {p}.log_group must be a CloudWatch Logs group name starting with '/', got '{result['log_group']}'")
+        raise ConfigError(f"{rel}: {p}.log_group must be a CloudWatch Logs group name starting with '/', "
+                          f"got '{result['log_group']}'")
     alarms = data.get("alarms") or []
     if not isinstance(alarms, list) or not all(isinstance(a, str) and a for a in alarms) or len(alarms) > 10:
         raise ConfigError(f"{rel}: {p}.alarms must be a list of up to 10 CloudWatch alarm names, got {alarms!r}")
@@ -212,7 +261,8 @@ def _runtime(path: Path, project: Project) -> dict[str, str]:
     result = {}
     for key, value in runtime.items():
         if not isinstance(key, str) or not RUNTIME_KEY_RE.match(key):
-            raise ConfigError(f"{rel}: bakery_runtime key '{key}' must be upper-case letters, digits and '_' (an environment variable name)")
+            raise ConfigError(f"{rel}: bakery_runtime key '{key}' must be upper-case letters, digits and '_' "
+                              "(an environment variable name)")
         if isinstance(value, (dict, list)) or value is None:
             raise ConfigError(f"{rel}: bakery_runtime.{key} must be a string, number or boolean, got {value!r}")
         text = str(value).lower() if isinstance(value, bool) else str(value)
@@ -222,9 +272,9 @@ def _runtime(path: Path, project: Project) -> dict[str, str]:
             raise ConfigError(f"{rel}: bakery_runtime.{key} looks like a secret given by value; give a reference "
                               "(ssm:/path, secretsmanager:name, arn:aws:..., file:/path) instead")
         if URL_CREDENTIALS_RE.search(text):  # the value is never repeated: it would print the password
-            raise ConfigError(f"{rel}: bakery_runtime.{key} carries a password in its URL (user:password@host); give a reference "
-                              f"(ssm:/path, secretsmanager:name, ...) or a URL without the password plus a reference in "
-                              f"{key.removesuffix('_URL')}_PASSWORD")
+            raise ConfigError(f"{rel}: bakery_runtime.{key} carries a password in its URL (user:password@host); "
+                              "give a reference (ssm:/path, secretsmanager:name, ...) or a URL without the password "
+                              f"plus a reference in {key.removesuffix('_URL')}_PASSWORD")
         result[key] = text
     return result
 
@@ -238,7 +288,8 @@ def _check_promotion_chain(project: Project, env: Environment) -> None:
         seen.append(current)
         source = load_environment(project, current, check_promotion=False)
         if source.image != env.image:
-            raise ConfigError(f"{_rel(project, env.path)}: promote_from '{current}' deploys image '{source.image}', not '{env.image}'")
+            raise ConfigError(f"{_rel(project, env.path)}: promote_from '{current}' deploys image '{source.image}', "
+                              f"not '{env.image}'")
         current = source.promote_from
 
 

@@ -22,10 +22,12 @@ MAX_POLL_SECONDS = 60.0
 
 
 def preferences(prefs: RefreshPreferences, alarms: list[str]) -> dict[str, Any]:
-    """StartInstanceRefresh Preferences from the environment's refresh preferences (ConfigError where AWS would refuse them)."""
+    """StartInstanceRefresh Preferences from the environment's refresh preferences (ConfigError where AWS would
+    refuse them)."""
     if prefs.max_healthy_percentage - prefs.min_healthy_percentage > 100:
-        raise ConfigError(f"instance refresh: max healthy percentage {prefs.max_healthy_percentage} may be at most 100 above min healthy "
-                          f"percentage {prefs.min_healthy_percentage} on AWS; raise --min-healthy-percentage or lower --max-healthy-percentage")
+        raise ConfigError(f"instance refresh: max healthy percentage {prefs.max_healthy_percentage} may be at most "
+                          f"100 above min healthy percentage {prefs.min_healthy_percentage} on AWS; "
+                          "raise --min-healthy-percentage or lower --max-healthy-percentage")
     result: dict[str, Any] = {
         "MinHealthyPercentage": prefs.min_healthy_percentage,
         "MaxHealthyPercentage": prefs.max_healthy_percentage,
@@ -48,7 +50,8 @@ def desired_configuration(template_id: str, version: int) -> dict[str, Any]:
 
 def start(client: Any, group: str, template_id: str, version: int, prefs: dict[str, Any]) -> str:
     answer = client.start_instance_refresh(AutoScalingGroupName=group, Strategy="Rolling",
-                                           DesiredConfiguration=desired_configuration(template_id, version), Preferences=prefs)
+                                           DesiredConfiguration=desired_configuration(template_id, version),
+                                           Preferences=prefs)
     return answer["InstanceRefreshId"]
 
 
@@ -59,9 +62,11 @@ def active(client: Any, group: str) -> dict[str, Any] | None:
 
 
 def describe(client: Any, group: str, refresh_id: str) -> dict[str, Any]:
-    found = client.describe_instance_refreshes(AutoScalingGroupName=group, InstanceRefreshIds=[refresh_id])["InstanceRefreshes"]
+    found = client.describe_instance_refreshes(AutoScalingGroupName=group,
+                                               InstanceRefreshIds=[refresh_id])["InstanceRefreshes"]
     if not found:
-        raise OperationError(f"instance refresh {refresh_id} of Auto Scaling group {group} is unknown to AWS (older than its history?)")
+        raise OperationError(f"instance refresh {refresh_id} of Auto Scaling group {group} is unknown to AWS "
+                             "(older than its history?)")
     return found[0]
 
 
@@ -87,7 +92,8 @@ def summary(refresh: dict[str, Any]) -> str:
 
 def wait(client: Any, group: str, refresh_id: str, *, report: Callable[[str], None], check: Callable[[], None],
          poll_seconds: float) -> dict[str, Any]:
-    """Block until the refresh ended; report every change. `check` raises to stop waiting (the refresh goes on at AWS)."""
+    """Block until the refresh ended; report every change. `check` raises to stop waiting (the refresh goes on
+    at AWS)."""
     delay, last = poll_seconds, None
     while True:
         check()

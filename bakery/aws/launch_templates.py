@@ -46,15 +46,19 @@ def _merged_tag_specifications(source: list[dict[str, Any]], ours: dict[str, str
 
 
 def _encrypted_mappings(image: dict[str, Any], source: list[dict[str, Any]], kms_key_id: str) -> list[dict[str, Any]]:
-    """Every EBS volume of the AMI (and any extra the template adds) encrypted; an unencrypted snapshot is encrypted on launch.
-    The AMI's devices take their snapshots from the AMI, never from an older image the source version named."""
+    """Every EBS volume of the AMI (and any extra the template adds) encrypted; an unencrypted snapshot is
+    encrypted on launch. The AMI's devices take their snapshots from the AMI, never from an older image the source
+    version named."""
     image_devices = {m["DeviceName"] for m in image.get("BlockDeviceMappings", [])}
     mappings: dict[str, dict[str, Any]] = {}
     for mapping in [*image.get("BlockDeviceMappings", []), *source]:
         if "Ebs" not in mapping:
             continue
-        dropped = ("Encrypted", "KmsKeyId", "SnapshotId") if mapping["DeviceName"] in image_devices else ("Encrypted", "KmsKeyId")
-        ebs = {**mappings.get(mapping["DeviceName"], {}).get("Ebs", {}), **{k: v for k, v in mapping["Ebs"].items() if k not in dropped}}
+        dropped: tuple[str, ...] = ("Encrypted", "KmsKeyId")
+        if mapping["DeviceName"] in image_devices:
+            dropped += ("SnapshotId",)
+        kept = {k: v for k, v in mapping["Ebs"].items() if k not in dropped}
+        ebs = {**mappings.get(mapping["DeviceName"], {}).get("Ebs", {}), **kept}
         ebs["Encrypted"] = True
         if mapping["DeviceName"] in image_devices:
             ebs["DeleteOnTermination"] = True  # a replaced instance must not leave its root volume behind
@@ -66,8 +70,8 @@ def _encrypted_mappings(image: dict[str, Any], source: list[dict[str, Any]], kms
     return list(mappings.values())
 
 
-def launch_data(*, image: dict[str, Any], source: dict[str, Any], goal: Goal, env_name: str, env_text: str, instance_type: str,
-                release_id: int, kms_key_id: str = "") -> dict[str, Any]:
+def launch_data(*, image: dict[str, Any], source: dict[str, Any], goal: Goal, env_name: str, env_text: str,
+                instance_type: str, release_id: int, kms_key_id: str = "") -> dict[str, Any]:
     """LaunchTemplateData for a release: what changes per release; the rest comes from the source version.
 
     kms_key_id is the key of the environment's own region (AwsSettings.kms_key_for): a KMS key is regional, so the home
@@ -77,7 +81,8 @@ def launch_data(*, image: dict[str, Any], source: dict[str, Any], goal: Goal, en
         "MetadataOptions": {**source.get("MetadataOptions", {}), "HttpTokens": "required", "HttpEndpoint": "enabled"},
         "BlockDeviceMappings": _encrypted_mappings(image, source.get("BlockDeviceMappings", []), kms_key_id),
         "UserData": user_data(env_text),
-        "TagSpecifications": _merged_tag_specifications(source.get("TagSpecifications", []), release_tags(env_name, goal, release_id)),
+        "TagSpecifications": _merged_tag_specifications(source.get("TagSpecifications", []),
+                                                        release_tags(env_name, goal, release_id)),
     }
     if instance_type:
         data["InstanceType"] = instance_type
@@ -95,7 +100,8 @@ def template(ec2: Any, name: str) -> dict[str, Any] | None:
 
 
 def version_data(ec2: Any, template_id: str, version: str | int) -> dict[str, Any]:
-    found = ec2.describe_launch_template_versions(LaunchTemplateId=template_id, Versions=[str(version)])["LaunchTemplateVersions"]
+    found = ec2.describe_launch_template_versions(LaunchTemplateId=template_id,
+                                                  Versions=[str(version)])["LaunchTemplateVersions"]
     return found[0]["LaunchTemplateData"] if found else {}
 
 
@@ -107,7 +113,8 @@ def all_versions(ec2: Any, template_id: str) -> list[dict[str, Any]]:
     return sorted(versions, key=lambda v: v["VersionNumber"], reverse=True)
 
 
-def create_version(ec2: Any, template_id: str, source_version: str | int, data: dict[str, Any], description: str) -> int:
+def create_version(ec2: Any, template_id: str, source_version: str | int, data: dict[str, Any],
+                   description: str) -> int:
     made = ec2.create_launch_template_version(LaunchTemplateId=template_id, SourceVersion=str(source_version),
                                               VersionDescription=description[:255], LaunchTemplateData=data)
     return int(made["LaunchTemplateVersion"]["VersionNumber"])
@@ -115,5 +122,5 @@ def create_version(ec2: Any, template_id: str, source_version: str | int, data: 
 
 def instance_tags(data: dict[str, Any]) -> dict[str, str]:
     """The tags a version puts on its instances."""
-    spec = next((s for s in data.get("TagSpecifications", []) if s["ResourceType"] == "instance"), {})
+    spec: dict[str, Any] = next((s for s in data.get("TagSpecifications", []) if s["ResourceType"] == "instance"), {})
     return tags.from_tag_list(spec.get("Tags"))

@@ -27,7 +27,8 @@ def record_release(ssm: Any, image: str, env: str, ami_id: str, version: str) ->
 
 
 def released(ssm: Any, image: str, env: str) -> dict[str, str] | None:
-    """{'ami_id': ..., 'version': ...} of the environment's current release; None before its first successful refresh."""
+    """{'ami_id': ..., 'version': ...} of the environment's current release; None before its first successful
+    refresh."""
     names = [parameter(image, env, AMI_ID), parameter(image, env, VERSION)]
     found = {p["Name"]: p["Value"] for p in ssm.get_parameters(Names=names)["Parameters"]}
     if len(found) < 2:

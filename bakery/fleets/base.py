@@ -1,7 +1,7 @@
 """What every fleet target offers: the running instances of one environment, replaced by a rolling refresh.
 
 A fleet is one environment on one target. The local target keeps N podman
-instances behind its own HAProxy and runs the refresh itself (bakery.refresh);
+instances behind its own HAProxy and runs the refresh itself (bakery.fleets.rolling);
 the aws target keeps an Auto Scaling group and lets EC2 Auto Scaling run the
 same refresh (StartInstanceRefresh with the same preferences). Everything the
 commands need is here; release bookkeeping (catalog, gate) is target-agnostic
@@ -19,6 +19,7 @@ from typing import Any
 from bakery.catalog import Catalog
 from bakery.config import Project
 from bakery.environments import Environment, RefreshPreferences
+from bakery.fleets.state import EnvironmentState, environment_folder
 from bakery.progress import Progress
 from bakery.signals import Cancellation
 
@@ -97,7 +98,8 @@ class RefreshRequest:
     previous: Goal | None
     preferences: RefreshPreferences
     run_id: str
-    replace_running: bool = False  # a refresh the target runs already is cancelled instead of waited for (aws; deploy --replace-running)
+    # a refresh the target runs already is cancelled instead of waited for (aws; deploy --replace-running)
+    replace_running: bool = False
 
 
 @dataclass
@@ -116,7 +118,8 @@ class RefreshOutcome:
 
 
 class Fleet(ABC):
-    """One environment's instances on one target."""
+    """One environment's instances on one target. The lock and the saved refresh are the same on every target:
+    files on this host (bakery.fleets.state), so they are implemented here once."""
 
     target: str = ""
 
@@ -125,14 +128,33 @@ class Fleet(ABC):
         self.catalog = catalog
         self.env = env
         self.progress = progress
+        self.folder = environment_folder(project.state_dir, env.name)
+        self.env_state = EnvironmentState(self.folder, env.name)
 
-    @abstractmethod
+    # ---- what every target shares: the environment's lock and its saved refresh
+
     def lock(self) -> AbstractContextManager[None]:
-        """Exclusive hold on the environment for one changing command; fails at once, clearly, when another holds it."""
+        """Exclusive hold on the environment for one changing command; fails at once, clearly, when another
+        holds it."""
+        return self.env_state.lock()
 
-    @abstractmethod
     def try_lock(self) -> AbstractContextManager[bool]:
         """Like lock() but yields False instead of failing when another command holds the environment."""
+        return self.env_state.try_lock()
+
+    def holder(self) -> int | None:
+        """The pid of the bake.py holding the environment."""
+        return self.env_state.holder()
+
+    def interrupted(self) -> dict[str, Any] | None:
+        """The saved state of a refresh whose process is gone (call while holding the lock)."""
+        return self.env_state.read_refresh()
+
+    def forget_interrupted(self) -> None:
+        """Drop an interrupted refresh's state (its release was closed, or the environment is being taken down)."""
+        self.env_state.forget_refresh()
+
+    # ---- what each target implements
 
     @abstractmethod
     def check_goal(self, goal: Goal) -> None:
@@ -144,24 +166,24 @@ class Fleet(ABC):
 
     @abstractmethod
     def current(self) -> Goal | None:
-        """What the instances in service run now when they agree on it (the majority otherwise); None when there are none."""
+        """What the instances in service run now when they agree on it (the majority otherwise); None when
+        there are none."""
 
     @abstractmethod
-    def refresh(self, request: RefreshRequest, cancel: Cancellation, on_done: Callable[[RefreshOutcome], None]) -> RefreshOutcome:
+    def refresh(self, request: RefreshRequest, cancel: Cancellation,
+                on_done: Callable[[RefreshOutcome], None]) -> RefreshOutcome:
         """Replace every instance not matching request.goal, blocking until done, rolled back or failed.
         on_done(outcome) records the release before the fleet forgets the refresh's state."""
 
     @abstractmethod
-    def interrupted(self) -> dict[str, Any] | None:
-        """The saved state of a refresh whose process is gone (call while holding the lock)."""
-
-    @abstractmethod
-    def resume(self, cancel: Cancellation, on_done: Callable[[RefreshOutcome], None]) -> tuple[dict[str, Any], RefreshOutcome]:
+    def resume(self, cancel: Cancellation,
+               on_done: Callable[[RefreshOutcome], None]) -> tuple[dict[str, Any], RefreshOutcome]:
         """Finish (or roll back) the interrupted refresh; returns its saved state and the outcome."""
 
     def stop_live_refresh(self, how: str, cancel: Cancellation) -> dict[str, Any] | None:
-        """When the target itself runs a refresh of this environment (EC2 Auto Scaling does; a local refresh lives only in
-        the bake.py holding the lock), ask it to 'cancel' or 'rollback' and wait until it ended. Returns what ended, else None."""
+        """When the target itself runs a refresh of this environment (EC2 Auto Scaling does; a local refresh
+        lives only in the bake.py holding the lock), ask it to 'cancel' or 'rollback' and wait until it ended.
+        Returns what ended, else None."""
         return None
 
     def known_runtime(self, config_digest: str) -> dict[str, str] | None:
@@ -170,15 +192,13 @@ class Fleet(ABC):
 
     @abstractmethod
     def goal_for(self, version: str | None, digest: str | None, runtime: dict[str, str] | None = None) -> Goal | None:
-        """A goal for a version of the environment's image with a config (runtime looked up by digest when not given)."""
-
-    @abstractmethod
-    def forget_interrupted(self) -> None:
-        """Drop an interrupted refresh's state (the environment is being taken down)."""
+        """A goal for a version of the environment's image with a config (runtime looked up by digest when not
+        given)."""
 
     @abstractmethod
     def down(self, cancel: Cancellation) -> int:
-        """Desired capacity 0: drain and remove every instance, stop the load balancer. Returns how many were removed."""
+        """Desired capacity 0: drain and remove every instance, stop the load balancer. Returns how many were
+        removed."""
 
     def instances_of(self, version: str) -> Iterator[InstanceStatus]:
         return (i for i in self.status().instances if i.version == version)

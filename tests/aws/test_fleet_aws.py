@@ -42,14 +42,16 @@ QA_PREFERENCES = {"MinHealthyPercentage": 50, "MaxHealthyPercentage": 150, "Inst
 def deploy_yml(name: str, group: str, template: str, **extra) -> dict:
     return {"bakery_deploy": {
         "target": "aws", "image": "webapp", "instances": 2, "require_verified": False,
-        "refresh": {"min_healthy_percentage": 50, "max_healthy_percentage": 150, "instance_warmup": 30, "checkpoint_percentages": [50, 100],
-                    "checkpoint_delay": 20, "bake_time": 60},
-        "aws": {"auto_scaling_group": group, "launch_template": template, "instance_type": "t3.small", "alarms": [f"webapp-{name}-5xx"]},
+        "refresh": {"min_healthy_percentage": 50, "max_healthy_percentage": 150, "instance_warmup": 30,
+                    "checkpoint_percentages": [50, 100], "checkpoint_delay": 20, "bake_time": 60},
+        "aws": {"auto_scaling_group": group, "launch_template": template, "instance_type": "t3.small",
+                "alarms": [f"webapp-{name}-5xx"]},
         **extra}}
 
 
 class World:
-    """A project with aws environments qa and prod, two baked versions with AMIs, a group per environment on version 1."""
+    """A project with aws environments qa and prod, two baked versions with AMIs, a group per environment on
+    version 1."""
 
     def __init__(self, root: Path):
         self.root = root
@@ -65,10 +67,11 @@ class World:
         for _ in range(2):
             version = self.catalog.reserve_version("webapp", "run", 1)
             ami = self.ec2.register_image(Name=f"webapp-{version}", RootDeviceName="/dev/xvda")["ImageId"]
-            self.ec2.create_tags(Resources=[ami], Tags=[{"Key": "bakery:image", "Value": "webapp"}, {"Key": "bakery:version", "Value": version},
+            self.ec2.create_tags(Resources=[ami], Tags=[{"Key": "bakery:image", "Value": "webapp"},
+                                                         {"Key": "bakery:version", "Value": version},
                                                          {"Key": "bakery:git-commit", "Value": COMMIT}])
-            self.catalog.complete_version("webapp", version, image_ref=ami, image_id=ami, input_digest="sha256:x", layers=[],
-                                          provenance={"git_commit": COMMIT, "git_message": MESSAGE})
+            self.catalog.complete_version("webapp", version, image_ref=ami, image_id=ami, input_digest="sha256:x",
+                                          layers=[], provenance={"git_commit": COMMIT, "git_message": MESSAGE})
             self.versions.append(version)
             self.amis.append(ami)
         self.templates = {env: self.group(env, self.amis[0]) for env in ("qa", "prod")}
@@ -80,22 +83,29 @@ class World:
         (folder / "runtime.yml").write_text(yaml.safe_dump({"bakery_runtime": runtime}))
 
     def group(self, env: str, ami: str) -> str:
-        template = self.ec2.create_launch_template(LaunchTemplateName=f"web-{env}-lt",
-                                                   LaunchTemplateData={"ImageId": ami, "InstanceType": "t3.micro"})["LaunchTemplate"]
+        template = self.ec2.create_launch_template(
+            LaunchTemplateName=f"web-{env}-lt",
+            LaunchTemplateData={"ImageId": ami, "InstanceType": "t3.micro"})["LaunchTemplate"]
         self.asg.create_auto_scaling_group(AutoScalingGroupName=f"web-{env}", MinSize=1, MaxSize=4, DesiredCapacity=2,
                                            AvailabilityZones=["us-east-1a"],
-                                           LaunchTemplate={"LaunchTemplateId": template["LaunchTemplateId"], "Version": "1"})
+                                           LaunchTemplate={"LaunchTemplateId": template["LaunchTemplateId"],
+                                                           "Version": "1"})
         return template["LaunchTemplateId"]
 
     def env(self, name: str):
         return load_environment(self.project, name)
 
     def pinned(self, env: str) -> str:
-        return self.asg.describe_auto_scaling_groups(AutoScalingGroupNames=[f"web-{env}"])["AutoScalingGroups"][0]["LaunchTemplate"]["Version"]
+        group = self.asg.describe_auto_scaling_groups(AutoScalingGroupNames=[f"web-{env}"])["AutoScalingGroups"][0]
+        return group["LaunchTemplate"]["Version"]
 
     def template_data(self, env: str, version: str) -> dict:
         found = self.ec2.describe_launch_template_versions(LaunchTemplateId=self.templates[env], Versions=[version])
         return found["LaunchTemplateVersions"][0]["LaunchTemplateData"]
+
+    def template_versions(self, env: str) -> list[dict]:
+        found = self.ec2.describe_launch_template_versions(LaunchTemplateId=self.templates[env])
+        return found["LaunchTemplateVersions"]
 
     def released(self, env: str) -> dict | None:
         return releases.released(self.ssm, "webapp", env)
@@ -114,7 +124,8 @@ def world(aws, tmp_path):
 def refresh(world, monkeypatch):
     """The instance refresh client behind a Stubber; every fleet operations opens uses it and polls without waiting."""
     stubbed = clients.client("autoscaling")
-    monkeypatch.setattr(operations, "get_fleet", lambda target: functools.partial(AwsFleet, refresh_client=stubbed, poll_seconds=0))
+    monkeypatch.setattr(operations, "get_fleet",
+                        lambda target: functools.partial(AwsFleet, refresh_client=stubbed, poll_seconds=0))
     with Stubber(stubbed) as stub:
         yield stub
         stub.assert_no_pending_responses()
@@ -122,7 +133,8 @@ def refresh(world, monkeypatch):
 
 @pytest.fixture
 def group_updates(world):
-    """Every UpdateAutoScalingGroup a fleet client makes (clients created from now on carry this hook; the test's own do not)."""
+    """Every UpdateAutoScalingGroup a fleet client makes (clients created from now on carry this hook; the test's
+    own do not)."""
     calls = []
     clients._session(None).events.register("before-parameter-build.auto-scaling.UpdateAutoScalingGroup",
                                            lambda params, **_: calls.append(params))
@@ -145,20 +157,25 @@ class PinWatch(Progress):
 def described(stub, group, *refreshes, ids=None):
     """Queue one DescribeInstanceRefreshes answer (of the group, or of the given refresh ids)."""
     params = {"AutoScalingGroupName": group, **({"InstanceRefreshIds": ids} if ids else {})}
-    items = [{"InstanceRefreshId": rid, "AutoScalingGroupName": group, "Status": status, **extra} for rid, status, extra in refreshes]
+    items = [{"InstanceRefreshId": rid, "AutoScalingGroupName": group, "Status": status, **extra}
+             for rid, status, extra in refreshes]
     stub.add_response("describe_instance_refreshes", {"InstanceRefreshes": items}, params)
 
 
 def started(stub, world, group, template_env, version, refresh_id, prefs=QA_PREFERENCES):
     stub.add_response("start_instance_refresh", {"InstanceRefreshId": refresh_id}, {
         "AutoScalingGroupName": group, "Strategy": "Rolling", "Preferences": prefs,
-        "DesiredConfiguration": {"LaunchTemplate": {"LaunchTemplateId": world.templates[template_env], "Version": version}}})
+        "DesiredConfiguration": {"LaunchTemplate": {"LaunchTemplateId": world.templates[template_env],
+                                                    "Version": version}}})
 
 
 @pytest.mark.parametrize("region_keys, volume_key", [({"us-east-1": "alias/east"}, "alias/east"), ({}, None)])
-def test_deploy_pins_a_new_version_waits_for_the_refresh_and_releases_in_ssm(world, refresh, group_updates, region_keys, volume_key):
-    # The environment is in us-east-1, the home region elsewhere: its volumes take us-east-1's key (or the region's default), never home's.
-    world.project.aws.region, world.project.aws.kms_key_id, world.project.aws.region_kms_key_ids = "eu-west-1", "alias/home", region_keys
+def test_deploy_pins_a_new_version_waits_for_the_refresh_and_releases_in_ssm(world, refresh, group_updates,
+                                                                             region_keys, volume_key):
+    # The environment is in us-east-1, the home region elsewhere: its volumes take us-east-1's key (or the region's
+    # default), never home's.
+    aws = world.project.aws
+    aws.region, aws.kms_key_id, aws.region_kms_key_ids = "eu-west-1", "alias/home", region_keys
     settings = deploy_yml("qa", "web-qa", "web-qa-lt")
     settings["bakery_deploy"]["aws"].update(region="us-east-1", log_group="/bakery/qa-web")
     world.write_env("qa", settings, {"LOG_LEVEL": "info", "DATABASE_URL": "postgres://db/app"})
@@ -167,23 +184,30 @@ def test_deploy_pins_a_new_version_waits_for_the_refresh_and_releases_in_ssm(wor
     described(refresh, "web-qa")  # nothing running on the group
     started(refresh, world, "web-qa", "qa", "2", "rid-1")
     described(refresh, "web-qa", ("rid-1", "InProgress", {"PercentageComplete": 50, "InstancesToUpdate": 1,
-                                                          "StatusReason": "Waiting for instances to warm up"}), ids=["rid-1"])
-    described(refresh, "web-qa", ("rid-1", "Successful", {"PercentageComplete": 100, "InstancesToUpdate": 0}), ids=["rid-1"])
+                                                          "StatusReason": "Waiting for instances to warm up"}),
+              ids=["rid-1"])
+    described(refresh, "web-qa", ("rid-1", "Successful", {"PercentageComplete": 100, "InstancesToUpdate": 0}),
+              ids=["rid-1"])
     described(refresh, "web-qa", ("rid-1", "Successful", {}))  # the status shown at the end
 
     result = operations.deploy(world.session, qa, "webapp", world.versions[1])
 
-    assert result.ok and (result.from_version, result.to_version, result.replaced, result.total) == (world.versions[0], world.versions[1], 2, 2)
-    # The refresh carried the new version; the group stayed on the old one until it succeeded, then was pinned to the exact number.
+    assert result.ok
+    assert (result.from_version, result.to_version, result.replaced, result.total) == (*world.versions[:2], 2, 2)
+    # The refresh carried the new version; the group stayed on the old one until it succeeded, then was pinned to the
+    # exact number.
     assert world.session.progress.pins[:3] == ["1", "1", "1"] and world.pinned("qa") == "2"  # never $Latest or $Default
-    assert [call["LaunchTemplate"]["Version"] for call in group_updates] == ["2"]  # moto leaves the pin to bakery's confirm step
+    # moto leaves the pin to bakery's confirm step
+    assert [call["LaunchTemplate"]["Version"] for call in group_updates] == ["2"]
     data = world.template_data("qa", "2")
     assert data["ImageId"] == world.amis[1] and data["InstanceType"] == "t3.small"
     assert data["MetadataOptions"]["HttpTokens"] == "required"
     assert data["BlockDeviceMappings"] and all(m["Ebs"]["Encrypted"] for m in data["BlockDeviceMappings"])
-    assert [m["Ebs"].get("KmsKeyId") for m in data["BlockDeviceMappings"]] == [volume_key] * len(data["BlockDeviceMappings"])
+    mappings = data["BlockDeviceMappings"]
+    assert [m["Ebs"].get("KmsKeyId") for m in mappings] == [volume_key] * len(mappings)
     user_data = base64.b64decode(data["UserData"]).decode()
-    assert user_data == dataclasses.replace(qa, runtime={**qa.runtime, "CLOUDWATCH_LOG_GROUP": "/bakery/qa-web"}).runtime_env_text()
+    with_log_group = dataclasses.replace(qa, runtime={**qa.runtime, "CLOUDWATCH_LOG_GROUP": "/bakery/qa-web"})
+    assert user_data == with_log_group.runtime_env_text()
     assert 'DATABASE_URL="postgres://db/app"\n' in user_data and 'ENVIRONMENT="qa"' in user_data
     assert 'CLOUDWATCH_LOG_GROUP="/bakery/qa-web"\n' in user_data  # the agent names its log group from it
     tags = {spec["ResourceType"]: {t["Key"]: t["Value"] for t in spec["Tags"]} for spec in data["TagSpecifications"]}
@@ -191,7 +215,8 @@ def test_deploy_pins_a_new_version_waits_for_the_refresh_and_releases_in_ssm(wor
     for resource in tags.values():
         assert resource["bakery:environment"] == "qa" and resource["bakery:version"] == world.versions[1]
         assert resource["bakery:git-commit"] == COMMIT
-        assert resource["bakery:git-message"] == "Tune the app with a body line and an ampersand more"  # one line, AWS's tag alphabet
+        # one line, AWS's tag alphabet
+        assert resource["bakery:git-message"] == "Tune the app with a body line and an ampersand more"
         assert resource["bakery:config-digest"] == qa.config_digest()
     assert world.released("qa") == {"ami_id": world.amis[1], "version": world.versions[1]}
     release = world.catalog.releases("qa")[0]
@@ -205,11 +230,13 @@ def test_deploy_pins_a_new_version_waits_for_the_refresh_and_releases_in_ssm(wor
     ("Failed", "Instance i-1 failed its ELB health check", "failed"),
     ("RollbackSuccessful", "Alarm webapp-qa-5xx went off", "rolled back"),
 ])
-def test_a_refresh_that_fails_or_rolls_back_exits_1_and_leaves_ssm_alone(world, refresh, group_updates, capsys, final, reason, result):
+def test_a_refresh_that_fails_or_rolls_back_exits_1_and_leaves_ssm_alone(world, refresh, group_updates, capsys, final,
+                                                                         reason, result):
     releases.record_release(world.ssm, "webapp", "qa", world.amis[0], world.versions[0])
     described(refresh, "web-qa")
     started(refresh, world, "web-qa", "qa", "2", "rid-2")
-    described(refresh, "web-qa", ("rid-2", final, {"PercentageComplete": 50, "InstancesToUpdate": 1, "StatusReason": reason}), ids=["rid-2"])
+    described(refresh, "web-qa", ("rid-2", final, {"PercentageComplete": 50, "InstancesToUpdate": 1,
+                                                   "StatusReason": reason}), ids=["rid-2"])
     described(refresh, "web-qa")
 
     code = bake_main(["--project", str(world.root), "deploy", f"webapp:{world.versions[1]}", "--env", "qa"])
@@ -218,7 +245,8 @@ def test_a_refresh_that_fails_or_rolls_back_exits_1_and_leaves_ssm_alone(world, 
     assert code == 1 and f"bake.py: error: deploy of webapp:{world.versions[1]} to qa {result}" in err and reason in err
     assert world.released("qa") == {"ami_id": world.amis[0], "version": world.versions[0]}
     assert releases.history(world.ssm, "webapp", "qa") == [world.versions[0]]
-    assert world.pinned("qa") == "1" and group_updates == []  # the group never left the version pinned before: nothing to re-pin
+    # the group never left the version pinned before: nothing to re-pin
+    assert world.pinned("qa") == "1" and group_updates == []
     assert "the group stays on launch template version 1" in err or final != "Failed"
     assert world.catalog.releases("qa")[0]["status"] == result.replace(" ", "_")
 
@@ -228,11 +256,13 @@ def test_a_running_refresh_is_cancelled_with_replace_running_or_waited_for(world
     running = ("rid-0", "InProgress", {"PercentageComplete": 40, "InstancesToUpdate": 2})
     described(refresh, "web-qa", running)
     if replace:
-        refresh.add_response("cancel_instance_refresh", {"InstanceRefreshId": "rid-0"}, {"AutoScalingGroupName": "web-qa"})
+        refresh.add_response("cancel_instance_refresh", {"InstanceRefreshId": "rid-0"},
+                             {"AutoScalingGroupName": "web-qa"})
         described(refresh, "web-qa", ("rid-0", "Cancelled", {}), ids=["rid-0"])
         described(refresh, "web-qa", ("rid-0", "Cancelled", {}))  # the deploy's own look before it starts
     else:
-        described(refresh, "web-qa", ("rid-0", "InProgress", {"PercentageComplete": 80, "InstancesToUpdate": 1}), ids=["rid-0"])
+        described(refresh, "web-qa", ("rid-0", "InProgress", {"PercentageComplete": 80, "InstancesToUpdate": 1}),
+                  ids=["rid-0"])
         described(refresh, "web-qa", ("rid-0", "Successful", {}), ids=["rid-0"])
     started(refresh, world, "web-qa", "qa", "2", "rid-1")
     described(refresh, "web-qa", ("rid-1", "Successful", {}), ids=["rid-1"])
@@ -268,18 +298,22 @@ def test_rollback_while_the_refresh_runs_asks_aws_to_roll_it_back(world, refresh
     world.session.progress = Interrupt(world.lines, "InProgress 20%")
     with pytest.raises(KeyboardInterrupt):
         operations.deploy(world.session, world.env("qa"), "webapp", world.versions[1])
-    assert (world.project.state_dir / "envs" / "qa" / "refresh.json").exists()  # the refresh goes on at AWS; bakery knows its id
+    # the refresh goes on at AWS; bakery knows its id
+    assert (world.project.state_dir / "envs" / "qa" / "refresh.json").exists()
 
     described(refresh, "web-qa", ("rid-1", "InProgress", {"PercentageComplete": 30}))
-    refresh.add_response("rollback_instance_refresh", {"InstanceRefreshId": "rid-1"}, {"AutoScalingGroupName": "web-qa"})
+    refresh.add_response("rollback_instance_refresh", {"InstanceRefreshId": "rid-1"},
+                         {"AutoScalingGroupName": "web-qa"})
     described(refresh, "web-qa", ("rid-1", "RollbackInProgress", {}), ids=["rid-1"])
-    described(refresh, "web-qa", ("rid-1", "RollbackSuccessful", {"StatusReason": "rolled back by request"}), ids=["rid-1"])
-    described(refresh, "web-qa", ("rid-1", "RollbackSuccessful", {"StatusReason": "rolled back by request"}), ids=["rid-1"])  # re-attached
+    rolled_back = ("rid-1", "RollbackSuccessful", {"StatusReason": "rolled back by request"})
+    described(refresh, "web-qa", rolled_back, ids=["rid-1"])
+    described(refresh, "web-qa", rolled_back, ids=["rid-1"])  # re-attached
 
     result = operations.rollback(world.session, world.env("qa"))
 
     deploy_release = world.catalog.releases("qa")[0]
-    assert result.ok and result.kind == "rollback" and result.to_version == world.versions[0] and result.release_id == deploy_release["id"]
+    assert result.ok and result.kind == "rollback" and result.to_version == world.versions[0]
+    assert result.release_id == deploy_release["id"]
     assert deploy_release["status"] == "rolled_back" and deploy_release["kind"] == "deploy"
     assert world.pinned("qa") == "1" and world.released("qa") is None and group_updates == []
     assert not (world.project.state_dir / "envs" / "qa" / "refresh.json").exists()
@@ -289,10 +323,11 @@ def test_promote_puts_the_same_ami_in_the_next_environments_launch_template(worl
     # qa runs the second version: its group is pinned to a version of its template with that AMI.
     world.ec2.create_launch_template_version(LaunchTemplateId=world.templates["qa"], SourceVersion="1",
                                              LaunchTemplateData={"ImageId": world.amis[1]})
-    world.asg.update_auto_scaling_group(AutoScalingGroupName="web-qa", LaunchTemplate={"LaunchTemplateId": world.templates["qa"], "Version": "2"})
+    world.asg.update_auto_scaling_group(AutoScalingGroupName="web-qa",
+                                        LaunchTemplate={"LaunchTemplateId": world.templates["qa"], "Version": "2"})
     runs(world, "qa", "2")
-    world.catalog.record_verification("webapp", world.versions[1], env=None, started="2026-11-29T00:00:00Z", seconds=1.0, passed=True,
-                                      run_id="r", summary="passed", reports={})
+    world.catalog.record_verification("webapp", world.versions[1], env=None, started="2026-11-29T00:00:00Z",
+                                      seconds=1.0, passed=True, run_id="r", summary="passed", reports={})
     described(refresh, "web-qa")  # promote checks the version is healthy in qa: no refresh there
     described(refresh, "web-prod")
     prod_prefs = {**QA_PREFERENCES, "AlarmSpecification": {"Alarms": ["webapp-prod-5xx"]}}
@@ -303,13 +338,15 @@ def test_promote_puts_the_same_ami_in_the_next_environments_launch_template(worl
     result = operations.promote(world.session, world.env("prod"), "webapp", None)
 
     assert result.ok and result.kind == "promote" and result.to_version == world.versions[1]
-    assert world.template_data("prod", world.pinned("prod"))["ImageId"] == world.template_data("qa", "2")["ImageId"] == world.amis[1]
+    prod_image = world.template_data("prod", world.pinned("prod"))["ImageId"]
+    assert prod_image == world.template_data("qa", "2")["ImageId"] == world.amis[1]
     assert world.released("prod") == {"ami_id": world.amis[1], "version": world.versions[1]}
     assert 'ENVIRONMENT="prod"' in base64.b64decode(world.template_data("prod", "2")["UserData"]).decode()
 
 
 def runs(world, env: str, version: str) -> None:
-    """moto reports every instance of a group on its template's default version: make that the version the group runs."""
+    """moto reports every instance of a group on its template's default version: make that the version the group
+    runs."""
     world.ec2.modify_launch_template(LaunchTemplateId=world.templates[env], DefaultVersion=version)
 
 
@@ -330,22 +367,24 @@ def test_an_up_to_date_environment_is_left_alone(world, refresh):
     described(refresh, "web-qa")
     operations.deploy(world.session, world.env("qa"), "webapp", world.versions[1])
     runs(world, "qa", "2")
-    described(refresh, "web-qa")  # the same version and config again: no new launch template version, no refresh started
+    # the same version and config again: no new launch template version, no refresh started
+    described(refresh, "web-qa")
     described(refresh, "web-qa")
 
     result = operations.deploy(world.session, world.env("qa"), "webapp", world.versions[1])
 
     assert result.ok and result.replaced == 0 and world.pinned("qa") == "2"
     assert "nothing to replace" in world.lines.getvalue()
-    assert len(world.ec2.describe_launch_template_versions(LaunchTemplateId=world.templates["qa"])["LaunchTemplateVersions"]) == 2
+    assert len(world.template_versions("qa")) == 2
     assert releases.history(world.ssm, "webapp", "qa") == [world.versions[1]]
 
 
 def test_refresh_preferences_map_one_to_one_and_refuse_what_aws_would():
-    prefs = RefreshPreferences(min_healthy_percentage=90, max_healthy_percentage=110, instance_warmup=5, skip_matching=False,
-                               auto_rollback=False, bake_time=0)
-    assert instance_refresh.preferences(prefs, []) == {"MinHealthyPercentage": 90, "MaxHealthyPercentage": 110, "InstanceWarmup": 5,
-                                                       "SkipMatching": False, "AutoRollback": False, "BakeTime": 0}
+    prefs = RefreshPreferences(min_healthy_percentage=90, max_healthy_percentage=110, instance_warmup=5,
+                               skip_matching=False, auto_rollback=False, bake_time=0)
+    assert instance_refresh.preferences(prefs, []) == {"MinHealthyPercentage": 90, "MaxHealthyPercentage": 110,
+                                                       "InstanceWarmup": 5, "SkipMatching": False,
+                                                       "AutoRollback": False, "BakeTime": 0}
     with pytest.raises(ConfigError, match="at most 100 above"):
         instance_refresh.preferences(RefreshPreferences(min_healthy_percentage=0, max_healthy_percentage=150), [])
 
@@ -366,7 +405,7 @@ def test_bake_py_names_a_missing_group_in_one_line(world):
     assert out.stderr.strip().splitlines() == [out.stderr.strip()]
     assert "bakery_deploy.aws.auto_scaling_group 'web-qa' does not exist in us-east-1" in out.stderr
     assert world.catalog.releases("qa") == []
-    assert len(world.ec2.describe_launch_template_versions(LaunchTemplateId=world.templates["qa"])["LaunchTemplateVersions"]) == 1
+    assert len(world.template_versions("qa")) == 1
 
 
 def test_status_of_an_aws_environment_names_its_group_and_the_version_each_instance_runs(world, refresh, capsys):
@@ -401,12 +440,14 @@ def fresh(world, tmp_path):
 def test_promote_from_an_empty_catalog_adopts_the_version_and_its_verification_from_ami_tags(world, refresh, fresh):
     world.ec2.create_launch_template_version(LaunchTemplateId=world.templates["qa"], SourceVersion="1",
                                              LaunchTemplateData={"ImageId": world.amis[1]})
-    world.asg.update_auto_scaling_group(AutoScalingGroupName="web-qa", LaunchTemplate={"LaunchTemplateId": world.templates["qa"], "Version": "2"})
+    world.asg.update_auto_scaling_group(AutoScalingGroupName="web-qa",
+                                        LaunchTemplate={"LaunchTemplateId": world.templates["qa"], "Version": "2"})
     runs(world, "qa", "2")
     tag_ami(world, 1, "passed")
     described(refresh, "web-qa")
     described(refresh, "web-prod")
-    started(refresh, world, "web-prod", "prod", "2", "rid-p", prefs={**QA_PREFERENCES, "AlarmSpecification": {"Alarms": ["webapp-prod-5xx"]}})
+    started(refresh, world, "web-prod", "prod", "2", "rid-p",
+            prefs={**QA_PREFERENCES, "AlarmSpecification": {"Alarms": ["webapp-prod-5xx"]}})
     described(refresh, "web-prod", ("rid-p", "Successful", {}), ids=["rid-p"])
     described(refresh, "web-prod")
 
@@ -415,19 +456,27 @@ def test_promote_from_an_empty_catalog_adopts_the_version_and_its_verification_f
     assert result.ok and result.to_version == world.versions[1]
     row = fresh.catalog.version("webapp", world.versions[1])
     assert row["status"] == "ready" and row["image_ref"] == world.amis[1]
-    assert [(v["passed"], v["summary"]) for v in fresh.catalog.verifications("webapp", world.versions[1])] == [(True, "12 tests, passed")]
-    assert world.released("prod") == {"ami_id": world.amis[1], "version": world.versions[1]} and world.pinned("prod") == "2"
+    verifications = fresh.catalog.verifications("webapp", world.versions[1])
+    assert [(v["passed"], v["summary"]) for v in verifications] == [(True, "12 tests, passed")]
+    assert world.released("prod") == {"ami_id": world.amis[1], "version": world.versions[1]}
+    assert world.pinned("prod") == "2"
 
 
 def test_rollback_from_an_empty_catalog_returns_to_the_previous_release_in_ssm_with_its_config(world, refresh, fresh):
     old, new = world.versions
-    # v0 was released by another checkout with launch template version 2 (its runtime config in UserData), v1 runs now (version 3).
-    world.ec2.create_launch_template_version(LaunchTemplateId=world.templates["qa"], SourceVersion="1", LaunchTemplateData={
+    # v0 was released by another checkout with launch template version 2 (its runtime config in UserData), v1 runs
+    # now (version 3).
+    released_before = {
         "ImageId": world.amis[0], "UserData": base64.b64encode(b'LOG_LEVEL="debug"\nENVIRONMENT="qa"\n').decode(),
-        "TagSpecifications": [{"ResourceType": "instance", "Tags": [{"Key": "bakery:version", "Value": old},
-                                                                    {"Key": "bakery:config-digest", "Value": "sha256:old"}]}]})
-    world.ec2.create_launch_template_version(LaunchTemplateId=world.templates["qa"], SourceVersion="1", LaunchTemplateData={"ImageId": world.amis[1]})
-    world.asg.update_auto_scaling_group(AutoScalingGroupName="web-qa", LaunchTemplate={"LaunchTemplateId": world.templates["qa"], "Version": "3"})
+        "TagSpecifications": [{"ResourceType": "instance",
+                               "Tags": [{"Key": "bakery:version", "Value": old},
+                                        {"Key": "bakery:config-digest", "Value": "sha256:old"}]}]}
+    world.ec2.create_launch_template_version(LaunchTemplateId=world.templates["qa"], SourceVersion="1",
+                                             LaunchTemplateData=released_before)
+    world.ec2.create_launch_template_version(LaunchTemplateId=world.templates["qa"], SourceVersion="1",
+                                             LaunchTemplateData={"ImageId": world.amis[1]})
+    world.asg.update_auto_scaling_group(AutoScalingGroupName="web-qa",
+                                        LaunchTemplate={"LaunchTemplateId": world.templates["qa"], "Version": "3"})
     runs(world, "qa", "3")
     releases.record_release(world.ssm, "webapp", "qa", world.amis[0], old)
     releases.record_release(world.ssm, "webapp", "qa", world.amis[1], new)
@@ -442,7 +491,8 @@ def test_rollback_from_an_empty_catalog_returns_to_the_previous_release_in_ssm_w
 
     assert result.ok and (result.kind, result.from_version, result.to_version) == ("rollback", new, old)
     data = world.template_data("qa", "4")
-    assert data["ImageId"] == world.amis[0] and base64.b64decode(data["UserData"]).decode() == 'ENVIRONMENT="qa"\nLOG_LEVEL="debug"\n'
+    assert data["ImageId"] == world.amis[0]
+    assert base64.b64decode(data["UserData"]).decode() == 'ENVIRONMENT="qa"\nLOG_LEVEL="debug"\n'
     assert fresh.catalog.releases("qa")[0]["config_digest"] == "sha256:old"
     assert world.released("qa") == {"ami_id": world.amis[0], "version": old} and world.pinned("qa") == "4"
     assert fresh.catalog.version("webapp", old)["image_ref"] == world.amis[0]
@@ -455,11 +505,12 @@ def test_deploy_from_an_empty_catalog_takes_the_newest_ami_and_its_failed_verifi
     tag_ami(world, 0, "passed")
     tag_ami(world, 1, "failed")
 
-    with pytest.raises(OperationError, match=rf"webapp:{world.versions[1]} failed its last verification \(12 tests, failed\)") as err:
+    failed = rf"webapp:{world.versions[1]} failed its last verification \(12 tests, failed\)"
+    with pytest.raises(OperationError, match=failed) as err:
         operations.deploy(fresh, world.env("qa"), "webapp", None)
 
     assert err.value.exit_code == 1 and fresh.catalog.releases("qa") == []
-    assert len(world.ec2.describe_launch_template_versions(LaunchTemplateId=world.templates["qa"])["LaunchTemplateVersions"]) == 1
+    assert len(world.template_versions("qa")) == 1
 
 
 def test_a_log_group_in_deploy_yml_and_runtime_yml_must_agree(world):
@@ -471,5 +522,6 @@ def test_a_log_group_in_deploy_yml_and_runtime_yml_must_agree(world):
         operations.deploy(world.session, world.env("qa"), "webapp", world.versions[1])
 
     text = str(err.value)
-    assert "bakery_runtime.CLOUDWATCH_LOG_GROUP '/org/qa-web' disagrees with bakery_deploy.aws.log_group '/bakery/qa'" in text
+    assert ("bakery_runtime.CLOUDWATCH_LOG_GROUP '/org/qa-web' disagrees with bakery_deploy.aws.log_group "
+            "'/bakery/qa'") in text
     assert "runtime.yml" in text and "deploy.yml" in text and world.catalog.releases("qa") == []

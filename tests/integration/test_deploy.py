@@ -25,7 +25,7 @@ import yaml
 
 from bakery import podman
 from bakery.catalog import open_catalog
-from bakery.fleets.local import ENV_LABEL, PROJECT_LABEL, project_id
+from bakery.fleets.local_instances import ENV_LABEL, PROJECT_LABEL, project_id
 from tests.conftest import BAKE, bake, free_port
 from tests.integration.conftest import BAKE_RUNS
 
@@ -35,24 +35,28 @@ pytestmark = pytest.mark.integration
 # ---------------------------------------------------------------- helpers
 
 
-def write_env(project: Path, name: str, *, instances: int = 4, require_verified: bool = False, promote_from: str | None = None,
-              data_volume: dict | None = None, runtime: dict | None = None, **refresh) -> int:
+def write_env(project: Path, name: str, *, instances: int = 4, require_verified: bool = False,
+              promote_from: str | None = None, data_volume: dict | None = None, runtime: dict | None = None,
+              **refresh) -> int:
     """inventories/<name>/ with fast health checks; returns its load-balancer port."""
     port = free_port()
     folder = project / "inventories" / name / "group_vars" / "all"
     folder.mkdir(parents=True, exist_ok=True)
     settings = {
-        "target": "local", "image": "webapp", "instances": instances, "lb_port": port, "require_verified": require_verified,
-        "health_check": {"path": "/health", "port": 8080, "interval_ms": 200, "rise": 1, "fall": 2, "timeout_ms": 1000},
-        "refresh": {"min_healthy_percentage": 75, "max_healthy_percentage": 125, "instance_warmup": 1, "health_check_grace": 20,
-                    **refresh},
+        "target": "local", "image": "webapp", "instances": instances, "lb_port": port,
+        "require_verified": require_verified,
+        "health_check": {"path": "/health", "port": 8080, "interval_ms": 200, "rise": 1, "fall": 2,
+                         "timeout_ms": 1000},
+        "refresh": {"min_healthy_percentage": 75, "max_healthy_percentage": 125, "instance_warmup": 1,
+                    "health_check_grace": 20, **refresh},
     }
     if promote_from:
         settings["promote_from"] = promote_from
     if data_volume:
         settings["data_volume"] = data_volume
     (folder / "deploy.yml").write_text(yaml.safe_dump({"bakery_deploy": settings}, sort_keys=False))
-    (folder / "runtime.yml").write_text(yaml.safe_dump({"bakery_runtime": {"ENVIRONMENT": name, "LOG_LEVEL": "info", **(runtime or {})}}))
+    (folder / "runtime.yml").write_text(
+        yaml.safe_dump({"bakery_runtime": {"ENVIRONMENT": name, "LOG_LEVEL": "info", **(runtime or {})}}))
     return port
 
 
@@ -61,7 +65,8 @@ def env_dir(project: Path, name: str) -> Path:
 
 
 def env_containers(project: Path, name: str) -> list[str]:
-    out = podman.run("ps", "-a", "--filter", f"label={ENV_LABEL}={name}", "--filter", f"label={PROJECT_LABEL}={project_id(project)}",
+    out = podman.run("ps", "-a", "--filter", f"label={ENV_LABEL}={name}",
+                     "--filter", f"label={PROJECT_LABEL}={project_id(project)}",
                      "--format", "{{.Names}}").stdout
     return out.split()
 
@@ -83,7 +88,8 @@ def force_clean(project: Path, name: str) -> None:
     pid = haproxy_pid(project, name)
     if pid:
         os.kill(pid, signal.SIGTERM)
-    volumes = podman.run("volume", "ls", "--filter", f"label={ENV_LABEL}={name}", "--filter", f"label={PROJECT_LABEL}={project_id(project)}",
+    volumes = podman.run("volume", "ls", "--filter", f"label={ENV_LABEL}={name}",
+                         "--filter", f"label={PROJECT_LABEL}={project_id(project)}",
                          "--format", "{{.Name}}", check=False).stdout.split()
     if volumes:
         podman.run("volume", "rm", "-f", *volumes, check=False)
@@ -126,7 +132,8 @@ def request(port: int, method: str, path: str, body: bytes | None = None) -> tup
 
 
 class Load:
-    """Threads sending GET /version through the load balancer without keep-alive; every non-200 or error is a failure."""
+    """Threads sending GET /version through the load balancer without keep-alive; every non-200 or error is a
+    failure."""
 
     def __init__(self, port: int, threads: int = 4, rate: float = 80.0):
         self.port = port
@@ -232,9 +239,10 @@ def deploy(project: Path, version: str, env: str, *args: str):
 def mark_verified(project: Path, version: str) -> None:
     catalog = open_catalog(project / ".bakery")
     try:
-        catalog.record_verification("webapp", version, env=None, started=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), seconds=0.1,
-                                    passed=True, run_id="test-deploy", summary="marked verified by tests/integration/test_deploy.py",
-                                    reports={})
+        catalog.record_verification("webapp", version, env=None,
+                                    started=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), seconds=0.1,
+                                    passed=True, run_id="test-deploy",
+                                    summary="marked verified by tests/integration/test_deploy.py", reports={})
     finally:
         catalog.close()
 
@@ -243,7 +251,8 @@ def mark_verified(project: Path, version: str) -> None:
 
 
 def _build_variant(project: Path, edits: dict[str, tuple[str, str]], *extra: str) -> dict:
-    """Bake webapp with some app files changed (pattern -> replacement), then put the files and the latest artifact back."""
+    """Bake webapp with some app files changed (pattern -> replacement), then put the files and the latest artifact
+    back."""
     originals = {}
     for rel, (pattern, replacement) in edits.items():
         path = project / rel
@@ -271,7 +280,8 @@ def v1(webapp_image) -> str:
 @pytest.fixture(scope="module")
 def v2(example_project, v1) -> str:
     """An app-only change: only the webapp layer is baked again."""
-    result = _build_variant(example_project, {"app/webapp/__init__.py": (r'^__version__ = "[^"]*"', '__version__ = "2.0.0"')})
+    result = _build_variant(example_project,
+                            {"app/webapp/__init__.py": (r'^__version__ = "[^"]*"', '__version__ = "2.0.0"')})
     assert result["version"] != v1
     return result["version"]
 
@@ -289,8 +299,9 @@ App.health = _broken_health
 @pytest.fixture(scope="module")
 def broken(example_project, v2) -> str:
     """Boots and serves, but GET /health always answers 503 (the service itself still starts: the bake succeeds)."""
-    result = _build_variant(example_project, {"app/webapp/__init__.py": (r'^__version__ = "[^"]*"', '__version__ = "6.6.6"'),
-                                              "app/webapp/app.py": (r"\Z", BROKEN_HEALTH)})
+    result = _build_variant(example_project,
+                            {"app/webapp/__init__.py": (r'^__version__ = "[^"]*"', '__version__ = "6.6.6"'),
+                             "app/webapp/app.py": (r"\Z", BROKEN_HEALTH)})
     return result["version"]
 
 
@@ -303,7 +314,8 @@ def test_rolling_refresh_under_load_loses_no_request(example_project, environmen
     assert first.rc == 0, first.stderr
     assert first.json["result"] == "succeeded" and first.json["from"] is None and first.json["replaced"] == 4
     status_code, body = get(port, "/version")
-    assert status_code == 200 and json.loads(body)["image_version"] == v1 and json.loads(body)["environment"] == "t1roll"
+    assert (status_code == 200 and json.loads(body)["image_version"] == v1
+            and json.loads(body)["environment"] == "t1roll")
 
     with Load(port) as load:
         time.sleep(1)
@@ -325,12 +337,15 @@ def test_rolling_refresh_under_load_loses_no_request(example_project, environmen
     name = data["instances"][0]["name"]
     labels = json.loads(podman.run("inspect", name, "--format", "{{json .Config.Labels}}").stdout)
     provenance = open_catalog(example_project / ".bakery").version("webapp", v2)["provenance"]
-    assert labels["io.bakery.env"] == "t1roll" and labels["io.bakery.version"] == v2 and labels["io.bakery.instance"] == "1"
-    assert labels["io.bakery.git.commit"] == provenance["git_commit"] and labels["io.bakery.git.message"] == provenance["git_message"]
+    assert (labels["io.bakery.env"] == "t1roll" and labels["io.bakery.version"] == v2
+            and labels["io.bakery.instance"] == "1")
+    assert (labels["io.bakery.git.commit"] == provenance["git_commit"]
+            and labels["io.bakery.git.message"] == provenance["git_message"])
     assert labels["io.bakery.config"] == data["instances"][0]["config_digest"]
     ports = podman.run("port", name).stdout
     assert ports.strip().startswith("8080/tcp -> 127.0.0.1:"), ports
-    print(f"\nrolling refresh of 4 instances: {summary['duration']:.1f} s, {load.total} requests at {load.rate:.0f}/s, 0 failed")
+    print(f"\nrolling refresh of 4 instances: {summary['duration']:.1f} s, "
+          f"{load.total} requests at {load.rate:.0f}/s, 0 failed")
 
 
 def test_broken_version_rolls_back_under_load(example_project, environments, v1, broken):
@@ -360,7 +375,8 @@ def test_killed_deploy_is_finished_by_status_never_below_min_healthy(example_pro
     assert deploy(example_project, v1, "t3kill").rc == 0
     state_file = env_dir(example_project, "t3kill") / "refresh.json"
     with UpMonitor(env_dir(example_project, "t3kill") / "haproxy.sock") as monitor, Load(port) as load:
-        proc = subprocess.Popen([sys.executable, str(BAKE), "--project", str(example_project), "deploy", f"webapp:{v2}", "--env", "t3kill"],
+        proc = subprocess.Popen([sys.executable, str(BAKE), "--project", str(example_project), "deploy", f"webapp:{v2}",
+                                 "--env", "t3kill"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 300
         killed_at = None
@@ -398,14 +414,16 @@ def test_config_set_rolls_through_and_is_recorded(example_project, environments,
         out = bake(example_project, "config", "set", "--env", "t4config", bad)
         assert out.rc == 2 and out.stderr.count("\n") == 1 and "Traceback" not in out.stderr, (bad, out.stderr)
         assert runtime_file.read_bytes() == before
-    out = bake(example_project, "config", "set", "--env", "t4config", "ENVIRONMENT=t4-blue", "FEATURE_SHINY=true", "--json", timeout=600)
+    out = bake(example_project, "config", "set", "--env", "t4config", "ENVIRONMENT=t4-blue", "FEATURE_SHINY=true",
+               "--json", timeout=600)
     assert out.rc == 0, out.stderr
     assert out.json["result"] == "succeeded" and out.json["kind"] == "config" and out.json["replaced"] == 2
     assert yaml.safe_load(runtime_file.read_text())["bakery_runtime"]["ENVIRONMENT"] == "t4-blue"
     for _ in range(4):
         code, body = get(port, "/version")
         facts = json.loads(body)
-        assert code == 200 and facts["environment"] == "t4-blue" and facts["features"].get("shiny") is True and facts["image_version"] == v1
+        assert (code == 200 and facts["environment"] == "t4-blue" and facts["features"].get("shiny") is True
+                and facts["image_version"] == v1)
     got = bake(example_project, "config", "get", "--env", "t4config", "ENVIRONMENT")
     assert got.rc == 0 and got.stdout.strip() == "t4-blue"
     data = status(example_project, "t4config")
@@ -434,8 +452,8 @@ def test_data_survives_a_replacement(example_project, environments, v1, v2):
 
 def test_promote_needs_verification_and_health_in_the_source(example_project, environments, v1, v2):
     environments("t6src", instances=2, min_healthy_percentage=50, max_healthy_percentage=150)
-    dst_port = environments("t6dst", instances=2, require_verified=True, promote_from="t6src", min_healthy_percentage=50,
-                            max_healthy_percentage=150)
+    dst_port = environments("t6dst", instances=2, require_verified=True, promote_from="t6src",
+                            min_healthy_percentage=50, max_healthy_percentage=150)
     assert deploy(example_project, v1, "t6src").rc == 0
 
     out = bake(example_project, "promote", f"webapp:{v2}", "--to", "t6dst")
@@ -446,7 +464,8 @@ def test_promote_needs_verification_and_health_in_the_source(example_project, en
 
     mark_verified(example_project, v2)
     out = bake(example_project, "promote", f"webapp:{v2}", "--to", "t6dst")
-    assert out.rc == 1 and f"webapp:{v2} is not healthy in 't6src'" in out.stderr and out.stderr.count("\n") == 1, out.stderr
+    assert (out.rc == 1 and f"webapp:{v2} is not healthy in 't6src'" in out.stderr
+            and out.stderr.count("\n") == 1), out.stderr
 
     out = bake(example_project, "promote", f"webapp:{v1}", "--to", "t6dst")
     assert out.rc == 1 and "has no verification" in out.stderr, out.stderr
@@ -469,7 +488,8 @@ def test_gate_forced_open_is_recorded(example_project, environments, broken):
     assert "there is no previous version to return to" in out.stderr
     release = open_catalog(example_project / ".bakery").releases("t6force")[0]
     assert release["forced"] is True and release["status"] == "failed"
-    assert env_containers(example_project, "t6force") == [], "the instance that never passed its health check is removed"
+    assert env_containers(example_project, "t6force") == [], (
+        "the instance that never passed its health check is removed")
 
 
 def test_down_removes_instances_and_load_balancer(example_project, environments, v1):
@@ -495,7 +515,8 @@ def test_usage_errors_exit_2(example_project, environments, v1):
         (("deploy", f"webapp:{v1}", "--env", "nosuchenv"), "unknown environment 'nosuchenv'"),
         (("deploy", f"other:{v1}", "--env", "t8usage"), "deploys image 'webapp', not 'other'"),
         (("deploy", "webapp:19990101.001", "--env", "t8usage"), "unknown version"),
-        (("deploy", f"webapp:{v1}", "--env", "t8usage", "--checkpoint-percentages", "50,90"), "--checkpoint-percentages"),
+        (("deploy", f"webapp:{v1}", "--env", "t8usage", "--checkpoint-percentages", "50,90"),
+         "--checkpoint-percentages"),
         (("deploy", f"webapp:{v1}", "--env", "t8usage", "--min-healthy-percentage", "120"), "--min-healthy-percentage"),
         (("promote", f"webapp:{v1}", "--to", "t8usage"), "has no promote_from"),
     ]

@@ -3,8 +3,9 @@ import shutil
 import pytest
 
 from bakery.config import Project
-from bakery.environments import environment_names, load_environment
+from bakery.environments import RefreshPreferences, environment_names, load_environment
 from bakery.errors import ConfigError
+from bakery.fleets.planning import effective_preferences
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.unit
@@ -39,14 +40,16 @@ def test_shipped_environments_load(inventory_project):
 
 @pytest.mark.parametrize("body, message", [
     ("bakery_deploy: {image: webapp, lb_port: 19000, instancez: 2}\n", "bakery_deploy: unknown key 'instancez'"),
-    ("bakery_deploy: {image: webapp, lb_port: 19000, instances: two}\n", "bakery_deploy.instances must be an integer, got 'two'"),
+    ("bakery_deploy: {image: webapp, lb_port: 19000, instances: two}\n",
+     "bakery_deploy.instances must be an integer, got 'two'"),
     ("bakery_deploy: {image: webapp, lb_port: 19000, refresh: {min_healthy_percentage: 120}}\n",
      "bakery_deploy.refresh.min_healthy_percentage must be from 0 to 100, got 120"),
     ("bakery_deploy: {image: webapp, lb_port: 19000, refresh: {checkpoint_percentages: [50, 20]}}\n",
      "checkpoint_percentages must rise strictly"),
     ("bakery_deploy: {image: webapp}\n", "bakery_deploy.lb_port is required"),
     ("bakery_deploy: {image: webapp, lb_port: 19000, target: gcp}\n", "bakery_deploy.target must be one of local, aws"),
-    ("bakery_deploy: {image: webapp, lb_port: 19000, require_verified: maybe}\n", "require_verified must be true or false"),
+    ("bakery_deploy: {image: webapp, lb_port: 19000, require_verified: maybe}\n",
+     "require_verified must be true or false"),
     ("bakery_deploy: {image: webapp, lb_port: 19000, instances: 2, data_volume: {name: d, path: /var/lib/webapp}}\n",
      "data_volume needs instances: 1 and refresh.min_healthy_percentage: 0"),
 ])
@@ -82,7 +85,8 @@ def test_unknown_environment(inventory_project):
     ("postgres://app:hunter2@db.internal:5432/app", True),
     ("redis://:s3cret@cache:6379/0", True),
     ("amqp://guest:guest@mq/vhost?heartbeat=30", True),
-    ("postgres://app@db.internal:5432/app", False),  # a user without a password; the password comes from DATABASE_PASSWORD
+    # a user without a password; the password comes from DATABASE_PASSWORD
+    ("postgres://app@db.internal:5432/app", False),
     ("http://payments.qa.internal:8080/v1/@me", False),  # a port and an '@' in the path are no credentials
     ("ssm:/webapp/qa/database-url", False),
 ])
@@ -95,5 +99,20 @@ def test_a_password_in_a_url_is_refused_like_a_secret_given_by_value(inventory_p
     with pytest.raises(ConfigError) as err:
         load_environment(Project(inventory_project), "qa")
     text = str(err.value)
-    assert text.startswith("inventories/qa/group_vars/all/runtime.yml: bakery_runtime.DATABASE_URL carries a password in its URL")
+    assert text.startswith("inventories/qa/group_vars/all/runtime.yml: "
+                           "bakery_runtime.DATABASE_URL carries a password in its URL")
     assert "DATABASE_PASSWORD" in text and value.split("@")[0].split(":")[-1] not in text and "\n" not in text
+
+
+def test_one_rule_for_refresh_preferences_in_files_and_flags(inventory_project):
+    """environments.check_preferences is the one validator: the file's message names file and field, the flags'
+    the flag."""
+    write_deploy(inventory_project, "bad", "bakery_deploy: {image: webapp, lb_port: 19000, "
+                                           "refresh: {min_healthy_percentage: 100}}\n")
+    with pytest.raises(ConfigError) as err:
+        load_environment(Project(inventory_project), "bad")
+    assert str(err.value) == ("inventories/bad/group_vars/all/deploy.yml: bakery_deploy.refresh.min_healthy_percentage "
+                              "100 needs bakery_deploy.refresh.max_healthy_percentage above 100 to make progress")
+    with pytest.raises(ConfigError) as err:
+        effective_preferences(RefreshPreferences(), {"min_healthy_percentage": 100})
+    assert str(err.value) == "--min-healthy-percentage 100 needs --max-healthy-percentage above 100 to make progress"

@@ -9,13 +9,9 @@ import pytest
 from bakery.environments import RefreshPreferences
 from bakery.errors import ConfigError
 from bakery.fleets.base import Goal
-from bakery.progress import Progress
-from bakery.refresh import (
+from bakery.fleets.instance_group import InstanceGroup, Member
+from bakery.fleets.planning import (
     Batch,
-    InstanceGroup,
-    Member,
-    RefreshState,
-    RollingRefresh,
     capacity,
     checkpoint_counts,
     effective_preferences,
@@ -23,6 +19,8 @@ from bakery.refresh import (
     parse_percentages,
     plan,
 )
+from bakery.fleets.rolling import RefreshState, RollingRefresh
+from bakery.progress import Progress
 from bakery.signals import Cancellation
 
 pytestmark = pytest.mark.unit
@@ -105,7 +103,8 @@ def test_batches_stop_exactly_at_checkpoints():
 
 @pytest.mark.parametrize("desired", [1, 2, 3, 4, 5, 7, 10])
 def test_every_plan_keeps_min_healthy_and_max_running_and_ends_on_the_new_version(desired):
-    for min_pct, max_pct, checkpoints in itertools.product(range(0, 101, 10), range(100, 201, 25), ([], [50, 100], [20, 60, 100])):
+    checkpoint_sets = ([], [50, 100], [20, 60, 100])
+    for min_pct, max_pct, checkpoints in itertools.product(range(0, 101, 10), range(100, 201, 25), checkpoint_sets):
         if max_pct < min_pct or (min_pct == 100 and max_pct == 100):
             continue
         cap = capacity(desired, min_pct, max_pct)
@@ -133,7 +132,8 @@ def test_flags_override_and_are_validated():
     base = RefreshPreferences(min_healthy_percentage=90, max_healthy_percentage=100)
     prefs = effective_preferences(base, {"min_healthy_percentage": 50, "max_healthy_percentage": 150, "bake_time": None,
                                          "checkpoint_percentages": parse_percentages("50,100")})
-    assert (prefs.min_healthy_percentage, prefs.max_healthy_percentage, prefs.checkpoint_percentages) == (50, 150, [50, 100])
+    chosen = (prefs.min_healthy_percentage, prefs.max_healthy_percentage, prefs.checkpoint_percentages)
+    assert chosen == (50, 150, [50, 100])
     with pytest.raises(ConfigError, match="--checkpoint-percentages"):
         effective_preferences(base, {"checkpoint_percentages": [50, 90]})
     with pytest.raises(ConfigError, match="needs --max-healthy-percentage above 100"):
@@ -161,7 +161,8 @@ class FakeGroup(InstanceGroup):
 
     def add(self, version: str, digest: str = "c1") -> None:
         name = self.new_name()
-        self.members[name] = Member(name, version, digest, True, True, True, True, "L7OK 200", float(next(self.counter)))
+        self.members[name] = Member(name, version, digest, True, True, True, True, "L7OK 200",
+                                    float(next(self.counter)))
 
     def _track(self) -> None:
         in_service = sum(1 for m in self.members.values() if m.in_service)
@@ -176,14 +177,16 @@ class FakeGroup(InstanceGroup):
         return f"i{next(self.counter)}"
 
     def launch(self, goal, name):
-        self.members[name] = Member(name, goal.version, goal.config_digest, True, False, False, False, "INI", float(next(self.counter)))
+        self.members[name] = Member(name, goal.version, goal.config_digest, True, False, False, False, "INI",
+                                    float(next(self.counter)))
         self.events.append(f"launch {name} {goal.version}")
         self._track()
 
     def register(self, name):
         self.members[name].registered = True
         self.members[name].check_passed = self.members[name].version not in self.broken
-        self.members[name].check = "L4CON Connection refused" if self.members[name].version in self.broken else "L7OK 200"
+        broken = self.members[name].version in self.broken
+        self.members[name].check = "L4CON Connection refused" if broken else "L7OK 200"
 
     def probe(self, name):
         ok = self.members[name].version not in self.broken
@@ -212,10 +215,11 @@ def goal(version: str, digest: str = "c1") -> Goal:
 
 
 def run_refresh(group, target, previous, saved=None, **prefs):
-    preferences = RefreshPreferences(**{"min_healthy_percentage": 75, "max_healthy_percentage": 125, "instance_warmup": 0,
-                                        "health_check_grace": 1, **prefs})
+    preferences = RefreshPreferences(**{"min_healthy_percentage": 75, "max_healthy_percentage": 125,
+                                        "instance_warmup": 0, "health_check_grace": 1, **prefs})
     state = RefreshState(release_id=1, kind="deploy", env="t", run_id="r", pid=1, goal=goal(target),
-                         previous=goal(previous) if previous else None, preferences=vars(preferences), desired=group.desired)
+                         previous=goal(previous) if previous else None, preferences=vars(preferences),
+                         desired=group.desired)
     saves = saved if saved is not None else []
     return RollingRefresh(group, state, Progress(stream=open("/dev/null", "w")), Cancellation(),
                           lambda s: saves.append(s.to_dict())).run()
@@ -273,9 +277,10 @@ def test_engine_resumes_from_any_saved_state():
             if next(count) == cut:
                 raise Killed
 
-        prefs = RefreshPreferences(min_healthy_percentage=75, max_healthy_percentage=125, instance_warmup=0, health_check_grace=1)
-        state = RefreshState(release_id=1, kind="deploy", env="t", run_id="r", pid=1, goal=goal("v2"), previous=goal("v1"),
-                             preferences=vars(prefs), desired=4)
+        prefs = RefreshPreferences(min_healthy_percentage=75, max_healthy_percentage=125, instance_warmup=0,
+                                   health_check_grace=1)
+        state = RefreshState(release_id=1, kind="deploy", env="t", run_id="r", pid=1, goal=goal("v2"),
+                             previous=goal("v1"), preferences=vars(prefs), desired=4)
         devnull = Progress(stream=open("/dev/null", "w"))
         with pytest.raises(Killed):
             RollingRefresh(group, state, devnull, Cancellation(), save).run()
@@ -323,5 +328,6 @@ def test_a_launch_that_fails_rolls_back():
     for _ in range(4):
         group.add("v1")
     outcome = run_refresh(group, "v2", "v1")
-    assert outcome.status == "rolled_back" and "could not be launched" in outcome.reason and "no space left" in outcome.reason
+    assert outcome.status == "rolled_back"
+    assert "could not be launched" in outcome.reason and "no space left" in outcome.reason
     assert group.versions() == ["v1"] * 4 and group.min_seen >= 3

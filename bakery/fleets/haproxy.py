@@ -1,4 +1,5 @@
-"""One HAProxy per environment: its config, its daemon and its admin socket (the runtime API).
+"""One HAProxy per environment: its daemon and its admin socket (the runtime API); the config text it runs
+is rendered by bakery.fleets.haproxy_config.
 
 bakery starts HAProxy itself (`haproxy -D`, its own session, no systemd needed) with
 a frontend on 127.0.0.1:<lb_port> and one backend whose servers are the instances.
@@ -33,15 +34,12 @@ from pathlib import Path
 
 from bakery.environments import Environment
 from bakery.errors import ConfigError, OperationError
+from bakery.fleets.haproxy_config import BACKEND, render_config, server_params, settings_digest
 from bakery.processes import pid_alive
-from bakery.provenance import sha256_json
 
 log = logging.getLogger("bakery.haproxy")
 
 HAPROXY = "/usr/sbin/haproxy"
-FRONTEND = "lb"
-BACKEND = "instances"
-SETTINGS_MARK = "# bakery-settings: "
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 30.0
 
@@ -67,7 +65,8 @@ class Server:
     check_status: str = ""  # L7OK, L7STS, L4CON, L4TOUT, INI, ...
     check_code: str = ""  # the HTTP status of the last check, when there was one
     check_desc: str = ""
-    last_check: str = ""  # what the last check saw ("Connection refused", "HTTP status check returned code <3C>503<3E>")
+    # what the last check saw ("Connection refused", "HTTP status check returned code <3C>503<3E>")
+    last_check: str = ""
     sessions: int = 0  # requests in flight (scur)
     queued: int = 0  # requests waiting for this server (qcur)
 
@@ -87,7 +86,8 @@ class Server:
     @property
     def check_passed(self) -> bool:
         """The last health check passed and HAProxy considers the server up (whatever its admin state)."""
-        return self.check_status.startswith("L7OK") and self.op_state == OP_RUNNING and not self.status.startswith("DOWN")
+        up = self.op_state == OP_RUNNING and not self.status.startswith("DOWN")
+        return self.check_status.startswith("L7OK") and up
 
     def check_summary(self) -> str:
         """What the last health check saw, for messages: 'L7STS 503', 'L4CON Connection refused'."""
@@ -132,66 +132,6 @@ class AdminSocket:
             return "Name: HAProxy" in self.command("show info")
         except HAProxyError:
             return False
-
-
-def server_params(env: Environment) -> str:
-    """Check settings of every server line, static or dynamic (dynamic servers ignore default-server)."""
-    hc = env.health_check
-    return f"check inter {hc.interval_ms}ms fastinter {hc.interval_ms}ms downinter {hc.interval_ms}ms rise {hc.rise} fall {hc.fall} weight 100"
-
-
-def render_config(env: Environment, folder: Path, servers: list[tuple[str, int]] = ()) -> str:
-    """The whole haproxy.cfg. The first lines carry a digest of everything but the server lines."""
-    hc = env.health_check
-    base = f"""global
-    pidfile {folder / 'haproxy.pid'}
-    stats socket {folder / 'haproxy.sock'} mode 600 level admin expose-fd listeners
-    server-state-file {folder / 'haproxy.state'}
-    hard-stop-after 60s
-    maxconn 4096
-
-defaults
-    mode http
-    timeout connect 2s
-    timeout client 30s
-    timeout server 30s
-    timeout queue 10s
-    timeout http-request 10s
-    timeout check {hc.timeout_ms}ms
-    load-server-state-from-file global
-
-frontend {FRONTEND}
-    bind 127.0.0.1:{env.lb_port}
-    default_backend {BACKEND}
-
-backend {BACKEND}
-    balance roundrobin
-    # Active health checks: a server takes traffic only while GET {hc.path} answers 200 with a body. Reading the
-    # body means a check never closes the connection while the app is still writing its answer.
-    option httpchk GET {hc.path}
-    http-check expect status 200
-    http-check expect rstring .
-    # A request whose server went away is sent again to another one.
-    retry-on all-retryable-errors
-    retries 3
-    option redispatch 1
-    # No idle server connections: a drained server has nothing left once its requests finished.
-    option http-server-close
-    default-server {server_params(env)}
-"""
-    digest = sha256_json({"config": base})
-    lines = [f"# HAProxy of bakery environment '{env.name}': written by bake.py, do not edit.",
-             f"{SETTINGS_MARK}{digest}", base.rstrip("\n")]
-    params = server_params(env)
-    lines += [f"    server {name} 127.0.0.1:{port} {params}" for name, port in servers]
-    return "\n".join(lines) + "\n"
-
-
-def settings_digest(text: str) -> str | None:
-    for line in text.splitlines()[:5]:
-        if line.startswith(SETTINGS_MARK):
-            return line[len(SETTINGS_MARK):].strip()
-    return None
 
 
 class HAProxy:
@@ -252,7 +192,8 @@ class HAProxy:
             try:
                 probe.bind(("127.0.0.1", self.env.lb_port))
             except OSError as exc:
-                raise ConfigError(f"{self.env.path / 'group_vars/all/deploy.yml'}: bakery_deploy.lb_port {self.env.lb_port}: "
+                raise ConfigError(f"{self.env.path / 'group_vars/all/deploy.yml'}: "
+                                  f"bakery_deploy.lb_port {self.env.lb_port}: "
                                   f"127.0.0.1:{self.env.lb_port} is in use by another process ({exc.strerror}); "
                                   "choose a free port") from exc
 
@@ -261,24 +202,27 @@ class HAProxy:
         tmp = self.cfg.with_name(f".haproxy.cfg.{os.getpid()}")
         tmp.write_text(text, encoding="utf-8")
         try:
-            proc = subprocess.run([HAPROXY, "-c", "-q", "-f", str(tmp)], capture_output=True, text=True, timeout=30, check=False)
+            proc = subprocess.run([HAPROXY, "-c", "-q", "-f", str(tmp)], capture_output=True, text=True, timeout=30,
+                                  check=False)
         except FileNotFoundError as exc:
             tmp.unlink(missing_ok=True)
             raise ConfigError(f"{HAPROXY} is not installed; run: make setup") from exc
         if proc.returncode != 0:
             tmp.unlink(missing_ok=True)
-            alerts = [line for line in (proc.stderr or proc.stdout).splitlines() if "ALERT" in line] or ["unknown error"]
-            raise OperationError(f"HAProxy refused the generated config for environment '{self.env.name}': {alerts[0].strip()}")
+            alerts = [line for line in (proc.stderr or proc.stdout).splitlines() if "ALERT" in line]
+            raise OperationError(f"HAProxy refused the generated config for environment '{self.env.name}': "
+                                 f"{(alerts or ['unknown error'])[0].strip()}")
         tmp.replace(self.cfg)
 
     def _spawn(self, *extra: str) -> None:
         cmd = [HAPROXY, "-D", "-f", str(self.cfg), *extra]
         log.info("$ %s", shlex.join(cmd))
         # Its own session and no inherited output: the daemon outlives bake.py and never holds its pipes.
-        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                              timeout=30, check=False, start_new_session=True)
+        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True, timeout=30, check=False, start_new_session=True)
         if proc.returncode != 0:
-            alerts = [line for line in proc.stderr.splitlines() if "ALERT" in line] or proc.stderr.strip().splitlines()[-1:] or ["?"]
+            alerts = ([line for line in proc.stderr.splitlines() if "ALERT" in line]
+                      or proc.stderr.strip().splitlines()[-1:] or ["?"])
             raise OperationError(f"HAProxy of environment '{self.env.name}' did not start: {alerts[0].strip()}")
 
     def _wait_started(self, old_pid: int | None = None) -> None:
@@ -288,7 +232,8 @@ class HAProxy:
             if pid is not None and pid != old_pid and self.socket.answers():
                 return
             time.sleep(0.05)
-        raise OperationError(f"HAProxy of environment '{self.env.name}' did not answer on {self.sock_path} within {START_TIMEOUT:.0f} s")
+        raise OperationError(f"HAProxy of environment '{self.env.name}' did not answer on {self.sock_path} "
+                             f"within {START_TIMEOUT:.0f} s")
 
     def _start(self) -> None:
         self._check_port()
@@ -300,7 +245,8 @@ class HAProxy:
         log.info("started HAProxy for %s on 127.0.0.1:%d (pid %s)", self.env.name, self.env.lb_port, self.pid())
 
     def _reload(self, old_pid: int) -> None:
-        """Seamless reload: same servers and states, listening sockets handed over, old process finishes its requests."""
+        """Seamless reload: same servers and states, listening sockets handed over, old process finishes its
+        requests."""
         servers: list[Server] = []
         if self.socket.answers():
             state = self.socket.command(f"show servers state {BACKEND}")
@@ -313,7 +259,8 @@ class HAProxy:
         log.info("reloaded HAProxy for %s (pid %s, was %s)", self.env.name, self.pid(), old_pid)
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> bool:
-        """Soft stop (SIGUSR1: stop listening, finish connections), SIGTERM after the timeout. False if it was not running."""
+        """Soft stop (SIGUSR1: stop listening, finish connections), SIGTERM after the timeout.
+        False if it was not running."""
         pid = self.pid()
         if pid is None:
             for stale in (self.sock_path, self.pid_path):
@@ -362,7 +309,8 @@ class HAProxy:
     def _admin(self, line: str, ok: tuple[str, ...] = ("",)) -> str:
         answer = self.socket.command(line).strip()
         if answer not in ok:
-            raise HAProxyError(f"HAProxy of environment '{self.env.name}' refused '{line}': {answer.splitlines()[0] if answer else '?'}")
+            first = answer.splitlines()[0] if answer else "?"
+            raise HAProxyError(f"HAProxy of environment '{self.env.name}' refused '{line}': {first}")
         return answer
 
     def add_server(self, name: str, port: int) -> None:
@@ -371,9 +319,11 @@ class HAProxy:
         Idempotent: a server that exists already (an interrupted run added it) is put in the same state."""
         existing = self.servers().get(name)
         if existing is None:
-            self._admin(f"add server {BACKEND}/{name} 127.0.0.1:{port} {server_params(self.env)}", ok=("New server registered.",))
+            self._admin(f"add server {BACKEND}/{name} 127.0.0.1:{port} {server_params(self.env)}",
+                        ok=("New server registered.",))
         elif existing.port != port:
-            raise HAProxyError(f"HAProxy of environment '{self.env.name}' has a server {name} on port {existing.port}, not {port}")
+            raise HAProxyError(f"HAProxy of environment '{self.env.name}' has a server {name} on port {existing.port}, "
+                               f"not {port}")
         elif existing.in_service:
             return
         self._admin(f"set server {BACKEND}/{name} state drain")
@@ -397,7 +347,8 @@ class HAProxy:
             if answer.startswith("Server deleted") or "No such server" in answer or "No such backend" in answer:
                 return
             if time.monotonic() > deadline:
-                raise HAProxyError(f"HAProxy of environment '{self.env.name}' did not let go of server {name}: {answer}")
+                raise HAProxyError(f"HAProxy of environment '{self.env.name}' did not let go of server {name}: "
+                                   f"{answer}")
             time.sleep(0.1)
 
     def wait_idle(self, name: str, timeout: float) -> bool:

@@ -1,0 +1,93 @@
+"""An environment's runtime config (runtime.yml) edited by `bake.py config set`: KEY=VALUE pairs written into
+the file in place, other lines and comments kept, and validated like a deploy would load it before the real
+file is touched.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from bakery.config import PROJECT_FILE, Project
+from bakery.environments import Environment, load_environment
+from bakery.errors import ConfigError
+
+RUNTIME_HEADER = re.compile(r"^bakery_runtime\s*:\s*(#.*)?$")
+PAIR = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$", re.S)
+
+
+def parse_pairs(pairs: tuple[str, ...] | list[str]) -> dict[str, str]:
+    values = {}
+    for pair in pairs:
+        match = PAIR.match(pair)
+        if not match:
+            raise ConfigError(f"'{pair}' is not KEY=VALUE (an upper-case variable name, '=', the value)")
+        values[match.group(1)] = match.group(2)
+    if not values:
+        raise ConfigError("give at least one KEY=VALUE to set")
+    return values
+
+
+def edit_runtime_yaml(text: str | None, values: dict[str, str]) -> str:
+    """runtime.yml with `values` set under bakery_runtime; other lines and comments stay as they are."""
+    lines = (text or "---\nbakery_runtime:\n").splitlines()
+    start = next((i for i, line in enumerate(lines) if RUNTIME_HEADER.match(line)), None)
+    if start is None:  # no block form to edit in place (flow style, or no bakery_runtime): rewrite the mapping
+        data = load_yaml_text(text) or {}
+        runtime = dict(data.get("bakery_runtime") or {}) if isinstance(data, dict) else {}
+        runtime.update(values)
+        body = "".join(f"  {key}: {json.dumps(str(value))}\n" for key, value in runtime.items())
+        return "---\nbakery_runtime:\n" + body
+    end = start + 1
+    while end < len(lines) and (not lines[end].strip() or lines[end][:1] in (" ", "\t") or _comment(lines[end])):
+        end += 1
+    block = lines[start + 1:end]
+    keys = [i for i, line in enumerate(block) if line.strip() and not _comment(line)]
+    indent = next((re.match(r"^(\s+)", block[i]).group(1) for i in keys), "  ")
+    last_key = max(keys, default=-1)
+    for key, value in values.items():
+        rendered = f"{indent}{key}: {json.dumps(value)}"
+        pattern = re.compile(rf"^{re.escape(indent)}{re.escape(key)}\s*:")
+        index = next((i for i, line in enumerate(block) if pattern.match(line)), None)
+        if index is None:
+            last_key += 1
+            block.insert(last_key, rendered)
+        else:
+            block[index] = rendered
+    return "\n".join(lines[:start + 1] + block + lines[end:]) + "\n"
+
+
+def _comment(line: str) -> bool:
+    return line.lstrip().startswith("#")
+
+
+def load_yaml_text(text: str | None) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(text or "")
+    except yaml.YAMLError:
+        return None
+
+
+def runtime_path(env: Environment) -> Path:
+    return env.path / "group_vars" / "all" / "runtime.yml"
+
+
+def validate_runtime(project: Project, env_name: str, text: str) -> Environment:
+    """Load the environment as it would be with this runtime.yml, without touching the real file."""
+    real = project.root / "inventories" / env_name / "group_vars" / "all"
+    with tempfile.TemporaryDirectory(prefix="bakery-config-") as tmp:
+        shadow = Path(tmp)
+        shutil.copy(project.root / PROJECT_FILE, shadow / PROJECT_FILE)
+        folder = shadow / "inventories" / env_name / "group_vars" / "all"
+        folder.mkdir(parents=True)
+        shutil.copy(real / "deploy.yml", folder / "deploy.yml")
+        (folder / "runtime.yml").write_text(text, encoding="utf-8")
+        env = load_environment(Project(shadow), env_name, check_promotion=False)
+    env.path = project.root / "inventories" / env_name
+    return env
