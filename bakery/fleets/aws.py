@@ -145,8 +145,12 @@ class AwsFleet(AwsGroupFleet):
     def _new_version(self, request: RefreshRequest, template_id: str, pinned: str) -> int:
         """A launch template version for the release, made from the one the group is pinned to."""
         goal = request.goal
+        image = self._images.get(goal.image_id) or self._ami_of(goal.version)
+        if image is None:
+            raise OperationError(f"no AMI of {goal.image}:{goal.version} in {self.ec2.meta.region_name}; "
+                                 f"bake it with: ./bake.py build {goal.image} --target aws")
         data = launch_templates.launch_data(
-            image=self._images.get(goal.image_id) or self._ami_of(goal.version),
+            image=image,
             source=launch_templates.version_data(self.ec2, template_id, pinned), goal=goal, env_name=self.env.name,
             env_text=self._env_text(goal.runtime), instance_type=self.env.aws.get("instance_type", ""),
             release_id=request.release_id, kms_key_id=self._volume_key())

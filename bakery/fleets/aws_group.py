@@ -73,7 +73,7 @@ class AwsGroupFleet(Fleet):
             AutoScalingGroupNames=[self.group_name])["AutoScalingGroups"]
         if not found:
             raise ConfigError(f"{self._where()}: bakery_deploy.aws.auto_scaling_group '{self.group_name}' does not "
-                              f"exist in {self.autoscaling.meta.region_name}; create it (see README 'Running on AWS') "
+                              f"exist in {self.autoscaling.meta.region_name}; create it (see docs/aws.md) "
                               "or fix the name")
         return found[0]
 
@@ -182,7 +182,7 @@ class AwsGroupFleet(Fleet):
 
     def goal_for(self, version: str | None, digest: str | None, runtime: dict[str, str] | None = None) -> Goal | None:
         record = self.catalog.version(self.env.image, version) if version else None
-        if record is None:
+        if record is None or version is None:
             return None
         if runtime is None:
             runtime = self.known_runtime(digest or "") or {}

@@ -190,6 +190,15 @@ class Fleet(ABC):
         """The runtime config deployed under this digest before, when the target kept it."""
         return None
 
+    def adopt(self, version: str | None, run_id: str) -> None:
+        """Record in the catalog a version the target knows but this checkout does not (aws: from AMI tags).
+        Locally the catalog is the only record, so there is nothing to adopt."""
+        return None
+
+    def release_before(self, current: Goal, run_id: str) -> Goal | None:
+        """The release before `current` as the target remembers it, when the catalog has none (aws: SSM history)."""
+        return None
+
     @abstractmethod
     def goal_for(self, version: str | None, digest: str | None, runtime: dict[str, str] | None = None) -> Goal | None:
         """A goal for a version of the environment's image with a config (runtime looked up by digest when not

@@ -29,6 +29,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -169,7 +170,7 @@ class HAProxy:
     def running(self) -> bool:
         return self.pid() is not None
 
-    def ensure_running(self, servers_if_started: list[tuple[str, int]] = ()) -> str:
+    def ensure_running(self, servers_if_started: Sequence[tuple[str, int]] = ()) -> str:
         """Start HAProxy, or reload it when its settings changed. Returns 'started', 'reloaded' or 'running'."""
         self.folder.mkdir(parents=True, exist_ok=True)
         pid = self.pid()
@@ -197,7 +198,7 @@ class HAProxy:
                                   f"127.0.0.1:{self.env.lb_port} is in use by another process ({exc.strerror}); "
                                   "choose a free port") from exc
 
-    def _write_config(self, servers: list[tuple[str, int]]) -> None:
+    def _write_config(self, servers: Sequence[tuple[str, int]]) -> None:
         text = render_config(self.env, self.folder, servers)
         tmp = self.cfg.with_name(f".haproxy.cfg.{os.getpid()}")
         tmp.write_text(text, encoding="utf-8")

@@ -6,6 +6,7 @@ or the health check changed, never because servers came and went (those change a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from bakery.environments import Environment
@@ -23,7 +24,7 @@ def server_params(env: Environment) -> str:
             f"rise {hc.rise} fall {hc.fall} weight 100")
 
 
-def render_config(env: Environment, folder: Path, servers: list[tuple[str, int]] = ()) -> str:
+def render_config(env: Environment, folder: Path, servers: Sequence[tuple[str, int]] = ()) -> str:
     """The whole haproxy.cfg. The first lines carry a digest of everything but the server lines."""
     hc = env.health_check
     base = f"""global

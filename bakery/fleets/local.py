@@ -157,8 +157,8 @@ class LocalFleet(Fleet, InstanceGroup):
         while pending and time.monotonic() < deadline:
             members = {m.name: m for m in self.observe()}
             for name in list(pending):
-                m = members.get(name)
-                if m is not None and m.check_passed and self.probe(name)[0]:
+                seen = members.get(name)
+                if seen is not None and seen.check_passed and self.probe(name)[0]:
                     self.enable(name)
                     pending.discard(name)
             time.sleep(0.2)
@@ -178,7 +178,7 @@ class LocalFleet(Fleet, InstanceGroup):
 
     def goal_for(self, version: str | None, digest: str | None, runtime: dict[str, str] | None = None) -> Goal | None:
         record = self.catalog.version(self.env.image, version) if version else None
-        if record is None:
+        if record is None or version is None:
             return None
         provenance = record.get("provenance") or {}
         if runtime is None:

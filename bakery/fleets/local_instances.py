@@ -102,7 +102,7 @@ class PodmanInstances:
                 "-v", f"{runtime}:{LAUNCH_FILE}:ro",
                 "--stop-timeout", str(STOP_TIMEOUT)]
         volume = self._ensure_volume()
-        if volume:
+        if volume and self.env.data_volume:
             args += ["-v", f"{volume}:{self.env.data_volume.path}"]
         labels = {ENV_LABEL: self.env.name, PROJECT_LABEL: self.project_id, INSTANCE_LABEL: "1",
                   "io.bakery.image": goal.image, "io.bakery.version": goal.version,

@@ -18,7 +18,7 @@ from bakery.environments import Environment, load_environment
 from bakery.errors import ConfigError, OperationError
 from bakery.files import write_atomically
 from bakery.fleets import get_fleet
-from bakery.fleets.base import Fleet
+from bakery.fleets.base import Fleet, Goal
 from bakery.fleets.planning import effective_preferences
 from bakery.fleets.rollout import ReleaseResult, Session, find_release, recover, rollout
 from bakery.fleets.runtime_config import edit_runtime_yaml, parse_pairs, runtime_path, validate_runtime
@@ -44,6 +44,16 @@ def _adopt_on_aws(session: Session, env: Environment, version: str | None, kind:
         open_fleet(session, env).adopt(version, f"{kind}-{os.getpid()}")
 
 
+def _launchable(fleet: Fleet, version: str, digest: str, runtime: dict[str, str]) -> Goal:
+    """The goal for a version the catalog resolved, checked launchable on the fleet's target."""
+    goal = fleet.goal_for(version, digest, runtime)
+    if goal is None:
+        raise ConfigError(f"version '{fleet.env.image}:{version}' is not in this checkout's catalog; "
+                          f"list versions with: ./bake.py images {fleet.env.image}")
+    fleet.check_goal(goal)
+    return goal
+
+
 def _check_image(env: Environment, image: str) -> None:
     if image != env.image:
         raise ConfigError(f"{deploy_file(env)}: environment '{env.name}' deploys image '{env.image}', not '{image}'")
@@ -63,8 +73,7 @@ def deploy(session: Session, env: Environment, image: str, version: str | None, 
     version = session.catalog.resolve(image, version)["version"]
     effective_preferences(env.refresh, overrides or {})  # bad flags fail before anything happens
     fleet = open_fleet(session, env)
-    goal = fleet.goal_for(version, sha256_json(env.runtime), env.runtime)
-    fleet.check_goal(goal)
+    goal = _launchable(fleet, version, sha256_json(env.runtime), env.runtime)
     forced = require_verified(session.catalog, image, version, required=env.require_verified, force=force,
                               env=env.name)
     with cancellable() as cancel, fleet.lock():
@@ -158,8 +167,7 @@ def promote(session: Session, env: Environment, image: str, version: str | None,
     require_verified(session.catalog, image, version, required=True, force=False, env=env.name)
     _require_healthy_in(source_fleet, source, image, version)
     fleet = open_fleet(session, env)
-    goal = fleet.goal_for(version, sha256_json(env.runtime), env.runtime)
-    fleet.check_goal(goal)
+    goal = _launchable(fleet, version, sha256_json(env.runtime), env.runtime)
     with cancellable() as cancel, fleet.lock():
         resumed = recover(session, fleet, cancel)
         return rollout(session, fleet, goal, overrides, "promote", False, cancel, resumed)
@@ -283,8 +291,7 @@ def config_set(session: Session, env: Environment, pairs: tuple[str, ...] | list
         if current is None:
             session.progress.note(f"{env.name}: the environment is down; the new config applies at the next deploy")
             return {**summary, "result": "written", "release": None, "resumed": resumed}
-        goal = fleet.goal_for(current.version, new_env.config_digest(), new_env.runtime)
-        fleet.check_goal(goal)
+        goal = _launchable(fleet, current.version, new_env.config_digest(), new_env.runtime)
         result = rollout(session, fleet, goal, overrides, "config", False, cancel, resumed)
         if not result.ok:
             if old_text is None:

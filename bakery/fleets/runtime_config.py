@@ -47,7 +47,7 @@ def edit_runtime_yaml(text: str | None, values: dict[str, str]) -> str:
         end += 1
     block = lines[start + 1:end]
     keys = [i for i, line in enumerate(block) if line.strip() and not _comment(line)]
-    indent = next((re.match(r"^(\s+)", block[i]).group(1) for i in keys), "  ")
+    indent = next((m.group(1) for i in keys if (m := re.match(r"^(\s+)", block[i]))), "  ")
     last_key = max(keys, default=-1)
     for key, value in values.items():
         rendered = f"{indent}{key}: {json.dumps(value)}"
