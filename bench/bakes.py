@@ -41,8 +41,8 @@ SHIM_PATH = "/usr/bin"  # podman-docker's `docker` must win over /usr/local/bin/
 
 def fact_cache_env(folder: Path) -> dict[str, str]:
     """Gather facts once per bake and reuse them for the later layers' plays (jsonfile cache, smart gathering)."""
-    return {"ANSIBLE_GATHERING": "smart", "ANSIBLE_CACHE_PLUGIN": "jsonfile", "ANSIBLE_CACHE_PLUGIN_CONNECTION": str(folder),
-            "ANSIBLE_CACHE_PLUGIN_TIMEOUT": "3600"}
+    return {"ANSIBLE_GATHERING": "smart", "ANSIBLE_CACHE_PLUGIN": "jsonfile",
+            "ANSIBLE_CACHE_PLUGIN_CONNECTION": str(folder), "ANSIBLE_CACHE_PLUGIN_TIMEOUT": "3600"}
 
 
 def cold_bake(project: BenchProject, env: dict[str, str] | None = None) -> tuple[float, Memory, dict]:
@@ -51,11 +51,13 @@ def cold_bake(project: BenchProject, env: dict[str, str] | None = None) -> tuple
 
 
 def packer_bake(project: BenchProject, tag: str, role_vars: dict[str, str]) -> float:
-    env = {**os.environ, "PATH": f"{SHIM_PATH}:{os.environ.get('PATH', '')}", "PACKER_NO_COLOR": "1", "CHECKPOINT_DISABLE": "1"}
+    env = {**os.environ, "PATH": f"{SHIM_PATH}:{os.environ.get('PATH', '')}", "PACKER_NO_COLOR": "1",
+           "CHECKPOINT_DISABLE": "1"}
     cmd = ["packer", "build", "-color=false",
            "-var", f"image_name={IMAGE}", "-var", f"playbook=playbooks/{IMAGE}.yml",
            "-var", f"roles_path={project.root / 'roles'}", "-var", f"ansible_playbook={ANSIBLE_PLAYBOOK}",
-           "-var", f"artifact_path={role_vars['webapp_artifact_path']}", "-var", f"artifact_sha256={role_vars['webapp_artifact_sha256']}",
+           "-var", f"artifact_path={role_vars['webapp_artifact_path']}",
+           "-var", f"artifact_sha256={role_vars['webapp_artifact_sha256']}",
            "-var", f"artifact_version={role_vars['webapp_artifact_version']}",
            "-var", f"image_repository={PACKER_REPO}", "-var", f"image_tag={tag}", "packer/local.pkr.hcl"]
     try:
@@ -116,8 +118,8 @@ def _wait_booted(container: str, timeout: float = 90) -> None:
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        state = subprocess.run(["podman", "exec", container, "systemctl", "is-system-running"], capture_output=True, text=True,
-                               check=False).stdout.strip()
+        state = subprocess.run(["podman", "exec", container, "systemctl", "is-system-running"],
+                               capture_output=True, text=True, check=False).stdout.strip()
         if state in ("running", "degraded"):
             return
         time.sleep(0.3)
@@ -176,7 +178,8 @@ def app_only(project: BenchProject, runs: int) -> tuple[list[float], list[str]]:
 def options(project: BenchProject) -> dict[str, tuple[float, str]]:
     """Each speed-up option measured once (not alternated, so indicative only): (seconds, image ref)."""
     found: dict[str, tuple[float, str]] = {}
-    for name, env in (("no mitogen", {"BAKERY_MITOGEN": "0"}), ("fact cache", fact_cache_env(project.root.parent / "facts"))):
+    for name, env in (("no mitogen", {"BAKERY_MITOGEN": "0"}),
+                      ("fact cache", fact_cache_env(project.root.parent / "facts"))):
         log(f"option: bake.py, {name}")
         seconds, _memory, result = cold_bake(project, env={**os.environ, **env})
         found[name] = (seconds, result["ref"])
@@ -193,4 +196,5 @@ if __name__ == "__main__":
         out = cold_rounds(proj, int(sys.argv[1]) if len(sys.argv) > 1 else 1)
         out["no_change"] = no_change(proj, 3)
         out["app_only"] = app_only(proj, 1)
-        print(json.dumps({**out, "memory": [vars(m) for m in out["memory"]], "cold_median": median(out["times"]["bake"])}, indent=1))
+        print(json.dumps({**out, "memory": [vars(m) for m in out["memory"]],
+                          "cold_median": median(out["times"]["bake"])}, indent=1))

@@ -23,21 +23,25 @@ def time_cli(project: Path, args: list[str], runs: int) -> list[float]:
     times = []
     for _ in range(runs):
         started = time.monotonic()
-        proc = subprocess.run([str(PYTHON), str(BAKE), "--project", str(project), *args], capture_output=True, text=True, check=False)
+        proc = subprocess.run([str(PYTHON), str(BAKE), "--project", str(project), *args],
+                              capture_output=True, text=True, check=False)
         times.append(time.monotonic() - started)
         if proc.returncode != 0:
-            raise SystemExit(f"bench: bake.py {' '.join(args)} failed: {(proc.stderr.strip() or 'no output').splitlines()[-1]}")
+            raise SystemExit(f"bench: bake.py {' '.join(args)} failed: "
+                             f"{(proc.stderr.strip() or 'no output').splitlines()[-1]}")
     return times
 
 
 def big_catalog(parent: Path) -> tuple[Path, str, float]:
-    """A project copy whose catalog holds IMAGES x VERSIONS_PER_IMAGE ready versions; returns (project, a version ref, seconds to fill)."""
+    """A project copy whose catalog holds IMAGES x VERSIONS_PER_IMAGE ready versions; returns (project, a version
+    ref, seconds to fill)."""
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
     from bakery.catalog import open_catalog
 
     project = parent / "scale"
-    shutil.copytree(REPO, project, ignore=lambda _dir, names: [n for n in names if n in SKIP or n.startswith(".bakery-")])
+    shutil.copytree(REPO, project,
+                    ignore=lambda _dir, names: [n for n in names if n in SKIP or n.startswith(".bakery-")])
     catalog = open_catalog(project / ".bakery")
     started = time.monotonic()
     ref = ""
@@ -45,13 +49,16 @@ def big_catalog(parent: Path) -> tuple[Path, str, float]:
         image = f"image-{n % IMAGES:02d}"
         version = catalog.reserve_version(image, f"bench-run-{n}", 1)
         digest = f"sha256:{n:064x}"
-        provenance = {"image": image, "version": version, "git_commit": f"{n:040x}", "git_message": "bench", "git_branch": "main",
-                      "git_dirty": False, "build_time": "2026-11-29T00:00:00Z", "base_image": "localhost/bakery/base:bookworm",
+        provenance = {"image": image, "version": version, "git_commit": f"{n:040x}", "git_message": "bench",
+                      "git_branch": "main", "git_dirty": False, "build_time": "2026-11-29T00:00:00Z",
+                      "base_image": "localhost/bakery/base:bookworm",
                       "base_digest": digest, "input_digest": digest, "bakery_version": "bench",
-                      "roles": {role: digest for role in ("base", "hardening", "webapp")}, "artifacts": {"webapp": "1.0.0"}}
+                      "roles": {role: digest for role in ("base", "hardening", "webapp")},
+                      "artifacts": {"webapp": "1.0.0"}}
         catalog.complete_version(image, version, image_ref=f"localhost/bakery/{image}:{version}", image_id=f"{n:064x}",
                                  input_digest=digest, provenance=provenance,
-                                 layers=[{"role": role, "role_digest": digest, "key": f"{digest}-{role}", "cached": False}
+                                 layers=[{"role": role, "role_digest": digest, "key": f"{digest}-{role}",
+                                          "cached": False}
                                          for role in ("base", "hardening", "webapp")])
         ref = f"{image}:{version}"
     catalog.close()

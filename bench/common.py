@@ -50,7 +50,8 @@ def log(message: str) -> None:
     print(f"bench {time.strftime('%H:%M:%S')} {message}", file=sys.stderr, flush=True)
 
 
-def run(cmd: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 1800) -> subprocess.CompletedProcess:
+def run(cmd: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None,
+        timeout: float = 1800) -> subprocess.CompletedProcess:
     """Run a command; a failure stops the benchmark with the command's last line of error output."""
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout, check=False)
     if proc.returncode != 0:
@@ -159,7 +160,8 @@ class BenchProject:
         self.root = Path(tempfile.mkdtemp(prefix="bakery-bench-", dir=parent)) / "project"
 
     def __enter__(self) -> BenchProject:
-        shutil.copytree(REPO, self.root, ignore=lambda _dir, names: [n for n in names if n in SKIP or n.startswith(".bakery-")])
+        shutil.copytree(REPO, self.root,
+                        ignore=lambda _dir, names: [n for n in names if n in SKIP or n.startswith(".bakery-")])
         playbooks = self.root / "playbooks"
         (playbooks / f"{SOURCE_IMAGE}.yml").rename(playbooks / f"{IMAGE}.yml")
         for other in playbooks.glob("*.yml"):
@@ -219,14 +221,16 @@ class BenchProject:
 
 
 def remove_bench_containers() -> None:
-    out = subprocess.run(["podman", "ps", "-aq", "--filter", f"label={BENCH_LABEL}"], capture_output=True, text=True, check=False)
+    out = subprocess.run(["podman", "ps", "-aq", "--filter", f"label={BENCH_LABEL}"],
+                         capture_output=True, text=True, check=False)
     for cid in out.stdout.split():
         subprocess.run(["podman", "rm", "-f", "-t", "0", cid], capture_output=True, check=False)
 
 
 def remove_images(repositories: list[str]) -> None:
     """Remove every image of these repositories (only the benchmark writes them); never the shared base."""
-    base = subprocess.run(["podman", "image", "inspect", "--format", "{{.Id}}", BASE], capture_output=True, text=True, check=False).stdout.strip()
+    base = subprocess.run(["podman", "image", "inspect", "--format", "{{.Id}}", BASE],
+                          capture_output=True, text=True, check=False).stdout.strip()
     for repository in repositories:
         out = subprocess.run(["podman", "images", "--format", "{{.ID}}", "--filter", f"reference={repository}"],
                              capture_output=True, text=True, check=False)

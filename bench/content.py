@@ -26,7 +26,8 @@ def file_tree(ref: str) -> set[str]:
 
 
 def compare(ref: str, other: str) -> tuple[int, list[str], list[str]]:
-    """(paths in both, paths only in ref, paths only in other), ignoring what differs between any two bakes (logs, caches of ids)."""
+    """(paths in both, paths only in ref, paths only in other), ignoring what differs between any two bakes (logs,
+    caches of ids)."""
     def keep(path: str) -> bool:
         return not path.startswith(("var/log/", "var/lib/systemd/", "var/cache/debconf/", "var/lib/dpkg/triggers/"))
 

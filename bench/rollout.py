@@ -7,7 +7,8 @@ through HAProxy without keep-alive, and reports wall time, time per instance, re
 failed (any non-200 or connection error). Ratios are against the first strategy. Every
 environment is taken down and its inventory removed afterwards.
 
-    .venv/bin/python bench/rollout.py --from 20261128.001 --to 20261128.002 [--instances 4] [--project DIR] [--image NAME]
+    .venv/bin/python bench/rollout.py --from 20261128.001 --to 20261128.002 \\
+        [--instances 4] [--project DIR] [--image NAME]
 """
 
 from __future__ import annotations
@@ -31,10 +32,14 @@ BAKE = REPO / "bake.py"
 
 # name -> refresh preferences (everything else as in a fast test environment)
 STRATEGIES = {
-    "surge": {"min_healthy_percentage": 100, "max_healthy_percentage": 150},  # launch before terminating, half at a time
-    "rolling": {"min_healthy_percentage": 75, "max_healthy_percentage": 125},  # one surge + one terminate-first per batch
-    "terminate-first": {"min_healthy_percentage": 50, "max_healthy_percentage": 100},  # no extra capacity
-    "one-by-one": {"min_healthy_percentage": 100, "max_healthy_percentage": 110},  # the most careful
+    # launch before terminating, half at a time
+    "surge": {"min_healthy_percentage": 100, "max_healthy_percentage": 150},
+    # one surge + one terminate-first per batch
+    "rolling": {"min_healthy_percentage": 75, "max_healthy_percentage": 125},
+    # no extra capacity
+    "terminate-first": {"min_healthy_percentage": 50, "max_healthy_percentage": 100},
+    # the most careful
+    "one-by-one": {"min_healthy_percentage": 100, "max_healthy_percentage": 110},
 }
 
 
@@ -50,7 +55,8 @@ def free_port() -> int:
 
 
 def bake(project: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(BAKE), "--project", str(project), *args], capture_output=True, text=True, check=False)
+    return subprocess.run([sys.executable, str(BAKE), "--project", str(project), *args],
+                          capture_output=True, text=True, check=False)
 
 
 class Load:
@@ -93,7 +99,8 @@ def write_env(project: Path, name: str, instances: int, prefs: dict, image: str 
     folder = project / "inventories" / name / "group_vars" / "all"
     folder.mkdir(parents=True)
     settings = {"target": "local", "image": image, "instances": instances, "lb_port": port, "require_verified": False,
-                "health_check": {"path": "/health", "port": 8080, "interval_ms": 200, "rise": 1, "fall": 2, "timeout_ms": 1000},
+                "health_check": {"path": "/health", "port": 8080, "interval_ms": 200, "rise": 1, "fall": 2,
+                                 "timeout_ms": 1000},
                 "refresh": {"instance_warmup": 1, "health_check_grace": 60, **prefs}}
     (folder / "deploy.yml").write_text(yaml.safe_dump({"bakery_deploy": settings}, sort_keys=False))
     (folder / "runtime.yml").write_text(yaml.safe_dump({"bakery_runtime": {"ENVIRONMENT": name}}))
@@ -130,22 +137,26 @@ def main() -> int:
     parser.add_argument("--instances", type=int, default=4)
     parser.add_argument("--image", default="webapp", help="image whose versions are rolled out")
     parser.add_argument("--json", action="store_true", help="print the results as JSON (for bench/run_all.py)")
-    parser.add_argument("--strategies", default=",".join(STRATEGIES), help="comma-separated subset of: " + ", ".join(STRATEGIES))
+    parser.add_argument("--strategies", default=",".join(STRATEGIES),
+                        help="comma-separated subset of: " + ", ".join(STRATEGIES))
     args = parser.parse_args()
     results = {}
     for strategy in args.strategies.split(","):
         name = f"bench-{strategy}"[:40]
-        results[strategy] = measure(args.project.resolve(), name, args.instances, STRATEGIES[strategy], args.old, args.new, args.image)
+        results[strategy] = measure(args.project.resolve(), name, args.instances, STRATEGIES[strategy],
+                                    args.old, args.new, args.image)
         print(f"{strategy}: done", file=sys.stderr)
     if args.json:
         print(json.dumps({"instances": args.instances, "results": results}))
         return 1 if any(r["failed"] for r in results.values()) else 0
     base = next(iter(results.values()))
-    print(f"rollout of {args.instances} instances, {args.image}:{args.old} -> {args.image}:{args.new}, under ~80 requests/s")
+    print(f"rollout of {args.instances} instances, {args.image}:{args.old} -> {args.image}:{args.new}, "
+          "under ~80 requests/s")
     print(f"{'strategy':<16} {'wall s':>7} {'s/instance':>10} {'ratio':>6} {'requests':>9} {'failed':>7}  preferences")
     for strategy, r in results.items():
         prefs = STRATEGIES[strategy]
-        print(f"{strategy:<16} {r['wall']:>7.1f} {r['per_instance']:>10.1f} {r['wall'] / base['wall']:>6.2f} {r['requests']:>9} {r['failed']:>7}"
+        print(f"{strategy:<16} {r['wall']:>7.1f} {r['per_instance']:>10.1f} {r['wall'] / base['wall']:>6.2f} "
+              f"{r['requests']:>9} {r['failed']:>7}"
               f"  min {prefs['min_healthy_percentage']}% max {prefs['max_healthy_percentage']}%")
     return 1 if any(r["failed"] for r in results.values()) else 0
 

@@ -1,4 +1,5 @@
-"""The AWS docs stay true: the CloudFormation example passes cfn-lint, and the IAM policy grants every AWS call bakery makes.
+"""The AWS docs stay true: the CloudFormation example passes cfn-lint, and the IAM policy grants every AWS call
+bakery makes.
 
 The calls are found statically: every `x.method(...)` (and `x.get_paginator("method")`) in bakery/ whose name is an
 operation of a service bakery creates clients for, resolved to its service by the receiver's name (`ec2`, `self.ssm`,
@@ -28,7 +29,8 @@ TEMPLATE = REPO / "docs" / "cloudformation" / "environment.yaml"
 RECEIVER_ALIASES = {"ib": "imagebuilder", "refresh_client": "autoscaling", "asg": "autoscaling"}
 IAM_PREFIX = {"elbv2": "elasticloadbalancing"}
 # S3 operations whose IAM action has another name.
-S3_ACTIONS = {"HeadObject": "GetObject", "HeadBucket": "ListBucket", "ListObjectsV2": "ListBucket", "ListObjects": "ListBucket"}
+S3_ACTIONS = {"HeadObject": "GetObject", "HeadBucket": "ListBucket", "ListObjectsV2": "ListBucket",
+              "ListObjects": "ListBucket"}
 
 
 @cache
@@ -43,7 +45,8 @@ def _client(service: str):
 
 
 def _services_used(trees: dict[Path, ast.AST]) -> set[str]:
-    """Service names given as string arguments to anything called *client* (client("ec2", ...), _clients(p, e, "logs"))."""
+    """Service names given as string arguments to anything called *client* (client("ec2", ...), _clients(p, e,
+    "logs"))."""
     known = set(_session().get_available_services())
     used = set()
     for tree in trees.values():
@@ -56,7 +59,8 @@ def _services_used(trees: dict[Path, ast.AST]) -> set[str]:
 
 
 def _receiver_service(receiver: ast.AST | None, services: set[str]) -> str | None:
-    """The service a client expression belongs to: client("svc", ...) or a name like ec2, self.ssm, ib (aliases above)."""
+    """The service a client expression belongs to: client("svc", ...) or a name like ec2, self.ssm, ib (aliases
+    above)."""
     if receiver is None:
         return None
     if isinstance(receiver, ast.Call) and receiver.args and isinstance(receiver.args[0], ast.Constant):
@@ -69,13 +73,14 @@ def _receiver_service(receiver: ast.AST | None, services: set[str]) -> str | Non
 def _names(node: ast.AST, all_methods: set[str]) -> tuple[list[str], ast.AST | None]:
     """The client method names a node refers to, and the receiver expression when there is one.
 
-    `x.describe_images(...)` and `_all(x.list_components, ...)`: the attribute; `x.get_paginator("describe_instances")`: the
-    string; `getattr(x, f"create_{kind}_configuration")`: every method matching the pattern; a bare string constant naming
-    a method (a lookup table for getattr): that method.
+    `x.describe_images(...)` and `_all(x.list_components, ...)`: the attribute;
+    `x.get_paginator("describe_instances")`: the string; `getattr(x, f"create_{kind}_configuration")`: every method
+    matching the pattern; a bare string constant naming a method (a lookup table for getattr): that method.
     """
     if isinstance(node, ast.Attribute):
         return [node.attr], node.value
-    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get_paginator" and node.args:
+    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get_paginator"
+            and node.args):
         if isinstance(node.args[0], ast.Constant):
             return [node.args[0].value], node.func.value
     if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "getattr" and len(node.args) >= 2:
@@ -88,7 +93,8 @@ def _names(node: ast.AST, all_methods: set[str]) -> tuple[list[str], ast.AST | N
 
 
 def aws_operations() -> tuple[dict[tuple[str, str], set[str]], list[str]]:
-    """{(service, Operation): {file:line, ...}} for every AWS call in bakery/, and the references that could not be resolved."""
+    """{(service, Operation): {file:line, ...}} for every AWS call in bakery/, and the references that could not be
+    resolved."""
     trees = {path: ast.parse(path.read_text(encoding="utf-8")) for path in sorted((REPO / "bakery").rglob("*.py"))}
     services = _services_used(trees)
     methods = {svc: _client(svc).meta.method_to_api_mapping for svc in services}
@@ -130,16 +136,19 @@ def policy_actions() -> list[str]:
 
 def test_the_iam_policy_grants_every_aws_call_bakery_makes():
     found, ambiguous = aws_operations()
-    assert not ambiguous, "name the client variable after its service so the call can be checked: " + "; ".join(ambiguous)
+    assert not ambiguous, ("name the client variable after its service so the call can be checked: "
+                           + "; ".join(ambiguous))
     assert {svc for svc, _ in found} >= {"ec2", "autoscaling", "ssm"}  # the scan sees the calls at all
     granted = policy_actions()
     missing = {iam_action(svc, op): sorted(where)[0] for (svc, op), where in found.items()
                if not any(fnmatch.fnmatchcase(iam_action(svc, op), pattern) for pattern in granted)}
-    assert not missing, f"{POLICY.relative_to(REPO)} lacks: " + ", ".join(f"{a} (called at {w})" for a, w in sorted(missing.items()))
+    assert not missing, (f"{POLICY.relative_to(REPO)} lacks: "
+                         + ", ".join(f"{a} (called at {w})" for a, w in sorted(missing.items())))
 
 
 def test_the_cloudformation_example_passes_cfn_lint():
-    proc = subprocess.run([str(REPO / ".venv" / "bin" / "cfn-lint"), "--", str(TEMPLATE)], capture_output=True, text=True, timeout=120, check=False)
+    proc = subprocess.run([str(REPO / ".venv" / "bin" / "cfn-lint"), "--", str(TEMPLATE)],
+                          capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -158,11 +167,14 @@ def test_the_settings_examples_in_the_aws_docs_load(proj):
     assert load_aws_settings(yaml.safe_load(settings)["aws"]).regions == ["eu-west-1", "eu-central-1"]
     deploy = re.search(r"`inventories/<env>/group_vars/all/deploy.yml`:\n\n```yaml\n(.*?)```", text, re.S).group(1)
     (proj / "playbooks" / "webapp.yml").write_text((proj / "playbooks" / "sample.yml").read_text())
-    for env, body in (("qa", deploy), ("dev", "bakery_deploy: {target: aws, image: webapp, aws: {auto_scaling_group: g, launch_template: t}}\n")):
+    for env, body in (("qa", deploy),
+                      ("dev", "bakery_deploy: {target: aws, image: webapp, "
+                              "aws: {auto_scaling_group: g, launch_template: t}}\n")):
         (proj / "inventories" / env / "group_vars" / "all").mkdir(parents=True)
         (proj / "inventories" / env / "group_vars" / "all" / "deploy.yml").write_text(body)
     env = load_environment(Project(proj), "qa")
-    assert env.target == "aws" and env.aws["auto_scaling_group"] == "bakery-qa" and env.refresh.max_healthy_percentage == 150
+    assert (env.target == "aws" and env.aws["auto_scaling_group"] == "bakery-qa"
+            and env.refresh.max_healthy_percentage == 150)
 
 
 DESTRUCTIVE = {"ec2:DeregisterImage", "ec2:DeleteSnapshot", "ec2:ModifyImageAttribute", "ec2:ModifySnapshotAttribute",
@@ -170,7 +182,8 @@ DESTRUCTIVE = {"ec2:DeregisterImage", "ec2:DeleteSnapshot", "ec2:ModifyImageAttr
 
 
 def test_the_policy_lets_bakery_change_only_what_it_tagged_as_its_own():
-    """Deleting, sharing and tagging need a condition: a role that could tag anything bakery:managed could then delete or publish it."""
+    """Deleting, sharing and tagging need a condition: a role that could tag anything bakery:managed could then delete
+    or publish it."""
     policy = json.loads(POLICY.read_text(encoding="utf-8"))
     granting = defaultdict(list)  # action -> the Condition of every statement that grants it (through a wildcard too)
     for statement in policy["Statement"]:
@@ -180,7 +193,8 @@ def test_the_policy_lets_bakery_change_only_what_it_tagged_as_its_own():
                 granting[action].append(statement.get("Condition") or {})
     assert set(granting) == DESTRUCTIVE | {"ec2:CreateTags", "s3:ListBucket"}
     for action in DESTRUCTIVE:
-        assert all(c.get("StringEquals", {}).get("aws:ResourceTag/bakery:managed") == "true" for c in granting[action]), action
+        assert all(c.get("StringEquals", {}).get("aws:ResourceTag/bakery:managed") == "true"
+                   for c in granting[action]), action
     own_keys = {"ForAllValues:StringLike": {"aws:TagKeys": ["bakery:*", "Name"]}}
     for condition in granting["ec2:CreateTags"]:
         equals = condition.get("StringEquals", {})

@@ -1,4 +1,5 @@
-"""`bake.py logs` and `top` on the aws target, against moto server: CloudWatch Logs streams and CWAgent procstat metrics."""
+"""`bake.py logs` and `top` on the aws target, against moto server: CloudWatch Logs streams and CWAgent procstat
+metrics."""
 
 from __future__ import annotations
 
@@ -35,19 +36,23 @@ def launch_two(version: str = "20261129.007") -> list[str]:
     """An AMI tagged as bakery tags its versions, and two instances of it in an Auto Scaling group."""
     ec2 = boto3.client("ec2")
     ami = ec2.register_image(Name=f"sample-{version}", RootDeviceName="/dev/xvda", VirtualizationType="hvm")["ImageId"]
-    ec2.create_tags(Resources=[ami], Tags=[{"Key": tags.IMAGE, "Value": "sample"}, {"Key": tags.VERSION, "Value": version}])
-    template = ec2.create_launch_template(LaunchTemplateName="bakery-awsobs", LaunchTemplateData={"ImageId": ami, "InstanceType": "t3.small"})
+    ec2.create_tags(Resources=[ami],
+                    Tags=[{"Key": tags.IMAGE, "Value": "sample"}, {"Key": tags.VERSION, "Value": version}])
+    template = ec2.create_launch_template(LaunchTemplateName="bakery-awsobs",
+                                          LaunchTemplateData={"ImageId": ami, "InstanceType": "t3.small"})
     autoscaling = boto3.client("autoscaling")
-    autoscaling.create_auto_scaling_group(AutoScalingGroupName=GROUP, MinSize=2, MaxSize=2, DesiredCapacity=2,
-                                          LaunchTemplate={"LaunchTemplateId": template["LaunchTemplate"]["LaunchTemplateId"]},
-                                          AvailabilityZones=["us-east-1a"])
+    autoscaling.create_auto_scaling_group(
+        AutoScalingGroupName=GROUP, MinSize=2, MaxSize=2, DesiredCapacity=2,
+        LaunchTemplate={"LaunchTemplateId": template["LaunchTemplate"]["LaunchTemplateId"]},
+        AvailabilityZones=["us-east-1a"])
     group = autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[GROUP])["AutoScalingGroups"][0]
     return sorted(i["InstanceId"] for i in group["Instances"])
 
 
 def journal_event(at: datetime, unit: str, message: str) -> dict:
     stamp = int(at.timestamp() * 1000)
-    entry = {"__REALTIME_TIMESTAMP": str(stamp * 1000), "_SYSTEMD_UNIT": unit, "SYSLOG_IDENTIFIER": "python3", "PRIORITY": "6", "MESSAGE": message}
+    entry = {"__REALTIME_TIMESTAMP": str(stamp * 1000), "_SYSTEMD_UNIT": unit, "SYSLOG_IDENTIFIER": "python3",
+             "PRIORITY": "6", "MESSAGE": message}
     return {"timestamp": stamp, "message": json.dumps(entry)}
 
 
@@ -58,9 +63,11 @@ def test_logs_merges_instance_streams_in_time_order_with_grep(aws, proj):
     logs.create_log_group(logGroupName=f"/bakery/{ENV}")
     start = datetime.now(UTC) - timedelta(minutes=3)
     events = {
-        first: [journal_event(start, "webapp.service", "marker one"), journal_event(start + timedelta(seconds=20), "webapp.service", "other"),
+        first: [journal_event(start, "webapp.service", "marker one"),
+                journal_event(start + timedelta(seconds=20), "webapp.service", "other"),
                 journal_event(start + timedelta(seconds=40), "cron.service", "marker from cron"),
-                {"timestamp": int((start + timedelta(seconds=50)).timestamp() * 1000), "message": "plain file line marker"}],
+                {"timestamp": int((start + timedelta(seconds=50)).timestamp() * 1000),
+                 "message": "plain file line marker"}],
         second: [journal_event(start + timedelta(seconds=10), "webapp.service", "marker two"),
                  journal_event(start + timedelta(seconds=30), "webapp.service", "marker three")],
     }
@@ -72,15 +79,19 @@ def test_logs_merges_instance_streams_in_time_order_with_grep(aws, proj):
     assert out.rc == 0, out.stderr
     lines = [json.loads(line) for line in out.stdout.splitlines()]
     assert [(line["instance"], line["message"]) for line in lines] == [
-        (first, "marker one"), (second, "marker two"), (second, "marker three"), (first, "marker from cron"), (first, "plain file line marker")]
-    assert {line["version"] for line in lines} == {"20261129.007"} and {line["origin"] for line in lines} == {"cloudwatch"}
+        (first, "marker one"), (second, "marker two"), (second, "marker three"), (first, "marker from cron"),
+        (first, "plain file line marker")]
+    assert ({line["version"] for line in lines} == {"20261129.007"}
+            and {line["origin"] for line in lines} == {"cloudwatch"})
 
     out = bake(proj, "logs", "--env", ENV, "--grep", "marker", "--unit", "webapp", "--since", "10m")
     assert out.rc == 0, out.stderr
     assert [line.split(" ", 1)[1] for line in out.stdout.splitlines()] == [
-        f"{first} 20261129.007 webapp: marker one", f"{second} 20261129.007 webapp: marker two", f"{second} 20261129.007 webapp: marker three"]
+        f"{first} 20261129.007 webapp: marker one", f"{second} 20261129.007 webapp: marker two",
+        f"{second} 20261129.007 webapp: marker three"]
 
-    out = bake(proj, "logs", "--env", ENV, "--since", "1m", "--grep", "marker", "--json")  # everything is older than a minute
+    # everything is older than a minute
+    out = bake(proj, "logs", "--env", ENV, "--since", "1m", "--grep", "marker", "--json")
     assert out.rc == 0 and out.stdout == ""
 
     # --follow polls from the newest event seen: only what arrives later, never a line twice.
@@ -123,7 +134,8 @@ def test_top_reads_the_procstat_metrics_of_every_instance(aws, proj):
                     {"Name": "InstanceId", "Value": instance}, {"Name": "AutoScalingGroupName", "Value": GROUP}]
             at = now - timedelta(minutes=minutes_ago)
             cloudwatch.put_metric_data(Namespace="CWAgent", MetricData=[
-                {"MetricName": "procstat_cpu_usage", "Dimensions": dims, "Timestamp": at, "Value": 2.5 if instance == first else 40.0},
+                {"MetricName": "procstat_cpu_usage", "Dimensions": dims, "Timestamp": at,
+                 "Value": 2.5 if instance == first else 40.0},
                 {"MetricName": "procstat_memory_rss", "Dimensions": dims, "Timestamp": at, "Value": 23_000_000},
                 {"MetricName": "procstat_num_fds", "Dimensions": dims, "Timestamp": at, "Value": 6 + minutes_ago},
                 {"MetricName": "procstat_pid", "Dimensions": dims, "Timestamp": at, "Value": pid},
@@ -135,8 +147,10 @@ def test_top_reads_the_procstat_metrics_of_every_instance(aws, proj):
     assert sorted(rows) == [first, second]
     assert (rows[first]["pid"], rows[first]["restarts"], rows[first]["cpu_percent"]) == (401, 0, 2.5)
     assert (rows[second]["pid"], rows[second]["restarts"], rows[second]["cpu_percent"]) == (777, 1, 40.0)
-    assert rows[first]["open_fds"] == 7 and rows[first]["memory_bytes"] == 23_000_000  # the latest datapoint, not an older one
-    assert {(r["version"], r["health"], r["unit"]) for r in rows.values()} == {("20261129.007", "Healthy", "webapp.service")}
+    # the latest datapoint, not an older one
+    assert rows[first]["open_fds"] == 7 and rows[first]["memory_bytes"] == 23_000_000
+    assert ({(r["version"], r["health"], r["unit"]) for r in rows.values()}
+            == {("20261129.007", "Healthy", "webapp.service")})
 
     out = bake(proj, "top", "--env", ENV)
     assert out.rc == 0 and first in out.stdout and "777" in out.stdout and "21.9 MiB" in out.stdout  # 23 000 000 bytes

@@ -10,7 +10,8 @@ import os
 # Not collected by `make test` (pyproject's testpaths): bake.py verify runs this file through testinfra
 # against an instance and sets BAKERY_VERIFY_IMAGE, _VERSION, _COMMIT and _ENV.
 
-PROBE = ("import sys,urllib.request\nr=urllib.request.urlopen(sys.argv[1],timeout=5)\nprint(r.status)\nprint(r.read().decode())")
+PROBE = ("import sys,urllib.request\nr=urllib.request.urlopen(sys.argv[1],timeout=5)\n"
+         "print(r.status)\nprint(r.read().decode())")
 
 
 def get(host, path):

@@ -40,7 +40,8 @@ def wait_for(predicate, timeout: float = 120, interval: float = 0.2):
 def run_instance(ref: str, name: str) -> str:
     """Boot an image the way the issue's acceptance test does, and wait for systemd."""
     podman.run("run", "-d", "--name", name, "--systemd=always", ref, "/sbin/init")
-    state = podman.run("exec", name, "systemctl", "is-system-running", "--wait", check=False, timeout=120).stdout.strip()
+    state = podman.run("exec", name, "systemctl", "is-system-running", "--wait",
+                       check=False, timeout=120).stdout.strip()
     return state
 
 
@@ -56,7 +57,8 @@ def remove_test_images():
     """Remove every image the tests baked (final images and cached layers carry io.bakery.image)."""
     yield
     for image in TEST_IMAGES:
-        ids = podman.run("images", "-a", "--filter", f"label=io.bakery.image={image}", "--format", "{{.ID}}").stdout.split()
+        ids = podman.run("images", "-a", "--filter", f"label=io.bakery.image={image}",
+                         "--format", "{{.ID}}").stdout.split()
         if ids:
             podman.run("rmi", "-f", *sorted(set(ids)), check=False)
 
@@ -72,14 +74,16 @@ def example_project(tmp_path_factory) -> Path:
     for name in PROJECT_FILES:
         source = REPO / name
         if source.is_dir():
-            shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__", ".bakery-*", ".pytest_cache"))
+            shutil.copytree(source, root / name,
+                            ignore=shutil.ignore_patterns("__pycache__", ".bakery-*", ".pytest_cache"))
         else:
             shutil.copy(source, root / name)
     init_repo(root, "Example project under test")
     return root
 
 
-# Run ids of every bake of the example project in this session: their images (final and cached layers) are removed at the end.
+# Run ids of every bake of the example project in this session: their images (final and cached layers) are removed
+# at the end.
 BAKE_RUNS: list[str] = []
 
 
@@ -92,7 +96,8 @@ def webapp_image(example_project):
     yield out.json
     ids = []
     for run_id in BAKE_RUNS:
-        ids += podman.run("images", "-a", "--filter", f"label=io.bakery.run={run_id}", "--format", "{{.ID}}").stdout.split()
+        ids += podman.run("images", "-a", "--filter", f"label=io.bakery.run={run_id}",
+                          "--format", "{{.ID}}").stdout.split()
     if ids:
         proc = podman.run("rmi", "-f", *sorted(set(ids)), check=False)
         if proc.returncode:

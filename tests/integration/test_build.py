@@ -28,7 +28,8 @@ def read_file(ref: str, path: str) -> str:
 
 
 def creates_since(since: str) -> list[str]:
-    out = podman.run("events", "--since", since, "--until", "0s", "--filter", "event=create", "--format", "{{.Name}}").stdout
+    out = podman.run("events", "--since", since, "--until", "0s", "--filter", "event=create",
+                     "--format", "{{.Name}}").stdout
     return out.split()
 
 
@@ -144,7 +145,8 @@ def test_keep_on_failure_keeps_the_container_and_says_how_to_enter(project):
 
 
 def test_two_concurrent_bakes_get_distinct_versions(project, cleanup_images):
-    procs = [subprocess.Popen([sys.executable, str(BAKE), "--project", str(project), "build", "sample", "--no-cache", "--json"],
+    procs = [subprocess.Popen([sys.executable, str(BAKE), "--project", str(project), "build", "sample", "--no-cache",
+                               "--json"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outs = [p.communicate(timeout=600) for p in procs]
     import json
@@ -204,7 +206,8 @@ def test_another_checkout_baking_the_same_layers_does_not_break_this_cache(proje
     theirs = bake(other, "build", "sample", "--json")  # same keys: takes over the cache tags
     assert theirs.rc == 0, theirs.stderr
     assert theirs.json["version"] != first.json["version"]  # never the same tag as this checkout's version
-    ids = podman.run("images", "-a", "--filter", f"label=io.bakery.run={theirs.json['run_id']}", "--format", "{{.ID}}").stdout.split()
+    ids = podman.run("images", "-a", "--filter", f"label=io.bakery.run={theirs.json['run_id']}",
+                     "--format", "{{.ID}}").stdout.split()
     podman.run("rmi", "-f", *ids)  # the other checkout cleans up after itself
     assert podman.image_exists(first.json["ref"])
     (project / "roles/second/files/payload.txt").write_text("payload version 3\n")

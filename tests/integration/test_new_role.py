@@ -32,7 +32,8 @@ def test_new_role_passes_lint_and_molecule(tmp_path):
     lint = subprocess.run([str(venv_bin / "ansible-lint"), "--nocolor", "--profile", "production", "roles/demo"],
                           cwd=project, env=env, capture_output=True, text=True, check=False)
     assert lint.returncode == 0, lint.stdout + lint.stderr
-    yamllint = subprocess.run([str(venv_bin / "yamllint"), "-s", "roles/demo"], cwd=project, env=env, capture_output=True, text=True, check=False)
+    yamllint = subprocess.run([str(venv_bin / "yamllint"), "-s", "roles/demo"], cwd=project, env=env,
+                              capture_output=True, text=True, check=False)
     assert yamllint.returncode == 0, yamllint.stdout
 
     molecule = subprocess.run([str(venv_bin / "molecule"), "test"], cwd=project / "roles" / "demo", env=env,

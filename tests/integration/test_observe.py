@@ -36,7 +36,8 @@ def marker_lines(project, marker: str, *extra: str) -> list[dict]:
     return [json.loads(line) for line in out.stdout.splitlines()]
 
 
-def test_logs_merge_every_instance_and_keep_replaced_ones_and_top_shows_the_app(example_project, environments, webapp_image):  # noqa: F811
+def test_logs_merge_every_instance_and_keep_replaced_ones_and_top_shows_the_app(
+        example_project, environments, webapp_image):  # noqa: F811
     version = webapp_image["version"]
     environments(ENV, instances=2, min_healthy_percentage=50, max_healthy_percentage=150)
     assert deploy(example_project, version, ENV).rc == 0
@@ -59,8 +60,10 @@ def test_logs_merge_every_instance_and_keep_replaced_ones_and_top_shows_the_app(
     rows = {row["instance"]: row for row in top.json["instances"]}
     assert sorted(rows) == sorted(i["name"] for i in first)
     for row in rows.values():
-        assert row["unit"] == "webapp.service" and row["state"] == "active/running" and row["health"] == "UP" and row["version"] == version
-        assert row["pid"] > 1 and row["restarts"] == 0 and row["open_fds"] > 0 and row["memory_bytes"] > 1_000_000 and row["uptime_seconds"] > 0
+        assert (row["unit"] == "webapp.service" and row["state"] == "active/running" and row["health"] == "UP"
+                and row["version"] == version)
+        assert (row["pid"] > 1 and row["restarts"] == 0 and row["open_fds"] > 0 and row["memory_bytes"] > 1_000_000
+                and row["uptime_seconds"] > 0)
 
     # Replace both instances (a config change): their lines now come from the journals exported before removal.
     out = bake(example_project, "config", "set", "--env", ENV, "LOG_LEVEL=debug", "--json", timeout=600)
@@ -78,7 +81,8 @@ def test_follow_prints_new_lines_and_ends_cleanly_on_ctrl_c(example_project, env
     assert deploy(example_project, webapp_image["version"], ENV).rc == 0
     address = status(example_project, ENV)["instances"][0]["address"]
     marker = f"follow-{uuid.uuid4().hex[:10]}"
-    proc = subprocess.Popen([sys.executable, str(BAKE), "--project", str(example_project), "logs", "--env", ENV, "--grep", marker, "--follow"],
+    proc = subprocess.Popen([sys.executable, str(BAKE), "--project", str(example_project), "logs", "--env", ENV,
+                             "--grep", marker, "--follow"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         time.sleep(2)  # it is following now

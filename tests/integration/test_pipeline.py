@@ -43,7 +43,8 @@ def pipeline(project: Path, *args: str):
 def pipe_env(example_project):
     """One environment of the example project, taken down afterwards even when the test fails."""
     name = "t7pipe"
-    port = write_env(example_project, name, instances=2, require_verified=True, min_healthy_percentage=50, max_healthy_percentage=150)
+    port = write_env(example_project, name, instances=2, require_verified=True, min_healthy_percentage=50,
+                     max_healthy_percentage=150)
     yield name, port
     bake(example_project, "down", "--env", name, timeout=300)
     force_clean(example_project, name)
@@ -56,8 +57,8 @@ def test_pipeline_deploys_then_a_rerun_changes_nothing(example_project, webapp_i
     assert first.rc == 0, first.stderr
     summary = first.json
     assert summary["status"] == "succeeded" and summary["version"] == webapp_image["version"]
-    assert stages(summary) == {"build-app": "reused", "build": "reused", "verify": stages(summary)["verify"], "deploy": "done",
-                               "promote": "skipped"}
+    assert stages(summary) == {"build-app": "reused", "build": "reused", "verify": stages(summary)["verify"],
+                               "deploy": "done", "promote": "skipped"}
     assert stages(summary)["verify"] in ("done", "reused")
     assert summary["image_ref"] == webapp_image["ref"] and summary["artifacts"]["webapp"]["sha256"]
     status, body = get(port, "/version")
@@ -86,8 +87,10 @@ def test_failed_verify_exits_1_and_a_rerun_resumes_there(project):
     first, _ = pipeline(project, "badunit", "--env", "t7fail")
     assert first.rc == 1, first.stderr
     assert "stage verify failed" in first.stderr and "broken-at-boot.service" in first.stderr
-    assert first.stderr.strip().splitlines()[-1].startswith("bake.py: error: pipeline badunit -> t7fail: stage verify failed")
-    assert stages(first.json) == {"build-app": "skipped", "build": "done", "verify": "failed", "deploy": "not-run", "promote": "not-run"}
+    assert first.stderr.strip().splitlines()[-1].startswith(
+        "bake.py: error: pipeline badunit -> t7fail: stage verify failed")
+    assert stages(first.json) == {"build-app": "skipped", "build": "done", "verify": "failed", "deploy": "not-run",
+                                  "promote": "not-run"}
     assert first.json["failed_stage"] == "verify" and first.json["exit_code"] == 1
 
     again, _ = pipeline(project, "badunit", "--env", "t7fail")
@@ -103,7 +106,8 @@ def test_failed_verify_exits_1_and_a_rerun_resumes_there(project):
 def test_bad_input_exits_2_before_any_stage(project):
     fixture_env(project, "t7bad", "sample")
     out = bake(project, "pipeline", "planted", "--env", "t7bad")
-    assert out.rc == 2 and "deploys image 'sample', not 'planted'" in out.stderr and out.stderr.count("\n") == 1, out.stderr
+    assert (out.rc == 2 and "deploys image 'sample', not 'planted'" in out.stderr
+            and out.stderr.count("\n") == 1), out.stderr
     out = bake(project, "pipeline", "sample", "--env", "t7bad", "--target", "aws")
     assert out.rc == 2 and "runs on target 'local', not 'aws'" in out.stderr, out.stderr
     fixture_env(project, "t7other", "sample")

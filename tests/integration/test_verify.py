@@ -1,4 +1,5 @@
-"""bake.py verify on real instances: the example image passes; planted secrets, boot failures and installs at boot fail."""
+"""bake.py verify on real instances: the example image passes; planted secrets, boot failures and installs at boot
+fail."""
 
 from __future__ import annotations
 
@@ -45,7 +46,8 @@ def test_example_image_passes_and_leaves_nothing(example_project, webapp_image):
     shown = bake(example_project, "show", f"webapp:{webapp_image['version']}", "--json").json
     assert shown["verifications"][0]["passed"] is True and shown["verifications"][0]["env"] == "qa"
     catalog = open_catalog(example_project / ".bakery")
-    assert gate.require_verified(catalog, "webapp", webapp_image["version"], required=True, force=False, env="qa") is False
+    assert gate.require_verified(catalog, "webapp", webapp_image["version"], required=True, force=False,
+                                 env="qa") is False
 
 
 def test_planted_private_key_fails_and_names_the_path(project):

@@ -21,7 +21,8 @@ def boot(ref: str, name: str, *args: str) -> str:
 
 def inside(name: str, path: str) -> tuple[int, dict]:
     code = ("import json,urllib.request,urllib.error\n"
-            f"try:\n r=urllib.request.urlopen('http://127.0.0.1:8080{path}',timeout=3); print(r.status, r.read().decode())\n"
+            f"try:\n r=urllib.request.urlopen('http://127.0.0.1:8080{path}',timeout=3); "
+            "print(r.status, r.read().decode())\n"
             "except urllib.error.HTTPError as e: print(e.code, e.read().decode())")
     out = podman.run("exec", name, "python3", "-c", code, check=False).stdout.strip()
     status, _, body = out.partition(" ")
@@ -32,7 +33,8 @@ def test_offline_instance_boots_and_serves_health_within_10_seconds(webapp_image
     name = f"bakery-test-offline-{os.getpid()}"
     try:
         started = time.monotonic()
-        podman.run("run", "-d", "--name", name, "--systemd=always", "--network", "none", webapp_image["ref"], "/sbin/init")
+        podman.run("run", "-d", "--name", name, "--systemd=always", "--network", "none", webapp_image["ref"],
+                   "/sbin/init")
         status = 0
         while time.monotonic() - started < 10 and status != 200:
             status, _ = inside(name, "/health")
@@ -50,7 +52,8 @@ def test_runtime_config_for_qa_shows_in_version(webapp_image, tmp_path):
     env_file.write_text("ENVIRONMENT=qa\nLOG_LEVEL=info\n")
     name = f"bakery-test-qa-{os.getpid()}"
     try:
-        assert boot(webapp_image["ref"], name, "--network", "none", "-v", f"{env_file}:/etc/bakery/launch/runtime.env:ro,Z") == "running"
+        assert boot(webapp_image["ref"], name, "--network", "none",
+                    "-v", f"{env_file}:/etc/bakery/launch/runtime.env:ro,Z") == "running"
         status, version = inside(name, "/version")
         assert status == 200
         assert version["environment"] == "qa"

@@ -24,7 +24,8 @@ pytestmark = pytest.mark.unit
 APP = REPO / "app"
 PYTHON = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
 MIB = 1024 * 1024
-RELEASE = 'IMAGE_NAME="webapp"\nIMAGE_VERSION="20261128.001"\nGIT_COMMIT="0123456789abcdef0123456789abcdef01234567"\nGIT_DIRTY="false"\n'
+RELEASE = ('IMAGE_NAME="webapp"\nIMAGE_VERSION="20261128.001"\n'
+           'GIT_COMMIT="0123456789abcdef0123456789abcdef01234567"\nGIT_DIRTY="false"\n')
 
 
 class Instance:
@@ -165,7 +166,8 @@ def receive_until(sock: socket.socket, word: str, timeout: float = 10) -> list[s
 def test_health_and_version_report_the_image_the_environment_and_flags(start):
     app = start(ENVIRONMENT="qa", FEATURE_NEW_CHECKOUT="true", FEATURE_DARK_MODE="false")
     status, health = app.json("GET", "/health")
-    assert status == 200 and health["status"] == "ok" and health["environment"] == "qa" and health["image_version"] == "20261128.001"
+    assert (status == 200 and health["status"] == "ok" and health["environment"] == "qa"
+            and health["image_version"] == "20261128.001")
     status, version = app.json("GET", "/version")
     assert status == 200
     assert version == {
@@ -192,7 +194,8 @@ def test_one_log_line_per_request_with_method_path_status_and_duration(start):
 
 def test_a_malformed_setting_exits_2_with_one_line_naming_it(tmp_path):
     env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(APP), "PYTHONDONTWRITEBYTECODE": "1", "WEBAPP_PORT": "eighty"}
-    proc = subprocess.run([PYTHON, "-m", "webapp"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=20, check=False)
+    proc = subprocess.run([PYTHON, "-m", "webapp"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=20,
+                          check=False)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "WEBAPP_PORT='eighty'" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -227,7 +230,8 @@ def test_items_survive_a_restart(start, data_dir):
     assert second.request("GET", "/items/kept")[::2] == (200, b"durable")
 
 
-@pytest.mark.parametrize("path", ["/items/", "/items/has%20space", "/items/..", "/items/%2e%2e", "/items/a%2Fb", "/items/" + "k" * 129])
+@pytest.mark.parametrize("path", ["/items/", "/items/has%20space", "/items/..", "/items/%2e%2e", "/items/a%2Fb",
+                                  "/items/" + "k" * 129])
 def test_bad_keys_are_400(start, path):
     app = start()
     for method in ("GET", "PUT", "DELETE"):
@@ -254,7 +258,8 @@ def test_item_size_limit_is_1_mib(start, data_dir):
     assert status == 413 and str(MIB) in body["error"]
     assert not (data_dir / "items" / "big").exists()
     assert raw(app, b"PUT /items/nolength HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.0 411 ")
-    assert raw(app, b"PUT /items/chunked HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n").startswith(b"HTTP/1.0 411 ")
+    assert raw(app, b"PUT /items/chunked HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n").startswith(
+        b"HTTP/1.0 411 ")
 
 
 # ---- readiness and health
@@ -326,7 +331,8 @@ def test_ready_reaches_an_abstract_notify_socket(start):
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_stop_signal_finishes_the_request_in_flight_refuses_new_ones_and_exits_0(start, notify_socket, data_dir, signum):
+def test_stop_signal_finishes_the_request_in_flight_refuses_new_ones_and_exits_0(start, notify_socket, data_dir,
+                                                                                 signum):
     path, sock = notify_socket
     app = start(NOTIFY_SOCKET=path)
     receive_until(sock, "READY=1")
@@ -382,16 +388,19 @@ def webapp(monkeypatch):
 
 def test_config_defaults_and_validation(webapp):
     config = webapp.config.Config.from_env({"WEBAPP_PORT": "", "FEATURE_BETA": "Yes"})
-    assert (config.port, config.bind, str(config.data_dir), str(config.release_file)) == (8080, "0.0.0.0", "/var/lib/webapp", "/etc/image-release")
+    assert (config.port, config.bind, str(config.data_dir), str(config.release_file)) == (
+        8080, "0.0.0.0", "/var/lib/webapp", "/etc/image-release")
     assert (config.environment, config.log_level, config.features) == ("unknown", "info", {"beta": True})
-    for env, word in [({"WEBAPP_PORT": "70000"}, "WEBAPP_PORT"), ({"LOG_LEVEL": "loud"}, "LOG_LEVEL"), ({"FEATURE_X": "maybe"}, "FEATURE_X")]:
+    for env, word in [({"WEBAPP_PORT": "70000"}, "WEBAPP_PORT"), ({"LOG_LEVEL": "loud"}, "LOG_LEVEL"),
+                      ({"FEATURE_X": "maybe"}, "FEATURE_X")]:
         with pytest.raises(webapp.config.ConfigError, match=word):
             webapp.config.Config.from_env(env)
 
 
 def test_release_file_parsing(webapp):
     text = '# comment\nIMAGE_VERSION="20261128.001"\n\nGIT_COMMIT=abc\nROLES="base=sha256:1 app=sha256:2"\nnot a line\n'
-    assert webapp.release.parse_release(text) == {"IMAGE_VERSION": "20261128.001", "GIT_COMMIT": "abc", "ROLES": "base=sha256:1 app=sha256:2"}
+    assert webapp.release.parse_release(text) == {"IMAGE_VERSION": "20261128.001", "GIT_COMMIT": "abc",
+                                                  "ROLES": "base=sha256:1 app=sha256:2"}
 
 
 def test_health_says_starting_before_ready_and_stopping_after(webapp, data_dir, release_file):

@@ -55,7 +55,8 @@ def modules() -> dict[str, Path]:
 
 
 def imported_names(source: str, name: str, is_package: bool, known: set[str]) -> set[str]:
-    """The bakery modules one file imports: `from bakery.aws import amis` names bakery.aws.amis when that is a module."""
+    """The bakery modules one file imports: `from bakery.aws import amis` names bakery.aws.amis when that is a
+    module."""
     package = name if is_package else name.rpartition(".")[0]
     found: set[str] = set()
     for node in ast.walk(ast.parse(source)):
@@ -118,7 +119,8 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 def test_the_graph_sees_function_level_and_relative_imports():
     """A cycle hidden in a function body (the old cli.py <-> cli_fleet.py circle) is still a cycle."""
     known = {"bakery.cli", "bakery.cli.fleet", "bakery.cli.common", "bakery.aws", "bakery.aws.amis"}
-    source = "def deploy():\n    from bakery.cli import emit_json\n\nfrom . import common\nfrom bakery.aws import amis, x\n"
+    source = ("def deploy():\n    from bakery.cli import emit_json\n\n"
+              "from . import common\nfrom bakery.aws import amis, x\n")
     assert imported_names(source, "bakery.cli.fleet", False, known) == {
         "bakery.cli", "bakery.cli.common", "bakery.aws.amis", "bakery.aws"}
     graph = {"bakery.a": {"bakery.b"}, "bakery.b": {"bakery.c"}, "bakery.c": {"bakery.a"}, "bakery.d": {"bakery.a"}}
@@ -148,7 +150,8 @@ def violations(graph: dict[str, set[str]], importer: str, imported: str) -> list
 def test_layering_rules_catch_a_wrong_import():
     graph = {"bakery.fleets.local": {"bakery.builders.podman"}, "bakery.cli.fleet": {"bakery.cli.common"},
              "bakery.catalog": {"bakery.errors", "bakery.podman"}}
-    assert violations(graph, "bakery.fleets", "bakery.builders") == ["bakery.fleets.local imports bakery.builders.podman"]
+    assert violations(graph, "bakery.fleets", "bakery.builders") == [
+        "bakery.fleets.local imports bakery.builders.podman"]
     assert violations(graph, "bakery.", "bakery.cli") == []
     assert violations(graph, "bakery.catalog", "bakery.") == ["bakery.catalog imports bakery.podman"]
 
@@ -170,5 +173,6 @@ def test_modules_and_functions_stay_small():
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
                 length = node.end_lineno - node.lineno + 1
                 if length > MAX_FUNCTION_LINES:
-                    too_long.append(f"{name}.{node.name} (line {node.lineno}): {length} lines (at most {MAX_FUNCTION_LINES})")
+                    too_long.append(f"{name}.{node.name} (line {node.lineno}): {length} lines "
+                                    f"(at most {MAX_FUNCTION_LINES})")
     assert too_long == []

@@ -123,8 +123,10 @@ def test_buildspec_structure_and_commands():
 def test_buildspec_check_catches_mistakes():
     assert buildspec_problems({"version": 0.1, "phases": {"compile": {"commands": ["make"]}}}) == [
         "version must be 0.2, got 0.1", "unknown phase 'compile' (known: install, pre_build, build, post_build)"]
-    assert buildspec_problems({"version": 0.2, "phases": {"build": {"commands": "make"}}, "env": {"variables": {"N": 1}}}) == [
-        "phases.build.commands must be a non-empty list of strings", "env.variables values must be strings (quote numbers and booleans)"]
+    assert buildspec_problems({"version": 0.2, "phases": {"build": {"commands": "make"}},
+                               "env": {"variables": {"N": 1}}}) == [
+        "phases.build.commands must be a non-empty list of strings",
+        "env.variables values must be strings (quote numbers and booleans)"]
 
 
 def test_codepipeline_template_passes_cfn_lint(tmp_path):
@@ -141,8 +143,8 @@ def test_codepipeline_has_source_build_approval_promote():
     resources = template["Resources"]
     stages = resources["Pipeline"]["Properties"]["Stages"]
     providers = [(s["Name"], s["Actions"][0]["ActionTypeId"]["Provider"]) for s in stages]
-    assert providers == [("Source", "CodeStarSourceConnection"), ("BakeVerifyDeploy", "CodeBuild"), ("Approve", "Manual"),
-                         ("Promote", "CodeBuild")]
+    assert providers == [("Source", "CodeStarSourceConnection"), ("BakeVerifyDeploy", "CodeBuild"),
+                         ("Approve", "Manual"), ("Promote", "CodeBuild")]
     assert resources["PipelineBuild"]["Properties"]["Source"]["BuildSpec"] == "ci/aws/buildspec.yml"
     assert BUILDSPEC.relative_to(REPO).as_posix() == "ci/aws/buildspec.yml"
     promote_spec = yaml.safe_load(resources["PromoteBuild"]["Properties"]["Source"]["BuildSpec"])

@@ -23,7 +23,8 @@ EPOCH = datetime(2026, 11, 29, tzinfo=UTC)
 
 
 @pytest.mark.parametrize(("text", "expected"), [
-    ("10m", NOW - timedelta(minutes=10)), ("2h", NOW - timedelta(hours=2)), ("1d", NOW - timedelta(days=1)), ("45s", NOW - timedelta(seconds=45)),
+    ("10m", NOW - timedelta(minutes=10)), ("2h", NOW - timedelta(hours=2)), ("1d", NOW - timedelta(days=1)),
+    ("45s", NOW - timedelta(seconds=45)),
     (" 5m ", NOW - timedelta(minutes=5)),
     ("2026-11-29T10:30:00Z", datetime(2026, 11, 29, 10, 30, tzinfo=UTC)),
     ("2026-11-29T11:30:00+01:00", datetime(2026, 11, 29, 10, 30, tzinfo=UTC)),
@@ -33,8 +34,9 @@ def test_since_accepts_durations_and_iso_times(text, expected):
     assert parse_since(text, NOW) == expected
 
 
-@pytest.mark.parametrize(("text", "says"), [("10x", "neither a duration"), ("", "neither a duration"), ("-5m", "neither a duration"),
-                                             ("yesterday", "neither a duration"), ("2026-11-30T00:00:00Z", "in the future")])
+@pytest.mark.parametrize(("text", "says"), [("10x", "neither a duration"), ("", "neither a duration"),
+                                             ("-5m", "neither a duration"), ("yesterday", "neither a duration"),
+                                             ("2026-11-30T00:00:00Z", "in the future")])
 def test_since_refuses_anything_else_in_one_line(text, says):
     with pytest.raises(ConfigError, match=says) as caught:
         parse_since(text, NOW)
@@ -43,8 +45,8 @@ def test_since_refuses_anything_else_in_one_line(text, says):
 
 def entry(seconds: float, message, unit: str = "webapp.service", **extra) -> dict:
     stamp = int((EPOCH + timedelta(seconds=seconds)).timestamp() * 1_000_000)
-    return {"__REALTIME_TIMESTAMP": str(stamp), "_SYSTEMD_UNIT": unit, "SYSLOG_IDENTIFIER": "python3", "PRIORITY": "6", "MESSAGE": message,
-            "__CURSOR": f"c{seconds}", **extra}
+    return {"__REALTIME_TIMESTAMP": str(stamp), "_SYSTEMD_UNIT": unit, "SYSLOG_IDENTIFIER": "python3", "PRIORITY": "6",
+            "MESSAGE": message, "__CURSOR": f"c{seconds}", **extra}
 
 
 def test_journal_entry_names_its_unit_or_identifier_and_decodes_byte_messages():
@@ -59,7 +61,8 @@ def test_journal_entry_names_its_unit_or_identifier_and_decodes_byte_messages():
 
 
 def line(instance: str, seconds: float, message: str = "x") -> LogLine:
-    return LogLine(timestamp_us=int(seconds * 1_000_000), instance=instance, version="v", source="webapp", message=message)
+    return LogLine(timestamp_us=int(seconds * 1_000_000), instance=instance, version="v", source="webapp",
+                   message=message)
 
 
 def test_merge_orders_every_instance_by_time_keeping_each_instances_order_on_ties():
@@ -73,7 +76,8 @@ def query(**kw) -> LogQuery:
 
 
 def test_an_export_is_read_with_its_header_and_filtered_like_a_live_journal(tmp_path):
-    body = [entry(1, "starting marker"), entry(2, "GET /x 200"), entry(3, "marker in cron", unit="cron.service"), entry(9, "late marker")]
+    body = [entry(1, "starting marker"), entry(2, "GET /x 200"), entry(3, "marker in cron", unit="cron.service"),
+            entry(9, "late marker")]
     path = tmp_path / "bakery-qa-1.jsonl"
     path.write_text(json.dumps({journals.HEADER_KEY: 1, "instance": "bakery-qa-1", "version": "20261129.002"}) + "\n"
                     + "".join(json.dumps(e) + "\n" for e in body) + "not json\n")
@@ -96,9 +100,11 @@ def test_exports_older_than_the_retention_are_pruned(tmp_path):
 
 
 def test_local_source_skips_the_export_of_an_instance_still_running(tmp_path):
-    (tmp_path / "bakery-qa-1.jsonl").write_text(json.dumps({journals.HEADER_KEY: 1, "instance": "bakery-qa-1", "version": "1"}) + "\n"
+    (tmp_path / "bakery-qa-1.jsonl").write_text(json.dumps({journals.HEADER_KEY: 1, "instance": "bakery-qa-1",
+                                                            "version": "1"}) + "\n"
                                                 + json.dumps(entry(1, "from the export")) + "\n")
-    (tmp_path / "bakery-qa-2.jsonl").write_text(json.dumps({journals.HEADER_KEY: 1, "instance": "bakery-qa-2", "version": "1"}) + "\n"
+    (tmp_path / "bakery-qa-2.jsonl").write_text(json.dumps({journals.HEADER_KEY: 1, "instance": "bakery-qa-2",
+                                                            "version": "1"}) + "\n"
                                                 + json.dumps(entry(1, "replaced one")) + "\n")
     source = journals.LocalJournals(lambda: [], tmp_path)
     assert sorted(x.message for s in source.read(query()) for x in s) == ["from the export", "replaced one"]
@@ -108,9 +114,11 @@ def test_local_source_skips_the_export_of_an_instance_still_running(tmp_path):
 
 def test_journalctl_reads_from_since_then_after_the_last_cursor():
     q = query(unit="webapp")
-    assert journals.journalctl_args(q) == ["journalctl", "-o", "json", "--no-pager", "--since", f"@{int(EPOCH.timestamp())}", "-u", "webapp.service"]
+    assert journals.journalctl_args(q) == ["journalctl", "-o", "json", "--no-pager",
+                                           "--since", f"@{int(EPOCH.timestamp())}", "-u", "webapp.service"]
     assert journals.journalctl_args(q, "s=abc")[4:6] == ["--after-cursor", "s=abc"]
-    lines, cursor = journals.parse_journal(json.dumps(entry(1, "a")) + "\n" + json.dumps(entry(2, "b", unit="cron.service")), "i", "v", q, "live")
+    lines, cursor = journals.parse_journal(json.dumps(entry(1, "a")) + "\n"
+                                           + json.dumps(entry(2, "b", unit="cron.service")), "i", "v", q, "live")
     assert [x.message for x in lines] == ["a"] and cursor == "c2"  # the cursor moves past lines the filter dropped
 
 
@@ -149,16 +157,21 @@ def test_cloudwatch_events_keep_journal_units_and_filter_like_local_ones():
     assert event_line(plain, "v1", query(unit="webapp")) is None  # a file line names no unit
     assert event_line(plain, "v1", query(grep="marker")).message == "plain marker"
     assert event_line(journal, "v1", query(unit="cron")) is None
-    assert filter_pattern("marker-1") == '"marker-1"' and filter_pattern('say "hi"') is None and filter_pattern(None) is None
+    assert (filter_pattern("marker-1") == '"marker-1"' and filter_pattern('say "hi"') is None
+            and filter_pattern(None) is None)
 
 
 def test_sizes_durations_and_the_table():
-    assert parse_size("41.99MB") == 41_990_000 and parse_size("40MiB") == 40 * 1024**2 and parse_size("512B") == 512 and parse_size("?") is None
-    assert (human_seconds(5), human_seconds(125), human_seconds(3 * 3600 + 60), human_seconds(2 * 86400 + 3600)) == ("5s", "2m05s", "3h01m", "2d01h")
-    rows = [ProcessRow("bakery-qa-1", "20261129.001", "UP", True, "webapp.service", pid=34, state="active/running", cpu_percent=1.25,
-                       memory_bytes=23 * 1024**2, restarts=2, uptime_seconds=61, open_fds=6),
+    assert (parse_size("41.99MB") == 41_990_000 and parse_size("40MiB") == 40 * 1024**2 and parse_size("512B") == 512
+            and parse_size("?") is None)
+    assert (human_seconds(5), human_seconds(125), human_seconds(3 * 3600 + 60), human_seconds(2 * 86400 + 3600)) == (
+        "5s", "2m05s", "3h01m", "2d01h")
+    rows = [ProcessRow("bakery-qa-1", "20261129.001", "UP", True, "webapp.service", pid=34, state="active/running",
+                       cpu_percent=1.25, memory_bytes=23 * 1024**2, restarts=2, uptime_seconds=61, open_fds=6),
             ProcessRow("bakery-qa-2", "20261129.001", "DOWN", False, "webapp.service", error="instance is not running")]
     text = table(rows).splitlines()
-    assert text[0].split() == ["INSTANCE", "VERSION", "HEALTH", "UNIT", "PID", "STATE", "CPU%", "MEM", "RESTARTS", "UPTIME", "FDS"]
-    assert text[1].split() == ["bakery-qa-1", "20261129.001", "UP", "webapp.service", "34", "active/running", "1.2", "23.0", "MiB", "2", "1m01s", "6"]
+    assert text[0].split() == ["INSTANCE", "VERSION", "HEALTH", "UNIT", "PID", "STATE", "CPU%", "MEM", "RESTARTS",
+                               "UPTIME", "FDS"]
+    assert text[1].split() == ["bakery-qa-1", "20261129.001", "UP", "webapp.service", "34", "active/running", "1.2",
+                               "23.0", "MiB", "2", "1m01s", "6"]
     assert text[2].split()[2] == "DOWN*" and text[-1] == "  bakery-qa-2: instance is not running"

@@ -28,7 +28,8 @@ def test_an_unexpected_error_in_a_stage_is_recorded_as_that_stages_failure_never
     catalog = open_catalog(project.state_dir)
     try:
         with pytest.raises(RuntimeError, match="the endpoint went away"):
-            pipeline.run_pipeline(project, catalog, Progress(io.StringIO()), pipeline.PipelineRequest(image="sample", env="ci"))
+            pipeline.run_pipeline(project, catalog, Progress(io.StringIO()),
+                                  pipeline.PipelineRequest(image="sample", env="ci"))
     finally:
         catalog.close()
 
