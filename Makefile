@@ -23,6 +23,8 @@ demo: setup
 
 lint: setup
 	$(VENV)/bin/ruff check bakery tests bake.py app scripts roles bench
+	$(VENV)/bin/mypy
+	$(PYTEST) -q -p no:cacheprovider tests/unit/test_architecture.py
 	$(PY) scripts/role_docs.py --check roles
 	$(VENV)/bin/yamllint -s roles playbooks
 	cd $(CURDIR) && NO_COLOR=1 PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/ansible-lint --nocolor --profile production playbooks roles

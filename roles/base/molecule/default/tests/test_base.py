@@ -37,8 +37,10 @@ def test_runtime_config_unit_is_enabled_and_ran_at_boot(host):
 
 
 def test_runtime_config_is_applied_from_the_launch_file(host):
-    """Runs the applier on scratch paths, so it also runs safely on a verify instance whose launch file is read-only."""
-    run = "BAKERY_LAUNCH_FILE=/tmp/launch.env BAKERY_RUNTIME_FILE=/tmp/bakery-test/runtime.env /usr/local/libexec/bakery/bakery-runtime-config"
+    """Runs the applier on scratch paths, so it also runs safely on a verify instance whose launch file is
+    read-only."""
+    run = ("BAKERY_LAUNCH_FILE=/tmp/launch.env BAKERY_RUNTIME_FILE=/tmp/bakery-test/runtime.env "
+           "/usr/local/libexec/bakery/bakery-runtime-config")
     try:
         host.run("printf '# qa settings\\nENVIRONMENT=qa\\nLOG_LEVEL=debug\\n' > /tmp/launch.env")
         applied = host.run(run)

@@ -41,7 +41,8 @@ def render(host, runtime_env):
     tmp = host.run("mktemp -d").stdout.strip()
     try:
         host.run(f"printf '%s' '{runtime_env}' > {tmp}/runtime.env")
-        out = host.run(f"{RENDERER} --runtime-env {tmp}/runtime.env --template {TEMPLATE} --output {tmp}/agent.json --no-start")
+        out = host.run(f"{RENDERER} --runtime-env {tmp}/runtime.env --template {TEMPLATE} "
+                       f"--output {tmp}/agent.json --no-start")
         rendered = host.file(f"{tmp}/agent.json")
         return out.rc, out.stderr, json.loads(rendered.content_string) if rendered.exists else None
     finally:
@@ -57,7 +58,8 @@ def test_log_group_is_named_from_the_runtime_config_at_boot(host):
 
 
 def test_a_runtime_config_that_cannot_name_a_group_is_refused_without_output(host):
-    for runtime_env, says in (('LOG_LEVEL="info"\n', "has no ENVIRONMENT"), ('ENVIRONMENT="q a"\n', "not a valid CloudWatch Logs group name")):
+    for runtime_env, says in (('LOG_LEVEL="info"\n', "has no ENVIRONMENT"),
+                              ('ENVIRONMENT="q a"\n', "not a valid CloudWatch Logs group name")):
         rc, stderr, config = render(host, runtime_env)
         assert rc == 1 and says in stderr and stderr.count("\n") == 1 and config is None
 

@@ -132,9 +132,12 @@ def test_sshd_config_is_private(host):
         ("banner", "/etc/issue.net"),
         ("allowusers", BREAK_GLASS_USER),
         ("usepam", "yes"),
-        ("ciphers", "chacha20-poly1305@openssh.com,aes256-gcm@openssh.com,aes128-gcm@openssh.com,aes256-ctr,aes192-ctr,aes128-ctr"),
-        ("macs", "hmac-sha2-512-etm@openssh.com,hmac-sha2-256-etm@openssh.com,umac-128-etm@openssh.com,hmac-sha2-512,hmac-sha2-256"),
-        ("kexalgorithms", "sntrup761x25519-sha512@openssh.com,curve25519-sha256@libssh.org,diffie-hellman-group-exchange-sha256"),
+        ("ciphers", "chacha20-poly1305@openssh.com,aes256-gcm@openssh.com,aes128-gcm@openssh.com,"
+                    "aes256-ctr,aes192-ctr,aes128-ctr"),
+        ("macs", "hmac-sha2-512-etm@openssh.com,hmac-sha2-256-etm@openssh.com,umac-128-etm@openssh.com,"
+                 "hmac-sha2-512,hmac-sha2-256"),
+        ("kexalgorithms", "sntrup761x25519-sha512@openssh.com,curve25519-sha256@libssh.org,"
+                          "diffie-hellman-group-exchange-sha256"),
     ],
 )
 def test_sshd_effective_setting(sshd_effective, setting, expected):
@@ -336,7 +339,8 @@ AUDIT_RULES = [
     "-w /var/log/btmp -p wa -k session",
     "-a always,exit -F arch=b64 -S adjtimex,settimeofday -k time-change",
     "-a always,exit -F arch=b64 -S mount -F auid>=1000 -F auid!=unset -k mounts",
-    "-a always,exit -F arch=b64 -S init_module,finit_module,delete_module -F auid>=1000 -F auid!=unset -k kernel_modules",
+    "-a always,exit -F arch=b64 -S init_module,finit_module,delete_module "
+    "-F auid>=1000 -F auid!=unset -k kernel_modules",
     "-a always,exit -F path=/usr/bin/su -F perm=x -F auid>=1000 -F auid!=unset -k privileged",
     "-a always,exit -F path=/usr/bin/passwd -F perm=x -F auid>=1000 -F auid!=unset -k privileged",
 ]
@@ -488,7 +492,8 @@ def test_system_accounts_have_no_login_shell(host):
 
 def test_uncommon_modules_cannot_be_loaded(host):
     lines = _lines(host, "/etc/modprobe.d/60-bakery-hardening.conf")
-    for module in ("cramfs", "freevxfs", "hfs", "hfsplus", "jffs2", "udf", "usb-storage", "dccp", "sctp", "rds", "tipc"):
+    for module in ("cramfs", "freevxfs", "hfs", "hfsplus", "jffs2", "udf", "usb-storage",
+                   "dccp", "sctp", "rds", "tipc"):
         assert f"install {module} /bin/false" in lines, module
         assert f"blacklist {module}" in lines, module
 
@@ -532,7 +537,8 @@ def break_glass_opened(host):
     public_key = host.file(f"{key}.pub").content_string.strip()
     host.run_test("mkdir -p /run/bakery")
     # the format bakery-runtime-config.service (base role) writes: KEY="value" lines
-    host.run_test(f"""printf 'BREAK_GLASS_SSH="True"\\nBREAK_GLASS_SSH_AUTHORIZED_KEY="%s"\\n' '{public_key}' > {RUNTIME_ENV}""")
+    host.run_test(f"""printf 'BREAK_GLASS_SSH="True"\\nBREAK_GLASS_SSH_AUTHORIZED_KEY="%s"\\n' """
+                  f"""'{public_key}' > {RUNTIME_ENV}""")
     restart = host.run("systemctl restart bakery-break-glass")
     try:
         yield {"key": key, "since": since, "restart": restart}
@@ -563,7 +569,8 @@ def test_break_glass_opens_ssh_loudly(host, break_glass_opened):
     for kind in ("ed25519", "rsa"):
         assert host.file(f"/etc/ssh/ssh_host_{kind}_key").mode == 0o600
     # a loud journal entry: priority crit or worse, text BREAK-GLASS
-    journal = host.check_output(f"journalctl --no-pager -q -p crit --since '{break_glass_opened['since']}' -t bakery-break-glass")
+    journal = host.check_output(f"journalctl --no-pager -q -p crit --since '{break_glass_opened['since']}' "
+                                "-t bakery-break-glass")
     assert "BREAK-GLASS" in journal
 
     key = break_glass_opened["key"]

@@ -4,7 +4,8 @@ import json
 
 FETCH = (
     "import json, sys, urllib.request, urllib.error\n"
-    "req = urllib.request.Request(sys.argv[1], data=(sys.argv[3].encode() if len(sys.argv) > 3 else None), method=sys.argv[2])\n"
+    "req = urllib.request.Request(sys.argv[1], data=(sys.argv[3].encode() if len(sys.argv) > 3 else None), "
+    "method=sys.argv[2])\n"
     "try:\n"
     "    r = urllib.request.urlopen(req, timeout=5)\n"
     "    print(json.dumps({'status': r.status, 'body': r.read().decode()}))\n"
@@ -37,7 +38,8 @@ def test_service_is_enabled_running_and_listening(host):
 
 
 def test_service_is_sandboxed(host):
-    props = host.run("systemctl show webapp -p ProtectSystem -p NoNewPrivileges -p PrivateTmp -p ReadWritePaths -p Restart -p User -p Type").stdout
+    props = host.run("systemctl show webapp -p ProtectSystem -p NoNewPrivileges -p PrivateTmp -p ReadWritePaths "
+                     "-p Restart -p User -p Type").stdout
     for expected in ("ProtectSystem=strict", "NoNewPrivileges=yes", "PrivateTmp=yes", "ReadWritePaths=/var/lib/webapp",
                      "Restart=on-failure", "User=webapp", "Type=notify"):
         assert expected in props
@@ -62,7 +64,8 @@ def test_health_and_data_round_trip(host):
 
 def test_runtime_config_is_read_at_start_not_baked(host):
     """Restores whatever runtime config the instance had, so it also runs safely on a verify instance."""
-    host.run("mkdir -p /run/bakery && touch /run/bakery/runtime.env && cp -p /run/bakery/runtime.env /run/bakery/runtime.env.saved")
+    host.run("mkdir -p /run/bakery && touch /run/bakery/runtime.env "
+             "&& cp -p /run/bakery/runtime.env /run/bakery/runtime.env.saved")
     try:
         host.run("printf 'ENVIRONMENT=\"molecule-check\"\\n' > /run/bakery/runtime.env")
         assert host.run("systemctl restart webapp").rc == 0
