@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from bakery.cli.common import Context, emit_json, pass_ctx
 from bakery.errors import ConfigError
+
+if TYPE_CHECKING:
+    from bakery.gc.aws import AwsGcReport
+    from bakery.gc.local import LocalGcReport
 
 
 @click.command()
@@ -35,12 +41,7 @@ def gc(obj: Context, target: str, keep: int | None, dry_run: bool, include_share
 
     podman.check_working()
     report = collect_local(obj.project, obj.catalog, keep, dry_run)
-    if as_json:
-        emit_json(report.to_dict())
-    else:
-        for line in report.lines():
-            click.echo(line)
-    report.raise_for_failures()
+    _render(report, as_json)
 
 
 def _gc_aws(obj: Context, keep: int | None, dry_run: bool, include_shared: bool, as_json: bool) -> None:
@@ -57,6 +58,11 @@ def _gc_aws(obj: Context, keep: int | None, dry_run: bool, include_shared: bool,
         report = collect_aws(obj.project, keep, progress, dry_run=dry_run, include_shared=include_shared)
     finally:
         progress.close()
+    _render(report, as_json)
+
+
+def _render(report: LocalGcReport | AwsGcReport, as_json: bool) -> None:
+    """Both targets' reports print the same way; a deletion that failed makes the command fail after printing."""
     if as_json:
         emit_json(report.to_dict())
     else:
