@@ -58,12 +58,20 @@ class RefreshPreferences:
     auto_rollback: bool = True
     bake_time: int = 0
     health_check_grace: int = 60  # seconds a new instance may take to pass its health check
+    # Instances an operator held back on purpose (aws only; the local target has neither): leave them, rather than
+    # AWS's default Wait (an hour, then the refresh fails) or replacing what someone protected.
+    standby_instances: str = "Ignore"
+    scale_in_protected_instances: str = "Ignore"
 
 
 # The integer preferences and the values EC2 Auto Scaling accepts for them (health_check_grace is bakery's own).
 REFRESH_RANGES = {"min_healthy_percentage": (0, 100), "max_healthy_percentage": (100, 200),
                   "instance_warmup": (0, 3600), "checkpoint_delay": (0, 172800), "bake_time": (0, 86400),
                   "health_check_grace": (1, 3600)}
+# The string preferences and the values EC2 Auto Scaling accepts (StartInstanceRefresh's StandbyInstances and
+# ScaleInProtectedInstances).
+REFRESH_CHOICES = {"standby_instances": ("Ignore", "Wait", "Terminate"),
+                   "scale_in_protected_instances": ("Ignore", "Wait", "Refresh")}
 
 
 def check_preferences(prefs: RefreshPreferences, name: Callable[[str], str], where: str = "") -> RefreshPreferences:
@@ -75,6 +83,9 @@ def check_preferences(prefs: RefreshPreferences, name: Callable[[str], str], whe
         value = getattr(prefs, key)
         if not low <= value <= high:
             raise ConfigError(f"{where}{name(key)} must be from {low} to {high}, got {value}")
+    for key, choices in REFRESH_CHOICES.items():
+        if getattr(prefs, key) not in choices:
+            raise ConfigError(f"{where}{name(key)} must be one of {', '.join(choices)}, got {getattr(prefs, key)!r}")
     cps = prefs.checkpoint_percentages
     if cps != sorted(set(cps)) or any(not 1 <= c <= 100 for c in cps) or (cps and cps[-1] != 100):
         raise ConfigError(f"{where}{name('checkpoint_percentages')} must rise strictly from 1 to 100 and end at 100, "
@@ -204,6 +215,9 @@ def _refresh(value: Any, path: Path, rel: str) -> RefreshPreferences:
         values[key] = _int(rf, key, rel, getattr(defaults, key), low=low, high=high, prefix=p)
     for key in ("skip_matching", "auto_rollback"):
         values[key] = _bool(rf, key, rel, getattr(defaults, key), prefix=p)
+    for key, choices in REFRESH_CHOICES.items():  # AWS's spelling, any case: wait -> Wait
+        given = rf.get(key, getattr(defaults, key))
+        values[key] = next((c for c in choices if isinstance(given, str) and c.lower() == given.lower()), given)
     checkpoints = rf.get("checkpoint_percentages") or []
     if not isinstance(checkpoints, list) or not all(type(c) is int for c in checkpoints):  # bool is no percentage
         raise ConfigError(f"{rel}: {p}.checkpoint_percentages must be a list of integers, got {checkpoints!r}")

@@ -1,7 +1,9 @@
 """EC2 Auto Scaling instance refresh: start one with the environment's preferences, and wait for it (AWS has no waiter).
 
 The preferences are the environment's `bakery_deploy.refresh`, one to one, so
-a refresh behaves the same on the local target and on AWS. The wait polls
+a refresh behaves the same on the local target and on AWS (standby_instances and
+scale_in_protected_instances only matter on AWS: held_back says, before the
+refresh, what it will do with such instances). The wait polls
 DescribeInstanceRefreshes with backoff and reports each change (status,
 percentage, instances left, AWS's status reason) until the refresh ends.
 """
@@ -35,6 +37,8 @@ def preferences(prefs: RefreshPreferences, alarms: list[str]) -> dict[str, Any]:
         "SkipMatching": prefs.skip_matching,
         "AutoRollback": prefs.auto_rollback,
         "BakeTime": prefs.bake_time,
+        "StandbyInstances": prefs.standby_instances,
+        "ScaleInProtectedInstances": prefs.scale_in_protected_instances,
     }
     if prefs.checkpoint_percentages:
         result["CheckpointPercentages"] = list(prefs.checkpoint_percentages)
@@ -42,6 +46,41 @@ def preferences(prefs: RefreshPreferences, alarms: list[str]) -> dict[str, Any]:
     if alarms:
         result["AlarmSpecification"] = {"Alarms": list(alarms)}
     return result
+
+
+# What a refresh does with an instance someone held back on purpose, per preference value (AWS's "Wait" is an hour).
+HELD_BACK = {
+    ("ScaleInProtectedInstances", "Wait"): "AWS waits up to an hour for {its} protection to be removed, then fails the "
+                                           "refresh (scale_in_protected_instances: Wait; Ignore leaves {it}, Refresh "
+                                           "replaces {it})",
+    ("ScaleInProtectedInstances", "Ignore"): "the refresh leaves {it} on {its} current launch template version "
+                                             "(scale_in_protected_instances: Ignore; Refresh replaces {it})",
+    ("ScaleInProtectedInstances", "Refresh"): "the refresh replaces {it} all the same (scale_in_protected_instances: "
+                                              "Refresh)",
+    ("StandbyInstances", "Wait"): "AWS waits up to an hour for {it} to return to service, then fails the refresh "
+                                  "(standby_instances: Wait; Ignore leaves {it}, Terminate terminates {it})",
+    ("StandbyInstances", "Ignore"): "the refresh leaves {it} on {its} current launch template version "
+                                    "(standby_instances: Ignore; Terminate terminates {it})",
+    ("StandbyInstances", "Terminate"): "the refresh terminates {it} (standby_instances: Terminate)",
+}
+
+
+def held_back(instances: list[dict[str, Any]], prefs: dict[str, Any]) -> list[str]:
+    """One line per kind of instance held back on purpose (scale-in protected, in Standby) saying what this refresh
+    will do with them, so nobody is surprised by an hour's wait, a skipped instance or a terminated one."""
+    protected = [i["InstanceId"] for i in instances if i.get("ProtectedFromScaleIn")]
+    standby = [i["InstanceId"] for i in instances if i.get("LifecycleState", "") in ("Standby", "EnteringStandby")]
+    lines = []
+    for names, what, preference in ((protected, "protected from scale in", "ScaleInProtectedInstances"),
+                                    (standby, "in Standby", "StandbyInstances")):
+        if not names:
+            continue
+        one = len(names) == 1
+        words = {"it": "it" if one else "them", "its": "its" if one else "their"}
+        text = HELD_BACK[(preference, prefs.get(preference, "Wait"))].format(**words)
+        subject = f"instance {names[0]} is" if one else f"instances {', '.join(names)} are"
+        lines.append(f"{subject} {what}: {text}")
+    return lines
 
 
 def desired_configuration(template_id: str, version: int) -> dict[str, Any]:

@@ -3,6 +3,9 @@
 A release never edits a version: it creates a new one from the version the
 Auto Scaling group runs now (so the network, key, profile and security groups
 set up with the template carry over) and the group is pinned to its number.
+What is copied from the source version or the AMI (metadata options, block
+device mappings) is cut to what CreateLaunchTemplateVersion accepts, and no
+volume of the AMI is made smaller than its snapshot.
 `$Latest` and `$Default` are never used: they move under a running group and
 leave nothing to roll back to.
 """
@@ -12,7 +15,7 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from bakery.aws import tags
+from bakery.aws import shapes, tags
 from bakery.fleets.base import Goal
 from bakery.provenance import sanitize_tag_value
 
@@ -45,11 +48,24 @@ def _merged_tag_specifications(source: list[dict[str, Any]], ours: dict[str, str
     return [{"ResourceType": resource, "Tags": tags.as_tag_list(values)} for resource, values in by_type.items()]
 
 
-def _encrypted_mappings(image: dict[str, Any], source: list[dict[str, Any]], kms_key_id: str) -> list[dict[str, Any]]:
+def _ebs_size(mapping: dict[str, Any]) -> int:
+    return int((mapping.get("Ebs") or {}).get("VolumeSize") or 0)
+
+
+def grown_volumes(image: dict[str, Any], source: list[dict[str, Any]]) -> dict[str, tuple[int, int]]:
+    """The AMI's devices whose size in the template is below the AMI's own snapshot size: device -> (template's,
+    AMI's) GiB. AWS refuses to launch a volume smaller than its snapshot, so the new version takes the AMI's size."""
+    snapshot_sizes = {m["DeviceName"]: _ebs_size(m) for m in image.get("BlockDeviceMappings", [])}
+    return {m["DeviceName"]: (_ebs_size(m), snapshot_sizes[m["DeviceName"]]) for m in source
+            if 0 < _ebs_size(m) < snapshot_sizes.get(m["DeviceName"], 0)}
+
+
+def encrypted_mappings(image: dict[str, Any], source: list[dict[str, Any]], kms_key_id: str) -> list[dict[str, Any]]:
     """Every EBS volume of the AMI (and any extra the template adds) encrypted; an unencrypted snapshot is
     encrypted on launch. The AMI's devices take their snapshots from the AMI, never from an older image the source
-    version named."""
+    version named, and are never smaller than the AMI's snapshots (a template may make them larger)."""
     image_devices = {m["DeviceName"] for m in image.get("BlockDeviceMappings", [])}
+    grown = grown_volumes(image, source)
     mappings: dict[str, dict[str, Any]] = {}
     for mapping in [*image.get("BlockDeviceMappings", []), *source]:
         if "Ebs" not in mapping:
@@ -62,6 +78,8 @@ def _encrypted_mappings(image: dict[str, Any], source: list[dict[str, Any]], kms
         ebs["Encrypted"] = True
         if mapping["DeviceName"] in image_devices:
             ebs["DeleteOnTermination"] = True  # a replaced instance must not leave its root volume behind
+        if mapping["DeviceName"] in grown:
+            ebs["VolumeSize"] = grown[mapping["DeviceName"]][1]
         if ebs.get("VolumeType", "standard") == "standard":
             ebs["VolumeType"] = "gp3"
         if kms_key_id:
@@ -79,7 +97,7 @@ def launch_data(*, image: dict[str, Any], source: dict[str, Any], goal: Goal, en
     data: dict[str, Any] = {
         "ImageId": image["ImageId"],
         "MetadataOptions": {**source.get("MetadataOptions", {}), "HttpTokens": "required", "HttpEndpoint": "enabled"},
-        "BlockDeviceMappings": _encrypted_mappings(image, source.get("BlockDeviceMappings", []), kms_key_id),
+        "BlockDeviceMappings": encrypted_mappings(image, source.get("BlockDeviceMappings", []), kms_key_id),
         "UserData": user_data(env_text),
         "TagSpecifications": _merged_tag_specifications(source.get("TagSpecifications", []),
                                                         release_tags(env_name, goal, release_id)),
@@ -115,8 +133,12 @@ def all_versions(ec2: Any, template_id: str) -> list[dict[str, Any]]:
 
 def create_version(ec2: Any, template_id: str, source_version: str | int, data: dict[str, Any],
                    description: str) -> int:
+    """A new version from `data`, which holds structures copied from describe answers: only the members the request
+    has are sent (bakery.aws.shapes)."""
+    request_shape = shapes.request_member(ec2, "CreateLaunchTemplateVersion", "LaunchTemplateData")
     made = ec2.create_launch_template_version(LaunchTemplateId=template_id, SourceVersion=str(source_version),
-                                              VersionDescription=description[:255], LaunchTemplateData=data)
+                                              VersionDescription=description[:255],
+                                              LaunchTemplateData=shapes.request_only(data, request_shape))
     return int(made["LaunchTemplateVersion"]["VersionNumber"])
 
 

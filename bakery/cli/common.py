@@ -50,7 +50,8 @@ def parse_image_ref(value: str) -> tuple[str, str | None]:
 
 
 REFRESH_FLAGS = ("min_healthy_percentage", "max_healthy_percentage", "instance_warmup", "checkpoint_percentages",
-                 "checkpoint_delay", "skip_matching", "auto_rollback", "bake_time")
+                 "checkpoint_delay", "skip_matching", "auto_rollback", "bake_time", "standby_instances",
+                 "scale_in_protected_instances")
 
 
 def refresh_options(func):
@@ -72,6 +73,13 @@ def refresh_options(func):
                      help="Return to the previous version when the refresh fails."),
         click.option("--bake-time", type=click.IntRange(0, 86400), metavar="SECONDS",
                      help="Watch the environment this long after the last replacement before declaring success."),
+        click.option("--standby-instances", type=click.Choice(["Ignore", "Wait", "Terminate"], case_sensitive=False),
+                     help="aws: instances in Standby are left (Ignore), waited for up to an hour (Wait) or "
+                          "terminated."),
+        click.option("--scale-in-protected-instances",
+                     type=click.Choice(["Ignore", "Wait", "Refresh"], case_sensitive=False),
+                     help="aws: instances protected from scale in are left (Ignore), waited for up to an hour (Wait) "
+                          "or replaced (Refresh)."),
     ]
     for option in reversed(options):
         func = option(func)

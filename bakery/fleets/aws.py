@@ -8,7 +8,12 @@ environment's preferences (bakery.aws.instance_refresh). The group itself stays
 pinned to the version it ran until the refresh ends Successful (AWS then pins
 the new one; bakery confirms it): a rollback, manual or automatic, returns to
 the old version, and scale-outs during the refresh never launch the untested
-one. Only an empty group is pinned directly (there is nothing to refresh).
+one. A group on `$Latest` or `$Default` is first pinned to the number that
+resolves to (AWS refuses AutoRollback otherwise, and `$Latest` would launch the
+new version at once). Only an empty group is pinned directly to the new version
+(there is nothing to refresh). Instances held back on purpose (protected from
+scale in, in Standby) are named before the refresh, with what the environment's
+preferences make it do with them.
 bake.py blocks until the refresh ended; only a Successful one writes the SSM
 release parameters (bakery.aws.releases). The refresh runs at AWS: when bake.py
 is interrupted it goes on, and .bakery/envs/<env>/refresh.json (its id, release,
@@ -126,8 +131,11 @@ class AwsFleet(AwsGroupFleet):
                                      details={"launch_template_version": int(pinned), "ami_id": goal.image_id})
             on_done(outcome)
             return outcome
+        self._pin_number(group, template_id, pinned)
         number = self._new_version(request, template_id, pinned)
         empty = group["DesiredCapacity"] == 0 or not group["Instances"]
+        for line in [] if empty else instance_refresh.held_back(group["Instances"], prefs):
+            self._note(line)
         if empty:
             self._pin_empty(group, template_id, number, pinned, goal)
         else:  # the refresh's DesiredConfiguration carries the version; AWS pins the group only when it succeeds
@@ -142,6 +150,18 @@ class AwsFleet(AwsGroupFleet):
         self.env_state.save_refresh(state)
         return self._follow(state, cancel, on_done)
 
+    def _pin_number(self, group: dict[str, Any], template_id: str, pinned: str) -> None:
+        """A group on $Latest would launch the new version on every scale-out before the refresh, and AWS refuses
+        AutoRollback (and so any rollback to it) for a group on $Latest or $Default: pin the number it resolves to."""
+        spec = group["LaunchTemplate"]["Version"]
+        if spec == pinned:
+            return
+        self.autoscaling.update_auto_scaling_group(
+            AutoScalingGroupName=self.group_name, LaunchTemplate={"LaunchTemplateId": template_id, "Version": pinned})
+        self._note(f"Auto Scaling group {self.group_name} launched from launch template {self.template_name} {spec}; "
+                   f"pinned it to version {pinned}, the one {spec} is now, so the new version goes live only through "
+                   "the instance refresh (and AWS can roll it back)")
+
     def _new_version(self, request: RefreshRequest, template_id: str, pinned: str) -> int:
         """A launch template version for the release, made from the one the group is pinned to."""
         goal = request.goal
@@ -149,9 +169,13 @@ class AwsFleet(AwsGroupFleet):
         if image is None:
             raise OperationError(f"no AMI of {goal.image}:{goal.version} in {self.ec2.meta.region_name}; "
                                  f"bake it with: ./bake.py build {goal.image} --target aws")
+        source = launch_templates.version_data(self.ec2, template_id, pinned)
+        grown = launch_templates.grown_volumes(image, source.get("BlockDeviceMappings", []))
+        for device, (size, snapshot) in grown.items():
+            self._note(f"{device}: the template's {size} GiB is smaller than the snapshot of {image['ImageId']} "
+                       f"({snapshot} GiB); the new version uses {snapshot} GiB")
         data = launch_templates.launch_data(
-            image=image,
-            source=launch_templates.version_data(self.ec2, template_id, pinned), goal=goal, env_name=self.env.name,
+            image=image, source=source, goal=goal, env_name=self.env.name,
             env_text=self._env_text(goal.runtime), instance_type=self.env.aws.get("instance_type", ""),
             release_id=request.release_id, kms_key_id=self._volume_key())
         return launch_templates.create_version(

@@ -3,7 +3,7 @@ import shutil
 import pytest
 
 from bakery.config import Project
-from bakery.environments import RefreshPreferences, environment_names, load_environment
+from bakery.environments import REFRESH_CHOICES, RefreshPreferences, environment_names, load_environment
 from bakery.errors import ConfigError
 from bakery.fleets.planning import effective_preferences
 from tests.conftest import REPO
@@ -116,3 +116,29 @@ def test_one_rule_for_refresh_preferences_in_files_and_flags(inventory_project):
     with pytest.raises(ConfigError) as err:
         effective_preferences(RefreshPreferences(), {"min_healthy_percentage": 100})
     assert str(err.value) == "--min-healthy-percentage 100 needs --max-healthy-percentage above 100 to make progress"
+
+
+def test_held_back_instance_preferences_default_to_ignore_take_aws_values_in_any_case_and_refuse_others(
+        inventory_project):
+    """standby_instances / scale_in_protected_instances: AWS's values (StartInstanceRefresh), Ignore by default (an
+    operator protected or parked those instances on purpose); the flags offer the same values."""
+    from bakery.cli.common import refresh_options
+
+    project = Project(inventory_project)
+    defaults = load_environment(project, "qa").refresh
+    assert (defaults.standby_instances, defaults.scale_in_protected_instances) == ("Ignore", "Ignore")
+    write_deploy(inventory_project, "held", "bakery_deploy: {image: webapp, lb_port: 19000, refresh: "
+                                            "{standby_instances: terminate, scale_in_protected_instances: Wait}}\n")
+    held = load_environment(project, "held").refresh
+    assert (held.standby_instances, held.scale_in_protected_instances) == ("Terminate", "Wait")
+    write_deploy(inventory_project, "held", "bakery_deploy: {image: webapp, lb_port: 19000, refresh: "
+                                            "{scale_in_protected_instances: Terminate}}\n")
+    with pytest.raises(ConfigError) as err:
+        load_environment(project, "held")
+    assert str(err.value) == ("inventories/held/group_vars/all/deploy.yml: bakery_deploy.refresh."
+                              "scale_in_protected_instances must be one of Ignore, Wait, Refresh, got 'Terminate'")
+    with pytest.raises(ConfigError, match="--standby-instances must be one of Ignore, Wait, Terminate, got 'Refresh'"):
+        effective_preferences(RefreshPreferences(), {"standby_instances": "Refresh"})
+    params = {p.name: p for p in refresh_options(lambda **kw: None).__click_params__}
+    for key, choices in REFRESH_CHOICES.items():
+        assert sorted(params[key].type.choices) == sorted(choices)
