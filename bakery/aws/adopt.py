@@ -1,10 +1,12 @@
 """Adopt a version baked elsewhere (CI, another laptop) into this checkout's catalog, from its AMI's tags.
 
-On AWS the AMI tags are the source of truth and the local SQLite catalog is a
-cache of them: a fresh CI container knows no version. Adoption records the AMI
-as a ready version and, when the builder tagged its test result on the AMI
-(tags.VERIFIED / tags.VERIFICATION), that result as the version's verification,
-so the gate (bakery/verify/gate.py) and the pipeline's verify stage accept it there too.
+On AWS the AMI tags are the source of truth for what a version is and the local
+SQLite catalog is a cache of them: a fresh CI container knows no version.
+Adoption records the AMI as a ready version. Whether it passed its verification
+comes from the version's write-once record (bakery.aws.verification_record),
+never from the `bakery:verified` tag: anyone allowed to tag could set that. A
+passing record counts only for the AMI and snapshots it names; then the gate
+(bakery/verify/gate.py) and the pipeline's verify stage accept the version there too.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ import logging
 import os
 from typing import Any
 
-from bakery.aws import amis, tags
+from bakery.aws import amis, tags, verification_record
+from bakery.aws.clients import client
 from bakery.catalog import Catalog
+from bakery.errors import ConfigError
 from bakery.provenance import utc_now
 
 log = logging.getLogger("bakery.aws.adopt")
@@ -25,11 +29,13 @@ def find_version_ami(ec2, image: str, version: str) -> dict[str, Any] | None:
     return amis.newest_available(ec2, {tags.MANAGED: "true", tags.IMAGE: image, tags.VERSION: version})
 
 
-def adopt_ami(catalog: Catalog, ami: dict[str, Any], region: str, run_id: str) -> dict[str, Any]:
+def adopt_ami(catalog: Catalog, ami: dict[str, Any], region: str, run_id: str, ssm=None) -> dict[str, Any]:
     """Record `ami` (a describe_images entry) as its version unless the catalog knows it; returns the catalog row.
 
     The verification is recorded only by the call that adopted the version, so
-    repeated or concurrent adoptions never add a second row.
+    repeated or concurrent adoptions never add a second row. `ssm`: a client in
+    the region holding the version's verification record (the home region,
+    where the bake wrote it); by default the AMI's region.
     """
     facts = tags.from_tag_list(ami.get("Tags"))
     image, version, ami_id = facts[tags.IMAGE], facts.get(tags.VERSION, ""), ami["ImageId"]
@@ -43,20 +49,41 @@ def adopt_ami(catalog: Catalog, ami: dict[str, Any], region: str, run_id: str) -
                                     input_digest=digest, provenance=provenance)
     if adopted:
         log.info("recorded %s:%s (%s in %s) in the catalog: it was baked elsewhere", image, version, ami_id, region)
-        result = facts.get(tags.VERIFIED)
-        if result:
-            summary = facts.get(tags.VERIFICATION) or f"{tags.VERIFIED}={result} on {ami_id}"
-            catalog.record_verification(image, version, env=None, started=utc_now(), seconds=0.0,
-                                        passed=result == "passed", run_id=run_id, summary=summary,
-                                        reports={"ami": ami_id})
+        adopt_verification(catalog, ami, region, run_id, ssm or client("ssm", region))
     return catalog.version(image, version) or {}
 
 
-def adopt_version(catalog: Catalog, ec2, image: str, version: str, region: str,
-                  run_id: str) -> dict[str, Any] | None:
+def adopt_verification(catalog: Catalog, ami: dict[str, Any], region: str, run_id: str, ssm) -> None:
+    """Record the version's verification from its record: passed only if the record matches this AMI exactly.
+
+    A record that says failed counts as failed whatever AMI it names (it can
+    only make the gate stricter). The tags are read only to explain a refusal.
+    """
+    facts = tags.from_tag_list(ami.get("Tags"))
+    image, version, ami_id = facts[tags.IMAGE], facts.get(tags.VERSION, ""), ami["ImageId"]
+    passed, why = False, f"no verification record {verification_record.PREFIX}/{image}/{version}"
+    try:
+        record = verification_record.read_record(ssm, image, version)
+    except ConfigError as exc:  # tags no record name can be made of: there is no record
+        record, why = None, str(exc)
+    if record is not None:
+        passed, why = verification_record.check_record(record, ami, region)
+    if record is None or not (passed or record.get("passed") is False):
+        if record is not None or facts.get(tags.VERIFIED) == "passed":
+            log.warning("%s:%s (%s in %s) adopted without a passing verification: %s (a %s tag is no proof)",
+                        image, version, ami_id, region, why, tags.VERIFIED)
+        return
+    reports = {"ami": ami_id, "record": verification_record.parameter_name(image, version),
+               "report_sha256": str(record.get("report_sha256", ""))}
+    catalog.record_verification(image, version, env=None, started=utc_now(), seconds=0.0, passed=passed,
+                                run_id=run_id, summary=str(record.get("summary") or why), reports=reports)
+
+
+def adopt_version(catalog: Catalog, ec2, image: str, version: str, region: str, run_id: str,
+                  ssm=None) -> dict[str, Any] | None:
     """image:version's catalog row, adopted from its AMI's tags when the catalog lacks it; None if there is no AMI."""
     row = catalog.version(image, version)
     if row is not None:
         return row
     ami = find_version_ami(ec2, image, version)
-    return adopt_ami(catalog, ami, region, run_id) if ami else None
+    return adopt_ami(catalog, ami, region, run_id, ssm) if ami else None

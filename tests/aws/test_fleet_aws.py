@@ -15,18 +15,21 @@ import io
 import shutil
 from pathlib import Path
 
+import botocore.session
+import botocore.validate
 import pytest
 import yaml
 from botocore.stub import Stubber
 
-from bakery.aws import clients, instance_refresh, releases
+from bakery.aws import amis, clients, instance_refresh, launch_templates, releases, shapes, verification_record
 from bakery.catalog import open_catalog
 from bakery.cli import main as bake_main
 from bakery.config import Project
-from bakery.environments import RefreshPreferences, load_environment
+from bakery.environments import REFRESH_CHOICES, RefreshPreferences, load_environment
 from bakery.errors import ConfigError, OperationError
 from bakery.fleets import operations
 from bakery.fleets.aws import AwsFleet
+from bakery.fleets.base import Goal
 from bakery.progress import Progress
 from tests.conftest import REPO, bake
 
@@ -35,6 +38,7 @@ pytestmark = pytest.mark.aws
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 MESSAGE = "Tune the app\n\nwith a body line <and> an ampersand & more"
 QA_PREFERENCES = {"MinHealthyPercentage": 50, "MaxHealthyPercentage": 150, "InstanceWarmup": 30, "SkipMatching": True,
+                  "StandbyInstances": "Ignore", "ScaleInProtectedInstances": "Ignore",
                   "AutoRollback": True, "BakeTime": 60, "CheckpointPercentages": [50, 100], "CheckpointDelay": 20,
                   "AlarmSpecification": {"Alarms": ["webapp-qa-5xx"]}}
 
@@ -384,7 +388,9 @@ def test_refresh_preferences_map_one_to_one_and_refuse_what_aws_would():
                                skip_matching=False, auto_rollback=False, bake_time=0)
     assert instance_refresh.preferences(prefs, []) == {"MinHealthyPercentage": 90, "MaxHealthyPercentage": 110,
                                                        "InstanceWarmup": 5, "SkipMatching": False,
-                                                       "AutoRollback": False, "BakeTime": 0}
+                                                       "AutoRollback": False, "BakeTime": 0,
+                                                       "StandbyInstances": "Ignore",
+                                                       "ScaleInProtectedInstances": "Ignore"}
     with pytest.raises(ConfigError, match="at most 100 above"):
         instance_refresh.preferences(RefreshPreferences(min_healthy_percentage=0, max_healthy_percentage=150), [])
 
@@ -424,9 +430,16 @@ def test_status_of_an_aws_environment_names_its_group_and_the_version_each_insta
 
 
 def tag_ami(world, index: int, verified: str) -> None:
-    """Tag an AMI the way the builders do: bakery's, and the result of the builder's test run."""
+    """Mark an AMI the way the builders do: bakery's tags, and the write-once verification record of its test run
+    (the tag alone is no proof: bakery.aws.verification_record)."""
     facts = {"bakery:managed": "true", "bakery:verified": verified, "bakery:verification": f"12 tests, {verified}"}
     world.ec2.create_tags(Resources=[world.amis[index]], Tags=[{"Key": k, "Value": v} for k, v in facts.items()])
+    region = world.ec2.meta.region_name
+    snapshots = amis.snapshot_ids(amis.describe_ami(world.ec2, world.amis[index]))
+    verification_record.write_record(
+        clients.client("ssm", region), image="webapp", version=world.versions[index], passed=verified == "passed",
+        amis={region: world.amis[index]}, snapshots={region: snapshots}, report_sha256="",
+        summary=f"12 tests, {verified}", run_id="bake-1")
 
 
 @pytest.fixture
@@ -437,7 +450,7 @@ def fresh(world, tmp_path):
     catalog.close()
 
 
-def test_promote_from_an_empty_catalog_adopts_the_version_and_its_verification_from_ami_tags(world, refresh, fresh):
+def test_promote_from_an_empty_catalog_adopts_the_version_and_its_verification_record(world, refresh, fresh):
     world.ec2.create_launch_template_version(LaunchTemplateId=world.templates["qa"], SourceVersion="1",
                                              LaunchTemplateData={"ImageId": world.amis[1]})
     world.asg.update_auto_scaling_group(AutoScalingGroupName="web-qa",
@@ -525,3 +538,161 @@ def test_a_log_group_in_deploy_yml_and_runtime_yml_must_agree(world):
     assert ("bakery_runtime.CLOUDWATCH_LOG_GROUP '/org/qa-web' disagrees with bakery_deploy.aws.log_group "
             "'/bakery/qa'") in text
     assert "runtime.yml" in text and "deploy.yml" in text and world.catalog.releases("qa") == []
+
+
+# ---- the group's launch template version, the copied launch data, held-back instances
+
+
+@pytest.mark.parametrize("spec, number", [("$Latest", "2"), ("$Default", "1")])
+def test_a_group_on_latest_or_default_is_pinned_to_its_number_before_the_new_version_exists(world, refresh,
+                                                                                          group_updates, spec, number):
+    # AWS refuses AutoRollback on a group that uses $Latest or $Default, and with $Latest the new version would launch
+    # on every scale-out before the refresh starts: bakery pins the number the group resolves to first.
+    world.ec2.create_launch_template_version(LaunchTemplateId=world.templates["qa"], SourceVersion="1",
+                                             LaunchTemplateData={"ImageId": world.amis[0]})
+    world.asg.update_auto_scaling_group(AutoScalingGroupName="web-qa",
+                                        LaunchTemplate={"LaunchTemplateId": world.templates["qa"], "Version": spec})
+    world.session.progress = PinWatch(world.lines, world, "qa")
+    described(refresh, "web-qa")
+    started(refresh, world, "web-qa", "qa", "3", "rid-1")  # AutoRollback on, the new version's number
+    described(refresh, "web-qa", ("rid-1", "InProgress", {"PercentageComplete": 50}), ids=["rid-1"])
+    described(refresh, "web-qa", ("rid-1", "Successful", {}), ids=["rid-1"])
+    described(refresh, "web-qa")
+
+    result = operations.deploy(world.session, world.env("qa"), "webapp", world.versions[1])
+
+    assert result.ok
+    # pinned to the resolved number before version 3 was made; the refresh ran on that pin; then pinned to 3
+    assert [call["LaunchTemplate"]["Version"] for call in group_updates] == [number, "3"]
+    assert world.session.progress.pins[:2] == [number, number] and world.pinned("qa") == "3"
+    assert (f"Auto Scaling group web-qa launched from launch template web-qa-lt {spec}; pinned it to version "
+            f"{number}") in world.lines.getvalue()
+
+
+def test_the_root_volume_never_shrinks_below_the_new_amis_snapshot(world, refresh):
+    # The template's root volume is smaller than the new AMI's snapshot (AWS: "volume smaller than snapshot"); an extra
+    # data volume keeps the template's size, and a template size above the snapshot's stays.
+    ami = world.ec2.describe_images(ImageIds=[world.amis[1]])["Images"][0]
+    root = ami["BlockDeviceMappings"][0]
+    size = root["Ebs"]["VolumeSize"]
+    world.ec2.create_launch_template_version(
+        LaunchTemplateId=world.templates["qa"], SourceVersion="1",
+        LaunchTemplateData={"ImageId": world.amis[0], "BlockDeviceMappings": [
+            {"DeviceName": root["DeviceName"], "Ebs": {"VolumeSize": size - 7, "VolumeType": "gp3"}},
+            {"DeviceName": "/dev/sdf", "Ebs": {"VolumeSize": 100, "VolumeType": "gp3"}}]})
+    world.asg.update_auto_scaling_group(AutoScalingGroupName="web-qa",
+                                        LaunchTemplate={"LaunchTemplateId": world.templates["qa"], "Version": "2"})
+    described(refresh, "web-qa")
+    started(refresh, world, "web-qa", "qa", "3", "rid-1")
+    described(refresh, "web-qa", ("rid-1", "Successful", {}), ids=["rid-1"])
+    described(refresh, "web-qa")
+
+    assert operations.deploy(world.session, world.env("qa"), "webapp", world.versions[1]).ok
+
+    sizes = {m["DeviceName"]: m["Ebs"]["VolumeSize"] for m in world.template_data("qa", "3")["BlockDeviceMappings"]}
+    assert sizes == {root["DeviceName"]: size, "/dev/sdf": 100}
+    assert (f"{root['DeviceName']}: the template's {size - 7} GiB is smaller than the snapshot of "
+            f"{world.amis[1]} ({size} GiB); the new version uses {size} GiB") in world.lines.getvalue()
+
+
+def test_a_template_volume_larger_than_the_snapshot_keeps_its_size():
+    image = {"ImageId": "ami-1", "BlockDeviceMappings": [{"DeviceName": "/dev/xvda",
+                                                          "Ebs": {"SnapshotId": "snap-1", "VolumeSize": 8}}]}
+    source = [{"DeviceName": "/dev/xvda", "Ebs": {"VolumeSize": 40}}]
+    mappings = launch_templates.encrypted_mappings(image, source, "")
+    assert [m["Ebs"]["VolumeSize"] for m in mappings] == [40]
+    assert launch_templates.grown_volumes(image, source) == {}
+
+
+def response_example(shape, depth=0):
+    """A value of a botocore response shape with every member filled in (one item per list), as AWS may answer."""
+    if shape.type_name == "structure":
+        return {name: response_example(member, depth + 1) for name, member in shape.members.items() if depth < 8}
+    if shape.type_name == "list":
+        return [response_example(shape.member, depth + 1)]
+    if shape.type_name == "map":
+        return {"key": response_example(shape.value, depth + 1)}
+    examples = {"integer": 8, "long": 8, "boolean": True, "double": 1.0, "float": 1.0, "blob": b"x",
+                "timestamp": "2026-11-29T00:00:00Z"}
+    if shape.type_name == "string":
+        return shape.enum[0] if shape.enum else "x"
+    return examples[shape.type_name]
+
+
+def test_launch_data_from_any_describe_response_is_a_valid_create_request():
+    """Walk botocore's shapes: a DescribeLaunchTemplateVersions and a DescribeImages answer with every member AWS may
+    send (MetadataOptions.State, Ebs.OutpostArn, ...) make a CreateLaunchTemplateVersion botocore accepts."""
+    ec2 = botocore.session.get_session().create_client("ec2", "us-east-1", aws_access_key_id="x",
+                                                        aws_secret_access_key="x")
+    model = ec2.meta.service_model
+    source_shape = (model.operation_model("DescribeLaunchTemplateVersions").output_shape
+                    .members["LaunchTemplateVersions"].member.members["LaunchTemplateData"])
+    source = response_example(source_shape)
+    assert source["MetadataOptions"]["State"] and source["BlockDeviceMappings"][0]["Ebs"]
+    image = response_example(model.operation_model("DescribeImages").output_shape.members["Images"].member)
+    goal = Goal(image="webapp", version="20261129.001", image_ref="ami-1", config_digest="sha256:x", runtime={},
+                git_commit=COMMIT, git_message="m", image_id="ami-1")
+    data = launch_templates.launch_data(image=image, source=source, goal=goal, env_name="qa", env_text="A=\"b\"\n",
+                                        instance_type="t3.small", release_id=1, kms_key_id="alias/x")
+    with Stubber(ec2) as stub:
+        stub.add_response("create_launch_template_version", {"LaunchTemplateVersion": {"VersionNumber": 2}})
+        assert launch_templates.create_version(ec2, "lt-1", 1, data, "release") == 2  # ParamValidationError if not
+        stub.assert_no_pending_responses()
+    request_shape = model.operation_model("CreateLaunchTemplateVersion").input_shape.members["LaunchTemplateData"]
+    report = botocore.validate.ParamValidator().validate(shapes.request_only(data, request_shape), request_shape)
+    assert not report.has_errors(), report.generate_report()
+    assert shapes.request_only({"MetadataOptions": {"HttpTokens": "required", "State": "applied"}}, request_shape) \
+        == {"MetadataOptions": {"HttpTokens": "required"}}
+
+
+def test_protected_and_standby_instances_are_named_before_the_refresh_and_left_alone_by_default(world, refresh):
+    # An ops engineer protected one instance from scale-in and put another on standby on purpose: by default the
+    # refresh leaves both (Ignore), instead of AWS's default Wait (an hour, then Failed); bakery names them first.
+    instances = sorted(i["InstanceId"] for i in world.asg.describe_auto_scaling_groups(
+        AutoScalingGroupNames=["web-qa"])["AutoScalingGroups"][0]["Instances"])
+    world.asg.set_instance_protection(AutoScalingGroupName="web-qa", InstanceIds=[instances[0]],
+                                      ProtectedFromScaleIn=True)
+    world.asg.enter_standby(AutoScalingGroupName="web-qa", InstanceIds=[instances[1]],
+                            ShouldDecrementDesiredCapacity=False)
+    described(refresh, "web-qa")
+    started(refresh, world, "web-qa", "qa", "2", "rid-1")  # QA_PREFERENCES: StandbyInstances/ScaleInProtected Ignore
+    described(refresh, "web-qa", ("rid-1", "Successful", {}), ids=["rid-1"])
+    described(refresh, "web-qa")
+
+    assert operations.deploy(world.session, world.env("qa"), "webapp", world.versions[1]).ok
+
+    progress = world.lines.getvalue()
+    assert (f"instance {instances[0]} is protected from scale in: the refresh leaves it on its current launch "
+            "template version (scale_in_protected_instances: Ignore; Refresh replaces it)") in progress
+    assert (f"instance {instances[1]} is in Standby: the refresh leaves it on its current launch template version "
+            "(standby_instances: Ignore; Terminate terminates it)") in progress
+
+
+def test_the_flags_choose_what_happens_to_protected_and_standby_instances(world, refresh, capsys):
+    instance = world.asg.describe_auto_scaling_groups(
+        AutoScalingGroupNames=["web-qa"])["AutoScalingGroups"][0]["Instances"][0]["InstanceId"]
+    world.asg.set_instance_protection(AutoScalingGroupName="web-qa", InstanceIds=[instance], ProtectedFromScaleIn=True)
+    described(refresh, "web-qa")
+    started(refresh, world, "web-qa", "qa", "2", "rid-1",
+            prefs={**QA_PREFERENCES, "ScaleInProtectedInstances": "Wait", "StandbyInstances": "Terminate"})
+    described(refresh, "web-qa", ("rid-1", "Successful", {}), ids=["rid-1"])
+    described(refresh, "web-qa")
+
+    code = bake_main(["--project", str(world.root), "deploy", f"webapp:{world.versions[1]}", "--env", "qa",
+                      "--scale-in-protected-instances", "wait", "--standby-instances", "Terminate"])
+
+    assert code == 0, capsys.readouterr().err
+    out = capsys.readouterr()
+    assert (f"instance {instance} is protected from scale in: AWS waits up to an hour for its protection to be "
+            "removed, then fails the refresh (scale_in_protected_instances: Wait; Ignore leaves it, Refresh replaces "
+            "it)") in out.out + out.err
+
+
+def test_refresh_preferences_for_held_back_instances_map_one_to_one():
+    prefs = RefreshPreferences(standby_instances="Terminate", scale_in_protected_instances="Refresh")
+    sent = instance_refresh.preferences(prefs, [])
+    assert (sent["StandbyInstances"], sent["ScaleInProtectedInstances"]) == ("Terminate", "Refresh")
+    model = botocore.session.get_session().get_service_model("autoscaling")
+    members = model.operation_model("StartInstanceRefresh").input_shape.members["Preferences"].members
+    assert set(REFRESH_CHOICES["standby_instances"]) == set(members["StandbyInstances"].enum)
+    assert set(REFRESH_CHOICES["scale_in_protected_instances"]) == set(members["ScaleInProtectedInstances"].enum)
