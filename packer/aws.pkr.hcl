@@ -7,6 +7,15 @@
 # instance cannot be launched with IMDSv2 required; bake.py instead marks every AMI it registers ImdsSupport=v2.0,
 # so every instance launched from it requires IMDSv2 (and the aws fleet's launch templates require it as well).
 # With Packer >= 1.7 (amazon plugin) add to the source: metadata_options { http_tokens = "required" }.
+#
+# No ami_description, ami_users, ami_groups, snapshot_users or snapshot_groups here: bake.py sets the description and
+# the sharing itself once Packer is done. Packer 1.6.6 (tag v1.6.6, builder/amazon/ebs/builder.go, Run's step list)
+# runs StepModifyAMIAttributes (common/step_modify_ami_attributes.go: ModifyImageAttribute for the description and
+# ami_users, ModifySnapshotAttribute for snapshot_users) *before* StepCreateTags (common/step_create_tags.go), and its
+# stepCreateAMI (ebs/step_create_ami.go) sends CreateImage without tags. So those calls would hit an AMI and snapshots
+# not yet tagged bakery:managed=true, which docs/aws-iam-policy.json refuses to modify; the AMI would stay, untagged.
+# What Packer does here: RunInstances (run_tags), CreateImage, CopyImage (ami_regions), CreateTags (tags,
+# snapshot_tags); then bake.py sets ImdsSupport, Description and launch/create-volume permission for aws.accounts.
 
 variable "region" {
   type        = string
@@ -68,26 +77,10 @@ variable "ami_name" {
   type = string
 }
 
-variable "ami_description" {
-  type = string
-}
-
 variable "ami_regions" {
   type        = list(string)
   default     = []
   description = "Regions the AMI is copied to besides the home region."
-}
-
-variable "ami_users" {
-  type        = list(string)
-  default     = []
-  description = "Accounts given launch permission on the AMI."
-}
-
-variable "snapshot_users" {
-  type        = list(string)
-  default     = []
-  description = "Accounts given create-volume permission on the AMI's snapshots."
 }
 
 variable "tags" {
@@ -173,15 +166,15 @@ source "amazon-ebs" "image" {
   # No encrypt_boot unless copies need their region's key: the launch volume is encrypted already, so the AMI's
   # snapshot is. Packer 1.6.6 takes region_kms_key_ids only with encrypt_boot, which makes it copy the AMI once more
   # in the home region (with kms_key_id) and deregister an untagged intermediate: the build role must be allowed that.
+  # Packer checks these two (not the launch volume's key) with ValidateKmsKey (v1.6.6 common/ami_config.go), which
+  # refuses a multi-Region key's id and key ARN (mrk-...): bake.py refuses them first (bakery/aws/kms_keys.py).
   encrypt_boot       = length(var.region_kms_key_ids) > 0
   kms_key_id         = length(var.region_kms_key_ids) > 0 ? var.kms_key_id : ""
   region_kms_key_ids = var.region_kms_key_ids
 
+  # no ami_description / ami_users / snapshot_users: bake.py sets them after Packer's tags (see the top of this file)
   ami_name        = var.ami_name
-  ami_description = var.ami_description
   ami_regions     = var.ami_regions
-  ami_users       = var.ami_users
-  snapshot_users  = var.snapshot_users
   tags            = var.tags
   snapshot_tags   = var.tags
   run_tags        = var.run_tags

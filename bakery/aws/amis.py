@@ -15,6 +15,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from bakery.aws import tags
 from bakery.errors import ConfigError, OperationError
 
 log = logging.getLogger("bakery.aws.amis")
@@ -149,3 +150,34 @@ def resolve_base_ami(ssm, parameter: str, fixed: str = "") -> str:
         raise ConfigError(f"bakery.yml: aws.base_ami_parameter '{parameter}' holds '{value}', not an AMI id; point it "
                           "at an AMI parameter")
     return value
+
+
+def owned_named(ec2, name: str) -> list[dict[str, Any]]:
+    """AMIs this account owns whose name matches `name` (EC2's name filter: * and ? are wildcards), tagged or not."""
+    return ec2.describe_images(Owners=["self"], Filters=[{"Name": "name", "Values": [name]}])["Images"]
+
+
+def is_managed(image: Mapping[str, Any]) -> bool:
+    return tags.from_tag_list(image.get("Tags")).get(tags.MANAGED) == "true"
+
+
+def claim(ec2, image: Mapping[str, Any], run_id: str) -> list[str]:
+    """Mark an AMI a bake registered but never tagged (and its snapshots) as bakery's, so that it can be removed.
+
+    Packer 1.6.6 tags an AMI only in its last step (CreateImage carries no tags):
+    a bake that dies before leaves an untagged AMI, and the shipped IAM policy
+    lets the role deregister or delete only what carries bakery:managed=true.
+    Tagging it with bakery:managed and the run that made it is the one change that
+    policy allows on an untagged AMI. Packer tags the AMI and its snapshots in two
+    calls, so each is looked at. Returns the resources tagged (none if all were bakery's already).
+    """
+    resources = [] if is_managed(image) else [image["ImageId"]]
+    snapshots = snapshot_ids(image)
+    if snapshots:
+        found = ec2.describe_snapshots(Filters=[{"Name": "snapshot-id", "Values": snapshots}])["Snapshots"]
+        resources += [s["SnapshotId"] for s in found if not is_managed(s)]
+    if resources:
+        ec2.create_tags(Resources=resources, Tags=tags.as_tag_list({tags.MANAGED: "true", tags.RUN: run_id}))
+        log.info("claimed %s of %s (%s) for run %s", ", ".join(resources), image["ImageId"], image.get("Name", ""),
+                 run_id)
+    return resources

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bakery.aws import amis, clients
+from bakery.aws import amis, clients, kms_keys
 from bakery.builders.ami import AmiBuilder, region_keys
 from bakery.builders.base import BuildOptions, BuildResult
 from bakery.builders.packer_bake import BakePlan, PackerBake
@@ -59,6 +59,7 @@ class PackerBuilder(AmiBuilder):
         settings = self.project.aws
         region = clients.resolve_region(settings.region or None)
         keys = region_keys(settings, region, all_or_none=True)
+        kms_keys.check_for_packer(settings, region, keys)  # Packer 1.6.6 refuses multi-Region key ids and ARNs
         clients.check_credentials()
         base_ami = amis.resolve_base_ami(clients.client("ssm", region), settings.base_ami_parameter, settings.base_ami)
         extra_vars = {"bakery_image": definition.name, "bakery_target": self.target, **options.extra_vars}

@@ -4,10 +4,18 @@ PackerBuilder (bakery.builders.packer) decides whether to bake at all; once it
 does, a PackerBake owns the version it reserved and every AMI the run registers,
 so that a failure or an interrupt removes exactly what this run made and no
 other bake's AMI of the same version.
+
+Packer only launches, images, copies and tags; bakery sets every AMI attribute
+itself afterwards (ImdsSupport, Description, launch and create-volume permission
+for aws.accounts), on AMIs and snapshots already tagged bakery:managed=true,
+which is all the shipped IAM policy lets the role modify. Packer 1.6.6 would do
+it the other way round (see packer/aws.pkr.hcl). For the same reason the undo
+claims an AMI this run registered but Packer never tagged before removing it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -20,7 +28,9 @@ from typing import Any
 
 from bakery import __version__
 from bakery.ansible import ansible_env
-from bakery.aws import amis, clients, tags
+from bakery.aws import amis, clients, tags, verification_record
+from bakery.aws.distribute import RegionResult
+from bakery.aws.distribute import _share as share_with_accounts
 from bakery.builders.ami import AmiBuilder
 from bakery.builders.base import BuildResult, LayerResult
 from bakery.builders.packer_run import parse_manifest, read_junit, stream_packer
@@ -91,6 +101,7 @@ class PackerBake:
         self.regions = self.settings.all_regions(plan.region)
         self.version: str | None = None
         self.ami_name = ""
+        self.images: dict[str, dict[str, Any]] = {}  # region -> the AMI as EC2 described it once tagged
         self.root_device = ""  # the base AMI's, looked up with the template's variables
         self.keep_on_failure = False  # Packer's -on-error=abort: the build instance stays up for inspection
         self.manifest = run.path / "packer-manifest.json"
@@ -111,9 +122,11 @@ class PackerBake:
     def _bake(self) -> BuildResult:
         ec2 = clients.client("ec2", self.region)
         name = self.definition.name
-        self.version = self.b.catalog.reserve_version(
+        ssm = clients.client("ssm", self.region)
+        self.version = self.b.catalog.reserve_version(  # a version whose AMIs are gone may have its record still
             name, self.run.id, os.getpid(),
-            taken=lambda v: bool(amis.find_amis(ec2, {tags.IMAGE: name, tags.VERSION: v})))
+            taken=lambda v: bool(amis.find_amis(ec2, {tags.IMAGE: name, tags.VERSION: v})
+                                 or verification_record.read_record(ssm, name, v)))
         provenance = self.provenance()
         var_file = self.write_inputs(provenance)
         t = time.monotonic()
@@ -124,6 +137,9 @@ class PackerBake:
             for region, ami in built.items():  # (bakery.aws.adopt)
                 self.cancel.check()
                 amis.tag_with_snapshots(clients.client("ec2", region), ami, verification.tags)
+        self._set_attributes(built, provenance)
+        if verification:
+            self._write_record(built, verification)
         self.cancel.check()
         home = built[self.region]
         record = {**provenance.to_dict(), "amis": built}
@@ -185,11 +201,7 @@ class PackerBake:
             "iam_instance_profile": s.instance_profile, "volume_size": s.volume_size,
             "kms_key_id": self.plan.keys[self.region], "root_device_name": self.root_device,
             "region_kms_key_ids": {r: k for r, k in self.plan.keys.items() if r != self.region and k},
-            "ami_name": self.ami_name,
-            "ami_description":
-                f"{self.definition.name} {provenance.version} from {provenance.git_commit[:12]} (bakery)",
-            "ami_regions": [r for r in self.regions if r != self.region], "ami_users": s.accounts,
-            "snapshot_users": s.accounts,
+            "ami_name": self.ami_name, "ami_regions": [r for r in self.regions if r != self.region],
             "tags": self.ami_tags(provenance),
             "run_tags": {"Name": f"bakery-build-{self.definition.name}-{suffix}", tags.MANAGED: "true",
                          tags.IMAGE: self.definition.name, tags.VERSION: provenance.version, tags.RUN: self.run.id},
@@ -266,15 +278,36 @@ class PackerBake:
         return built
 
     def _check_registered(self, ec2, region: str, ami: str, expected: dict[str, str]) -> None:
-        """EC2 may not show a new AMI (or its copy) at once: wait, then insist on its tags and IMDSv2."""
+        """EC2 may not show a new AMI (or its copy) at once: wait, then insist on its tags."""
         image = amis.wait_until_visible(ec2, ami)
         found = tags.from_tag_list(image.get("Tags"))
         wrong = sorted(k for k, v in expected.items() if found.get(k) != v)
         if wrong:
             raise OperationError(f"AMI {ami} in {region} lacks the provenance tags {', '.join(wrong)}; "
                                  "the template must set tags = var.tags")
-        # Packer 1.6.6 cannot launch its build instance with IMDSv2 required; every instance of the AMI will require it.
-        ec2.modify_image_attribute(ImageId=ami, ImdsSupport={"Value": "v2.0"})
+        self.images[region] = image
+
+    def _set_attributes(self, built: dict[str, str], provenance: Provenance) -> None:
+        """What Packer's template leaves out, on the AMIs and snapshots it tagged: IMDSv2, description, sharing."""
+        description = f"{self.definition.name} {provenance.version} from {provenance.git_commit[:12]} (bakery)"
+        for region, ami in built.items():
+            self.cancel.check()
+            ec2 = clients.client("ec2", region)
+            # Packer 1.6.6 cannot launch its build instance with IMDSv2 required; every instance of the AMI will.
+            ec2.modify_image_attribute(ImageId=ami, ImdsSupport={"Value": "v2.0"})
+            ec2.modify_image_attribute(ImageId=ami, Description={"Value": description})
+            share_with_accounts(ec2, RegionResult(region=region, ami_id=ami,
+                                                  snapshots=amis.snapshot_ids(self.images[region])),
+                                self.settings.accounts)
+
+    def _write_record(self, built: dict[str, str], verification: BuildVerification) -> None:
+        """The build instance's result as the version's write-once record (what adopt trusts, not the tag)."""
+        verification_record.write_record(
+            clients.client("ssm", self.region), image=self.definition.name, version=self.version or "",
+            passed=verification.passed, amis=built,
+            snapshots={region: amis.snapshot_ids(self.images[region]) for region in built},
+            report_sha256=hashlib.sha256(verification.junit.read_bytes()).hexdigest(),
+            summary=verification.summary, run_id=self.run.id)
 
     def _verification(self, seconds: float) -> BuildVerification | None:
         """The build instance's testinfra report (packer/testinfra.sh), or None (with a note) if nothing was tested."""
@@ -306,17 +339,20 @@ class PackerBake:
 
         Never by image and version alone: another checkout's catalog may have
         reserved the same version, and its AMIs are not this run's to remove.
+        An AMI Packer registered but never tagged is found by this run's unique
+        AMI name and claimed first (bakery.aws.amis.claim): the IAM policy lets
+        the role deregister only what carries bakery:managed=true.
         """
         if not self.version:
             return
         try:
             for region in self.regions:
                 ec2 = clients.client("ec2", region)
-                found = {i["ImageId"] for i in amis.find_amis(ec2, {tags.RUN: sanitize_tag_value(self.run.id)})}
+                found = {i["ImageId"]: i for i in amis.find_amis(ec2, {tags.RUN: sanitize_tag_value(self.run.id)})}
                 if self.ami_name:
-                    found |= {i["ImageId"] for i in ec2.describe_images(
-                        Owners=["self"], Filters=[{"Name": "name", "Values": [self.ami_name]}])["Images"]}
-                for ami in sorted(found):
+                    found.update({i["ImageId"]: i for i in amis.owned_named(ec2, self.ami_name)})
+                for ami, image in sorted(found.items()):
+                    amis.claim(ec2, image, sanitize_tag_value(self.run.id))
                     amis.deregister_with_snapshots(ec2, ami)
                     self.b.progress.note(f"deregistered {ami} in {region} (and its snapshots): the bake did not finish")
         except Exception as exc:  # noqa: BLE001 - the failure that brought us here is the one to report

@@ -21,6 +21,8 @@ any snapshot still there one by one). The plan is a pure function; `--dry-run` s
 Applying runs under every aws environment's fleet lock (bakery.gc.locks.environment_locks),
 and each AMI is looked at once more just before it goes (instances launched from it,
 the groups' launch template versions): one that became used meanwhile is kept and reported.
+AMIs a dead Packer bake registered but never tagged (bakery.gc.aws_leftovers) are found by their run's
+name, claimed with bakery:managed and removed too, whatever --keep says; their reports say "leftover".
 collect_aws is the whole command; its AwsGcReport says what happened as JSON or lines.
 """
 
@@ -40,6 +42,7 @@ from bakery.aws.releases import AMI_ID, previous_release
 from bakery.catalog import Catalog
 from bakery.config import Project
 from bakery.errors import OperationError
+from bakery.gc import aws_leftovers
 from bakery.gc.locks import environment_locks
 from bakery.progress import Progress
 
@@ -58,9 +61,16 @@ class AwsPlan:
     failed: list[dict[str, Any]] = field(default_factory=list)  # {region, ami_id, error}
     # {region, ami_id, reasons}: in use by the time it was to go
     skipped: list[dict[str, Any]] = field(default_factory=list)
+    leftovers: list[aws_leftovers.Leftover] = field(default_factory=list)  # untagged AMIs of dead bakes: they go
+    leftovers_kept: list[aws_leftovers.Leftover] = field(default_factory=list)  # untagged, their bake may still run
+    forget: list[tuple[str, str]] = field(default_factory=list)  # the dead bakes' pending catalog versions
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        data["leftovers"] = [e.to_dict() for e in self.leftovers]
+        data["leftovers_kept"] = [e.to_dict() for e in self.leftovers_kept]
+        del data["forget"]
+        return data
 
 
 @dataclass
@@ -76,8 +86,11 @@ class AwsGcReport:
     def lines(self) -> list[str]:
         """The report for a terminal: the copies that went (or would go), why the rest stays, what became used."""
         planned, verb = self.plan, "would delete" if self.dry_run else "deleted"
-        lines = [] if planned.delete else [f"nothing to delete in {', '.join(planned.regions)}"]
+        lines = [] if planned.delete or planned.leftovers else [f"nothing to delete in {', '.join(planned.regions)}"]
         gone = {d["ami_id"] for d in planned.deleted}
+        lines += [f"{verb} leftover {e.ami_id} in {e.region} ({e.name}, {len(e.snapshots)} snapshots): {e.reason}"
+                  for e in planned.leftovers if self.dry_run or e.ami_id in gone]
+        lines += [f"keep leftover {e.ami_id} in {e.region} ({e.name}): {e.reason}" for e in planned.leftovers_kept]
         for entry in planned.delete:
             copies = [a for a in entry["amis"] if self.dry_run or a["ami_id"] in gone]
             where = ", ".join(f"{a['ami_id']} in {a['region']} ({len(a['snapshots'])} snapshots)" for a in copies)
@@ -215,22 +228,33 @@ def shared_use(region: str, found: list[AmiVersion], reasons: dict[str, list[str
 
 
 def plan(settings, keep: int, progress: Progress, env_regions: list[str] | tuple[str, ...] = (),
-         include_shared: bool = False) -> AwsPlan:
-    """Look at every configured region (and every aws environment's) and decide; nothing is changed here."""
+         include_shared: bool = False, catalog: Catalog | None = None) -> AwsPlan:
+    """Look at every configured region (and every aws environment's) and decide; nothing is changed here.
+
+    `catalog` tells which bakes of this checkout still run (an untagged AMI of one stays)."""
     home = resolve_region(settings.region)
     regions = list(dict.fromkeys([*settings.all_regions(home), *env_regions]))
     found: list[AmiVersion] = []
     reasons: dict[str, list[str]] = defaultdict(list)
+    runs = aws_leftovers.bake_runs(catalog)
+    left: list[aws_leftovers.Leftover] = []
+    left_kept: list[aws_leftovers.Leftover] = []
     for region in regions:
         progress.note(f"gc: looking at AMIs, Auto Scaling groups, instances and release parameters in {region}")
         release_use(region, reasons)
-        region_amis = managed_amis(client("ec2", region), region)
+        gone, kept = aws_leftovers.find(client("ec2", region), region, runs)
+        left, left_kept = left + gone, left_kept + kept
+        untagged = {e.ami_id for e in gone + kept}  # claimed by an earlier gc, maybe: still no version to plan by
+        region_amis = [a for a in managed_amis(client("ec2", region), region) if a.ami_id not in untagged]
         found += region_amis
         auto_scaling_use(region, reasons)
         instance_use(region, reasons)
         if not include_shared:
             shared_use(region, region_amis, reasons)
-    return plan_aws(found, reasons, keep, regions)
+    planned = plan_aws(found, reasons, keep, regions)
+    planned.leftovers, planned.leftovers_kept = left, left_kept
+    planned.forget = aws_leftovers.dead_pending(left, runs)
+    return planned
 
 
 def use_now(region: str, ami_id: str) -> list[str]:
@@ -279,6 +303,7 @@ def apply(planned: AwsPlan, progress: Progress, catalog=None) -> AwsPlan:
     """Deregister every planned AMI still unused and delete its snapshots; a failed call stops nothing else but
     AccessDenied, and the catalog forgets exactly the AMIs that went, whatever stopped the run."""
     try:
+        _remove_leftovers(planned, progress)
         for entry in planned.delete:
             for ami in entry["amis"]:
                 busy = use_now(ami["region"], ami["ami_id"])
@@ -301,9 +326,32 @@ def apply(planned: AwsPlan, progress: Progress, catalog=None) -> AwsPlan:
     finally:
         if catalog is not None:
             gone = {d["ami_id"] for d in planned.deleted}
+            catalog.discard_versions([pair for pair in planned.forget if all(
+                e.ami_id in gone for e in planned.leftovers if (e.image, e.version) == pair)])
             catalog.discard_versions([(r["image"], r["version"]) for r in catalog.gc_versions()
                                       if r["image_ref"] in gone])
     return planned
+
+
+def _remove_leftovers(planned: AwsPlan, progress: Progress) -> None:
+    """Claim each untagged AMI of a dead bake (the policy lets the role delete only bakery:managed ones), then
+    deregister it with its snapshots; one an instance was launched from stays."""
+    for entry in planned.leftovers:
+        busy = use_now(entry.region, entry.ami_id)
+        if busy:
+            planned.skipped.append({"region": entry.region, "ami_id": entry.ami_id, "reasons": busy})
+            continue
+        ec2 = client("ec2", entry.region)
+        try:
+            amis.claim(ec2, entry.raw, entry.run_id)
+            snapshots, problems = deregister(ec2, entry.ami_id)
+        except ClientError as exc:
+            planned.failed.append({"region": entry.region, "ami_id": entry.ami_id, "error": str(exc)})
+            continue
+        planned.deleted.append({"region": entry.region, "ami_id": entry.ami_id, "snapshots": snapshots})
+        planned.failed += [{"region": entry.region, "ami_id": entry.ami_id, "error": p} for p in problems]
+        progress.note(f"gc: claimed and deregistered leftover {entry.ami_id} ({entry.name}) in {entry.region} and "
+                      f"deleted {len(snapshots)} snapshot(s)")
 
 
 def collect_aws(project: Project, keep: int, progress: Progress, *, dry_run: bool, include_shared: bool = False,
@@ -314,14 +362,15 @@ def collect_aws(project: Project, keep: int, progress: Progress, *, dry_run: boo
     opened only then) forgets the versions whose AMI went. A dry run changes nothing, so it takes no lock.
     The caller has checked that there are AWS credentials (bakery.aws.clients.check_credentials).
     """
-    if dry_run:
-        return AwsGcReport(True, plan(project.aws, keep, progress, environment_regions(project),
-                                      include_shared=include_shared))
     if catalog is None:
         from bakery.catalog import open_catalog
 
         catalog = open_catalog(project.state_dir)
+    if dry_run:
+        return AwsGcReport(True, plan(project.aws, keep, progress, environment_regions(project),
+                                      include_shared=include_shared, catalog=catalog))
     with environment_locks(project, catalog, "aws"):
-        planned = plan(project.aws, keep, progress, environment_regions(project), include_shared=include_shared)
+        planned = plan(project.aws, keep, progress, environment_regions(project), include_shared=include_shared,
+                       catalog=catalog)
         apply(planned, progress, catalog)
     return AwsGcReport(False, planned)

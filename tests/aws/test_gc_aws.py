@@ -4,13 +4,20 @@ region."""
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+from datetime import timedelta
 
 import boto3
 import pytest
 from botocore.exceptions import ClientError
 
+from bakery.aws import amis, clients
 from bakery.catalog import open_catalog
+from bakery.gc.aws import AwsGcReport
+from bakery.progress import Progress
 from tests.aws.ami_factory import version_ami, with_aws_settings
+from tests.aws.test_packer import ManagedOnly
 from tests.conftest import bake
 
 pytestmark = pytest.mark.aws
@@ -229,3 +236,75 @@ def _attached(made, handler):
     if made.meta.service_model.service_name == "ec2":
         handler.attach(made)
     return made
+
+
+def gone_pid() -> int:
+    """The pid of a process that has exited (what a SIGKILLed bake leaves in its catalog row)."""
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def untagged_ami(ec2, name: str) -> tuple[str, list[str]]:
+    """What Packer 1.6.6 leaves when it dies before its tag step: an AMI and its snapshot, neither tagged."""
+    ami = ec2.register_image(Name=name, RootDeviceName="/dev/xvda", VirtualizationType="hvm",
+                             BlockDeviceMappings=[{"DeviceName": "/dev/xvda", "Ebs": {"VolumeSize": 8}}])["ImageId"]
+    return ami, amis.snapshot_ids(ec2.describe_images(ImageIds=[ami])["Images"][0])
+
+
+def test_gc_claims_and_removes_the_untagged_amis_of_dead_bakes_and_nothing_else(aws, proj, monkeypatch):
+    from bakery.config import Project
+    from bakery.gc import aws as aws_gc
+    from bakery.gc import aws_leftovers
+
+    with_aws_settings(proj, [HOME, OTHER])
+    ec2 = {HOME: boto3.client("ec2", HOME), OTHER: boto3.client("ec2", OTHER)}
+    catalog = open_catalog(proj / ".bakery")
+    dead_run, live_run = "20260101T000000Z-build-dead01", "20260101T000100Z-build-11fe01"
+    dead_version = catalog.reserve_version("sample", dead_run, gone_pid())
+    live_version = catalog.reserve_version("sample", live_run, os.getpid())
+    # the dead bake's AMI at home and Packer's copy in the other region: the run's name, no tags
+    dead = {region: untagged_ami(ec2[region], f"sample-{dead_version}-dead01") for region in (HOME, OTHER)}
+    live, _ = untagged_ami(ec2[HOME], f"sample-{live_version}-11fe01")
+    elsewhere, _ = untagged_ami(ec2[HOME], "sample-20260101.009-abcdef")  # no bake of this checkout: maybe running
+    strangers = [untagged_ami(ec2[HOME], name)[0] for name in ("hand-made", "sample-20260101.001-copy")]
+    version_ami(ec2[HOME], "sample", "20260101.001")
+
+    dry = bake(proj, "gc", "--target", "aws", "--keep", "1", "--dry-run")
+    assert dry.rc == 0, dry.stderr
+    lines = dry.stdout.splitlines()
+    for region, (ami, _) in dead.items():
+        assert (f"would delete leftover {ami} in {region} (sample-{dead_version}-dead01, 1 snapshots): "
+                f"bake {dead_run} ended without tagging it") in lines
+    assert any(line.startswith(f"keep leftover {live} in {HOME} (sample-{live_version}-11fe01): bake {live_run} "
+                               f"(pid {os.getpid()}) is still running") for line in lines), dry.stdout
+    assert any(line.startswith(f"keep leftover {elsewhere} in {HOME}") and "another checkout may still be baking"
+               in line for line in lines), dry.stdout
+    assert not any(s in dry.stdout for s in strangers)
+
+    guard = ManagedOnly()  # the policy: deregister and delete only what carries bakery:managed=true
+    monkeypatch.setattr(aws_gc, "client", lambda service, region=None: guard.attach(clients.client(service, region)))
+    progress = Progress(io.StringIO())
+    planned = aws_gc.plan(Project(proj).aws, 1, progress, catalog=catalog)
+    aws_gc.apply(planned, progress, catalog)
+    assert guard.refused == [] and planned.failed == []
+    for region, (ami, snapshots) in dead.items():
+        assert ("DeregisterImage", ami) in guard.allowed
+        assert image_state(ec2[region], ami) is None and not snapshots_exist(ec2[region], snapshots), region
+    report = AwsGcReport(False, planned).lines()
+    assert f"deleted leftover {dead[HOME][0]} in {HOME} (sample-{dead_version}-dead01, 1 snapshots): " \
+        f"bake {dead_run} ended without tagging it" in report
+    assert catalog.version("sample", dead_version) is None  # the dead bake's reservation goes with its AMIs
+    assert catalog.version("sample", live_version)["status"] == "pending"
+    for ami in (live, elsewhere, *strangers):
+        image = ec2[HOME].describe_images(ImageIds=[ami])["Images"][0]
+        assert image["State"] == "available" and not image.get("Tags"), ami  # not even claimed
+
+    # a day on, the untagged AMI no bake of this checkout made is over too; the live bake's still is not
+    monkeypatch.setattr(aws_leftovers, "UNKNOWN_RUN_AGE", timedelta(0))
+    later = aws_gc.plan(Project(proj).aws, 1, progress, catalog=catalog)
+    assert [(e.ami_id, e.run_id) for e in later.leftovers] == [(elsewhere, "unknown-build-abcdef")]
+    assert [e.ami_id for e in later.leftovers_kept] == [live]
+    aws_gc.apply(later, progress, catalog)
+    assert guard.refused == [] and image_state(ec2[HOME], elsewhere) is None
+    assert all(image_state(ec2[HOME], ami) == "available" for ami in (live, *strangers))

@@ -9,6 +9,7 @@ and tags in moto; bake.py really parses its manifest and checks what it register
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -17,11 +18,12 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import boto3
 import pytest
 import yaml
 from botocore.exceptions import ClientError
 
-from bakery.aws import amis, clients, tags
+from bakery.aws import amis, clients, kms_keys, tags, verification_record
 from bakery.builders.base import BuildOptions
 from bakery.builders.packer import PackerBuilder
 from bakery.builders.packer_bake import PackerBake
@@ -101,6 +103,47 @@ def all_amis(region: str) -> list[dict]:
     return clients.client("ec2", region).describe_images(Owners=["self"])["Images"]
 
 
+class ManagedOnly:
+    """docs/aws-iam-policy.json's rule, enforced at the moment of each call: bakery modifies, deregisters and deletes
+    only AMIs and snapshots that already carry bakery:managed=true; anything else is refused as AWS would refuse it."""
+
+    GUARDED = {"ModifyImageAttribute": "ImageId", "DeregisterImage": "ImageId",
+               "ModifySnapshotAttribute": "SnapshotId", "DeleteSnapshot": "SnapshotId"}
+
+    def __init__(self):
+        self.allowed: list[tuple[str, str]] = []  # (operation, resource) in call order
+        self.refused: list[tuple[str, str]] = []
+
+    def attach(self, made):
+        """Guard one client's calls (an ec2 client; others pass through)."""
+        if made.meta.service_model.service_name == "ec2":
+            region = made.meta.region_name
+            for operation in self.GUARDED:
+                made.meta.events.register(f"before-parameter-build.ec2.{operation}",
+                                          lambda params, model, **_: self._check(region, params, model))
+        return made
+
+    def _check(self, region, params, model):
+        resource = params[self.GUARDED[model.name]]
+        ec2 = boto3.client("ec2", region)
+        if resource.startswith("ami-"):
+            found = ec2.describe_images(ImageIds=[resource])["Images"]
+        else:
+            found = ec2.describe_snapshots(SnapshotIds=[resource])["Snapshots"]
+        if found and tags.from_tag_list(found[0].get("Tags")).get(tags.MANAGED) == "true":
+            self.allowed.append((model.name, resource))
+            return
+        self.refused.append((model.name, resource))
+        raise clients.AccessDenied(f"ec2:{model.name}", "UnauthorizedOperation", f"{resource} is not bakery-managed")
+
+
+def guarded_clients(monkeypatch, guard: ManagedOnly) -> None:
+    """Every ec2 client bakery makes (bakery.aws.clients.client) is guarded."""
+    make_client = clients.client
+    monkeypatch.setattr(clients, "client",
+                        lambda service, region=None, profile=None: guard.attach(make_client(service, region, profile)))
+
+
 # -- the template ---------------------------------------------------------------------------------
 
 
@@ -134,9 +177,7 @@ def test_template_validates_with_exactly_the_variables_the_builder_passes(aws_pr
     passed = json.loads(var_file.read_text())
     declared = re.findall(r'^variable "(\w+)"', (REPO / "packer/aws.pkr.hcl").read_text(), re.M)
     assert sorted(passed) == sorted(declared)
-    accounts = ["210987654321"] if shared else []
-    assert (passed["ami_regions"] == (["eu-west-1"] if shared else [])
-            and passed["ami_users"] == passed["snapshot_users"] == accounts)
+    assert passed["ami_regions"] == (["eu-west-1"] if shared else [])
     assert passed["source_ami"] == bake_.plan.base_ami and passed["tags"][tags.INPUT_DIGEST] == bake_.plan.digest
     base = clients.client("ec2").describe_images(ImageIds=[bake_.plan.base_ami])["Images"][0]
     assert passed["root_device_name"] == base["RootDeviceName"]  # the base AMI's own root device, replaced not added to
@@ -150,21 +191,104 @@ def test_template_validates_with_exactly_the_variables_the_builder_passes(aws_pr
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+def source_settings(template: Path) -> dict[str, str]:
+    """The amazon-ebs source's own settings (name -> expression as written), nested blocks and comments left out."""
+    lines = template.read_text().split('source "amazon-ebs" "image" {\n', 1)[1].splitlines()
+    settings, depth = {}, 0
+    for line in lines:
+        code = line.split("#", 1)[0]
+        if depth == 0 and (assignment := re.match(r"^\s*(\w+)\s*=\s*(.+?)\s*$", code)):
+            settings[assignment[1]] = assignment[2]
+        depth += code.count("{") - code.count("}")
+        if depth < 0:  # the source's closing brace
+            return settings
+    raise AssertionError("the amazon-ebs source block never closes")
+
+
+def test_template_leaves_description_and_sharing_to_bake_py():
+    """Packer 1.6.6 modifies AMI attributes before it tags: under the shipped policy those calls are refused, so the
+    template must give Packer nothing to modify (bake.py does it on the tagged AMI)."""
+    settings = source_settings(REPO / "packer/aws.pkr.hcl")
+    assert {"ami_name", "tags", "snapshot_tags", "run_tags", "ami_regions"} <= set(settings)  # the parse works
+    modified_before_tags = {"ami_description", "ami_users", "ami_groups", "ami_product_codes", "snapshot_users",
+                            "snapshot_groups", "ami_org_arns", "ami_ou_arns"}
+    assert modified_before_tags.isdisjoint(settings), sorted(modified_before_tags & set(settings))
+    assert settings["tags"] == settings["snapshot_tags"] == "var.tags"  # Packer's CreateTags: bakery:managed=true
+
+
+MRK_ID = "mrk-1234abcd12ab34cd56ef1234567890ab"
+EU_MRK_ARN = f"arn:aws:kms:eu-west-1:123456789012:key/{MRK_ID}"
+
+
 @pytest.mark.parametrize(("aws_settings", "refusal"), [
+    ({"regions": ["eu-west-1"], "kms_key_id": KMS_KEY, "region_kms_key_ids": {"eu-west-1": EU_MRK_ARN}},
+     r"^bakery.yml: aws.region_kms_key_ids.eu-west-1 'arn:aws:kms:eu-west-1:123456789012:key/mrk-1234.*' is a "
+     r"multi-Region key, .* \(alias/NAME or arn:aws:kms:eu-west-1:ACCOUNT:alias/NAME\)"),
+    ({"regions": ["eu-west-1"], "kms_key_id": MRK_ID, "region_kms_key_ids": {"eu-west-1": "alias/bakery"}},
+     r"^bakery.yml: aws.kms_key_id 'mrk-1234.*' is a multi-Region key, .*give an alias of it instead"),
+    ({"regions": ["eu-west-1"], "region_kms_key_ids": {"us-east-1": MRK_ID, "eu-west-1": "alias/bakery"}},
+     r"^bakery.yml: aws.region_kms_key_ids.us-east-1 'mrk-1234.*' is a multi-Region key"),
     ({"accounts": ["210987654321"]}, "aws.accounts needs aws.kms_key_id"),
     ({"accounts": ["210987654321"], "kms_key_id": KMS_KEY, "regions": ["eu-west-1", "us-west-2"],
       "region_kms_key_ids": {"eu-west-1": EU_KMS_KEY}},
      "aws.accounts needs a key for every region: .* has none for us-west-2"),
     ({"regions": ["eu-west-1", "us-west-2"], "region_kms_key_ids": {"us-west-2": EU_KMS_KEY}},
      "aws.region_kms_key_ids has no key for eu-west-1: Packer needs a key for every copied region"),
-], ids=["shared-without-a-key", "shared-without-a-copied-regions-key", "some-copied-regions-without-a-key"])
-def test_keys_that_cannot_work_are_refused_naming_what_is_missing(project, aws_settings, refusal):
+], ids=["copied-region-key-arn", "home-key-id-with-copies", "home-key-in-region-map", "shared-without-a-key",
+        "shared-without-a-copied-regions-key", "some-copied-regions-without-a-key"])
+def test_keys_that_cannot_work_are_refused_before_the_bake(project, aws_settings, refusal):
     settings = yaml.safe_load((project / "bakery.yml").read_text())
     settings["aws"] = {"region": "us-east-1", **aws_settings}
     (project / "bakery.yml").write_text(yaml.safe_dump(settings))
     builder = builder_for(project)  # refused before any AWS call
     with pytest.raises(ConfigError, match=refusal):
         builder.plan(builder.project.image("sample"), BuildOptions())
+
+
+def test_multi_region_key_refusal_is_one_line_and_exit_2(aws_project):
+    settings = yaml.safe_load((aws_project / "bakery.yml").read_text())
+    settings["aws"].update(kms_key_id=KMS_KEY, region_kms_key_ids={"eu-west-1": f"{MRK_ID}"})
+    (aws_project / "bakery.yml").write_text(yaml.safe_dump(settings))
+    refused = bake(aws_project, "build", "sample", "--target", "aws")
+    assert refused.rc == 2 and refused.stderr.count("\n") == 1, refused.stderr
+    assert "aws.region_kms_key_ids.eu-west-1 'mrk-1234" in refused.stderr and "alias/NAME" in refused.stderr
+
+
+def test_packer_itself_refuses_what_bake_py_refuses_and_takes_the_alternatives(aws_project):
+    """The check mirrors Debian's packer 1.6.6: `packer validate` of the shipped template, with exactly the builder's
+    variables, refuses a multi-Region key id and key ARN for a copied region and takes aliases and plain keys; the
+    home key alone (the launch volume's) is not Packer's to check, and bake.py lets it through."""
+    settings = yaml.safe_load((aws_project / "bakery.yml").read_text())
+    settings["aws"].update(kms_key_id=MRK_ID, region_kms_key_ids={"eu-west-1": EU_KMS_KEY})
+    (aws_project / "bakery.yml").write_text(yaml.safe_dump(settings))
+    with pytest.raises(ConfigError, match="aws.kms_key_id 'mrk-"):
+        bake_for(aws_project, "20261129.010")
+    settings["aws"].update(regions=[], region_kms_key_ids={})  # no copies: the mrk key goes to the launch volume only
+    (aws_project / "bakery.yml").write_text(yaml.safe_dump(settings))
+    bake_ = bake_for(aws_project, "20261129.010")
+    var_file = bake_.write_inputs(bake_.provenance())
+    variables = json.loads(var_file.read_text())
+    assert variables["kms_key_id"] == MRK_ID and not validate_errors(var_file)
+
+    variables["ami_regions"] = ["eu-west-1"]
+    verdicts = {}
+    for key in (EU_MRK_ARN, MRK_ID, "alias/bakery-ami", "arn:aws:kms:eu-west-1:123456789012:alias/bakery-ami",
+                EU_KMS_KEY):
+        var_file.write_text(json.dumps({**variables, "kms_key_id": "alias/bakery-ami",
+                                        "region_kms_key_ids": {"eu-west-1": key}}))
+        verdicts[key] = validate_errors(var_file)
+        assert kms_keys.packer_accepts(key) == (not verdicts[key])
+    assert f'"{EU_MRK_ARN}" is not a valid KMS Key Id' in verdicts[EU_MRK_ARN]
+    assert f'"{MRK_ID}" is not a valid KMS Key Id' in verdicts[MRK_ID]
+    assert [k for k, errors in verdicts.items() if not errors] == [
+        "alias/bakery-ami", "arn:aws:kms:eu-west-1:123456789012:alias/bakery-ami", EU_KMS_KEY]
+
+
+def validate_errors(var_file: Path) -> str:
+    """`packer validate` of the shipped template with these variables: '' when valid, else its output."""
+    proc = subprocess.run(["packer", "validate", f"-var-file={var_file}", str(REPO / "packer/aws.pkr.hcl")],
+                          capture_output=True, text=True, check=False, timeout=60, env=packer_env())
+    return "" if proc.returncode == 0 else proc.stdout + proc.stderr
 
 
 def test_tags_carry_every_provenance_fact_sanitised(aws_project):
@@ -324,10 +448,61 @@ def test_packer_build_registers_tagged_amis_that_bake_py_records(aws_project, aw
     assert row["status"] == "ready" and row["image_ref"] == result.ref and row["provenance"]["amis"] == amis_by_region
     [verification] = catalog.verifications("sample", result.version)
     assert not verification["passed"] and "1 passed, 1 failed" in verification["summary"]
+    # the write-once record adopt trusts (not the tag): every region's AMI and snapshots, the report's digest
+    record = verification_record.read_record(make_client("ssm", "us-east-1"), "sample", result.version)
+    assert record is not None and record["passed"] is False and record["run_id"] == run.id
+    assert record["amis"] == amis_by_region and record["summary"] == verification["summary"]
+    assert record["snapshots"] == {region: sorted(amis.snapshot_ids(make_client("ec2", region).describe_images(
+        ImageIds=[ami])["Images"][0])) for region, ami in amis_by_region.items()}
+    assert record["report_sha256"] == hashlib.sha256((run.path / "testinfra-build.xml").read_bytes()).hexdigest()
 
     again = builder.build(builder.project.image("sample"), BuildOptions(),
                           Run.start(builder.project.state_dir, "build"))
     assert again.reused and again.ref == result.ref and again.version == result.version
+
+
+def test_bake_py_describes_and_shares_the_amis_only_once_packer_tagged_them(aws_project, aws, packer_offline,
+                                                                            monkeypatch):
+    """Packer makes no attribute call (it would precede its tags); bake.py's own come after, on tagged resources."""
+    for_moto(aws_project / "packer/aws.pkr.hcl", aws)
+    settings = yaml.safe_load((aws_project / "bakery.yml").read_text())
+    settings["aws"].update(accounts=["210987654321"], kms_key_id=KMS_KEY, region_kms_key_ids={"eu-west-1": EU_KMS_KEY})
+    (aws_project / "bakery.yml").write_text(yaml.safe_dump(settings))
+    guard = ManagedOnly()
+    guarded_clients(monkeypatch, guard)
+    descriptions: list[str] = []  # moto does not keep a Description set by ModifyImageAttribute: what bake.py sent
+    make_client = clients.client
+
+    def recording(service, region=None, profile=None):
+        made = make_client(service, region, profile)
+        if service == "ec2":
+            made.meta.events.register("before-parameter-build.ec2.ModifyImageAttribute",
+                                      lambda params, **_: descriptions.append(
+                                          f"{params['ImageId']}: {params['Description']['Value']}")
+                                      if "Description" in params else None)
+        return made
+
+    monkeypatch.setattr(clients, "client", recording)
+    builder = builder_for(aws_project)
+    run = Run.start(builder.project.state_dir, "build")
+    result = builder.build(builder.project.image("sample"), BuildOptions(), run)
+
+    packer_log = (run.path / "packer.log").read_text()
+    assert "Adding tags to AMI" in packer_log and "Modifying attributes on" not in packer_log
+    assert guard.refused == [] and guard.allowed  # every attribute call of bake.py found bakery:managed=true
+    built = result.provenance["amis"]
+    assert set(built) == {"us-east-1", "eu-west-1"}
+    commit = result.provenance["git_commit"][:12]
+    assert sorted(descriptions) == sorted(f"{ami}: sample {result.version} from {commit} (bakery)"
+                                          for ami in built.values())
+    for region, ami in built.items():
+        ec2 = boto3.client("ec2", region)
+        permissions = ec2.describe_image_attribute(ImageId=ami, Attribute="launchPermission")["LaunchPermissions"]
+        assert permissions == [{"UserId": "210987654321"}]
+        [snapshot] = amis.snapshot_ids(ec2.describe_images(ImageIds=[ami])["Images"][0])
+        volumes = ec2.describe_snapshot_attribute(SnapshotId=snapshot, Attribute="createVolumePermission")
+        assert volumes["CreateVolumePermissions"] == [{"UserId": "210987654321"}]
+        assert ("ModifyImageAttribute", ami) in guard.allowed and ("ModifySnapshotAttribute", snapshot) in guard.allowed
 
 
 def test_failed_bake_leaves_no_ami_no_snapshot_and_no_version(aws_project, aws, packer_offline, monkeypatch):
@@ -356,19 +531,30 @@ def test_failed_bake_leaves_no_ami_no_snapshot_and_no_version(aws_project, aws, 
     assert builder.catalog.versions("sample", status=None) == []
 
 
-def test_undo_removes_only_what_this_run_registered(aws_project):
+def test_undo_removes_only_what_this_run_registered(aws_project, monkeypatch):
     """Two catalogs can reserve the same version: a failed bake must not deregister the other bake's AMI."""
     bake_ = bake_for(aws_project, "20261129.004")
     bake_.variables(bake_.provenance())  # names this run's AMI, as before Packer starts
     ec2 = clients.client("ec2")
     same_version = {tags.MANAGED: "true", tags.IMAGE: "sample", tags.VERSION: "20261129.004"}
     mine_tagged = register_ami(ec2, "sample-20261129.004-copy", {**same_version, tags.RUN: bake_.run.id})
-    mine_named = register_ami(ec2, bake_.ami_name, {})  # registered, not yet tagged
     theirs = register_ami(ec2, "sample-20261129.004-b0b0b0",
                           {**same_version, tags.RUN: "20261129T000000Z-build-b0b0b0"})
+    # Packer registered it and died before its tag step: no tag at all, on the AMI or its snapshot
+    mine_named = ec2.register_image(Name=bake_.ami_name, RootDeviceName="/dev/xvda", VirtualizationType="hvm",
+                                    BlockDeviceMappings=[{"DeviceName": "/dev/xvda",
+                                                          "Ebs": {"VolumeSize": 8}}])["ImageId"]
+    [snapshot] = amis.snapshot_ids(ec2.describe_images(ImageIds=[mine_named])["Images"][0])
+    # another bake's, untagged as well, of the same version: its name is not this run's
+    theirs_untagged = ec2.register_image(Name="sample-20261129.004-c0c0c0", RootDeviceName="/dev/xvda")["ImageId"]
+    guard = ManagedOnly()
+    guarded_clients(monkeypatch, guard)
     bake_._undo()
-    assert [i["ImageId"] for i in all_amis("us-east-1")] == [theirs]
+    assert guard.refused == []  # claimed (tagged bakery:managed) before it was deregistered
+    assert ("DeregisterImage", mine_named) in guard.allowed and ("DeleteSnapshot", snapshot) in guard.allowed
+    assert sorted(i["ImageId"] for i in all_amis("us-east-1")) == sorted([theirs, theirs_untagged])
     assert amis.describe_ami(ec2, mine_tagged) is None and amis.describe_ami(ec2, mine_named) is None
+    assert tags.from_tag_list(amis.describe_ami(ec2, theirs_untagged).get("Tags")) == {}  # not even claimed
 
 
 def test_packer_failure_names_the_failing_step(aws_project, aws, packer_offline):
