@@ -3,7 +3,9 @@
 Flow: check the settings (bucket, instance profile), resolve the base AMI (SSM
 parameter or aws.base_ami), compute the input digest with the base AMI id as
 base digest, and return the existing AMI when one already carries that
-`bakery:input-digest` tag (no Image Builder call at all). Otherwise pack and
+`bakery:input-digest` tag (no Image Builder call at all). Otherwise check the
+instance profile in IAM (bakery.aws.imagebuilder.instance_profile: a broken one
+would fail only after a long wait), pack and
 upload the bundle (bakery.aws.bundle), reserve a version in the catalog, create
 or reuse the component, a recipe version, the infrastructure and distribution
 configurations (bakery.aws.imagebuilder.resources), start the build and follow
@@ -13,9 +15,15 @@ the version's image_ref and image_id.
 Verification: the component's test phase runs the image's testinfra suite
 (tests/images/test_<image>.py) on an instance of the new AMI, and a build only
 becomes AVAILABLE when it passed; so when the image has a suite, its passing
-is recorded as a catalog verification of the version (what bakery.verify.gate reads),
-and tagged (bakery:verified, bakery:run) on every AMI and snapshot, so a checkout
-that adopts the version from AWS (bakery.aws.adopt) sees the same result.
+is recorded as a catalog verification of the version (what bakery.verify.gate reads)
+and written once to the version's SSM verification record in the home region
+(bakery.aws.verification_record: every AMI, the snapshots behind each, the
+sha256 of the report below), which is what a checkout that adopts the version
+from AWS (bakery.aws.adopt) trusts. The tags bakery:verified / bakery:run on
+every AMI and snapshot are for people reading the console. The report is what
+bakery knows of the test phase: the Image Builder image ARN, its final state,
+its test settings, where its logs are and the AMIs (Image Builder's API returns
+no test output of its own; the logs hold it); the digest is of its canonical JSON.
 
 On any failure or interrupt the reserved version is discarded and a build
 still running is cancelled (cancel_image_creation): nothing half-registered.
@@ -23,6 +31,8 @@ still running is cancelled (cancel_image_creation): nothing half-registered.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import time
@@ -36,7 +46,9 @@ from bakery.aws.amis import find_amis, resolve_base_ami, root_device, tag_with_s
 from bakery.aws.bundle import Bundle, build_bundle, image_suite, require_bucket, upload_bundle
 from bakery.aws.clients import check_credentials, client, resolve_region
 from bakery.aws.imagebuilder import resources
+from bakery.aws.imagebuilder.instance_profile import check_instance_profile
 from bakery.aws.imagebuilder.wait import ImageBuildFailed, log_locations, wait_for_image
+from bakery.aws.verification_record import write_record
 from bakery.builders.ami import AmiBuilder, region_keys
 from bakery.builders.base import BuildOptions, BuildResult, LayerResult
 from bakery.config import ImageDefinition
@@ -96,6 +108,8 @@ class ImageBuilderBuilder(AmiBuilder):
             existing = self.existing_ami(ec2, definition.name, digest)
             if existing:
                 return self.reused(existing, region, digest, planned, run, started)
+        # before anything is uploaded or created: a profile Image Builder cannot use fails only after a long wait
+        check_instance_profile(client("iam", region), settings.instance_profile, resources.instance_role_needs(bucket))
         bundle = build_bundle(self.project, definition, extra_vars, role_vars)
         if upload_bundle(client("s3", region), bucket, bundle):
             self.progress.note(f"{definition.name}: uploaded bundle {bundle.uri(bucket)} "
@@ -161,30 +175,53 @@ class _ImageBuild:
                                  f"(it names: {', '.join(f'{r}={a}' for r, a in amis.items()) or 'none'}; "
                                  f"logs: {log_locations(image)})")
         self.b.progress.note(f"{label}: AMIs " + ", ".join(f"{region} {ami}" for region, ami in amis.items()))
-        # AVAILABLE with tests enabled means the test phase passed: say so on every AMI and snapshot (bakery.aws.adopt
-        # reads it), with the run id, and the provenance on the snapshots too (Image Builder tags only the AMIs).
-        summary = f"EC2 Image Builder test phase passed (tests/images/test_{self.name}.py)"
-        made_tags = {**tag_names.provenance_tags(provenance), tag_names.RUN: sanitize_tag_value(self.run.id)}
-        if tests:
-            made_tags |= {tag_names.VERIFIED: "passed", tag_names.VERIFICATION: sanitize_tag_value(summary)}
-        for region, ami in amis.items():
-            tag_with_snapshots(client("ec2", region), ami, made_tags)
+        snapshots = self._tag(amis, provenance, tests)
+        # the write-once record before the catalog calls the version ready: a failed write discards the version
+        report = self._write_record(image, amis, snapshots) if tests else None
         self.b.catalog.complete_version(
             self.name, self.version, image_ref=home, image_id=home, input_digest=self.plan.digest,
             provenance=provenance.to_dict(),
             layers=[{"role": p.role, "role_digest": p.role_digest, "key": p.key, "cached": False}
                     for p in self.plan.planned])
-        if tests:
+        if report is not None:
             self.b.catalog.record_verification(
                 self.name, self.version, env=None, started=waited_from, seconds=round(time.monotonic() - waited, 1),
-                passed=True, run_id=self.run.id, summary=summary,
-                reports={"imagebuilder_image": image.get("arn", ""), "logs": log_locations(image), "amis": amis})
+                passed=True, run_id=self.run.id, summary=self._summary(), reports=report)
         return BuildResult(
             image=self.name, version=self.version, ref=home, image_id=home, input_digest=self.plan.digest, reused=False,
             run_id=self.run.id, seconds=round(time.monotonic() - self.started, 3),
             layers=[LayerResult(p.role, p.key, p.role_digest, cached=False) for p in self.plan.planned],
             provenance=provenance.to_dict(),
         )
+
+    def _summary(self) -> str:
+        return f"EC2 Image Builder test phase passed (tests/images/test_{self.name}.py)"
+
+    def _tag(self, amis: dict[str, str], provenance: Provenance, tests: bool) -> dict[str, list[str]]:
+        """Provenance and run id on every AMI and snapshot (Image Builder tags only the AMIs); each region's snapshots.
+
+        With tests enabled, AVAILABLE means the test phase passed: the tags say so
+        too, for people; bakery.aws.adopt trusts the verification record, not them.
+        """
+        made_tags = {**tag_names.provenance_tags(provenance), tag_names.RUN: sanitize_tag_value(self.run.id)}
+        if tests:
+            made_tags |= {tag_names.VERIFIED: "passed", tag_names.VERIFICATION: sanitize_tag_value(self._summary())}
+        snapshots = {}
+        for region, ami in amis.items():
+            tagged = tag_with_snapshots(client("ec2", region), ami, made_tags)  # the AMI, then its snapshots
+            snapshots[region] = tagged[1:]
+        return snapshots
+
+    def _write_record(self, image: dict, amis: dict[str, str], snapshots: dict[str, list[str]]) -> dict:
+        """The passed test phase as the version's write-once SSM record (home region); the report for the catalog."""
+        version = self.version or ""
+        report = {"imagebuilder_image": image.get("arn", ""), "state": (image.get("state") or {}).get("status", ""),
+                  "tests": image.get("imageTestsConfiguration") or {}, "logs": log_locations(image), "amis": amis}
+        digest = hashlib.sha256(json.dumps(report, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+        name = write_record(client("ssm", self.plan.region), image=self.name, version=version, passed=True, amis=amis,
+                            snapshots=snapshots, report_sha256=digest, summary=self._summary(), run_id=self.run.id)
+        self.b.progress.note(f"{self.name}:{version}: verification recorded in SSM {name}")
+        return {**report, "report_sha256": digest, "record": name}
 
     def _start(self, provenance: Provenance, label: str, tests: bool) -> str:
         """Every resource the build needs (created, reused or updated in place), then the build: its ARN."""

@@ -1,8 +1,12 @@
-"""The EC2 Image Builder builder: S3 bundle and SSM base AMI through moto server, every Image Builder call by Stubber.
+"""The EC2 Image Builder builder: S3 bundle, SSM base AMI and record, IAM profile through moto server; every Image
+Builder call by Stubber.
 
 Stubber checks each request against botocore's Image Builder model (names,
 types, required members) and each canned response too, so the shapes here are
-the real service's.
+the real service's. Where the answer depends on the request the way the
+service's does (ListComponents: byName aggregates every version of a name into
+one entry), ServiceStubber answers from a function of the request instead of a
+canned queue entry, still validated against the model.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import json
 import subprocess
 import tarfile
 from datetime import UTC, datetime
@@ -17,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from botocore.awsrequest import AWSResponse
 from botocore.stub import ANY, Stubber
 
 from bakery.aws import clients
@@ -28,7 +34,10 @@ from bakery.aws.imagebuilder.resources import (
     TESTINFRA_VERSION,
     component_document,
     document_digest,
+    ensure_component,
+    ensure_recipe,
 )
+from bakery.aws.verification_record import read_record
 from bakery.builders.base import BuildOptions
 from bakery.builders.imagebuilder import ImageBuilderBuilder
 from bakery.catalog import open_catalog
@@ -42,6 +51,7 @@ from tests.conftest import REPO, bake
 pytestmark = pytest.mark.aws
 
 ACCOUNT = "123456789012"
+SSM_CORE = "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"
 BUCKET = "bakery-bundles-test"
 PARAMETER = "/test/debian-12/amd64"
 ARN = f"arn:aws:imagebuilder:us-east-1:{ACCOUNT}"
@@ -102,6 +112,43 @@ def base_ami(aws, monkeypatch) -> str:
     return ami
 
 
+def make_profile(name: str = "bakery-build", *, role: str | None = "bakery-build-role",
+                 policies: tuple[str, ...] = (SSM_CORE,)) -> None:
+    """An instance profile in moto's IAM, with a role that has `policies` attached (or no role)."""
+    iam = clients.client("iam")
+    iam.create_instance_profile(InstanceProfileName=name)
+    if role is None:
+        return
+    trust = {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}]}
+    iam.create_role(RoleName=role, AssumeRolePolicyDocument=json.dumps(trust))
+    for arn in policies:
+        iam.attach_role_policy(RoleName=role, PolicyArn=arn)
+    iam.add_role_to_instance_profile(InstanceProfileName=name, RoleName=role)
+
+
+@pytest.fixture
+def profiles(aws, monkeypatch):
+    """make_profile, in a moto IAM that knows AWS's managed policies (moto loads them only when asked to).
+
+    moto server runs in this process: its IAM backend alone is re-made with
+    them, which leaves the rest of the test's moto state alone.
+    """
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.iam.models import iam_backends
+
+    monkeypatch.setenv("MOTO_IAM_LOAD_MANAGED_POLICIES", "true")
+    iam_backends[DEFAULT_ACCOUNT_ID]["aws"].reset()
+    return make_profile
+
+
+@pytest.fixture
+def build_profile(profiles) -> str:
+    """The build instance profile the settings name, with AmazonSSMManagedInstanceCore as Image Builder needs."""
+    profiles()
+    return "bakery-build"
+
+
 @pytest.fixture
 def ib(aws, monkeypatch):
     """bakery's own imagebuilder client (retries, AccessDenied hook) under a Stubber; other services stay moto's."""
@@ -114,6 +161,77 @@ def ib(aws, monkeypatch):
     with Stubber(stubbed) as stub:
         yield stub
         stub.assert_no_pending_responses()
+
+
+class ServiceStubber(Stubber):
+    """A Stubber that answers the operations in `answers` from a function of each request, as the service would.
+
+    The request is still validated by botocore against the model, and each
+    answer against the output shape, like any Stubber response; every other
+    operation comes from the queue in order. `requests` keeps what was asked.
+    """
+
+    def __init__(self, client, answers):
+        super().__init__(client)
+        self.answers = answers
+        self.requests: list[tuple[str, dict]] = []
+        self._answer = None
+
+    def _assert_expected_params(self, model, params, context, **kwargs):
+        if model.name not in self.answers:
+            return super()._assert_expected_params(model, params, context, **kwargs)
+        self.requests.append((model.name, dict(params)))
+        response = self.answers[model.name](dict(params))
+        self._validate_operation_response(model.name, response)
+        self._answer = (AWSResponse(None, 200, {}, None), response)
+        return None
+
+    def _get_response_handler(self, model, params, context, **kwargs):
+        if model.name not in self.answers:
+            return super()._get_response_handler(model, params, context, **kwargs)
+        answer, self._answer = self._answer, None
+        return answer
+
+
+def list_components_like_aws(versions: list[dict], page_size: int = 25):
+    """ListComponents over `versions` as the API reference describes it (botocore 1.44's model docs).
+
+    byName=True: "one entry per component name, with all versions of each
+    component aggregated" (which version's fields the entry shows is not
+    documented; here the newest's), and it cannot be combined with the version
+    filter. byName=False (the default): one entry per version. DEPRECATED
+    versions only with the status filter. Pages of at most 25 ("If you don't
+    specify a value, Image Builder returns up to 25 items").
+    """
+
+    def answer(request: dict) -> dict:
+        filters = {f["name"]: f["values"] for f in request.get("filters", [])}
+        assert set(filters) <= {"description", "name", "platform", "productCodes", "status", "supportedOsVersion",
+                                "type", "version"}, filters
+        assert not (request.get("byName") and "version" in filters), "byName cannot be combined with version"
+        statuses = filters.get("status") or ["ACTIVE", "DISABLED"]
+        found = [v for v in versions if v["name"] in filters.get("name", [v["name"]]) and v["status"] in statuses]
+        if request.get("byName"):
+            newest: dict[str, dict] = {}
+            for version in found:
+                key = tuple(int(n) for n in version["version"].split("."))
+                if version["name"] not in newest or key > newest[version["name"]][0]:
+                    newest[version["name"]] = (key, version)
+            found = [entry for _, entry in newest.values()]
+        start = int(request.get("nextToken") or 0)
+        size = min(request.get("maxResults") or page_size, page_size)
+        page = {"componentVersionList": found[start:start + size]}
+        if start + size < len(found):
+            page["nextToken"] = str(start + size)
+        return page
+
+    return answer
+
+
+def component_version(number: str, digest: str, status: str = "ACTIVE") -> dict:
+    return {"arn": f"{ARN}:component/bakery-sample/{number}", "name": "bakery-sample", "version": number,
+            "platform": "Linux", "type": "BUILD", "owner": ACCOUNT, "status": status,
+            "description": f"bakery image sample: Ansible bake, validate, testinfra; document {digest}"}
 
 
 def make_builder(root: Path, **kwargs):
@@ -132,6 +250,7 @@ def expected_bundle(project: Project):
 def image(status: str, **extra) -> dict:
     return {"image": {"arn": f"{ARN}:image/bakery-sample/2026.1.0/1", "name": "bakery-sample",
                       "state": {"status": status}, "imageRecipe": {"name": "bakery-sample"},
+                      "imageTestsConfiguration": {"imageTestsEnabled": True, "timeoutMinutes": 60},
                       "infrastructureConfiguration": {
                           "logging": {"s3Logs": {"s3BucketName": BUCKET, "s3KeyPrefix": "imagebuilder-logs/sample"}}},
                       **extra}}
@@ -145,8 +264,12 @@ def stub_resources(stub, ami: str, *, existing: bool, document: Captured, parame
     component_arn = f"{ARN}:component/bakery-sample/1.0.0/1"
     listed = [{"arn": f"{ARN}:component/bakery-sample/1.0.0", "name": name, "version": "1.0.0", "status": "ACTIVE",
                "description": f"bakery image sample; document {component_digest}"}] if existing else []
+    # every version, one entry each (byName false), then the deprecated ones the default listing leaves out
     stub.add_response("list_components", {"componentVersionList": listed},
-                      {"owner": "Self", "filters": by_name, "byName": True})
+                      {"owner": "Self", "filters": by_name, "byName": False})
+    stub.add_response("list_components", {"componentVersionList": []},
+                      {"owner": "Self", "filters": [*by_name, {"name": "status", "values": ["DEPRECATED"]}],
+                       "byName": False})
     if not existing:
         stub.add_response("create_component", {"componentBuildVersionArn": component_arn}, {
             "name": name, "semanticVersion": "1.0.0", "platform": "Linux", "data": document, "description": ANY,
@@ -211,7 +334,8 @@ def today_recipe(patch: int) -> str:
     return f"{datetime.now(UTC):%Y%m%d}.1.{patch}"
 
 
-def test_build_creates_every_resource_polls_to_available_and_records_the_version(ibproj, base_ami, ib):
+def test_build_creates_every_resource_polls_to_available_and_records_the_version(ibproj, base_ami, build_profile,
+                                                                                  ib):
     builder, project, catalog, stream = make_builder(ibproj)
     document, parameters, ami_tags = Captured(), Captured(), Captured()
     stub_resources(ib, base_ami, existing=False, document=document, parameters=parameters, ami_tags=ami_tags,
@@ -245,6 +369,19 @@ def test_build_creates_every_resource_polls_to_available_and_records_the_version
     assert [layer["role"] for layer in record["layers"]] == ["first", "second"]
     [verification] = catalog.verifications("sample", result.version)
     assert verification["passed"] and "test phase passed" in verification["summary"]
+    # the write-once SSM record in the home region: every AMI, the snapshots behind each, the report's digest
+    ssm_record = read_record(clients.client("ssm"), "sample", result.version)
+    assert ssm_record is not None and ssm_record["passed"] is True and ssm_record["run_id"] == run.id
+    assert ssm_record["amis"] == made
+    assert ssm_record["snapshots"] == {
+        region: [m["Ebs"]["SnapshotId"] for m in clients.client("ec2", region).describe_images(
+            ImageIds=[ami])["Images"][0]["BlockDeviceMappings"]] for region, ami in made.items()}
+    report = {k: v for k, v in verification["reports"].items() if k not in ("report_sha256", "record")}
+    assert report["state"] == "AVAILABLE" and report["tests"] == {"imageTestsEnabled": True, "timeoutMinutes": 60}
+    canonical = json.dumps(report, sort_keys=True, separators=(",", ":")).encode()
+    digest = hashlib.sha256(canonical).hexdigest()
+    assert ssm_record["report_sha256"] == verification["reports"]["report_sha256"] == digest
+    assert ssm_record["summary"] == verification["summary"]
     # the bundle is in S3 under its content hash, and the component downloads exactly that object
     bundle = expected_bundle(project)
     body = clients.client("s3").get_object(Bucket=BUCKET, Key=f"bundles/sample/{bundle.sha256}.tar.gz")["Body"].read()
@@ -262,9 +399,97 @@ def test_build_creates_every_resource_polls_to_available_and_records_the_version
     lines = stream.getvalue().splitlines()
     states = [line.split("Image Builder ")[1].split(" (")[0] for line in lines if ": Image Builder " in line]
     assert states == ["PENDING", "CREATING", "BUILDING", "TESTING", "DISTRIBUTING", "INTEGRATING", "AVAILABLE"]
+    assert f"verification recorded in SSM /bakery/verifications/sample/{result.version}" in stream.getvalue()
 
 
-def test_failed_build_names_the_phase_and_logs_and_discards_the_version(ibproj, base_ami, ib):
+@pytest.fixture
+def components(aws):
+    """The home region's imagebuilder client, its ListComponents answered like the service over `versions`."""
+    versions: list[dict] = []
+    ib = clients.client("imagebuilder", "us-east-1")
+    with ServiceStubber(ib, {"ListComponents": list_components_like_aws(versions)}) as stub:
+        yield ib, stub, versions
+        stub.assert_no_pending_responses()
+
+
+def test_a_component_is_reused_when_any_of_its_versions_has_the_document(components):
+    """Not only the newest: byName=True would show one aggregated entry and miss 1.0.0 (then create a copy of it)."""
+    ib, stub, versions = components
+    document = component_document("sample", f"s3://{BUCKET}/bundles/sample/{'ab' * 32}.tar.gz", "ab" * 32)
+    versions += [component_version("1.0.0", document_digest(document)),
+                 component_version("1.0.1", "sha256:" + "1" * 64), component_version("1.0.2", "sha256:" + "2" * 64)]
+
+    assert ensure_component(ib, "sample", document, "token") == (f"{ARN}:component/bakery-sample/1.0.0", False)
+    assert all(request["byName"] is False and {"name": "name", "values": ["bakery-sample"]} in request["filters"]
+               for _, request in stub.requests)
+
+
+def test_a_new_component_version_is_one_above_every_version_on_every_page_deprecated_too(components):
+    """30 versions (two pages) and a deprecated 1.0.30 the default listing leaves out: the next one is 1.0.31."""
+    ib, stub, versions = components
+    versions += [component_version(f"1.0.{n}", f"sha256:{n:064d}") for n in range(30)]
+    versions.append(component_version("1.0.30", "sha256:" + "f" * 64, status="DEPRECATED"))
+    document = component_document("sample", f"s3://{BUCKET}/bundles/sample/{'cd' * 32}.tar.gz", "cd" * 32)
+    made = f"{ARN}:component/bakery-sample/1.0.31/1"
+    stub.add_response("create_component", {"componentBuildVersionArn": made}, {
+        "name": "bakery-sample", "semanticVersion": "1.0.31", "platform": "Linux", "data": document,
+        "description": ANY, "changeDescription": ANY, "tags": ANY, "clientToken": "token"})
+
+    assert ensure_component(ib, "sample", document, "token") == (made, True)
+    assert len(stub.requests) == 3  # two pages of the default listing, one of the deprecated versions
+
+
+def test_recipe_versions_come_from_every_page_of_the_listing(aws):
+    """ListImageRecipes has no byName (one summary per version, its ARN ending in it): every page counts."""
+    ib = clients.client("imagebuilder", "us-east-1")
+    by_name = [{"name": "name", "values": ["bakery-sample"]}]
+    summaries = [{"arn": f"{ARN}:image-recipe/bakery-sample/20260101.1.{n}", "name": "bakery-sample"}
+                 for n in range(3)]
+    with Stubber(ib) as stub:
+        stub.add_response("list_image_recipes", {"imageRecipeSummaryList": summaries[:2], "nextToken": "2"},
+                          {"owner": "Self", "filters": by_name})
+        stub.add_response("list_image_recipes", {"imageRecipeSummaryList": summaries[2:]},
+                          {"owner": "Self", "filters": by_name, "nextToken": "2"})
+        stub.add_response("create_image_recipe", {"imageRecipeArn": f"{ARN}:image-recipe/bakery-sample/20260101.1.3"},
+                          {"name": "bakery-sample", "semanticVersion": "20260101.1.3", "description": ANY,
+                           "components": ANY, "parentImage": "ami-0abc", "blockDeviceMappings": ANY,
+                           "additionalInstanceConfiguration": ANY, "tags": ANY, "clientToken": "token"})
+        ensure_recipe(ib, "sample", "20260101.001", component_arn=f"{ARN}:component/bakery-sample/1.0.0",
+                      parameters=[{"name": "ImageVersion", "value": ["20260101.001"]}], parent_ami="ami-0abc",
+                      root_device="/dev/xvda", volume_size=8, kms_key_id="", token="token")
+        stub.assert_no_pending_responses()
+
+
+@pytest.mark.parametrize(("profile", "expected"), [
+    ({"name": "other-profile"}, "no such instance profile in this account"),
+    ({"role": None}, "has no role"),
+    ({"policies": ()}, "its role bakery-build-role does not have the AWS managed policy AmazonSSMManagedInstanceCore"),
+    ({"policies": ("arn:aws:iam::aws:policy/EC2InstanceProfileForImageBuilder",)},
+     "does not have the AWS managed policy AmazonSSMManagedInstanceCore attached"),
+])
+def test_an_instance_profile_image_builder_cannot_use_stops_the_build_before_anything_is_made(
+        ibproj, base_ami, ib, profiles, profile, expected):
+    """One line naming aws.instance_profile and what the role needs; no upload, no Image Builder call (none stubbed)."""
+    profiles(**profile)
+    builder, project, catalog, _ = make_builder(ibproj)
+    with pytest.raises(ConfigError) as caught:
+        builder.build(project.image("sample"), BuildOptions(), Run.start(project.state_dir, "build"))
+    message = str(caught.value)
+    assert "aws.instance_profile 'bakery-build'" in message and expected in message and "\n" not in message
+    assert f"s3:PutObject on s3://{BUCKET}/imagebuilder-logs/*" in message
+    assert f"s3:GetObject on s3://{BUCKET}/bundles/*" in message
+    assert clients.client("s3").list_objects_v2(Bucket=BUCKET)["KeyCount"] == 0
+    assert catalog.versions("sample", status=None) == []
+
+
+def test_bake_py_exits_2_when_the_instance_profile_is_missing(ibproj, base_ami):
+    outcome = bake(ibproj, "build", "sample", "--target", "aws", "--builder", "imagebuilder", timeout=120)
+    assert outcome.rc == 2, outcome.stderr
+    assert "aws.instance_profile 'bakery-build': no such instance profile" in outcome.stderr
+    assert "Traceback" not in outcome.stderr
+
+
+def test_failed_build_names_the_phase_and_logs_and_discards_the_version(ibproj, base_ami, build_profile, ib):
     builder, project, catalog, _ = make_builder(ibproj)
     bundle = expected_bundle(project)
     digest = document_digest(component_document("sample", bundle.uri(BUCKET), bundle.sha256))
@@ -285,7 +510,7 @@ def test_failed_build_names_the_phase_and_logs_and_discards_the_version(ibproj, 
     assert catalog.versions("sample", status=None) == []  # the reservation is gone; no cancel call was stubbed or made
 
 
-def test_a_build_that_outlives_its_timeout_is_cancelled_and_discarded(ibproj, base_ami, ib):
+def test_a_build_that_outlives_its_timeout_is_cancelled_and_discarded(ibproj, base_ami, build_profile, ib):
     builder, project, catalog, stream = make_builder(ibproj, timeout=0)
     stub_resources(ib, base_ami, existing=False, document=Captured(), parameters=Captured(), ami_tags=Captured(),
                    recipe_version=today_recipe(0))
@@ -413,3 +638,27 @@ def test_bake_py_exits_2_when_the_bucket_is_not_set(ibproj, aws):
     outcome = bake(ibproj, "build", "sample", "--target", "aws", "--builder", "imagebuilder", timeout=60)
     assert outcome.rc == 2, outcome.stderr
     assert "aws.artifacts_bucket" in outcome.stderr and "Traceback" not in outcome.stderr
+
+
+def test_the_instance_role_policy_grants_the_bundle_read_and_the_log_write_and_nothing_else():
+    """docs/aws-imagebuilder-instance-role.json, for the prefixes the code uses, by the IAM evaluator."""
+    from bakery.aws.bundle import KEY_PREFIX
+    from bakery.aws.imagebuilder.instance_profile import ROLE_POLICY_DOC
+    from bakery.aws.imagebuilder.resources import LOG_PREFIX
+    from tests.iam_evaluator import evaluate
+
+    text = (REPO / ROLE_POLICY_DOC).read_text()
+    policy = json.loads(text.replace("YOUR-ARTIFACTS-BUCKET", BUCKET))
+    bundle = f"arn:aws:s3:::{BUCKET}/{KEY_PREFIX}/sample/{'ab' * 32}.tar.gz"
+    log = f"arn:aws:s3:::{BUCKET}/{LOG_PREFIX}/sample/bakery-sample/2026.1.0/1/TOE_2026-01-01/console.log"
+    allowed = [("s3:GetObject", bundle), ("s3:PutObject", log)]
+    denied = [("s3:PutObject", bundle),  # a build instance must not replace a bundle another build reads
+              ("s3:GetObject", log), ("s3:GetObject", f"arn:aws:s3:::other-bucket/{KEY_PREFIX}/sample/x.tar.gz"),
+              ("s3:PutObject", f"arn:aws:s3:::{BUCKET}/elsewhere/x"), ("s3:DeleteObject", log),
+              ("s3:ListBucket", f"arn:aws:s3:::{BUCKET}")]
+    assert [evaluate([policy], action, resource, {}) for action, resource in allowed] == ["allow"] * len(allowed)
+    assert [evaluate([policy], action, resource, {}) for action, resource in denied] == (
+        ["implicit_deny"] * len(denied))
+    docs = (REPO / "docs" / "aws.md").read_text()
+    assert ROLE_POLICY_DOC.removeprefix("docs/") in docs and "AmazonSSMManagedInstanceCore" in docs
+    assert all(f"s3://<aws.artifacts_bucket>/{prefix}/*" in docs for prefix in (LOG_PREFIX, KEY_PREFIX))

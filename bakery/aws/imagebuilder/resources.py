@@ -4,10 +4,13 @@ Each resource is named `bakery-<image>` and found again by that name, so a
 project never piles up configurations. Components and recipes are immutable
 per semantic version: a component is reused while its document is unchanged
 (its digest is in the description) and otherwise created with the next patch
-version; a recipe gets `<YYYYMMDD>.<NNN>.<n>` from the bakery version it bakes,
-n bumped past any left by an earlier attempt. Infrastructure and distribution
-configurations are updated in place. The distribution never updates a launch
-template: bakery pins launch template versions itself at deploy time.
+version, both decided over every version of it (ListComponents with byName
+false: byName true answers one aggregated entry per name); a recipe gets
+`<YYYYMMDD>.<NNN>.<n>` from the bakery version it bakes, n bumped past any left
+by an earlier attempt (ListImageRecipes has no byName: one summary per
+version). Infrastructure and distribution configurations are updated in place.
+The distribution never updates a launch template: bakery pins launch template
+versions itself at deploy time.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any
 import yaml
 
 from bakery.aws import tags as tag_names
+from bakery.aws.imagebuilder import instance_profile
 from bakery.config import PROJECT_FILE
 from bakery.errors import ConfigError
 
@@ -107,14 +111,31 @@ def _semver(text: str) -> tuple[int, int, int] | None:
     return (int(found[1]), int(found[2]), int(found[3])) if found else None
 
 
+def component_versions(ib, name: str) -> list[dict[str, Any]]:
+    """Every version of the named component, one entry each, deprecated ones included.
+
+    byName=True would answer one entry per name with all its versions
+    aggregated, so neither an older version's document nor the highest number
+    could be seen; byName=False answers one entry per version. The default
+    listing leaves DEPRECATED versions out, and their numbers are still taken,
+    so they are asked for with the status filter.
+    """
+    found: list[dict[str, Any]] = []
+    for extra in ([], [{"name": "status", "values": ["DEPRECATED"]}]):
+        found += _all(ib.list_components, "componentVersionList", owner="Self", filters=[*_by_name(name), *extra],
+                      byName=False)
+    return [version for version in found if version.get("name") == name]
+
+
 def ensure_component(ib, image: str, document: str, token: str) -> tuple[str, bool]:
     """The component for this exact document: (arn, created).
 
-    Same document, same component; else the next patch version.
+    An active version with the same document is reused, whichever version it
+    is; else a new version one patch above the highest one.
     """
     name = resource_name(image)
     digest = document_digest(document)
-    versions = _all(ib.list_components, "componentVersionList", owner="Self", filters=_by_name(name), byName=True)
+    versions = component_versions(ib, name)
     for found in versions:
         if digest in found.get("description", "") and found.get("status", "ACTIVE") == "ACTIVE":
             return found["arn"], False
@@ -157,12 +178,18 @@ def ensure_recipe(ib, image: str, version: str, *, component_arn: str, parameter
     return created["imageRecipeArn"]
 
 
+def instance_role_needs(bucket: str) -> str:
+    """What the build instance's role needs for the bundles and logs bakery puts in `bucket` (for messages)."""
+    from bakery.aws.bundle import KEY_PREFIX
+
+    return instance_profile.needs(bucket, LOG_PREFIX, KEY_PREFIX)
+
+
 def infrastructure_spec(image: str, settings, bucket: str) -> dict[str, Any]:
     """Where builds run: the build instance's profile, size and network; IMDSv2 only; no instance kept on failure."""
     if not settings.instance_profile:
         raise ConfigError(f"{PROJECT_FILE}: aws.instance_profile is empty; Image Builder needs an instance profile "
-                          "for its build instance (with EC2InstanceProfileForImageBuilder "
-                          "and read access to aws.artifacts_bucket): set it")
+                          f"for its build and test instances, whose role has {instance_role_needs(bucket)}: set it")
     spec: dict[str, Any] = {
         "description": f"bakery build instances for image {image}",
         "instanceTypes": [settings.instance_type],
