@@ -24,6 +24,7 @@ demo: setup
 lint: setup
 	$(VENV)/bin/ruff check bakery tests bake.py app scripts roles bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/parliament --config docs/aws-iam-policy.parliament.yml < docs/aws-iam-policy.json
 	$(PYTEST) -q -p no:cacheprovider tests/unit/test_architecture.py
 	$(PY) scripts/role_docs.py --check roles
 	$(VENV)/bin/yamllint -s roles playbooks

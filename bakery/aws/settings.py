@@ -15,6 +15,9 @@ from bakery.errors import ConfigError
 
 REGION_RE = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-\d$")
 ACCOUNT_RE = re.compile(r"^\d{12}$")
+IAM_NAME_RE = re.compile(r"^[\w+=,.@-]{1,64}$")  # an IAM role or instance profile name
+LOG_GROUP_RE = re.compile(r"^[\w./#-]{1,512}\*?$")  # a log group name, or a prefix ending in *
+SUBNET_RE = re.compile(r"^subnet-[0-9a-f]+$")
 BUILDERS = ("packer", "imagebuilder")
 DEBIAN_12_PARAMETER = "/aws/service/debian/release/12/latest/amd64"
 
@@ -33,6 +36,12 @@ class AwsSettings:
     subnet_id: str = ""
     security_group_ids: list[str] = field(default_factory=list)
     instance_profile: str = ""  # the build instance's profile (Image Builder needs one; Packer may use one)
+    # IAM role names the CI role may pass (iam:PassRole), for `bake.py iam-policy`: the role in instance_profile,
+    # and the environments' instance roles (their launch templates name profiles holding them)
+    build_role: str = ""
+    instance_roles: list[str] = field(default_factory=list)
+    # CloudWatch log groups `bake.py logs` may read (names, or prefixes ending in *): bakery_deploy.aws.log_group
+    log_groups: list[str] = field(default_factory=lambda: ["/bakery/*"])
     artifacts_bucket: str = ""  # S3 bucket for application artifacts and Image Builder bundles
     volume_size: int = 8
     kms_key_id: str = ""  # the home region's EBS key; empty: the account's default EBS key (such AMIs cannot be shared)
@@ -88,7 +97,30 @@ def load_aws_settings(data: Any, where: str = "bakery.yml") -> AwsSettings:
             raise ConfigError(f"{where}: aws.accounts entry '{account}' is not a 12-digit AWS account id")
     if settings.builder not in BUILDERS:
         raise ConfigError(f"{where}: aws.builder must be one of {', '.join(BUILDERS)}, got {settings.builder!r}")
+    _check_iam_and_network(settings, where)
     if settings.base_ami and not re.match(r"^ami-[0-9a-f]{8,17}$", settings.base_ami):
         raise ConfigError(f"{where}: aws.base_ami must be an AMI id like ami-0123456789abcdef0, "
                           f"got {settings.base_ami!r}")
     return settings
+
+
+def _check_iam_and_network(settings: AwsSettings, where: str) -> None:
+    """The names the IAM policy is rendered from, and the network pair Image Builder refuses half of."""
+    for key, names in (("instance_profile", [settings.instance_profile] if settings.instance_profile else []),
+                       ("build_role", [settings.build_role] if settings.build_role else []),
+                       ("instance_roles", settings.instance_roles)):
+        for name in names:
+            if not IAM_NAME_RE.match(name):
+                raise ConfigError(f"{where}: aws.{key} '{name}' is not an IAM name (letters, digits and +=,.@_- only, "
+                                  "at most 64): give the name, not the ARN")
+    for group in settings.log_groups:
+        if not LOG_GROUP_RE.match(group):
+            raise ConfigError(f"{where}: aws.log_groups entry '{group}' is not a log group name (or a prefix ending "
+                              "in *) like /bakery/qa or /bakery/*")
+    if settings.subnet_id and not SUBNET_RE.match(settings.subnet_id):
+        raise ConfigError(f"{where}: aws.subnet_id must be a subnet id like subnet-0123456789abcdef0, "
+                          f"got {settings.subnet_id!r}")
+    if settings.subnet_id and not settings.security_group_ids:
+        raise ConfigError(f"{where}: aws.subnet_id is set but aws.security_group_ids is empty: Image Builder refuses "
+                          "a subnet without security groups (and Packer would open a temporary group in it); list the "
+                          "build instance's security groups in aws.security_group_ids")

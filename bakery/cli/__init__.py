@@ -13,7 +13,7 @@ import sys
 import click
 
 from bakery import __version__
-from bakery.cli import build, fleet, gc, images, observe, pipeline, verify
+from bakery.cli import build, fleet, gc, iam, images, observe, pipeline, verify
 from bakery.cli.common import Context
 from bakery.errors import BakeryError, Interrupted
 
@@ -31,7 +31,7 @@ def cli(ctx: click.Context, project: str | None, debug: bool) -> None:
 
 COMMANDS: tuple[click.Command, ...] = (
     build.base, build.build_app, build.build, build.new_role, build.distribute, verify.verify, images.images,
-    images.show, gc.gc, *fleet.COMMANDS, *observe.COMMANDS, pipeline.pipeline,
+    images.show, gc.gc, *fleet.COMMANDS, *observe.COMMANDS, pipeline.pipeline, *iam.COMMANDS,
 )
 for _command in COMMANDS:
     cli.add_command(_command)

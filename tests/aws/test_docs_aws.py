@@ -124,13 +124,14 @@ def iam_action(service: str, operation: str) -> str:
 
 
 def policy_actions() -> list[str]:
+    """The actions the policy's Allow statements grant (its Deny statements only narrow them)."""
     policy = json.loads(POLICY.read_text(encoding="utf-8"))
     assert policy["Version"] == "2012-10-17"
     actions = []
     for statement in policy["Statement"]:
-        assert statement["Effect"] == "Allow" and statement.get("Resource") and statement.get("Sid")
+        assert statement["Effect"] in ("Allow", "Deny") and statement.get("Resource") and statement.get("Sid")
         listed = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
-        actions += listed
+        actions += listed if statement["Effect"] == "Allow" else []
     return actions
 
 
@@ -186,7 +187,7 @@ def test_the_policy_lets_bakery_change_only_what_it_tagged_as_its_own():
     or publish it."""
     policy = json.loads(POLICY.read_text(encoding="utf-8"))
     granting = defaultdict(list)  # action -> the Condition of every statement that grants it (through a wildcard too)
-    for statement in policy["Statement"]:
+    for statement in (s for s in policy["Statement"] if s["Effect"] == "Allow"):
         patterns = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
         for action in DESTRUCTIVE | {"ec2:CreateTags", "s3:ListBucket"}:
             if any(fnmatch.fnmatchcase(action, pattern) for pattern in patterns):
@@ -198,8 +199,66 @@ def test_the_policy_lets_bakery_change_only_what_it_tagged_as_its_own():
     own_keys = {"ForAllValues:StringLike": {"aws:TagKeys": ["bakery:*", "Name"]}}
     for condition in granting["ec2:CreateTags"]:
         equals = condition.get("StringEquals", {})
-        at_creation = {"RunInstances", "CopyImage", "CreateImage"} <= set(equals.get("ec2:CreateAction", []))
+        at_creation = set(equals.get("ec2:CreateAction", [])) == {"RunInstances", "CopyImage"}
         on_its_own = equals.get("aws:ResourceTag/bakery:managed") == "true" and condition.items() >= own_keys.items()
         marking_new = equals.get("aws:RequestTag/bakery:managed") == "true" and condition.items() >= own_keys.items()
         assert at_creation or on_its_own or marking_new, condition
     assert granting["s3:ListBucket"] == [{"StringLikeIfExists": {"s3:prefix": "bundles/*"}}]
+
+
+EXAMPLE_SETTINGS = REPO / "docs" / "aws-iam-policy.example.yml"
+EXAMPLE_ACCOUNT = "111122223333"
+
+
+def _example_rendering() -> dict:
+    import yaml
+
+    from bakery.aws.iam_policy import render_policy
+    from bakery.aws.settings import load_aws_settings
+
+    settings = load_aws_settings(yaml.safe_load(EXAMPLE_SETTINGS.read_text(encoding="utf-8"))["aws"],
+                                 str(EXAMPLE_SETTINGS))
+    return render_policy(settings, EXAMPLE_ACCOUNT)
+
+
+def test_the_checked_in_policy_is_the_rendering_of_the_example_settings():
+    """docs/aws-iam-policy.json cannot drift from bakery.aws.iam_policy: regenerate it with the command in the
+    example file's header."""
+    assert json.loads(POLICY.read_text(encoding="utf-8")) == _example_rendering(), (
+        "regenerate: ./bake.py iam-policy --settings docs/aws-iam-policy.example.yml --account 111122223333 "
+        "> docs/aws-iam-policy.json")
+
+
+def test_the_rendered_policy_fits_an_inline_role_policy():
+    """IAM counts a policy's characters without white space: 10,240 for all inline policies of a role."""
+    size = len(json.dumps(_example_rendering(), separators=(",", ":")))
+    assert size <= 10240 - 960, f"{size} characters leave too little room for longer names"
+
+
+def test_the_policy_names_no_other_account_bucket_or_role():
+    """Least privilege: no wildcard where the settings name the thing (bucket, roles, log groups, accounts)."""
+    text = POLICY.read_text(encoding="utf-8")
+    assert "arn:aws:s3:::*" not in text and ":role/*" not in text.replace("aws-service-role/imagebuilder", "")
+    assert "log-group:*" not in text and "arn:aws:iam::*" not in text
+    assert "444455556666" in text and "example-bakery-artifacts" in text and "role/bakery-build" in text
+
+
+def test_the_iam_policy_command_prints_the_rendering(capsys):
+    from bakery.cli import main
+
+    code = main(["iam-policy", "--settings", str(EXAMPLE_SETTINGS), "--account", EXAMPLE_ACCOUNT])
+    assert code == 0 and json.loads(capsys.readouterr().out) == _example_rendering()
+    assert main(["iam-policy", "--settings", str(EXAMPLE_SETTINGS), "--account", "12345"]) == 2
+    assert "--account '12345' is not a 12-digit AWS account id" in capsys.readouterr().err
+
+
+def test_parliament_finds_nothing_but_the_split_ec2_statements():
+    """make lint runs parliament with RESOURCE_MISMATCH muted (docs/aws-iam-policy.parliament.yml says why); here the
+    finding may name only the EC2 actions whose statements are split per resource type."""
+    from parliament import analyze_policy_string
+
+    findings = analyze_policy_string(POLICY.read_text(encoding="utf-8")).findings
+    assert findings, "parliament reports the split RunInstances/CreateImage statements: it runs at all"
+    for finding in findings:
+        assert finding.issue == "RESOURCE_MISMATCH", (finding.issue, finding.detail)
+        assert {d["action"] for d in finding.detail} <= {"ec2:RunInstances", "ec2:CreateImage"}, finding.detail
