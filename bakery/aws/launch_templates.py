@@ -82,10 +82,24 @@ def encrypted_mappings(image: dict[str, Any], source: list[dict[str, Any]], kms_
             ebs["VolumeSize"] = grown[mapping["DeviceName"]][1]
         if ebs.get("VolumeType", "standard") == "standard":
             ebs["VolumeType"] = "gp3"
+        _drop_what_the_type_refuses(ebs)
         if kms_key_id:
             ebs["KmsKeyId"] = kms_key_id
         mappings[mapping["DeviceName"]] = {"DeviceName": mapping["DeviceName"], "Ebs": ebs}
     return list(mappings.values())
+
+
+# RunInstances refuses Iops for volume types without provisioned IOPS and Throughput for all but gp3; the AMI's gp3
+# values must not follow its volume onto a template's gp2, io1 or st1.
+IOPS_TYPES = ("gp3", "io1", "io2")
+THROUGHPUT_TYPES = ("gp3",)
+
+
+def _drop_what_the_type_refuses(ebs: dict[str, Any]) -> None:
+    if ebs["VolumeType"] not in IOPS_TYPES:
+        ebs.pop("Iops", None)
+    if ebs["VolumeType"] not in THROUGHPUT_TYPES:
+        ebs.pop("Throughput", None)
 
 
 def launch_data(*, image: dict[str, Any], source: dict[str, Any], goal: Goal, env_name: str, env_text: str,

@@ -123,6 +123,7 @@ class AwsFleet(AwsGroupFleet):
         template = self._template(group)
         template_id = template["LaunchTemplateId"]
         pinned = self._number(group["LaunchTemplate"]["Version"], template)
+        self._pin_number(group, template_id, pinned)  # also when nothing changes: $Latest must not stay
         if request.preferences.skip_matching and self._up_to_date(group, template_id, pinned, goal):
             self._note(f"every instance runs {goal.image}:{goal.version} with this config already (launch template "
                        f"{self.template_name} version {pinned}); nothing to replace")
@@ -131,7 +132,6 @@ class AwsFleet(AwsGroupFleet):
                                      details={"launch_template_version": int(pinned), "ami_id": goal.image_id})
             on_done(outcome)
             return outcome
-        self._pin_number(group, template_id, pinned)
         number = self._new_version(request, template_id, pinned)
         empty = group["DesiredCapacity"] == 0 or not group["Instances"]
         for line in [] if empty else instance_refresh.held_back(group["Instances"], prefs):

@@ -383,6 +383,26 @@ def test_an_up_to_date_environment_is_left_alone(world, refresh):
     assert releases.history(world.ssm, "webapp", "qa") == [world.versions[1]]
 
 
+def test_an_up_to_date_group_on_latest_is_pinned_all_the_same(world, refresh):
+    # Nothing to replace, but a group left on $Latest would launch whatever version is made next (by anyone with
+    # CreateLaunchTemplateVersion) on its next scale-out, without a refresh or a PassRole check: pin it anyway.
+    described(refresh, "web-qa")
+    started(refresh, world, "web-qa", "qa", "2", "rid-1")
+    described(refresh, "web-qa", ("rid-1", "Successful", {}), ids=["rid-1"])
+    described(refresh, "web-qa")
+    operations.deploy(world.session, world.env("qa"), "webapp", world.versions[1])
+    runs(world, "qa", "2")
+    latest = {"LaunchTemplateId": world.templates["qa"], "Version": "$Latest"}
+    world.asg.update_auto_scaling_group(AutoScalingGroupName="web-qa", LaunchTemplate=latest)
+    described(refresh, "web-qa")
+    described(refresh, "web-qa")
+
+    result = operations.deploy(world.session, world.env("qa"), "webapp", world.versions[1])
+
+    assert result.ok and result.replaced == 0 and "nothing to replace" in world.lines.getvalue()
+    assert world.pinned("qa") == "2" and len(world.template_versions("qa")) == 2
+
+
 def test_refresh_preferences_map_one_to_one_and_refuse_what_aws_would():
     prefs = RefreshPreferences(min_healthy_percentage=90, max_healthy_percentage=110, instance_warmup=5,
                                skip_matching=False, auto_rollback=False, bake_time=0)
@@ -526,6 +546,32 @@ def test_deploy_from_an_empty_catalog_takes_the_newest_ami_and_its_failed_verifi
     assert len(world.template_versions("qa")) == 1
 
 
+def test_an_environment_in_another_region_reads_the_verification_record_in_the_home_region(world, fresh, tmp_path):
+    # The bake copied the AMI to eu-west-1 itself and wrote the record in the home region (the chain's us-east-1:
+    # bakery.yml sets no aws.region); eu-west-1's SSM holds no record.
+    eu_ec2, version = clients.client("ec2", "eu-west-1"), world.versions[1]
+    eu_ami = eu_ec2.register_image(Name=f"webapp-{version}", RootDeviceName="/dev/xvda")["ImageId"]
+    eu_ec2.create_tags(Resources=[eu_ami], Tags=[{"Key": k, "Value": v} for k, v in {
+        "bakery:managed": "true", "bakery:image": "webapp", "bakery:version": version}.items()])
+    built = {"us-east-1": world.amis[1], "eu-west-1": eu_ami}
+    verification_record.write_record(
+        world.ssm, image="webapp", version=version, passed=True, amis=built,
+        snapshots={region: amis.snapshot_ids(amis.describe_ami(clients.client("ec2", region), ami))
+                   for region, ami in built.items()},
+        report_sha256="", summary="12 tests, passed", run_id="bake-1")
+    settings = deploy_yml("eu", "web-eu", "web-eu-lt")
+    settings["bakery_deploy"]["aws"]["region"] = "eu-west-1"
+    world.write_env("eu", settings, {"LOG_LEVEL": "info"})
+    newest = open_catalog(tmp_path / "ci-newest")  # adopt(None): the newest AMI of the image in the region
+
+    for catalog, wanted in ((fresh.catalog, version), (newest, None)):
+        AwsFleet(world.project, catalog, world.env("eu"), Progress(world.lines)).adopt(wanted, "run-eu")
+        assert catalog.version("webapp", version)["image_ref"] == eu_ami
+        [verification] = catalog.verifications("webapp", version)
+        assert verification["passed"] and verification["reports"]["record"] == f"/bakery/verifications/webapp/{version}"
+    newest.close()
+
+
 def test_a_log_group_in_deploy_yml_and_runtime_yml_must_agree(world):
     settings = deploy_yml("qa", "web-qa", "web-qa-lt")
     settings["bakery_deploy"]["aws"]["log_group"] = "/bakery/qa"
@@ -602,6 +648,18 @@ def test_a_template_volume_larger_than_the_snapshot_keeps_its_size():
     mappings = launch_templates.encrypted_mappings(image, source, "")
     assert [m["Ebs"]["VolumeSize"] for m in mappings] == [40]
     assert launch_templates.grown_volumes(image, source) == {}
+
+
+@pytest.mark.parametrize(("volume_type", "kept"), [("gp2", set()), ("io1", {"Iops"}), ("st1", set()),
+                                                   ("gp3", {"Iops", "Throughput"})])
+def test_the_amis_gp3_iops_and_throughput_never_reach_a_template_volume_type_that_refuses_them(volume_type, kept):
+    """RunInstances refuses Iops on gp2/st1 and Throughput on anything but gp3: a template's own volume type wins,
+    and what the AMI's gp3 mapping carried is dropped; the result must also pass botocore's request validation."""
+    image = {"ImageId": "ami-1", "BlockDeviceMappings": [{"DeviceName": "/dev/xvda", "Ebs": {
+        "SnapshotId": "snap-1", "VolumeSize": 8, "VolumeType": "gp3", "Iops": 3000, "Throughput": 125}}]}
+    source = [{"DeviceName": "/dev/xvda", "Ebs": {"VolumeType": volume_type}}]
+    ebs = launch_templates.encrypted_mappings(image, source, "")[0]["Ebs"]
+    assert ebs["VolumeType"] == volume_type and {"Iops", "Throughput"} & set(ebs) == kept
 
 
 def response_example(shape, depth=0):

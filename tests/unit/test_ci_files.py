@@ -309,3 +309,9 @@ def test_the_workflow_says_what_the_runner_must_not_be_shared_with():
     for phrase in ("must not be shared with the qa job", "pull requests", "other repositories",
                    "runtime config"):
         assert phrase in comments, f"{WORKFLOW.name}'s comments do not say: {phrase}"
+
+
+def test_only_mains_code_can_reach_prod():
+    """A dispatch runs the chosen branch's workflow and bake.py: the prod job must refuse every ref but main's."""
+    condition = workflow_jobs()["prod"]["if"]
+    assert "github.ref == 'refs/heads/main'" in condition and "&&" in condition, condition
