@@ -10,6 +10,7 @@ import json
 import logging
 import shlex
 import subprocess
+import time
 from typing import Any
 
 from bakery.errors import ConfigError, OperationError
@@ -39,6 +40,24 @@ def run(*args: str, check: bool = True, timeout: float | None = 600,
                 raise OperationError(NO_SPACE_HINT)
             raise OperationError(f"'{shlex.join(cmd[:3])}' failed: {last}")
     return proc
+
+
+def systemd_state(name: str, timeout: float) -> str:
+    """`systemctl is-system-running --wait` in container `name`: 'running', 'degraded', ... or '' when it never
+    answered within `timeout` s.
+
+    Right after `podman run -d`, PID 1 may not have opened its bus yet ("Failed to connect to bus"), and the
+    first call answers nothing; on a loaded machine that is seconds. Such an answer is asked again, not taken
+    as the boot's result.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        proc = run("exec", name, "systemctl", "is-system-running", "--wait", check=False, timeout=max(left, 1))
+        state = proc.stdout.strip()
+        if state or "connect to bus" not in proc.stderr or time.monotonic() >= deadline:
+            return state
+        time.sleep(0.2)
 
 
 def check_working() -> None:

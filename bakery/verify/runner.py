@@ -147,9 +147,7 @@ class Verifier:
 
     def _check_boot(self, check: str, name: str) -> bool:
         t = time.monotonic()
-        proc = podman.run("exec", name, "systemctl", "is-system-running", "--wait", check=False,
-                          timeout=BOOT_TIMEOUT)
-        state = proc.stdout.strip() or "unknown"
+        state = podman.systemd_state(name, BOOT_TIMEOUT) or "unknown"
         seconds = time.monotonic() - t
         if state == "running":
             self._add(junit.Check(check, True, seconds, output=f"systemd is running after {seconds:.1f} s"))

@@ -40,9 +40,7 @@ def wait_for(predicate, timeout: float = 120, interval: float = 0.2):
 def run_instance(ref: str, name: str) -> str:
     """Boot an image the way the issue's acceptance test does, and wait for systemd."""
     podman.run("run", "-d", "--name", name, "--systemd=always", ref, "/sbin/init")
-    state = podman.run("exec", name, "systemctl", "is-system-running", "--wait",
-                       check=False, timeout=120).stdout.strip()
-    return state
+    return podman.systemd_state(name, 120)
 
 
 def image_labels(ref: str) -> dict:

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.integration
 
 def boot(ref: str, name: str, *args: str) -> str:
     podman.run("run", "-d", "--name", name, "--systemd=always", *args, ref, "/sbin/init")
-    return podman.run("exec", name, "systemctl", "is-system-running", "--wait", check=False, timeout=120).stdout.strip()
+    return podman.systemd_state(name, 120)
 
 
 def inside(name: str, path: str) -> tuple[int, dict]:
@@ -40,7 +40,7 @@ def test_offline_instance_boots_and_serves_health_within_10_seconds(webapp_image
             status, _ = inside(name, "/health")
             time.sleep(0.2)
         assert status == 200, "no /health 200 within 10 s with no network"
-        state = podman.run("exec", name, "systemctl", "is-system-running", "--wait", check=False).stdout.strip()
+        state = podman.systemd_state(name, 120)
         failed = podman.run("exec", name, "systemctl", "--failed", "--no-legend", check=False).stdout
         assert state == "running", failed
     finally:
