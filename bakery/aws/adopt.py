@@ -5,8 +5,11 @@ SQLite catalog is a cache of them: a fresh CI container knows no version.
 Adoption records the AMI as a ready version. Whether it passed its verification
 comes from the version's write-once record (bakery.aws.verification_record),
 never from the `bakery:verified` tag: anyone allowed to tag could set that. A
-passing record counts only for the AMI and snapshots it names; then the gate
-(bakery/verify/gate.py) and the pipeline's verify stage accept the version there too.
+passing record counts only for the AMI and snapshots it names, or for a copy
+`bake.py distribute` made and recorded (a record of its own, naming the passing
+record); then the gate (bakery/verify/gate.py) and the pipeline's verify stage
+accept the version there too. Records live in the home region, whichever region
+the AMI is in: callers pass an SSM client there (`home_ssm`).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import os
 from typing import Any
 
 from bakery.aws import amis, tags, verification_record
-from bakery.aws.clients import client
+from bakery.aws.clients import client, resolve_region
 from bakery.catalog import Catalog
 from bakery.errors import ConfigError
 from bakery.provenance import utc_now
@@ -29,13 +32,19 @@ def find_version_ami(ec2, image: str, version: str) -> dict[str, Any] | None:
     return amis.newest_available(ec2, {tags.MANAGED: "true", tags.IMAGE: image, tags.VERSION: version})
 
 
+def home_ssm(settings) -> Any:
+    """An SSM client in the home region (aws.region, else the AWS chain's), where every verification record lives."""
+    return client("ssm", resolve_region(settings.region or None))
+
+
 def adopt_ami(catalog: Catalog, ami: dict[str, Any], region: str, run_id: str, ssm=None) -> dict[str, Any]:
     """Record `ami` (a describe_images entry) as its version unless the catalog knows it; returns the catalog row.
 
     The verification is recorded only by the call that adopted the version, so
     repeated or concurrent adoptions never add a second row. `ssm`: a client in
-    the region holding the version's verification record (the home region,
-    where the bake wrote it); by default the AMI's region.
+    the home region, which holds the verification records (home_ssm); by
+    default one in `region`, which is right only when `region` is the home
+    region (the builders').
     """
     facts = tags.from_tag_list(ami.get("Tags"))
     image, version, ami_id = facts[tags.IMAGE], facts.get(tags.VERSION, ""), ami["ImageId"]
@@ -54,7 +63,8 @@ def adopt_ami(catalog: Catalog, ami: dict[str, Any], region: str, run_id: str, s
 
 
 def adopt_verification(catalog: Catalog, ami: dict[str, Any], region: str, run_id: str, ssm) -> None:
-    """Record the version's verification from its record: passed only if the record matches this AMI exactly.
+    """Record the version's verification from its record: passed only if the record matches this AMI exactly, or
+    names it through the record distribute wrote for the copy.
 
     A record that says failed counts as failed whatever AMI it names (it can
     only make the gate stricter). The tags are read only to explain a refusal.
@@ -66,17 +76,33 @@ def adopt_verification(catalog: Catalog, ami: dict[str, Any], region: str, run_i
         record = verification_record.read_record(ssm, image, version)
     except ConfigError as exc:  # tags no record name can be made of: there is no record
         record, why = None, str(exc)
+    reports: dict[str, str] = {"ami": ami_id}
     if record is not None:
+        reports["record"] = verification_record.parameter_name(image, version)
         passed, why = verification_record.check_record(record, ami, region)
+        if not passed and record.get("passed") is True and (record.get("amis") or {}).get(region) != ami_id:
+            passed, why = _check_copy(ssm, record, ami, region, reports)
     if record is None or not (passed or record.get("passed") is False):
         if record is not None or facts.get(tags.VERIFIED) == "passed":
             log.warning("%s:%s (%s in %s) adopted without a passing verification: %s (a %s tag is no proof)",
                         image, version, ami_id, region, why, tags.VERIFIED)
         return
-    reports = {"ami": ami_id, "record": verification_record.parameter_name(image, version),
-               "report_sha256": str(record.get("report_sha256", ""))}
+    reports["report_sha256"] = str(record.get("report_sha256", ""))
     catalog.record_verification(image, version, env=None, started=utc_now(), seconds=0.0, passed=passed,
                                 run_id=run_id, summary=str(record.get("summary") or why), reports=reports)
+
+
+def _check_copy(ssm, record: dict[str, Any], ami: dict[str, Any], region: str,
+                reports: dict[str, str]) -> tuple[bool, str]:
+    """An AMI the version's passing record does not name passes only as a copy distribute made and recorded."""
+    facts = tags.from_tag_list(ami.get("Tags"))
+    image, version, ami_id = facts[tags.IMAGE], facts.get(tags.VERSION, ""), ami["ImageId"]
+    name = verification_record.copy_parameter_name(image, version, region, ami_id)
+    copy = verification_record.read_copy_record(ssm, image, version, region, ami_id)
+    if copy is None:
+        return False, f"the record names no AMI {ami_id} in {region}, and no copy record {name} does"
+    reports.update(record=name, source_record=verification_record.parameter_name(image, version))
+    return verification_record.check_copy_record(copy, record, ami, region)
 
 
 def adopt_version(catalog: Catalog, ec2, image: str, version: str, region: str, run_id: str,

@@ -17,6 +17,12 @@ Re-running changes nothing that is already right: copies are found by tag,
 permissions are read before they are added. Copies are asked for with the tags
 in TagSpecifications too, so on AWS a copy interrupted before the final tagging
 is still found by the next run.
+
+A copy is in no verification record (the bake's is written once), so when the
+version's record passes for the source AMI, distribute writes a record for each
+copy it made, in the home region (bakery.aws.verification_record): adoption in
+the copy's region accepts the copy only through it. An AMI merely found by its
+tags gets none: anyone allowed to tag could have tagged it.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from bakery.aws import amis, tags
+from bakery.aws import amis, tags, verification_record
 from bakery.aws.clients import client, resolve_region
 from bakery.aws.settings import ACCOUNT_RE, REGION_RE
 from bakery.errors import ConfigError, OperationError
@@ -49,10 +55,13 @@ class RegionResult:
     tagged: list[str] = field(default_factory=list)  # resources that lacked the version's tags
     launch_permission_added: list[str] = field(default_factory=list)
     create_volume_permission_added: dict[str, list[str]] = field(default_factory=dict)  # snapshot -> accounts
+    record: str = ""  # the verification record that vouches for this AMI ('' = none: the gate refuses it)
+    record_written: bool = False  # a copy's record, written by this run
 
     @property
     def changed(self) -> bool:
-        return self.copied or bool(self.tagged or self.launch_permission_added or self.create_volume_permission_added)
+        return self.copied or self.record_written or bool(
+            self.tagged or self.launch_permission_added or self.create_volume_permission_added)
 
 
 @dataclass
@@ -158,11 +167,13 @@ def wait_for_copies(clients: dict[str, Any], pending: dict[str, str], progress: 
         if time.monotonic() - started + delay > timeout:
             waiting = ", ".join(f"{r} ({pending[r]} {last[r]})" for r in pending if r not in done)
             raise OperationError(f"copies still not available after {timeout:.0f} s: {waiting}; they go on in AWS: "
-                                 "run distribute again later to share them")
+                                 "run distribute again later to share them (they get no verification record: "
+                                 "where the gate must pass them, deregister them and run distribute again with a "
+                                 "longer --timeout)")
         sleep(delay)
 
 
-def _share(ec2, result: RegionResult, accounts: list[str]) -> None:
+def share(ec2, result: RegionResult, accounts: list[str]) -> None:
     """Launch permission on the AMI, create-volume permission on its snapshots, for the accounts that lack them."""
     if not accounts:
         return
@@ -184,17 +195,13 @@ def _share(ec2, result: RegionResult, accounts: list[str]) -> None:
 
 def distribute(settings, image: str, version: str, regions: list[str], accounts: list[str], progress: Progress,
                timeout: float = COPY_TIMEOUT, sleep: Callable[[float], None] = time.sleep) -> Distribution:
-    """Copy, tag and share one version; returns what was found and what changed in each region."""
+    """Copy, record, tag and share one version; returns what was found and what changed in each region."""
     home = resolve_region(settings.region)
     check_keys_for_sharing(settings, home, regions, accounts)
     ec2 = {region: client("ec2", region) for region in dict.fromkeys([home, *regions])}
-    source = find_version(ec2[home], image, version)
-    if source is None:
-        raise ConfigError(f"no AMI of {image}:{version} in {home} (tags {tags.IMAGE}={image}, "
-                          f"{tags.VERSION}={version}); list versions with: ./bake.py images {image} --target aws")
-    if source.get("State") != "available":
-        progress.note(f"{home}: {source['ImageId']} is {source.get('State')}; waiting for it")
-        source = amis.wait_until_visible(ec2[home], source["ImageId"], timeout=timeout, sleep=sleep)
+    source = _source(ec2[home], image, version, home, progress, timeout, sleep)
+    ssm = client("ssm", home)  # every verification record lives in the home region
+    record = _passing_record(ssm, source, home, progress if len(ec2) > 1 else None)
     copied_tags = {k: v for k, v in tags.from_tag_list(source.get("Tags")).items() if not k.startswith("aws:")}
     tag_list = tags.as_tag_list(copied_tags)
     result = Distribution(image=image, version=version, home_region=home, accounts=accounts)
@@ -222,11 +229,72 @@ def distribute(settings, image: str, version: str, regions: list[str], accounts:
         image_data = described.get(region) or amis.describe_ami(ec2[region], entry.ami_id) or {}
         entry.state = image_data.get("State", "unknown")
         entry.snapshots = amis.snapshot_ids(image_data)
+        if record is not None:  # first: a copy whose tagging or sharing fails is still the copy this run made
+            _record(ssm, entry, image_data, (source["ImageId"], home), record, progress)
         if region != home:
             _tag_missing(ec2[region], entry, image_data, copied_tags)
-        _share(ec2[region], entry, accounts)
+        share(ec2[region], entry, accounts)
         result.regions.append(entry)
     return result
+
+
+def _source(ec2, image: str, version: str, home: str, progress: Progress, timeout: float,
+            sleep: Callable[[float], None]) -> dict[str, Any]:
+    """The version's AMI in the home region, once available."""
+    source = find_version(ec2, image, version)
+    if source is None:
+        raise ConfigError(f"no AMI of {image}:{version} in {home} (tags {tags.IMAGE}={image}, "
+                          f"{tags.VERSION}={version}); list versions with: ./bake.py images {image} --target aws")
+    if source.get("State") != "available":
+        progress.note(f"{home}: {source['ImageId']} is {source.get('State')}; waiting for it")
+        source = amis.wait_until_visible(ec2, source["ImageId"], timeout=timeout, sleep=sleep)
+    return source
+
+
+def _passing_record(ssm, source: dict[str, Any], home: str, progress: Progress | None) -> dict[str, Any] | None:
+    """The version's record when it passes for the source AMI (copies may then be recorded), else None."""
+    facts = tags.from_tag_list(source.get("Tags"))
+    try:
+        record = verification_record.read_record(ssm, facts.get(tags.IMAGE, ""), facts.get(tags.VERSION, ""))
+    except ConfigError as exc:  # a version no record name can be made of has no record
+        record, refused = None, str(exc)
+    else:
+        refused = f"none at {verification_record.parameter_name(facts[tags.IMAGE], facts[tags.VERSION])}"
+    passed, why = verification_record.check_record(record, source, home) if record is not None else (False, refused)
+    if passed:
+        return record
+    if progress is not None:
+        progress.note(f"{home}: {source['ImageId']} has no passing verification record ({why}); its copies get "
+                      "none either")
+    return None
+
+
+def _record(ssm, entry: RegionResult, image_data: dict[str, Any], source: tuple[str, str], record: dict[str, Any],
+            progress: Progress) -> None:
+    """The record that vouches for this region's AMI: the bake's, or a copy's (written for a copy this run made).
+
+    `source`: the source AMI and its (home) region; `record`: the version's record, which passes for it.
+    """
+    image, version = record["image"], record["version"]
+    if verification_record.check_record(record, image_data, entry.region)[0]:
+        entry.record = verification_record.parameter_name(image, version)
+        return
+    if entry.copied:
+        entry.record = verification_record.write_copy_record(
+            ssm, source=record, source_ami=source[0], source_region=source[1], copy=image_data, region=entry.region,
+            run_id="distribute")
+        entry.record_written = True
+        return
+    found = verification_record.read_copy_record(ssm, image, version, entry.region, entry.ami_id)
+    passed, why = verification_record.check_copy_record(found, record, image_data, entry.region)
+    if passed:
+        entry.record = verification_record.copy_parameter_name(image, version, entry.region, entry.ami_id)
+    elif found is None:  # a copy an earlier run did not see finish, or any AMI someone tagged as the version
+        progress.note(f"{entry.region}: {entry.ami_id} has no verification record and was not copied by this run: "
+                      "it stays unverified; deregister it (and its snapshots) and run distribute again for a "
+                      "recorded copy")
+    else:
+        progress.note(f"{entry.region}: {entry.ami_id} stays unverified: {why}")
 
 
 def _tag_missing(ec2, entry: RegionResult, image_data: dict[str, Any], wanted: dict[str, str]) -> None:

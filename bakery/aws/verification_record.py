@@ -6,10 +6,19 @@ region and the snapshots behind each, and the digest of the report. A checkout
 that adopts the version from AWS (bakery.aws.adopt) accepts a passing result
 only for an AMI the record names, backed by exactly the snapshots it names: a
 `bakery:verified` tag (still set, for people reading the console) proves nothing.
+
+A copy `bake.py distribute` makes later is in no bake record (a record is never
+rewritten), so distribute writes one record per copy it made, also once, at
+`/bakery/verifications/<image>/copies/<version>/<region>/<ami-id>`: the copy's
+AMI and snapshots, the source AMI and the digest of the source's passing record.
+Every record lives in the home region. The copy level keeps every parameter a
+leaf (no name is the path of another) and the AMI id makes a new copy, after
+one was removed, a new record instead of an overwrite.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from typing import Any
@@ -21,6 +30,7 @@ from bakery.errors import ConfigError, OperationError
 from bakery.provenance import utc_now
 
 PREFIX = "/bakery/verifications"
+COPIES = "copies"  # the level under an image that holds copy records: never a version (versions are dates)
 # SSM names: a-zA-Z0-9_.- with '/' between levels, at most 1011 characters with the ARN; our prefix keeps the
 # name clear of the reserved 'aws'/'ssm' start, and two 200-character levels stay far below the length limit
 NAME_PART_RE = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")
@@ -30,11 +40,28 @@ MAX_SUMMARY = 512  # a summary is shortened to this first, then (if the record i
 
 def parameter_name(image: str, version: str) -> str:
     """The record's SSM name; image and version must be single SSM path levels."""
-    for field, value in (("image", image), ("version", version)):
+    _check_levels(image=image, version=version)
+    if version == COPIES:
+        raise ConfigError(f"verification record: version '{COPIES}' is reserved for the records of copies")
+    return f"{PREFIX}/{image}/{version}"
+
+
+def copy_parameter_name(image: str, version: str, region: str, ami_id: str) -> str:
+    """The SSM name of the record of one copy distribute made."""
+    _check_levels(image=image, version=version, region=region, ami=ami_id)
+    return f"{PREFIX}/{image}/{COPIES}/{version}/{region}/{ami_id}"
+
+
+def _check_levels(**levels: str) -> None:
+    for field, value in levels.items():
         if not NAME_PART_RE.match(value or ""):
             raise ConfigError(f"verification record: {field} '{value}' cannot be an SSM parameter name level: use "
                               "1-200 letters, digits, '_', '.' or '-'")
-    return f"{PREFIX}/{image}/{version}"
+
+
+def record_sha256(record: dict[str, Any]) -> str:
+    """The digest of a record as stored (encode's canonical JSON), which a copy's record names."""
+    return hashlib.sha256(json.dumps(record, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def encode(record: dict[str, Any]) -> str:
@@ -73,7 +100,10 @@ def write_record(ssm, *, image: str, version: str, passed: bool, amis: dict[str,
 
 def read_record(ssm, image: str, version: str) -> dict[str, Any] | None:
     """The version's record, or None when it has none (never verified on AWS, or baked before records existed)."""
-    name = parameter_name(image, version)
+    return _read(ssm, parameter_name(image, version))
+
+
+def _read(ssm, name: str) -> dict[str, Any] | None:
     try:
         value = ssm.get_parameter(Name=name)["Parameter"]["Value"]
     except ClientError as exc:
@@ -93,18 +123,98 @@ def read_record(ssm, image: str, version: str) -> dict[str, Any] | None:
 def check_record(record: dict[str, Any] | None, ami: dict[str, Any], region: str) -> tuple[bool, str]:
     """(True, why) only if the record says passed for exactly this AMI in `region` and exactly its snapshots."""
     ami_id = ami.get("ImageId", "")
-    facts = tags.from_tag_list(ami.get("Tags"))
     if record is None:
         return False, f"no verification record for {ami_id}"
-    claimed = (record.get("image"), record.get("version"))
-    if claimed != (facts.get(tags.IMAGE), facts.get(tags.VERSION)):
-        return False, f"the record is for {claimed[0]}:{claimed[1]}, not the AMI's {tags.IMAGE}/{tags.VERSION} tags"
     if (record.get("amis") or {}).get(region) != ami_id:
         return False, f"the record names no AMI {ami_id} in {region}"
-    recorded = sorted((record.get("snapshots") or {}).get(region) or [])
-    actual = sorted(amis.snapshot_ids(ami))
-    if not actual or recorded != actual:
-        return False, f"{ami_id}'s snapshots {actual} are not the record's {recorded}"
+    wrong = _wrong_version_or_snapshots(record, (record.get("snapshots") or {}).get(region), ami)
+    if wrong:
+        return False, wrong
     if record.get("passed") is not True:
         return False, f"the record says {ami_id} failed: {record.get('summary') or 'no summary'}"
     return True, f"record: {record.get('summary') or 'passed'} (run {record.get('run_id', '?')})"
+
+
+def _wrong_version_or_snapshots(record: dict[str, Any], recorded: list[str] | None, ami: dict[str, Any]) -> str:
+    """Why the record does not describe this AMI's version and snapshots ('' when it does)."""
+    facts = tags.from_tag_list(ami.get("Tags"))
+    claimed = (record.get("image"), record.get("version"))
+    if claimed != (facts.get(tags.IMAGE), facts.get(tags.VERSION)):
+        return f"the record is for {claimed[0]}:{claimed[1]}, not the AMI's {tags.IMAGE}/{tags.VERSION} tags"
+    actual, wanted = sorted(amis.snapshot_ids(ami)), sorted(recorded or [])
+    if not actual or wanted != actual:
+        return f"{ami.get('ImageId', '')}'s snapshots {actual} are not the record's {wanted}"
+    return ""
+
+
+# ---- copies made by `bake.py distribute`
+
+COPY_FACTS = ("image", "version", "region", "ami", "snapshots", "source_ami", "source_region", "source_record",
+              "source_record_sha256", "report_sha256")  # what a copy's record claims (run_id, written_at: context)
+
+
+def write_copy_record(ssm, *, source: dict[str, Any], source_ami: str, source_region: str, copy: dict[str, Any],
+                      region: str, run_id: str) -> str:
+    """Write once (home region) the record of a copy of `source_ami`, whose record `source` passed; returns its name.
+
+    Only for a copy the caller made itself (CopyImage answered with its id):
+    an AMI found by its tags proves nothing. Writing the same claim again is
+    no change; a different claim for the same copy is refused.
+    """
+    image, version, ami_id = source["image"], source["version"], copy["ImageId"]
+    name = copy_parameter_name(image, version, region, ami_id)
+    record = {"image": image, "version": version, "region": region, "ami": ami_id,
+              "snapshots": sorted(amis.snapshot_ids(copy)), "source_ami": source_ami, "source_region": source_region,
+              "source_record": parameter_name(image, version), "source_record_sha256": record_sha256(source),
+              "report_sha256": source.get("report_sha256", ""), "run_id": run_id, "written_at": utc_now()}
+    try:
+        ssm.put_parameter(Name=name, Value=json.dumps(record, sort_keys=True, separators=(",", ":")), Type="String",
+                          Overwrite=False, Tier="Standard",
+                          Description=f"bakery verification of {image}:{version}'s copy in {region}, written once")
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") != "ParameterAlreadyExists":
+            raise
+        existing = _read(ssm, name) or {}
+        if any(existing.get(key) != record[key] for key in COPY_FACTS):
+            raise OperationError(f"a verification record for the copy {ami_id} of {image}:{version} in {region} "
+                                 f"already exists ({name}) and says otherwise; records are written once: deregister "
+                                 "the copy and run distribute again for a new one") from exc
+    return name
+
+
+def read_copy_record(ssm, image: str, version: str, region: str, ami_id: str) -> dict[str, Any] | None:
+    """The record distribute wrote for this copy, or None."""
+    return _read(ssm, copy_parameter_name(image, version, region, ami_id))
+
+
+def check_copy_record(copy: dict[str, Any] | None, source: dict[str, Any] | None, ami: dict[str, Any],
+                      region: str) -> tuple[bool, str]:
+    """(True, why) only if `copy` names exactly this AMI in `region` and its snapshots, and was written from
+    exactly `source` (the version's record, by its digest) for an AMI that record names as passed.
+
+    Where EC2 says which AMI the copy was made from (SourceImageId, which AWS
+    sets on CopyImage copies and moto does not), it must be the record's source.
+    """
+    ami_id = ami.get("ImageId", "")
+    if copy is None:
+        return False, f"no verification record for the copy {ami_id} in {region}"
+    if source is None:
+        return False, f"the record of the copy {ami_id} has no source record {copy.get('source_record')}"
+    if (copy.get("ami"), copy.get("region")) != (ami_id, region):
+        return False, f"the copy record names {copy.get('ami')} in {copy.get('region')}, not {ami_id} in {region}"
+    wrong = _wrong_version_or_snapshots(copy, copy.get("snapshots"), ami)
+    if wrong:
+        return False, wrong
+    if copy.get("source_record_sha256") != record_sha256(source):
+        return False, f"the record of the copy {ami_id} was written for another source record than today's"
+    origin = (copy.get("source_ami"), copy.get("source_region"))
+    if (source.get("image"), source.get("version")) != (copy["image"], copy["version"]) or \
+            (source.get("amis") or {}).get(origin[1]) != origin[0]:
+        return False, f"the source record names no AMI {origin[0]} in {origin[1]} of {copy['image']}:{copy['version']}"
+    if source.get("passed") is not True:
+        return False, f"the source record says {origin[0]} failed: {source.get('summary') or 'no summary'}"
+    said = (ami.get("SourceImageId"), ami.get("SourceImageRegion") or origin[1])
+    if said[0] and said != origin:
+        return False, f"EC2 says {ami_id} was made from {said[0]} in {said[1]}, not the record's {origin[0]}"
+    return True, (f"record of the copy of {origin[0]} in {origin[1]}: {source.get('summary') or 'passed'} "
+                  f"(run {source.get('run_id', '?')})")

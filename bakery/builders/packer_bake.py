@@ -30,7 +30,7 @@ from bakery import __version__
 from bakery.ansible import ansible_env
 from bakery.aws import amis, clients, tags, verification_record
 from bakery.aws.distribute import RegionResult
-from bakery.aws.distribute import _share as share_with_accounts
+from bakery.aws.distribute import share as share_with_accounts
 from bakery.builders.ami import AmiBuilder
 from bakery.builders.base import BuildResult, LayerResult
 from bakery.builders.packer_run import parse_manifest, read_junit, stream_packer

@@ -157,6 +157,7 @@ def distribute(obj: Context, ref: str, regions: str | None, accounts: str | None
         return
     for r in result.regions:
         done = (["copied"] if r.copied else []) + ([f"tagged {len(r.tagged)}"] if r.tagged else [])
+        done += [f"verification recorded ({r.record})"] if r.record_written else []
         done += [f"launch permission for {', '.join(r.launch_permission_added)}"] if r.launch_permission_added else []
         done += ([f"create-volume permission on {len(r.create_volume_permission_added)} snapshots"]
                  if r.create_volume_permission_added else [])

@@ -54,6 +54,11 @@ class AwsGroupFleet(Fleet):
     def ssm(self):
         return client("ssm", self.region)
 
+    @cached_property
+    def records(self):
+        """SSM in the home region, where the builders and distribute write every version's verification record."""
+        return adopt.home_ssm(self.project.aws)
+
     @property
     def refresh_client(self):
         if self._refresh_client is None:
@@ -211,12 +216,12 @@ class AwsGroupFleet(Fleet):
     # ---- versions baked elsewhere: the AMI tags are the record, this checkout's catalog a cache of them
 
     def adopt(self, version: str | None, run_id: str) -> None:
-        """Record image:version from its AMI's tags (and the verification the builder tagged) when this
-        checkout's catalog lacks it, as in a fresh CI container; with no version and no version of the image
+        """Record image:version from its AMI's tags (and its verification record, read in the home region) when
+        this checkout's catalog lacks it, as in a fresh CI container; with no version and no version of the image
         in the catalog, the newest AMI's."""
         image, region = self.env.image, self.ec2.meta.region_name
         if version is not None:
-            adopt.adopt_version(self.catalog, self.ec2, image, version, region, run_id)
+            adopt.adopt_version(self.catalog, self.ec2, image, version, region, run_id, self.records)
             return
         if self.catalog.versions(image):
             return
@@ -225,7 +230,7 @@ class AwsGroupFleet(Fleet):
         if found:
             newest = max(found, key=lambda i: (tags.from_tag_list(i.get("Tags"))[tags.VERSION],
                                                i.get("CreationDate", "")))
-            adopt.adopt_ami(self.catalog, newest, region, run_id)
+            adopt.adopt_ami(self.catalog, newest, region, run_id, self.records)
 
     def release_before(self, current: Goal, run_id: str) -> Goal | None:
         """The rollback target when this catalog has no earlier release (another checkout or CI released): the
@@ -237,7 +242,8 @@ class AwsGroupFleet(Fleet):
         if version is None:
             return None
         region = self.ec2.meta.region_name
-        if adopt.adopt_version(self.catalog, self.ec2, self.env.image, version, region, run_id) is None:
+        if adopt.adopt_version(self.catalog, self.ec2, self.env.image, version, region, run_id,
+                               self.records) is None:
             raise OperationError(f"the release before {current.version} in SSM ({self.env.image}:{version}) has no "
                                  f"AMI tagged {tags.IMAGE}={self.env.image} {tags.VERSION}={version} in {region} "
                                  "any more; deploy a version instead")

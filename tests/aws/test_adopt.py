@@ -160,6 +160,54 @@ def test_record_names_and_size_stay_within_ssm_rules(aws):
                                          snapshots={}, report_sha256="", summary="", run_id="r")
 
 
+def test_a_copy_passes_only_through_its_own_record_naming_a_passing_source(aws):
+    """distribute's copies are in no bake record: each gets a write-once record of its own (home region), bound to the
+    copy's AMI and snapshots and to the digest of the source's passing record."""
+    other = "eu-west-1"
+    home_ec2, other_ec2, ssm = (clients.client("ec2", REGION), clients.client("ec2", other),
+                                clients.client("ssm", REGION))
+    version = "20261101.013"
+    source = register_ami(home_ec2, "webapp-source", version_tags(version))
+    write_matching_record(home_ec2, source, version)
+    copy = other_ec2.copy_image(SourceRegion=REGION, SourceImageId=source, Name="webapp-copy")["ImageId"]
+    other_ec2.create_tags(Resources=[copy], Tags=tags.as_tag_list(version_tags(version)))
+    described = amis.describe_ami(other_ec2, copy)
+    record = verification_record.read_record(ssm, "webapp", version)
+    assert verification_record.check_record(record, described, other) == (
+        False, f"the record names no AMI {copy} in {other}")
+    assert verification_record.read_copy_record(ssm, "webapp", version, other, copy) is None
+
+    name = verification_record.write_copy_record(ssm, source=record, source_ami=source, source_region=REGION,
+                                                 copy=described, region=other, run_id="dist-1")
+    assert name == f"/bakery/verifications/webapp/copies/{version}/{other}/{copy}"
+    assert verification_record.write_copy_record(ssm, source=record, source_ami=source, source_region=REGION,
+                                                 copy=described, region=other, run_id="dist-2") == name  # same claim
+    with pytest.raises(OperationError, match=r"a verification record for the copy .* already exists"):
+        verification_record.write_copy_record(ssm, source={**record, "summary": "other"}, source_ami=source,
+                                              source_region=REGION, copy=described, region=other, run_id="dist-3")
+    written = verification_record.read_copy_record(ssm, "webapp", version, other, copy)
+    passed, why = verification_record.check_copy_record(written, record, described, other)
+    assert passed, why
+    from_aws = {**described, "SourceImageId": source, "SourceImageRegion": REGION}  # set by AWS, not by moto
+    assert verification_record.check_copy_record(written, record, from_aws, other)[0]
+
+    refusals = {
+        "region": (written, record, described, REGION),
+        "snapshots": (written, record, {**described, "BlockDeviceMappings": [
+            {"DeviceName": "/dev/xvda", "Ebs": {"SnapshotId": "snap-0123456789abcdef0"}}]}, other),
+        "tags": (written, record, {**described, "Tags": tags.as_tag_list(version_tags("20261101.014"))}, other),
+        "source digest": (written, {**record, "summary": "edited"}, described, other),
+        "failed source": (written, {**record, "passed": False}, described, other),
+        "source ami": (written, {**record, "amis": {REGION: "ami-0123456789abcdef0"}}, described, other),
+        "aws says another source": (written, record, {**described, "SourceImageId": "ami-0123456789abcdef0",
+                                                      "SourceImageRegion": REGION}, other),
+        "no record": (None, record, described, other),
+        "no source record": (written, None, described, other),
+    }
+    for case, args in refusals.items():
+        assert verification_record.check_copy_record(*args)[0] is False, case
+
+
 def test_the_policy_lets_the_ci_role_create_a_record_but_never_overwrite_one():
     policy = json.loads((Path(__file__).parents[2] / "docs" / "aws-iam-policy.json").read_text())
     # 111122223333: the account docs/aws-iam-policy.json is rendered for
@@ -168,4 +216,7 @@ def test_the_policy_lets_the_ci_role_create_a_record_but_never_overwrite_one():
     assert evaluate([policy], "ssm:PutParameter", record, {"ssm:Overwrite": "false"}) == "allow"
     assert evaluate([policy], "ssm:PutParameter", record, {"ssm:Overwrite": "true"}) != "allow"
     assert evaluate([policy], "ssm:DeleteParameter", record, {}) != "allow"
+    copy = record.replace("/webapp/", "/webapp/copies/") + "/eu-west-1/ami-0123456789abcdef0"  # distribute's
+    assert evaluate([policy], "ssm:PutParameter", copy, {"ssm:Overwrite": "false"}) == "allow"
+    assert evaluate([policy], "ssm:PutParameter", copy, {"ssm:Overwrite": "true"}) != "allow"
     assert evaluate([policy], "ssm:PutParameter", release, {"ssm:Overwrite": "true"}) == "allow"  # releases move

@@ -122,3 +122,100 @@ def test_waiting_for_a_copy_rides_out_eventual_consistency_and_is_bounded(aws):
     with pytest.raises(OperationError, match=f"copies still not available after 5 s: {OTHER} "
                                              f"\\({ami} not visible yet\\).*run distribute again"):
         wait_for_copies({OTHER: ec2}, {OTHER: ami}, Progress(io.StringIO()), timeout=5, sleep=lambda s: None)
+
+
+# ---- verification records of copies: written in the home region, for the copies distribute itself made
+
+
+def home_record(version: str, ami: str, snapshots: list[str], *, passed: bool = True) -> str:
+    """The bake's record of image sample:version (home region only), as the builders write it."""
+    from bakery.aws import clients, verification_record
+
+    return verification_record.write_record(
+        clients.client("ssm", HOME), image="sample", version=version, passed=passed, amis={HOME: ami},
+        snapshots={HOME: snapshots}, report_sha256="ab" * 32, summary="12 passed" if passed else "1 failed",
+        run_id="bake-1")
+
+
+def adopted_verifications(tmp_path, ec2, version: str, region: str) -> list[dict]:
+    """What a fresh checkout deploying in `region` records for the version (the record read in the home region)."""
+    from bakery.aws import adopt, clients
+    from bakery.catalog import open_catalog
+
+    catalog = open_catalog(tmp_path / f"ci-{version}-{region}")
+    try:
+        assert adopt.adopt_version(catalog, ec2, "sample", version, region, "run-1",
+                                   ssm=clients.client("ssm", HOME)) is not None
+        return catalog.verifications("sample", version)
+    finally:
+        catalog.close()
+
+
+def copy_records(region: str = HOME) -> list[str]:
+    found = boto3.client("ssm", region).get_parameters_by_path(Path="/bakery", Recursive=True)["Parameters"]
+    return sorted(p["Name"] for p in found if "/copies/" in p["Name"])
+
+
+def test_distribute_writes_a_record_for_each_copy_it_makes_and_the_copy_passes_the_gate_by_it(aws, proj, tmp_path):
+    from bakery.aws import verification_record
+
+    with_aws_settings(proj, [HOME, OTHER])
+    home, other = boto3.client("ec2", HOME), boto3.client("ec2", OTHER)
+    source, snapshots = version_ami(home, "sample", VERSION)
+    main = home_record(VERSION, source, snapshots)
+
+    first = bake(proj, "distribute", f"sample:{VERSION}", "--regions", OTHER, "--json")
+
+    assert first.rc == 0, first.stderr
+    result = {r["region"]: r for r in first.json["regions"]}
+    copy = result[OTHER]["ami_id"]
+    name = f"/bakery/verifications/sample/copies/{VERSION}/{OTHER}/{copy}"
+    assert (result[HOME]["record"], result[HOME]["record_written"]) == (main, False)
+    assert (result[OTHER]["record"], result[OTHER]["record_written"]) == (name, True)
+    assert copy_records() == [name] and copy_records(OTHER) == []  # records live in the home region only
+    written = verification_record.read_copy_record(boto3.client("ssm", HOME), "sample", VERSION, OTHER, copy)
+    source_record = verification_record.read_record(boto3.client("ssm", HOME), "sample", VERSION)
+    assert {k: written[k] for k in ("image", "version", "region", "ami", "snapshots", "source_ami", "source_region",
+                                    "source_record", "source_record_sha256", "report_sha256")} == {
+        "image": "sample", "version": VERSION, "region": OTHER, "ami": copy,
+        "snapshots": sorted(amis.snapshot_ids(amis.describe_ami(other, copy))), "source_ami": source,
+        "source_region": HOME, "source_record": main,
+        "source_record_sha256": verification_record.record_sha256(source_record), "report_sha256": "ab" * 32}
+
+    [verification] = adopted_verifications(tmp_path, other, VERSION, OTHER)
+    assert verification["passed"] and verification["reports"]["record"] == name
+    assert verification["reports"]["source_record"] == main
+
+    again = bake(proj, "distribute", f"sample:{VERSION}", "--regions", OTHER, "--json")
+    assert again.rc == 0, again.stderr
+    regions = {r["region"]: r for r in again.json["regions"]}
+    assert not again.json["changed"] and (regions[OTHER]["record"], regions[OTHER]["record_written"]) == (name, False)
+    assert copy_records() == [name]
+
+
+def test_no_record_for_copies_of_an_unverified_version_nor_for_an_ami_found_by_its_tags(aws, proj, tmp_path):
+    with_aws_settings(proj, [HOME, OTHER])
+    home, other = boto3.client("ec2", HOME), boto3.client("ec2", OTHER)
+    failed, failed_snapshots = version_ami(home, "sample", VERSION)
+    home_record(VERSION, failed, failed_snapshots, passed=False)
+    untested = "20260101.008"
+    version_ami(home, "sample", untested)
+    # a passing version whose "copy" in OTHER is an AMI anyone allowed to tag could have tagged
+    forged_version = "20260101.009"
+    source, snapshots = version_ami(home, "sample", forged_version)
+    home_record(forged_version, source, snapshots)
+    forged, _ = version_ami(other, "sample", forged_version, OTHER)
+
+    for version in (VERSION, untested, forged_version):
+        outcome = bake(proj, "distribute", f"sample:{version}", "--regions", OTHER, "--json")
+        assert outcome.rc == 0, outcome.stderr
+        [entry] = [r for r in outcome.json["regions"] if r["region"] == OTHER]
+        assert (entry["record"], entry["record_written"]) == ("", False)
+        assert bool(entry["copied"]) is (version != forged_version)
+    assert copy_records() == []
+    assert [v["passed"] for v in adopted_verifications(tmp_path, other, VERSION, OTHER)] == [False]
+    assert adopted_verifications(tmp_path, other, untested, OTHER) == []
+    assert adopted_verifications(tmp_path, other, forged_version, OTHER) == []
+    progress = bake(proj, "distribute", f"sample:{forged_version}", "--regions", OTHER)
+    assert (f"{OTHER}: {forged} has no verification record and was not copied by this run: it stays unverified"
+            in progress.stderr), progress.stderr
