@@ -18,6 +18,10 @@ from bakery.errors import ConfigError
 
 PROJECT_FILE = "bakery.yml"
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+# An image's AWS release parameters are /bakery/<image>/<env>/...; /bakery/verifications/ holds the write-once
+# verification records (bakery.aws.verification_record), where the IAM policy denies any overwrite.
+RESERVED_IMAGE_NAMES = {"verifications": "/bakery/verifications/ holds the AWS verification records, and the image's "
+                                         "release parameters /bakery/<image>/<env>/... would land there"}
 ROLE_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
 # Play keys that would run work outside a role: bakery caches one layer per role,
 # so such work would either be repeated in every layer or silently skipped.
@@ -25,6 +29,11 @@ TASK_KEYS = ("pre_tasks", "tasks", "post_tasks", "handlers", "import_playbook")
 IMAGE_SETTING_KEYS = {"base", "description", "artifacts", "health_check"}
 PROJECT_KEYS = {"images", "default_base", "aws"}
 DEFAULT_BASE = "bookworm"
+
+
+def reserved_name(name: str) -> str:
+    return (f"image name '{name}' is reserved: {RESERVED_IMAGE_NAMES[name]}; rename playbooks/{name}.yml "
+            "(and its entry in bakery.yml)")
 
 
 def load_yaml(path: Path) -> Any:
@@ -124,6 +133,8 @@ class Project:
         if not isinstance(images, dict):
             raise ConfigError(f"{path}: 'images' must be a mapping of image name to settings")
         for name, settings in images.items():
+            if name in RESERVED_IMAGE_NAMES:
+                raise ConfigError(f"{path}: images.{name}: {reserved_name(name)}")
             settings = settings or {}
             if not isinstance(settings, dict):
                 raise ConfigError(f"{path}: images.{name} must be a mapping")
@@ -163,6 +174,8 @@ class Project:
                 f"image name '{name}' is invalid: use lower-case letters, digits, '-' and '_' "
                 "(it names playbooks/<image>.yml)"
             )
+        if name in RESERVED_IMAGE_NAMES:
+            raise ConfigError(reserved_name(name))
         playbook = self.playbooks_dir / f"{name}.yml"
         if not playbook.is_file():
             known = ", ".join(self.image_names()) or "none"

@@ -9,11 +9,14 @@ another policy of the role allows it. docs/aws-iam-policy.json is this
 rendering for docs/aws-iam-policy.example.yml (a test keeps them equal), and
 tests/aws/test_policy_replay.py replays every flow's calls against it.
 
-Pure: no AWS call; the account id and partition are arguments.
+The Image Builder build instance's role gets its own rendering
+(render_instance_role_policy; docs/aws-imagebuilder-instance-role.json), from
+the same settings. Pure: no AWS call; the account id and partition are arguments.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from bakery.aws import tags
@@ -26,6 +29,10 @@ MANAGED = {f"aws:ResourceTag/{tags.MANAGED}": "true"}
 OWN_TAG_KEYS = {"aws:TagKeys": ["bakery:*", "Name"]}
 VERIFICATIONS = "bakery/verifications"  # SSM parameters written once per version (bakery.aws.verification_record)
 BUNDLES = "bundles"  # the Image Builder bundles' key prefix (bakery.aws.bundle)
+IMAGE_BUILDER_LOGS = "imagebuilder-logs"  # Image Builder's build logs (bakery.aws.imagebuilder.resources)
+# IAM's size limits, in characters without white space (IAM User Guide, "IAM and AWS STS quotas")
+MANAGED_POLICY_LIMIT = 6144  # one managed policy
+INLINE_POLICIES_LIMIT = 10240  # all inline policies of one role together
 PACKER_KEY_PAIRS = "packer_*"  # Packer 1.6.6 names its temporary key pair packer_<uuid> and cannot tag it
 IMAGE_BUILDER_NAMES = "bakery-*"  # bakery.aws.imagebuilder.resources.resource_name
 PASS_TO_BUILD = ["ec2.amazonaws.com", "imagebuilder.amazonaws.com"]
@@ -76,7 +83,7 @@ def render_policy(settings: AwsSettings, account: str, partition: str = "aws") -
     arns = Arns(account, partition)
     statements = [
         {"Sid": "Read", "Effect": "Allow", "Action": READ_ONLY, "Resource": "*"},
-        {"Sid": "ImageBuilderListsHaveNoResourceTypes", "Effect": "Allow", "Action": IMAGE_BUILDER_LISTS,
+        {"Sid": "ImageBuilderLists", "Effect": "Allow", "Action": IMAGE_BUILDER_LISTS,
          "Resource": "*"},
         {"Sid": "ReadSharing", "Effect": "Allow",
          "Action": ["ec2:DescribeImageAttribute", "ec2:DescribeSnapshotAttribute"],
@@ -102,7 +109,7 @@ def _build_instance(s: AwsSettings, arns: Arns) -> list[Statement]:
             "ec2:InstanceProfile": arns.iam(f"instance-profile/{s.instance_profile}")}
     groups = [arns.ec2(f"security-group/{g}") for g in s.security_group_ids] or [arns.ec2("security-group/*")]
     statements: list[Statement] = [
-        {"Sid": "LaunchBuildInstancesTagged", "Effect": "Allow", "Action": "ec2:RunInstances",
+        {"Sid": "LaunchTagged", "Effect": "Allow", "Action": "ec2:RunInstances",
          "Resource": arns.ec2("instance/*"), "Condition": instance_condition},
         {"Sid": "BuildVolumesEncrypted", "Effect": "Allow", "Action": "ec2:RunInstances",
          "Resource": arns.ec2("volume/*"), "Condition": {"Bool": {"ec2:Encrypted": "true"}}},
@@ -113,7 +120,7 @@ def _build_instance(s: AwsSettings, arns: Arns) -> list[Statement]:
         {"Sid": "PackersTemporaryKeyPair", "Effect": "Allow", "Action": ["ec2:CreateKeyPair", "ec2:DeleteKeyPair"],
          "Resource": arns.ec2(f"key-pair/{PACKER_KEY_PAIRS}")},
         # CreateImage too: only bakery's build instances are imaged, never a production disk
-        {"Sid": "StopAndImageOnlyBuildInstances", "Effect": "Allow",
+        {"Sid": "OnlyBuildInstances", "Effect": "Allow",
          "Action": ["ec2:StopInstances", "ec2:TerminateInstances", "ec2:CreateImage"],
          "Resource": arns.ec2("instance/*"), "Condition": {"StringEquals": MANAGED}},
     ]
@@ -136,9 +143,18 @@ def _images(s: AwsSettings, arns: Arns) -> list[Statement]:
          "Action": ["ec2:ModifyImageAttribute", "ec2:DeregisterImage", "ec2:DeleteSnapshot"],
          "Resource": arns.images_and_snapshots(), "Condition": {"StringEquals": MANAGED}},
     ]
+    if s.region_kms_key_ids:
+        # Per-region keys turn Packer 1.6.6's encrypt_boot on: it images into an untagged intermediate AMI (random
+        # name), copies that, and removes it itself. An AMI or snapshot without a bakery:managed tag: what
+        # ClaimUnclaimed lets the role claim and then delete anyway, so this adds no reach; bakery:managed=false
+        # still protects.
+        statements.append(
+            {"Sid": "PackersIntermediateAmi", "Effect": "Allow",
+             "Action": ["ec2:DeregisterImage", "ec2:DeleteSnapshot"], "Resource": arns.images_and_snapshots(),
+             "Condition": {"Null": {f"aws:ResourceTag/{tags.MANAGED}": "true"}}})
     if s.accounts:
         statements.append(
-            {"Sid": "ShareSnapshotsWithTheAccounts", "Effect": "Allow",
+            {"Sid": "ShareSnapshots", "Effect": "Allow",
              "Action": "ec2:ModifySnapshotAttribute", "Resource": arns.ec2("snapshot/*", owned=False),
              "Condition": {"StringEquals": MANAGED,
                            "ForAllValues:StringEquals": {"ec2:Add/userId": sorted(s.accounts)}}})
@@ -150,10 +166,10 @@ def _tagging(arns: Arns) -> list[Statement]:
     created = [arns.ec2("instance/*"), arns.ec2("volume/*"), arns.ec2("network-interface/*"),
                *arns.images_and_snapshots()]
     return [
-        {"Sid": "TagWhileLaunchingOrCopying", "Effect": "Allow", "Action": "ec2:CreateTags", "Resource": created,
+        {"Sid": "TagOnCreate", "Effect": "Allow", "Action": "ec2:CreateTags", "Resource": created,
          "Condition": {"StringEquals": {"ec2:CreateAction": ["RunInstances", "CopyImage"]},
                        "ForAllValues:StringLike": OWN_TAG_KEYS}},
-        {"Sid": "RetagOnlyResourcesOfBakery", "Effect": "Allow", "Action": "ec2:CreateTags",
+        {"Sid": "RetagOwn", "Effect": "Allow", "Action": "ec2:CreateTags",
          "Resource": [arns.ec2("instance/*"), *arns.images_and_snapshots()],
          "Condition": {"StringEquals": MANAGED, "ForAllValues:StringLike": OWN_TAG_KEYS}},
         # Packer 1.6.6 tags its AMI only after CreateImage (which carries no tags), and a failed run's leftover is
@@ -180,7 +196,7 @@ def _fleet(arns: Arns) -> list[Statement]:
          "Action": ["autoscaling:UpdateAutoScalingGroup", "autoscaling:StartInstanceRefresh",
                     "autoscaling:CancelInstanceRefresh", "autoscaling:RollbackInstanceRefresh"],
          "Resource": group, "Condition": {"StringEquals": MANAGED}},
-        {"Sid": "WhatBakerysLaunchTemplatesName", "Effect": "Allow", "Action": "ec2:RunInstances",
+        {"Sid": "LaunchTemplateResources", "Effect": "Allow", "Action": "ec2:RunInstances",
          "Resource": launched, "Condition": {"Bool": {"ec2:IsLaunchTemplateResource": "true"}}},
     ]
 
@@ -190,16 +206,16 @@ def _roles(s: AwsSettings, arns: Arns) -> list[Statement]:
     statements: list[Statement] = []
     if s.build_role:
         statements.append(
-            {"Sid": "PassOnlyTheBuildRole", "Effect": "Allow", "Action": "iam:PassRole",
+            {"Sid": "PassBuildRole", "Effect": "Allow", "Action": "iam:PassRole",
              "Resource": arns.iam(f"role/{s.build_role}"),
              "Condition": {"StringEquals": {"iam:PassedToService": PASS_TO_BUILD}}})
         statements.append(
-            {"Sid": "CheckTheBuildInstanceProfile", "Effect": "Allow",
+            {"Sid": "CheckBuildProfile", "Effect": "Allow",
              "Action": ["iam:GetInstanceProfile", "iam:ListAttachedRolePolicies"],
              "Resource": [arns.iam(f"instance-profile/{s.instance_profile}"), arns.iam(f"role/{s.build_role}")]})
     if s.instance_roles:
         statements.append(
-            {"Sid": "PassOnlyTheInstanceRoles", "Effect": "Allow", "Action": "iam:PassRole",
+            {"Sid": "PassInstanceRoles", "Effect": "Allow", "Action": "iam:PassRole",
              "Resource": [arns.iam(f"role/{role}") for role in sorted(s.instance_roles)],
              "Condition": {"StringEquals": {"iam:PassedToService": PASS_TO_FLEET}}})
     if s.builder == "imagebuilder" or s.instance_profile:
@@ -213,13 +229,13 @@ def _roles(s: AwsSettings, arns: Arns) -> list[Statement]:
 def _parameters(arns: Arns) -> list[Statement]:
     """Release parameters under /bakery; verification records written once, never overwritten."""
     return [
-        {"Sid": "ReleaseParametersUnderBakery", "Effect": "Allow",
+        {"Sid": "BakeryParameters", "Effect": "Allow",
          "Action": ["ssm:PutParameter", "ssm:GetParameter", "ssm:GetParameters", "ssm:GetParameterHistory",
                     "ssm:GetParametersByPath"],
          "Resource": [arns.service("ssm", "parameter/bakery"), arns.service("ssm", "parameter/bakery/*")]},
         {"Sid": "PublicBaseAmiParameters", "Effect": "Allow", "Action": "ssm:GetParameter",
          "Resource": f"arn:{arns.partition}:ssm:*:*:parameter/aws/service/*"},  # public: no account in the ARN
-        {"Sid": "VerificationRecordsAreWrittenOnce", "Effect": "Deny", "Action": "ssm:PutParameter",
+        {"Sid": "RecordsWrittenOnce", "Effect": "Deny", "Action": "ssm:PutParameter",
          "Resource": arns.service("ssm", f"parameter/{VERIFICATIONS}/*"),
          "Condition": {"StringEquals": {"ssm:Overwrite": "true"}}},
     ]
@@ -254,7 +270,7 @@ def _image_builder(arns: Arns) -> list[Statement]:
 def _storage_and_logs(s: AwsSettings, arns: Arns) -> list[Statement]:
     """S3 only in the artifacts bucket's bundles/, logs only of the configured groups, KMS only through EC2."""
     statements: list[Statement] = [
-        {"Sid": "EncryptedVolumesThroughEc2Only", "Effect": "Allow",
+        {"Sid": "KmsThroughEc2", "Effect": "Allow",
          "Action": ["kms:CreateGrant", "kms:Decrypt", "kms:DescribeKey", "kms:Encrypt",
                     "kms:GenerateDataKeyWithoutPlaintext", "kms:ReEncryptFrom", "kms:ReEncryptTo"],
          "Resource": arns.service("kms", "key/*"),
@@ -267,7 +283,7 @@ def _storage_and_logs(s: AwsSettings, arns: Arns) -> list[Statement]:
              "Action": ["s3:GetObject", "s3:PutObject"], "Resource": f"{bucket}/{BUNDLES}/*"},
             # Without ListBucket S3 answers a HeadObject of a missing bundle 403, not 404; a HeadObject carries no
             # s3:prefix, hence IfExists (an unprefixed listing of this one bucket's key names is allowed too).
-            {"Sid": "BundleLookupsAnswerNotFound", "Effect": "Allow", "Action": "s3:ListBucket", "Resource": bucket,
+            {"Sid": "ListBundles", "Effect": "Allow", "Action": "s3:ListBucket", "Resource": bucket,
              "Condition": {"StringLikeIfExists": {"s3:prefix": f"{BUNDLES}/*"}}},
         ]
     if s.log_groups:
@@ -281,14 +297,58 @@ def _storage_and_logs(s: AwsSettings, arns: Arns) -> list[Statement]:
 def _never(arns: Arns) -> list[Statement]:
     """Explicit Denies: hold even when another policy attached to the role allows more."""
     return [
-        {"Sid": "NeverMakeSnapshotsPublic", "Effect": "Deny", "Action": "ec2:ModifySnapshotAttribute",
+        {"Sid": "NoPublicSnapshots", "Effect": "Deny", "Action": "ec2:ModifySnapshotAttribute",
          "Resource": arns.ec2("snapshot/*", owned=False),
          "Condition": {"ForAnyValue:StringEquals": {"ec2:Add/group": "all"}}},
         # ModifyImageAttribute has no condition key for the accounts or groups added (ec2:Add/* exist only for
         # snapshots); ec2:Public says whether an image has public launch permission (docs/aws.md: unconfirmed whether
         # it sees the result of the request). Block public access for AMIs is the account-level guard.
-        {"Sid": "NeverChangePublicImages", "Effect": "Deny", "Action": "ec2:ModifyImageAttribute",
+        {"Sid": "NoPublicImages", "Effect": "Deny", "Action": "ec2:ModifyImageAttribute",
          "Resource": arns.ec2("image/*", owned=False), "Condition": {"Bool": {"ec2:Public": "true"}}},
-        {"Sid": "NeverLiftBlockPublicAccess", "Effect": "Deny",
+        {"Sid": "KeepBlockPublicAccess", "Effect": "Deny",
          "Action": ["ec2:DisableImageBlockPublicAccess", "ec2:DisableSnapshotBlockPublicAccess"], "Resource": "*"},
     ]
+
+
+def render_instance_role_policy(settings: AwsSettings, partition: str = "aws") -> dict[str, Any]:
+    """The policy for the role in aws.instance_profile that Image Builder's build and test instances need besides
+    the AWS managed AmazonSSMManagedInstanceCore and EC2InstanceProfileForImageBuilder: read the bundles, write the
+    build logs (bakery.aws.imagebuilder.instance_profile checks what IAM lets it check)."""
+    if not settings.artifacts_bucket:
+        raise ConfigError("bakery.yml: aws.artifacts_bucket is empty; the Image Builder instance role reads the "
+                          "bundles from it and writes its logs there: set it")
+    bucket = f"arn:{partition}:s3:::{settings.artifacts_bucket}"
+    return {"Version": "2012-10-17", "Statement": [
+        {"Sid": "BuildAndTestPhasesDownloadTheBakeryBundle", "Effect": "Allow", "Action": "s3:GetObject",
+         "Resource": f"{bucket}/{BUNDLES}/*"},
+        {"Sid": "ImageBuilderUploadsTheBuildLogs", "Effect": "Allow", "Action": "s3:PutObject",
+         "Resource": f"{bucket}/{IMAGE_BUILDER_LOGS}/*"},
+    ]}
+
+
+def policy_size(policy: dict[str, Any]) -> int:
+    """The policy's length as IAM counts it against its limits: without white space (none is inside bakery's values)."""
+    return len(json.dumps(policy, separators=(",", ":")))
+
+
+def split_policy(policy: dict[str, Any], limit: int = MANAGED_POLICY_LIMIT) -> list[dict[str, Any]]:
+    """The statements, in order, in as few policies of at most `limit` characters as fit them (for managed
+    policies: a role may have several; an explicit Deny holds whichever of them it is in)."""
+    parts: list[list[Statement]] = [[]]
+    for statement in policy["Statement"]:
+        if parts[-1] and policy_size({**policy, "Statement": [*parts[-1], statement]}) > limit:
+            parts.append([])
+        parts[-1].append(statement)
+    return [{**policy, "Statement": statements} for statements in parts]
+
+
+def size_note(policy: dict[str, Any]) -> str:
+    """'' when the policy fits a managed policy; else one line saying how to attach it."""
+    size = policy_size(policy)
+    if size <= MANAGED_POLICY_LIMIT:
+        return ""
+    parts = len(split_policy(policy))
+    where = (f"attach it inline (aws iam put-role-policy: {INLINE_POLICIES_LIMIT:,} for all of a role's inline "
+             "policies) or as " if size <= INLINE_POLICIES_LIMIT else "attach it as ")
+    return (f"the policy has {size:,} characters without white space, over the {MANAGED_POLICY_LIMIT:,} of a "
+            f"managed policy: {where}{parts} managed policies, printed by --part 1 to --part {parts}")

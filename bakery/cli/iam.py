@@ -1,7 +1,13 @@
 """bake.py iam-policy: print the least-privilege IAM policy for the role that runs bake.py on AWS.
 
 Rendered from the project's `aws:` settings (bakery.aws.iam_policy), so it names
-this project's bucket, roles, subnet, accounts and log groups instead of wildcards.
+this project's bucket, roles, subnet, accounts and log groups instead of wildcards;
+`--for imagebuilder-instance` prints the Image Builder build instance role's
+policy instead. A policy over a managed policy's size limit (6,144 characters)
+gets one line on stderr: attach it inline (a role's inline policies may have
+10,240; a test keeps a larger project's policy under that with room), or as the
+managed policies `--part 1`, `--part 2`, ... print (ci/aws/codepipeline.yaml
+attaches managed policies).
 Only click and the standard library at load time.
 """
 
@@ -11,6 +17,8 @@ import click
 
 from bakery.cli.common import emit_json
 
+ROLES = ("ci", "imagebuilder-instance")
+
 
 @click.command("iam-policy")
 @click.option("--account", metavar="ID",
@@ -18,16 +26,37 @@ from bakery.cli.common import emit_json
 @click.option("--settings", "settings_file", metavar="FILE", type=click.Path(dir_okay=False),
               help="Render from this YAML file's `aws:` mapping instead of bakery.yml's "
                    "(e.g. docs/aws-iam-policy.example.yml).")
+@click.option("--for", "role", type=click.Choice(ROLES), default="ci", show_default=True,
+              help="ci: the role that runs bake.py; imagebuilder-instance: the role in aws.instance_profile that "
+                   "Image Builder's build instances use (besides two AWS managed policies; docs/aws.md).")
+@click.option("--part", type=click.IntRange(1), metavar="N",
+              help="Print only part N of the policy split into managed policies of at most 6,144 characters each "
+                   "(IAM's limit for one; stderr says how many parts there are).")
 @click.pass_obj
-def iam_policy(obj, account: str | None, settings_file: str | None) -> None:
+def iam_policy(obj, account: str | None, settings_file: str | None, role: str, part: int | None) -> None:
     """Print the IAM policy (JSON) that lets bake.py do what it does on AWS, and nothing more.
 
     Example: ./bake.py iam-policy --account 123456789012 > policy.json
     """
-    from bakery.aws.iam_policy import render_policy
+    from bakery.aws.iam_policy import render_instance_role_policy, render_policy, size_note, split_policy
+    from bakery.errors import ConfigError
 
     settings = _settings_from(settings_file) if settings_file else obj.project.aws
-    emit_json(render_policy(settings, account or _caller_account(settings.region)))
+    if role == "imagebuilder-instance":  # S3 ARNs name no account: no STS call
+        policy = render_instance_role_policy(settings)
+    else:
+        policy = render_policy(settings, account or _caller_account(settings.region))
+    if part is None:
+        emit_json(policy)
+        note = size_note(policy)
+        if note:
+            click.echo(f"bake.py iam-policy: {note}", err=True)
+        return
+    parts = split_policy(policy)
+    if part > len(parts):
+        raise ConfigError(f"--part {part}: the policy has {len(parts)} part(s)")
+    emit_json(parts[part - 1])
+    click.echo(f"bake.py iam-policy: part {part} of {len(parts)}", err=True)
 
 
 def _settings_from(path: str):

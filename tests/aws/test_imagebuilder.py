@@ -643,12 +643,14 @@ def test_bake_py_exits_2_when_the_bucket_is_not_set(ibproj, aws):
 def test_the_instance_role_policy_grants_the_bundle_read_and_the_log_write_and_nothing_else():
     """docs/aws-imagebuilder-instance-role.json, for the prefixes the code uses, by the IAM evaluator."""
     from bakery.aws.bundle import KEY_PREFIX
+    from bakery.aws.iam_policy import render_instance_role_policy
     from bakery.aws.imagebuilder.instance_profile import ROLE_POLICY_DOC
     from bakery.aws.imagebuilder.resources import LOG_PREFIX
+    from bakery.aws.settings import AwsSettings
     from tests.iam_evaluator import evaluate
 
-    text = (REPO / ROLE_POLICY_DOC).read_text()
-    policy = json.loads(text.replace("YOUR-ARTIFACTS-BUCKET", BUCKET))
+    # ROLE_POLICY_DOC is this rendering for docs/aws-iam-policy.example.yml (tests/aws/test_policy_replay.py)
+    policy = render_instance_role_policy(AwsSettings(artifacts_bucket=BUCKET))
     bundle = f"arn:aws:s3:::{BUCKET}/{KEY_PREFIX}/sample/{'ab' * 32}.tar.gz"
     log = f"arn:aws:s3:::{BUCKET}/{LOG_PREFIX}/sample/bakery-sample/2026.1.0/1/TOE_2026-01-01/console.log"
     allowed = [("s3:GetObject", bundle), ("s3:PutObject", log)]

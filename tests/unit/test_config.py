@@ -27,6 +27,23 @@ def test_invalid_image_name(proj):
         Project(proj).image("../x")
 
 
+def test_the_image_name_verifications_is_refused(proj, capsys):
+    """/bakery/verifications/ holds the write-once verification records: an image of that name would put its release
+    parameters /bakery/<image>/<env>/... there, where the IAM policy denies overwriting them."""
+    from bakery.cli import main
+
+    (proj / "playbooks" / "verifications.yml").write_text((proj / "playbooks" / "sample.yml").read_text())
+    with pytest.raises(ConfigError, match=r"^image name 'verifications' is reserved: .*/bakery/verifications/"):
+        Project(proj).image("verifications")
+    assert main(["--project", str(proj), "build", "verifications"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "image name 'verifications' is reserved" in err and "Traceback" not in err
+    (proj / "playbooks" / "verifications.yml").unlink()
+    (proj / "bakery.yml").write_text("images:\n  verifications: {base: bookworm}\n")
+    with pytest.raises(ConfigError, match=r"bakery.yml: images.verifications: image name 'verifications' is reserved"):
+        Project(proj).image("sample")
+
+
 def test_malformed_yaml_names_file_and_line(proj):
     (proj / "playbooks" / "bad.yml").write_text("- name: x\n  roles: [first\n")
     with pytest.raises(ConfigError, match=r"playbooks/bad.yml:\d+:\d+: malformed YAML"):

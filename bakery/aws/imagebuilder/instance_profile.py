@@ -5,7 +5,7 @@ Image Builder launches the build instance (and later the test instance) with
 itself fetches the component, downloads the bundle and uploads its logs. So the
 profile's role needs the AWS managed policies AmazonSSMManagedInstanceCore and
 EC2InstanceProfileForImageBuilder, read of the bundles and write of the logs
-(docs/aws-imagebuilder-instance-role.json). A profile without them fails only
+(`bake.py iam-policy --for imagebuilder-instance`). A profile without them fails only
 after the build instance has been waited for (many minutes), so before a build
 starts bakery checks what it can read: the profile exists, has a role, and the
 role has AmazonSSMManagedInstanceCore attached. The S3 grants may live in any
@@ -32,7 +32,7 @@ def needs(bucket: str, log_prefix: str, bundle_prefix: str) -> str:
     """Everything the build instance's role needs, in one phrase (for error messages)."""
     return (f"the AWS managed policies {SSM_CORE} and {IMAGE_BUILDER_PROFILE} attached, s3:GetObject on "
             f"s3://{bucket}/{bundle_prefix}/* and s3:PutObject on s3://{bucket}/{log_prefix}/* "
-            f"({ROLE_POLICY_DOC})")
+            f"(./bake.py iam-policy --for imagebuilder-instance prints that policy; {ROLE_POLICY_DOC})")
 
 
 def check_instance_profile(iam, name: str, what_it_needs: str) -> str:
