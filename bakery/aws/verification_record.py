@@ -98,6 +98,13 @@ def write_record(ssm, *, image: str, version: str, passed: bool, amis: dict[str,
     return name
 
 
+def version_taken(ec2, ssm, image: str, version: str) -> bool:
+    """A builder must not hand out `version` again: an AMI has it, or its write-once record exists (the AMIs of a
+    version may be gone, by gc or by hand, while its record stays, and the next record write would be refused
+    only after the whole build)."""
+    return bool(amis.find_amis(ec2, {tags.IMAGE: image, tags.VERSION: version}) or read_record(ssm, image, version))
+
+
 def read_record(ssm, image: str, version: str) -> dict[str, Any] | None:
     """The version's record, or None when it has none (never verified on AWS, or baked before records existed)."""
     return _read(ssm, parameter_name(image, version))

@@ -42,13 +42,13 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from bakery import __version__
 from bakery.aws import tags as tag_names
-from bakery.aws.amis import find_amis, resolve_base_ami, root_device, tag_with_snapshots
+from bakery.aws.amis import resolve_base_ami, root_device, tag_with_snapshots
 from bakery.aws.bundle import Bundle, build_bundle, image_suite, require_bucket, upload_bundle
 from bakery.aws.clients import check_credentials, client, resolve_region
 from bakery.aws.imagebuilder import resources
 from bakery.aws.imagebuilder.instance_profile import check_instance_profile
 from bakery.aws.imagebuilder.wait import ImageBuildFailed, log_locations, wait_for_image
-from bakery.aws.verification_record import write_record
+from bakery.aws.verification_record import version_taken, write_record
 from bakery.builders.ami import AmiBuilder, region_keys
 from bakery.builders.base import BuildOptions, BuildResult, LayerResult
 from bakery.config import ImageDefinition
@@ -158,7 +158,7 @@ class _ImageBuild:
     def _build(self) -> BuildResult:
         self.version = self.b.catalog.reserve_version(
             self.name, self.run.id, os.getpid(),
-            taken=lambda v: bool(find_amis(self.ec2, {tag_names.IMAGE: self.name, tag_names.VERSION: v})))
+            taken=lambda v: version_taken(self.ec2, client("ssm", self.plan.region), self.name, v))
         provenance = self._provenance()
         label = f"{self.name}:{self.version}"
         tests = image_suite(self.b.project, self.plan.definition) is not None

@@ -142,6 +142,20 @@ def test_a_record_is_written_once_and_read_back(aws):
     assert verification_record.read_record(ssm, "webapp", "20261101.010") is None
 
 
+def test_a_version_with_a_record_but_no_ami_left_is_still_taken(aws):
+    """The builders never hand out a version again once its record exists (a second write would be refused only after
+    the whole build), nor while an AMI carries it."""
+    ec2, ssm = clients.client("ec2", REGION), clients.client("ssm", REGION)
+    assert not verification_record.version_taken(ec2, ssm, "webapp", "20261101.009")
+    verification_record.write_record(ssm, image="webapp", version="20261101.009", passed=True,
+                                     amis={REGION: "ami-0123456789abcdef0"}, snapshots={REGION: ["snap-0a"]},
+                                     report_sha256="cd" * 32, summary="", run_id="bake-2")
+    assert verification_record.version_taken(ec2, ssm, "webapp", "20261101.009")
+    register_ami(ec2, "bakery-webapp-20261101.010", version_tags("20261101.010"))
+    assert verification_record.version_taken(ec2, ssm, "webapp", "20261101.010")
+    assert not verification_record.version_taken(ec2, ssm, "webapp", "20261101.011")
+
+
 def test_record_names_and_size_stay_within_ssm_rules(aws):
     ssm = clients.client("ssm", REGION)
     for image, version in (("web app", "1"), ("webapp", "1/2"), ("webapp", "")):
