@@ -14,12 +14,20 @@
 # ami_users, ModifySnapshotAttribute for snapshot_users) *before* StepCreateTags (common/step_create_tags.go), and its
 # stepCreateAMI (ebs/step_create_ami.go) sends CreateImage without tags. So those calls would hit an AMI and snapshots
 # not yet tagged bakery:managed=true, which docs/aws-iam-policy.json refuses to modify; the AMI would stay, untagged.
-# What Packer does here: RunInstances (run_tags), CreateImage, CopyImage (ami_regions), CreateTags (tags,
-# snapshot_tags); then bake.py sets ImdsSupport, Description and launch/create-volume permission for aws.accounts.
+#
+# No ami_regions, region_kms_key_ids, encrypt_boot or AMI-level kms_key_id either: Packer builds in the home region
+# only and bake.py copies the tagged AMI to aws.regions itself (bakery/aws/distribute.py: CopyImage with the tags in
+# TagSpecifications and the region's key). With encrypt_boot, stepCreateAMI registers an intermediate AMI named
+# random.AlphaNum(7) that StepAMIRegionCopy's Cleanup deregisters untagged (DestroyAMIs), and StepAMIRegionCopy's
+# CopyImage carries no tags: both are refused by the policy, and a refused clean-up fails the build and leaks an AMI
+# no name finds. The AMI's snapshot is encrypted all the same: the build volume (launch_block_device_mappings) is
+# encrypted with var.kms_key_id, and CreateImage snapshots it under that key.
+# What Packer does here: RunInstances (run_tags), CreateImage (named var.ami_name), CreateTags (tags, snapshot_tags);
+# then bake.py sets ImdsSupport, Description and launch/create-volume permission for aws.accounts, and copies.
 
 variable "region" {
   type        = string
-  description = "Home region: the build instance runs here and the first AMI is registered here."
+  description = "Home region: the build instance runs here and the AMI is registered here (bake.py copies it to the others)."
 }
 
 variable "source_ami" {
@@ -59,7 +67,7 @@ variable "volume_size" {
 variable "kms_key_id" {
   type        = string
   default     = ""
-  description = "Empty: the account's default EBS key (an AMI encrypted with it cannot be shared with other accounts)."
+  description = "The build volume's key, hence the AMI snapshot's. Empty: the account's default EBS key (an AMI encrypted with it cannot be shared with other accounts)."
 }
 
 variable "root_device_name" {
@@ -67,20 +75,8 @@ variable "root_device_name" {
   description = "The base AMI's root device (/dev/xvda, /dev/sda1, ...), looked up by bake.py: the encrypted volume must replace it, not add one."
 }
 
-variable "region_kms_key_ids" {
-  type        = map(string)
-  default     = {}
-  description = "Copied region -> its EBS key (aws.region_kms_key_ids); empty: copies keep the source's encryption. Set: every copied region has a key."
-}
-
 variable "ami_name" {
   type = string
-}
-
-variable "ami_regions" {
-  type        = list(string)
-  default     = []
-  description = "Regions the AMI is copied to besides the home region."
 }
 
 variable "tags" {
@@ -163,18 +159,12 @@ source "amazon-ebs" "image" {
     kms_key_id            = var.kms_key_id
     delete_on_termination = true
   }
-  # No encrypt_boot unless copies need their region's key: the launch volume is encrypted already, so the AMI's
-  # snapshot is. Packer 1.6.6 takes region_kms_key_ids only with encrypt_boot, which makes it copy the AMI once more
-  # in the home region (with kms_key_id) and deregister an untagged intermediate: the build role must be allowed that.
-  # Packer checks these two (not the launch volume's key) with ValidateKmsKey (v1.6.6 common/ami_config.go), which
-  # refuses a multi-Region key's id and key ARN (mrk-...): bake.py refuses them first (bakery/aws/kms_keys.py).
-  encrypt_boot       = length(var.region_kms_key_ids) > 0
-  kms_key_id         = length(var.region_kms_key_ids) > 0 ? var.kms_key_id : ""
-  region_kms_key_ids = var.region_kms_key_ids
+  # No encrypt_boot, AMI-level kms_key_id, region_kms_key_ids or ami_regions: no intermediate AMI, no untagged copy
+  # (see the top of this file). Packer 1.6.6 validates only those two key settings (ValidateKmsKey in
+  # common/ami_config.go, which refuses multi-Region key ids); the launch volume's kms_key_id goes to EC2 unchecked.
 
   # no ami_description / ami_users / snapshot_users: bake.py sets them after Packer's tags (see the top of this file)
   ami_name        = var.ami_name
-  ami_regions     = var.ami_regions
   tags            = var.tags
   snapshot_tags   = var.tags
   run_tags        = var.run_tags

@@ -16,9 +16,11 @@ accounts is refused up front for a region without a key.
 Re-running changes nothing that is already right: copies are found by tag,
 permissions are read before they are added. Copies are asked for with the tags
 in TagSpecifications too, so on AWS a copy interrupted before the final tagging
-is still found by the next run.
+is still found by the next run. The Packer bake copies its AMI to aws.regions
+with the same calls (start_copies, wait_for_copies, tag_missing, share), so that
+Packer itself never copies (bakery.builders.packer_bake).
 
-A copy is in no verification record (the bake's is written once), so when the
+A copy distribute makes is in no bake record (a record is written once), so when the
 version's record passes for the source AMI, distribute writes a record for each
 copy it made, in the home region (bakery.aws.verification_record): adoption in
 the copy's region accepts the copy only through it. An AMI merely found by its
@@ -123,13 +125,22 @@ def check_keys_for_sharing(settings, home: str, regions: list[str], accounts: li
                               "customer managed key whose policy allows them (docs/aws.md, Sharing encrypted AMIs)")
 
 
-def _copy(ec2, source: dict[str, Any], home: str, region: str, tag_list: list[dict[str, str]],
-          kms_key: str = "") -> str:
+def copy_image(ec2, source: dict[str, Any], home: str, region: str, tag_values: dict[str, str], kms_key: str = "",
+               description: str = "") -> str:
+    """Ask `region` (its client: `ec2`) for a copy of the home AMI `source`; returns the copy's id at once.
+
+    The tags are asked for in TagSpecifications, so on AWS the copy and its
+    snapshots carry them (bakery:managed, bakery:run, ...) from creation: an
+    interrupted run's copy is found and may be removed. `kms_key`: the
+    region's key ('' keeps the source's encryption under the region's default key).
+    """
     # a retried request makes no second copy
     token = hashlib.sha256(f"bakery {source['ImageId']} {region} {kms_key}".encode()).hexdigest()[:64]
     encryption = {"Encrypted": True, "KmsKeyId": kms_key} if kms_key else {}
+    tag_list = tags.as_tag_list(tag_values)
     answer = ec2.copy_image(SourceRegion=home, SourceImageId=source["ImageId"], Name=source["Name"],
-                            Description=source.get("Description") or f"copy of {source['ImageId']} from {home}",
+                            Description=description or source.get("Description")
+                            or f"copy of {source['ImageId']} from {home}",
                             ClientToken=token,
                             TagSpecifications=[{"ResourceType": "image", "Tags": tag_list},
                                                {"ResourceType": "snapshot", "Tags": tag_list}],
@@ -137,11 +148,23 @@ def _copy(ec2, source: dict[str, Any], home: str, region: str, tag_list: list[di
     return answer["ImageId"]
 
 
+def start_copies(clients: dict[str, Any], source: dict[str, Any], home: str, keys: dict[str, str],
+                 tag_values: dict[str, str], progress: Progress, description: str = "") -> dict[str, str]:
+    """One copy of `source` per region of `keys` (region -> its key), all started before any is waited for;
+    returns region -> copy id (wait_for_copies then waits for them together)."""
+    started: dict[str, str] = {}
+    for region, key in keys.items():
+        started[region] = copy_image(clients[region], source, home, region, tag_values, key, description)
+        progress.note(f"{region}: copying {source['ImageId']} from {home} as {started[region]}")
+    return started
+
+
 def wait_for_copies(clients: dict[str, Any], pending: dict[str, str], progress: Progress, timeout: float,
-                    sleep: Callable[[float], None] = time.sleep) -> dict[str, dict[str, Any]]:
+                    sleep: Callable[[float], None] = time.sleep, advice: str = "") -> dict[str, dict[str, Any]]:
     """Poll every copy (region -> AMI id) until all are available; a line whenever one changes state.
 
-    Bounded by `timeout`.
+    Bounded by `timeout`. `advice`: what to do when a copy fails or outlasts it
+    (default: distribute's).
     """
     started = time.monotonic()
     done: dict[str, dict[str, Any]] = {}
@@ -155,7 +178,8 @@ def wait_for_copies(clients: dict[str, Any], pending: dict[str, str], progress: 
             state = image.get("State", "unknown") if image else "not visible yet"
             if state == "failed" and image:
                 reason = (image.get("StateReason") or {}).get("Message", "no reason given")
-                raise OperationError(f"copy {ami_id} in {region} failed: {reason}; run distribute again to retry")
+                raise OperationError(f"copy {ami_id} in {region} failed: {reason}; "
+                                     f"{advice or 'run distribute again to retry'}")
             if state != last.get(region):
                 progress.note(f"{region}: {ami_id} {state} after {time.monotonic() - started:.0f} s")
                 last[region] = state
@@ -166,10 +190,10 @@ def wait_for_copies(clients: dict[str, Any], pending: dict[str, str], progress: 
         delay = next(delays)
         if time.monotonic() - started + delay > timeout:
             waiting = ", ".join(f"{r} ({pending[r]} {last[r]})" for r in pending if r not in done)
-            raise OperationError(f"copies still not available after {timeout:.0f} s: {waiting}; they go on in AWS: "
-                                 "run distribute again later to share them (they get no verification record: "
-                                 "where the gate must pass them, deregister them and run distribute again with a "
-                                 "longer --timeout)")
+            raise OperationError(f"copies still not available after {timeout:.0f} s: {waiting}; " + (
+                advice or "they go on in AWS: run distribute again later to share them (they get no verification "
+                          "record: where the gate must pass them, deregister them and run distribute again with a "
+                          "longer --timeout)"))
         sleep(delay)
 
 
@@ -203,26 +227,27 @@ def distribute(settings, image: str, version: str, regions: list[str], accounts:
     ssm = client("ssm", home)  # every verification record lives in the home region
     record = _passing_record(ssm, source, home, progress if len(ec2) > 1 else None)
     copied_tags = {k: v for k, v in tags.from_tag_list(source.get("Tags")).items() if not k.startswith("aws:")}
-    tag_list = tags.as_tag_list(copied_tags)
     result = Distribution(image=image, version=version, home_region=home, accounts=accounts)
     by_region = {home: RegionResult(region=home, ami_id=source["ImageId"])}
     pending: dict[str, str] = {}
     described: dict[str, dict[str, Any]] = {home: source}
+    missing: dict[str, str] = {}  # region -> its key
     for region in ec2:
         if region == home:
             continue
         existing = find_version(ec2[region], image, version)
-        if existing is not None:
-            by_region[region] = RegionResult(region=region, ami_id=existing["ImageId"])
-            if existing.get("State") == "available":
-                described[region] = existing
-            else:
-                pending[region] = existing["ImageId"]
+        if existing is None:
+            missing[region] = settings.kms_key_for(region, home)
             continue
-        ami_id = _copy(ec2[region], source, home, region, tag_list, settings.kms_key_for(region, home))
-        progress.note(f"{region}: copying {source['ImageId']} from {home} as {ami_id}")
+        by_region[region] = RegionResult(region=region, ami_id=existing["ImageId"])
+        if existing.get("State") == "available":
+            described[region] = existing
+        else:
+            pending[region] = existing["ImageId"]
+    for region, ami_id in start_copies(ec2, source, home, missing, copied_tags, progress).items():
         by_region[region] = RegionResult(region=region, ami_id=ami_id, copied=True)
         pending[region] = ami_id
+    by_region = {region: by_region[region] for region in ec2}  # in the order the regions were given
     if pending:
         described.update(wait_for_copies(ec2, pending, progress, timeout, sleep))
     for region, entry in by_region.items():
@@ -232,7 +257,7 @@ def distribute(settings, image: str, version: str, regions: list[str], accounts:
         if record is not None:  # first: a copy whose tagging or sharing fails is still the copy this run made
             _record(ssm, entry, image_data, (source["ImageId"], home), record, progress)
         if region != home:
-            _tag_missing(ec2[region], entry, image_data, copied_tags)
+            tag_missing(ec2[region], entry, image_data, copied_tags)
         share(ec2[region], entry, accounts)
         result.regions.append(entry)
     return result
@@ -297,8 +322,9 @@ def _record(ssm, entry: RegionResult, image_data: dict[str, Any], source: tuple[
         progress.note(f"{entry.region}: {entry.ami_id} stays unverified: {why}")
 
 
-def _tag_missing(ec2, entry: RegionResult, image_data: dict[str, Any], wanted: dict[str, str]) -> None:
-    """Give a copy and its snapshots the version's tags where they lack them (CopyImage does not carry tags)."""
+def tag_missing(ec2, entry: RegionResult, image_data: dict[str, Any], wanted: dict[str, str]) -> None:
+    """Give a copy and its snapshots the version's tags where they lack them: a copy made without TagSpecifications
+    (by an older bakery or by hand), or where they were not applied (moto ignores them)."""
     current = {entry.ami_id: tags.from_tag_list(image_data.get("Tags"))}
     if entry.snapshots:
         for snapshot in ec2.describe_snapshots(SnapshotIds=entry.snapshots)["Snapshots"]:

@@ -18,12 +18,11 @@ from bakery.layers import PlannedLayer
 from bakery.runs import Run
 
 
-def region_keys(settings, home: str, *, all_or_none: bool = False) -> dict[str, str]:
+def region_keys(settings, home: str) -> dict[str, str]:
     """The EBS key of every region an AMI lands in, home first ('' = that region's default key); no AWS call yet.
 
     A copy encrypted with a region's default aws/ebs key cannot be launched by
     another account, so sharing (aws.accounts) needs a key in every region.
-    `all_or_none`: Packer refuses keys for some copied regions but not others.
     """
     keys = {region: settings.kms_key_for(region, home) for region in settings.all_regions(home)}
     copied = [region for region in keys if region != home]
@@ -35,9 +34,6 @@ def region_keys(settings, home: str, *, all_or_none: bool = False) -> dict[str, 
         raise ConfigError("bakery.yml: aws.accounts needs a key for every region: aws.region_kms_key_ids has none "
                           f"for {missing[0]}; a copy there would be encrypted with its default EBS key, which other "
                           "accounts cannot use")
-    if missing and all_or_none and len(missing) < len(copied):
-        raise ConfigError(f"bakery.yml: aws.region_kms_key_ids has no key for {missing[0]}: Packer needs a key for "
-                          f"every copied region once one has a key; add {missing[0]}: <KMS key id, ARN or alias>")
     return keys
 
 

@@ -3,10 +3,11 @@
 Flow: resolve the base AMI, compute the input digest (role layer keys chained on
 the base AMI id), return the existing AMI tagged with that digest if there is one
 (Packer never starts), otherwise reserve a version, write Packer's inputs into
-the run directory, run `packer build` streaming its output as progress, read the
-AMI ids per region from the manifest, wait until EC2 shows each AMI with its
-tags, tag every AMI and snapshot with the build instance's test result
-(bakery:verified, so any checkout can adopt it with its verification), and only
+the run directory, run `packer build` (home region only) streaming its output as
+progress, read the AMI id from the manifest, wait until EC2 shows it with its
+tags, tag it and its snapshots with the build instance's test result
+(bakery:verified, for people), copy it to the other regions (tagged on
+creation), write the verification record naming every region's AMI, and only
 then mark the version ready. A failure or an interrupt discards the reservation
 and deregisters what this run registered (its bakery:run tag or its AMI name),
 never another bake's AMI of the same version.
@@ -23,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bakery.aws import amis, clients, kms_keys
+from bakery.aws import amis, clients
 from bakery.builders.ami import AmiBuilder, region_keys
 from bakery.builders.base import BuildOptions, BuildResult
 from bakery.builders.packer_bake import BakePlan, PackerBake
@@ -58,8 +59,7 @@ class PackerBuilder(AmiBuilder):
         """Settings checked, base AMI resolved, every layer key and the input digest computed; nothing changed yet."""
         settings = self.project.aws
         region = clients.resolve_region(settings.region or None)
-        keys = region_keys(settings, region, all_or_none=True)
-        kms_keys.check_for_packer(settings, region, keys)  # Packer 1.6.6 refuses multi-Region key ids and ARNs
+        keys = region_keys(settings, region)  # no key reaches Packer's key check (packer/aws.pkr.hcl): EC2 takes them
         clients.check_credentials()
         base_ami = amis.resolve_base_ami(clients.client("ssm", region), settings.base_ami_parameter, settings.base_ami)
         extra_vars = {"bakery_image": definition.name, "bakery_target": self.target, **options.extra_vars}

@@ -5,12 +5,17 @@ does, a PackerBake owns the version it reserved and every AMI the run registers,
 so that a failure or an interrupt removes exactly what this run made and no
 other bake's AMI of the same version.
 
-Packer only launches, images, copies and tags; bakery sets every AMI attribute
-itself afterwards (ImdsSupport, Description, launch and create-volume permission
-for aws.accounts), on AMIs and snapshots already tagged bakery:managed=true,
-which is all the shipped IAM policy lets the role modify. Packer 1.6.6 would do
-it the other way round (see packer/aws.pkr.hcl). For the same reason the undo
-claims an AMI this run registered but Packer never tagged before removing it.
+Packer only launches, images and tags, in the home region; bakery sets every AMI
+attribute itself afterwards (ImdsSupport, Description, launch and create-volume
+permission for aws.accounts), on AMIs and snapshots already tagged
+bakery:managed=true, which is all the shipped IAM policy lets the role modify.
+Packer 1.6.6 would do it the other way round (see packer/aws.pkr.hcl). For the
+same reason the undo claims an AMI this run registered but Packer never tagged
+before removing it. bakery also copies the tagged home AMI to aws.regions itself
+(bakery.aws.distribute's copy calls: tagged on creation, each region's key), as
+Packer 1.6.6 would copy without tags and, with per-region keys, through an
+untagged intermediate AMI it removes itself. The verification record is written
+once every copy is available, naming the AMI and snapshots of every region.
 """
 
 from __future__ import annotations
@@ -28,9 +33,8 @@ from typing import Any
 
 from bakery import __version__
 from bakery.ansible import ansible_env
-from bakery.aws import amis, clients, tags, verification_record
+from bakery.aws import amis, clients, distribute, tags, verification_record
 from bakery.aws.distribute import RegionResult
-from bakery.aws.distribute import share as share_with_accounts
 from bakery.builders.ami import AmiBuilder
 from bakery.builders.base import BuildResult, LayerResult
 from bakery.builders.packer_run import parse_manifest, read_junit, stream_packer
@@ -125,19 +129,21 @@ class PackerBake:
         ssm = clients.client("ssm", self.region)
         self.version = self.b.catalog.reserve_version(  # a version whose AMIs are gone may have its record still
             name, self.run.id, os.getpid(),
-            taken=lambda v: bool(amis.find_amis(ec2, {tags.IMAGE: name, tags.VERSION: v})
-                                 or verification_record.read_record(ssm, name, v)))
+            taken=lambda v: verification_record.version_taken(ec2, ssm, name, v))
         provenance = self.provenance()
         var_file = self.write_inputs(provenance)
         t = time.monotonic()
         self._run_packer(var_file)
-        built = self._built_amis(provenance)
+        built = self._built_ami(provenance)
         verification = self._verification(time.monotonic() - t)
-        if verification:  # on the AMIs first: a checkout or CI job that adopts the version sees the result
-            for region, ami in built.items():  # (bakery.aws.adopt)
-                self.cancel.check()
-                amis.tag_with_snapshots(clients.client("ec2", region), ami, verification.tags)
-        self._set_attributes(built, provenance)
+        copy_tags = self.ami_tags(provenance)
+        if verification:  # on the AMI first: a checkout or CI job that adopts the version sees the result
+            self.cancel.check()  # (bakery.aws.adopt); copies are tagged with it as they are created
+            amis.tag_with_snapshots(ec2, built[self.region], verification.tags)
+            copy_tags.update(verification.tags)
+        description = f"{name} {provenance.version} from {provenance.git_commit[:12]} (bakery)"
+        self._set_attributes(self.region, description)
+        built.update(self._copy_to_regions(copy_tags, description))
         if verification:
             self._write_record(built, verification)
         self.cancel.check()
@@ -200,9 +206,7 @@ class PackerBake:
             "ssh_username": s.ssh_username, "subnet_id": s.subnet_id, "security_group_ids": s.security_group_ids,
             "iam_instance_profile": s.instance_profile, "volume_size": s.volume_size,
             "kms_key_id": self.plan.keys[self.region], "root_device_name": self.root_device,
-            "region_kms_key_ids": {r: k for r, k in self.plan.keys.items() if r != self.region and k},
-            "ami_name": self.ami_name, "ami_regions": [r for r in self.regions if r != self.region],
-            "tags": self.ami_tags(provenance),
+            "ami_name": self.ami_name, "tags": self.ami_tags(provenance),
             "run_tags": {"Name": f"bakery-build-{self.definition.name}-{suffix}", tags.MANAGED: "true",
                          tags.IMAGE: self.definition.name, tags.VERSION: provenance.version, tags.RUN: self.run.id},
             **self._provisioner_variables(provenance),
@@ -265,20 +269,22 @@ class PackerBake:
 
     # -- after Packer ----------------------------------------------------------------------------
 
-    def _built_amis(self, provenance: Provenance) -> dict[str, str]:
-        """The AMI per region Packer's manifest names, each checked on EC2 (visible, tagged, IMDSv2 required)."""
+    def _built_ami(self, provenance: Provenance) -> dict[str, str]:
+        """The home region's AMI Packer's manifest names, checked on EC2 (visible, tagged): {home region: AMI id}."""
         built = parse_manifest(self.manifest)
         if self.region not in built:
             raise OperationError(f"packer manifest {self.manifest} has no AMI in the home region {self.region}: "
                                  f"{built}")
-        expected = self.ami_tags(provenance)
-        for region, ami in built.items():
+        for region, ami in built.items():  # what a template copying on its own made: checked, so the undo finds it
             self.cancel.check()
-            self._check_registered(clients.client("ec2", region), region, ami, expected)
+            self._check_registered(clients.client("ec2", region), region, ami, self.ami_tags(provenance))
+        if set(built) != {self.region}:
+            raise OperationError(f"packer copied the AMI itself ({built}); {self.template} must not set ami_regions: "
+                                 "bake.py copies the tagged AMI to aws.regions")
         return built
 
     def _check_registered(self, ec2, region: str, ami: str, expected: dict[str, str]) -> None:
-        """EC2 may not show a new AMI (or its copy) at once: wait, then insist on its tags."""
+        """EC2 may not show a new AMI at once: wait, then insist on its tags."""
         image = amis.wait_until_visible(ec2, ami)
         found = tags.from_tag_list(image.get("Tags"))
         wrong = sorted(k for k, v in expected.items() if found.get(k) != v)
@@ -287,18 +293,38 @@ class PackerBake:
                                  "the template must set tags = var.tags")
         self.images[region] = image
 
-    def _set_attributes(self, built: dict[str, str], provenance: Provenance) -> None:
-        """What Packer's template leaves out, on the AMIs and snapshots it tagged: IMDSv2, description, sharing."""
-        description = f"{self.definition.name} {provenance.version} from {provenance.git_commit[:12]} (bakery)"
-        for region, ami in built.items():
-            self.cancel.check()
-            ec2 = clients.client("ec2", region)
-            # Packer 1.6.6 cannot launch its build instance with IMDSv2 required; every instance of the AMI will.
-            ec2.modify_image_attribute(ImageId=ami, ImdsSupport={"Value": "v2.0"})
-            ec2.modify_image_attribute(ImageId=ami, Description={"Value": description})
-            share_with_accounts(ec2, RegionResult(region=region, ami_id=ami,
-                                                  snapshots=amis.snapshot_ids(self.images[region])),
-                                self.settings.accounts)
+    def _set_attributes(self, region: str, description: str = "") -> None:
+        """What Packer's template leaves out, on an AMI and snapshots tagged already: IMDSv2, description, sharing."""
+        self.cancel.check()
+        ec2, image = clients.client("ec2", region), self.images[region]
+        # Packer 1.6.6 cannot launch its build instance with IMDSv2 required; every instance of the AMI will.
+        if image.get("ImdsSupport") != "v2.0":  # a copy of an AMI that has it may have it (unconfirmed)
+            ec2.modify_image_attribute(ImageId=image["ImageId"], ImdsSupport={"Value": "v2.0"})
+        if description:
+            ec2.modify_image_attribute(ImageId=image["ImageId"], Description={"Value": description})
+        distribute.share(ec2, RegionResult(region=region, ami_id=image["ImageId"],
+                                           snapshots=amis.snapshot_ids(image)), self.settings.accounts)
+
+    def _copy_to_regions(self, copy_tags: dict[str, str], description: str) -> dict[str, str]:
+        """The tagged home AMI copied to every other region (its key, the tags on creation), waited for, shared.
+
+        Returns region -> copy. A copy that fails or outlasts the wait fails the
+        bake, whose undo removes the copies with the rest (their bakery:run tag).
+        """
+        keys = {region: self.plan.keys.get(region, "") for region in self.regions if region != self.region}
+        if not keys:
+            return {}
+        ec2 = {region: clients.client("ec2", region) for region in self.regions}
+        started = distribute.start_copies(ec2, self.images[self.region], self.region, keys, copy_tags,
+                                          self.b.progress, description)
+        described = distribute.wait_for_copies(ec2, started, self.b.progress, distribute.COPY_TIMEOUT,
+                                               advice="the bake removes its AMIs and copies; bake again")
+        for region, image in described.items():
+            distribute.tag_missing(ec2[region], RegionResult(region=region, ami_id=image["ImageId"],
+                                                             snapshots=amis.snapshot_ids(image)), image, copy_tags)
+            self.images[region] = image
+            self._set_attributes(region)
+        return started
 
     def _write_record(self, built: dict[str, str], verification: BuildVerification) -> None:
         """The build instance's result as the version's write-once record (what adopt trusts, not the tag)."""

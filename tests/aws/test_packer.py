@@ -23,7 +23,7 @@ import pytest
 import yaml
 from botocore.exceptions import ClientError
 
-from bakery.aws import amis, clients, kms_keys, tags, verification_record
+from bakery.aws import adopt, amis, clients, tags, verification_record
 from bakery.builders.base import BuildOptions
 from bakery.builders.packer import PackerBuilder
 from bakery.builders.packer_bake import PackerBake
@@ -51,7 +51,9 @@ def aws_project(project: Path, aws) -> Path:
     """The fixture project with the shipped Packer files, two regions, and a base AMI named by an SSM parameter."""
     shutil.copytree(REPO / "packer", project / "packer", ignore=shutil.ignore_patterns("local.pkr.hcl"))
     settings = yaml.safe_load((project / "bakery.yml").read_text())
-    settings["aws"] = {"region": "us-east-1", "regions": ["eu-west-1"], "base_ami_parameter": BASE_PARAMETER}
+    group = clients.client("ec2").create_security_group(GroupName="bakery-build", Description="SSH from bake.py")
+    settings["aws"] = {"region": "us-east-1", "regions": ["eu-west-1"], "base_ami_parameter": BASE_PARAMETER,
+                       "security_group_ids": [group["GroupId"]]}  # Packer then creates no temporary group
     (project / "bakery.yml").write_text(yaml.safe_dump(settings))
     clients.client("ssm").put_parameter(Name=BASE_PARAMETER, Value=moto_ebs_ami(), Type="String")
     return project
@@ -177,13 +179,13 @@ def test_template_validates_with_exactly_the_variables_the_builder_passes(aws_pr
     passed = json.loads(var_file.read_text())
     declared = re.findall(r'^variable "(\w+)"', (REPO / "packer/aws.pkr.hcl").read_text(), re.M)
     assert sorted(passed) == sorted(declared)
-    assert passed["ami_regions"] == (["eu-west-1"] if shared else [])
+    # Packer builds in the home region only: bakery copies the tagged AMI itself (no intermediate AMI, no untagged copy)
+    assert {"ami_regions", "region_kms_key_ids", "encrypt_boot"}.isdisjoint(passed)
+    assert passed["region"] == "us-east-1"
     assert passed["source_ami"] == bake_.plan.base_ami and passed["tags"][tags.INPUT_DIGEST] == bake_.plan.digest
     base = clients.client("ec2").describe_images(ImageIds=[bake_.plan.base_ami])["Images"][0]
     assert passed["root_device_name"] == base["RootDeviceName"]  # the base AMI's own root device, replaced not added to
-    # copies are re-encrypted with their region's key
-    assert passed["region_kms_key_ids"] == ({"eu-west-1": EU_KMS_KEY} if shared else {})
-    assert passed["kms_key_id"] == (KMS_KEY if shared else "")
+    assert passed["kms_key_id"] == (KMS_KEY if shared else "")  # the build volume's key, so the AMI's snapshot's
     assert json.loads(Path(passed["ansible_extra_vars_file"]).read_text())["bakery_target"] == "aws"
     assert passed["ansible_groups"] == ["bakery_build", "bookworm", "sample", "webservers"]
     proc = subprocess.run(["packer", "validate", f"-var-file={var_file}", str(REPO / "packer/aws.pkr.hcl")],
@@ -191,29 +193,48 @@ def test_template_validates_with_exactly_the_variables_the_builder_passes(aws_pr
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def source_settings(template: Path) -> dict[str, str]:
-    """The amazon-ebs source's own settings (name -> expression as written), nested blocks and comments left out."""
+def source_settings(template: Path, block: str = "") -> dict[str, str]:
+    """The amazon-ebs source's own settings (name -> expression as written), or those of its nested `block`; other
+    nested blocks and comments left out."""
     lines = template.read_text().split('source "amazon-ebs" "image" {\n', 1)[1].splitlines()
+    if block:
+        lines = "\n".join(lines).split(f"\n  {block} {{\n", 1)[1].splitlines()
     settings, depth = {}, 0
     for line in lines:
         code = line.split("#", 1)[0]
         if depth == 0 and (assignment := re.match(r"^\s*(\w+)\s*=\s*(.+?)\s*$", code)):
             settings[assignment[1]] = assignment[2]
         depth += code.count("{") - code.count("}")
-        if depth < 0:  # the source's closing brace
+        if depth < 0:  # the source's (or the block's) closing brace
             return settings
-    raise AssertionError("the amazon-ebs source block never closes")
+    raise AssertionError(f"the amazon-ebs source's {block or 'block'} never closes")
 
 
 def test_template_leaves_description_and_sharing_to_bake_py():
     """Packer 1.6.6 modifies AMI attributes before it tags: under the shipped policy those calls are refused, so the
     template must give Packer nothing to modify (bake.py does it on the tagged AMI)."""
     settings = source_settings(REPO / "packer/aws.pkr.hcl")
-    assert {"ami_name", "tags", "snapshot_tags", "run_tags", "ami_regions"} <= set(settings)  # the parse works
+    assert {"ami_name", "tags", "snapshot_tags", "run_tags"} <= set(settings)  # the parse works
     modified_before_tags = {"ami_description", "ami_users", "ami_groups", "ami_product_codes", "snapshot_users",
                             "snapshot_groups", "ami_org_arns", "ami_ou_arns"}
     assert modified_before_tags.isdisjoint(settings), sorted(modified_before_tags & set(settings))
     assert settings["tags"] == settings["snapshot_tags"] == "var.tags"  # Packer's CreateTags: bakery:managed=true
+
+
+def test_packer_builds_in_the_home_region_only_and_encrypts_through_the_build_volume():
+    """Packer 1.6.6 names an intermediate AMI random.AlphaNum(7) and removes it untagged (StepAMIRegionCopy's
+    Cleanup) whenever encrypt_boot is true; its copies (ami_regions) are made without tags. So the template sets
+    neither: Packer registers exactly one AMI, named by bake.py, from a build volume encrypted with the home key
+    (CreateImage keeps the volume's key on the snapshot), and bake.py copies the tagged AMI itself."""
+    template = (REPO / "packer/aws.pkr.hcl").read_text()
+    settings = source_settings(REPO / "packer/aws.pkr.hcl")
+    copying = {"ami_regions", "region_kms_key_ids", "encrypt_boot", "kms_key_id", "skip_save_build_region",
+               "ami_block_device_mappings"}
+    assert copying.isdisjoint(settings), sorted(copying & set(settings))
+    assert not re.search(r'^variable "(ami_regions|region_kms_key_ids)"', template, re.M)
+    volume = source_settings(REPO / "packer/aws.pkr.hcl", "launch_block_device_mappings")
+    assert (volume["device_name"], volume["encrypted"], volume["kms_key_id"]) == (
+        "var.root_device_name", "true", "var.kms_key_id")
 
 
 MRK_ID = "mrk-1234abcd12ab34cd56ef1234567890ab"
@@ -221,67 +242,34 @@ EU_MRK_ARN = f"arn:aws:kms:eu-west-1:123456789012:key/{MRK_ID}"
 
 
 @pytest.mark.parametrize(("aws_settings", "refusal"), [
-    ({"regions": ["eu-west-1"], "kms_key_id": KMS_KEY, "region_kms_key_ids": {"eu-west-1": EU_MRK_ARN}},
-     r"^bakery.yml: aws.region_kms_key_ids.eu-west-1 'arn:aws:kms:eu-west-1:123456789012:key/mrk-1234.*' is a "
-     r"multi-Region key, .* \(alias/NAME or arn:aws:kms:eu-west-1:ACCOUNT:alias/NAME\)"),
-    ({"regions": ["eu-west-1"], "kms_key_id": MRK_ID, "region_kms_key_ids": {"eu-west-1": "alias/bakery"}},
-     r"^bakery.yml: aws.kms_key_id 'mrk-1234.*' is a multi-Region key, .*give an alias of it instead"),
-    ({"regions": ["eu-west-1"], "region_kms_key_ids": {"us-east-1": MRK_ID, "eu-west-1": "alias/bakery"}},
-     r"^bakery.yml: aws.region_kms_key_ids.us-east-1 'mrk-1234.*' is a multi-Region key"),
     ({"accounts": ["210987654321"]}, "aws.accounts needs aws.kms_key_id"),
     ({"accounts": ["210987654321"], "kms_key_id": KMS_KEY, "regions": ["eu-west-1", "us-west-2"],
       "region_kms_key_ids": {"eu-west-1": EU_KMS_KEY}},
      "aws.accounts needs a key for every region: .* has none for us-west-2"),
-    ({"regions": ["eu-west-1", "us-west-2"], "region_kms_key_ids": {"us-west-2": EU_KMS_KEY}},
-     "aws.region_kms_key_ids has no key for eu-west-1: Packer needs a key for every copied region"),
-], ids=["copied-region-key-arn", "home-key-id-with-copies", "home-key-in-region-map", "shared-without-a-key",
-        "shared-without-a-copied-regions-key", "some-copied-regions-without-a-key"])
+], ids=["shared-without-a-key", "shared-without-a-copied-regions-key"])
 def test_keys_that_cannot_work_are_refused_before_the_bake(project, aws_settings, refusal):
     settings = yaml.safe_load((project / "bakery.yml").read_text())
-    settings["aws"] = {"region": "us-east-1", **aws_settings}
+    settings["aws"] = {"region": "us-east-1", "security_group_ids": ["sg-0abc"], **aws_settings}
     (project / "bakery.yml").write_text(yaml.safe_dump(settings))
     builder = builder_for(project)  # refused before any AWS call
     with pytest.raises(ConfigError, match=refusal):
         builder.plan(builder.project.image("sample"), BuildOptions())
 
 
-def test_multi_region_key_refusal_is_one_line_and_exit_2(aws_project):
+def test_multi_region_keys_and_keys_for_some_regions_only_go_to_ec2_not_to_packer(aws_project):
+    """Packer 1.6.6 validates only the AMI-level kms_key_id and region_kms_key_ids (ValidateKmsKey, which refuses
+    mrk-...); the template sets neither, and the build volume's kms_key_id is never validated by Packer. So a
+    multi-Region key is taken wherever EC2 takes it, and a copied region may go without a key when nothing is shared
+    (its copy keeps the source's encryption under that region's default key)."""
     settings = yaml.safe_load((aws_project / "bakery.yml").read_text())
-    settings["aws"].update(kms_key_id=KMS_KEY, region_kms_key_ids={"eu-west-1": f"{MRK_ID}"})
-    (aws_project / "bakery.yml").write_text(yaml.safe_dump(settings))
-    refused = bake(aws_project, "build", "sample", "--target", "aws")
-    assert refused.rc == 2 and refused.stderr.count("\n") == 1, refused.stderr
-    assert "aws.region_kms_key_ids.eu-west-1 'mrk-1234" in refused.stderr and "alias/NAME" in refused.stderr
-
-
-def test_packer_itself_refuses_what_bake_py_refuses_and_takes_the_alternatives(aws_project):
-    """The check mirrors Debian's packer 1.6.6: `packer validate` of the shipped template, with exactly the builder's
-    variables, refuses a multi-Region key id and key ARN for a copied region and takes aliases and plain keys; the
-    home key alone (the launch volume's) is not Packer's to check, and bake.py lets it through."""
-    settings = yaml.safe_load((aws_project / "bakery.yml").read_text())
-    settings["aws"].update(kms_key_id=MRK_ID, region_kms_key_ids={"eu-west-1": EU_KMS_KEY})
-    (aws_project / "bakery.yml").write_text(yaml.safe_dump(settings))
-    with pytest.raises(ConfigError, match="aws.kms_key_id 'mrk-"):
-        bake_for(aws_project, "20261129.010")
-    settings["aws"].update(regions=[], region_kms_key_ids={})  # no copies: the mrk key goes to the launch volume only
+    settings["aws"].update(kms_key_id=MRK_ID, regions=["eu-west-1", "us-west-2"],
+                           region_kms_key_ids={"eu-west-1": EU_MRK_ARN})
     (aws_project / "bakery.yml").write_text(yaml.safe_dump(settings))
     bake_ = bake_for(aws_project, "20261129.010")
+    assert bake_.plan.keys == {"us-east-1": MRK_ID, "eu-west-1": EU_MRK_ARN, "us-west-2": ""}
     var_file = bake_.write_inputs(bake_.provenance())
-    variables = json.loads(var_file.read_text())
-    assert variables["kms_key_id"] == MRK_ID and not validate_errors(var_file)
-
-    variables["ami_regions"] = ["eu-west-1"]
-    verdicts = {}
-    for key in (EU_MRK_ARN, MRK_ID, "alias/bakery-ami", "arn:aws:kms:eu-west-1:123456789012:alias/bakery-ami",
-                EU_KMS_KEY):
-        var_file.write_text(json.dumps({**variables, "kms_key_id": "alias/bakery-ami",
-                                        "region_kms_key_ids": {"eu-west-1": key}}))
-        verdicts[key] = validate_errors(var_file)
-        assert kms_keys.packer_accepts(key) == (not verdicts[key])
-    assert f'"{EU_MRK_ARN}" is not a valid KMS Key Id' in verdicts[EU_MRK_ARN]
-    assert f'"{MRK_ID}" is not a valid KMS Key Id' in verdicts[MRK_ID]
-    assert [k for k, errors in verdicts.items() if not errors] == [
-        "alias/bakery-ami", "arn:aws:kms:eu-west-1:123456789012:alias/bakery-ami", EU_KMS_KEY]
+    assert json.loads(var_file.read_text())["kms_key_id"] == MRK_ID
+    assert validate_errors(var_file) == ""
 
 
 def validate_errors(var_file: Path) -> str:
@@ -439,10 +427,9 @@ def test_packer_build_registers_tagged_amis_that_bake_py_records(aws_project, aw
             snap_tags = tags.from_tag_list(ec2.describe_snapshots(SnapshotIds=[snapshot])["Snapshots"][0]["Tags"])
             assert ((snap_tags[tags.VERSION], snap_tags[tags.RUN], snap_tags[tags.VERIFIED])
                     == (result.version, run.id, "failed"))
-    # Per-region keys take Packer's encrypting copy (moto keeps no KMS key to check): it copied, then removed its
-    # intermediate AMI.
-    assert "Copying/Encrypting AMI" in (run.path / "packer.log").read_text()
-    assert [i["ImageId"] for i in all_amis("us-east-1")] == [result.ref]
+    # Packer made one AMI, under the run's name (no intermediate AMI); bake.py copied it
+    assert "Copying/Encrypting AMI" not in (run.path / "packer.log").read_text()
+    assert [(i["ImageId"], i["Name"]) for i in all_amis("us-east-1")] == [(result.ref, bake_ami_name(run, result))]
     catalog = open_catalog(aws_project / ".bakery")
     row = catalog.version("sample", result.version)
     assert row["status"] == "ready" and row["image_ref"] == result.ref and row["provenance"]["amis"] == amis_by_region
@@ -459,6 +446,10 @@ def test_packer_build_registers_tagged_amis_that_bake_py_records(aws_project, aw
     again = builder.build(builder.project.image("sample"), BuildOptions(),
                           Run.start(builder.project.state_dir, "build"))
     assert again.reused and again.ref == result.ref and again.version == result.version
+
+
+def bake_ami_name(run: Run, result) -> str:
+    return f"sample-{result.version}-{run.id.rsplit('-', 1)[-1]}"
 
 
 def test_bake_py_describes_and_shares_the_amis_only_once_packer_tagged_them(aws_project, aws, packer_offline,
@@ -492,9 +483,10 @@ def test_bake_py_describes_and_shares_the_amis_only_once_packer_tagged_them(aws_
     assert guard.refused == [] and guard.allowed  # every attribute call of bake.py found bakery:managed=true
     built = result.provenance["amis"]
     assert set(built) == {"us-east-1", "eu-west-1"}
-    commit = result.provenance["git_commit"][:12]
-    assert sorted(descriptions) == sorted(f"{ami}: sample {result.version} from {commit} (bakery)"
-                                          for ami in built.values())
+    described = f"sample {result.version} from {result.provenance['git_commit'][:12]} (bakery)"
+    assert descriptions == [f"{built['us-east-1']}: {described}"]  # the copy gets it from CopyImage, which moto keeps
+    assert boto3.client("ec2", "eu-west-1").describe_images(ImageIds=[built["eu-west-1"]])["Images"][0][
+        "Description"] == described
     for region, ami in built.items():
         ec2 = boto3.client("ec2", region)
         permissions = ec2.describe_image_attribute(ImageId=ami, Attribute="launchPermission")["LaunchPermissions"]
@@ -503,6 +495,157 @@ def test_bake_py_describes_and_shares_the_amis_only_once_packer_tagged_them(aws_
         volumes = ec2.describe_snapshot_attribute(SnapshotId=snapshot, Attribute="createVolumePermission")
         assert volumes["CreateVolumePermissions"] == [{"UserId": "210987654321"}]
         assert ("ModifyImageAttribute", ami) in guard.allowed and ("ModifySnapshotAttribute", snapshot) in guard.allowed
+
+
+class TagOnCreate:
+    """What AWS does with CopyImage's TagSpecifications (moto 5.2.5 ignores them): the copy and its snapshots carry
+    the tags from the moment CopyImage answers. Applied right after the call, and every CopyImage request kept."""
+
+    def __init__(self):
+        self.requests: list[tuple[str, dict]] = []  # (region, CopyImage's parameters)
+
+    def attach(self, made):
+        if made.meta.service_model.service_name == "ec2":
+            region = made.meta.region_name
+            made.meta.events.register("before-parameter-build.ec2.CopyImage",
+                                      lambda params, **_: self.requests.append((region, dict(params))))
+            made.meta.events.register("after-call.ec2.CopyImage",
+                                      lambda parsed, **_: self._tag(region, parsed["ImageId"]))
+        return made
+
+    def _tag(self, region: str, ami: str) -> None:
+        ec2 = boto3.client("ec2", region)
+        image = ec2.describe_images(ImageIds=[ami])["Images"][0]
+        for spec in self.requests[-1][1].get("TagSpecifications", []):
+            resources = [ami] if spec["ResourceType"] == "image" else amis.snapshot_ids(image)
+            ec2.create_tags(Resources=resources, Tags=spec["Tags"])
+
+
+def wrapped_clients(monkeypatch, *wrappers) -> None:
+    """Every client bakery makes (bakery.aws.clients.client) passes through each wrapper's attach."""
+    make_client = clients.client
+
+    def client(service, region=None, profile=None):
+        made = make_client(service, region, profile)
+        for wrapper in wrappers:
+            wrapper.attach(made)
+        return made
+
+    monkeypatch.setattr(clients, "client", client)
+
+
+@pytest.fixture
+def build_volumes(monkeypatch) -> list[tuple[str, bool, str | None]]:
+    """Every EBS volume moto server (in this process) makes for an instance Packer launches: device, encrypted, key."""
+    from moto.ec2.models.instances import Instance
+
+    made: list[tuple[str, bool, str | None]] = []
+    add_block_device = Instance.add_block_device
+
+    def recording(self, size, device_path, snapshot_id, encrypted, delete_on_termination, kms_key_id, volume_type):
+        made.append((device_path, str(encrypted).lower() == "true", kms_key_id))
+        return add_block_device(self, size, device_path, snapshot_id, encrypted, delete_on_termination, kms_key_id,
+                                volume_type=volume_type)
+
+    monkeypatch.setattr(Instance, "add_block_device", recording)
+    return made
+
+
+PASSING_REPORT = ('<testsuites><testsuite name="pytest" tests="1" failures="0" errors="0" skipped="0">'
+                  '<testcase name="test_nginx"/></testsuite></testsuites>')
+
+
+def copying_project(aws_project: Path, endpoint: str) -> None:
+    """Two regions, a key in each, shared with one account; the image has a suite (its report is written per test)."""
+    for_moto(aws_project / "packer/aws.pkr.hcl", endpoint)
+    settings = yaml.safe_load((aws_project / "bakery.yml").read_text())
+    settings["aws"].update(accounts=["210987654321"], kms_key_id=KMS_KEY, region_kms_key_ids={"eu-west-1": EU_KMS_KEY})
+    (aws_project / "bakery.yml").write_text(yaml.safe_dump(settings))
+    suite = aws_project / "tests/images/test_sample.py"
+    suite.parent.mkdir(parents=True)
+    suite.write_text("def test_nginx(host):\n    assert host.service('nginx').is_running\n")
+
+
+def test_a_bake_copies_its_tagged_ami_itself_each_copy_tagged_on_create_with_its_regions_key(
+        aws_project, aws, packer_offline, monkeypatch, build_volumes, tmp_path):
+    copying_project(aws_project, aws)
+    guard, tag_on_create = ManagedOnly(), TagOnCreate()
+    wrapped_clients(monkeypatch, guard, tag_on_create)
+    builder = builder_for(aws_project)
+    run = Run.start(builder.project.state_dir, "build")
+    (run.path / "testinfra-build.xml").write_text(PASSING_REPORT)  # what packer/testinfra.sh writes
+    result = builder.build(builder.project.image("sample"), BuildOptions(), run)
+
+    built = result.provenance["amis"]
+    home, copy = built["us-east-1"], built["eu-west-1"]
+    # Packer: one build volume encrypted with the home key (the AMI's snapshot keeps it), one AMI, no copy of its own
+    assert [(encrypted, key) for _, encrypted, key in build_volumes] == [(True, KMS_KEY)]
+    assert "Copying/Encrypting AMI" not in (run.path / "packer.log").read_text()
+    assert [(i["ImageId"], i["Name"]) for i in all_amis("us-east-1")] == [(home, bake_ami_name(run, result))]
+    # bake.py: one CopyImage of the tagged home AMI, asking for the region's key and the tags on AMI and snapshots
+    [(region, request)] = tag_on_create.requests
+    assert (region, request["SourceRegion"], request["SourceImageId"]) == ("eu-west-1", "us-east-1", home)
+    assert (request["Encrypted"], request["KmsKeyId"]) == (True, EU_KMS_KEY)
+    requested = {spec["ResourceType"]: tags.from_tag_list(spec["Tags"]) for spec in request["TagSpecifications"]}
+    home_tags = tags.from_tag_list(amis.describe_ami(clients.client("ec2"), home)["Tags"])
+    assert set(requested) == {"image", "snapshot"} and all(t == home_tags for t in requested.values())
+    assert (home_tags[tags.MANAGED], home_tags[tags.RUN], home_tags[tags.VERIFIED]) == ("true", run.id, "passed")
+    assert guard.refused == []  # every attribute call found bakery:managed=true, the copy's included
+    other = boto3.client("ec2", "eu-west-1")
+    [snapshot] = amis.snapshot_ids(other.describe_images(ImageIds=[copy])["Images"][0])
+    assert other.describe_image_attribute(ImageId=copy, Attribute="launchPermission")["LaunchPermissions"] == [
+        {"UserId": "210987654321"}]
+    assert other.describe_snapshot_attribute(SnapshotId=snapshot, Attribute="createVolumePermission")[
+        "CreateVolumePermissions"] == [{"UserId": "210987654321"}]
+    # one record, written once the copy was available, naming both regions; adoption in the copy's region passes
+    record = verification_record.read_record(clients.client("ssm", "us-east-1"), "sample", result.version)
+    assert record is not None and record["passed"] is True and record["amis"] == built
+    assert record["snapshots"]["eu-west-1"] == [snapshot]
+    catalog = open_catalog(tmp_path / "ci")
+    assert adopt.adopt_version(catalog, other, "sample", result.version, "eu-west-1", "ci-run",
+                               ssm=clients.client("ssm", "us-east-1"))["image_ref"] == copy
+    [adopted] = catalog.verifications("sample", result.version)
+    assert adopted["passed"] is True
+    assert adopted["reports"]["record"] == f"/bakery/verifications/sample/{result.version}"
+
+
+def test_a_failure_while_copying_removes_the_copies_the_home_ami_and_the_version(aws_project, aws, packer_offline,
+                                                                                  monkeypatch):
+    copying_project(aws_project, aws)
+    guard, tag_on_create = ManagedOnly(), TagOnCreate()
+
+    class CopyFails:
+        """EC2 reports the copy failed on the first look at it (as it does for a copy it cannot finish)."""
+
+        done = False
+
+        def attach(self, made):
+            if (made.meta.service_model.service_name, made.meta.region_name) == ("ec2", "eu-west-1"):
+                made.meta.events.register("after-call.ec2.DescribeImages", self.failed)
+            return made
+
+        def failed(self, parsed, **_):
+            if tag_on_create.requests and not self.done and len(parsed.get("Images", [])) == 1:
+                self.done = True
+                parsed["Images"][0].update(State="failed", StateReason={"Message": "injected: copy failed"})
+
+    wrapped_clients(monkeypatch, guard, tag_on_create, CopyFails())
+    builder = builder_for(aws_project)
+    run = Run.start(builder.project.state_dir, "build")
+    (run.path / "testinfra-build.xml").write_text(PASSING_REPORT)
+    with pytest.raises(OperationError, match=r"copy ami-\w+ in eu-west-1 failed: injected: copy failed"):
+        builder.build(builder.project.image("sample"), BuildOptions(), run)
+
+    [(_, request)] = tag_on_create.requests
+    assert all_amis("us-east-1") == [] and all_amis("eu-west-1") == []
+    for region in ("us-east-1", "eu-west-1"):
+        left = boto3.client("ec2", region).describe_snapshots(OwnerIds=["self"])["Snapshots"]
+        assert [s["SnapshotId"] for s in left if tags.from_tag_list(s.get("Tags")).get(tags.RUN) == run.id] == []
+    assert guard.refused == []  # the copy carried bakery:managed from its creation: removed without a claim
+    assert any(call == "DeregisterImage" for call, _ in guard.allowed)
+    assert builder.catalog.versions("sample", status=None) == []
+    # no record: nothing to vouch for, and a record cannot be removed once written
+    assert boto3.client("ssm", "us-east-1").get_parameters_by_path(Path="/bakery", Recursive=True)["Parameters"] == []
 
 
 def test_failed_bake_leaves_no_ami_no_snapshot_and_no_version(aws_project, aws, packer_offline, monkeypatch):
