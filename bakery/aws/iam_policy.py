@@ -7,7 +7,10 @@ AwsSettings instead: every statement scoped to what bakery (and Packer 1.6.6
 driven by it) does, and explicit Denies for what must never happen even if
 another policy of the role allows it. docs/aws-iam-policy.json is this
 rendering for docs/aws-iam-policy.example.yml (a test keeps them equal), and
-tests/aws/test_policy_replay.py replays every flow's calls against it.
+tests/aws/test_policy_replay.py replays every flow's calls against it. One
+role per environment: `envs` renders the deploy permissions for those
+environments only (by the bakery:environment tag), and build=False leaves the
+bake out (a promote-only role).
 
 The Image Builder build instance's role gets its own rendering
 (render_instance_role_policy; docs/aws-imagebuilder-instance-role.json), from
@@ -16,11 +19,17 @@ the same settings. Pure: no AWS call; the account id and partition are arguments
 
 from __future__ import annotations
 
-import json
+import re
+from collections.abc import Sequence
 from typing import Any
 
 from bakery.aws import tags
-from bakery.aws.settings import ACCOUNT_RE, AwsSettings
+from bakery.aws.iam_policy_size import INLINE_POLICIES_LIMIT as INLINE_POLICIES_LIMIT
+from bakery.aws.iam_policy_size import MANAGED_POLICY_LIMIT as MANAGED_POLICY_LIMIT
+from bakery.aws.iam_policy_size import policy_size as policy_size
+from bakery.aws.iam_policy_size import size_note as size_note
+from bakery.aws.iam_policy_size import split_policy as split_policy
+from bakery.aws.settings import ACCOUNT_RE, AwsSettings, check_packer_network, role_names
 from bakery.errors import ConfigError
 
 Statement = dict[str, Any]
@@ -30,12 +39,12 @@ OWN_TAG_KEYS = {"aws:TagKeys": ["bakery:*", "Name"]}
 VERIFICATIONS = "bakery/verifications"  # SSM parameters written once per version (bakery.aws.verification_record)
 BUNDLES = "bundles"  # the Image Builder bundles' key prefix (bakery.aws.bundle)
 IMAGE_BUILDER_LOGS = "imagebuilder-logs"  # Image Builder's build logs (bakery.aws.imagebuilder.resources)
-# IAM's size limits, in characters without white space (IAM User Guide, "IAM and AWS STS quotas")
-MANAGED_POLICY_LIMIT = 6144  # one managed policy
-INLINE_POLICIES_LIMIT = 10240  # all inline policies of one role together
 PACKER_KEY_PAIRS = "packer_*"  # Packer 1.6.6 names its temporary key pair packer_<uuid> and cannot tag it
 IMAGE_BUILDER_NAMES = "bakery-*"  # bakery.aws.imagebuilder.resources.resource_name
-PASS_TO_BUILD = ["ec2.amazonaws.com", "imagebuilder.amazonaws.com"]
+# Packer passes the build role to EC2; Image Builder's infrastructure configuration to Image Builder (or EC2:
+# unconfirmed which service name IAM sees, so both)
+PASS_TO_BUILD = {"packer": ["ec2.amazonaws.com"], "imagebuilder": ["ec2.amazonaws.com", "imagebuilder.amazonaws.com"]}
+ENV_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,30}$")  # docs/cloudformation/environment.yaml's EnvironmentName
 PASS_TO_FLEET = ["ec2.amazonaws.com", "autoscaling.amazonaws.com"]
 
 READ_ONLY = [
@@ -73,49 +82,72 @@ class Arns:
         return f"arn:{self.partition}:{service}:*:{self.account}:{resource}"
 
 
-def render_policy(settings: AwsSettings, account: str, partition: str = "aws") -> dict[str, Any]:
-    """The policy document for the role that runs bake.py with these settings."""
+def render_policy(settings: AwsSettings, account: str, partition: str = "aws", *, envs: Sequence[str] = (),
+                  build: bool = True) -> dict[str, Any]:
+    """The policy document for the role that runs bake.py with these settings.
+
+    envs: deploy only to these environments (their groups and templates by the bakery:environment tag, their
+    instance roles, their release parameters and log groups); none: every environment. build=False leaves out
+    baking, distributing and gc (a promote-only role)."""
     if not ACCOUNT_RE.match(account):
         raise ConfigError(f"--account '{account}' is not a 12-digit AWS account id")
-    if settings.instance_profile and not settings.build_role:
+    for env in envs:
+        if not ENV_RE.match(env):
+            raise ConfigError(f"--env '{env}' is not an environment name like qa or prod")
+    if build:
+        check_packer_network(settings)
+    if build and settings.instance_profile and not settings.build_role:
         raise ConfigError("bakery.yml: aws.build_role is empty: name the IAM role inside aws.instance_profile "
                           f"'{settings.instance_profile}', the one role bake.py may pass to a build instance")
-    arns = Arns(account, partition)
-    statements = [
-        {"Sid": "Read", "Effect": "Allow", "Action": READ_ONLY, "Resource": "*"},
-        {"Sid": "ImageBuilderLists", "Effect": "Allow", "Action": IMAGE_BUILDER_LISTS,
-         "Resource": "*"},
-        {"Sid": "ReadSharing", "Effect": "Allow",
-         "Action": ["ec2:DescribeImageAttribute", "ec2:DescribeSnapshotAttribute"],
-         "Resource": arns.images_and_snapshots()},
-        *_build_instance(settings, arns),
-        *_images(settings, arns),
-        *_tagging(arns),
-        *_fleet(arns),
-        *_roles(settings, arns),
-        *_parameters(arns),
-        *_image_builder(arns),
-        *_storage_and_logs(settings, arns),
-        *_never(arns),
-    ]
+    arns, envs = Arns(account, partition), sorted(set(envs))
+    statements: list[Statement] = [{"Sid": "Read", "Effect": "Allow", "Action": READ_ONLY, "Resource": "*"}]
+    if build:
+        statements += _build(settings, arns)
+    statements += [*_deploy(settings, arns, envs), *_never(settings, arns)]
     return {"Version": "2012-10-17", "Statement": statements}
 
 
+def _build(s: AwsSettings, arns: Arns) -> list[Statement]:
+    """Baking (with the configured builder only), distributing, gc and the verification records."""
+    packer, image_builder = s.builder == "packer", s.builder == "imagebuilder"
+    return [
+        *([{"Sid": "ImageBuilderLists", "Effect": "Allow", "Action": IMAGE_BUILDER_LISTS, "Resource": "*"}]
+          if image_builder else []),
+        {"Sid": "ReadSharing", "Effect": "Allow",
+         "Action": ["ec2:DescribeImageAttribute", "ec2:DescribeSnapshotAttribute"],
+         "Resource": arns.images_and_snapshots()},
+        *(_build_instance(s, arns) if packer else []),
+        *_images(s, arns),
+        *_tagging(arns),
+        *_build_roles(s, arns),
+        {"Sid": "VerificationRecords", "Effect": "Allow", "Action": "ssm:PutParameter",
+         "Resource": arns.service("ssm", f"parameter/{VERIFICATIONS}/*")},
+        *(_image_builder(s, arns) if image_builder else []),
+        {"Sid": "KmsThroughEc2", "Effect": "Allow",
+         "Action": ["kms:CreateGrant", "kms:Decrypt", "kms:DescribeKey", "kms:Encrypt",
+                    "kms:GenerateDataKeyWithoutPlaintext", "kms:ReEncryptFrom", "kms:ReEncryptTo"],
+         "Resource": arns.service("kms", "key/*"),
+         "Condition": {"StringLike": {"kms:ViaService": "ec2.*.amazonaws.com"}}},
+    ]
+
+
 def _build_instance(s: AwsSettings, arns: Arns) -> list[Statement]:
-    """Packer's build instance: launched tagged, with the named profile, in the named subnet, stopped only if tagged."""
+    """Packer's build instance: launched tagged, with the named profile, in the named subnet and security groups
+    (settings require them: Packer's temporary group would need every group opened and deleted), stopped, imaged
+    and terminated only if tagged."""
     instance_condition: dict[str, Any] = {"StringEquals": {f"aws:RequestTag/{tags.MANAGED}": "true"}}
     if s.instance_profile:
         instance_condition["ArnEqualsIfExists"] = {
             "ec2:InstanceProfile": arns.iam(f"instance-profile/{s.instance_profile}")}
-    groups = [arns.ec2(f"security-group/{g}") for g in s.security_group_ids] or [arns.ec2("security-group/*")]
-    statements: list[Statement] = [
+    return [
         {"Sid": "LaunchTagged", "Effect": "Allow", "Action": "ec2:RunInstances",
          "Resource": arns.ec2("instance/*"), "Condition": instance_condition},
         {"Sid": "BuildVolumesEncrypted", "Effect": "Allow", "Action": "ec2:RunInstances",
          "Resource": arns.ec2("volume/*"), "Condition": {"Bool": {"ec2:Encrypted": "true"}}},
         {"Sid": "BuildInstancesNetwork", "Effect": "Allow", "Action": "ec2:RunInstances",
          "Resource": [arns.ec2("image/*", owned=False), arns.ec2("network-interface/*"),
-                      arns.ec2(f"subnet/{s.subnet_id}" if s.subnet_id else "subnet/*"), *groups,
+                      arns.ec2(f"subnet/{s.subnet_id}" if s.subnet_id else "subnet/*"),
+                      *[arns.ec2(f"security-group/{g}") for g in s.security_group_ids],
                       arns.ec2(f"key-pair/{PACKER_KEY_PAIRS}")]},
         {"Sid": "PackersTemporaryKeyPair", "Effect": "Allow", "Action": ["ec2:CreateKeyPair", "ec2:DeleteKeyPair"],
          "Resource": arns.ec2(f"key-pair/{PACKER_KEY_PAIRS}")},
@@ -123,35 +155,22 @@ def _build_instance(s: AwsSettings, arns: Arns) -> list[Statement]:
         {"Sid": "OnlyBuildInstances", "Effect": "Allow",
          "Action": ["ec2:StopInstances", "ec2:TerminateInstances", "ec2:CreateImage"],
          "Resource": arns.ec2("instance/*"), "Condition": {"StringEquals": MANAGED}},
+        {"Sid": "NewImages", "Effect": "Allow", "Action": "ec2:CreateImage", "Resource": arns.images_and_snapshots()},
     ]
-    if not s.security_group_ids:  # Packer 1.6.6 then makes a temporary group, untagged: nothing to scope it by
-        statements.append({"Sid": "PackersTemporarySecurityGroup", "Effect": "Allow",
-                           "Action": ["ec2:CreateSecurityGroup", "ec2:AuthorizeSecurityGroupIngress",
-                                      "ec2:DeleteSecurityGroup"],
-                           "Resource": [arns.ec2("security-group/*"), arns.ec2("vpc/*")]})
-    return statements
 
 
 def _images(s: AwsSettings, arns: Arns) -> list[Statement]:
-    """AMIs: made only from bakery's build instances, copied, changed and removed only when bakery's, shared only
-    with aws.accounts (snapshots: IAM has no such condition key for AMI launch permissions)."""
+    """AMIs: copied only with bakery's tags on the copy, changed and removed only when bakery's, snapshots shared
+    only with aws.accounts (AMIs: IAM has no such condition key for launch permissions; _never)."""
     statements: list[Statement] = [
-        # the new AMI and snapshots (CreateImage's instance is scoped above; Packer 1.6.6's copies carry no tags)
-        {"Sid": "NewImagesAndCopies", "Effect": "Allow", "Action": ["ec2:CreateImage", "ec2:CopyImage"],
-         "Resource": arns.images_and_snapshots()},
+        # CopyImage: the source (any AMI the role can read; its tags are not checked) and the copy, both with the
+        # request's tags (tag-on-create: TagCopies below)
+        {"Sid": "CopiesTagged", "Effect": "Allow", "Action": "ec2:CopyImage", "Resource": arns.images_and_snapshots(),
+         "Condition": {"StringEquals": {f"aws:RequestTag/{tags.MANAGED}": "true"}}},
         {"Sid": "ChangeAndDeleteOwnImages", "Effect": "Allow",
          "Action": ["ec2:ModifyImageAttribute", "ec2:DeregisterImage", "ec2:DeleteSnapshot"],
          "Resource": arns.images_and_snapshots(), "Condition": {"StringEquals": MANAGED}},
     ]
-    if s.region_kms_key_ids:
-        # Per-region keys turn Packer 1.6.6's encrypt_boot on: it images into an untagged intermediate AMI (random
-        # name), copies that, and removes it itself. An AMI or snapshot without a bakery:managed tag: what
-        # ClaimUnclaimed lets the role claim and then delete anyway, so this adds no reach; bakery:managed=false
-        # still protects.
-        statements.append(
-            {"Sid": "PackersIntermediateAmi", "Effect": "Allow",
-             "Action": ["ec2:DeregisterImage", "ec2:DeleteSnapshot"], "Resource": arns.images_and_snapshots(),
-             "Condition": {"Null": {f"aws:ResourceTag/{tags.MANAGED}": "true"}}})
     if s.accounts:
         statements.append(
             {"Sid": "ShareSnapshots", "Effect": "Allow",
@@ -162,17 +181,15 @@ def _images(s: AwsSettings, arns: Arns) -> list[Statement]:
 
 
 def _tagging(arns: Arns) -> list[Statement]:
-    """CreateTags: at creation, on what is bakery's already, and to claim an AMI or snapshot no one has claimed."""
-    created = [arns.ec2("instance/*"), arns.ec2("volume/*"), arns.ec2("network-interface/*"),
-               *arns.images_and_snapshots()]
+    """CreateTags on copies as they are made, on what is bakery's already, and to claim an AMI or snapshot no one
+    has claimed (tags at launch: _deploy's TagLaunches)."""
     return [
-        {"Sid": "TagOnCreate", "Effect": "Allow", "Action": "ec2:CreateTags", "Resource": created,
-         "Condition": {"StringEquals": {"ec2:CreateAction": ["RunInstances", "CopyImage"]},
-                       "ForAllValues:StringLike": OWN_TAG_KEYS}},
+        {"Sid": "TagCopies", "Effect": "Allow", "Action": "ec2:CreateTags", "Resource": arns.images_and_snapshots(),
+         "Condition": {"StringEquals": {"ec2:CreateAction": "CopyImage"}, "ForAllValues:StringLike": OWN_TAG_KEYS}},
         {"Sid": "RetagOwn", "Effect": "Allow", "Action": "ec2:CreateTags",
          "Resource": [arns.ec2("instance/*"), *arns.images_and_snapshots()],
          "Condition": {"StringEquals": MANAGED, "ForAllValues:StringLike": OWN_TAG_KEYS}},
-        # Packer 1.6.6 tags its AMI only after CreateImage (which carries no tags), and a failed run's leftover is
+        # Packer tags its AMI only after CreateImage (which carries no tags), and a failed run's leftover is
         # claimed by its name: an AMI or snapshot without any bakery:managed tag may be marked bakery's.
         {"Sid": "ClaimUnclaimed", "Effect": "Allow", "Action": "ec2:CreateTags",
          "Resource": arns.images_and_snapshots(),
@@ -182,43 +199,18 @@ def _tagging(arns: Arns) -> list[Statement]:
     ]
 
 
-def _fleet(arns: Arns) -> list[Statement]:
-    """Deploys: new versions of bakery's launch templates, refreshes of bakery's groups, launches through both."""
-    group = arns.service("autoscaling", "autoScalingGroup:*:autoScalingGroupName/*")
-    launched = [arns.ec2("instance/*"), arns.ec2("volume/*"), arns.ec2("network-interface/*"),
-                arns.ec2("subnet/*"), arns.ec2("security-group/*"), arns.ec2("image/*", owned=False)]
-    return [
-        # Auto Scaling checks ec2:RunInstances on the launch template when a group is pointed at a version of it.
-        {"Sid": "OnlyBakerysLaunchTemplates", "Effect": "Allow",
-         "Action": ["ec2:CreateLaunchTemplateVersion", "ec2:RunInstances"], "Resource": arns.ec2("launch-template/*"),
-         "Condition": {"StringEquals": MANAGED}},
-        {"Sid": "RefreshOwnGroups", "Effect": "Allow",
-         "Action": ["autoscaling:UpdateAutoScalingGroup", "autoscaling:StartInstanceRefresh",
-                    "autoscaling:CancelInstanceRefresh", "autoscaling:RollbackInstanceRefresh"],
-         "Resource": group, "Condition": {"StringEquals": MANAGED}},
-        {"Sid": "LaunchTemplateResources", "Effect": "Allow", "Action": "ec2:RunInstances",
-         "Resource": launched, "Condition": {"Bool": {"ec2:IsLaunchTemplateResource": "true"}}},
-    ]
-
-
-def _roles(s: AwsSettings, arns: Arns) -> list[Statement]:
-    """PassRole only for the named roles, only to EC2 (and Image Builder for the build role); the build profile read."""
-    statements: list[Statement] = []
-    if s.build_role:
-        statements.append(
-            {"Sid": "PassBuildRole", "Effect": "Allow", "Action": "iam:PassRole",
-             "Resource": arns.iam(f"role/{s.build_role}"),
-             "Condition": {"StringEquals": {"iam:PassedToService": PASS_TO_BUILD}}})
-        statements.append(
-            {"Sid": "CheckBuildProfile", "Effect": "Allow",
-             "Action": ["iam:GetInstanceProfile", "iam:ListAttachedRolePolicies"],
-             "Resource": [arns.iam(f"instance-profile/{s.instance_profile}"), arns.iam(f"role/{s.build_role}")]})
-    if s.instance_roles:
-        statements.append(
-            {"Sid": "PassInstanceRoles", "Effect": "Allow", "Action": "iam:PassRole",
-             "Resource": [arns.iam(f"role/{role}") for role in sorted(s.instance_roles)],
-             "Condition": {"StringEquals": {"iam:PassedToService": PASS_TO_FLEET}}})
-    if s.builder == "imagebuilder" or s.instance_profile:
+def _build_roles(s: AwsSettings, arns: Arns) -> list[Statement]:
+    """PassRole for the build role only, only to EC2 (Packer) or Image Builder; the build profile read."""
+    if not s.build_role:
+        return []
+    statements: list[Statement] = [
+        {"Sid": "PassBuildRole", "Effect": "Allow", "Action": "iam:PassRole",
+         "Resource": arns.iam(f"role/{s.build_role}"),
+         "Condition": {"StringEquals": {"iam:PassedToService": PASS_TO_BUILD[s.builder]}}},
+        {"Sid": "CheckBuildProfile", "Effect": "Allow",
+         "Action": ["iam:GetInstanceProfile", "iam:ListAttachedRolePolicies"],
+         "Resource": [arns.iam(f"instance-profile/{s.instance_profile}"), arns.iam(f"role/{s.build_role}")]}]
+    if s.builder == "imagebuilder":
         statements.append(
             {"Sid": "ImageBuilderServiceLinkedRole", "Effect": "Allow", "Action": "iam:CreateServiceLinkedRole",
              "Resource": arns.iam("role/aws-service-role/imagebuilder.amazonaws.com/*"),
@@ -226,23 +218,89 @@ def _roles(s: AwsSettings, arns: Arns) -> list[Statement]:
     return statements
 
 
-def _parameters(arns: Arns) -> list[Statement]:
-    """Release parameters under /bakery; verification records written once, never overwritten."""
-    return [
-        {"Sid": "BakeryParameters", "Effect": "Allow",
-         "Action": ["ssm:PutParameter", "ssm:GetParameter", "ssm:GetParameters", "ssm:GetParameterHistory",
-                    "ssm:GetParametersByPath"],
+def _deploy(s: AwsSettings, arns: Arns, envs: list[str]) -> list[Statement]:
+    """Deploys (to `envs`, or to every environment): new versions of bakery's launch templates, refreshes of
+    bakery's groups, launches through both, the environments' instance roles, release parameters and logs."""
+    owned = {**MANAGED, f"aws:ResourceTag/{tags.ENVIRONMENT}": envs} if envs else MANAGED
+    group = arns.service("autoscaling", "autoScalingGroup:*:autoScalingGroupName/*")
+    templates = arns.ec2("launch-template/*")
+    own_templates = f"arn:{arns.partition}:ec2:*:{arns.account}:launch-template/*"  # this account's, not shared ones
+    launched = [arns.ec2("instance/*"), arns.ec2("volume/*"), arns.ec2("network-interface/*"),
+                arns.ec2("subnet/*"), arns.ec2("security-group/*"), arns.ec2("key-pair/*"),
+                arns.ec2("image/*", owned=False)]
+    releases = ([arns.service("ssm", f"parameter/bakery/*/{env}/*") for env in envs] if envs
+                else [arns.service("ssm", "parameter/bakery/*")])
+    statements: list[Statement] = [
+        # Auto Scaling checks ec2:RunInstances on the launch template when a group is pointed at a version of it.
+        {"Sid": "OnlyBakerysLaunchTemplates", "Effect": "Allow",
+         "Action": ["ec2:CreateLaunchTemplateVersion", "ec2:RunInstances"], "Resource": templates,
+         "Condition": {"StringEquals": owned}},
+        {"Sid": "RefreshOwnGroups", "Effect": "Allow",
+         "Action": ["autoscaling:UpdateAutoScalingGroup", "autoscaling:StartInstanceRefresh",
+                    "autoscaling:CancelInstanceRefresh", "autoscaling:RollbackInstanceRefresh"],
+         "Resource": group, "Condition": {"StringEquals": owned}},
+        # what a launch through one of this account's templates touches (the template itself: above); the group's
+        # subnets are not the template's, so ec2:IsLaunchTemplateResource would refuse them (docs/aws.md)
+        {"Sid": "LaunchedThroughTemplates", "Effect": "Allow", "Action": "ec2:RunInstances", "Resource": launched,
+         "Condition": {"ArnLike": {"ec2:LaunchTemplate": own_templates}}},
+        # tags at launch: Packer's run tags, and a template's own tag specifications (any keys)
+        {"Sid": "TagLaunches", "Effect": "Allow", "Action": "ec2:CreateTags",
+         "Resource": [arns.ec2("instance/*"), arns.ec2("volume/*"), arns.ec2("network-interface/*")],
+         "Condition": {"StringEquals": {"ec2:CreateAction": "RunInstances"}}},
+        {"Sid": "ReadBakeryParameters", "Effect": "Allow",
+         "Action": ["ssm:GetParameter", "ssm:GetParameters", "ssm:GetParameterHistory", "ssm:GetParametersByPath"],
          "Resource": [arns.service("ssm", "parameter/bakery"), arns.service("ssm", "parameter/bakery/*")]},
         {"Sid": "PublicBaseAmiParameters", "Effect": "Allow", "Action": "ssm:GetParameter",
          "Resource": f"arn:{arns.partition}:ssm:*:*:parameter/aws/service/*"},  # public: no account in the ARN
-        {"Sid": "RecordsWrittenOnce", "Effect": "Deny", "Action": "ssm:PutParameter",
-         "Resource": arns.service("ssm", f"parameter/{VERIFICATIONS}/*"),
-         "Condition": {"StringEquals": {"ssm:Overwrite": "true"}}},
+        {"Sid": "Releases", "Effect": "Allow", "Action": "ssm:PutParameter", "Resource": releases},
     ]
+    roles = _instance_roles(s, envs)
+    if roles:
+        statements.append(
+            {"Sid": "PassInstanceRoles", "Effect": "Allow", "Action": "iam:PassRole",
+             "Resource": [arns.iam(f"role/{role}") for role in roles],
+             "Condition": {"StringEquals": {"iam:PassedToService": PASS_TO_FLEET}}})
+    groups = _log_groups(s.log_groups, envs)
+    if groups:
+        resources = [arns.service("logs", f"log-group:{g}") for g in groups]
+        resources += [f"{g}:*" for g in resources if not g.endswith("*")]  # the log-stream form of an exact name
+        statements.append({"Sid": "InstanceLogs", "Effect": "Allow",
+                           "Action": "logs:FilterLogEvents", "Resource": resources})
+    return statements
 
 
-def _image_builder(arns: Arns) -> list[Statement]:
-    """Image Builder: create anything named bakery-*, change or build only bakery's (tagged) resources."""
+def _instance_roles(s: AwsSettings, envs: list[str]) -> list[str]:
+    """Every instance role, or those of `envs` (aws.instance_roles must then map environments to roles)."""
+    if not envs:
+        return role_names(s.instance_roles)
+    if not isinstance(s.instance_roles, dict):
+        raise ConfigError("bakery.yml: aws.instance_roles is a list, which names no environment: --env needs a "
+                          "mapping of environment to instance role, e.g. {qa: bakery-qa-instance, prod: "
+                          "bakery-prod-instance}")
+    missing = [env for env in envs if env not in s.instance_roles]
+    if missing:
+        raise ConfigError(f"bakery.yml: aws.instance_roles names no role for --env {missing[0]} (it has "
+                          f"{', '.join(sorted(s.instance_roles)) or 'none'}): add {missing[0]}: <its instance role>")
+    return sorted({s.instance_roles[env] for env in envs})
+
+
+def _log_groups(configured: list[str], envs: list[str]) -> list[str]:
+    """aws.log_groups, or for `envs` only: a prefix P* becomes P<env> (the default /bakery/* gives /bakery/qa, the
+    CloudFormation example's group), an exact name stays if it ends in /<env>."""
+    if not envs:
+        return sorted(configured)
+    narrowed = {f"{g[:-1]}{env}" if g.endswith("*") else g for g in configured for env in envs
+                if g.endswith("*") or g.endswith(f"/{env}")}
+    return sorted(narrowed)
+
+
+def _image_builder(s: AwsSettings, arns: Arns) -> list[Statement]:
+    """Image Builder: create anything named bakery-*, build only with the request tag; the bundles in S3.
+
+    Update*Configuration by name only: UpdateDistributionConfiguration has no condition keys (the Service
+    Authorization Reference), so an aws:ResourceTag condition on it would never match. A distribution may share
+    with anyone (launchPermission, targetAccountIds) and a recipe may start from any parent image: these
+    statements are rendered only for aws.builder imagebuilder (docs/aws.md, residual risk)."""
     def ib(resource: str) -> str:
         return arns.service("imagebuilder", resource)
 
@@ -250,31 +308,18 @@ def _image_builder(arns: Arns) -> list[Statement]:
                       ib(f"distribution-configuration/{IMAGE_BUILDER_NAMES}")]
     named = [ib(f"component/{IMAGE_BUILDER_NAMES}/*"), ib(f"image-recipe/{IMAGE_BUILDER_NAMES}/*"),
              *configurations, ib(f"image/{IMAGE_BUILDER_NAMES}/*")]
-    return [
+    statements: list[Statement] = [
         {"Sid": "ImageBuilderBakeryNamed", "Effect": "Allow",
          "Action": ["imagebuilder:CreateComponent", "imagebuilder:CreateImageRecipe",
                     "imagebuilder:CreateInfrastructureConfiguration", "imagebuilder:CreateDistributionConfiguration",
+                    "imagebuilder:UpdateInfrastructureConfiguration", "imagebuilder:UpdateDistributionConfiguration",
                     "imagebuilder:TagResource", "imagebuilder:GetComponent", "imagebuilder:GetImageRecipe",
                     "imagebuilder:GetInfrastructureConfiguration", "imagebuilder:GetDistributionConfiguration",
                     "imagebuilder:GetImage", "imagebuilder:CancelImageCreation"],
          "Resource": named},
-        {"Sid": "ImageBuilderChangeOwn", "Effect": "Allow",
-         "Action": ["imagebuilder:UpdateInfrastructureConfiguration", "imagebuilder:UpdateDistributionConfiguration"],
-         "Resource": configurations, "Condition": {"StringEquals": MANAGED}},
         # CreateImage's one resource is the new image: only its name and the request's tags can scope it.
         {"Sid": "ImageBuilderBuildTagged", "Effect": "Allow", "Action": "imagebuilder:CreateImage",
          "Resource": named[-1], "Condition": {"StringEquals": {f"aws:RequestTag/{tags.MANAGED}": "true"}}},
-    ]
-
-
-def _storage_and_logs(s: AwsSettings, arns: Arns) -> list[Statement]:
-    """S3 only in the artifacts bucket's bundles/, logs only of the configured groups, KMS only through EC2."""
-    statements: list[Statement] = [
-        {"Sid": "KmsThroughEc2", "Effect": "Allow",
-         "Action": ["kms:CreateGrant", "kms:Decrypt", "kms:DescribeKey", "kms:Encrypt",
-                    "kms:GenerateDataKeyWithoutPlaintext", "kms:ReEncryptFrom", "kms:ReEncryptTo"],
-         "Resource": arns.service("kms", "key/*"),
-         "Condition": {"StringLike": {"kms:ViaService": "ec2.*.amazonaws.com"}}},
     ]
     if s.artifacts_bucket:
         bucket = f"arn:{arns.partition}:s3:::{s.artifacts_bucket}"
@@ -286,27 +331,31 @@ def _storage_and_logs(s: AwsSettings, arns: Arns) -> list[Statement]:
             {"Sid": "ListBundles", "Effect": "Allow", "Action": "s3:ListBucket", "Resource": bucket,
              "Condition": {"StringLikeIfExists": {"s3:prefix": f"{BUNDLES}/*"}}},
         ]
-    if s.log_groups:
-        groups = [arns.service("logs", f"log-group:{g}") for g in sorted(s.log_groups)]
-        groups += [f"{g}:*" for g in groups if not g.endswith("*")]  # the log-stream form of an exact name too
-        statements.append({"Sid": "InstanceLogs", "Effect": "Allow",
-                           "Action": "logs:FilterLogEvents", "Resource": groups})
     return statements
 
 
-def _never(arns: Arns) -> list[Statement]:
+def _never(s: AwsSettings, arns: Arns) -> list[Statement]:
     """Explicit Denies: hold even when another policy attached to the role allows more."""
-    return [
+    # An AMI's launch permission cannot be limited to accounts by IAM (ec2:Public is the image's state before the
+    # request); with no aws.accounts it is never changed at all (ec2:Attribute; docs/aws.md: unconfirmed whether
+    # EC2 sets it for a LaunchPermission structure as for Attribute=launchPermission).
+    images = ([{"Sid": "NoImageSharing", "Effect": "Deny", "Action": "ec2:ModifyImageAttribute",
+                "Resource": arns.ec2("image/*", owned=False),
+                "Condition": {"StringEqualsIgnoreCase": {"ec2:Attribute": "launchPermission"}}}]
+              if not s.accounts else [])
+    return [*images,
         {"Sid": "NoPublicSnapshots", "Effect": "Deny", "Action": "ec2:ModifySnapshotAttribute",
          "Resource": arns.ec2("snapshot/*", owned=False),
          "Condition": {"ForAnyValue:StringEquals": {"ec2:Add/group": "all"}}},
-        # ModifyImageAttribute has no condition key for the accounts or groups added (ec2:Add/* exist only for
-        # snapshots); ec2:Public says whether an image has public launch permission (docs/aws.md: unconfirmed whether
-        # it sees the result of the request). Block public access for AMIs is the account-level guard.
-        {"Sid": "NoPublicImages", "Effect": "Deny", "Action": "ec2:ModifyImageAttribute",
-         "Resource": arns.ec2("image/*", owned=False), "Condition": {"Bool": {"ec2:Public": "true"}}},
         {"Sid": "KeepBlockPublicAccess", "Effect": "Deny",
          "Action": ["ec2:DisableImageBlockPublicAccess", "ec2:DisableSnapshotBlockPublicAccess"], "Resource": "*"},
+        # A group on $Latest or $Default launches a later template version unchecked (Auto Scaling checks the
+        # launch permissions only when the group is given a version): a group is only ever given a number.
+        {"Sid": "PinnedVersionsOnly", "Effect": "Deny", "Action": "autoscaling:UpdateAutoScalingGroup",
+         "Resource": "*", "Condition": {"Bool": {"autoscaling:LaunchTemplateVersionSpecified": "false"}}},
+        {"Sid": "RecordsWrittenOnce", "Effect": "Deny", "Action": "ssm:PutParameter",
+         "Resource": arns.service("ssm", f"parameter/{VERIFICATIONS}/*"),
+         "Condition": {"StringEquals": {"ssm:Overwrite": "true"}}},
     ]
 
 
@@ -324,31 +373,3 @@ def render_instance_role_policy(settings: AwsSettings, partition: str = "aws") -
         {"Sid": "ImageBuilderUploadsTheBuildLogs", "Effect": "Allow", "Action": "s3:PutObject",
          "Resource": f"{bucket}/{IMAGE_BUILDER_LOGS}/*"},
     ]}
-
-
-def policy_size(policy: dict[str, Any]) -> int:
-    """The policy's length as IAM counts it against its limits: without white space (none is inside bakery's values)."""
-    return len(json.dumps(policy, separators=(",", ":")))
-
-
-def split_policy(policy: dict[str, Any], limit: int = MANAGED_POLICY_LIMIT) -> list[dict[str, Any]]:
-    """The statements, in order, in as few policies of at most `limit` characters as fit them (for managed
-    policies: a role may have several; an explicit Deny holds whichever of them it is in)."""
-    parts: list[list[Statement]] = [[]]
-    for statement in policy["Statement"]:
-        if parts[-1] and policy_size({**policy, "Statement": [*parts[-1], statement]}) > limit:
-            parts.append([])
-        parts[-1].append(statement)
-    return [{**policy, "Statement": statements} for statements in parts]
-
-
-def size_note(policy: dict[str, Any]) -> str:
-    """'' when the policy fits a managed policy; else one line saying how to attach it."""
-    size = policy_size(policy)
-    if size <= MANAGED_POLICY_LIMIT:
-        return ""
-    parts = len(split_policy(policy))
-    where = (f"attach it inline (aws iam put-role-policy: {INLINE_POLICIES_LIMIT:,} for all of a role's inline "
-             "policies) or as " if size <= INLINE_POLICIES_LIMIT else "attach it as ")
-    return (f"the policy has {size:,} characters without white space, over the {MANAGED_POLICY_LIMIT:,} of a "
-            f"managed policy: {where}{parts} managed policies, printed by --part 1 to --part {parts}")

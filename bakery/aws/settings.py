@@ -37,9 +37,10 @@ class AwsSettings:
     security_group_ids: list[str] = field(default_factory=list)
     instance_profile: str = ""  # the build instance's profile (Image Builder needs one; Packer may use one)
     # IAM role names the CI role may pass (iam:PassRole), for `bake.py iam-policy`: the role in instance_profile,
-    # and the environments' instance roles (their launch templates name profiles holding them)
+    # and the environments' instance roles (their launch templates name profiles holding them): a mapping
+    # environment -> role (what `iam-policy --env` needs), or a plain list of roles
     build_role: str = ""
-    instance_roles: list[str] = field(default_factory=list)
+    instance_roles: dict[str, str] | list[str] = field(default_factory=list)
     # CloudWatch log groups `bake.py logs` may read (names, or prefixes ending in *): bakery_deploy.aws.log_group
     log_groups: list[str] = field(default_factory=lambda: ["/bakery/*"])
     artifacts_bucket: str = ""  # S3 bucket for application artifacts and Image Builder bundles
@@ -75,7 +76,9 @@ def load_aws_settings(data: Any, where: str = "bakery.yml") -> AwsSettings:
         if key not in data:
             continue
         value = data[key]
-        if isinstance(default, dict):
+        if key == "instance_roles":
+            _check_instance_roles(value, where)
+        elif isinstance(default, dict):
             if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) and v
                                                       for k, v in value.items()):
                 raise ConfigError(f"{where}: aws.{key} must map a region name to a KMS key id, ARN or alias, "
@@ -108,7 +111,7 @@ def _check_iam_and_network(settings: AwsSettings, where: str) -> None:
     """The names the IAM policy is rendered from, and the network pair Image Builder refuses half of."""
     for key, names in (("instance_profile", [settings.instance_profile] if settings.instance_profile else []),
                        ("build_role", [settings.build_role] if settings.build_role else []),
-                       ("instance_roles", settings.instance_roles)):
+                       ("instance_roles", role_names(settings.instance_roles))):
         for name in names:
             if not IAM_NAME_RE.match(name):
                 raise ConfigError(f"{where}: aws.{key} '{name}' is not an IAM name (letters, digits and +=,.@_- only, "
@@ -124,3 +127,29 @@ def _check_iam_and_network(settings: AwsSettings, where: str) -> None:
         raise ConfigError(f"{where}: aws.subnet_id is set but aws.security_group_ids is empty: Image Builder refuses "
                           "a subnet without security groups (and Packer would open a temporary group in it); list the "
                           "build instance's security groups in aws.security_group_ids")
+
+
+def role_names(instance_roles: dict[str, str] | list[str]) -> list[str]:
+    """The role names of aws.instance_roles, a mapping environment -> role or a list."""
+    return sorted(set(instance_roles.values() if isinstance(instance_roles, dict) else instance_roles))
+
+
+def _check_instance_roles(value: Any, where: str) -> None:
+    if isinstance(value, dict):
+        if all(isinstance(k, str) and k and isinstance(v, str) for k, v in value.items()):
+            return
+    elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return
+    raise ConfigError(f"{where}: aws.instance_roles must map an environment to its instance role name "
+                      f"(qa: bakery-qa-instance) or list role names, got {value!r}")
+
+
+def check_packer_network(settings: AwsSettings, where: str = "bakery.yml") -> None:
+    """Packer bakes need named security groups: without them Packer 1.6.6 creates a temporary group it cannot tag,
+    and the CI role would need to open and delete any security group of the account. Checked where Packer is
+    used (`bake.py iam-policy`, a Packer bake), not when bakery.yml is read: a project that only deploys, copies
+    or collects garbage on AWS needs no build network."""
+    if settings.builder == "packer" and not settings.security_group_ids:
+        raise ConfigError(f"{where}: aws.security_group_ids is empty and aws.builder is packer: list the build "
+                          "instance's security groups (one allowing SSH from where bake.py runs) in "
+                          "aws.security_group_ids; bakery does not let Packer create a temporary group")

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bakery.aws import amis, clients
+from bakery.aws.settings import check_packer_network
 from bakery.builders.ami import AmiBuilder, region_keys
 from bakery.builders.base import BuildOptions, BuildResult
 from bakery.builders.packer_bake import BakePlan, PackerBake
@@ -58,6 +59,7 @@ class PackerBuilder(AmiBuilder):
     def plan(self, definition: ImageDefinition, options: BuildOptions) -> BakePlan:
         """Settings checked, base AMI resolved, every layer key and the input digest computed; nothing changed yet."""
         settings = self.project.aws
+        check_packer_network(settings)
         region = clients.resolve_region(settings.region or None)
         keys = region_keys(settings, region)  # no key reaches Packer's key check (packer/aws.pkr.hcl): EC2 takes them
         clients.check_credentials()

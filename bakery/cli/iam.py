@@ -3,7 +3,9 @@
 Rendered from the project's `aws:` settings (bakery.aws.iam_policy), so it names
 this project's bucket, roles, subnet, accounts and log groups instead of wildcards;
 `--for imagebuilder-instance` prints the Image Builder build instance role's
-policy instead. A policy over a managed policy's size limit (6,144 characters)
+policy instead. One CI role per environment: `--env qa` (repeatable) renders
+deploy permissions for those environments only, and `--no-build` leaves the
+bake out (the role that only promotes to prod). A policy over a managed policy's size limit (6,144 characters)
 gets one line on stderr: attach it inline (a role's inline policies may have
 10,240; a test keeps a larger project's policy under that with room), or as the
 managed policies `--part 1`, `--part 2`, ... print (ci/aws/codepipeline.yaml
@@ -29,14 +31,21 @@ ROLES = ("ci", "imagebuilder-instance")
 @click.option("--for", "role", type=click.Choice(ROLES), default="ci", show_default=True,
               help="ci: the role that runs bake.py; imagebuilder-instance: the role in aws.instance_profile that "
                    "Image Builder's build instances use (besides two AWS managed policies; docs/aws.md).")
+@click.option("--env", "envs", multiple=True, metavar="ENV",
+              help="Deploy permissions only for this environment (repeatable): its groups and launch templates by "
+                   "their bakery:environment tag, its instance role (aws.instance_roles as a mapping), its release "
+                   "parameters and log groups. Default: every environment.")
+@click.option("--no-build", "no_build", is_flag=True,
+              help="Leave out baking, distributing and gc: for a role that only deploys or promotes.")
 @click.option("--part", type=click.IntRange(1), metavar="N",
               help="Print only part N of the policy split into managed policies of at most 6,144 characters each "
                    "(IAM's limit for one; stderr says how many parts there are).")
 @click.pass_obj
-def iam_policy(obj, account: str | None, settings_file: str | None, role: str, part: int | None) -> None:
+def iam_policy(obj, account: str | None, settings_file: str | None, role: str, envs: tuple[str, ...],
+               no_build: bool, part: int | None) -> None:
     """Print the IAM policy (JSON) that lets bake.py do what it does on AWS, and nothing more.
 
-    Example: ./bake.py iam-policy --account 123456789012 > policy.json
+    Example: ./bake.py iam-policy --env qa > qa-role.json; ./bake.py iam-policy --env prod --no-build > prod-role.json
     """
     from bakery.aws.iam_policy import render_instance_role_policy, render_policy, size_note, split_policy
     from bakery.errors import ConfigError
@@ -45,7 +54,7 @@ def iam_policy(obj, account: str | None, settings_file: str | None, role: str, p
     if role == "imagebuilder-instance":  # S3 ARNs name no account: no STS call
         policy = render_instance_role_policy(settings)
     else:
-        policy = render_policy(settings, account or _caller_account(settings.region))
+        policy = render_policy(settings, account or _caller_account(settings.region), envs=envs, build=not no_build)
     if part is None:
         emit_json(policy)
         note = size_note(policy)

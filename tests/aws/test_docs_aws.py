@@ -124,11 +124,12 @@ def iam_action(service: str, operation: str) -> str:
 
 
 def policy_actions() -> list[str]:
-    """The actions the policy's Allow statements grant (its Deny statements only narrow them)."""
+    """The actions the Allow statements grant (Deny statements only narrow them), of the policy and of the same
+    settings with aws.builder imagebuilder (the Image Builder statements are rendered only for it)."""
     policy = json.loads(POLICY.read_text(encoding="utf-8"))
     assert policy["Version"] == "2012-10-17"
     actions = []
-    for statement in policy["Statement"]:
+    for statement in policy["Statement"] + _example_rendering(builder="imagebuilder")["Statement"]:
         assert statement["Effect"] in ("Allow", "Deny") and statement.get("Resource") and statement.get("Sid")
         listed = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
         actions += listed if statement["Effect"] == "Allow" else []
@@ -184,43 +185,44 @@ DESTRUCTIVE = {"ec2:DeregisterImage", "ec2:DeleteSnapshot", "ec2:ModifyImageAttr
 
 def test_the_policy_lets_bakery_change_only_what_it_tagged_as_its_own():
     """Deleting, sharing and tagging need a condition: a role that could tag anything bakery:managed could then delete
-    or publish it."""
+    or publish it. No AMI or snapshot without bakery:managed is removed unless claimed first (Packer makes no
+    intermediate AMI any more: bakery copies, tagged on creation)."""
     policy = json.loads(POLICY.read_text(encoding="utf-8"))
     granting = defaultdict(list)  # action -> the Condition of every statement that grants it (through a wildcard too)
     for statement in (s for s in policy["Statement"] if s["Effect"] == "Allow"):
         patterns = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
-        for action in DESTRUCTIVE | {"ec2:CreateTags", "s3:ListBucket"}:
+        for action in DESTRUCTIVE | {"ec2:CreateTags", "ec2:CopyImage"}:
             if any(fnmatch.fnmatchcase(action, pattern) for pattern in patterns):
                 granting[action].append(statement.get("Condition") or {})
-    assert set(granting) == DESTRUCTIVE | {"ec2:CreateTags", "s3:ListBucket"}
-    # or, for Packer's untagged intermediate AMI (per-region keys), only what has no bakery:managed tag at all:
-    # what ClaimUnclaimed below lets the role claim and remove anyway (bakery.aws.iam_policy)
-    untagged = {"Null": {"aws:ResourceTag/bakery:managed": "true"}}
+    assert set(granting) == DESTRUCTIVE | {"ec2:CreateTags", "ec2:CopyImage"}
     for action in DESTRUCTIVE:
         assert all(c.get("StringEquals", {}).get("aws:ResourceTag/bakery:managed") == "true"
-                   or (c == untagged and action in {"ec2:DeregisterImage", "ec2:DeleteSnapshot"})
                    for c in granting[action]), action
+    assert granting["ec2:CopyImage"] == [{"StringEquals": {"aws:RequestTag/bakery:managed": "true"}}]
     own_keys = {"ForAllValues:StringLike": {"aws:TagKeys": ["bakery:*", "Name"]}}
     for condition in granting["ec2:CreateTags"]:
         equals = condition.get("StringEquals", {})
-        at_creation = set(equals.get("ec2:CreateAction", [])) == {"RunInstances", "CopyImage"}
+        # at launch any keys (a launch template's own tag specifications); on copies only bakery's
+        launching = equals.get("ec2:CreateAction") == "RunInstances"
+        copying = equals.get("ec2:CreateAction") == "CopyImage" and condition.items() >= own_keys.items()
         on_its_own = equals.get("aws:ResourceTag/bakery:managed") == "true" and condition.items() >= own_keys.items()
         marking_new = equals.get("aws:RequestTag/bakery:managed") == "true" and condition.items() >= own_keys.items()
-        assert at_creation or on_its_own or marking_new, condition
-    assert granting["s3:ListBucket"] == [{"StringLikeIfExists": {"s3:prefix": "bundles/*"}}]
+        assert launching or copying or on_its_own or marking_new, condition
+    buckets = [s for s in _example_rendering(builder="imagebuilder")["Statement"] if s["Action"] == "s3:ListBucket"]
+    assert [s["Condition"] for s in buckets] == [{"StringLikeIfExists": {"s3:prefix": "bundles/*"}}]
 
 
 EXAMPLE_SETTINGS = REPO / "docs" / "aws-iam-policy.example.yml"
 EXAMPLE_ACCOUNT = "111122223333"
 
 
-def _example_rendering() -> dict:
+def _example_rendering(**changes) -> dict:
     import yaml
 
     from bakery.aws.iam_policy import render_policy
     from bakery.aws.settings import load_aws_settings
 
-    settings = load_aws_settings(yaml.safe_load(EXAMPLE_SETTINGS.read_text(encoding="utf-8"))["aws"],
+    settings = load_aws_settings({**yaml.safe_load(EXAMPLE_SETTINGS.read_text(encoding="utf-8"))["aws"], **changes},
                                  str(EXAMPLE_SETTINGS))
     return render_policy(settings, EXAMPLE_ACCOUNT)
 
@@ -244,7 +246,8 @@ def test_the_policy_names_no_other_account_bucket_or_role():
     text = POLICY.read_text(encoding="utf-8")
     assert "arn:aws:s3:::*" not in text and ":role/*" not in text.replace("aws-service-role/imagebuilder", "")
     assert "log-group:*" not in text and "arn:aws:iam::*" not in text
-    assert "444455556666" in text and "example-bakery-artifacts" in text and "role/bakery-build" in text
+    assert "444455556666" in text and "role/bakery-build" in text and "sg-0123456789abcdef0" in text
+    assert "example-bakery-artifacts" in json.dumps(_example_rendering(builder="imagebuilder"))
 
 
 def test_the_iam_policy_command_prints_the_rendering(capsys):

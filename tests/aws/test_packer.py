@@ -246,7 +246,8 @@ EU_MRK_ARN = f"arn:aws:kms:eu-west-1:123456789012:key/{MRK_ID}"
     ({"accounts": ["210987654321"], "kms_key_id": KMS_KEY, "regions": ["eu-west-1", "us-west-2"],
       "region_kms_key_ids": {"eu-west-1": EU_KMS_KEY}},
      "aws.accounts needs a key for every region: .* has none for us-west-2"),
-], ids=["shared-without-a-key", "shared-without-a-copied-regions-key"])
+    ({"security_group_ids": []}, r"^bakery.yml: aws.security_group_ids is empty and aws.builder is packer"),
+], ids=["shared-without-a-key", "shared-without-a-copied-regions-key", "no-security-groups"])
 def test_keys_that_cannot_work_are_refused_before_the_bake(project, aws_settings, refusal):
     settings = yaml.safe_load((project / "bakery.yml").read_text())
     settings["aws"] = {"region": "us-east-1", "security_group_ids": ["sg-0abc"], **aws_settings}

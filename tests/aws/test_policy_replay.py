@@ -6,12 +6,13 @@ such as RunInstances, as EC2 authorizes each), the resource's tags at that momen
 request's tags (aws:RequestTag/..., aws:TagKeys) and the other context keys the request carries. The flows follow the
 code: bakery/builders/packer*.py and packer/aws.pkr.hcl run through Packer 1.6.6's amazon-ebs steps in their order
 (StepPreValidate, StepSourceAMIInfo, StepNetworkInfo, StepKeyPair, StepSecurityGroup, StepIamInstanceProfile,
-StepRunSourceInstance, StepStopEBSBackedInstance, stepCreateAMI, StepAMIRegionCopy, StepModifyAMIAttributes (nothing:
-the template sets no description or users), StepCreateTags, then the clean-ups in reverse), bakery/builders/packer*.py
-after Packer and its undo (bakery/aws/amis.py claim), bakery/builders/imagebuilder.py with bakery/aws/imagebuilder/,
-bakery/fleets/aws*.py, bakery/aws/distribute.py, bakery/gc/aws.py with bakery/gc/aws_leftovers.py, bakery/observe/ and
-bakery/aws/adopt.py with the verification record. The settings are docs/aws-iam-policy.example.yml's: per-region
-keys, so Packer runs with encrypt_boot (an untagged intermediate AMI it copies and removes itself).
+StepRunSourceInstance, StepStopEBSBackedInstance, stepCreateAMI (home region only: no encrypt_boot, no
+ami_regions), StepModifyAMIAttributes (nothing: the template sets no description or users), StepCreateTags, then
+the clean-ups in reverse), then bakery after Packer (attributes, its own tagged copies through
+bakery/aws/distribute.py, the record) and its undo (bakery/aws/amis.py claim), bakery/builders/imagebuilder.py with
+bakery/aws/imagebuilder/ (against an imagebuilder rendering: the example bakes with Packer), bakery/fleets/aws*.py,
+bakery/aws/distribute.py, bakery/gc/aws.py with bakery/gc/aws_leftovers.py, bakery/observe/ and bakery/aws/adopt.py
+with the verification record. The per-environment roles (`iam-policy --env`, `--no-build`) are replayed too.
 """
 
 from __future__ import annotations
@@ -109,7 +110,8 @@ def share(region: str, ami: str, snap: str) -> list[Call]:
     return [
         Call("ec2:DescribeImageAttribute", image(ami, region), AMI_TAGS),
         Call("ec2:DescribeSnapshotAttribute", snapshot(snap, region), AMI_TAGS),
-        Call("ec2:ModifyImageAttribute", image(ami, region), AMI_TAGS),  # LaunchPermission Add (a structure: no key)
+        # LaunchPermission Add: ec2:Attribute as for Attribute=launchPermission (unconfirmed for the structure)
+        Call("ec2:ModifyImageAttribute", image(ami, region), AMI_TAGS, context={"ec2:Attribute": "launchPermission"}),
         Call("ec2:ModifySnapshotAttribute", snapshot(snap, region), AMI_TAGS,
              context={"ec2:Add/userId": [SHARED], "ec2:Attribute": "createVolumePermission"}),
     ]
@@ -133,10 +135,9 @@ def packer_build() -> list[Call]:
         ec2("network-interface/*"): {}, ec2("subnet/subnet-0123456789abcdef0"): {},
         ec2("security-group/sg-0123456789abcdef0"): {}, key_pair: {}, image("ami-0debianbase"): {},
     }, RUN_TAGS)
-    # encrypt_boot (per-region keys): stepCreateAMI images into an untagged intermediate with a random name
-    intermediate = [image("ami-0intermediate"), snapshot("snap-0intermediate")]
     new_image = [image("ami-0new"), snapshot("snap-0new")]
     copy = [image("ami-0copy", OTHER), snapshot("snap-0copy", OTHER)]
+    copy_tags = {**AMI_TAGS, **VERIFIED}
     return [
         # bakery before Packer: credentials, base AMI, an AMI of the same inputs to reuse?, the version, root device
         Call("sts:GetCallerIdentity"), Call("ssm:GetParameter", f"arn:aws:ssm:{HOME}::parameter/aws/service/debian/"
@@ -154,27 +155,30 @@ def packer_build() -> list[Call]:
         kms_via_ec2("kms:CreateGrant", HOME), kms_via_ec2("kms:GenerateDataKeyWithoutPlaintext", HOME),
         Call("ec2:DescribeInstances"), Call("ec2:DescribeInstanceStatus"),
         Call("ec2:StopInstances", ec2("instance/i-0build"), RUN_TAGS),  # StepStopEBSBackedInstance
-        Call("ec2:CreateImage", ec2("instance/i-0build"), RUN_TAGS),  # stepCreateAMI: no tags on the request
-        *[Call("ec2:CreateImage", arn) for arn in intermediate],
-        # StepAMIRegionCopy: the intermediate copied, without tags, to the home region (aws.kms_key_id) and every
-        # other region (its key)
-        Call("ec2:CopyImage", intermediate[0]), *[Call("ec2:CopyImage", arn) for arn in new_image + copy],
-        kms_via_ec2("kms:ReEncryptFrom", HOME), kms_via_ec2("kms:ReEncryptTo", HOME),
-        kms_via_ec2("kms:ReEncryptTo", OTHER), kms_via_ec2("kms:DescribeKey", OTHER),
-        # StepCreateTags, per region: the AMI and its snapshots with the tags, then the snapshots with snapshot_tags
-        *[Call("ec2:CreateTags", arn, request_tags=AMI_TAGS) for arn in new_image + copy],
-        *[Call("ec2:CreateTags", arn, AMI_TAGS, request_tags=AMI_TAGS) for arn in (new_image[1], copy[1])],
-        # the clean-ups, in reverse: StepAMIRegionCopy removes the intermediate (DestroyAMIs), then the build
-        # instance and its key pair go
-        Call("ec2:DescribeImages"), Call("ec2:DeregisterImage", intermediate[0]),
-        Call("ec2:DeleteSnapshot", intermediate[1]),
-        Call("ec2:TerminateInstances", ec2("instance/i-0build"), RUN_TAGS),
-        Call("ec2:DeleteKeyPair", key_pair),
-        # bakery after Packer: each AMI visible and tagged, the build's result tagged for humans, IMDSv2, the
-        # description and sharing set on the tagged AMIs, then the write-once verification record
+        # stepCreateAMI: the home region's AMI only (no encrypt_boot, no ami_regions), no tags on the request
+        Call("ec2:CreateImage", ec2("instance/i-0build"), RUN_TAGS),
+        *[Call("ec2:CreateImage", arn) for arn in new_image],
+        # StepCreateTags: the AMI and its snapshot with the tags, then the snapshot with snapshot_tags
+        *[Call("ec2:CreateTags", arn, request_tags=AMI_TAGS) for arn in new_image],
+        Call("ec2:CreateTags", new_image[1], AMI_TAGS, request_tags=AMI_TAGS),
+        # the clean-ups, in reverse: the build instance and its key pair
+        Call("ec2:TerminateInstances", ec2("instance/i-0build"), RUN_TAGS), Call("ec2:DeleteKeyPair", key_pair),
+        # bakery after Packer (packer_bake): the AMI visible and tagged, the build's result tagged for humans, IMDSv2,
+        # the description and sharing on the tagged AMI; then its copies, tagged at creation with each region's key,
+        # waited for, tags they lack, IMDSv2 and sharing; then the write-once verification record
         Call("ec2:DescribeImages"),
-        *[Call("ec2:CreateTags", arn, AMI_TAGS, request_tags=VERIFIED) for arn in new_image + copy],
-        *set_attributes(HOME, "ami-0new", "snap-0new"), *set_attributes(OTHER, "ami-0copy", "snap-0copy"),
+        *[Call("ec2:CreateTags", arn, AMI_TAGS, request_tags=VERIFIED) for arn in new_image],
+        *set_attributes(HOME, "ami-0new", "snap-0new"),
+        Call("ec2:CopyImage", new_image[0], AMI_TAGS, request_tags=copy_tags),
+        *[Call("ec2:CopyImage", arn, request_tags=copy_tags) for arn in copy],
+        *[Call("ec2:CreateTags", arn, request_tags=copy_tags, context={"ec2:CreateAction": "CopyImage"})
+          for arn in copy],
+        kms_via_ec2("kms:ReEncryptFrom", HOME), kms_via_ec2("kms:ReEncryptTo", OTHER),
+        kms_via_ec2("kms:DescribeKey", OTHER),
+        Call("ec2:DescribeImages"), Call("ec2:DescribeSnapshots"),
+        Call("ec2:CreateTags", copy[1], AMI_TAGS, request_tags=copy_tags),  # tag_missing
+        Call("ec2:ModifyImageAttribute", copy[0], copy_tags, context={"ec2:Attribute": "imdsSupport"}),
+        *share(OTHER, "ami-0copy", "snap-0copy"),
         Call("ssm:PutParameter", ssm(f"/bakery/verifications/webapp/{VERSION}"), context={"ssm:Overwrite": "false"}),
     ]
 
@@ -221,7 +225,8 @@ def imagebuilder_build() -> list[Call]:
         Call("imagebuilder:CreateInfrastructureConfiguration", infra, request_tags=config_tags),
         Call("iam:PassRole", iam("role/bakery-build"), context={"iam:PassedToService": "imagebuilder.amazonaws.com"}),
         Call("imagebuilder:ListDistributionConfigurations"),
-        Call("imagebuilder:UpdateDistributionConfiguration", dist, config_tags),
+        # no condition keys at all (the Service Authorization Reference): its resource's tags are not in the context
+        Call("imagebuilder:UpdateDistributionConfiguration", dist),
         Call("imagebuilder:CreateDistributionConfiguration", dist, request_tags=config_tags),
         Call("imagebuilder:CreateImage", new_image,
              request_tags={"bakery:managed": "true", "bakery:image": "webapp", "bakery:version": VERSION}),
@@ -243,18 +248,31 @@ def imagebuilder_build() -> list[Call]:
     ]
 
 
+def owned(env: str) -> dict[str, str]:
+    """The tags docs/cloudformation/environment.yaml puts on an environment's group and launch template."""
+    return {"bakery:managed": "true", "bakery:environment": env}
+
+
+PINNED = {"autoscaling:LaunchTemplateVersionSpecified": True}  # a version number, never $Latest/$Default
+
+
 def launch_check(env: str, ami: str) -> list[Call]:
     """What Auto Scaling checks whenever a request gives the group a launch template version (UpdateAutoScalingGroup
     naming one, an instance refresh's desired configuration): ec2:RunInstances on the template and what it names,
     iam:PassRole for the role of its instance profile, ec2:CreateTags for its tag specifications (EC2 Auto Scaling
-    User Guide: launch template support; API permissions)."""
+    User Guide: launch template support; API permissions). The subnets are the group's (VPCZoneIdentifier), not the
+    template's; the template names a key pair; its tag specifications (copied by launch_data) carry keys of the
+    template's owner, such as team."""
     template = ec2(f"launch-template/lt-0{env}")
-    through_template = {"ec2:IsLaunchTemplateResource": True, "ec2:LaunchTemplate": template}
-    launched = {arn: {"context": through_template} for arn in (
-        ec2("instance/*"), ec2("volume/*"), ec2("network-interface/*"), ec2("subnet/subnet-0app"),
-        ec2("security-group/sg-0app"), image(ami))}
-    instance_tags = {"bakery:environment": env, "bakery:image": "webapp", "bakery:version": VERSION}
-    return [Call("ec2:RunInstances", template, MANAGED), *run_instances(launched, instance_tags),
+    from_template = {"ec2:IsLaunchTemplateResource": True, "ec2:LaunchTemplate": template}
+    launched = {arn: {"context": from_template} for arn in (
+        ec2("instance/*"), ec2("volume/*"), ec2("network-interface/*"), ec2("security-group/sg-0app"),
+        ec2("key-pair/ops"), image(ami))}
+    launched[ec2("subnet/subnet-0app")] = {"context": {"ec2:IsLaunchTemplateResource": False,
+                                                       "ec2:LaunchTemplate": template}}
+    instance_tags = {"bakery:environment": env, "bakery:image": "webapp", "bakery:version": VERSION, "team": "web"}
+    return [Call("ec2:RunInstances", template, owned(env), context=from_template),
+            *run_instances(launched, instance_tags),
             Call("iam:PassRole", iam(f"role/bakery-{env}-instance"),
                  context={"iam:PassedToService": "ec2.amazonaws.com"}),
             Call("ec2:CreateTags", ec2("instance/*"), request_tags=instance_tags,
@@ -270,12 +288,14 @@ def deploy(env: str = "qa") -> list[Call]:
         Call("autoscaling:DescribeAutoScalingGroups"), Call("ec2:DescribeLaunchTemplates"),
         Call("ec2:DescribeLaunchTemplateVersions"), Call("ec2:DescribeImages"),
         Call("ssm:GetParameter", ssm(f"/bakery/verifications/webapp/{VERSION}")),  # adopting a CI-baked version
-        Call("autoscaling:UpdateAutoScalingGroup", group, MANAGED), *launch_check(env, "ami-0old"),  # _pin_number
+        Call("autoscaling:UpdateAutoScalingGroup", group, owned(env), context=PINNED),  # _pin_number
+        *launch_check(env, "ami-0old"),
         Call("ec2:DescribeLaunchTemplateVersions"),
-        Call("ec2:CreateLaunchTemplateVersion", template, MANAGED),
-        Call("autoscaling:StartInstanceRefresh", group, MANAGED), *launch_check(env, "ami-0new"),
+        Call("ec2:CreateLaunchTemplateVersion", template, owned(env)),
+        Call("autoscaling:StartInstanceRefresh", group, owned(env)), *launch_check(env, "ami-0new"),
         Call("autoscaling:DescribeInstanceRefreshes"), Call("autoscaling:DescribeAutoScalingGroups"),
-        Call("autoscaling:UpdateAutoScalingGroup", group, MANAGED), *launch_check(env, "ami-0new"),  # _confirm_pin
+        Call("autoscaling:UpdateAutoScalingGroup", group, owned(env), context=PINNED),  # _confirm_pin
+        *launch_check(env, "ami-0new"),
         Call("ssm:GetParameters", ssm(f"/bakery/webapp/{env}/ami-id")),
         Call("ssm:PutParameter", ssm(f"/bakery/webapp/{env}/ami-id"), context={"ssm:Overwrite": "true"}),
         Call("ssm:PutParameter", ssm(f"/bakery/webapp/{env}/version"), context={"ssm:Overwrite": "true"}),
@@ -286,15 +306,18 @@ def deploy_to_an_empty_group(env: str = "qa") -> list[Call]:
     """Nothing to refresh: the group is pinned to the new version with its capacity (fleets/aws.py _pin_empty)."""
     group = GROUP + f"bakery-{env}"
     return [Call("autoscaling:DescribeAutoScalingGroups"), Call("ec2:DescribeLaunchTemplateVersions"),
-            Call("ec2:CreateLaunchTemplateVersion", ec2(f"launch-template/lt-0{env}"), MANAGED),
-            Call("autoscaling:UpdateAutoScalingGroup", group, MANAGED), *launch_check(env, "ami-0new"),
+            Call("ec2:CreateLaunchTemplateVersion", ec2(f"launch-template/lt-0{env}"), owned(env)),
+            Call("autoscaling:UpdateAutoScalingGroup", group, owned(env), context=PINNED),
+            *launch_check(env, "ami-0new"),
             Call("autoscaling:DescribeAutoScalingGroups"),
             Call("ssm:PutParameter", ssm(f"/bakery/webapp/{env}/ami-id"), context={"ssm:Overwrite": "true"})]
 
 
 def down(env: str = "qa") -> list[Call]:
+    """Capacity only: no launch template in the request (whether AWS then sets LaunchTemplateVersionSpecified is
+    unconfirmed: docs/aws.md)."""
     return [Call("autoscaling:DescribeAutoScalingGroups"),
-            Call("autoscaling:UpdateAutoScalingGroup", GROUP + f"bakery-{env}", MANAGED)]
+            Call("autoscaling:UpdateAutoScalingGroup", GROUP + f"bakery-{env}", owned(env))]
 
 
 def promote() -> list[Call]:
@@ -304,8 +327,8 @@ def promote() -> list[Call]:
 
 def rollback() -> list[Call]:
     group = GROUP + "bakery-qa"
-    return [Call("autoscaling:RollbackInstanceRefresh", group, MANAGED),
-            Call("autoscaling:CancelInstanceRefresh", group, MANAGED),
+    return [Call("autoscaling:RollbackInstanceRefresh", group, owned("qa")),
+            Call("autoscaling:CancelInstanceRefresh", group, owned("qa")),
             Call("ssm:GetParameterHistory", ssm("/bakery/webapp/qa/ami-id")), *deploy("qa")]
 
 
@@ -383,16 +406,38 @@ def adopt() -> list[Call]:
             Call("ssm:GetParameter", ssm(f"/bakery/verifications/webapp/copies/{VERSION}/{OTHER}/ami-0copy"))]
 
 
+def _settings(**changes):
+    import yaml
+
+    from bakery.aws.settings import load_aws_settings
+
+    example = REPO / "docs" / "aws-iam-policy.example.yml"
+    return load_aws_settings({**yaml.safe_load(example.read_text(encoding="utf-8"))["aws"], **changes}, str(example))
+
+
+def _render(*envs: str, build: bool = True, **changes) -> dict:
+    from bakery.aws.iam_policy import render_policy
+
+    return render_policy(_settings(**changes), ACCOUNT, envs=envs, build=build)
+
+
 FLOWS = {"packer build": packer_build, "packer clean-up": packer_clean_up_of_a_failed_run,
-         "image builder build": imagebuilder_build, "deploy": deploy, "deploy to an empty group":
-         deploy_to_an_empty_group, "down": down, "promote": promote, "rollback": rollback,
-         "distribute": distribute, "gc": gc, "gc leftovers": gc_leftovers, "logs": logs, "top": top, "adopt": adopt}
+         "deploy": deploy, "deploy to an empty group": deploy_to_an_empty_group, "down": down, "promote": promote,
+         "rollback": rollback, "distribute": distribute, "gc": gc, "gc leftovers": gc_leftovers, "logs": logs,
+         "top": top, "adopt": adopt}
 
 
 @pytest.mark.parametrize("flow", sorted(FLOWS))
 def test_the_policy_allows_every_call_of_the_flow(flow):
     denied = [f"{call}: {decision}" for call in FLOWS[flow]() if (decision := call.decide()) != "allow"]
     assert not denied, f"{flow}: " + "\n".join(denied)
+
+
+def test_an_image_builder_project_s_policy_allows_its_build():
+    """The example bakes with Packer; aws.builder imagebuilder renders the Image Builder statements (and only it)."""
+    policy = _render(builder="imagebuilder")
+    denied = [f"{call}: {decision}" for call in imagebuilder_build() if (decision := call.decide(policy)) != "allow"]
+    assert not denied, "\n".join(denied)
 
 
 FOREIGN = {"Name": "payments-db", "team": "payments"}
@@ -409,39 +454,45 @@ ESCALATIONS = {
                                         context={"ec2:InstanceProfile": PROFILE}),
     "launch with an unencrypted volume": Call("ec2:RunInstances", ec2("volume/*"), request_tags=RUN_TAGS,
                                               context={"ec2:Encrypted": False}),
-    "override a launch template's subnet": Call("ec2:RunInstances", ec2("subnet/subnet-0prod"),
-                                                context={"ec2:IsLaunchTemplateResource": False}),
     "launch from a foreign launch template": Call("ec2:RunInstances", ec2("launch-template/lt-0payments"), FOREIGN),
+    "launch in another subnet through a foreign account's template": Call(
+        "ec2:RunInstances", ec2("subnet/subnet-0prod"),
+        context={"ec2:LaunchTemplate": "arn:aws:ec2:eu-west-1:999988887777:launch-template/lt-0x"}),
     "image a production instance": Call("ec2:CreateImage", ec2("instance/i-0prod"), FOREIGN),
     "share a snapshot with another account": Call("ec2:ModifySnapshotAttribute", snapshot("snap-0new"), AMI_TAGS,
                                                   context={"ec2:Add/userId": [SHARED, STRANGER]}),
     "make a snapshot public": Call("ec2:ModifySnapshotAttribute", snapshot("snap-0new"), AMI_TAGS,
                                   context={"ec2:Add/group": ["all"]}),
-    # ec2:Public: whether AWS sets it from the request's result is unconfirmed (docs/aws.md); the guards that hold
-    # are KMS (an AMI encrypted with a customer key cannot be made public) and block public access for AMIs.
-    "make an AMI public": Call("ec2:ModifyImageAttribute", image("ami-0new"), AMI_TAGS, context={"ec2:Public": True}),
     "share a foreign AMI": Call("ec2:ModifyImageAttribute", image("ami-0payments"), FOREIGN),
     "lift block public access": Call("ec2:DisableImageBlockPublicAccess"),
+    # Auto Scaling checks the launch permissions only when a group is given a version: on $Latest, a later version
+    # (with an admin profile) would launch unchecked ("Launch template support", EC2 Auto Scaling User Guide)
+    "point a group at $Latest": Call("autoscaling:UpdateAutoScalingGroup", GROUP + "bakery-qa", owned("qa"),
+                                     context={"autoscaling:LaunchTemplateVersionSpecified": False}),
+    "copy an AMI without bakery's tags": Call("ec2:CopyImage", image("ami-0payments"), FOREIGN,
+                                              request_tags={"Name": "mine"}),
+    "copy an AMI untagged": Call("ec2:CopyImage", image("ami-0copy", OTHER)),
+    "deregister an untagged AMI without claiming it": Call("ec2:DeregisterImage", image("ami-0intermediate")),
+    "delete an untagged snapshot without claiming it": Call("ec2:DeleteSnapshot", snapshot("snap-0intermediate")),
     "read another bucket": Call("s3:GetObject", "arn:aws:s3:::payments-exports/bundles/data.csv"),
     "write another bucket": Call("s3:PutObject", "arn:aws:s3:::payments-exports/x"),
     "list another bucket": Call("s3:ListBucket", "arn:aws:s3:::payments-exports", context={"s3:prefix": "bundles/"}),
     "read outside bundles/": Call("s3:GetObject", f"arn:aws:s3:::{BUCKET}/imagebuilder-logs/x"),
     "read other log groups": Call("logs:FilterLogEvents", f"arn:aws:logs:{HOME}:{ACCOUNT}:log-group:/payments/api"),
-    "delete a foreign security group": Call("ec2:DeleteSecurityGroup", ec2("security-group/sg-0prod"), FOREIGN),
-    "open a foreign security group": Call("ec2:AuthorizeSecurityGroupIngress", ec2("security-group/sg-0prod"),
-                                          FOREIGN),
+    "delete a security group": Call("ec2:DeleteSecurityGroup", ec2("security-group/sg-0temp")),
+    "open a security group": Call("ec2:AuthorizeSecurityGroupIngress", ec2("security-group/sg-0prod"), FOREIGN),
     "create a key pair of its own": Call("ec2:CreateKeyPair", ec2("key-pair/mine")),
     "delete a foreign key pair": Call("ec2:DeleteKeyPair", ec2("key-pair/prod-admin")),
     # an AMI or snapshot with no bakery:managed tag can be claimed and then removed (docs/aws.md, residual risk);
-    # bakery:managed=false is what keeps one out of reach, Packer's intermediate clean-up included
+    # bakery:managed=false is what keeps one out of reach
     "deregister a protected AMI": Call("ec2:DeregisterImage", image("ami-0payments"), PROTECTED),
     "delete a protected snapshot": Call("ec2:DeleteSnapshot", snapshot("snap-0payments"), PROTECTED),
     "deregister a foreign AMI": Call("ec2:DeregisterImage", image("ami-0payments"), {**FOREIGN, "bakery:managed": ""}),
     "terminate a foreign instance": Call("ec2:TerminateInstances", ec2("instance/i-0prod"), FOREIGN),
-    "change a foreign Image Builder configuration": Call("imagebuilder:UpdateInfrastructureConfiguration",
-                                                         ib("infrastructure-configuration/payments"), FOREIGN),
-    "change an untagged bakery-named configuration": Call("imagebuilder:UpdateDistributionConfiguration",
-                                                          ib("distribution-configuration/bakery-webapp")),
+    "change an Image Builder distribution (the project bakes with Packer)": Call(
+        "imagebuilder:UpdateDistributionConfiguration", ib("distribution-configuration/bakery-webapp")),
+    "create an Image Builder recipe (the project bakes with Packer)": Call(
+        "imagebuilder:CreateImageRecipe", ib("image-recipe/bakery-webapp/1.0.0"), request_tags=MANAGED),
     "claim an AMI protected with bakery:managed=false": Call(
         "ec2:CreateTags", image("ami-0payments"), {**FOREIGN, "bakery:managed": "false"},
         request_tags={"bakery:managed": "true"}),
@@ -467,62 +518,115 @@ def test_the_policy_denies_the_escalation(path):
     assert call.decide() != "allow", f"{path}: {call} is allowed"
 
 
-def test_the_record_and_public_sharing_denies_are_explicit():
+def test_the_record_public_sharing_and_pinning_denies_are_explicit():
     """Explicit: they hold even if another policy attached to the role allows the action."""
     for path in ("overwrite a verification record", "overwrite a copy's record", "make a snapshot public",
-                 "lift block public access"):
+                 "lift block public access", "point a group at $Latest"):
         assert ESCALATIONS[path].decide() == "explicit_deny", path
 
 
-def test_without_security_groups_packer_may_use_a_temporary_group():
-    """The one case the policy cannot scope: Packer 1.6.6 creates an untagged group when aws.security_group_ids is
-    empty (default VPC), so the rendering grants it then, and only then (docs/aws.md)."""
-    from bakery.aws.iam_policy import render_policy
-    from bakery.aws.settings import AwsSettings
-
-    default_vpc = render_policy(AwsSettings(), ACCOUNT)
-    call = Call("ec2:DeleteSecurityGroup", ec2("security-group/sg-0temp"))
-    assert call.decide(default_vpc) == "allow" and call.decide() != "allow"
-
-
-def _settings(**changes):
-    import yaml
-
-    from bakery.aws.settings import load_aws_settings
-
-    example = REPO / "docs" / "aws-iam-policy.example.yml"
-    return load_aws_settings({**yaml.safe_load(example.read_text(encoding="utf-8"))["aws"], **changes}, str(example))
+def test_without_accounts_no_ami_launch_permission_can_be_changed():
+    """ec2:Public is the image's state before the request, so no condition stops a private AMI from being made
+    public; with no aws.accounts the launch permission is never changed at all (ec2:Attribute). With accounts IAM
+    cannot limit an AMI's launch permission to them (docs/aws.md: block public access for AMIs must be on)."""
+    private = {"ec2:Public": False, "ec2:Attribute": "launchPermission"}
+    make_public = Call("ec2:ModifyImageAttribute", image("ami-0new"), AMI_TAGS, context=private)
+    assert make_public.decide(_render(accounts=[])) == "explicit_deny"
+    for attribute in ("description", "imdsSupport"):  # what a bake sets on its AMI without accounts
+        call = Call("ec2:ModifyImageAttribute", image("ami-0new"), AMI_TAGS, context={"ec2:Attribute": attribute})
+        assert call.decide(_render(accounts=[])) == "allow", attribute
 
 
-def test_only_per_region_keys_let_the_role_remove_an_untagged_ami_in_one_call():
-    """Per-region keys make Packer 1.6.6 use encrypt_boot and remove its untagged intermediate AMI itself; without
-    them no AMI or snapshot lacking bakery:managed can be removed without claiming it first."""
-    from bakery.aws.iam_policy import render_policy
+def test_packer_needs_named_security_groups_and_the_policy_never_touches_one():
+    """Packer 1.6.6 creates an untagged temporary group when aws.security_group_ids is empty, which would need
+    every group of the account opened and deleted: the settings refuse it (exit 2) and no rendering allows it."""
+    from bakery.errors import ConfigError
 
-    without_keys = render_policy(_settings(region_kms_key_ids={}), ACCOUNT)
-    for call in (Call("ec2:DeregisterImage", image("ami-0intermediate")),
-                 Call("ec2:DeleteSnapshot", snapshot("snap-0intermediate"))):
-        assert call.decide() == "allow" and call.decide(without_keys) == "implicit_deny", call
-    assert ESCALATIONS["deregister a protected AMI"].decide(without_keys) == "implicit_deny"
+    with pytest.raises(ConfigError, match="aws.security_group_ids is empty and aws.builder is packer"):
+        _render(subnet_id="", security_group_ids=[])
+    for policy in (POLICY, _render("qa"), _render(builder="imagebuilder")):
+        actions = {a for st in policy["Statement"] for a in
+                   (st["Action"] if isinstance(st["Action"], list) else [st["Action"]])}
+        assert not actions & {"ec2:CreateSecurityGroup", "ec2:AuthorizeSecurityGroupIngress",
+                              "ec2:DeleteSecurityGroup"}
+
+
+QA_ROLE_MUST_NOT = {
+    "refresh prod's group": Call("autoscaling:StartInstanceRefresh", GROUP + "bakery-prod", owned("prod")),
+    "pin prod's group": Call("autoscaling:UpdateAutoScalingGroup", GROUP + "bakery-prod", owned("prod"),
+                             context=PINNED),
+    "new version of prod's template": Call("ec2:CreateLaunchTemplateVersion", ec2("launch-template/lt-0prod"),
+                                           owned("prod")),
+    "launch through prod's template": Call("ec2:RunInstances", ec2("launch-template/lt-0prod"), owned("prod")),
+    "pass prod's instance role": Call("iam:PassRole", iam("role/bakery-prod-instance"),
+                                      context={"iam:PassedToService": "ec2.amazonaws.com"}),
+    "write prod's release": Call("ssm:PutParameter", ssm("/bakery/webapp/prod/ami-id"),
+                                 context={"ssm:Overwrite": "true"}),
+    "read prod's logs": Call("logs:FilterLogEvents", f"arn:aws:logs:{HOME}:{ACCOUNT}:log-group:/bakery/prod"),
+}
+
+
+@pytest.mark.parametrize("path", sorted(QA_ROLE_MUST_NOT))
+def test_the_qa_role_cannot_touch_prod(path):
+    """`iam-policy --env qa`: the qa job's role bakes and deploys qa, and nothing of prod."""
+    assert QA_ROLE_MUST_NOT[path].decide(_render("qa")) != "allow", path
+
+
+@pytest.mark.parametrize("flow", ["packer build", "packer clean-up", "deploy", "down", "rollback", "distribute",
+                                  "gc", "gc leftovers", "logs", "adopt"])
+def test_the_qa_role_does_the_qa_job(flow):
+    qa = _render("qa")
+    denied = [f"{call}: {decision}" for call in FLOWS[flow]() if (decision := call.decide(qa)) != "allow"]
+    assert not denied, f"{flow}: " + "\n".join(denied)
+
+
+def test_the_prod_promote_role_promotes_and_bakes_nothing():
+    """`iam-policy --env prod --no-build`: promote (reading qa's release) and deploy prod; no bake, no copy, no
+    record, no gc, nothing of qa's fleet; small enough for one managed policy."""
+    from bakery.aws.iam_policy import MANAGED_POLICY_LIMIT, policy_size
+
+    prod = _render("prod", build=False)
+    denied = [f"{call}: {decision}" for call in promote() if (decision := call.decide(prod)) != "allow"]
+    assert not denied, "\n".join(denied)
+    bakes = [call for call in packer_build() + distribute() + gc()
+             if call.action in {"ec2:RunInstances", "ec2:CreateImage", "ec2:CopyImage", "ec2:DeregisterImage",
+                                "ec2:ModifyImageAttribute", "ssm:PutParameter"} and "webapp/prod" not in call.resource]
+    assert bakes and all(call.decide(prod) != "allow" for call in bakes), [str(c) for c in bakes if
+                                                                            c.decide(prod) == "allow"]
+    assert all(call.decide(prod) != "allow" for call in deploy("qa") if call.action in {
+        "autoscaling:UpdateAutoScalingGroup", "ec2:CreateLaunchTemplateVersion", "iam:PassRole"})
+    assert policy_size(prod) <= MANAGED_POLICY_LIMIT
+
+
+def test_env_needs_instance_roles_by_environment():
+    from bakery.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="aws.instance_roles is a list, which names no environment"):
+        _render("qa", instance_roles=["bakery-qa-instance"])
+    with pytest.raises(ConfigError, match="names no role for --env staging"):
+        _render("staging")
+    assert _render(instance_roles=["bakery-qa-instance", "bakery-prod-instance"]) == POLICY  # a list still works
 
 
 def test_a_larger_project_s_policy_fits_a_role_s_inline_policies_with_room():
     """3 regions (each with its key), 3 environments (an instance role each; their log groups /bakery/<env> under
     the default /bakery/*), 5 accounts, two security groups and longer names than the example: still 5 % under
-    IAM's 10,240 characters for a role's inline policies (white space not counted)."""
-    from bakery.aws.iam_policy import INLINE_POLICIES_LIMIT, policy_size, render_policy
+    IAM's 10,240 characters for a role's inline policies (white space not counted), with either builder."""
+    from bakery.aws.iam_policy import INLINE_POLICIES_LIMIT, policy_size
 
     envs = ("qa", "staging", "production")
-    settings = _settings(
+    larger = dict(
         regions=["eu-west-1", "eu-central-1", "us-east-1"],
         region_kms_key_ids={"eu-central-1": "alias/bakery-ami", "us-east-1": "alias/bakery-ami"},
         accounts=[f"4444555566{n:02d}" for n in range(5)],
         security_group_ids=["sg-0123456789abcdef0", "sg-0fedcba9876543210"],
         instance_profile="bakery-build-instance-profile", build_role="bakery-build-instance-role",
-        instance_roles=[f"bakery-{env}-instance-role" for env in envs],
+        instance_roles={env: f"bakery-{env}-instance-role" for env in envs},
         artifacts_bucket="example-company-bakery-artifacts")
-    size = policy_size(render_policy(settings, ACCOUNT))
-    assert size <= INLINE_POLICIES_LIMIT - 512, f"{size} characters: too close to {INLINE_POLICIES_LIMIT}"
+    for builder in ("packer", "imagebuilder"):
+        for scope in ((), envs[:2]):
+            size = policy_size(_render(*scope, builder=builder, **larger))
+            assert size <= INLINE_POLICIES_LIMIT - 512, f"{builder} {scope}: {size} characters"
 
 
 def test_iam_policy_says_on_stderr_when_the_policy_is_too_big_for_a_managed_policy(capsys):

@@ -257,6 +257,24 @@ def test_the_program_walk_sees_through_make_and_setup():
     assert apt_installs([["apt-get", "install", "-y", "--no-install-recommends", "make", "git"]]) == ["make", "git"]
 
 
+def test_the_qa_build_and_the_promote_build_have_roles_of_their_own():
+    """One role for both would let the qa build deploy to prod: each project has its own role, and each role its
+    own list of managed policies (`bake.py iam-policy --env <env>`, split by --part over 6,144 characters)."""
+    template = load_template()
+    projects = codebuild_projects(template)
+    roles = {name: str(project["ServiceRole"]).removesuffix(".Arn") for name, project in projects.items()}
+    assert len(set(roles.values())) == len(projects), f"CodeBuild projects share a service role: {roles}"
+    policies = {}
+    for name, role in roles.items():
+        arns = template["Resources"][role]["Properties"]["ManagedPolicyArns"]
+        assert isinstance(arns, str) and template["Parameters"][arns]["Type"] == "CommaDelimitedList", (
+            f"{role}: take the managed policy ARNs as a list parameter (the qa policy has two parts)")
+        policies[name] = arns
+    assert len(set(policies.values())) == len(projects), f"the roles share their policies: {policies}"
+    comments = CODEPIPELINE.read_text()
+    assert "iam-policy --env qa" in comments and "iam-policy --env prod --no-build" in comments
+
+
 def test_codepipeline_template_still_passes_cfn_lint():
     out = tool("cfn-lint", str(CODEPIPELINE))
     assert out.returncode == 0, out.stdout + out.stderr
@@ -309,6 +327,12 @@ def test_the_workflow_says_what_the_runner_must_not_be_shared_with():
     for phrase in ("must not be shared with the qa job", "pull requests", "other repositories",
                    "runtime config"):
         assert phrase in comments, f"{WORKFLOW.name}'s comments do not say: {phrase}"
+
+
+def test_the_workflow_says_how_to_render_each_environment_s_role():
+    """The qa role cannot touch prod only if its policy is rendered for qa alone."""
+    comments = " ".join(line.lstrip("# ") for line in WORKFLOW.read_text().splitlines() if line.startswith("#"))
+    assert "iam-policy --env qa" in comments and "iam-policy --env prod --no-build" in comments
 
 
 def test_only_mains_code_can_reach_prod():
