@@ -51,10 +51,16 @@ def iam_policy(obj, account: str | None, settings_file: str | None, role: str, e
     from bakery.errors import ConfigError
 
     settings = _settings_from(settings_file) if settings_file else obj.project.aws
-    if role == "imagebuilder-instance":  # S3 ARNs name no account: no STS call
-        policy = render_instance_role_policy(settings)
-    else:
-        policy = render_policy(settings, account or _caller_account(settings.region), envs=envs, build=not no_build)
+    try:
+        if role == "imagebuilder-instance":  # S3 ARNs name no account: no STS call
+            policy = render_instance_role_policy(settings)
+        else:
+            policy = render_policy(settings, account or _caller_account(settings.region), envs=envs,
+                                   build=not no_build)
+    except ConfigError as exc:  # the renderer names bakery.yml; with --settings the fields are that file's
+        if settings_file and str(exc).startswith("bakery.yml:"):
+            raise ConfigError(settings_file + str(exc)[len("bakery.yml"):]) from exc
+        raise
     if part is None:
         emit_json(policy)
         note = size_note(policy)

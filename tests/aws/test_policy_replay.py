@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, bake
 from tests.iam_evaluator import evaluate
 
 pytestmark = pytest.mark.aws
@@ -606,6 +606,15 @@ def test_env_needs_instance_roles_by_environment():
     with pytest.raises(ConfigError, match="names no role for --env staging"):
         _render("staging")
     assert _render(instance_roles=["bakery-qa-instance", "bakery-prod-instance"]) == POLICY  # a list still works
+
+
+def test_bake_py_names_the_settings_file_it_rendered_from(tmp_path):
+    """With --settings, a refusal names that file's field, not bakery.yml's (exit 2, one line)."""
+    refused = bake(REPO, "iam-policy", "--settings", "docs/aws-iam-policy.example.yml", "--account", "111122223333",
+                   "--env", "staging")
+    assert refused.rc == 2 and refused.stderr.count("\n") == 1, refused.stderr
+    assert refused.stderr.startswith("bake.py: error: docs/aws-iam-policy.example.yml: aws.instance_roles names no "
+                                     "role for --env staging"), refused.stderr
 
 
 def test_a_larger_project_s_policy_fits_a_role_s_inline_policies_with_room():
