@@ -62,26 +62,22 @@ def adopt_ami(catalog: Catalog, ami: dict[str, Any], region: str, run_id: str, s
     return catalog.version(image, version) or {}
 
 
-def adopt_verification(catalog: Catalog, ami: dict[str, Any], region: str, run_id: str, ssm) -> None:
+def adopt_verification(catalog: Catalog, ami: dict[str, Any], region: str, run_id: str, ssm,
+                       record: dict[str, Any] | None = None) -> None:
     """Record the version's verification from its record: passed only if the record matches this AMI exactly, or
     names it through the record distribute wrote for the copy.
 
     A record that says failed counts as failed whatever AMI it names (it can
     only make the gate stricter). The tags are read only to explain a refusal.
+    `record`: the version's record when the caller read it already.
     """
     facts = tags.from_tag_list(ami.get("Tags"))
     image, version, ami_id = facts[tags.IMAGE], facts.get(tags.VERSION, ""), ami["ImageId"]
-    passed, why = False, f"no verification record {verification_record.PREFIX}/{image}/{version}"
-    try:
-        record = verification_record.read_record(ssm, image, version)
-    except ConfigError as exc:  # tags no record name can be made of: there is no record
-        record, why = None, str(exc)
+    if record is None:
+        record, why = read_record(ssm, image, version)
     reports: dict[str, str] = {"ami": ami_id}
     if record is not None:
-        reports["record"] = verification_record.parameter_name(image, version)
-        passed, why = verification_record.check_record(record, ami, region)
-        if not passed and record.get("passed") is True and (record.get("amis") or {}).get(region) != ami_id:
-            passed, why = _check_copy(ssm, record, ami, region, reports)
+        passed, why, reports = check_ami(ssm, record, ami, region)
     if record is None or not (passed or record.get("passed") is False):
         if record is not None or facts.get(tags.VERIFIED) == "passed":
             log.warning("%s:%s (%s in %s) adopted without a passing verification: %s (a %s tag is no proof)",
@@ -90,6 +86,29 @@ def adopt_verification(catalog: Catalog, ami: dict[str, Any], region: str, run_i
     reports["report_sha256"] = str(record.get("report_sha256", ""))
     catalog.record_verification(image, version, env=None, started=utc_now(), seconds=0.0, passed=passed,
                                 run_id=run_id, summary=str(record.get("summary") or why), reports=reports)
+
+
+def read_record(ssm, image: str, version: str) -> tuple[dict[str, Any] | None, str]:
+    """The version's record and, when there is none, why."""
+    try:
+        record = verification_record.read_record(ssm, image, version)
+    except ConfigError as exc:  # tags no record name can be made of: there is no record
+        return None, str(exc)
+    return record, f"no verification record {verification_record.PREFIX}/{image}/{version}"
+
+
+def check_ami(ssm, record: dict[str, Any], ami: dict[str, Any], region: str) -> tuple[bool, str, dict[str, str]]:
+    """(passed, why, reports): whether the version's record vouches for exactly this AMI (a describe_images entry),
+    itself or through the record distribute wrote for it as a copy; reports name the records read."""
+    facts = tags.from_tag_list(ami.get("Tags"))
+    reports = {"ami": ami["ImageId"],
+               "record": verification_record.parameter_name(facts[tags.IMAGE], facts.get(tags.VERSION, ""))}
+    if facts.get(tags.MANAGED) != "true":
+        return False, f"{ami['ImageId']} is not tagged {tags.MANAGED}=true", reports
+    passed, why = verification_record.check_record(record, ami, region)
+    if not passed and record.get("passed") is True and (record.get("amis") or {}).get(region) != ami["ImageId"]:
+        passed, why = _check_copy(ssm, record, ami, region, reports)
+    return passed, why, reports
 
 
 def _check_copy(ssm, record: dict[str, Any], ami: dict[str, Any], region: str,
@@ -107,9 +126,31 @@ def _check_copy(ssm, record: dict[str, Any], ami: dict[str, Any], region: str,
 
 def adopt_version(catalog: Catalog, ec2, image: str, version: str, region: str, run_id: str,
                   ssm=None) -> dict[str, Any] | None:
-    """image:version's catalog row, adopted from its AMI's tags when the catalog lacks it; None if there is no AMI."""
+    """image:version's catalog row, adopted from its AMI's tags when the catalog lacks it; None if there is no AMI.
+
+    A row with no verification yet reads the record again: a version adopted
+    before its record was written (Packer's home AMI is tagged while bake.py
+    copies it, the record is written after the copies) is verified once the
+    record exists. That costs one GetParameter per adoption until then.
+    """
     row = catalog.version(image, version)
-    if row is not None:
-        return row
-    ami = find_version_ami(ec2, image, version)
-    return adopt_ami(catalog, ami, region, run_id, ssm) if ami else None
+    if row is None:
+        ami = find_version_ami(ec2, image, version)
+        return adopt_ami(catalog, ami, region, run_id, ssm) if ami else None
+    if not catalog.verifications(image, version):
+        _verify_again(catalog, ec2, image, version, region, run_id, ssm or client("ssm", region))
+    return row
+
+
+def _verify_again(catalog: Catalog, ec2, image: str, version: str, region: str, run_id: str, ssm) -> None:
+    """Record the verification of a version adopted without one, from its record if it was written since: checked
+    on the AMI the record names in `region`, else on the version's newest AMI there (a copy)."""
+    record, _ = read_record(ssm, image, version)
+    if record is None:
+        return
+    named = (record.get("amis") or {}).get(region)
+    ami = amis.describe_ami(ec2, named) if named else None
+    if ami is None or ami.get("State") != "available":
+        ami = find_version_ami(ec2, image, version)
+    if ami is not None and not catalog.verifications(image, version):
+        adopt_verification(catalog, ami, region, run_id, ssm, record)

@@ -39,6 +39,7 @@ class AwsGroupFleet(Fleet):
         self._refresh_client = refresh_client
         self._images: dict[str, dict[str, Any] | None] = {}  # AMI id -> describe_images entry
         self._version_goals: dict[tuple[str, str], Goal | None] = {}
+        self._records: dict[str, tuple[dict[str, Any] | None, str]] = {}  # version -> its record, why none
 
     # ---- clients (the refresh calls use their own client: tests wrap only that one in botocore's Stubber)
 
@@ -120,17 +121,42 @@ class AwsGroupFleet(Fleet):
         for ami in wanted:
             self._images[ami] = next((i for i in found if i["ImageId"] == ami), None)
 
+    def _record(self, version: str) -> tuple[dict[str, Any] | None, str]:
+        """The version's verification record (and why there is none), read once per fleet: one GetParameter in
+        the home region."""
+        if version not in self._records:
+            self._records[version] = adopt.read_record(self.records, self.env.image, version)
+        return self._records[version]
+
     def _ami_of(self, version: str) -> dict[str, Any] | None:
         """The AMI of a version in this environment's region, found by its bakery tags (AWS is the source of
-        truth)."""
-        images = [i for i in amis.find_amis(self.ec2, {tags.IMAGE: self.env.image, tags.VERSION: version})
+        truth): bakery's own (bakery:managed=true), the one the version's record names here when it is there,
+        else the catalog's, else the newest."""
+        images = [i for i in amis.find_amis(self.ec2, {tags.MANAGED: "true", tags.IMAGE: self.env.image,
+                                                       tags.VERSION: version})
                   if i.get("State") == "available"]
         if not images:
             return None
-        record = self.catalog.version(self.env.image, version) or {}
-        chosen = next((i for i in images if i["ImageId"] == record.get("image_ref")), images[0])  # else the newest
+        recorded = ((self._record(version)[0] or {}).get("amis") or {}).get(self.ec2.meta.region_name)
+        cached = (self.catalog.version(self.env.image, version) or {}).get("image_ref")
+        chosen = next((i for ref in (recorded, cached) if ref for i in images if i["ImageId"] == ref), images[0])
         self._images[chosen["ImageId"]] = chosen
         return chosen
+
+    def verified_ami(self, goal: Goal) -> tuple[bool, str]:
+        """(passed, why): whether the AMI the goal launches is the one its version's record says passed, or a copy
+        distribute recorded. The catalog says only that the version passed; an AMI tagged with it may be another."""
+        region = self.ec2.meta.region_name
+        self._describe_images([goal.image_id])
+        ami, (record, why) = self._images.get(goal.image_id), self._record(goal.version)
+        passed = False
+        if ami is None:
+            why = "it does not exist (any more)"
+        elif record is not None:
+            passed, why, _ = adopt.check_ami(self.records, record, ami, region)
+        if not passed:
+            why = f"AMI {goal.image_id} in {region} is not the verified {goal.image}:{goal.version}: {why}"
+        return passed, why
 
     def _goal_of_version(self, template_id: str, number: str) -> Goal | None:
         """What a launch template version launches: the AMI's bakery tags, the config digest tag, the runtime
@@ -223,7 +249,9 @@ class AwsGroupFleet(Fleet):
         if version is not None:
             adopt.adopt_version(self.catalog, self.ec2, image, version, region, run_id, self.records)
             return
-        if self.catalog.versions(image):
+        known = self.catalog.versions(image)
+        if known:  # the version deploy resolves to: verified now if its record was written since it was adopted
+            adopt.adopt_version(self.catalog, self.ec2, image, known[0]["version"], region, run_id, self.records)
             return
         found = [i for i in amis.find_amis(self.ec2, {tags.MANAGED: "true", tags.IMAGE: image})
                  if i.get("State") == "available" and tags.from_tag_list(i.get("Tags")).get(tags.VERSION)]

@@ -8,8 +8,10 @@ lets the environment's fleet run the refresh).
 
 from __future__ import annotations
 
+import functools
 import getpass
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +56,17 @@ def _launchable(fleet: Fleet, version: str, digest: str, runtime: dict[str, str]
     return goal
 
 
+def _deployed(fleet: Fleet, goal: Goal) -> Callable[[], tuple[bool, str]] | None:
+    """The gate's check of the image itself: on aws the catalog says the version passed, not that the AMI the goal
+    launches (found by its tags) is the one that did, so the version's record must name it. Locally the catalog's
+    image id is exactly the image verify ran on: nothing to add."""
+    if fleet.target != "aws":
+        return None
+    from bakery.fleets.aws_group import AwsGroupFleet  # the aws target's modules load only when it is used
+
+    return functools.partial(fleet.verified_ami, goal) if isinstance(fleet, AwsGroupFleet) else None
+
+
 def _check_image(env: Environment, image: str) -> None:
     if image != env.image:
         raise ConfigError(f"{deploy_file(env)}: environment '{env.name}' deploys image '{env.image}', not '{image}'")
@@ -75,7 +88,7 @@ def deploy(session: Session, env: Environment, image: str, version: str | None, 
     fleet = open_fleet(session, env)
     goal = _launchable(fleet, version, sha256_json(env.runtime), env.runtime)
     forced = require_verified(session.catalog, image, version, required=env.require_verified, force=force,
-                              env=env.name)
+                              env=env.name, deployed=_deployed(fleet, goal))
     with cancellable() as cancel, fleet.lock():
         if replace_running:
             # an interrupted release's refresh ends Cancelled; recover records that
@@ -168,6 +181,8 @@ def promote(session: Session, env: Environment, image: str, version: str | None,
     _require_healthy_in(source_fleet, source, image, version)
     fleet = open_fleet(session, env)
     goal = _launchable(fleet, version, sha256_json(env.runtime), env.runtime)
+    require_verified(session.catalog, image, version, required=True, force=False, env=env.name,
+                     deployed=_deployed(fleet, goal))  # the AMI promoted, once it is chosen
     with cancellable() as cancel, fleet.lock():
         resumed = recover(session, fleet, cancel)
         return rollout(session, fleet, goal, overrides, "promote", False, cancel, resumed)

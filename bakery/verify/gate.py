@@ -1,10 +1,15 @@
 """The verification gate: deploy and promote accept only an image version that passed `bake.py verify`.
 
-`--force` bypasses it; the bypass is recorded in the release history by the caller.
+The catalog says which version passed. Where the image deployed is found
+apart from that row (aws: the AMI carrying the version's tags in the
+environment's region), the caller also passes `deployed`, the check that this
+image is the one verified. `--force` bypasses both; the bypass is recorded in
+the release history by the caller.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from bakery.catalog import Catalog
@@ -16,13 +21,20 @@ def latest_verification(catalog: Catalog, image: str, version: str) -> dict[str,
     return rows[0] if rows else None
 
 
-def require_verified(catalog: Catalog, image: str, version: str, *, required: bool, force: bool, env: str) -> bool:
-    """Raise unless image:version's newest verification passed. Returns True when the gate was forced open."""
+def require_verified(catalog: Catalog, image: str, version: str, *, required: bool, force: bool, env: str,
+                     deployed: Callable[[], tuple[bool, str]] | None = None) -> bool:
+    """Raise unless image:version's newest verification passed (and `deployed()`, when given, says the image
+    deployed is the verified one: (passed, why)). Returns True when the gate was forced open."""
     if not required:
         return False
     verification = latest_verification(catalog, image, version)
     if verification and verification["passed"]:
-        return False
+        passed, why = deployed() if deployed is not None else (True, "")
+        if passed or force:
+            return not passed
+        raise OperationError(f"{why}; environment '{env}' requires the image that passed: copy it here with "
+                             f"./bake.py distribute {image}:{version}, or bake a new version "
+                             "(or deploy with --force, which is recorded)")
     if force:
         return True
     if verification is None:

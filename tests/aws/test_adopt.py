@@ -126,6 +126,33 @@ def test_a_record_for_other_snapshots_or_another_ami_does_not_pass_the_gate(aws,
     assert f"the record names no AMI {other} in {REGION}" in caplog.text
 
 
+def test_a_version_adopted_before_its_record_existed_is_verified_once_the_record_is_written(aws, tmp_path):
+    # Packer's home AMI is tagged while bake.py copies it to the other regions; the record is written after the
+    # copies: a deploy in between adopts the version with no verification. Each later adoption reads the record
+    # again (one GetParameter) until the version has a verification; then it reads nothing.
+    ec2, ssm = clients.client("ec2", REGION), clients.client("ssm", REGION)
+    reads: list[str] = []
+    ssm.meta.events.register("provide-client-params.ssm.GetParameter", lambda params, **_: reads.append(params["Name"]))
+    version = "20261101.015"
+    ami = register_ami(ec2, "webapp-early", version_tags(version))
+    catalog = open_catalog(tmp_path / ".bakery")
+    assert adopt.adopt_version(catalog, ec2, "webapp", version, REGION, "deploy-1", ssm)["run_id"] == "deploy-1"
+    assert adopt.adopt_version(catalog, ec2, "webapp", version, REGION, "deploy-2", ssm) is not None
+    assert catalog.verifications("webapp", version) == [] and len(reads) == 2  # one read per adoption
+
+    write_matching_record(ec2, ami, version, summary="12 passed")
+    reads.clear()
+    assert adopt.adopt_version(catalog, ec2, "webapp", version, REGION, "deploy-3", ssm)["run_id"] == "deploy-1"
+    [verification] = catalog.verifications("webapp", version)
+    assert (verification["passed"], verification["summary"], verification["run_id"]) == (True, "12 passed", "deploy-3")
+    assert reads == [f"/bakery/verifications/webapp/{version}"]
+    gate.require_verified(catalog, "webapp", version, required=True, force=False, env="prod")
+
+    reads.clear()
+    adopt.adopt_version(catalog, ec2, "webapp", version, REGION, "deploy-4", ssm)
+    assert reads == [] and len(catalog.verifications("webapp", version)) == 1
+
+
 def test_a_record_is_written_once_and_read_back(aws):
     ssm = clients.client("ssm", REGION)
     args = dict(image="webapp", version="20261101.009", amis={REGION: "ami-0123456789abcdef0"},

@@ -31,6 +31,7 @@ from bakery.fleets import operations
 from bakery.fleets.aws import AwsFleet
 from bakery.fleets.base import Goal
 from bakery.progress import Progress
+from bakery.verify import gate
 from tests.conftest import REPO, bake
 
 pytestmark = pytest.mark.aws
@@ -71,7 +72,8 @@ class World:
         for _ in range(2):
             version = self.catalog.reserve_version("webapp", "run", 1)
             ami = self.ec2.register_image(Name=f"webapp-{version}", RootDeviceName="/dev/xvda")["ImageId"]
-            self.ec2.create_tags(Resources=[ami], Tags=[{"Key": "bakery:image", "Value": "webapp"},
+            self.ec2.create_tags(Resources=[ami], Tags=[{"Key": "bakery:managed", "Value": "true"},
+                                                         {"Key": "bakery:image", "Value": "webapp"},
                                                          {"Key": "bakery:version", "Value": version},
                                                          {"Key": "bakery:git-commit", "Value": COMMIT}])
             self.catalog.complete_version("webapp", version, image_ref=ami, image_id=ami, input_digest="sha256:x",
@@ -330,6 +332,7 @@ def test_promote_puts_the_same_ami_in_the_next_environments_launch_template(worl
     world.asg.update_auto_scaling_group(AutoScalingGroupName="web-qa",
                                         LaunchTemplate={"LaunchTemplateId": world.templates["qa"], "Version": "2"})
     runs(world, "qa", "2")
+    tag_ami(world, 1, "passed")  # the gate checks the AMI promoted against the version's record
     world.catalog.record_verification("webapp", world.versions[1], env=None, started="2026-11-29T00:00:00Z",
                                       seconds=1.0, passed=True, run_id="r", summary="passed", reports={})
     described(refresh, "web-qa")  # promote checks the version is healthy in qa: no refresh there
@@ -570,6 +573,121 @@ def test_an_environment_in_another_region_reads_the_verification_record_in_the_h
         [verification] = catalog.verifications("webapp", version)
         assert verification["passed"] and verification["reports"]["record"] == f"/bakery/verifications/webapp/{version}"
     newest.close()
+
+
+# ---- the gate checks the AMI deployed: the catalog says which version passed, the record which AMI it was
+
+
+def gated(world, env: str = "qa") -> None:
+    settings = deploy_yml(env, f"web-{env}", f"web-{env}-lt")
+    settings["bakery_deploy"]["require_verified"] = True
+    world.write_env(env, settings, {"LOG_LEVEL": "info"})
+
+
+def other_ami(world, name: str, ec2=None, **extra: str) -> str:
+    """An AMI carrying version 2's tags that its verification record does not name."""
+    ec2 = ec2 or world.ec2
+    ami = ec2.register_image(Name=name, RootDeviceName="/dev/xvda")["ImageId"]
+    ec2.create_tags(Resources=[ami], Tags=[{"Key": k, "Value": v} for k, v in {
+        "bakery:managed": "true", "bakery:image": "webapp", "bakery:version": world.versions[1], **extra}.items()])
+    return ami
+
+
+def test_deploy_refuses_an_ami_its_versions_record_does_not_name_though_the_catalog_says_passed(world, refresh):
+    # The version passed its bake's verification, for AMI `old` (the catalog row and the record say so); `old` was
+    # deregistered and another AMI carries the version's tags: the AMI deploy would launch was never verified.
+    version, old = world.versions[1], world.amis[1]
+    tag_ami(world, 1, "passed")
+    world.catalog.record_verification("webapp", version, env=None, started="x", seconds=1.0, passed=True, run_id="r",
+                                      summary="12 passed", reports={})
+    world.ec2.deregister_image(ImageId=old)
+    forged = other_ami(world, "someone-else")
+    gated(world)
+
+    with pytest.raises(OperationError, match=rf"AMI {forged} in us-east-1 is not the verified webapp:{version}: "
+                                             rf"the record names no AMI {forged} in us-east-1") as err:
+        operations.deploy(world.session, world.env("qa"), "webapp", version)
+
+    assert err.value.exit_code == 1 and "\n" not in str(err.value)
+    assert world.catalog.releases("qa") == [] and len(world.template_versions("qa")) == 1
+
+
+def test_promote_refuses_an_ami_its_versions_record_does_not_name(world, refresh):
+    # qa runs an AMI tagged with version 2 that the version's record does not name (the recorded one is gone).
+    version = world.versions[1]
+    tag_ami(world, 1, "passed")
+    world.ec2.deregister_image(ImageId=world.amis[1])
+    forged = other_ami(world, "someone-else")
+    world.ec2.create_launch_template_version(LaunchTemplateId=world.templates["qa"], SourceVersion="1",
+                                             LaunchTemplateData={"ImageId": forged})
+    world.asg.update_auto_scaling_group(AutoScalingGroupName="web-qa",
+                                        LaunchTemplate={"LaunchTemplateId": world.templates["qa"], "Version": "2"})
+    runs(world, "qa", "2")
+    world.catalog.record_verification("webapp", version, env=None, started="x", seconds=1.0, passed=True, run_id="r",
+                                      summary="12 passed", reports={})
+    described(refresh, "web-qa")  # promote checks the version is healthy in qa
+
+    with pytest.raises(OperationError, match=rf"AMI {forged} in us-east-1 is not the verified webapp:{version}"):
+        operations.promote(world.session, world.env("prod"), "webapp", None)
+
+    assert world.catalog.releases("prod") == [] and len(world.template_versions("prod")) == 1
+
+
+def test_the_ami_chosen_is_the_one_the_record_names_and_always_bakerys(world):
+    # Three AMIs carry version 2's tags: the catalog's (amis[1]), a newer one the record names, and a newest one
+    # without bakery:managed=true (not bakery's: never chosen).
+    version = world.versions[1]
+    recorded = other_ami(world, "webapp-rebuilt")
+    verification_record.write_record(
+        world.ssm, image="webapp", version=version, passed=True, amis={"us-east-1": recorded},
+        snapshots={"us-east-1": amis.snapshot_ids(amis.describe_ami(world.ec2, recorded))}, report_sha256="",
+        summary="12 passed", run_id="bake-1")
+    foreign = other_ami(world, "not-bakerys", **{"bakery:managed": "false"})
+    env = world.env("qa")
+
+    def chosen() -> Goal:
+        return AwsFleet(world.project, world.catalog, env, Progress(world.lines)).goal_for(version, "sha256:c", {})
+
+    goal = chosen()
+    assert goal.image_id == recorded != foreign
+    assert AwsFleet(world.project, world.catalog, env, Progress(world.lines)).verified_ami(goal)[0]
+    world.ec2.deregister_image(ImageId=recorded)  # then the catalog's, which the record does not vouch for
+    goal = chosen()
+    assert goal.image_id == world.amis[1]
+    passed, why = AwsFleet(world.project, world.catalog, env, Progress(world.lines)).verified_ami(goal)
+    assert not passed and why == (f"AMI {world.amis[1]} in us-east-1 is not the verified webapp:{version}: the record "
+                                  f"names no AMI {world.amis[1]} in us-east-1, and no copy record "
+                                  f"/bakery/verifications/webapp/copies/{version}/us-east-1/{world.amis[1]} does")
+
+
+def test_a_copy_distribute_recorded_passes_the_gate_in_its_region_and_an_unrecorded_one_does_not(world):
+    version, eu_ec2 = world.versions[1], clients.client("ec2", "eu-west-1")
+    tag_ami(world, 1, "passed")
+    copy = other_ami(world, f"webapp-{version}", eu_ec2)
+    record = verification_record.read_record(world.ssm, "webapp", version)
+    verification_record.write_copy_record(world.ssm, source=record, source_ami=world.amis[1], source_region="us-east-1",
+                                          copy=amis.describe_ami(eu_ec2, copy), region="eu-west-1", run_id="dist-1")
+    settings = deploy_yml("eu", "web-eu", "web-eu-lt")
+    settings["bakery_deploy"]["aws"]["region"] = "eu-west-1"
+    world.write_env("eu", settings, {"LOG_LEVEL": "info"})
+    fleet = AwsFleet(world.project, world.catalog, world.env("eu"), Progress(world.lines))
+
+    goal = fleet.goal_for(version, "sha256:c", {})
+    assert goal.image_id == copy
+    assert fleet.verified_ami(goal)[0]
+    unrecorded = dataclasses.replace(goal, image_id=other_ami(world, "unrecorded", eu_ec2))
+    passed, why = fleet.verified_ami(unrecorded)
+    assert not passed and why.endswith(f"no copy record /bakery/verifications/webapp/copies/{version}/eu-west-1/"
+                                       f"{unrecorded.image_id} does")
+
+
+def test_a_forced_deploy_passes_a_catalog_verification_whose_ami_check_fails_and_says_it_was_forced(world):
+    world.catalog.record_verification("webapp", world.versions[1], env=None, started="x", seconds=1.0, passed=True,
+                                      run_id="r", summary="12 passed", reports={})
+    args = dict(required=True, env="qa", deployed=lambda: (False, "AMI ami-1 is not the verified one"))
+    assert gate.require_verified(world.catalog, "webapp", world.versions[1], force=True, **args) is True
+    with pytest.raises(OperationError, match="AMI ami-1 is not the verified one; environment 'qa' requires"):
+        gate.require_verified(world.catalog, "webapp", world.versions[1], force=False, **args)
 
 
 def test_a_log_group_in_deploy_yml_and_runtime_yml_must_agree(world):
