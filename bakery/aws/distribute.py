@@ -1,10 +1,13 @@
 """`bake.py distribute IMAGE:VERSION`: one version's AMI in every region and account that launches it.
 
-The version's AMI is found in the home region by its tags. Each other region
-gets a copy (CopyImage) unless one is there already; tags do not travel with a
-copy, so the copy and its snapshots get the source's tags (bakery:managed,
-bakery:image, bakery:version and the provenance): that is how the next run, gc
-and deploys in that region find it. Every AMI then gets launch permission for
+The version's AMI in the home region is the one its verification record names
+there; a version without a record (never verified on AWS) is found by its tags.
+Each other region gets a copy (CopyImage) unless one is there already; tags do
+not travel with a copy, so the copy and its snapshots get the source's bakery:*
+and Name tags (bakery:managed, bakery:image, bakery:version and the provenance;
+not the CreatedBy and Ec2ImageBuilderArn that Image Builder adds, which the
+policy does not let bakery put on anything): that is how the next run, gc and
+deploys in that region find it. Every AMI then gets launch permission for
 the accounts, and every snapshot behind it create-volume permission (without it
 an account can launch an encrypted AMI's instances but not copy it).
 
@@ -14,9 +17,11 @@ default aws/ebs key cannot be launched by another account, so sharing with
 accounts is refused up front for a region without a key.
 
 Re-running changes nothing that is already right: copies are found by tag,
-permissions are read before they are added. Copies are asked for with the tags
-in TagSpecifications too, so on AWS a copy interrupted before the final tagging
-is still found by the next run. The Packer bake copies its AMI to aws.regions
+permissions are read before they are added. A copy's idempotency token holds
+the run id: a retry within the run is the same request, while a copy removed by
+hand is copied anew by the next run (not answered with the removed AMI's id).
+Copies are asked for with the tags in TagSpecifications too, so on AWS a copy
+interrupted before the final tagging is still found by the next run. The Packer bake copies its AMI to aws.regions
 with the same calls (start_copies, wait_for_copies, tag_missing, share), so that
 Packer itself never copies (bakery.builders.packer_bake).
 
@@ -30,6 +35,7 @@ tags gets none: anyone allowed to tag could have tagged it.
 from __future__ import annotations
 
 import hashlib
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -107,6 +113,17 @@ def version_tags(image: str, version: str) -> dict[str, str]:
     return {tags.MANAGED: "true", tags.IMAGE: image, tags.VERSION: version}
 
 
+def copyable(values: dict[str, str]) -> dict[str, str]:
+    """The tags a copy may carry: bakery:* and Name, the only keys the policy lets bakery tag with (an Image Builder
+    AMI's CreatedBy and Ec2ImageBuilderArn stay behind)."""
+    return {k: v for k, v in values.items() if k.startswith("bakery:") or k == "Name"}
+
+
+def new_run_id() -> str:
+    """A run id for a distribute called without one (each call is a run of its own)."""
+    return f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-distribute-{secrets.token_hex(3)}"
+
+
 def find_version(ec2, image: str, version: str) -> dict[str, Any] | None:
     """The version's AMI in this region (pending or available), or None."""
     found = [i for i in amis.find_amis(ec2, version_tags(image, version)) if i.get("State") in LIVE_STATES]
@@ -126,18 +143,19 @@ def check_keys_for_sharing(settings, home: str, regions: list[str], accounts: li
 
 
 def copy_image(ec2, source: dict[str, Any], home: str, region: str, tag_values: dict[str, str], kms_key: str = "",
-               description: str = "") -> str:
+               description: str = "", *, run_id: str) -> str:
     """Ask `region` (its client: `ec2`) for a copy of the home AMI `source`; returns the copy's id at once.
 
-    The tags are asked for in TagSpecifications, so on AWS the copy and its
-    snapshots carry them (bakery:managed, bakery:run, ...) from creation: an
-    interrupted run's copy is found and may be removed. `kms_key`: the
-    region's key ('' keeps the source's encryption under the region's default key).
+    The tags (their bakery:* and Name only) are asked for in TagSpecifications,
+    so on AWS the copy and its snapshots carry them (bakery:managed,
+    bakery:run, ...) from creation: an interrupted run's copy is found and may
+    be removed. `kms_key`: the region's key ('' keeps the source's encryption
+    under the region's default key). `run_id`: a retry within the run makes no
+    second copy; another run's request is a new one.
     """
-    # a retried request makes no second copy
-    token = hashlib.sha256(f"bakery {source['ImageId']} {region} {kms_key}".encode()).hexdigest()[:64]
+    token = hashlib.sha256(f"bakery {source['ImageId']} {region} {kms_key} {run_id}".encode()).hexdigest()[:64]
     encryption = {"Encrypted": True, "KmsKeyId": kms_key} if kms_key else {}
-    tag_list = tags.as_tag_list(tag_values)
+    tag_list = tags.as_tag_list(copyable(tag_values))
     answer = ec2.copy_image(SourceRegion=home, SourceImageId=source["ImageId"], Name=source["Name"],
                             Description=description or source.get("Description")
                             or f"copy of {source['ImageId']} from {home}",
@@ -149,12 +167,14 @@ def copy_image(ec2, source: dict[str, Any], home: str, region: str, tag_values: 
 
 
 def start_copies(clients: dict[str, Any], source: dict[str, Any], home: str, keys: dict[str, str],
-                 tag_values: dict[str, str], progress: Progress, description: str = "") -> dict[str, str]:
+                 tag_values: dict[str, str], progress: Progress, description: str = "", *,
+                 run_id: str) -> dict[str, str]:
     """One copy of `source` per region of `keys` (region -> its key), all started before any is waited for;
     returns region -> copy id (wait_for_copies then waits for them together)."""
     started: dict[str, str] = {}
     for region, key in keys.items():
-        started[region] = copy_image(clients[region], source, home, region, tag_values, key, description)
+        started[region] = copy_image(clients[region], source, home, region, tag_values, key, description,
+                                     run_id=run_id)
         progress.note(f"{region}: copying {source['ImageId']} from {home} as {started[region]}")
     return started
 
@@ -218,15 +238,21 @@ def share(ec2, result: RegionResult, accounts: list[str]) -> None:
 
 
 def distribute(settings, image: str, version: str, regions: list[str], accounts: list[str], progress: Progress,
-               timeout: float = COPY_TIMEOUT, sleep: Callable[[float], None] = time.sleep) -> Distribution:
-    """Copy, record, tag and share one version; returns what was found and what changed in each region."""
+               timeout: float = COPY_TIMEOUT, sleep: Callable[[float], None] = time.sleep,
+               run_id: str = "") -> Distribution:
+    """Copy, record, tag and share one version; returns what was found and what changed in each region.
+
+    `run_id`: the run's id (a new one when not given), in each copy's token and record.
+    """
+    run_id = run_id or new_run_id()
     home = resolve_region(settings.region)
     check_keys_for_sharing(settings, home, regions, accounts)
     ec2 = {region: client("ec2", region) for region in dict.fromkeys([home, *regions])}
-    source = _source(ec2[home], image, version, home, progress, timeout, sleep)
     ssm = client("ssm", home)  # every verification record lives in the home region
-    record = _passing_record(ssm, source, home, progress if len(ec2) > 1 else None)
-    copied_tags = {k: v for k, v in tags.from_tag_list(source.get("Tags")).items() if not k.startswith("aws:")}
+    version_record, refused = _version_record(ssm, image, version)
+    source = _source(ec2[home], image, version, home, version_record, progress, timeout, sleep)
+    record = _passing_record(version_record, refused, source, home, progress if len(ec2) > 1 else None)
+    copied_tags = {**copyable(tags.from_tag_list(source.get("Tags"))), **version_tags(image, version)}
     result = Distribution(image=image, version=version, home_region=home, accounts=accounts)
     by_region = {home: RegionResult(region=home, ami_id=source["ImageId"])}
     pending: dict[str, str] = {}
@@ -244,7 +270,7 @@ def distribute(settings, image: str, version: str, regions: list[str], accounts:
             described[region] = existing
         else:
             pending[region] = existing["ImageId"]
-    for region, ami_id in start_copies(ec2, source, home, missing, copied_tags, progress).items():
+    for region, ami_id in start_copies(ec2, source, home, missing, copied_tags, progress, run_id=run_id).items():
         by_region[region] = RegionResult(region=region, ami_id=ami_id, copied=True)
         pending[region] = ami_id
     by_region = {region: by_region[region] for region in ec2}  # in the order the regions were given
@@ -255,7 +281,7 @@ def distribute(settings, image: str, version: str, regions: list[str], accounts:
         entry.state = image_data.get("State", "unknown")
         entry.snapshots = amis.snapshot_ids(image_data)
         if record is not None:  # first: a copy whose tagging or sharing fails is still the copy this run made
-            _record(ssm, entry, image_data, (source["ImageId"], home), record, progress)
+            _record(ssm, entry, image_data, (source["ImageId"], home), record, progress, run_id)
         if region != home:
             tag_missing(ec2[region], entry, image_data, copied_tags)
         share(ec2[region], entry, accounts)
@@ -263,9 +289,20 @@ def distribute(settings, image: str, version: str, regions: list[str], accounts:
     return result
 
 
-def _source(ec2, image: str, version: str, home: str, progress: Progress, timeout: float,
-            sleep: Callable[[float], None]) -> dict[str, Any]:
-    """The version's AMI in the home region, once available."""
+def _version_record(ssm, image: str, version: str) -> tuple[dict[str, Any] | None, str]:
+    """The version's record (None when it has none) and, without one, why."""
+    try:
+        record = verification_record.read_record(ssm, image, version)
+    except ConfigError as exc:  # a version no record name can be made of has no record
+        return None, str(exc)
+    return record, "" if record is not None else f"none at {verification_record.parameter_name(image, version)}"
+
+
+def _source(ec2, image: str, version: str, home: str, record: dict[str, Any] | None, progress: Progress,
+            timeout: float, sleep: Callable[[float], None]) -> dict[str, Any]:
+    """The version's AMI in the home region, once available: the one its record names, else the one tagged so."""
+    if record is not None:
+        return _recorded_source(ec2, image, version, home, record)
     source = find_version(ec2, image, version)
     if source is None:
         raise ConfigError(f"no AMI of {image}:{version} in {home} (tags {tags.IMAGE}={image}, "
@@ -276,15 +313,23 @@ def _source(ec2, image: str, version: str, home: str, progress: Progress, timeou
     return source
 
 
-def _passing_record(ssm, source: dict[str, Any], home: str, progress: Progress | None) -> dict[str, Any] | None:
+def _recorded_source(ec2, image: str, version: str, home: str, record: dict[str, Any]) -> dict[str, Any]:
+    """The AMI the version's record names in the home region: the AMI that was tested (or failed), not whichever
+    AMI someone tagged as the version; refused when it is gone or not available."""
+    name = verification_record.parameter_name(image, version)
+    ami_id = (record.get("amis") or {}).get(home)
+    found = amis.describe_ami(ec2, ami_id) if isinstance(ami_id, str) and ami_id else None
+    if found is None or found.get("State") != "available":
+        what = (f"names {ami_id} in {home}, which is " + (found.get("State", "unknown") if found else "gone")
+                if ami_id else f"names no AMI in {home}")
+        raise OperationError(f"{image}:{version}: the verification record {name} {what}; the version cannot be "
+                             "distributed without it: bake a new version")
+    return found
+
+
+def _passing_record(record: dict[str, Any] | None, refused: str, source: dict[str, Any], home: str,
+                    progress: Progress | None) -> dict[str, Any] | None:
     """The version's record when it passes for the source AMI (copies may then be recorded), else None."""
-    facts = tags.from_tag_list(source.get("Tags"))
-    try:
-        record = verification_record.read_record(ssm, facts.get(tags.IMAGE, ""), facts.get(tags.VERSION, ""))
-    except ConfigError as exc:  # a version no record name can be made of has no record
-        record, refused = None, str(exc)
-    else:
-        refused = f"none at {verification_record.parameter_name(facts[tags.IMAGE], facts[tags.VERSION])}"
     passed, why = verification_record.check_record(record, source, home) if record is not None else (False, refused)
     if passed:
         return record
@@ -295,7 +340,7 @@ def _passing_record(ssm, source: dict[str, Any], home: str, progress: Progress |
 
 
 def _record(ssm, entry: RegionResult, image_data: dict[str, Any], source: tuple[str, str], record: dict[str, Any],
-            progress: Progress) -> None:
+            progress: Progress, run_id: str) -> None:
     """The record that vouches for this region's AMI: the bake's, or a copy's (written for a copy this run made).
 
     `source`: the source AMI and its (home) region; `record`: the version's record, which passes for it.
@@ -307,7 +352,7 @@ def _record(ssm, entry: RegionResult, image_data: dict[str, Any], source: tuple[
     if entry.copied:
         entry.record = verification_record.write_copy_record(
             ssm, source=record, source_ami=source[0], source_region=source[1], copy=image_data, region=entry.region,
-            run_id="distribute")
+            run_id=run_id)
         entry.record_written = True
         return
     found = verification_record.read_copy_record(ssm, image, version, entry.region, entry.ami_id)
@@ -324,7 +369,8 @@ def _record(ssm, entry: RegionResult, image_data: dict[str, Any], source: tuple[
 
 def tag_missing(ec2, entry: RegionResult, image_data: dict[str, Any], wanted: dict[str, str]) -> None:
     """Give a copy and its snapshots the version's tags where they lack them: a copy made without TagSpecifications
-    (by an older bakery or by hand), or where they were not applied (moto ignores them)."""
+    (by an older bakery or by hand), or where they were not applied (moto ignores them); bakery:* and Name only."""
+    wanted = copyable(wanted)
     current = {entry.ami_id: tags.from_tag_list(image_data.get("Tags"))}
     if entry.snapshots:
         for snapshot in ec2.describe_snapshots(SnapshotIds=entry.snapshots)["Snapshots"]:

@@ -316,7 +316,7 @@ class PackerBake:
             return {}
         ec2 = {region: clients.client("ec2", region) for region in self.regions}
         started = distribute.start_copies(ec2, self.images[self.region], self.region, keys, copy_tags,
-                                          self.b.progress, description)
+                                          self.b.progress, description, run_id=self.run.id)
         described = distribute.wait_for_copies(ec2, started, self.b.progress, distribute.COPY_TIMEOUT,
                                                advice="the bake removes its AMIs and copies; bake again")
         for region, image in described.items():

@@ -137,6 +137,7 @@ def distribute(obj: Context, ref: str, regions: str | None, accounts: str | None
     from bakery.aws import distribute as dist
     from bakery.aws.clients import check_credentials
     from bakery.progress import make_progress
+    from bakery.runs import Run
 
     name, version = parse_image_ref(ref)
     if not version:
@@ -148,10 +149,13 @@ def distribute(obj: Context, ref: str, regions: str | None, accounts: str | None
     obj.project.image(name)
     check_credentials()
     progress = make_progress(quiet=as_json)
+    run = Run.start(obj.project.state_dir, "distribute")  # its id makes this run's copy requests its own
     try:
-        result = dist.distribute(settings, name, version, wanted_regions, wanted_accounts, progress, timeout=timeout)
+        result = dist.distribute(settings, name, version, wanted_regions, wanted_accounts, progress, timeout=timeout,
+                                 run_id=run.id)
     finally:
         progress.close()
+    run.write_result(result.to_dict())
     if as_json:
         emit_json(result.to_dict())
         return

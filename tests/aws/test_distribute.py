@@ -219,3 +219,116 @@ def test_no_record_for_copies_of_an_unverified_version_nor_for_an_ami_found_by_i
     progress = bake(proj, "distribute", f"sample:{forged_version}", "--regions", OTHER)
     assert (f"{OTHER}: {forged} has no verification record and was not copied by this run: it stays unverified"
             in progress.stderr), progress.stderr
+
+
+# ---- what a copy asks for: its tags, its idempotency token, its source
+
+
+def recorded_calls(monkeypatch, *operations: str) -> list[tuple[str, str, dict]]:
+    """(region, operation, parameters) of every call to `operations` distribute's clients make, as sent (moto
+    ignores CopyImage's TagSpecifications, so they can only be checked here)."""
+    from bakery.aws import clients
+    from bakery.aws import distribute as dist
+
+    calls: list[tuple[str, str, dict]] = []
+
+    def recording_client(service, region=None, profile=None):
+        made = clients.client(service, region, profile)
+        for operation in operations:
+            made.meta.events.register(f"provide-client-params.{service}.{operation}",
+                                      lambda params, _op=operation, _region=region, **_:
+                                      calls.append((_region, _op, dict(params))))
+        return made
+
+    monkeypatch.setattr(dist, "client", recording_client)
+    return calls
+
+
+def distribute_in_process(proj, version: str = VERSION, run_id: str | None = None):
+    from bakery.aws import distribute as dist
+    from bakery.config import Project
+    from bakery.progress import Progress
+
+    settings = Project(proj).aws
+    extra = {"run_id": run_id} if run_id else {}
+    return dist.distribute(settings, "sample", version, [OTHER], [], Progress(io.StringIO()), **extra)
+
+
+def test_a_copy_carries_only_bakery_and_name_tags_not_image_builders(aws, proj, monkeypatch):
+    calls = recorded_calls(monkeypatch, "CopyImage", "CreateTags")
+    with_aws_settings(proj, [HOME, OTHER])
+    # Image Builder tags its AMIs with these; the policy lets bakery put only bakery:* and Name tags on a copy
+    version_ami(boto3.client("ec2", HOME), "sample", VERSION, CreatedBy="arn:aws:iam::123456789012:role/x",
+                Ec2ImageBuilderArn="arn:aws:imagebuilder:us-east-1:123456789012:image/sample/1.0.0/1")
+
+    result = distribute_in_process(proj)
+
+    [copy] = [r for r in result.regions if r.copied]
+    [copy_call] = [params for _, op, params in calls if op == "CopyImage"]
+    tag_calls = [params for region, op, params in calls if op == "CreateTags" and region == OTHER]
+    assert tag_calls  # moto ignored the TagSpecifications: tag_missing tagged the copy
+    asked = [{t["Key"] for t in spec["Tags"]} for spec in copy_call["TagSpecifications"]]
+    asked += [{t["Key"] for t in params["Tags"]} for params in tag_calls]
+    assert all(keys == {"Name", tags.MANAGED, tags.IMAGE, tags.VERSION, tags.GIT_COMMIT} for keys in asked), asked
+    copy_tags = tags.from_tag_list(amis.describe_ami(boto3.client("ec2", OTHER), copy.ami_id)["Tags"])
+    assert "CreatedBy" not in copy_tags and copy_tags[tags.VERSION] == VERSION
+
+
+def test_each_run_asks_for_a_new_copy_while_a_retry_within_a_run_is_the_same_request(aws, proj, monkeypatch):
+    from bakery.aws import distribute as dist
+
+    calls = recorded_calls(monkeypatch, "CopyImage")
+    with_aws_settings(proj, [HOME, OTHER])
+    other = boto3.client("ec2", OTHER)
+    version_ami(boto3.client("ec2", HOME), "sample", VERSION)
+
+    [first] = [r.ami_id for r in distribute_in_process(proj).regions if r.copied]
+    other.deregister_image(ImageId=first)  # removed by hand; distribute again in a later run
+    [second] = [r.ami_id for r in distribute_in_process(proj).regions if r.copied]
+
+    tokens = [params["ClientToken"] for _, op, params in calls if op == "CopyImage"]
+    assert second != first and len(tokens) == 2 and tokens[0] != tokens[1]
+    assert all(0 < len(token) <= 64 for token in tokens)  # EC2's limit for a client token
+
+    [source] = amis.find_amis(boto3.client("ec2", HOME), {tags.VERSION: VERSION})
+    retried = []
+    other.meta.events.register("provide-client-params.ec2.CopyImage",
+                               lambda params, **_: retried.append(params["ClientToken"]))
+    for _ in range(2):  # the same copy asked for twice in one run
+        dist.copy_image(other, source, HOME, OTHER, tags.from_tag_list(source["Tags"]),
+                        run_id="20260101T000000Z-distribute-abc123")
+    assert len(retried) == 2 and retried[0] == retried[1] and retried[0] not in tokens
+
+
+def test_the_source_is_the_ami_the_record_names_not_the_newest_ami_tagged_with_the_version(aws, proj, monkeypatch):
+    import time
+
+    calls = recorded_calls(monkeypatch, "CopyImage")
+    with_aws_settings(proj, [HOME, OTHER])
+    home = boto3.client("ec2", HOME)
+    recorded, snapshots = version_ami(home, "sample", VERSION)
+    home_record(VERSION, recorded, snapshots)
+    time.sleep(1.1)  # EC2's CreationDate has whole seconds
+    newer, _ = version_ami(home, "sample", VERSION)  # anyone allowed to tag can tag an AMI as the version
+    assert amis.find_amis(home, {tags.VERSION: VERSION})[0]["ImageId"] == newer
+
+    result = distribute_in_process(proj)
+
+    assert result.regions[0].ami_id == recorded
+    assert [params["SourceImageId"] for _, op, params in calls if op == "CopyImage"] == [recorded]
+    assert [r.record_written for r in result.regions if r.copied] == [True]
+
+
+def test_distribute_refuses_when_the_ami_the_record_names_is_gone(aws, proj):
+    with_aws_settings(proj, [HOME, OTHER])
+    home = boto3.client("ec2", HOME)
+    recorded, snapshots = version_ami(home, "sample", VERSION)
+    home_record(VERSION, recorded, snapshots)
+    home.deregister_image(ImageId=recorded)
+    version_ami(home, "sample", VERSION)  # another AMI tagged with the version is no stand-in
+
+    refused = bake(proj, "distribute", f"sample:{VERSION}", "--regions", OTHER)
+
+    assert refused.rc == 1 and refused.stderr.count("\n") == 1, refused.stderr
+    assert recorded in refused.stderr and "/bakery/verifications/sample/" + VERSION in refused.stderr
+    assert not amis.find_amis(boto3.client("ec2", OTHER), {tags.IMAGE: "sample"})  # nothing copied
