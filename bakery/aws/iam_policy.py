@@ -91,20 +91,27 @@ def render_policy(settings: AwsSettings, account: str, partition: str = "aws", *
     baking, distributing and gc (a promote-only role)."""
     if not ACCOUNT_RE.match(account):
         raise ConfigError(f"--account '{account}' is not a 12-digit AWS account id")
-    for env in envs:
-        if not ENV_RE.match(env):
-            raise ConfigError(f"--env '{env}' is not an environment name like qa or prod")
-    if build:
-        check_packer_network(settings)
-    if build and settings.instance_profile and not settings.build_role:
-        raise ConfigError("bakery.yml: aws.build_role is empty: name the IAM role inside aws.instance_profile "
-                          f"'{settings.instance_profile}', the one role bake.py may pass to a build instance")
+    check_request(settings, envs=envs, build=build)
     arns, envs = Arns(account, partition), sorted(set(envs))
     statements: list[Statement] = [{"Sid": "Read", "Effect": "Allow", "Action": READ_ONLY, "Resource": "*"}]
     if build:
         statements += _build(settings, arns)
     statements += [*_deploy(settings, arns, envs), *_never(settings, arns)]
     return {"Version": "2012-10-17", "Statement": statements}
+
+
+def check_request(settings: AwsSettings, *, envs: Sequence[str] = (), build: bool = True) -> None:
+    """Everything render_policy refuses but the account: checked before the account is asked of STS, so a bad
+    --env or setting is named even without credentials."""
+    for env in envs:
+        if not ENV_RE.match(env):
+            raise ConfigError(f"--env '{env}' is not an environment name like qa or prod")
+    _instance_roles(settings, sorted(set(envs)))
+    if build:
+        check_packer_network(settings)
+    if build and settings.instance_profile and not settings.build_role:
+        raise ConfigError("bakery.yml: aws.build_role is empty: name the IAM role inside aws.instance_profile "
+                          f"'{settings.instance_profile}', the one role bake.py may pass to a build instance")
 
 
 def _build(s: AwsSettings, arns: Arns) -> list[Statement]:

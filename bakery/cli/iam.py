@@ -3,13 +3,14 @@
 Rendered from the project's `aws:` settings (bakery.aws.iam_policy), so it names
 this project's bucket, roles, subnet, accounts and log groups instead of wildcards;
 `--for imagebuilder-instance` prints the Image Builder build instance role's
-policy instead. One CI role per environment: `--env qa` (repeatable) renders
-deploy permissions for those environments only, and `--no-build` leaves the
-bake out (the role that only promotes to prod). A policy over a managed policy's size limit (6,144 characters)
-gets one line on stderr: attach it inline (a role's inline policies may have
-10,240; a test keeps a larger project's policy under that with room), or as the
-managed policies `--part 1`, `--part 2`, ... print (ci/aws/codepipeline.yaml
-attaches managed policies).
+policy instead (it refuses --env, --no-build and --account rather than ignore them).
+Bad --env values and settings are refused before STS is asked for the account. One
+CI role per environment: `--env qa` (repeatable) renders deploy permissions for those
+environments only, and `--no-build` leaves the bake out (the role that only promotes
+to prod). A policy over a managed policy's size limit (6,144 characters) gets one
+line on stderr: attach it inline (a role's inline policies may have 10,240; a test
+keeps a larger project's policy under that with room), or as the managed policies
+`--part 1`, `--part 2`, ... print (ci/aws/codepipeline.yaml attaches managed policies).
 Only click and the standard library at load time.
 """
 
@@ -47,14 +48,22 @@ def iam_policy(obj, account: str | None, settings_file: str | None, role: str, e
 
     Example: ./bake.py iam-policy --env qa > qa-role.json; ./bake.py iam-policy --env prod --no-build > prod-role.json
     """
+    from bakery.aws import iam_policy as renderer
     from bakery.aws.iam_policy import render_instance_role_policy, render_policy, size_note, split_policy
     from bakery.errors import ConfigError
 
+    if role == "imagebuilder-instance":
+        ignored = [flag for flag, given in (("--env", envs), ("--no-build", no_build), ("--account", account))
+                   if given]
+        if ignored:
+            raise ConfigError(f"--for imagebuilder-instance does not take {', '.join(ignored)}: the build "
+                              "instance role's policy has no environments, bake or account; leave them out")
     settings = _settings_from(settings_file) if settings_file else obj.project.aws
     try:
         if role == "imagebuilder-instance":  # S3 ARNs name no account: no STS call
             policy = render_instance_role_policy(settings)
         else:
+            renderer.check_request(settings, envs=envs, build=not no_build)  # before STS: also without credentials
             policy = render_policy(settings, account or _caller_account(settings.region), envs=envs,
                                    build=not no_build)
     except ConfigError as exc:  # the renderer names bakery.yml; with --settings the fields are that file's

@@ -22,7 +22,8 @@ Applying runs under every aws environment's fleet lock (bakery.gc.locks.environm
 and each AMI is looked at once more just before it goes (instances launched from it,
 the groups' launch template versions): one that became used meanwhile is kept and reported.
 AMIs a dead Packer bake registered but never tagged (bakery.gc.aws_leftovers) are found by their run's
-name, claimed with bakery:managed and removed too, whatever --keep says; their reports say "leftover".
+name (one of the project's images), claimed with bakery:managed and removed too, whatever --keep says; their
+reports say "leftover". One whose claim or removal AWS denies stays and is reported; the rest of gc goes on.
 collect_aws is the whole command; its AwsGcReport says what happened as JSON or lines.
 """
 
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -228,10 +230,11 @@ def shared_use(region: str, found: list[AmiVersion], reasons: dict[str, list[str
 
 
 def plan(settings, keep: int, progress: Progress, env_regions: list[str] | tuple[str, ...] = (),
-         include_shared: bool = False, catalog: Catalog | None = None) -> AwsPlan:
+         include_shared: bool = False, catalog: Catalog | None = None, images: Collection[str] = ()) -> AwsPlan:
     """Look at every configured region (and every aws environment's) and decide; nothing is changed here.
 
-    `catalog` tells which bakes of this checkout still run (an untagged AMI of one stays)."""
+    `catalog` tells which bakes of this checkout still run (an untagged AMI of one stays); untagged AMIs are
+    looked for only under the names of `images` (the project's: none given, none looked for)."""
     home = resolve_region(settings.region)
     regions = list(dict.fromkeys([*settings.all_regions(home), *env_regions]))
     found: list[AmiVersion] = []
@@ -242,7 +245,7 @@ def plan(settings, keep: int, progress: Progress, env_regions: list[str] | tuple
     for region in regions:
         progress.note(f"gc: looking at AMIs, Auto Scaling groups, instances and release parameters in {region}")
         release_use(region, reasons)
-        gone, kept = aws_leftovers.find(client("ec2", region), region, runs)
+        gone, kept = aws_leftovers.find(client("ec2", region), region, runs, images)
         left, left_kept = left + gone, left_kept + kept
         untagged = {e.ami_id for e in gone + kept}  # claimed by an earlier gc, maybe: still no version to plan by
         region_amis = [a for a in managed_amis(client("ec2", region), region) if a.ami_id not in untagged]
@@ -348,6 +351,10 @@ def _remove_leftovers(planned: AwsPlan, progress: Progress) -> None:
         except ClientError as exc:
             planned.failed.append({"region": entry.region, "ami_id": entry.ami_id, "error": str(exc)})
             continue
+        except AccessDenied as exc:  # this AMI only (a permissions boundary, say): the rest of gc goes on
+            planned.skipped.append({"region": entry.region, "ami_id": entry.ami_id, "reasons": [str(exc)]})
+            progress.note(f"gc: kept leftover {entry.ami_id} ({entry.name}) in {entry.region}: {exc}")
+            continue
         planned.deleted.append({"region": entry.region, "ami_id": entry.ami_id, "snapshots": snapshots})
         planned.failed += [{"region": entry.region, "ami_id": entry.ami_id, "error": p} for p in problems]
         progress.note(f"gc: claimed and deregistered leftover {entry.ami_id} ({entry.name}) in {entry.region} and "
@@ -366,11 +373,12 @@ def collect_aws(project: Project, keep: int, progress: Progress, *, dry_run: boo
         from bakery.catalog import open_catalog
 
         catalog = open_catalog(project.state_dir)
+    images = project.image_names()
     if dry_run:
         return AwsGcReport(True, plan(project.aws, keep, progress, environment_regions(project),
-                                      include_shared=include_shared, catalog=catalog))
+                                      include_shared=include_shared, catalog=catalog, images=images))
     with environment_locks(project, catalog, "aws"):
         planned = plan(project.aws, keep, progress, environment_regions(project), include_shared=include_shared,
-                       catalog=catalog)
+                       catalog=catalog, images=images)
         apply(planned, progress, catalog)
     return AwsGcReport(False, planned)

@@ -5,7 +5,8 @@ bakery.builders.packer_bake), so a bake killed before that (SIGKILL, a lost CI
 runner) leaves an AMI and snapshots with no tag at all, which gc's tag filter
 never sees. What such an AMI does have is the run's unique name,
 <image>-<version>-<run suffix>, in the home region and every region Packer
-copied it to. This finds AMIs of this account with such a name and no
+copied it to. This finds AMIs of this account with such a name whose <image> is
+one of this project's images (another team's AMI may be named alike) and no
 bakery:image tag (a bake that got as far as tagging set it), and decides whether the run that made it is over:
 
 - this checkout's catalog holds the run's version (its run id ends in the suffix):
@@ -13,14 +14,18 @@ bakery:image tag (a bake that got as far as tagging set it), and decides whether
 - else (another checkout's bake, or a run whose clean-up was refused and forgotten):
   over once the AMI is older than UNKNOWN_RUN_AGE, which no bake lasts.
 
-A leftover is then claimed (bakery.aws.amis.claim: bakery:managed and bakery:run,
-the one change the shipped IAM policy allows on an untagged AMI) and deregistered
-with its snapshots like any other AMI gc deletes.
+An AMI with any other bakery:managed tag is no leftover: `false` marks one a
+human protected, and `true` without bakery:run was not left by a bake. One with
+bakery:managed=true and bakery:run is a claim an earlier clean-up made and could not
+finish: it is a leftover still. A leftover is then claimed (bakery.aws.amis.claim:
+bakery:managed and bakery:run, the one change the shipped IAM policy allows on an
+untagged AMI) and deregistered with its snapshots like any other AMI gc deletes.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -82,16 +87,25 @@ def _decide(image: dict[str, Any], match: re.Match[str], runs: dict[tuple[str, s
     return True, run_id, f"untagged for over {UNKNOWN_RUN_AGE.total_seconds() / 3600:.0f} h: its bake is over"
 
 
-def find(ec2, region: str, runs: dict[tuple[str, str, str], dict[str, Any]],
+def unclaimed_or_claimed_by_bakery(found: dict[str, str]) -> bool:
+    """No bakery:managed tag, or the one a claim (bakery.aws.amis.claim) left: true with the run it was claimed for."""
+    return tags.MANAGED not in found or (found[tags.MANAGED] == "true" and tags.RUN in found)
+
+
+def find(ec2, region: str, runs: dict[tuple[str, str, str], dict[str, Any]], images: Collection[str],
          now: datetime | None = None) -> tuple[list[Leftover], list[Leftover]]:
-    """(leftovers to remove, untagged AMIs kept because their bake may still run) in one region."""
+    """(leftovers to remove, untagged AMIs kept because their bake may still run) in one region, of `images` only
+    (the project's image names)."""
     now = now or datetime.now(UTC)
     remove: list[Leftover] = []
     keep: list[Leftover] = []
     for image in amis.owned_named(ec2, NAME_FILTER):
         match = RUN_AMI_NAME.match(image.get("Name", ""))
-        if not match or tags.IMAGE in tags.from_tag_list(image.get("Tags")):
-            continue  # not bakery's name, or tagged by its bake: the version plan deals with it
+        found = tags.from_tag_list(image.get("Tags"))
+        if not match or match["image"] not in images or tags.IMAGE in found:
+            continue  # not this project's name, or tagged by its bake: the version plan deals with it
+        if not unclaimed_or_claimed_by_bakery(found):
+            continue  # bakery:managed=false (protected) or set by someone else: never touched
         gone, run_id, reason = _decide(image, match, runs, now)
         entry = Leftover(region=region, ami_id=image["ImageId"], name=image["Name"], image=match["image"],
                          version=match["version"], run_id=run_id, reason=reason,

@@ -285,7 +285,8 @@ def test_gc_claims_and_removes_the_untagged_amis_of_dead_bakes_and_nothing_else(
     guard = ManagedOnly()  # the policy: deregister and delete only what carries bakery:managed=true
     monkeypatch.setattr(aws_gc, "client", lambda service, region=None: guard.attach(clients.client(service, region)))
     progress = Progress(io.StringIO())
-    planned = aws_gc.plan(Project(proj).aws, 1, progress, catalog=catalog)
+    images = Project(proj).image_names()
+    planned = aws_gc.plan(Project(proj).aws, 1, progress, catalog=catalog, images=images)
     aws_gc.apply(planned, progress, catalog)
     assert guard.refused == [] and planned.failed == []
     for region, (ami, snapshots) in dead.items():
@@ -302,9 +303,50 @@ def test_gc_claims_and_removes_the_untagged_amis_of_dead_bakes_and_nothing_else(
 
     # a day on, the untagged AMI no bake of this checkout made is over too; the live bake's still is not
     monkeypatch.setattr(aws_leftovers, "UNKNOWN_RUN_AGE", timedelta(0))
-    later = aws_gc.plan(Project(proj).aws, 1, progress, catalog=catalog)
+    later = aws_gc.plan(Project(proj).aws, 1, progress, catalog=catalog, images=images)
     assert [(e.ami_id, e.run_id) for e in later.leftovers] == [(elsewhere, "unknown-build-abcdef")]
     assert [e.ami_id for e in later.leftovers_kept] == [live]
     aws_gc.apply(later, progress, catalog)
     assert guard.refused == [] and image_state(ec2[HOME], elsewhere) is None
     assert all(image_state(ec2[HOME], ami) == "available" for ami in (live, *strangers))
+
+
+def test_gc_leftovers_are_only_this_projects_unprotected_amis_and_a_denied_one_is_reported(aws, proj, monkeypatch):
+    """Another team's AMI named like a run's, one tagged bakery:managed=false and one whose claim AWS denies all
+    stay; the denial is reported and the other leftovers still go (gc exits 0)."""
+    from bakery.config import Project
+    from bakery.gc import aws as aws_gc
+    from bakery.gc import aws_leftovers
+    from tests.aws.test_retries import FailFirst
+
+    with_aws_settings(proj, [HOME])
+    ec2 = boto3.client("ec2", HOME)
+    foreign, _ = untagged_ami(ec2, "payments-20240101.001-abcdef")  # payments is no image of this project
+    protected, _ = untagged_ami(ec2, "sample-20240101.002-0a1b2c")
+    ec2.create_tags(Resources=[protected], Tags=[{"Key": "bakery:managed", "Value": "false"}])
+    denied, _ = untagged_ami(ec2, "sample-20240101.003-0d0e0f")
+    gone = [untagged_ami(ec2, f"sample-20240101.00{n}-{suffix}") for n, suffix in ((4, "1a2b3c"), (5, "4d5e6f"))]
+    # a claim an earlier gc made whose removal did not finish: bakery:managed=true and the run, still no image tag
+    ec2.create_tags(Resources=[gone[1][0]], Tags=[{"Key": "bakery:managed", "Value": "true"},
+                                                 {"Key": "bakery:run", "Value": "unknown-build-4d5e6f"}])
+    monkeypatch.setattr(aws_leftovers, "UNKNOWN_RUN_AGE", timedelta(0))
+    denial = FailFirst("CreateTags", "UnauthorizedOperation", times=1, status=403, match=denied)
+    monkeypatch.setattr(aws_gc, "client",
+                        lambda service, region=None: _attached(clients.client(service, region), denial))
+    catalog = open_catalog(proj / ".bakery")
+    report = aws_gc.collect_aws(Project(proj), 1, Progress(io.StringIO()), dry_run=False, catalog=catalog)
+
+    assert {e.ami_id for e in report.plan.leftovers} == {denied, *(ami for ami, _ in gone)}
+    assert denial.injected == 1
+    for ami, snapshots in gone:
+        assert image_state(ec2, ami) is None and not snapshots_exist(ec2, snapshots), ami
+    for ami in (foreign, protected, denied):
+        assert image_state(ec2, ami) == "available", ami
+    assert ec2.describe_images(ImageIds=[foreign])["Images"][0].get("Tags") in (None, [])  # not even claimed
+    assert ec2.describe_images(ImageIds=[protected])["Images"][0]["Tags"] == [
+        {"Key": "bakery:managed", "Value": "false"}]
+    report.raise_for_failures()  # a denied leftover fails nothing
+    lines = report.lines()
+    denial_line = f"kept {denied} in {HOME} after all: AWS denied ec2:CreateTags"
+    assert any(line.startswith(denial_line) for line in lines), lines
+    assert not any(foreign in line or protected in line for line in lines), lines

@@ -4,6 +4,8 @@ would need every group of the account opened and deleted). Each bad value is one
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from bakery.aws.settings import AwsSettings, load_aws_settings
@@ -87,3 +89,42 @@ def test_iam_policy_env_needs_instance_roles_by_environment(proj):
                                      "  instance_roles: [bakery-qa-instance]\n")
     outcome = bake(proj, "iam-policy", "--account", "111122223333", "--env", "qa")
     assert outcome.rc == 2 and "aws.instance_roles is a list" in outcome.stderr and "Traceback" not in outcome.stderr
+
+
+@pytest.fixture
+def no_credentials(monkeypatch, tmp_path):
+    """bake.py runs with no AWS credentials anywhere (no variables, files or instance metadata): STS is never
+    reached, and a command that would ask it stops with 'no AWS credentials found'."""
+    for name in [n for n in os.environ if n.startswith("AWS_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there, should a call go out
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+
+
+def one_line_exit_2(outcome) -> str:
+    assert outcome.rc == 2 and outcome.stderr.count("\n") == 1 and "Traceback" not in outcome.stderr, outcome
+    return outcome.stderr
+
+
+def test_iam_policy_checks_env_names_and_instance_roles_before_asking_sts_for_the_account(proj, no_credentials):
+    settings = "default_base: bookworm\naws:\n  security_group_ids: [sg-0abc]\n  instance_roles: "
+    (proj / "bakery.yml").write_text(settings + "{qa: bakery-qa-instance}\n")
+    assert "--env 'Bad Env' is not an environment name" in one_line_exit_2(bake(proj, "iam-policy", "--env", "Bad Env"))
+    assert "aws.instance_roles names no role for --env prod" in one_line_exit_2(
+        bake(proj, "iam-policy", "--env", "qa", "--env", "prod"))
+    # a good --env goes on to STS, which without credentials is the one thing that stops it
+    assert "no AWS credentials found" in one_line_exit_2(bake(proj, "iam-policy", "--env", "qa"))
+    (proj / "bakery.yml").write_text(settings + "[bakery-qa-instance]\n")
+    assert "aws.instance_roles is a list" in one_line_exit_2(bake(proj, "iam-policy", "--env", "qa"))
+
+
+@pytest.mark.parametrize("flags", [("--env", "qa"), ("--no-build",), ("--account", "111122223333")])
+def test_iam_policy_for_the_image_builder_instance_refuses_the_ci_role_flags(proj, no_credentials, flags):
+    (proj / "bakery.yml").write_text("default_base: bookworm\naws:\n  builder: imagebuilder\n"
+                                     "  artifacts_bucket: bakery-artifacts\n  instance_roles: {qa: bakery-qa}\n")
+    assert bake(proj, "iam-policy", "--for", "imagebuilder-instance").rc == 0  # no account, no STS
+    stderr = one_line_exit_2(bake(proj, "iam-policy", "--for", "imagebuilder-instance", *flags))
+    assert f"--for imagebuilder-instance does not take {flags[0]}" in stderr
