@@ -8,11 +8,15 @@ instance refresh), in the tests that need them.
 
 from __future__ import annotations
 
+import os
 import urllib.request
 
 import pytest
 
+from tests.aws import call_recorder
 from tests.conftest import free_port
+
+call_recorder.install()  # before any botocore session exists: bakery's sessions are made in the tests
 
 REGION = "us-east-1"
 
@@ -50,3 +54,24 @@ def aws(moto_endpoint, monkeypatch, tmp_path):
     clients._session.cache_clear()  # sessions read the environment once
     yield moto_endpoint
     clients._session.cache_clear()
+
+
+@pytest.fixture(autouse=True)
+def replayed_calls(request, monkeypatch, tmp_path_factory):
+    """Every AWS call bakery makes in the test (bake.py's too) is modelled by the policy replay of the test's flows.
+
+    Checked when each test ends, not by a test that runs last: it holds whatever pytest runs, in whatever order, and
+    names the test that made the call (tests/aws/call_recorder.py records; test_policy_replay.unmodelled checks)."""
+    log = tmp_path_factory.mktemp(f"calls-{request.node.path.stem}") / "calls.jsonl"
+    monkeypatch.setenv(call_recorder.LOG_ENV, str(log))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(call_recorder.SITE),
+                                                                    os.environ.get("PYTHONPATH")])))
+    yield log
+    recorded = call_recorder.read(log)
+    if recorded:
+        from tests.aws.test_policy_replay import unmodelled
+
+        missing = unmodelled(request.node.path.stem, recorded)
+        if missing:
+            pytest.fail("the policy replay (tests/aws/test_policy_replay.py) lacks calls bakery made:\n"
+                        + "\n".join(missing), pytrace=False)

@@ -117,9 +117,13 @@ def aws_operations() -> tuple[dict[tuple[str, str], set[str]], list[str]]:
     return found, ambiguous
 
 
-def iam_action(service: str, operation: str) -> str:
-    model = _client(service).meta.service_model
-    prefix = IAM_PREFIX.get(service, model.metadata.get("signingName") or model.service_name)
+def iam_action(service: str, operation: str, signing_name: str = "") -> str:
+    """The IAM action of an operation (tests/aws/test_policy_replay.py maps recorded calls with it too);
+    `signing_name`: the service model's, when the caller has it (else read from the model)."""
+    if not signing_name:
+        model = _client(service).meta.service_model
+        signing_name = model.metadata.get("signingName") or model.service_name
+    prefix = IAM_PREFIX.get(service, signing_name)
     return f"{prefix}:{S3_ACTIONS.get(operation, operation) if service == 's3' else operation}"
 
 

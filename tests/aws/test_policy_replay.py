@@ -18,10 +18,13 @@ with the verification record. The per-environment roles (`iam-policy --env`, `--
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
+from functools import cache
 
 import pytest
 
+from tests.aws.test_docs_aws import iam_action
 from tests.conftest import REPO, bake
 from tests.iam_evaluator import evaluate
 
@@ -62,8 +65,11 @@ def ib(resource: str) -> str:
 GROUP = f"arn:aws:autoscaling:{HOME}:{ACCOUNT}:autoScalingGroup:0f1e2d3c-aaaa-bbbb:autoScalingGroupName/"
 RUN_TAGS = {"Name": "bakery-build-webapp-813933", "bakery:managed": "true", "bakery:image": "webapp",
             "bakery:version": VERSION, "bakery:run": RUN}
-AMI_TAGS = {"bakery:managed": "true", "bakery:image": "webapp", "bakery:version": VERSION,
-            "bakery:input-digest": "sha256:0123", "bakery:git-commit": "0123456789ab", "bakery:run": RUN}
+AMI_TAGS = {"Name": f"webapp-{VERSION}", "bakery:managed": "true", "bakery:image": "webapp", "bakery:version": VERSION,
+            "bakery:input-digest": "sha256:0123", "bakery:git-commit": "0123456789ab", "bakery:git-message": "x",
+            "bakery:git-branch": "main", "bakery:git-dirty": "false", "bakery:build-time": "2026-11-28T22:26:27Z",
+            "bakery:base-image": "ami-0debianbase", "bakery:tool-version": "0.1.0", "bakery:roles": "web=sha256:0",
+            "bakery:artifacts": "", "bakery:run": RUN}  # bakery/aws/tags.py provenance_tags and the run
 VERIFIED = {"bakery:verified": "passed", "bakery:verification": "packer build: 12 passed"}
 MANAGED = {"bakery:managed": "true"}
 PROFILE = iam("instance-profile/bakery-build")
@@ -336,12 +342,13 @@ def distribute() -> list[Call]:
     """The source AMI and its passing record (home region); a copy per region, tagged at creation; the copy's own
     write-once record in the home region (verification_record.write_copy_record); tags it lacks; sharing. A copy
     found from an earlier run: its copy record is read instead."""
-    copy_tags = {k: v for k, v in AMI_TAGS.items()}
+    source_tags = {**AMI_TAGS, **VERIFIED}  # a bake's AMI
+    copy_tags = {k: v for k, v in source_tags.items() if k.startswith("bakery:") or k == "Name"}
     copies = f"/bakery/verifications/webapp/copies/{VERSION}/{OTHER}"
     return [
         Call("ec2:DescribeImages"), Call("ssm:GetParameter", ssm(f"/bakery/verifications/webapp/{VERSION}")),
         Call("ec2:DescribeImages"),  # a copy there already?
-        Call("ec2:CopyImage", image("ami-0new"), AMI_TAGS, request_tags=copy_tags),
+        Call("ec2:CopyImage", image("ami-0new"), source_tags, request_tags=copy_tags),
         Call("ec2:CopyImage", image("ami-0copy", OTHER), request_tags=copy_tags),
         Call("ec2:CopyImage", snapshot("snap-0copy", OTHER), request_tags=copy_tags),
         *[Call("ec2:CreateTags", arn, request_tags=copy_tags, context={"ec2:CreateAction": "CopyImage"})
@@ -355,6 +362,23 @@ def distribute() -> list[Call]:
         Call("ec2:CreateTags", snapshot("snap-0copy", OTHER), AMI_TAGS, request_tags=copy_tags),
         *share(OTHER, "ami-0copy", "snap-0copy"),
     ]
+
+
+IMAGE_BUILDER_TAGS = {"CreatedBy": f"arn:aws:sts::{ACCOUNT}:assumed-role/AWSServiceRoleForImageBuilder/x",
+                      "Ec2ImageBuilderArn": "arn:aws:imagebuilder:eu-west-1:111122223333:image/bakery-webapp/1.0/1"}
+
+
+def distribute_an_image_builder_ami() -> list[Call]:
+    """An Image Builder AMI carries Image Builder's tags too: the copy's request carries bakery:* and Name only."""
+    source_tags = {**AMI_TAGS, **VERIFIED, **IMAGE_BUILDER_TAGS}
+    copy_tags = {k: v for k, v in source_tags.items() if k.startswith("bakery:") or k == "Name"}
+    copy = (image("ami-0copy", OTHER), snapshot("snap-0copy", OTHER))
+    return [Call("ec2:DescribeImages"), Call("ssm:GetParameter", ssm(f"/bakery/verifications/webapp/{VERSION}")),
+            Call("ec2:DescribeImages"),
+            Call("ec2:CopyImage", image("ami-0ib"), source_tags, request_tags=copy_tags),
+            *[Call("ec2:CopyImage", arn, request_tags=copy_tags) for arn in copy],
+            *[Call("ec2:CreateTags", arn, request_tags=copy_tags, context={"ec2:CreateAction": "CopyImage"})
+              for arn in copy]]
 
 
 def gc() -> list[Call]:
@@ -391,12 +415,13 @@ def gc_leftovers() -> list[Call]:
 
 def logs() -> list[Call]:
     return [Call("autoscaling:DescribeAutoScalingGroups"), Call("ec2:DescribeInstances"),
+            Call("ec2:DescribeImages"),  # the version each instance runs (observe/cloudwatch.py)
             Call("logs:FilterLogEvents", f"arn:aws:logs:{HOME}:{ACCOUNT}:log-group:/bakery/qa"),
             Call("logs:FilterLogEvents", f"arn:aws:logs:{HOME}:{ACCOUNT}:log-group:/bakery/qa:*")]
 
 
 def top() -> list[Call]:
-    return [Call("autoscaling:DescribeAutoScalingGroups"), Call("ec2:DescribeInstances"),
+    return [Call("autoscaling:DescribeAutoScalingGroups"), Call("ec2:DescribeInstances"), Call("ec2:DescribeImages"),
             Call("cloudwatch:ListMetrics"), Call("cloudwatch:GetMetricData")]
 
 
@@ -423,8 +448,114 @@ def _render(*envs: str, build: bool = True, **changes) -> dict:
 
 FLOWS = {"packer build": packer_build, "packer clean-up": packer_clean_up_of_a_failed_run,
          "deploy": deploy, "deploy to an empty group": deploy_to_an_empty_group, "down": down, "promote": promote,
-         "rollback": rollback, "distribute": distribute, "gc": gc, "gc leftovers": gc_leftovers, "logs": logs,
-         "top": top, "adopt": adopt}
+         "rollback": rollback, "distribute": distribute,
+         "distribute an Image Builder AMI": distribute_an_image_builder_ami, "gc": gc, "gc leftovers": gc_leftovers,
+         "logs": logs, "top": top, "adopt": adopt}
+
+
+ALL_FLOWS = {**FLOWS, "imagebuilder build": imagebuilder_build}
+# The flows the calls of each test file belong to (tests/aws/conftest.py replayed_calls: every AWS call bakery makes in
+# a test is checked against them); a file not named here is checked against every flow.
+FLOWS_OF_TESTS = {
+    "test_adopt": ["adopt"],
+    "test_distribute": ["distribute", "distribute an Image Builder AMI"],
+    "test_fleet_aws": ["deploy", "deploy to an empty group", "down", "promote", "rollback", "adopt"],
+    "test_gc_aws": ["gc", "gc leftovers"],
+    "test_imagebuilder": ["imagebuilder build"],
+    "test_observe_aws": ["logs", "top"],
+    "test_packer": ["packer build", "packer clean-up"],
+}
+# A test that itself writes or reads a verification record (bakery/aws/verification_record.py is the outermost code of
+# bakery's on the stack) stands in for the bake, distribute or adoption that does.
+FLOWS_OF_ENTRIES = {"bakery/aws/verification_record.py": ["packer build", "imagebuilder build", "distribute", "adopt"]}
+
+
+@cache
+def _tag_keys_the_policies_name() -> frozenset[str]:
+    """The tag keys some aws:RequestTag/<key> condition of a rendering names (bakery:managed, ...)."""
+    text = json.dumps([POLICY, _render(builder="imagebuilder"), _render("qa"), _render("prod", build=False)])
+    return frozenset(re.findall(r'"aws:RequestTag/([^"]+)"', text, re.IGNORECASE))
+
+
+def _models(call: Call, action: str, request_tags: dict[str, str] | None, context: dict[str, str]) -> bool:
+    """A replayed call is decided as the recorded one: the same action and condition keys from the parameters, and
+    request tags whose keys include the recorded ones (aws:TagKeys) with the same values where a policy names the
+    key (aws:RequestTag/<key>). A new key, or bakery:managed missing, is a call the replay does not model."""
+    if call.action != action or any(call.context.get(key) != value for key, value in context.items()):
+        return False
+    if request_tags is None or call.request_tags is None:
+        return request_tags is None and call.request_tags is None
+    named = _tag_keys_the_policies_name() & (set(request_tags) | set(call.request_tags))
+    return set(request_tags) <= set(call.request_tags) and all(
+        request_tags.get(key) == call.request_tags.get(key) for key in named)
+
+
+@cache
+def _calls_of(flow: str) -> list[Call]:
+    return ALL_FLOWS[flow]()
+
+
+def unmodelled(test_file: str, recorded: list[dict]) -> list[str]:
+    """The recorded calls (tests/aws/call_recorder.py) that no call of their flows models (_models): the flows of
+    the test file, or of the entry into bakery's code for a test standing in for another flow."""
+    missing = set()
+    for entry in recorded:
+        flows = FLOWS_OF_ENTRIES.get(entry["entry"]) or FLOWS_OF_TESTS.get(test_file, sorted(ALL_FLOWS))
+        action, tags = iam_action(entry["service"], entry["operation"], entry["signing_name"]), entry["request_tags"]
+        if not any(_models(call, action, tags, entry["context"]) for flow in flows for call in _calls_of(flow)):
+            named = {k: v for k, v in (tags or {}).items() if k in _tag_keys_the_policies_name()}
+            keys = f"{sorted(tags) if tags is not None else None}{f' {named}' if named else ''}"
+            missing.add(f"{action} with request tag keys {keys} and {entry['context'] or 'no condition keys'} "
+                        f"(bakery's call at {entry['where']}), in none of the flows {', '.join(flows)}")
+    return sorted(missing)
+
+
+def test_the_recorder_sees_bakery_s_calls_here_and_in_bake_py_but_not_the_tests_own(aws, replayed_calls):
+    """The link is alive: a call of bakery's code in the test process and one of bake.py (a process of its own) are
+    recorded with their tags and condition keys; a call the test makes with a client of its own is not."""
+    import boto3
+
+    from bakery.aws import amis, clients, verification_record
+    from tests.aws import call_recorder
+    from tests.aws.test_amis import register_ami
+
+    ec2 = boto3.client("ec2")
+    untagged = ec2.describe_images(ImageIds=[register_ami(ec2, "webapp-20261128.001-813933", {"team": "web"})])
+    amis.claim(clients.client("ec2"), untagged["Images"][0], RUN)
+    verification_record.write_record(clients.client("ssm"), image="webapp", version=VERSION, passed=True, amis={},
+                                     snapshots={}, report_sha256="0" * 64, summary="1 passed", run_id=RUN)
+    assert bake(REPO, "iam-policy", "--settings", "docs/aws-iam-policy.example.yml").rc == 0  # sts: the caller
+    seen = [(e["operation"], e["request_tags"], e["context"]) for e in call_recorder.read(replayed_calls)]
+    assert seen == [("DescribeSnapshots", None, {}),
+                    ("CreateTags", {"bakery:managed": "true", "bakery:run": RUN}, {}),
+                    ("PutParameter", None, {"ssm:Overwrite": "false"}),
+                    ("GetCallerIdentity", None, {})], seen
+    assert not unmodelled("test_distribute", call_recorder.read(replayed_calls)[2:3])  # distribute writes records
+    assert unmodelled("test_observe_aws", call_recorder.read(replayed_calls))  # logs and top write nothing
+
+
+def test_a_new_call_a_new_tag_key_or_a_missing_bakery_managed_is_not_modelled():
+    def made(operation: str, request_tags: dict | None = None, **context: str) -> dict:
+        return {"service": "ec2", "signing_name": "ec2", "operation": operation, "request_tags": request_tags,
+                "context": context, "where": "bakery/aws/distribute.py:1", "entry": "bakery/cli/__init__.py"}
+
+    copy_tags = {"Name": "webapp-1", "bakery:managed": "true", "bakery:version": "1"}
+    assert not unmodelled("test_distribute", [made("CopyImage", copy_tags), made("DescribeImages")])
+    for call in (made("CopyImage", {**copy_tags, "team": "web"}), made("CopyImage", {"bakery:version": "1"}),
+                 made("CopyImage", {**copy_tags, "bakery:managed": "false"}), made("CopyImage"),
+                 made("CopyImage", {**copy_tags, **IMAGE_BUILDER_TAGS}), made("DeleteVolume"),
+                 made("ModifyImageAttribute", **{"ec2:Attribute": "productCodes"})):
+        assert unmodelled("test_distribute", [call]), call
+
+
+def test_a_copy_of_an_image_builder_ami_is_allowed_only_without_image_builder_s_tags():
+    """Image Builder tags its AMIs CreatedBy and Ec2ImageBuilderArn; the copy's request may carry bakery:* and Name
+    only (distribute.copyable), which the replay's flow models; with Image Builder's keys it would be denied."""
+    copy = [call for call in distribute_an_image_builder_ami() if call.action == "ec2:CreateTags"]
+    with_its_keys = [Call(c.action, c.resource, c.tags, {**c.request_tags, **IMAGE_BUILDER_TAGS}, c.context)
+                     for c in copy]
+    assert copy and all(c.decide() == "allow" for c in copy)
+    assert all(c.decide() == "implicit_deny" for c in with_its_keys)
 
 
 @pytest.mark.parametrize("flow", sorted(FLOWS))
