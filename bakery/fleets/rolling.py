@@ -157,7 +157,10 @@ class RollingRefresh:
         for m in members:
             matches = goal.matches(m.version, m.config_digest)
             launched_here = m.name in self.state.launched
-            if matches and m.name not in replace and (skip_matching or launched_here or rollback):
+            # An instance from before this refresh that takes no traffic is not waited for: it may be dead
+            # (a host restart leaves containers that look running), so it is replaced like an old one.
+            kept = m.in_service or launched_here
+            if matches and kept and m.name not in replace and (skip_matching or launched_here or rollback):
                 new.append(m)
             else:
                 old.append(m)

@@ -307,6 +307,22 @@ def test_engine_keeps_matching_instances_by_default():
     assert outcome.status == "succeeded" and not group.events
 
 
+def test_matching_instances_out_of_service_from_before_are_replaced_not_waited_for():
+    """Instances on the goal that are out of the load balancer and dead (e.g. their processes went with a host
+    restart while the container state still says running) are replaced like old ones, not brought in."""
+    group = FakeGroup(2)
+    group.add("v2")
+    group.add("v2")
+    for m in group.members.values():
+        m.in_service, m.check_passed, m.check = False, False, "L4CON Connection refused"
+    dead = set(group.members)
+    group.probe = lambda name: (name not in dead, "connection refused" if name in dead else "status 200")
+    outcome = run_refresh(group, "v2", "v2", min_healthy_percentage=50, max_healthy_percentage=100)
+    assert outcome.status == "succeeded", outcome.reason
+    assert not dead & set(group.members) and len(group.members) == 2
+    assert all(m.in_service for m in group.members.values())
+
+
 def test_a_new_config_digest_is_not_matching():
     group = FakeGroup(2)
     group.add("v2", "old-config")
