@@ -4,9 +4,9 @@ Two instances boot the image the way production does (systemd as PID 1, the
 runtime config mounted read-only where the launch puts it): one with a network,
 which runs the image's testinfra suite and the testinfra tests of every role in
 it, and one with no network at all, which must still reach `running` and pass
-the health check (nothing may be installed or fetched at boot). The image's
-files above its base are scanned for secrets and its packages are listed
-against the base. Reports go to .bakery/runs/<run-id>/; the outcome goes to
+the health check (nothing may be installed or fetched at boot). Every layer
+the bake committed above the base is scanned for secrets, and the image's
+packages are listed against the base. Reports go to .bakery/runs/<run-id>/; the outcome goes to
 the catalog, where deploy and promote look for it.
 """
 
@@ -26,12 +26,12 @@ from typing import Any
 from bakery import podman
 from bakery.catalog import Catalog
 from bakery.config import Project
-from bakery.errors import ConfigError
+from bakery.errors import ConfigError, OperationError
 from bakery.progress import Progress
 from bakery.provenance import utc_now
 from bakery.runs import Run
 from bakery.signals import cancellable
-from bakery.verify import junit, packages, secrets
+from bakery.verify import image_layers, junit, packages, secrets
 
 log = logging.getLogger("bakery.verify")
 
@@ -238,27 +238,32 @@ class Verifier:
         return None
 
     def _scan_secrets(self, record: dict[str, Any], allowlist: list[secrets.AllowEntry]) -> None:
+        """Every layer the bake committed, read whole from its tar: a file a later role deleted is still there."""
         t = time.monotonic()
         base = self._base_ref(record)
         if base is None:
             self._add(junit.Check("secret-scan", False, 0,
                                   "the image's base is gone from podman; cannot tell what the bake added"))
             return
-        # `podman image diff A B` lists what A changed compared with B
-        diff = podman.run("image", "diff", record["image_ref"], base, timeout=600).stdout.splitlines()
-        paths = [line[2:] for line in diff if line[:2] in ("A ", "C ")]
-        with ExitStack() as stack:
-            findings = secrets.scan(self._mounted(record["image_ref"], stack), paths, allowlist)
+        findings: list[secrets.Finding] = []
+        try:
+            layers = image_layers.layers_above(self.catalog, record, base)
+            for layer, stream in image_layers.each_layer(record["image_ref"], layers):
+                findings += secrets.scan_layer(stream, layer.label, allowlist)
+        except OperationError as error:
+            self._add(junit.Check("secret-scan", False, time.monotonic() - t, f"could not read the layers: {error}"))
+            return
         (self.run.path / "secrets.json").write_text(json.dumps([f.to_dict() for f in findings], indent=2),
                                                     encoding="utf-8")
         if findings:
-            message = "; ".join(f"{f.path} ({f.rule})" for f in findings[:10])
-            message += f" and {len(findings) - 10} more" if len(findings) > 10 else ""
+            named = [f"{secrets.printable(f.path)}{f':{f.line}' if f.line else ''} ({f.rule})" for f in findings]
+            message = "; ".join(named[:10]) + (f" and {len(findings) - 10} more" if len(findings) > 10 else "")
             self._add(junit.Check("secret-scan", False, time.monotonic() - t, message,
-                                  "\n".join(f"{f.path}: {f.rule}: {f.detail}" for f in findings)))
+                                  "\n".join(f.text() for f in findings)))
         else:
             self._add(junit.Check("secret-scan", True, time.monotonic() - t,
-                                  output=f"{len(paths)} added or changed paths scanned"))
+                                  output=f"{len(layers)} layers above the base scanned: "
+                                         f"{', '.join(layer.label for layer in layers)}"))
 
     def _report_packages(self, record: dict[str, Any]) -> None:
         t = time.monotonic()

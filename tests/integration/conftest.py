@@ -47,7 +47,7 @@ def image_labels(ref: str) -> dict:
     return json.loads(podman.run("image", "inspect", ref, "--format", "{{json .Labels}}").stdout)
 
 
-TEST_IMAGES = ("sample", "failing", "planted", "badunit", "bootinstall")
+TEST_IMAGES = ("sample", "failing", "planted", "badunit", "bootinstall", "leaky")
 
 
 @pytest.fixture(scope="session", autouse=True)

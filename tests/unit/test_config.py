@@ -17,7 +17,7 @@ def test_image_splits_into_one_layer_per_role(proj):
 
 
 def test_unknown_image_names_the_playbook_and_known_images(proj):
-    known = "known images: badunit, bootinstall, failing, planted, sample"
+    known = "known images: badunit, bootinstall, failing, leaky, planted, sample"
     with pytest.raises(ConfigError, match=rf"unknown image 'nosuch'.*playbooks/nosuch.yml.*{known}"):
         Project(proj).image("nosuch")
 

@@ -1,0 +1,104 @@
+"""The secret scan through the real `bake.py verify` on a real image: a role (tests/fixtures/project/roles/leaky)
+plants one of every kind of leftover, a later role deletes one of them, and verify must name each one, in the
+layer that holds it, without printing any secret anywhere."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import FIXTURE_PROJECT, bake, git, init_repo
+from tests.integration.conftest import containers
+
+pytestmark = pytest.mark.integration
+
+PLANT = FIXTURE_PROJECT / "roles" / "leaky" / "files" / "plant.py"
+_spec = importlib.util.spec_from_file_location("leaky_plant", PLANT)
+assert _spec and _spec.loader
+plant = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(plant)
+
+
+@pytest.fixture(scope="module")
+def leaky(tmp_path_factory):
+    """One bake and one verify of the leaky image, shared by every test of this module."""
+    root = tmp_path_factory.mktemp("leaky") / "project"
+    shutil.copytree(FIXTURE_PROJECT, root)
+    init_repo(root)
+    assert bake(root, "build", "leaky", timeout=1200).rc == 0
+    # A change to the second role only: the rebake reuses the leaky role's layer from the cache and runs tidy on
+    # top of it, so the image keeps the planted file in that layer and tidy's deletion in the next one.
+    tidy = root / "roles" / "tidy" / "tasks" / "main.yml"
+    tidy.write_text(tidy.read_text() + "# changed\n")
+    git(root, "-c", "user.email=t@bakery", "-c", "user.name=t", "commit", "-qam", "change tidy")
+    built = bake(root, "build", "leaky", "--json", timeout=1200)
+    assert built.rc == 0, built.stderr
+    assert [layer["cached"] for layer in built.json["layers"]] == [True, False]
+    out = bake(root, "verify", "leaky", "--json")
+    result = json.loads(out.stdout)
+    findings = json.loads(Path(result["reports"]["secrets"]).read_text())
+    return {"root": root, "out": out, "result": result, "findings": findings}
+
+
+def found(leaky, path: str) -> list[dict]:
+    return [f for f in leaky["findings"] if f["path"] == path]
+
+
+def test_verify_fails_and_leaves_no_instance(leaky):
+    assert leaky["out"].rc == 1, leaky["out"].stderr
+    checks = {c["name"]: c for c in leaky["result"]["checks"]}
+    assert checks["secret-scan"]["passed"] is False
+    assert f"and {len(leaky['findings']) - 10} more" in checks["secret-scan"]["message"]
+    assert containers("io.bakery.verify") == []
+
+
+@pytest.mark.parametrize("family", sorted(plant.FAMILIES))
+def test_every_planted_leftover_of_the_family_is_found(leaky, family):
+    missed = [path for path in plant.FAMILIES[family] if not found(leaky, path) and not any(
+        f["path"].startswith(path + "!") for f in leaky["findings"])]
+    # a bare repository and VCS directories are reported once, at the repository
+    collapsed = {"/srv/repo.git", "/srv/hgrepo/.hg", "/srv/svnwc/.svn"}
+    missed = [p for p in missed if not any(p.startswith(c + "/") and any(f["path"] == c for f in leaky["findings"])
+                                           for c in collapsed)]
+    assert missed == [], f"{family}: no finding for {missed}"
+
+
+def test_archive_members_are_named_inside_the_archive(leaky):
+    paths = {f["path"] for f in leaky["findings"]}
+    assert any(p.startswith("/opt/backup/keys.tar.gz!") and p.endswith("deep/token") for p in paths), paths
+    assert any(p.startswith("/opt/backup/bundle.zip!") for p in paths), paths
+
+
+def test_a_file_a_later_role_deleted_is_found_in_the_layer_that_wrote_it(leaky):
+    hits = found(leaky, plant.TRANSIENT)
+    assert hits and all(h["layer"].endswith("leaky") for h in hits), hits
+
+
+def test_a_same_size_change_with_the_old_mtime_is_found(leaky):
+    assert any(found(leaky, p) for p in plant.SAME_SIZE_CANDIDATES)
+
+
+def test_a_usable_password_is_found_by_account_not_by_hash(leaky):
+    hits = found(leaky, "/etc/shadow")
+    assert hits and any(h["line"] for h in hits)
+
+
+def test_line_numbers_point_into_the_file(leaky):
+    (hit,) = [h for h in found(leaky, "/var/log/leaky/app.log") if h["rule"] == "private-key"] or [None]
+    assert hit is not None and hit["line"] == 60001
+
+
+def test_no_secret_appears_in_any_report_or_output(leaky):
+    outputs = [leaky["out"].stdout, leaky["out"].stderr]
+    run_dir = Path(leaky["result"]["reports"]["junit"]).parent
+    outputs += [p.read_text(errors="replace") for p in run_dir.rglob("*") if p.is_file()]
+    with sqlite3.connect(leaky["root"] / ".bakery" / "catalog.db") as db:
+        outputs += [json.dumps(row) for table in ("verifications",) for row in db.execute(f"SELECT * FROM {table}")]
+    text = "\n".join(outputs)
+    leaked = [s for s in plant.SECRETS if s in text]
+    assert leaked == []
