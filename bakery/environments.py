@@ -15,16 +15,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bakery import runtime_grammar
 from bakery.aws.settings import REGION_RE
 from bakery.config import NAME_RE, Project, load_yaml
 from bakery.errors import ConfigError
 from bakery.provenance import sha256_json
 
-RUNTIME_KEY_RE = re.compile(r"^[A-Z][A-Z0-9_]*$")
 # Secrets are given by reference (an SSM parameter, a file path), never by value.
 SECRET_NAME_RE = re.compile(r"(PASSWORD|SECRET|TOKEN|PRIVATE_KEY|API_KEY)$")
 SECRET_REF_RE = re.compile(r"^(ssm:|arn:aws:|file:|secretsmanager:)")
-URL_CREDENTIALS_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#@\s:]*:[^/?#@\s]+@")  # scheme://user:password@host
+# scheme://user:password@host; the lookbehind starts a scheme only at its first letter (else quadratic on long values)
+URL_CREDENTIALS_RE = re.compile(r"(?<![A-Za-z0-9+.-])[A-Za-z][A-Za-z0-9+.-]*://[^/?#@\s:]*:[^/?#@\s]+@")
 TARGETS = ("local", "aws")
 # bakery_deploy.aws: the environment on EC2 Auto Scaling; region empty = bakery.yml's aws.region,
 # else the standard AWS chain.
@@ -128,21 +129,17 @@ class Environment:
         return data
 
     def runtime_env_text(self) -> str:
-        """The runtime config as the env file delivered at launch (KEY="value" lines)."""
-        return "".join(f'{key}="{value}"\n' for key, value in sorted(self.runtime.items()))
+        """The runtime config as the env file delivered at launch (KEY="value" lines, bakery.runtime_grammar)."""
+        return runtime_grammar.render(self.runtime)
 
     def config_digest(self) -> str:
         return sha256_json(self.runtime)
 
 
-def parse_env_file(text: str) -> dict[str, str]:
-    """The runtime env file back into a mapping (the inverse of Environment.runtime_env_text)."""
-    values = {}
-    for line in text.splitlines():
-        key, sep, value = line.strip().partition("=")
-        if sep and key and not key.startswith("#"):
-            values[key] = value.strip().removeprefix('"').removesuffix('"')
-    return values
+def parse_env_file(text: str, source: str = "the runtime env file") -> dict[str, str]:
+    """The runtime env file back into a mapping (the inverse of Environment.runtime_env_text), read like the
+    applier on the instance reads it; ConfigError naming `source` and the line when it is off-grammar."""
+    return runtime_grammar.parse(text, source)
 
 
 DEPLOY_KEYS = {"target", "image", "instances", "lb_port", "require_verified", "promote_from", "health_check", "refresh",
@@ -274,14 +271,11 @@ def _runtime(path: Path, project: Project) -> dict[str, str]:
     runtime = _mapping(data.get("bakery_runtime") or {}, path, "bakery_runtime")
     result = {}
     for key, value in runtime.items():
-        if not isinstance(key, str) or not RUNTIME_KEY_RE.match(key):
-            raise ConfigError(f"{rel}: bakery_runtime key '{key}' must be upper-case letters, digits and '_' "
-                              "(an environment variable name)")
+        runtime_grammar.validate_key(key, rel, "bakery_runtime key")
         if isinstance(value, (dict, list)) or value is None:
             raise ConfigError(f"{rel}: bakery_runtime.{key} must be a string, number or boolean, got {value!r}")
         text = str(value).lower() if isinstance(value, bool) else str(value)
-        if "\n" in text or '"' in text:
-            raise ConfigError(f"{rel}: bakery_runtime.{key} must be one line without double quotes")
+        runtime_grammar.validate_value(text, rel, f"bakery_runtime.{key}")
         if SECRET_NAME_RE.search(key) and not SECRET_REF_RE.match(text):
             raise ConfigError(f"{rel}: bakery_runtime.{key} looks like a secret given by value; give a reference "
                               "(ssm:/path, secretsmanager:name, arn:aws:..., file:/path) instead")
@@ -290,6 +284,7 @@ def _runtime(path: Path, project: Project) -> dict[str, str]:
                               "give a reference (ssm:/path, secretsmanager:name, ...) or a URL without the password "
                               f"plus a reference in {key.removesuffix('_URL')}_PASSWORD")
         result[key] = text
+    runtime_grammar.validate_all(result, rel, "bakery_runtime")  # and it fits into UserData
     return result
 
 

@@ -12,21 +12,24 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from bakery import runtime_grammar
 from bakery.config import PROJECT_FILE, Project
 from bakery.environments import Environment, load_environment
 from bakery.errors import ConfigError
 
 RUNTIME_HEADER = re.compile(r"^bakery_runtime\s*:\s*(#.*)?$")
-PAIR = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$", re.S)
 
 
 def parse_pairs(pairs: tuple[str, ...] | list[str]) -> dict[str, str]:
     values = {}
     for pair in pairs:
-        match = PAIR.match(pair)
-        if not match:
-            raise ConfigError(f"'{pair}' is not KEY=VALUE (an upper-case variable name, '=', the value)")
-        values[match.group(1)] = match.group(2)
+        key, sep, value = pair.partition("=")
+        if not sep:  # the argument is not repeated: it may be a secret pasted on its own
+            raise ConfigError("config set: an argument has no '='; give KEY=VALUE (an upper-case variable name, "
+                              "'=', the value)")
+        # the one runtime config grammar, before anything is written; a value is never repeated in the message
+        key = runtime_grammar.validate_key(key, "config set")
+        values[key] = runtime_grammar.validate_value(value, "config set", key)
     if not values:
         raise ConfigError("give at least one KEY=VALUE to set")
     return values

@@ -1,4 +1,3 @@
-import shutil
 
 import pytest
 
@@ -6,18 +5,8 @@ from bakery.config import Project
 from bakery.environments import REFRESH_CHOICES, RefreshPreferences, environment_names, load_environment
 from bakery.errors import ConfigError
 from bakery.fleets.planning import effective_preferences
-from tests.conftest import REPO
 
 pytestmark = pytest.mark.unit
-
-
-@pytest.fixture
-def inventory_project(tmp_path):
-    root = tmp_path / "p"
-    root.mkdir()
-    shutil.copy(REPO / "bakery.yml", root / "bakery.yml")
-    shutil.copytree(REPO / "inventories", root / "inventories")
-    return root
 
 
 def write_deploy(inventory_project, env, body):

@@ -52,6 +52,13 @@ def test_runtime_config_is_applied_from_the_launch_file(host):
         refused = host.run(run)
         assert refused.rc != 0
         assert "/tmp/launch.env:1: expected KEY=VALUE" in refused.stdout
+        # the grammar: split at LF only, no control characters, UTF-8 (tests/unit/test_runtime_grammar.py)
+        for hostile, says in (("NOTE=\"ok\\rBREAK_GLASS_SSH=true\"\\n", "NOTE has '\\x0d' (a control character)"),
+                              ("NOTE=\"caf\\351\"\\n", "is not UTF-8")):
+            host.run(f"rm -rf /tmp/bakery-test && printf '{hostile}' > /tmp/launch.env")
+            refused = host.run(run)
+            assert refused.rc == 1 and says in refused.stdout and "Traceback" not in refused.stdout + refused.stderr
+            assert not host.file("/tmp/bakery-test/runtime.env").exists
     finally:
         host.run("rm -rf /tmp/launch.env /tmp/bakery-test")
 
