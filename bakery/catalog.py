@@ -121,19 +121,42 @@ class SqliteCatalog(Catalog):
 
     def __init__(self, path: Path):
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self._db = sqlite3.connect(path, timeout=60, isolation_level=None)
-            self._db.row_factory = sqlite3.Row
-            self._db.execute("PRAGMA busy_timeout=60000")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            self._retry_while_locked(self._init_schema)
-        except sqlite3.DatabaseError as exc:
-            raise ConfigError(f"{path}: catalog unreadable ({exc}); move it aside and re-run") from exc
+        self._conn: sqlite3.Connection | None = None
+        self._blank: sqlite3.Connection | None = None
+        if path.exists():
+            self._writer()  # an unreadable catalog is named at once
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        """The catalog to read. An absent catalog is an empty one: reading it creates nothing (a command refused
+        on bad input leaves no .bakery/catalog.db behind); the first write creates the file."""
+        if self._conn is None and not self.path.exists():
+            if self._blank is None:
+                self._blank = sqlite3.connect(":memory:", isolation_level=None)
+                self._blank.row_factory = sqlite3.Row
+                for statement in _statements(SCHEMA):
+                    self._blank.execute(statement)
+            return self._blank
+        return self._writer()
+
+    def _writer(self) -> sqlite3.Connection:
+        """The catalog file, created (with its schema) when it does not exist yet."""
+        if self._conn is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self._conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+                self._conn.row_factory = sqlite3.Row
+                self._conn.execute("PRAGMA busy_timeout=60000")
+                self._conn.execute("PRAGMA foreign_keys=ON")
+                self._retry_while_locked(self._init_schema)
+            except sqlite3.DatabaseError as exc:
+                self._conn = None
+                raise ConfigError(f"{self.path}: catalog unreadable ({exc}); move it aside and re-run") from exc
+        return self._conn
 
     def _init_schema(self) -> None:
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._writer().execute("PRAGMA journal_mode=WAL")  # _conn is set: _writer() returns it
+        self._writer().execute("PRAGMA synchronous=NORMAL")
         with self._tx() as db:
             for statement in _statements(SCHEMA):
                 db.execute(statement)
@@ -151,18 +174,22 @@ class SqliteCatalog(Catalog):
                 time.sleep(0.05)
 
     def close(self) -> None:
-        self._db.close()
+        for db in (self._conn, self._blank):
+            if db is not None:
+                db.close()
+        self._conn = self._blank = None
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         """One write transaction; IMMEDIATE takes the write lock up front so allocations never race."""
-        self._db.execute("BEGIN IMMEDIATE")
+        db = self._writer()
+        db.execute("BEGIN IMMEDIATE")
         try:
-            yield self._db
+            yield db
         except BaseException:
-            self._db.execute("ROLLBACK")
+            db.execute("ROLLBACK")
             raise
-        self._db.execute("COMMIT")
+        db.execute("COMMIT")
 
     def reserve_version(self, image: str, run_id: str, pid: int, taken: Callable[[str], bool] | None = None) -> str:
         day = datetime.now(UTC).strftime("%Y%m%d")

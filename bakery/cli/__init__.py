@@ -27,6 +27,7 @@ from bakery.errors import BakeryError, Interrupted
 def cli(ctx: click.Context, project: str | None, debug: bool) -> None:
     """Bake Ansible roles into verified, immutable server images."""
     ctx.obj = Context(project, debug)
+    ctx.call_on_close(ctx.obj.close)  # the catalog is closed however the command ends: no -wal/-shm left behind
 
 
 COMMANDS: tuple[click.Command, ...] = (
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         click.echo("bake.py: aborted", err=True)
         return 130
     except click.ClickException as exc:
-        exc.show()
+        click.echo(f"bake.py: error: {_one_line(exc)}", err=True)
         return exc.exit_code
     except click.exceptions.Exit as exc:
         return exc.exit_code
@@ -68,3 +69,12 @@ def main(argv: list[str] | None = None) -> int:
                    err=True)
         return 1
     return 0
+
+
+def _one_line(exc: click.ClickException) -> str:
+    """A usage error as one line (click prints usage, a hint and the error on three), naming where to read more."""
+    message = " ".join(exc.format_message().split())
+    ctx = getattr(exc, "ctx", None)
+    if isinstance(exc, click.UsageError) and ctx is not None:
+        return f"{ctx.command_path}: {message} (see: {ctx.command_path} --help)"
+    return message

@@ -19,8 +19,11 @@ def base(obj: Context, release: str, rebuild: bool, as_json: bool) -> None:
     Example: ./bake.py base --release bookworm
     """
     from bakery import podman
-    from bakery.base_image import build_base
+    from bakery.base_image import KNOWN_RELEASES, build_base
 
+    if release not in KNOWN_RELEASES:  # before podman is asked anything
+        raise ConfigError(f"--release '{release}' is not a Debian release bakery knows "
+                          f"({', '.join(sorted(KNOWN_RELEASES))})")
     podman.check_working()
     if not as_json:
         click.echo(f"base {release}: looking for an existing base" + (" (rebuild requested)" if rebuild else ""),
@@ -96,10 +99,10 @@ def build(obj: Context, image: str, target: str, builder: str | None, no_cache: 
 
     definition = obj.project.image(image)
     options = BuildOptions(no_cache=no_cache, keep_on_failure=keep_on_failure, extra_vars=parse_extra_vars(extra_vars))
+    builder_class = builder_for(target, builder, obj.project.aws.builder if target == "aws" else None)
     progress = make_progress(quiet=as_json)
-    run = Run.start(obj.project.state_dir, "build")
-    chosen = builder_for(target, builder,
-                         obj.project.aws.builder if target == "aws" else None)(obj.project, obj.catalog, progress)
+    run = Run.start(obj.project.state_dir, "build")  # only once every argument passed
+    chosen = builder_class(obj.project, obj.catalog, progress)
     try:
         result = chosen.build(definition, options, run)
     except BaseException as exc:

@@ -4,6 +4,7 @@ refresh-preference flags. Only click and the standard library at load time, so `
 from __future__ import annotations
 
 import json
+import re
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -36,6 +37,11 @@ class Context:
             self._catalog = open_catalog(self.project.state_dir)
         return self._catalog
 
+    def close(self) -> None:
+        if self._catalog is not None:
+            self._catalog.close()
+            self._catalog = None
+
 
 pass_ctx = click.make_pass_decorator(Context)
 
@@ -44,9 +50,48 @@ def emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
+VERSION_RE = re.compile(r"^\d{8}\.\d{3,}$")
+UNIT_RE = re.compile(r"^[A-Za-z0-9@._:\\-]{1,200}$")
+
+
 def parse_image_ref(value: str) -> tuple[str, str | None]:
-    name, _, version = value.partition(":")
+    """IMAGE[:VERSION], checked before anything is opened: a bad reference is exit 2 and writes nothing."""
+    from bakery.config import NAME_RE
+    from bakery.errors import ConfigError
+
+    name, colon, version = value.partition(":")
+    if not NAME_RE.match(name):
+        raise ConfigError(f"image name '{name}' in '{value}' is invalid: give IMAGE[:VERSION], e.g. webapp or "
+                          "webapp:20261128.001 (lower-case letters, digits, '-' and '_')")
+    if colon and not VERSION_RE.match(version):
+        raise ConfigError(f"version '{version}' in '{value}' is invalid: versions look like 20261128.001; "
+                          f"list them with: ./bake.py images {name}")
     return name, (version or None)
+
+
+def check_unit(value: str) -> str:
+    """A systemd unit name (webapp, webapp.service, getty@tty1.service): anything else is refused before a fleet is
+    asked."""
+    from bakery.errors import ConfigError
+
+    if not UNIT_RE.match(value):
+        raise ConfigError(f"--unit '{value}' is not a systemd unit name (letters, digits, '@', '.', '_', ':', '-'), "
+                          "e.g. webapp or webapp.service")
+    return value
+
+
+def load_env(obj: Context, name: str):
+    """An environment, loaded after a config change a dead bake.py left half done was settled
+    (bakery.fleets.config_journal): what the command reads is the runtime.yml the fleet runs."""
+    from bakery.environments import load_environment
+    from bakery.fleets.config_journal import settle_pending
+
+    env = load_environment(obj.project, name)
+    note = settle_pending(obj.project, obj.catalog, env)
+    if note:
+        click.echo(f"bake.py: {note}", err=True)
+        env = load_environment(obj.project, name)
+    return env
 
 
 REFRESH_FLAGS = ("min_healthy_percentage", "max_healthy_percentage", "instance_warmup", "checkpoint_percentages",

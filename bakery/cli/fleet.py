@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from bakery.cli.common import emit_json, parse_image_ref, refresh_options, refresh_overrides
+from bakery.cli.common import emit_json, load_env, parse_image_ref, refresh_options, refresh_overrides
 
 
 def _session(obj, as_json: bool):
@@ -31,9 +31,7 @@ def _run(obj, as_json: bool, operation, *args, **kwargs):
 
 
 def _environment(obj, name: str):
-    from bakery.environments import load_environment
-
-    return load_environment(obj.project, name)
+    return load_env(obj, name)
 
 
 def _report_release(result, as_json: bool) -> None:
@@ -200,7 +198,7 @@ def config_get(obj, key: str | None, env_name: str, as_json: bool) -> None:
     values = operations.config_get(_session(obj, True), env, key)
     if as_json:
         emit_json(values)
-    elif key:
+    elif key is not None:
         click.echo(values[key])
     else:
         for name, value in values.items():
@@ -215,7 +213,8 @@ def config_get(obj, key: str | None, env_name: str, as_json: bool) -> None:
 @click.pass_obj
 def config_set(obj, pairs: tuple[str, ...], env_name: str, as_json: bool, **prefs) -> None:
     """Change ENV's runtime config without a rebake: write runtime.yml, then replace every instance (same image) by a
-    rolling refresh. The file is left untouched when the new config is invalid, and restored when the rollout fails.
+    rolling refresh. The file is written only once every check passed and the rollout starts, and restored when the
+    change does not roll out (a change a killed bake.py left is settled by the next command on ENV).
 
     Example: ./bake.py config set --env qa LOG_LEVEL=debug FEATURE_NEW_CHECKOUT=false
     """

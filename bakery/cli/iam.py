@@ -58,6 +58,10 @@ def iam_policy(obj, account: str | None, settings_file: str | None, role: str, e
         if ignored:
             raise ConfigError(f"--for imagebuilder-instance does not take {', '.join(ignored)}: the build "
                               "instance role's policy has no environments, bake or account; leave them out")
+    from bakery.aws.settings import ACCOUNT_RE
+
+    if account is not None and not ACCOUNT_RE.match(account):  # before the settings: the flag is the first mistake
+        raise ConfigError(f"--account '{account}' is not a 12-digit AWS account id")
     settings = _settings_from(settings_file) if settings_file else obj.project.aws
     try:
         if role == "imagebuilder-instance":  # S3 ARNs name no account: no STS call

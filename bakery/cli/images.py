@@ -18,8 +18,8 @@ def images(obj: Context, image: str | None, target: str, as_json: bool) -> None:
 
     Example: ./bake.py images webapp --target aws
     """
-    if image:
-        obj.project.image(image)  # unknown names fail clearly
+    if image is not None:
+        obj.project.image(image)  # unknown (and empty) names fail clearly
     if target == "aws":
         _images_aws(obj, image, as_json)
         return

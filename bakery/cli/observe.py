@@ -10,7 +10,7 @@ import json
 
 import click
 
-from bakery.cli.common import emit_json
+from bakery.cli.common import check_unit, emit_json, load_env
 
 
 @click.command()
@@ -30,13 +30,13 @@ def logs(obj, env_name: str, unit: str | None, since: str, grep: str | None, fol
 
     Example: ./bake.py logs --env dev --unit webapp --since 5m
     """
-    from bakery.environments import load_environment
     from bakery.observe import logs as library
     from bakery.observe.since import parse_since
     from bakery.observe.targets import log_source
 
-    query = library.LogQuery(since=parse_since(since), unit=unit, grep=grep or None)
-    env = load_environment(obj.project, env_name)
+    query = library.LogQuery(since=parse_since(since), unit=check_unit(unit) if unit is not None else None,
+                             grep=grep or None)
+    env = load_env(obj, env_name)
     source = log_source(obj.project, obj.catalog, env)
 
     def emit(line) -> None:
@@ -68,11 +68,11 @@ def top(obj, env_name: str, unit: str, as_json: bool) -> None:
 
     Example: ./bake.py top --env dev
     """
-    from bakery.environments import load_environment
     from bakery.observe.targets import process_rows
     from bakery.observe.top import table
 
-    env = load_environment(obj.project, env_name)
+    check_unit(unit)
+    env = load_env(obj, env_name)
     rows = process_rows(obj.project, obj.catalog, env, unit)
     if as_json:
         emit_json({"env": env.name, "target": env.target, "unit": unit, "instances": [r.to_dict() for r in rows]})

@@ -31,8 +31,15 @@ def pipeline(obj, image: str, env_name: str, target: str | None, builder: str | 
 
     Example: ./bake.py pipeline webapp --env qa --promote-to prod
     """
+    from bakery.builders import builder_for
+    from bakery.cli.common import load_env
     from bakery.pipeline import PipelineFailed, PipelineRequest, run_pipeline
     from bakery.progress import make_progress
+
+    obj.project.image(image)  # the arguments run_pipeline checks too, here before the catalog is opened
+    env = load_env(obj, env_name)
+    chosen_target = target or env.target
+    builder_for(chosen_target, builder, obj.project.aws.builder if chosen_target == "aws" else None)
 
     request = PipelineRequest(image=image, env=env_name, target=target, promote_to=promote_to, builder=builder,
                               force_verify=force_verify)

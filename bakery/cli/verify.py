@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from bakery.cli.common import Context, emit_json, parse_image_ref, pass_ctx
+from bakery.cli.common import Context, emit_json, load_env, parse_image_ref, pass_ctx
 
 
 @click.command()
@@ -24,6 +24,9 @@ def verify(obj: Context, ref: str, env_name: str | None, as_json: bool) -> None:
 
     name, version = parse_image_ref(ref)
     obj.project.image(name)
+    if env_name is not None:
+        load_env(obj, env_name)
+    obj.catalog.resolve(name, version)  # every argument is checked before the run directory is made
     progress = make_progress(quiet=as_json)
     try:
         result = verify_image(obj.project, obj.catalog, progress, name, version, env_name)

@@ -21,6 +21,7 @@ from bakery.errors import ConfigError, OperationError
 from bakery.files import write_atomically
 from bakery.fleets import get_fleet
 from bakery.fleets.base import Fleet, Goal
+from bakery.fleets.config_journal import ConfigChange
 from bakery.fleets.planning import effective_preferences
 from bakery.fleets.rollout import ReleaseResult, Session, find_release, recover, rollout
 from bakery.fleets.runtime_config import edit_runtime_yaml, parse_pairs, runtime_path, validate_runtime
@@ -81,10 +82,10 @@ def deploy(session: Session, env: Environment, image: str, version: str | None, 
     """Roll IMAGE:VERSION out to ENV (gate first); blocks until it succeeded, rolled back or failed.
 
     replace_running: a refresh the target runs already (aws) is cancelled instead of waited for."""
+    effective_preferences(env.refresh, overrides or {})  # bad flags fail before anything happens
     _check_image(env, image)
     _adopt_on_aws(session, env, version, "deploy")
     version = session.catalog.resolve(image, version)["version"]
-    effective_preferences(env.refresh, overrides or {})  # bad flags fail before anything happens
     fleet = open_fleet(session, env)
     goal = _launchable(fleet, version, sha256_json(env.runtime), env.runtime)
     forced = require_verified(session.catalog, image, version, required=env.require_verified, force=force,
@@ -163,6 +164,7 @@ def promote(session: Session, env: Environment, image: str, version: str | None,
             overrides: dict[str, Any] | None = None) -> ReleaseResult:
     """The same image version (never a rebuild) to ENV, once verified and healthy in ENV's promote_from
     environment."""
+    effective_preferences(env.refresh, overrides or {})
     _check_image(env, image)
     if not env.promote_from:
         raise ConfigError(f"{deploy_file(env)}: environment '{env.name}' has no promote_from; deploy to it with "
@@ -176,7 +178,6 @@ def promote(session: Session, env: Environment, image: str, version: str | None,
         version = current.version
     _adopt_on_aws(session, env, version, "promote")
     version = session.catalog.resolve(image, version)["version"]
-    effective_preferences(env.refresh, overrides or {})
     require_verified(session.catalog, image, version, required=True, force=False, env=env.name)
     _require_healthy_in(source_fleet, source, image, version)
     fleet = open_fleet(session, env)
@@ -277,41 +278,78 @@ def config_get(session: Session, env: Environment, key: str | None) -> dict[str,
     if key is None:
         return dict(sorted(env.runtime.items()))
     if key not in env.runtime:
-        raise OperationError(f"{runtime_path(env)}: bakery_runtime has no key '{key}' "
-                             f"(keys: {', '.join(sorted(env.runtime)) or 'none'})")
+        raise ConfigError(f"{runtime_path(env)}: bakery_runtime has no key '{key}' "
+                          f"(keys: {', '.join(sorted(env.runtime)) or 'none'})")
     return {key: env.runtime[key]}
+
+
+def _edited(session: Session, env: Environment, values: dict[str, str]) -> tuple[bytes | None, str, Environment]:
+    """runtime.yml's bytes now, its text with `values` set, and the environment as that text would load
+    (ConfigError, exit 2, when it would not: nothing is written)."""
+    path = runtime_path(env)
+    old = path.read_bytes() if path.is_file() else None
+    new_text = edit_runtime_yaml(None if old is None else old.decode("utf-8"), values)
+    return old, new_text, validate_runtime(session.project, env.name, new_text)
 
 
 def config_set(session: Session, env: Environment, pairs: tuple[str, ...] | list[str], *,
                overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Write the runtime config and roll it out: same image version, new instances (a new config digest)."""
+    """Write the runtime config and roll it out: same image version, new instances (a new config digest).
+
+    The change and its rollout are one unit: every check (the new config, the lock, the instances to replace, the
+    image to relaunch) passes before runtime.yml is written, a journal written first keeps the old bytes
+    (bakery.fleets.config_journal), and the old file comes back whenever the change does not roll out."""
     values = parse_pairs(pairs)
     effective_preferences(env.refresh, overrides or {})
+    _edited(session, env, values)  # bad input fails before the environment is locked or anything is written
     path = runtime_path(env)
     fleet = open_fleet(session, env)
     with cancellable() as cancel, fleet.lock():
-        old_text = path.read_text(encoding="utf-8") if path.is_file() else None
-        new_text = edit_runtime_yaml(old_text, values)
-        new_env = validate_runtime(session.project, env.name, new_text)  # ConfigError: exit 2, file untouched
+        resumed = recover(session, fleet, cancel)  # may settle a dead config set's journal: read the file after it
+        old, new_text, new_env = _edited(session, env, values)
         summary: dict[str, Any] = {"env": env.name, "file": str(path), "set": values,
                                    "config_digest": new_env.config_digest()}
-        resumed = recover(session, fleet, cancel)
-        if new_env.runtime == env.runtime:
+        if new_env.runtime == load_environment(session.project, env.name).runtime:
             session.progress.note(f"{env.name}: runtime config unchanged")
             return {**summary, "result": "unchanged", "release": None, "resumed": resumed}
-        write_atomically(path, new_text)
-        session.progress.note(f"{env.name}: wrote {path}")
         fleet.env = new_env  # same instances and load balancer; only the runtime config differs
         current = fleet.current()
         if current is None:
+            _write_runtime(path, old, new_text)
             session.progress.note(f"{env.name}: the environment is down; the new config applies at the next deploy")
             return {**summary, "result": "written", "release": None, "resumed": resumed}
         goal = _launchable(fleet, current.version, new_env.config_digest(), new_env.runtime)
-        result = rollout(session, fleet, goal, overrides, "config", False, cancel, resumed)
-        if not result.ok:
-            if old_text is None:
-                path.unlink(missing_ok=True)
-            else:
-                write_atomically(path, old_text)
-            session.progress.note(f"{env.name}: restored the previous {path.name}: the new config did not roll out")
+        result = _roll_out_config(session, fleet, goal, overrides, cancel, resumed, (path, old, new_text))
         return {**summary, **result.to_dict(), "file_restored": not result.ok}
+
+
+def _write_runtime(path: Path, old: bytes | None, text: str) -> None:
+    mode = path.stat().st_mode & 0o7777 if old is not None else 0o644
+    write_atomically(path, text, mode=mode)
+
+
+def _roll_out_config(session: Session, fleet: Fleet, goal: Goal, overrides: dict[str, Any] | None,
+                     cancel: Cancellation, resumed: list[dict[str, Any]],
+                     change: tuple[Path, bytes | None, str]) -> ReleaseResult:
+    """Journal, write runtime.yml, roll out; the old bytes come back unless the change rolled out, or its refresh
+    is saved for the next command to finish (the journal then follows that release's outcome)."""
+    path, old, new_text = change
+    env = fleet.env
+    journal = ConfigChange(session.project.state_dir, env.name)
+    journal.begin(path, old, new_text.encode("utf-8"))
+    try:
+        _write_runtime(path, old, new_text)
+        session.progress.note(f"{env.name}: wrote {path}")
+        result = rollout(session, fleet, goal, overrides, "config", False, cancel, resumed,
+                         on_release=journal.record_release)
+    except BaseException:
+        if fleet.interrupted() is None:  # nothing left to finish: the change did not happen
+            journal.restore()
+            session.progress.note(f"{env.name}: restored the previous {path.name}: the change did not start")
+        raise
+    if result.ok:
+        journal.keep()
+    else:
+        journal.restore()
+        session.progress.note(f"{env.name}: restored the previous {path.name}: the new config did not roll out")
+    return result

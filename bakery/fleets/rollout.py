@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import getpass
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,7 @@ from bakery.config import Project
 from bakery.environments import Environment
 from bakery.errors import BakeryError, Interrupted
 from bakery.fleets.base import Fleet, Goal, RefreshOutcome, RefreshRequest
+from bakery.fleets.config_journal import settle_locked
 from bakery.fleets.planning import effective_preferences
 from bakery.progress import Progress
 from bakery.runs import Run
@@ -108,6 +110,9 @@ def recover(session: Session, fleet: Fleet, cancel: Cancellation) -> list[dict[s
             # refresh began.
             why = f"the {row['kind']} process (pid {row['pid']}) ended before its refresh began"
             catalog.finish_release(row["id"], "abandoned", reason=why)
+    note = settle_locked(session.project.state_dir, catalog, env.name)  # a dead config set's runtime.yml
+    if note:
+        session.progress.note(note)
     return finished
 
 
@@ -127,8 +132,10 @@ def _resume(session: Session, fleet: Fleet, data: dict[str, Any], cancel: Cancel
 
 
 def rollout(session: Session, fleet: Fleet, goal: Goal, overrides: dict[str, Any] | None, kind: str, forced: bool,
-            cancel: Cancellation, resumed: list[dict[str, Any]], replace_running: bool = False) -> ReleaseResult:
-    """Record a release, let the fleet refresh to `goal`, close the release with the outcome (hold the lock)."""
+            cancel: Cancellation, resumed: list[dict[str, Any]], replace_running: bool = False,
+            on_release: Callable[[int, str], None] | None = None) -> ReleaseResult:
+    """Record a release, let the fleet refresh to `goal`, close the release with the outcome (hold the lock).
+    on_release(release_id, run_id) is told the release as soon as it is recorded (config set's journal)."""
     env, catalog = fleet.env, session.catalog
     prefs = effective_preferences(env.refresh, overrides or {})
     current = fleet.current()
@@ -138,6 +145,8 @@ def rollout(session: Session, fleet: Fleet, goal: Goal, overrides: dict[str, Any
         user=getpass.getuser(), forced=forced, run_id=run.id, pid=os.getpid(), config_digest=goal.config_digest,
         details={"runtime": goal.runtime, "preferences": dataclasses.asdict(prefs), "instances": env.instances,
                  "previous_config_digest": current.config_digest if current else None})
+    if on_release is not None:
+        on_release(release_id, run.id)
     was = f"{current.image}:{current.version}" if current else "nothing"
     session.progress.note(f"{env.name}: release #{release_id}: {kind} {goal.image}:{goal.version} "
                           f"(config {goal.config_digest[7:19]}), replacing {was}"

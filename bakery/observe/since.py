@@ -9,6 +9,8 @@ from bakery.errors import ConfigError
 
 DURATION_RE = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
 UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_DAYS = 3650  # ten years: longer than any journal or log group keeps lines
 
 
 def parse_since(text: str, now: datetime | None = None) -> datetime:
@@ -16,7 +18,11 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
     now = now or datetime.now(UTC)
     match = DURATION_RE.match(text or "")
     if match:
-        return now - timedelta(**{UNITS[match.group(2)]: int(match.group(1))})
+        amount, unit = int(match.group(1)), match.group(2)
+        if amount * SECONDS[unit] > MAX_DAYS * 86400:
+            raise ConfigError(f"--since '{text}' is out of range: a duration goes back at most {MAX_DAYS}d "
+                              f"({MAX_DAYS * 24}h); give a shorter one or an ISO time")
+        return now - timedelta(**{UNITS[unit]: amount})
     try:
         moment = datetime.fromisoformat((text or "").strip().replace("Z", "+00:00"))
     except ValueError:
