@@ -75,15 +75,14 @@ class Verifier:
         self.checks: list[junit.Check] = []
         self.instances: list[str] = []
 
-    def verify(self, image: str, version: str | None, env_name: str | None = None) -> VerifyResult:
+    def verify(self, record: dict[str, Any], allowlist: list[secrets.AllowEntry], runtime_text: str,
+               env_name: str | None = None) -> VerifyResult:
         started_at, started = utc_now(), time.monotonic()
-        podman.check_working()
-        record = resolve_version(self.catalog, image, version)
-        version = record["version"]
+        image, version = record["image"], record["version"]
         definition = self.project.image(image) if (self.project.playbooks_dir / f"{image}.yml").is_file() else None
         health = (definition.health_check if definition else {}) or {}
-        allowlist = secrets.load_allowlist(self.project.root / ALLOWLIST_FILE)
-        runtime_file = self._runtime_file(image, env_name)
+        runtime_file = self.run.path / "runtime.env"
+        runtime_file.write_text(runtime_text, encoding="utf-8")
         self.progress.note(f"verify {image}:{version}: {record['image_ref']} (run {self.run.id})")
 
         with cancellable(), ExitStack() as cleanup:
@@ -115,18 +114,6 @@ class Verifier:
         return result
 
     # -- instances -------------------------------------------------------------------------------
-
-    def _runtime_file(self, image: str, env_name: str | None) -> Path:
-        """The runtime config delivered at launch: the environment's, or a neutral one."""
-        if env_name:
-            from bakery.environments import load_environment
-
-            text = load_environment(self.project, env_name).runtime_env_text()
-        else:
-            text = 'ENVIRONMENT="verify"\n'
-        path = self.run.path / "runtime.env"
-        path.write_text(text, encoding="utf-8")
-        return path
 
     def _launch(self, role: str, ref: str, runtime_file: Path, network: bool) -> str:
         name = f"bakery-verify-{self.run.id.rsplit('-', 1)[-1]}-{role}"
@@ -286,7 +273,21 @@ class Verifier:
         self.progress.note(f"  {check.name}: {state}" + (f" - {detail}" if detail else ""))
 
 
+def runtime_text(project: Project, env_name: str | None) -> str:
+    """The runtime config delivered at launch: the environment's, or a neutral one."""
+    if env_name:
+        from bakery.environments import load_environment
+
+        return load_environment(project, env_name).runtime_env_text()
+    return 'ENVIRONMENT="verify"\n'
+
+
 def verify_image(project: Project, catalog: Catalog, progress: Progress, image: str, version: str | None,
                  env_name: str | None = None) -> VerifyResult:
+    """Everything that can refuse the request is checked before the run directory exists."""
+    allowlist = secrets.load_allowlist(project.root / ALLOWLIST_FILE)
+    text = runtime_text(project, env_name)
+    podman.check_working()
+    record = resolve_version(catalog, image, version)
     run = Run.start(project.state_dir, "verify")
-    return Verifier(project, catalog, progress, run).verify(image, version, env_name)
+    return Verifier(project, catalog, progress, run).verify(record, allowlist, text, env_name)

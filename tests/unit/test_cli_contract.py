@@ -312,6 +312,25 @@ def test_show_of_an_empty_reference_is_refused(contract_project, capsys):
     assert rc == 2 and out == "" and "image name ''" in err
 
 
+@pytest.mark.parametrize("allowlist, fragment", [
+    ("- {path: '**', rule: private-key, reason: everything}\n", "entry 1"),
+    ("- {path: etc/x.pem, rule: '*', reason: any rule}\n", "entry 1"),
+    ("- {path: etc/x.pem, rule: private-key}\n", "reason"),
+])
+def test_verify_with_a_bad_allowlist_is_refused_before_the_run_or_podman(tmp_path, no_podman_no_aws, capsys, allowlist,
+                                                                         fragment):
+    contract_project = make_project(tmp_path / "p")
+    use_project(contract_project)
+    fix_catalog_version(contract_project)
+    (contract_project / "verify-allowlist.yml").write_text(allowlist)
+    before = snapshot(contract_project)
+    rc = main(["--project", str(contract_project), "verify", "webapp"])
+    _, err = capsys.readouterr()
+    check_refused(contract_project, ["verify"], fragment, rc, err, before)
+    assert "verify-allowlist.yml" in err
+    assert not no_podman_no_aws.exists()
+
+
 def test_reading_an_absent_catalog_creates_nothing(tmp_path, no_podman_no_aws, capsys):
     root = make_project(tmp_path / "p")
     assert main(["--project", str(root), "show", "nosuch"]) == 2
