@@ -54,7 +54,7 @@ def test_planted_private_key_fails_and_names_the_path(project):
     image = build(project, "planted")
     out = bake(project, "verify", "planted")
     assert out.rc == 1
-    assert "/etc/planted/deploy_key (private-key)" in out.stderr
+    assert "/etc/planted/deploy_key:1 (private-key)" in out.stderr
     assert verify_instances_left() == []
     # re-verification is recorded too; the gate refuses the failed version, --force opens it
     assert bake(project, "verify", "planted").rc == 1
