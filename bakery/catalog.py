@@ -21,9 +21,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bakery import catalog_schema
 from bakery.errors import ConfigError
-
-SCHEMA = (Path(__file__).parent / "catalog_schema.sql").read_text(encoding="utf-8")
 
 # The release kinds after which an environment runs the release's version (gc and the pipeline read them too).
 ROLLOUT_KINDS = ("deploy", "promote", "config", "rollback")
@@ -134,7 +133,7 @@ class SqliteCatalog(Catalog):
             if self._blank is None:
                 self._blank = sqlite3.connect(":memory:", isolation_level=None)
                 self._blank.row_factory = sqlite3.Row
-                for statement in _statements(SCHEMA):
+                for statement in catalog_schema.statements():
                     self._blank.execute(statement)
             return self._blank
         return self._writer()
@@ -152,14 +151,22 @@ class SqliteCatalog(Catalog):
             except sqlite3.DatabaseError as exc:
                 self._conn = None
                 raise ConfigError(f"{self.path}: catalog unreadable ({exc}); move it aside and re-run") from exc
+            except ConfigError:
+                if self._conn is not None:
+                    self._conn.close()
+                self._conn = None
+                raise
         return self._conn
 
     def _init_schema(self) -> None:
+        blank = catalog_schema.check(self._writer(), self.path)  # before WAL mode changes a foreign file
         self._writer().execute("PRAGMA journal_mode=WAL")  # _conn is set: _writer() returns it
         self._writer().execute("PRAGMA synchronous=NORMAL")
         with self._tx() as db:
-            for statement in _statements(SCHEMA):
+            for statement in catalog_schema.statements():
                 db.execute(statement)
+            if blank:
+                catalog_schema.mark(db)
 
     @staticmethod
     def _retry_while_locked(action, seconds: float = 60) -> None:
@@ -385,10 +392,6 @@ def _loads(row: sqlite3.Row | None, *fields: str) -> dict[str, Any] | None:
 def _version(day: str, number: int) -> str:
     """YYYYMMDD.NNN: sorts the same as text and as build order (up to 999 bakes an image a day)."""
     return f"{day}.{number:03d}"
-
-
-def _statements(script: str) -> list[str]:
-    return [s.strip() for s in script.split(";") if s.strip()]
 
 
 def open_catalog(state_dir: Path) -> SqliteCatalog:

@@ -17,12 +17,12 @@ import yaml
 from bakery.errors import ConfigError
 
 PROJECT_FILE = "bakery.yml"
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}\Z")
 # An image's AWS release parameters are /bakery/<image>/<env>/...; /bakery/verifications/ holds the write-once
 # verification records (bakery.aws.verification_record), where the IAM policy denies any overwrite.
 RESERVED_IMAGE_NAMES = {"verifications": "/bakery/verifications/ holds the AWS verification records, and the image's "
                                          "release parameters /bakery/<image>/<env>/... would land there"}
-ROLE_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
+ROLE_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*\Z")
 # Play keys that would run work outside a role: bakery caches one layer per role,
 # so such work would either be repeated in every layer or silently skipped.
 TASK_KEYS = ("pre_tasks", "tasks", "post_tasks", "handlers", "import_playbook")

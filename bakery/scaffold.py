@@ -11,7 +11,7 @@ from bakery.errors import ConfigError
 TEMPLATE = Path(__file__).parent / "templates" / "role"
 PLACEHOLDER = "__ROLE__"
 # Role names become variable prefixes, so they must be valid Ansible variable names.
-NEW_ROLE_RE = re.compile(r"^[a-z][a-z0-9_]{0,40}$")
+NEW_ROLE_RE = re.compile(r"^[a-z][a-z0-9_]{0,40}\Z")
 
 
 def new_role(roles_dir: Path, name: str) -> list[Path]:

@@ -44,7 +44,7 @@ IMAGE_BUILDER_NAMES = "bakery-*"  # bakery.aws.imagebuilder.resources.resource_n
 # Packer passes the build role to EC2; Image Builder's infrastructure configuration to Image Builder (or EC2:
 # unconfirmed which service name IAM sees, so both)
 PASS_TO_BUILD = {"packer": ["ec2.amazonaws.com"], "imagebuilder": ["ec2.amazonaws.com", "imagebuilder.amazonaws.com"]}
-ENV_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,30}$")  # docs/cloudformation/environment.yaml's EnvironmentName
+ENV_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,30}\Z")  # docs/cloudformation/environment.yaml's EnvironmentName
 PASS_TO_FLEET = ["ec2.amazonaws.com", "autoscaling.amazonaws.com"]
 
 READ_ONLY = [

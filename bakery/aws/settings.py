@@ -13,11 +13,11 @@ from typing import Any
 
 from bakery.errors import ConfigError
 
-REGION_RE = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-\d$")
-ACCOUNT_RE = re.compile(r"^\d{12}$")
-IAM_NAME_RE = re.compile(r"^[\w+=,.@-]{1,64}$")  # an IAM role or instance profile name
-LOG_GROUP_RE = re.compile(r"^[\w./#-]{1,512}\*?$")  # a log group name, or a prefix ending in *
-SUBNET_RE = re.compile(r"^subnet-[0-9a-f]+$")
+REGION_RE = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-\d\Z")
+ACCOUNT_RE = re.compile(r"^\d{12}\Z")
+IAM_NAME_RE = re.compile(r"^[\w+=,.@-]{1,64}\Z")  # an IAM role or instance profile name
+LOG_GROUP_RE = re.compile(r"^[\w./#-]{1,512}\*?\Z")  # a log group name, or a prefix ending in *
+SUBNET_RE = re.compile(r"^subnet-[0-9a-f]+\Z")
 BUILDERS = ("packer", "imagebuilder")
 DEBIAN_12_PARAMETER = "/aws/service/debian/release/12/latest/amd64"
 

@@ -33,7 +33,7 @@ PREFIX = "/bakery/verifications"
 COPIES = "copies"  # the level under an image that holds copy records: never a version (versions are dates)
 # SSM names: a-zA-Z0-9_.- with '/' between levels, at most 1011 characters with the ARN; our prefix keeps the
 # name clear of the reserved 'aws'/'ssm' start, and two 200-character levels stay far below the length limit
-NAME_PART_RE = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")
+NAME_PART_RE = re.compile(r"^[A-Za-z0-9_.-]{1,200}\Z")
 MAX_VALUE_BYTES = 4096  # SSM's standard tier; the advanced tier (8 KB) is charged per parameter, so it is not used
 MAX_SUMMARY = 512  # a summary is shortened to this first, then (if the record is still too big) dropped
 

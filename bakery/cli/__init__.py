@@ -15,7 +15,7 @@ import click
 from bakery import __version__
 from bakery.cli import build, fleet, gc, iam, images, observe, pipeline, verify
 from bakery.cli.common import Context
-from bakery.errors import BakeryError, Interrupted
+from bakery.errors import BakeryError, ConfigError, Interrupted
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     except BakeryError as exc:
         if debug:
             raise
-        click.echo(f"bake.py: error: {exc}", err=True)
+        message = str(exc) if exc.exit_code != ConfigError.exit_code else _escaped(str(exc))
+        click.echo(f"bake.py: error: {message}", err=True)
         return exc.exit_code
     except (Interrupted, KeyboardInterrupt) as exc:
         if debug:
@@ -69,6 +70,11 @@ def main(argv: list[str] | None = None) -> int:
                    err=True)
         return 1
     return 0
+
+
+def _escaped(text: str) -> str:
+    """Bad input is one line even when it quotes a name with a newline or another control character in it."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _one_line(exc: click.ClickException) -> str:

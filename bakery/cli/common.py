@@ -50,8 +50,8 @@ def emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
-VERSION_RE = re.compile(r"^\d{8}\.\d{3,}$")
-UNIT_RE = re.compile(r"^[A-Za-z0-9@._:\\-]{1,200}$")
+VERSION_RE = re.compile(r"^\d{8}\.\d{3,}\Z")
+UNIT_RE = re.compile(r"^[A-Za-z0-9@._:\\-]{1,200}\Z")
 
 
 def parse_image_ref(value: str) -> tuple[str, str | None]:

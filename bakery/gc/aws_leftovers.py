@@ -35,7 +35,7 @@ from bakery.catalog import Catalog
 from bakery.processes import pid_alive
 
 # packer_bake's AMI name: image (bakery.config.NAME_RE), version (YYYYMMDD.NNN), the run id's random suffix
-RUN_AMI_NAME = re.compile(r"^(?P<image>[a-z0-9][a-z0-9_-]{0,62})-(?P<version>\d{8}\.\d{3,})-(?P<suffix>[0-9a-f]{6})$")
+RUN_AMI_NAME = re.compile(r"^(?P<image>[a-z0-9][a-z0-9_-]{0,62})-(?P<version>\d{8}\.\d{3,})-(?P<suffix>[0-9a-f]{6})\Z")
 NAME_FILTER = "*-????????.???*-??????"  # EC2's wildcards: narrows what DescribeImages returns; the regex decides
 UNKNOWN_RUN_AGE = timedelta(hours=24)
 

@@ -21,7 +21,7 @@ log = logging.getLogger("bakery.leftovers")
 
 BUILD_LABEL = "io.bakery.build"
 PID_LABEL = "io.bakery.build.pid"
-GENERATED_PLAYBOOK = re.compile(r"^\.bakery-(\d+)-.*\.yml$")
+GENERATED_PLAYBOOK = re.compile(r"^\.bakery-(\d+)-.*\.yml\Z")
 
 
 @dataclass

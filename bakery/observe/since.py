@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 from bakery.errors import ConfigError
 
-DURATION_RE = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
+DURATION_RE = re.compile(r"^\s*(\d{1,12})\s*([smhd])\s*\Z")  # 12 digits: far past the range, never past int()
 UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 MAX_DAYS = 3650  # ten years: longer than any journal or log group keeps lines
@@ -32,4 +32,6 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
         moment = moment.replace(tzinfo=UTC)
     if moment > now:
         raise ConfigError(f"--since '{text}' is in the future; give a past time or a duration such as 10m")
+    if moment < now - timedelta(days=MAX_DAYS):  # also keeps year 1 minus an offset from overflowing
+        raise ConfigError(f"--since '{text}' is out of range: at most {MAX_DAYS}d back; give a later time")
     return moment.astimezone(UTC)

@@ -85,7 +85,7 @@ class ProcessRow:
         return asdict(self)
 
 
-SIZE_RE = re.compile(r"^\s*([\d.]+)\s*([kKMGT]?i?B)?\s*$")
+SIZE_RE = re.compile(r"^\s*([\d.]+)\s*([kKMGT]?i?B)?\s*\Z")
 SIZE_UNITS = {"B": 1, "kB": 1000, "KB": 1000, "MB": 1000**2, "GB": 1000**3, "TB": 1000**4,
               "KiB": 1024, "kiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "TiB": 1024**4}
 

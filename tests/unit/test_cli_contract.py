@@ -149,6 +149,15 @@ TABLE: list[tuple[list[str], str]] = [
     (["iam-policy", "--for", "imagebuilder-instance", "--env", "qa"], "does not take --env"),
     (["iam-policy", "--part", "0"], "--part"),
     (["iam-policy", "--for", "nobody"], "'nobody'"),
+    # a trailing newline passed `re.match(...$)` and printed a second line
+    (["show", "webapp\n"], "image name 'webapp\\n'"),
+    (["images", "webapp\n"], "image name 'webapp\\n'"),
+    (["new-role", "x\n"], "role name 'x\\n'"),
+    (["status", "--env", "qa\n"], "environment name 'qa\\n'"),
+    (["config", "get", "--env", "qa", "A\n"], "no key 'A\\n'"),
+    (["logs", "--env", "qa", "--unit", "webapp\n"], "--unit 'webapp\\n'"),
+    (["logs", "--env", "qa", "--since", "0001-01-01T00:00:00+01:00"], "out of range"),
+    (["logs", "--env", "qa", "--since", "9" * 5000 + "s"], "--since"),
 ]
 
 
@@ -345,3 +354,37 @@ def test_an_existing_catalog_is_closed_with_no_wal_left(tmp_path, no_podman_no_a
     use_project(root)
     assert main(["--project", str(root), "images"]) == 0
     assert sorted(p.name for p in (root / ".bakery").iterdir()) == ["catalog.db", "envs", "runs"]
+
+
+@pytest.mark.parametrize("setup, fragment", [
+    ("CREATE TABLE notes (id INTEGER)", "not a bakery catalog (tables notes)"),
+    ("CREATE TABLE versions (image TEXT)", "table 'versions' lacks"),
+    ("PRAGMA user_version = 999", "schema version 999 is newer"),
+])
+def test_a_catalog_bakery_did_not_write_is_refused_untouched(tmp_path, no_podman_no_aws, capsys, setup, fragment):
+    import sqlite3
+
+    root = make_project(tmp_path / "p")
+    (root / ".bakery").mkdir()
+    db = sqlite3.connect(root / ".bakery" / "catalog.db")
+    db.execute(setup)
+    db.commit()
+    db.close()
+    before = snapshot(root)
+    rc = main(["--project", str(root), "images"])
+    check_refused(root, ["images"], fragment, rc, capsys.readouterr().err, before)
+
+
+def test_a_new_catalog_is_stamped_and_an_older_one_read_unchanged(tmp_path, no_podman_no_aws, capsys):
+    import sqlite3
+
+    root = make_project(tmp_path / "p")
+    use_project(root)
+    db = sqlite3.connect(root / ".bakery" / "catalog.db")
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+    db.execute("PRAGMA user_version = 0")  # a catalog from before the schema had a version
+    db.close()
+    before = snapshot(root)
+    assert main(["--project", str(root), "images", "--json"]) == 0
+    assert "webapp" in capsys.readouterr().out
+    assert changes(before, snapshot(root)) == []

@@ -38,7 +38,7 @@ TESTINFRA_VERSION = "10.2.2"
 LOG_PREFIX = "imagebuilder-logs"
 IMDS_HOP_LIMIT = 2
 ROOT_VOLUME_TYPE = "gp3"
-_SEMVER = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
+_SEMVER = re.compile(r"^(\d+)\.(\d+)\.(\d+)\Z")
 _PLACEHOLDER = re.compile(r"__[A-Z0-9_]+__")
 
 

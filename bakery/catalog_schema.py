@@ -1,0 +1,59 @@
+"""The catalog's schema (catalog_schema.sql) and the check that a catalog file has it.
+
+A catalog another tool made, or one from a newer bakery, is refused with one line before anything reads or
+writes it: its tables would be misread (or changed) by statements written for this schema.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from bakery.errors import ConfigError
+
+SCHEMA = (Path(__file__).parent / "catalog_schema.sql").read_text(encoding="utf-8")
+# Bump when catalog_schema.sql changes in a way older code cannot read; PRAGMA user_version carries it.
+SCHEMA_VERSION = 1
+
+
+def statements(script: str = SCHEMA) -> list[str]:
+    return [s.strip() for s in script.split(";") if s.strip()]
+
+
+def _columns(conn: sqlite3.Connection) -> dict[str, set[str]]:
+    tables = [row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    return {t: {row[1] for row in conn.execute(f'PRAGMA table_info("{t}")')} for t in tables}
+
+
+def _expected() -> dict[str, set[str]]:
+    blank = sqlite3.connect(":memory:")
+    try:
+        for statement in statements():
+            blank.execute(statement)
+        return _columns(blank)
+    finally:
+        blank.close()
+
+
+def check(conn: sqlite3.Connection, path: Path) -> bool:
+    """Before anything is created in it: refuse a catalog from a newer bakery or one with other tables' shapes.
+    True when the file is blank (new): only then is it stamped, so that reading an older catalog changes nothing."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise ConfigError(f"{path}: catalog schema version {version} is newer than this bakery's "
+                          f"({SCHEMA_VERSION}); use the bakery that wrote it, or move the file aside")
+    actual, expected = _columns(conn), _expected()
+    if actual and not actual.keys() & expected.keys():
+        raise ConfigError(f"{path}: not a bakery catalog (tables {', '.join(sorted(actual)[:5])}); "
+                          "move the file aside and re-run")
+    for table in sorted(actual.keys() & expected.keys()):
+        missing = sorted(expected[table] - actual[table])
+        if missing:
+            raise ConfigError(f"{path}: not a bakery catalog of this version (table '{table}' lacks "
+                              f"{', '.join(missing)}); move the file aside and re-run")
+    return not actual
+
+
+def mark(conn: sqlite3.Connection) -> None:
+    """Stamp the schema version on a catalog that has the schema now."""
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
