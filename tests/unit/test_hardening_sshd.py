@@ -112,6 +112,18 @@ def test_parse_and_differences_report_each_weakened_setting():
         "passwordauthentication is 'yes', want 'no'", "x11forwarding is '(unset)', want 'no'"]
 
 
+def test_a_key_source_other_than_the_break_glass_one_is_a_difference():
+    """A drop-in can point AuthorizedKeysFile elsewhere, or add a CA or a command that hands out keys: each is a
+    way in that the runtime config does not own (sshd -T prints these settings; they must be the role's)."""
+    hardened = check.parse("\n".join(f"{k} {v}" for k, v in check.EXPECTED.items()))
+    assert check.differences(hardened) == []
+    for keyword, value in [("authorizedkeysfile", "/etc/ssh/keys/%u"), ("trustedusercakeys", "/etc/ssh/ca.pub"),
+                           ("authorizedkeyscommand", "/usr/local/bin/keys %u"),
+                           ("authorizedprincipalsfile", "/etc/ssh/principals")]:
+        weakened = {**hardened, keyword: value}
+        assert check.differences(weakened) == [f"{keyword} is {value!r}, want {check.EXPECTED[keyword]!r}"]
+
+
 def _config_with_dropins(tmp_path: Path, dropins: dict[str, str]) -> Path:
     """The rendered sshd_config in tmp_path, its Include pointed at tmp_path/sshd_config.d with these drop-ins."""
     dropin_dir = tmp_path / "sshd_config.d"

@@ -53,6 +53,12 @@ EXPECTED = {
     "loglevel": "VERBOSE",
     "banner": "/etc/issue.net",
     "allowusers": BREAK_GLASS_USER,
+    # where keys may come from: the break-glass key the runtime config installs at boot, nothing else
+    "authorizedkeysfile": ".ssh/authorized_keys /run/bakery-break-glass/authorized_keys/%u",
+    "authorizedkeyscommand": "none",
+    "authorizedprincipalsfile": "none",
+    "authorizedprincipalscommand": "none",
+    "trustedusercakeys": "none",
     "usepam": "yes",
     "ciphers": "chacha20-poly1305@openssh.com,aes256-gcm@openssh.com,aes128-gcm@openssh.com,"
                "aes256-ctr,aes192-ctr,aes128-ctr",
