@@ -43,3 +43,23 @@ def cancellable() -> Iterator[Cancellation]:
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+class TimeLimitExceeded(Exception):
+    """Raised inside a `time_limit` block when its seconds are up."""
+
+
+@contextmanager
+def time_limit(seconds: float) -> Iterator[None]:
+    """Stop a CPU-bound step (the secret scan of hostile content) after `seconds`, from the main thread only."""
+
+    def handler(_signum, _frame):
+        raise TimeLimitExceeded(f"did not finish within {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, handler)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
