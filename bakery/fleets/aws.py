@@ -136,18 +136,17 @@ class AwsFleet(AwsGroupFleet):
         empty = group["DesiredCapacity"] == 0 or not group["Instances"]
         for line in [] if empty else instance_refresh.held_back(group["Instances"], prefs):
             self._note(line)
-        if empty:
-            self._pin_empty(group, template_id, number, pinned, goal)
-        else:  # the refresh's DesiredConfiguration carries the version; AWS pins the group only when it succeeds
+        if not empty:  # the refresh's DesiredConfiguration carries the version; AWS pins the group once it succeeded
             self._note(f"launch template {self.template_name} version {number} ({goal.image_id}); Auto Scaling group "
                        f"{self.group_name} stays on version {pinned} until the instance refresh succeeds")
         state = {"release_id": request.release_id, "kind": request.kind, "env": self.env.name,
                  "run_id": request.run_id, "pid": os.getpid(), "goal": goal.to_dict(),
-                 "previous": request.previous.to_dict() if request.previous else None, "phase": "refresh",
+                 "previous": request.previous.to_dict() if request.previous else None,
+                 "phase": "pin" if empty else "refresh",
                  "template_id": template_id, "version": number, "previous_version": pinned, "preferences": prefs,
                  "refresh_id": None, "empty": empty, "total": len(group["Instances"]) or self.env.instances,
                  "resumed_by": []}
-        self.env_state.save_refresh(state)
+        self.env_state.save_refresh(state)  # before the group changes: a kill from here on is resumed, not lost
         return self._follow(state, cancel, on_done)
 
     def _pin_number(self, group: dict[str, Any], template_id: str, pinned: str) -> None:
@@ -210,6 +209,11 @@ class AwsFleet(AwsGroupFleet):
         started = time.monotonic()
         goal = Goal.from_dict(state["goal"])
         if state["empty"]:
+            if state.get("phase") == "pin":  # again when a dead process made the call: the same call, harmless
+                self._pin_empty(self._group(), state["template_id"], state["version"], state["previous_version"],
+                                goal)
+                state["phase"] = "refresh"
+                self.env_state.save_refresh(state)
             outcome = self._wait_capacity(goal, state, cancel, started)
         else:
             if not state["refresh_id"]:

@@ -15,13 +15,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bakery import podman
 from bakery.catalog import ROLLOUT_KINDS
 from bakery.environments import Environment, load_environment
 from bakery.errors import ConfigError, OperationError
 from bakery.files import write_atomically
 from bakery.fleets import get_fleet
 from bakery.fleets.base import Fleet, Goal
-from bakery.fleets.config_journal import ConfigChange
+from bakery.fleets.config_journal import ConfigChange, restore_note
 from bakery.fleets.planning import effective_preferences
 from bakery.fleets.rollout import ReleaseResult, Session, find_release, recover, rollout
 from bakery.fleets.runtime_config import edit_runtime_yaml, parse_pairs, runtime_path, validate_runtime
@@ -47,6 +48,13 @@ def _adopt_on_aws(session: Session, env: Environment, version: str | None, kind:
         open_fleet(session, env).adopt(version, f"{kind}-{os.getpid()}")
 
 
+def _require_target(env: Environment) -> None:
+    """A local environment is podman's: a broken podman is exit 2 (as deploy, logs and top say it), before the
+    environment's lock or anything else is written. An aws environment's account is asked by the fleet itself."""
+    if env.target == "local":
+        podman.check_working()
+
+
 def _launchable(fleet: Fleet, version: str, digest: str, runtime: dict[str, str]) -> Goal:
     """The goal for a version the catalog resolved, checked launchable on the fleet's target."""
     goal = fleet.goal_for(version, digest, runtime)
@@ -55,6 +63,19 @@ def _launchable(fleet: Fleet, version: str, digest: str, runtime: dict[str, str]
                           f"list versions with: ./bake.py images {fleet.env.image}")
     fleet.check_goal(goal)
     return goal
+
+
+def _settled_goal(session: Session, fleet: Fleet, goal: Goal) -> Goal:
+    """The goal again from runtime.yml as it is once recover() settled what a dead config set left (hold the lock):
+    the environment was loaded before the lock, and settling may have put the old file back (or a concurrent
+    command may have, while it held the lock)."""
+    env = load_environment(session.project, fleet.env.name)
+    if env.runtime == fleet.env.runtime:  # what the goal was made from
+        return goal
+    session.progress.note(f"{env.name}: {runtime_path(env)} changed while the environment was settled; "
+                          "rolling out the file as it is now")
+    fleet.env = env
+    return _launchable(fleet, goal.version, sha256_json(env.runtime), env.runtime)
 
 
 def _deployed(fleet: Fleet, goal: Goal) -> Callable[[], tuple[bool, str]] | None:
@@ -95,12 +116,14 @@ def deploy(session: Session, env: Environment, image: str, version: str | None, 
             # an interrupted release's refresh ends Cancelled; recover records that
             fleet.stop_live_refresh("cancel", cancel)
         resumed = recover(session, fleet, cancel)
+        goal = _settled_goal(session, fleet, goal)
         return rollout(session, fleet, goal, overrides, "deploy", forced, cancel, resumed, replace_running)
 
 
 def rollback(session: Session, env: Environment, *, overrides: dict[str, Any] | None = None) -> ReleaseResult:
     """Back to the newest successful release whose version or config differs from what runs now."""
     effective_preferences(env.refresh, overrides or {})
+    _require_target(env)
     fleet = open_fleet(session, env)
     with cancellable() as cancel:
         stopped = fleet.stop_live_refresh("rollback", cancel)
@@ -186,6 +209,7 @@ def promote(session: Session, env: Environment, image: str, version: str | None,
                      deployed=_deployed(fleet, goal))  # the AMI promoted, once it is chosen
     with cancellable() as cancel, fleet.lock():
         resumed = recover(session, fleet, cancel)
+        goal = _settled_goal(session, fleet, goal)
         return rollout(session, fleet, goal, overrides, "promote", False, cancel, resumed)
 
 
@@ -213,6 +237,7 @@ def _require_healthy_in(fleet: Fleet, source: Environment, image: str, version: 
 def down(session: Session, env: Environment) -> dict[str, Any]:
     """Desired capacity 0: drain and remove every instance, stop the load balancer; releases and data volumes
     stay."""
+    _require_target(env)
     fleet = open_fleet(session, env)
     catalog = session.catalog
     with cancellable() as cancel, fleet.lock():
@@ -257,6 +282,7 @@ def _in_progress(session: Session, env: Environment) -> bool:
 
 def status(session: Session, env: Environment, *, resume: bool = True) -> dict[str, Any]:
     """The environment now; an unfinished refresh whose process died is finished first (resume=True)."""
+    _require_target(env)
     fleet = open_fleet(session, env)
     resumed: list[dict[str, Any]] = []
     with fleet.try_lock() as free:
@@ -302,6 +328,7 @@ def config_set(session: Session, env: Environment, pairs: tuple[str, ...] | list
     values = parse_pairs(pairs)
     effective_preferences(env.refresh, overrides or {})
     _edited(session, env, values)  # bad input fails before the environment is locked or anything is written
+    _require_target(env)
     path = runtime_path(env)
     fleet = open_fleet(session, env)
     with cancellable() as cancel, fleet.lock():
@@ -335,8 +362,8 @@ def _roll_out_config(session: Session, fleet: Fleet, goal: Goal, overrides: dict
     is saved for the next command to finish (the journal then follows that release's outcome)."""
     path, old, new_text = change
     env = fleet.env
-    journal = ConfigChange(session.project.state_dir, env.name)
-    journal.begin(path, old, new_text.encode("utf-8"))
+    journal = ConfigChange(session.project.state_dir, env)
+    journal.begin(old, new_text.encode("utf-8"))
     try:
         _write_runtime(path, old, new_text)
         session.progress.note(f"{env.name}: wrote {path}")
@@ -344,12 +371,14 @@ def _roll_out_config(session: Session, fleet: Fleet, goal: Goal, overrides: dict
                          on_release=journal.record_release)
     except BaseException:
         if fleet.interrupted() is None:  # nothing left to finish: the change did not happen
-            journal.restore()
-            session.progress.note(f"{env.name}: restored the previous {path.name}: the change did not start")
+            note = restore_note(env.name, path, journal.restore(), "config set stopped before its change rolled out")
+            if note:
+                session.progress.note(note)
         raise
     if result.ok:
         journal.keep()
     else:
-        journal.restore()
-        session.progress.note(f"{env.name}: restored the previous {path.name}: the new config did not roll out")
+        note = restore_note(env.name, path, journal.restore(), f"the new config did not roll out ({result.result})")
+        if note:
+            session.progress.note(note)
     return result

@@ -110,7 +110,7 @@ def recover(session: Session, fleet: Fleet, cancel: Cancellation) -> list[dict[s
             # refresh began.
             why = f"the {row['kind']} process (pid {row['pid']}) ended before its refresh began"
             catalog.finish_release(row["id"], "abandoned", reason=why)
-    note = settle_locked(session.project.state_dir, catalog, env.name)  # a dead config set's runtime.yml
+    note = settle_locked(session.project.state_dir, catalog, env)  # a dead config set's runtime.yml
     if note:
         session.progress.note(note)
     return finished

@@ -134,18 +134,60 @@ def test_sigterm_inside_the_rollout_restores_runtime_yml_at_once(qa, tmp_path):
 def test_a_dead_change_whose_release_succeeded_is_kept(qa):
     """The journal follows the release: when the change did roll out before its process died, the file stays."""
     from bakery.catalog import open_catalog
+    from bakery.config import Project
+    from bakery.environments import load_environment
     from bakery.fleets.config_journal import ConfigChange, settle_locked
 
     path = runtime_file(qa)
     old = path.read_bytes()
-    change = ConfigChange(qa / ".bakery", "qa")
-    change.begin(path, old, b"new")
+    env = load_environment(Project(qa), "qa")
+    change = ConfigChange(qa / ".bakery", env)
+    change.begin(old, b"new")
     path.write_bytes(b"---\nbakery_runtime:\n  LOG_LEVEL: debug\n")
     catalog = open_catalog(qa / ".bakery")
     release = catalog.start_release("qa", "webapp", VERSION, previous_version=VERSION, kind="config", user="t",
                                     forced=False, run_id="r", pid=1, config_digest="sha256:new")
     change.record_release(release, "r")
     catalog.finish_release(release, "succeeded")
-    assert "stays" in settle_locked(qa / ".bakery", catalog, "qa")
+    assert "stays" in settle_locked(qa / ".bakery", catalog, env)
     catalog.close()
     assert b"debug" in path.read_bytes() and not change.path.exists()
+
+
+def test_deploy_rolls_out_the_runtime_yml_that_settling_the_dead_change_left(qa, monkeypatch, tmp_path):
+    """deploy loads the environment before it holds the lock; settling a dead config set inside the lock (here:
+    its release never started a refresh, so the old bytes come back) changes runtime.yml, and the deploy must roll
+    out that file, not the config it loaded before (a concurrent status took the lock when deploy looked)."""
+    from bakery.catalog import open_catalog
+    from bakery.config import Project
+    from bakery.environments import load_environment
+    from bakery.errors import BakeryError
+    from bakery.fleets.config_journal import ConfigChange
+    from bakery.fleets.operations import deploy
+    from bakery.fleets.rollout import Session
+    from bakery.progress import Progress
+
+    monkeypatch.setenv("FAKE_PODMAN_JOURNAL", str(tmp_path / "no-journal"))  # the fake podman never blocks here
+    path = runtime_file(qa)
+    old = path.read_bytes()
+    project = Project(qa)
+    before = load_environment(project, "qa")
+    new = old.replace(b"LOG_LEVEL: info", b"LOG_LEVEL: debug")
+    ConfigChange(qa / ".bakery", before).begin(old, new)
+    path.write_bytes(new)
+    catalog = open_catalog(qa / ".bakery")
+    dead = catalog.start_release("qa", "webapp", VERSION, previous_version=VERSION, kind="config", user="t",
+                                 forced=False, run_id="r", pid=999999, config_digest="sha256:new")
+    ConfigChange(qa / ".bakery", before).record_release(dead, "r")
+
+    env = load_environment(project, "qa")  # as the deploy saw it: the dead change's config
+    assert env.runtime["LOG_LEVEL"] == "debug"
+    try:
+        deploy(Session(project, catalog, Progress()), env, "webapp", VERSION)
+    except BakeryError:
+        pass  # the fake podman cannot launch anything; the release is recorded before that
+    assert path.read_bytes() == old  # the dead change was settled: the old bytes are back
+    release = catalog.releases("qa", limit=1)[0]
+    catalog.close()
+    assert release["kind"] == "deploy"
+    assert release["details"]["runtime"]["LOG_LEVEL"] == "info", release["details"]["runtime"]

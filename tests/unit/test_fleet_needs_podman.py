@@ -1,0 +1,46 @@
+"""A local environment's commands need a working podman: without one, status, down, rollback and config set exit 2
+with the one line deploy, logs and top give, before the environment's lock (or anything else) is written."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from bakery.cli import main
+from tests.unit.test_cli_contract import make_project, snapshot
+
+pytestmark = pytest.mark.unit
+
+BROKEN_PODMAN = """#!{python}
+import sys
+sys.stderr.write("Error: cannot connect to the podman socket\\n")
+sys.exit(125)
+"""
+
+
+@pytest.mark.parametrize("args", [
+    ["status", "--env", "qa"],
+    ["down", "--env", "qa"],
+    ["rollback", "--env", "qa"],
+    ["config", "set", "--env", "qa", "LOG_LEVEL=debug"],
+], ids=lambda args: " ".join(args[:2]))
+def test_a_broken_podman_is_exit_2_and_a_fresh_checkout_stays_as_it_was(tmp_path: Path, monkeypatch, capsys, args):
+    root = make_project(tmp_path / "p")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "podman"
+    fake.write_text(BROKEN_PODMAN.format(python=sys.executable))
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("BAKERY_PROJECT", raising=False)
+    before = snapshot(root)
+
+    rc = main(["--project", str(root), *args])
+
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert rc == 2 and len(lines) == 1 and "podman is not working" in lines[0], err
+    assert snapshot(root) == before
