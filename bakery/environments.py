@@ -15,17 +15,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bakery import runtime_grammar
+from bakery import runtime_file, runtime_grammar
 from bakery.aws.settings import REGION_RE
 from bakery.config import NAME_RE, Project, load_yaml
 from bakery.errors import ConfigError
 from bakery.provenance import sha256_json
 
-# Secrets are given by reference (an SSM parameter, a file path), never by value.
-SECRET_NAME_RE = re.compile(r"(PASSWORD|SECRET|TOKEN|PRIVATE_KEY|API_KEY)$")
-SECRET_REF_RE = re.compile(r"^(ssm:|arn:aws:|file:|secretsmanager:)")
-# scheme://user:password@host; the lookbehind starts a scheme only at its first letter (else quadratic on long values)
-URL_CREDENTIALS_RE = re.compile(r"(?<![A-Za-z0-9+.-])[A-Za-z][A-Za-z0-9+.-]*://[^/?#@\s:]*:[^/?#@\s]+@")
 TARGETS = ("local", "aws")
 # bakery_deploy.aws: the environment on EC2 Auto Scaling; region empty = bakery.yml's aws.region,
 # else the standard AWS chain.
@@ -263,29 +258,8 @@ def _aws(value: Any, path: Path, rel: str, required: bool) -> dict[str, Any]:
 
 
 def _runtime(path: Path, project: Project) -> dict[str, str]:
-    if not path.is_file():
-        return {}
-    data = _mapping(load_yaml(path), path, "the file")
-    rel = _rel(project, path)
-    _unknown(data, {"bakery_runtime"}, rel, "the file")
-    runtime = _mapping(data.get("bakery_runtime") or {}, path, "bakery_runtime")
-    result = {}
-    for key, value in runtime.items():
-        runtime_grammar.validate_key(key, rel, "bakery_runtime key")
-        if isinstance(value, (dict, list)) or value is None:
-            raise ConfigError(f"{rel}: bakery_runtime.{key} must be a string, number or boolean, got {value!r}")
-        text = str(value).lower() if isinstance(value, bool) else str(value)
-        runtime_grammar.validate_value(text, rel, f"bakery_runtime.{key}")
-        if SECRET_NAME_RE.search(key) and not SECRET_REF_RE.match(text):
-            raise ConfigError(f"{rel}: bakery_runtime.{key} looks like a secret given by value; give a reference "
-                              "(ssm:/path, secretsmanager:name, arn:aws:..., file:/path) instead")
-        if URL_CREDENTIALS_RE.search(text):  # the value is never repeated: it would print the password
-            raise ConfigError(f"{rel}: bakery_runtime.{key} carries a password in its URL (user:password@host); "
-                              "give a reference (ssm:/path, secretsmanager:name, ...) or a URL without the password "
-                              f"plus a reference in {key.removesuffix('_URL')}_PASSWORD")
-        result[key] = text
-    runtime_grammar.validate_all(result, rel, "bakery_runtime")  # and it fits into UserData
-    return result
+    """bakery_runtime of runtime.yml: read strictly (bakery.runtime_file), or {} when there is no file."""
+    return runtime_file.load(path, _rel(project, path)) if path.is_file() else {}
 
 
 def _check_promotion_chain(project: Project, env: Environment) -> None:

@@ -8,7 +8,11 @@ value either reaches all of them unchanged or none of them.
 
 Grammar (docs/environments.md, "Runtime config grammar"):
 
-- key: `[A-Z][A-Z0-9_]*` (ASCII; an environment variable name that no shell or systemd rewrites).
+- key: `[A-Z][A-Z0-9_]*` (ASCII; an environment variable name that no shell or systemd rewrites), and not
+  reserved: a name the dynamic loader, an interpreter, a shell, the C library, systemd or a bakery unit's own
+  `Environment=` reads (LD_PRELOAD, PATH, PYTHON*, BROWSER, ...). `EnvironmentFile=` overrides a unit's
+  `Environment=`, so such a key would change how every service runs, up to running code (PYTHONWARNINGS plus
+  BROWSER runs a shell in every Python service). The applier carries the same two lists.
 - value: UTF-8 text without control characters (C0 U+0000-U+001F, DEL U+007F, C1 U+0080-U+009F, so no tab, CR,
   NUL or U+0085), line and paragraph separators (U+2028, U+2029), surrogates, Unicode noncharacters (systemd
   252 refuses a whole env file holding a NUL or a noncharacter: every key is lost), double quote or backslash
@@ -41,6 +45,20 @@ RULE = ("a runtime config value is one line of UTF-8 text without control charac
         "double quotes or backslashes")
 LARGE = "keep large values elsewhere and give a reference (ssm:/path, ...)"
 BARE = "quote the value: KEY=\"VALUE\""
+# Reserved keys (see the module docstring); the applier holds a copy of both lists and a test keeps them equal.
+# WEBAPP_*: what roles/webapp/templates/webapp.service.j2 sets with Environment= (a test checks every unit).
+RESERVED_KEYS = frozenset({
+    "PATH", "HOME", "SHELL", "USER", "LOGNAME", "PWD", "OLDPWD", "TMPDIR", "TZDIR", "LANG", "LANGUAGE",
+    "BASH_ENV", "ENV", "IFS", "SHELLOPTS", "BASHOPTS", "PS4", "PROMPT_COMMAND", "CDPATH", "BROWSER", "PAGER",
+    "EDITOR", "VISUAL", "PERLLIB", "NODE_OPTIONS", "NODE_PATH", "NODE_EXTRA_CA_CERTS", "JAVA_TOOL_OPTIONS",
+    "JDK_JAVA_OPTIONS", "GCONV_PATH", "LOCPATH", "NLSPATH", "HOSTALIASES", "LOCALDOMAIN", "RES_OPTIONS",
+    "GLIBC_TUNABLES", "OPENSSL_CONF", "OPENSSL_ENGINES", "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE", "NOTIFY_SOCKET", "INVOCATION_ID", "JOURNAL_STREAM", "CREDENTIALS_DIRECTORY",
+    "RUNTIME_DIRECTORY", "STATE_DIRECTORY", "CACHE_DIRECTORY", "LOGS_DIRECTORY", "CONFIGURATION_DIRECTORY",
+    "WATCHDOG_PID", "WATCHDOG_USEC", "MAINPID", "MANAGERPID", "SERVICE_RESULT", "EXIT_CODE", "EXIT_STATUS",
+    "WEBAPP_PORT", "WEBAPP_BIND", "WEBAPP_DATA_DIR",
+})
+RESERVED_PREFIXES = ("LD_", "PYTHON", "PERL5", "RUBY", "LC_", "SYSTEMD_", "LISTEN_", "MALLOC_", "BAKERY_")
 
 
 def escape(char: str) -> str:
@@ -84,10 +102,21 @@ def refused_character(value: str) -> tuple[int, str, str] | None:
     return None
 
 
+def reserved(key: str) -> str | None:
+    """Why a key may not be set by runtime config, or None when it may."""
+    if key in RESERVED_KEYS or key.startswith(RESERVED_PREFIXES):
+        return ("it is read by the dynamic loader, an interpreter, a shell, the C library, systemd or a bakery "
+                "unit's own Environment=")
+    return None
+
+
 def validate_key(key: object, where: str, name: str = "key") -> str:
     if not isinstance(key, str) or not KEY_RE.fullmatch(key):
         raise ConfigError(f"{where}: {name} '{shown(str(key))}' must be upper-case letters, digits and '_', "
                           "starting with a letter (an environment variable name)")
+    why = reserved(key)
+    if why:
+        raise ConfigError(f"{where}: {name} '{key}' is reserved ({why}); give the application a name of its own")
     return key
 
 
@@ -151,6 +180,9 @@ def parse(text: str, source: str) -> dict[str, str]:
         where = f"{source}:{number}"
         line = line.removesuffix("\r")
         if line.startswith("#"):
+            if line.endswith("\\"):
+                raise ConfigError(f"{where}: the comment ends in a backslash, which joins the next line to it in "
+                                  "systemd before 254; drop the backslash")
             validate_value(line.replace('"', "").replace("\\", ""), where, "the comment")
             continue
         if not line.strip(" "):
@@ -159,6 +191,7 @@ def parse(text: str, source: str) -> dict[str, str]:
         if not sep or not KEY_RE.fullmatch(key):
             named = f" (key '{shown(key)}')" if sep else ""
             raise ConfigError(f"{where}: expected KEY=VALUE with an upper-case KEY{named}")
+        validate_key(key, where)
         value = _unquoted(raw, where, key)
         if key in values:
             raise ConfigError(f"{where}: {key} is given twice (first on line {lines[key]})")

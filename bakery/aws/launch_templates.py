@@ -13,9 +13,12 @@ leave nothing to roll back to.
 from __future__ import annotations
 
 import base64
+import binascii
 from typing import Any
 
+from bakery import runtime_grammar
 from bakery.aws import shapes, tags
+from bakery.errors import ConfigError, OperationError
 from bakery.fleets.base import Goal
 from bakery.provenance import sanitize_tag_value
 
@@ -29,8 +32,21 @@ def user_data(env_text: str) -> str:
     return base64.b64encode(env_text.encode("utf-8")).decode("ascii")
 
 
-def user_data_text(encoded: str | None) -> str:
-    return base64.b64decode(encoded).decode("utf-8") if encoded else ""
+def user_data_text(encoded: str | None, version: str = "a launch template version") -> str:
+    """The runtime env file a version's UserData holds. A version edited by hand (gzip, not base64, not UTF-8,
+    off the runtime config grammar) is state on AWS, not input: OperationError, one line naming `version`."""
+    if not encoded:
+        return ""
+    fix = "create a new version from one bakery wrote (bake.py deploy or config set) or fix it in EC2"
+    try:
+        data = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise OperationError(f"{version}: UserData is not base64 ({len(encoded)} characters); {fix}") from None
+    try:
+        runtime_grammar.read(data, f"{version}: UserData")
+    except ConfigError as error:
+        raise OperationError(f"{error}; {fix}") from None
+    return data.decode("utf-8")
 
 
 def release_tags(env: str, goal: Goal, release_id: int) -> dict[str, str]:

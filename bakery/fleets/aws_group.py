@@ -172,7 +172,8 @@ class AwsGroupFleet(Fleet):
                 goal = Goal(image=ami_tags.get(tags.IMAGE, self.env.image), version=ami_tags[tags.VERSION],
                             image_ref=image["ImageId"],
                             config_digest=launch_templates.instance_tags(data).get(launch_templates.CONFIG_DIGEST, ""),
-                            runtime=parse_env_file(launch_templates.user_data_text(data.get("UserData"))),
+                            runtime=parse_env_file(launch_templates.user_data_text(
+                                data.get("UserData"), f"launch template {template_id} version {number}")),
                             git_commit=ami_tags.get(tags.GIT_COMMIT, ""),
                             git_message=ami_tags.get(tags.GIT_MESSAGE, ""), image_id=image["ImageId"])
             self._version_goals[key] = goal
@@ -236,7 +237,8 @@ class AwsGroupFleet(Fleet):
         for version in self._template_versions():
             data = version["LaunchTemplateData"]
             if launch_templates.instance_tags(data).get(launch_templates.CONFIG_DIGEST) == config_digest:
-                return parse_env_file(launch_templates.user_data_text(data.get("UserData")))
+                return parse_env_file(launch_templates.user_data_text(
+                    data.get("UserData"), f"launch template version {version.get('VersionNumber')}"))
         return None
 
     # ---- versions baked elsewhere: the AMI tags are the record, this checkout's catalog a cache of them
@@ -280,7 +282,8 @@ class AwsGroupFleet(Fleet):
             data = item["LaunchTemplateData"]
             launched = launch_templates.instance_tags(data)
             if launched.get(tags.VERSION) == version and launched.get(launch_templates.CONFIG_DIGEST):
-                runtime = parse_env_file(launch_templates.user_data_text(data.get("UserData")))
+                runtime = parse_env_file(launch_templates.user_data_text(
+                    data.get("UserData"), f"launch template version {item.get('VersionNumber')}"))
                 digest = launched[launch_templates.CONFIG_DIGEST]
                 break
         return self.goal_for(version, digest, runtime)

@@ -10,9 +10,8 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
 
-from bakery import runtime_grammar
+from bakery import runtime_file, runtime_grammar
 from bakery.config import PROJECT_FILE, Project
 from bakery.environments import Environment, load_environment
 from bakery.errors import ConfigError
@@ -29,6 +28,8 @@ def parse_pairs(pairs: tuple[str, ...] | list[str]) -> dict[str, str]:
                               "'=', the value)")
         # the one runtime config grammar, before anything is written; a value is never repeated in the message
         key = runtime_grammar.validate_key(key, "config set")
+        if key in values:
+            raise ConfigError(f"config set: {key} is given twice; give each key once")
         values[key] = runtime_grammar.validate_value(value, "config set", key)
     if not values:
         raise ConfigError("give at least one KEY=VALUE to set")
@@ -36,15 +37,16 @@ def parse_pairs(pairs: tuple[str, ...] | list[str]) -> dict[str, str]:
 
 
 def edit_runtime_yaml(text: str | None, values: dict[str, str]) -> str:
-    """runtime.yml with `values` set under bakery_runtime; other lines and comments stay as they are."""
-    lines = (text or "---\nbakery_runtime:\n").splitlines()
+    """runtime.yml with `values` set under bakery_runtime; other lines, comments and CRLF line ends stay as they
+    are. Values are written as JSON strings (valid YAML double-quoted scalars), every character as itself."""
+    text = text or "---\nbakery_runtime:\n"
+    newline = "\r\n" if "\r\n" in text else "\n"
+    lines = [line.removesuffix("\r") for line in text.removesuffix("\n").split("\n")]  # never str.splitlines
     start = next((i for i, line in enumerate(lines) if RUNTIME_HEADER.match(line)), None)
     if start is None:  # no block form to edit in place (flow style, or no bakery_runtime): rewrite the mapping
-        data = load_yaml_text(text) or {}
-        runtime = dict(data.get("bakery_runtime") or {}) if isinstance(data, dict) else {}
-        runtime.update(values)
-        body = "".join(f"  {key}: {json.dumps(str(value))}\n" for key, value in runtime.items())
-        return "---\nbakery_runtime:\n" + body
+        runtime = {**_current_values(text), **values}
+        body = "".join(f"  {key}: {_quoted(value)}{newline}" for key, value in runtime.items())
+        return f"---{newline}bakery_runtime:{newline}" + body
     end = start + 1
     while end < len(lines) and (not lines[end].strip() or lines[end][:1] in (" ", "\t") or _comment(lines[end])):
         end += 1
@@ -53,28 +55,35 @@ def edit_runtime_yaml(text: str | None, values: dict[str, str]) -> str:
     indent = next((m.group(1) for i in keys if (m := re.match(r"^(\s+)", block[i]))), "  ")
     last_key = max(keys, default=-1)
     for key, value in values.items():
-        rendered = f"{indent}{key}: {json.dumps(value)}"
-        pattern = re.compile(rf"^{re.escape(indent)}{re.escape(key)}\s*:")
+        rendered = f"{indent}{key}: {_quoted(value)}"
+        pattern = re.compile(rf"""^{re.escape(indent)}(?:{key}|"{key}"|'{key}')\s*:""")
         index = next((i for i, line in enumerate(block) if pattern.match(line)), None)
         if index is None:
             last_key += 1
             block.insert(last_key, rendered)
-        else:
-            block[index] = rendered
-    return "\n".join(lines[:start + 1] + block + lines[end:]) + "\n"
+            continue
+        following = index + 1  # a value on the next lines (a folded >- or literal | block) goes with the key
+        while following < len(block) and block[following][:len(indent) + 1].strip() == "" and \
+                len(block[following]) > len(indent) and block[following].strip():
+            following += 1
+        block[index:following] = [rendered]
+        last_key -= following - index - 1 if index < last_key else 0
+    return newline.join(lines[:start + 1] + block + lines[end:]) + newline
+
+
+def _quoted(value: str) -> str:
+    return json.dumps(value, ensure_ascii=False)  # ASCII escapes would split U+10000 and up into two surrogates
+
+
+def _current_values(text: str) -> dict[str, str]:
+    try:
+        return runtime_file.runtime_values(text, "runtime.yml")
+    except ConfigError:
+        return {}
 
 
 def _comment(line: str) -> bool:
     return line.lstrip().startswith("#")
-
-
-def load_yaml_text(text: str | None) -> Any:
-    import yaml
-
-    try:
-        return yaml.safe_load(text or "")
-    except yaml.YAMLError:
-        return None
 
 
 def runtime_path(env: Environment) -> Path:
@@ -90,7 +99,10 @@ def validate_runtime(project: Project, env_name: str, text: str) -> Environment:
         folder = shadow / "inventories" / env_name / "group_vars" / "all"
         folder.mkdir(parents=True)
         shutil.copy(real / "deploy.yml", folder / "deploy.yml")
-        (folder / "runtime.yml").write_text(text, encoding="utf-8")
-        env = load_environment(Project(shadow), env_name, check_promotion=False)
+        (folder / "runtime.yml").write_text(text, encoding="utf-8", newline="")
+        try:
+            env = load_environment(Project(shadow), env_name, check_promotion=False)
+        except ConfigError as error:  # name the real file, never the temporary copy that is gone by now
+            raise ConfigError(str(error).replace(f"{shadow}/", "")) from None
     env.path = project.root / "inventories" / env_name
     return env

@@ -27,7 +27,8 @@ ACCEPTED_VALUES = [c for c in VALUE_CORPUS if c[3]]
 REFUSED_VALUES = [c for c in VALUE_CORPUS if c[0] in ("split-000d", "split-2028", "nul", "trailing-backslash",
                                                           "secret-after-cr", "over-the-limit", "key-cr-injection")]
 ACCEPTED_FILES = [c for c in RAW_CORPUS if c[2] is not None]
-REFUSED_FILES = [c for c in RAW_CORPUS if c[0] in ("gzip", "not-utf8", "cr-in-comment", "continuation")]
+REFUSED_FILES = [c for c in RAW_CORPUS if c[0] in ("gzip", "not-utf8", "cr-in-comment", "continuation",
+                                                    "comment-continuation", "reserved-key")]
 
 
 def sh(name: str, script: str, data: bytes = b"", check: bool = True) -> subprocess.CompletedProcess:
@@ -102,12 +103,14 @@ def test_a_refused_config_never_reaches_systemd(instance, name, data):
     ('ENVIRONMENT="qa"\nNOTE="a\ufffeb"\n'.encode(), {}),
     (b'NOTE="say \\"hi\\""\n', {"NOTE": 'say "hi"'}),
     (b'NOTE="C:\\temp\\x"\n', {"NOTE": "C:\\temp\\x"}),
-], ids=["trailing-backslash", "nul", "noncharacter", "escaped-quotes", "backslash-inside"])
+    (b"# note \\\nBREAK_GLASS_SSH=true\nA=1\n", {"A": "1"}),
+], ids=["trailing-backslash", "nul", "noncharacter", "escaped-quotes", "backslash-inside",
+      "comment-continuation"])
 def test_what_systemd_would_read_differently_the_applier_refuses(instance, data, systemd_gets):
     """Written straight into an env file, bypassing the applier, systemd 252 reads these its own way: a trailing
-    backslash escapes the closing quote and swallows the next line, a NUL or a noncharacter makes it refuse the
-    whole file (every key lost), and a backslash is an escape only before some characters. The applier refuses
-    each of them, so no reader ever depends on systemd's escapes."""
+    backslash escapes the closing quote and swallows the next line (a comment's too), a NUL or a noncharacter
+    makes it refuse the whole file (every key lost), and a backslash is an escape only before some characters.
+    The applier refuses each of them, so no reader ever depends on systemd's escapes."""
     sh(instance, f"rm -rf /tmp/grammar && mkdir -p /tmp/grammar/run && cat > {TARGET}", data)
     assert systemd_reads(instance) == systemd_gets
     assert apply(instance, data).returncode == 1

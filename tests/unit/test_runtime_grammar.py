@@ -104,6 +104,8 @@ RAW_CORPUS: list[tuple[str, bytes, dict[str, str] | None]] = [
     ("nul-in-comment", b'# a\x00b\nA="1"\n', None),
     ("cr-in-comment", b"# a\rBREAK_GLASS_SSH=true\nA=1\n", None),
     ("continuation", b'A="x\\\nB="y"\n', None),
+    ("comment-continuation", b"# note \\\nBREAK_GLASS_SSH=true\n", None),
+    ("reserved-key", b'LD_PRELOAD="/tmp/x.so"\n', None),
     ("unclosed-quote", b'A="1\n', None),
     ("quote-only", b'A="\n', None),
     ("single-quoted", b"A='1'\n", None),
