@@ -1,6 +1,7 @@
 """Secret scan content rules: the detector-backed rules against the old three regexes, on the same real tree.
 
     .venv/bin/python bench/bench_secret_scan.py [--hits] [TREE ...]   (default: /usr/lib/python3* /usr/share/doc)
+    .venv/bin/python bench/bench_secret_scan.py --hostile            (review 14a: content that was slow)
 
 Both read every regular file from disk (the page cache is warmed first, so both read from memory): the old
 rules read the first 2 MiB and search three regexes, the new ones stream the whole file through
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import io
 import os
 import re
 import sys
@@ -79,11 +81,35 @@ def timed(scan, files: list[str]) -> tuple[float, dict[str, list]]:
     return time.monotonic() - started, found
 
 
+# Content a detector's regex handles badly (review 14a, finding 8): seconds each, not minutes.
+HOSTILE = {
+    "/opt/eyJ.txt": b"eyJ" * ((4 << 20) // 3),
+    "/etc/url.conf": b"x://a:b@c " * ((4 << 20) // 10),
+    "/etc/url-lines.conf": b"x://a:b@c\n" * ((4 << 20) // 10),
+    "/etc/pass-lines.conf": b"pass = x y\n" * ((4 << 20) // 11),
+    "/etc/pass-varied.conf": b"".join(b"pass = x%d y\n" % n for n in range((4 << 20) // 16)),  # no two alike
+    "/etc/pass-long.conf": (b"pass = " + b"p" * 20 + b" ") * ((4 << 20) // 28),
+    "/opt/aws-long.txt": b"aws " * ((4 << 20) // 4),
+    "/opt/begin-long.txt": b"-----BEGIN PRIVATE KEY----- " * ((4 << 20) // 28),
+}
+
+
+def hostile() -> int:
+    for name, data in HOSTILE.items():
+        started = time.monotonic()
+        hits = scan_content(name, io.BytesIO(data))
+        print(f"{name:24s} {len(data) / 2**20:5.2f} MiB {time.monotonic() - started:7.2f} s  hits {len(hits)}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("trees", nargs="*", default=sorted(glob.glob("/usr/lib/python3*")) + ["/usr/share/doc"])
     parser.add_argument("--hits", action="store_true", help="list every file the new rules flag")
+    parser.add_argument("--hostile", action="store_true", help="time content that detectors handle badly")
     args = parser.parse_args()
+    if args.hostile:
+        return hostile()
     files = regular_files(args.trees)
     size = 0
     for path in files:  # warm the page cache: both scans then read from memory

@@ -9,6 +9,7 @@ Archive members match on their full path, "opt/x.tar.gz!/etc/app.conf".
 from __future__ import annotations
 
 import re
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,9 @@ RULE_NAMES = frozenset(PATH_RULE_NAMES | CONTENT_RULE_NAMES)
 FIELDS = ("path", "rule", "reason")
 FLAGS = glob.GLOBSTAR | glob.DOTGLOB
 CHAR_CLASS = re.compile(r"\[[^\]/]*\]")
+GLOB_CHARS = re.compile(r"[*?\[\]{}\\!@+()]")
+CANARY_PATHS = ("root/.ssh/id_rsa", "etc/shadow", "home/u/.bash_history", "root/.bash_history", "etc/ssl/private/x.key",
+                "home/u/.ssh/authorized_keys")
 
 
 @dataclass(frozen=True)
@@ -58,12 +62,32 @@ def _entry(path: Path, index: int, item: object) -> AllowEntry:
     if not has_literal_segment(pattern):
         raise ConfigError(f"{path}: entry {index}: path '{item['path']}' has no literal segment, so it would excuse "
                           f"'{rule}' everywhere; name the directory or file (e.g. 'opt/app/**/test-*.pem')")
+    if not has_literal_start(pattern):
+        raise ConfigError(f"{path}: entry {index}: path '{item['path']}' must start with a literal directory (no "
+                          f"* ? [ ] {{ }} \\ in its first segment), so that it excuses '{rule}' in one place; "
+                          "e.g. 'opt/app/**/test-*.pem'")
+    canary = next((c for c in canaries() if glob.globmatch(c, pattern, flags=FLAGS)), None)
+    if canary is not None:
+        raise ConfigError(f"{path}: entry {index}: path '{item['path']}' matches /{canary} too; name the files it "
+                          "excuses (e.g. 'opt/app/**/test-*.pem')")
     return AllowEntry(pattern, rule, item["reason"])
 
 
 def has_literal_segment(pattern: str) -> bool:
     """True when some segment names something: a letter or digit outside `*`, `?` and `[...]`."""
     return any(re.search(r"[A-Za-z0-9]", CHAR_CLASS.sub("", segment)) for segment in pattern.split("/"))
+
+
+def has_literal_start(pattern: str) -> bool:
+    """True when the first segment is a plain name: a class like `[!]0]` cannot be misread there."""
+    first = pattern.split("/", 1)[0]
+    return bool(first) and first not in (".", "..") and not GLOB_CHARS.search(first)
+
+
+def canaries() -> tuple[str, ...]:
+    """Paths no entry may excuse: where real secrets live, and a random name (an entry matching one of
+    those matches nearly everything)."""
+    return (*CANARY_PATHS, f"{secrets.token_hex(6)}/{secrets.token_hex(6)}.{secrets.token_hex(2)}")
 
 
 def is_allowed(path: str, rule: str, entries: list[AllowEntry]) -> bool:

@@ -22,6 +22,8 @@ small regex detector only where the library has none, with the regex taken from 
 | sendgrid-key          | detect-secrets SendGridDetector                                                        |
 | password-in-url       | detect-secrets BasicAuthDetector, config files only                                    |
 | config-secret         | detect-secrets KeywordDetector (config-file grammar), config files only               |
+|                       | (systemd units: each assignment of an Environment= line)                             |
+| password-hash         | bakery: a crypt(3) hash as field 2 of a line in a copy of shadow/gshadow             |
 
 Key formats (PEM, PuTTY, OpenVPN, WireGuard, base64-wrapped PEM, DER, PKCS#12) need context across lines
 and files; they are in secret_content_keys.
@@ -30,9 +32,10 @@ and files; they are in secret_content_keys.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from detect_secrets.plugins.aws import AWSKeyDetector
@@ -170,7 +173,8 @@ CONFIG_RULES = (
                         "priv_key", "privKey", "private_key", "privateKey", "client_key", "clientKey"),
               standalone=False),
 )
-RULE_NAMES = frozenset({"aws-secret-access-key", "slack-webhook"} | {r.rule for r in TOKEN_RULES + CONFIG_RULES})
+RULE_NAMES = frozenset({"aws-secret-access-key", "slack-webhook", "password-hash"}
+                       | {r.rule for r in TOKEN_RULES + CONFIG_RULES})
 
 # Values that name where a secret comes from, or say there is none: not a baked secret.
 _REFERENCE = re.compile(r"""(?ix)^(?:
@@ -216,14 +220,40 @@ def _standalone(line: str, secret: str) -> bool:
     return not (before.isalnum() or after.isalnum())
 
 
-def _secrets(rule: TokenRule, line: str) -> list[str]:
+# a run of token characters with a dot in it: the JWT detector's own regex tries every "eyJ" of a run without a
+# dot up to the run's end (quadratic on "eyJeyJ..."); runs that start here are matched once (possessive, linear)
+_DOTTED_RUN = re.compile(r"(?<![\w=-])[\w=-]++\.[\w.+/=-]*+")
+
+
+def _found(rule: TokenRule, line: str) -> Iterator[str]:
     if rule.rule == "config-secret":
-        return list(KEYWORDS.analyze_string(line, denylist_regex_to_group=CONFIG_DENYLIST_REGEX_TO_GROUP))
-    return list(rule.detector.analyze_string(line))
+        yield from KEYWORDS.analyze_string(line, denylist_regex_to_group=CONFIG_DENYLIST_REGEX_TO_GROUP)
+    elif rule.rule == "jwt":
+        for run in _DOTTED_RUN.findall(line):
+            if "eyJ" in run:
+                yield from rule.detector.analyze_string(run)
+    else:
+        yield from rule.detector.analyze_string(line)
+
+
+def _secrets(rule: TokenRule, line: str) -> Iterator[str]:
+    """Each distinct candidate once, lazily: a line repeating one value thousands of times costs one check."""
+    seen: set[str] = set()
+    for secret in _found(rule, line):
+        if secret not in seen:
+            seen.add(secret)
+            yield secret
 
 
 def token_rules(line: str, *, config: bool) -> set[str]:
     """Rule names whose detector finds a secret on this line (the secrets themselves never leave this function)."""
+    return set(_line_rules(line, config))
+
+
+@functools.lru_cache(maxsize=256)
+def _line_rules(line: str, config: bool) -> frozenset[str]:
+    """Remembered for the last few distinct lines: a file repeating one line a million times (a log, or content
+    made to be slow) costs the detectors once."""
     found = set()
     for rule in TOKEN_RULES + (CONFIG_RULES if config else ()):
         if not any(anchor in line for anchor in rule.anchors):
@@ -237,7 +267,38 @@ def token_rules(line: str, *, config: bool) -> set[str]:
                     not _literal_value(line, secret, keyword=rule.rule == "config-secret"):
                 continue
             found.add(rule.classify(secret) if rule.classify else rule.rule)
-    return found
+            if not rule.classify:
+                break  # the rule is found on this line: its other candidates change nothing
+    return frozenset(found)
+
+
+_ENVIRONMENT = re.compile(r"^\s*Environment\s*=(.*)$")
+_ASSIGNMENT = re.compile(r"\"([^\"]*)\"|'([^']*)'|(\S+)")
+
+
+def unit_lines(line: str) -> list[str]:
+    """A systemd unit's `Environment=A=1 "B=two words"` sets variables: each assignment is a config line of its own
+    (the keyword rule does not take a key that follows `Environment=`); any other line is itself."""
+    match = _ENVIRONMENT.match(line)
+    if not match:
+        return [line]
+    assignments = []
+    for double, single, bare in _ASSIGNMENT.findall(match.group(1)):
+        key, _, value = (double or single or bare).partition("=")
+        assignments.append(f'{key}="{value}"' if double or single else f"{key}={value}")
+    return assignments
+
+
+# a crypt(3) hash as the second field of a shadow/gshadow line, locked ('!') or not
+SHADOW_HASH = re.compile(rb"(?m)^[^:\s]+:!*\$(?:1|5|6|7|y|gy|2[abxy]|argon2(?:id|i|d)|sha1|md5)\$[^:\s]+:")
+_SHADOW_NAME = re.compile(r"(?:^|[._-])g?shadow(?:$|[._~-])")
+
+
+def is_shadow_copy(name: str) -> bool:
+    """A copy or backup of /etc/shadow or /etc/gshadow (shadow.bak, shadow~, var/backups/gshadow.bak, ...);
+    /etc/shadow itself and shadow- are the path rules' (usable-password)."""
+    base = name.rsplit("/", 1)[-1]
+    return name.lstrip("/") not in ("etc/shadow", "etc/shadow-") and _SHADOW_NAME.search(base) is not None
 
 
 def anchors(*, config: bool) -> list[str]:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
+from bakery.verify import secret_access as access
 from bakery.verify import secret_structured as structured
 from bakery.verify.secret_structured import StructureHit
 
@@ -33,6 +34,10 @@ CLOUD_CREDENTIAL_PATHS = ("/.aws/credentials", "/.config/gcloud/credentials.db",
                           "/.azure/msal_token_cache.json")
 VAULT_PASSWORD = re.compile(r"\.?vault[_-]pass(?:word)?(?:[_.-].*)?", re.S)
 SSH_HOST_KEY = re.compile(r"/etc/ssh/ssh_host_[^/]*_key(?:\.pub)?", re.S)
+# /etc/shadow, /etc/gshadow and their copies: shadow-, shadow~, shadow.bak, /var/backups/gshadow.bak
+SHADOW_SYSTEM = re.compile(r"/(?:etc|var/backups)/g?shadow(?:[-~.][^/]*)?", re.S)
+SHADOW_COPY = re.compile(r"g?shadow(?:-|~|\.(?:bak|old|orig|save|backup|dpkg-old|dpkg-dist|ucf-old)[^/]*)", re.S)
+SSHD_CONFIG = re.compile(r"/etc/ssh/sshd_config(?:\.d/[^/]+)?", re.S)
 
 DETAILS = {
     "git-directory": "a git repository (history, maybe credentials) is baked in",
@@ -49,8 +54,12 @@ DETAILS = {
     "baked-authorized-keys": "an authorized_keys file is baked in; keys come from the runtime config",
     "baked-sudoers": "a sudoers drop-in is baked in; access comes from the runtime config",
     ARCHIVE_NOT_SCANNED: "an archive the scan could not look into",
+    "link-not-scanned": "a hard link whose name calls for rules its target's did not, and the target was not "
+                        "kept (over 16 MiB or not in this layer): not scanned under this name",
+    "bad-whiteout": "an OCI whiteout entry that is not an empty regular file: it is no deletion marker",
+    "too-many-findings": "more findings than a report lists",
 }
-PATH_RULE_NAMES = frozenset({*DETAILS, *structured.STRUCTURE_RULE_NAMES})
+PATH_RULE_NAMES = frozenset({*DETAILS, *structured.STRUCTURE_RULE_NAMES, *access.ACCESS_RULE_NAMES})
 
 
 @dataclass(frozen=True)
@@ -98,9 +107,14 @@ def _access_hit(path: str, parts: list[str], kind: str) -> PathHit | None:
     """authorized_keys of any account and sudoers drop-ins: a symlink counts too, it is a baked access path."""
     name, parent = parts[-1], "/" + "/".join(parts[:-1])
     keys = name.startswith("authorized_keys") and (parent.endswith("/.ssh") or parent == "/etc/ssh")
-    if keys or (parent == "/etc/ssh/authorized_keys.d" and kind != DIR):
+    # a symlinked key directory or key file points the check somewhere it does not look
+    # (man pages and docs named authorized_keys.5.gz are links too, and no key file)
+    linked = kind == SYMLINK and (name == ".ssh" or (name.startswith("authorized_keys")
+                                                     and not path.startswith("/usr/share/")))
+    if keys or linked or (parent == "/etc/ssh/authorized_keys.d" and kind != DIR):
         return _hit(path, "baked-authorized-keys")
-    if parent == "/etc/sudoers.d" and name != "README" and kind != DIR:
+    # README is read by sudo too: its content decides (secret_access.sudoers_readme)
+    if parent == "/etc/sudoers.d" and not (name == "README" and kind == FILE) and kind != DIR:
         return _hit(path, "baked-sudoers")
     return None
 
@@ -140,8 +154,14 @@ def structure_checks(path: str) -> list[tuple[str, Check]]:
         checks.append(("npmrc-credentials", structured.npmrc))
     if name == ".pypirc":
         checks.append(("pypirc-credentials", structured.pypirc))
-    if path in ("/etc/shadow", "/etc/shadow-"):
+    if SHADOW_SYSTEM.fullmatch(path) or SHADOW_COPY.fullmatch(name):
         checks.append(("usable-password", structured.shadow))
+    if path == "/etc/sudoers":
+        checks.append(("baked-sudoers", access.sudoers))
+    if path == "/etc/sudoers.d/README":
+        checks.append(("baked-sudoers", access.sudoers_readme))
+    if SSHD_CONFIG.fullmatch(path):
+        checks.append(("sshd-key-source", access.sshd_key_source))
     if path in ("/etc/passwd", "/etc/passwd-"):
         checks.append(("usable-password", structured.passwd))
     if re.search(r"(?i)vault.*\.ya?ml$", name):

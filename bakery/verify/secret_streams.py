@@ -21,11 +21,18 @@ DECODE_ERRORS = (OSError, EOFError, ValueError, zlib.error, lzma.LZMAError, tarf
 
 @dataclass
 class Budget:
-    """Decoded bytes an archive may still yield; what stopped it early, if anything."""
+    """What a top-level file may still yield, shared by every archive nested under it."""
 
-    remaining: int
-    exceeded: bool = False
-    broken: str = ""  # the decoder's error class when the data could not be read
+    remaining: int  # decoded bytes
+    members: int  # archive members
+    exceeded: bool = False  # over the bytes
+    too_many: bool = False  # over the members
+
+    def take_member(self) -> bool:
+        """Count one member; False once the bound is reached."""
+        self.members -= 1
+        self.too_many = self.too_many or self.members < 0
+        return not self.too_many
 
 
 class Prefixed(io.RawIOBase):
@@ -50,29 +57,48 @@ class Prefixed(io.RawIOBase):
 
 
 class Guarded(io.RawIOBase):
-    """Reads a decoder within a budget: past the bound, or on a decoding error, the stream just ends."""
+    """Reads a decoder within a budget: past the bound, or on a decoding error (`broken`), the stream just ends."""
 
     def __init__(self, stream: IO[bytes], budget: Budget) -> None:
         # read1: one decoder step at a time, so the data before a truncation is not lost with the error
         self._read = getattr(stream, "read1", stream.read)
         self.budget = budget
+        self.broken = ""  # the decoder's error class when the data could not be read
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
         budget = self.budget
-        if budget.exceeded or budget.broken:
+        if budget.exceeded or self.broken:
             return 0
         try:
             data = self._read(min(len(buffer), budget.remaining + 1))
         except DECODE_ERRORS as exc:
-            budget.broken = type(exc).__name__
+            self.broken = type(exc).__name__
             return 0
         if len(data) > budget.remaining:
             budget.exceeded = True
             data = data[: budget.remaining]
         budget.remaining -= len(data)
+        buffer[: len(data)] = data
+        return len(data)
+
+
+class Window(io.RawIOBase):
+    """`size` bytes of a seekable file from `start`: one member of an ar or cpio archive."""
+
+    def __init__(self, stream: IO[bytes], start: int, size: int) -> None:
+        self._stream, self._at, self._left = stream, start, size
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        self._stream.seek(self._at)
+        data = self._stream.read(min(len(buffer), self._left))
+        self._at += len(data)
+        self._left -= len(data)
         buffer[: len(data)] = data
         return len(data)
 
@@ -93,23 +119,35 @@ def read_head(stream: IO[bytes], size: int) -> bytes:
     return b"".join(chunks)
 
 
+# formats the scan knows but cannot open with the standard library: reported, never passed as content
+NOT_OPENED = {b"\x28\xb5\x2f\xfd": "zstd", b"7z\xbc\xaf\x27\x1c": "7z", b"\xed\xab\xee\xdb": "rpm",
+              b"\xc7\x71": "cpio (binary)", b"\x71\xc7": "cpio (binary)", b"\x04\x22\x4d\x18": "lz4",
+              b"Rar!\x1a\x07": "rar", b"\x89LZO\x00": "lzop"}
+
+
 def kind_of(head: bytes) -> str | None:
-    """What a file is by its first bytes: a compression, a container, or None for plain content."""
+    """What a file is by its first bytes: a compression, a container, a format not opened, or None for content."""
     if head[:2] == b"\x1f\x8b":
         return "gzip"
     if head[:3] == b"BZh" and head[3:4].isdigit():
         return "bzip2"
     if head[:6] == b"\xfd7zXZ\x00":
         return "xz"
+    if head[:3] == b"\x5d\x00\x00" and len(head) >= 13:  # .lzma (LZMA_Alone): the usual properties byte
+        return "lzma"
     if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
         return "zip"
     if head[257:262] == b"ustar":
         return "tar"
-    return None
+    if head[:8] == b"!<arch>\n":
+        return "ar"
+    if head[:6] in (b"070701", b"070702", b"070707"):
+        return "cpio"
+    return next((name for magic, name in NOT_OPENED.items() if head.startswith(magic)), None)
 
 
-COMPRESSIONS = frozenset({"gzip", "bzip2", "xz"})
-CONTAINERS = frozenset({"tar", "zip"})
+COMPRESSIONS = frozenset({"gzip", "bzip2", "xz", "lzma"})
+CONTAINERS = frozenset({"tar", "zip", "ar", "cpio"})
 
 
 def decoder(kind: str, stream: IO[bytes]) -> IO[bytes]:
@@ -120,4 +158,6 @@ def decoder(kind: str, stream: IO[bytes]) -> IO[bytes]:
         return gzip.GzipFile(fileobj=stream, mode="rb")  # type: ignore[return-value]
     if kind == "bzip2":
         return bz2.BZ2File(stream)
+    if kind == "lzma":
+        return lzma.LZMAFile(stream, format=lzma.FORMAT_ALONE)
     return lzma.LZMAFile(stream)

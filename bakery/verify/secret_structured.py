@@ -25,7 +25,7 @@ class StructureHit:
     detail: str
 
 
-def _lines(stream: IO[bytes]) -> Iterator[tuple[int, bytes]]:
+def lines(stream: IO[bytes]) -> Iterator[tuple[int, bytes]]:
     number = 1
     while piece := stream.readline(LINE):
         yield number, piece
@@ -34,7 +34,7 @@ def _lines(stream: IO[bytes]) -> Iterator[tuple[int, bytes]]:
 
 
 def _first(stream: IO[bytes], pattern: re.Pattern[bytes], detail: str) -> list[StructureHit]:
-    for number, line in _lines(stream):
+    for number, line in lines(stream):
         if pattern.search(line):
             return [StructureHit(number, detail)]
     return []
@@ -72,7 +72,7 @@ KUBE_SECRET = re.compile(rb"""^\s*(?:-\s+)?(?:token|client-key-data|password|cli
 def _kubeconfig(stream: IO[bytes], known: bool) -> list[StructureHit]:
     kind = users = False
     secret = None
-    for number, line in _lines(stream):
+    for number, line in lines(stream):
         kind = kind or bool(KUBE_KIND.match(line))
         users = users or bool(KUBE_USERS.match(line))
         if secret is None and KUBE_SECRET.match(line):
@@ -120,7 +120,7 @@ def _account(line: bytes) -> tuple[str, bytes] | None:
 def shadow(stream: IO[bytes]) -> list[StructureHit]:
     """A password field that is neither locked ('!' or '*' first) is usable; an empty one is passwordless."""
     hits = []
-    for number, line in _lines(stream):
+    for number, line in lines(stream):
         account = _account(line)
         if account and not account[1].startswith((b"!", b"*")):
             state = "an empty (passwordless)" if not account[1] else "a usable"
@@ -131,7 +131,7 @@ def shadow(stream: IO[bytes]) -> list[StructureHit]:
 def passwd(stream: IO[bytes]) -> list[StructureHit]:
     """Field 2 of /etc/passwd other than 'x' (see shadow) or a lock is a password (or none) given in place."""
     hits = []
-    for number, line in _lines(stream):
+    for number, line in lines(stream):
         account = _account(line)
         if account and account[1] != b"x" and not account[1].startswith((b"!", b"*")):
             state = "an empty (passwordless)" if not account[1] else "a usable"

@@ -19,7 +19,7 @@ from typing import IO
 
 from bakery.errors import OperationError
 from bakery.verify.secret_allowlist import RULE_NAMES, AllowEntry, is_allowed, load_allowlist
-from bakery.verify.secret_archives import Walker, member_path
+from bakery.verify.secret_archives import RulesFailed, Walker, member_path
 from bakery.verify.secret_findings import Collector, Finding, printable
 from bakery.verify.secret_paths import DIR, FILE, OTHER, SYMLINK
 from bakery.verify.secret_streams import DECODE_ERRORS
@@ -36,16 +36,32 @@ def scan_layer(stream: IO[bytes], layer: str, allowlist: list[AllowEntry]) -> li
         with tarfile.open(fileobj=stream, mode="r|*", encoding="utf-8", errors="surrogateescape") as tar:
             for member in tar:
                 walker.tar_member(tar, member, "", 0)
+    except RulesFailed as exc:
+        raise OperationError(f"secret scan: layer {layer}: {printable(exc.path)}: a rule failed on this file "
+                             f"({exc.error}); the layer was not fully scanned") from exc
     except DECODE_ERRORS as exc:
         raise OperationError(f"secret scan: layer {layer}: its tar stream cannot be read ({type(exc).__name__}); "
                              "the layer was not scanned") from exc
-    return collector.findings
+    finally:
+        walker.close()
+    return collector.result()
 
 
 def scan_tree(root: Path, allowlist: list[AllowEntry]) -> list[Finding]:
     """The same rules over a directory tree (an unpacked image or a mounted disk), symlinks not followed."""
     collector = Collector("", allowlist)
     walker = Walker(collector)
+    try:
+        _walk_tree(root, walker)
+    except RulesFailed as exc:
+        raise OperationError(f"secret scan: {printable(exc.path)}: a rule failed on this file ({exc.error}); "
+                             "the tree was not fully scanned") from exc
+    finally:
+        walker.close()
+    return collector.result()
+
+
+def _walk_tree(root: Path, walker: Walker) -> None:
     for directory, dirnames, filenames in os.walk(root):
         dirnames.sort()
         for name in sorted(dirnames) + sorted(filenames):
@@ -63,5 +79,6 @@ def scan_tree(root: Path, allowlist: list[AllowEntry]) -> list[Finding]:
             else:
                 mode = info.st_mode
                 kind = DIR if stat.S_ISDIR(mode) else SYMLINK if stat.S_ISLNK(mode) else OTHER
+                if kind == SYMLINK:
+                    walker.value(local, "link target", os.readlink(full))
                 walker.entry(local, "", kind, 0, None, 0)
-    return collector.findings

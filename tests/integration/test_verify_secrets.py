@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import FIXTURE_PROJECT, bake, git, init_repo
+from tests.conftest import BAKE, FIXTURE_PROJECT, bake, git, init_repo
 from tests.integration.conftest import containers
 
 pytestmark = pytest.mark.integration
@@ -102,3 +105,13 @@ def test_no_secret_appears_in_any_report_or_output(leaky):
     text = "\n".join(outputs)
     leaked = [s for s in plant.SECRETS if s in text]
     assert leaked == []
+
+
+def test_a_scan_that_runs_out_of_time_fails_the_check_not_the_gate(leaky):
+    env = {**os.environ, "BAKERY_SCAN_TIMEOUT": "0.05"}
+    proc = subprocess.run([sys.executable, str(BAKE), "--project", str(leaky["root"]), "verify", "leaky", "--json"],
+                          capture_output=True, text=True, env=env, timeout=600, check=False)
+    assert proc.returncode == 1, proc.stderr
+    checks = {c["name"]: c for c in json.loads(proc.stdout)["checks"]}
+    assert checks["secret-scan"]["passed"] is False
+    assert "did not finish within 0.05 s" in checks["secret-scan"]["message"]

@@ -71,7 +71,23 @@ def test_wildcard_only_paths_are_refused(tmp_path, pattern):
     assert "name the directory or file" in str(error.value)
 
 
-@pytest.mark.parametrize("pattern", ["**/*.pem", "opt/**", "*.pem", "home/*/.bash_history"])
+@pytest.mark.parametrize("pattern", ["**/*.pem", "*.pem", "[!]0]*/**", "**/[!]0]*", "{opt,etc}/**", "o?t/x"])
+def test_a_first_segment_that_is_not_literal_is_refused(tmp_path, pattern):
+    path = allow(tmp_path, f"- {{path: '{pattern}', rule: netrc, reason: r}}\n")
+    with pytest.raises(ConfigError, match=r"entry 1: path '.*' must start with a literal directory") as error:
+        load_allowlist(path)
+    assert error.value.exit_code == 2 and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("pattern", ["root/**", "etc/**", "etc/shad*", "home/*/.bash_history", "home/**/.*_history"])
+def test_a_pattern_that_matches_a_canary_path_is_refused(tmp_path, pattern):
+    path = allow(tmp_path, f"- {{path: '{pattern}', rule: netrc, reason: r}}\n")
+    with pytest.raises(ConfigError, match=r"entry 1: path '.*' matches /.* too; name the files it excuses"):
+        load_allowlist(path)
+
+
+@pytest.mark.parametrize("pattern", ["opt/app/**/*.pem", "opt/**", "etc/ssl/private/ssl-cert-snakeoil.key",
+                                     "usr/share/doc/*/examples/*.conf"])
 def test_paths_with_a_literal_segment_are_accepted(tmp_path, pattern):
     entries = load_allowlist(allow(tmp_path, f"- {{path: '{pattern}', rule: netrc, reason: r}}\n"))
     assert entries == [AllowEntry(pattern, "netrc", "r")]

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
-from bakery.verify.secret_content import CONTENT_RULE_NAMES, ContentHit, scan_content
+from bakery.verify.secret_content import CONTENT_RULE_NAMES, ContentHit, scan_content, scan_value
 
 pytestmark = pytest.mark.unit
 
@@ -264,3 +264,112 @@ def test_references_placeholders_and_public_material_are_not_findings():
     }
     for name, text in negative.items():
         assert scan(name, text) == set(), name
+
+
+# --- review 14a ----------------------------------------------------------------------------------------------------
+
+PASSWORD = "Hunt3rTw0" + "Secret9"
+
+
+def test_scan_value_finds_tokens_and_keys_in_names_link_targets_and_xattrs():
+    assert [(h.rule, h.line) for h in scan_value("opt/a/lnk", AWS_ID + ":" + AWS_SECRET)] == \
+        [("aws-access-key-id", None)]
+    assert [(h.rule, h.line) for h in scan_value("opt/a/f (xattr user.k)", pem())] == [("private-key", None)]
+    assert [h.rule for h in scan_value("opt/a/" + GITHUB + ".txt", "opt/a/" + GITHUB + ".txt")] == ["github-token"]
+    assert all(AWS_ID not in repr(hit) for hit in scan_value("x", AWS_ID))
+    for harmless in ("usr/lib/x86_64-linux-gnu/libssl.so.3", "-----BEGIN RSA PRIVATE KEY-----",
+                     "password = " + PASSWORD, "../../share/zoneinfo/UTC"):
+        assert scan_value("x", harmless) == [], harmless  # a marker needs its body, keyword rules need a config file
+
+
+def test_utf32_with_bom_and_utf16_without_bom_holding_some_non_ascii():
+    text = "note\r\n" + pem().replace("\n", "\r\n")
+    assert scan("/etc/app/key.pem", ("\ufeff" + text).encode("utf-32-le")) == {("private-key", 2)}
+    assert scan("/etc/app/key.pem", ("\ufeff" + text).encode("utf-32-be")) == {("private-key", 2)}
+    for prefix in ("Ключ сервера\r\n", "\u0100\r\n"):
+        assert scan("/etc/app/key.pem", (prefix + text).encode("utf-16-le")) == {("private-key", 3)}, prefix
+        assert scan("/etc/app/key.pem", (prefix + text).encode("utf-16-be")) == {("private-key", 3)}, prefix
+    disguised = ("x" * 300).encode("utf-16-le") + b"\n" + pem().encode()  # looks UTF-16, the key is plain ASCII
+    assert scan("/opt/app/blob", disguised) == {("private-key", None)}
+
+
+def jks(magic: bytes, entries: list[tuple[int, bytes]]) -> bytes:
+    def utf(text: str) -> bytes:
+        return len(text).to_bytes(2, "big") + text.encode()
+    cert = utf("X.509") + (300).to_bytes(4, "big") + b"\x30" * 300
+    out = magic + (2).to_bytes(4, "big") + len(entries).to_bytes(4, "big")
+    for tag, key in entries:
+        out += tag.to_bytes(4, "big") + utf(f"alias{tag}") + (0).to_bytes(8, "big")
+        out += cert if tag == 2 else len(key).to_bytes(4, "big") + key + (1).to_bytes(4, "big") + cert
+    return out + b"\x11" * 20
+
+
+def test_java_keystores_holding_a_private_key_and_unreadable_ones_are_findings():
+    for magic in (b"\xfe\xed\xfe\xed", b"\xce\xce\xce\xce"):
+        store = jks(magic, [(2, b""), (1, b"\x30\x82\x01\x00" + b"k" * 256)])
+        assert scan("/opt/app/keystore.jks", store) == {("java-keystore", None)}
+        assert scan("/opt/app/truststore.jks", jks(magic, [(2, b""), (2, b"")])) == set()
+        assert scan("/opt/app/app.ks", magic + b"\0\0\0\x02" + b"x" * 100) == {("java-keystore", None)}
+    assert scan("/opt/app/secret.jceks", jks(b"\xce\xce\xce\xce", [(3, b"\xac\xed\x00\x05")])) == \
+        {("java-keystore", None)}
+    cacerts = Path("/etc/ssl/certs/java/cacerts")
+    if cacerts.is_file():  # Debian's truststore: certificates only
+        assert scan("/etc/ssl/certs/java/cacerts", cacerts.read_bytes()) == set()
+
+
+def test_a_nul_does_not_turn_off_the_line_rules_of_a_config_file():
+    assert scan("/etc/app/app.conf", "#\0\npassword = " + PASSWORD + "\n", PASSWORD) == {("config-secret", 2)}
+    assert scan("/etc/app/app.conf", "#\0\ndsn = postgres://app:" + PASSWORD + "@db/app\n") == \
+        {("password-in-url", 2)}
+    vault = "$ANSIBLE" + "_VAULT;1.1;AES256\n" + "6162636465666768" * 4 + "\n"
+    assert scan("/srv/app/vars.yml", "\0\n" + vault) == {("ansible-vault", 2)}
+    assert scan("/opt/app/app.ini", "\0\n-----BEGIN RSA PRIVATE KEY-----\n") == {("private-key", 2)}
+    assert scan("/opt/app/app.ini", "\0\nx = " + GITHUB + "\n", GITHUB) == {("github-token", 2)}
+    assert scan("/etc/app/app.conf", "\0password = " + PASSWORD + "\0\n") == set()  # that line is binary
+
+
+def test_pathological_long_lines_scan_in_linear_time():
+    for name, data in {"/opt/eyJ.txt": b"eyJ" * ((1 << 20) // 3),
+                       "/etc/url.conf": b"x://a:b@c " * ((1 << 20) // 10)}.items():
+        start = time.monotonic()
+        scan(name, data)
+        assert time.monotonic() - start < 3, name
+
+
+def test_tokens_on_long_lines_full_of_anchors_are_found():
+    long_jwt = jwt().replace(".", ".eyJzdWIiOiIx" + "QUFB" * 700 + "In0.", 1).split(".")
+    long_jwt = long_jwt[0] + "." + base64.urlsafe_b64encode(
+        json.dumps({"sub": "x" * 2000, "iss": "k8s"}).encode()).decode().rstrip("=") + "." + long_jwt[-1]
+    for offset in range(0, 1200, 61):
+        line = "aws1 " * offset + " " + GITHUB + " " + "aws1 " * 300 + "\n"
+        assert scan("/srv/www/app.min.js", line, GITHUB) == {("github-token", 1)}, offset
+        line = "aws1 " * offset + " t=" + long_jwt + " " + "aws1 " * 300 + "\n"
+        assert scan("/srv/www/app.min.js", line) == {("jwt", 1)}, offset
+
+
+def test_ordinary_leaks_systemd_environment_tfstate_der_with_newline_yaml_pem_and_shadow_copies(tmp_path):
+    units = {"/etc/systemd/system/app.service": "[Service]\nEnvironment=DB_PASSWORD=" + PASSWORD + "\n",
+             "/usr/lib/systemd/system/app.service": '[Service]\nEnvironment="A=1" "DB_PASSWORD=' + PASSWORD + '"\n',
+             "/etc/systemd/system/app.service.d/override.conf": '[Service]\nEnvironment="API_SECRET=' + PASSWORD
+                                                                 + '"\n'}
+    for name, text in units.items():
+        assert scan(name, text, PASSWORD) == {("config-secret", 2)}, name
+    assert scan("/usr/lib/systemd/system/x.service", "[Service]\nEnvironment=PASSWORD_FILE=/run/x\n"
+                "Environment=SECRET=${CREDENTIALS_DIRECTORY}/s\n") == set()
+    tfstate = '{\n  "attributes": {\n    "password": "' + PASSWORD + '"\n  }\n}\n'
+    assert scan("/opt/tf/terraform.tfstate", tfstate, PASSWORD) == {("config-secret", 3)}
+    der = der_and_p12(tmp_path)["rsa.key"]
+    for tail in (b"\n", b"\r\n", b" \n\n"):
+        assert scan("/etc/app/id.key", der + tail) == {("der-private-key", None)}, tail
+    body = "\n".join("  " + B64_BODY[:64] for _ in range(4))
+    yaml = "ssl_key: -----BEGIN RSA PRIVATE KEY-----\n" + body + "\n  -----END RSA PRIVATE KEY-----\n"
+    assert scan("/opt/app/vars.yml", yaml, B64_BODY) == {("private-key", 1)}
+    hashed = "daemon:*:19000:0:99999:7:::\nroot:$6$" + "rZ2.x9/q" + "$" + "Hq7" * 28 + ":19000:0:99999:7:::\n"
+    for name in ("/etc/shadow.bak", "/var/backups/shadow.bak", "/etc/shadow~", "/etc/gshadow", "/root/shadow.orig",
+                 "/opt/backup/etc/shadow"):
+        assert scan(name, hashed, "Hq7" * 28) == {("password-hash", 2)}, name
+    for kind in ("$1$ab$", "$5$ab$", "$y$j9T$ab$", "$2b$10$", "$argon2id$v=19$m=65536,t=3,p=4$ab$", "!$6$ab$"):
+        assert scan("/etc/shadow.bak", "root:" + kind + "x" * 30 + ":1::::::\n") == {("password-hash", 1)}, kind
+    assert scan("/etc/shadow", hashed) == set()  # the path rules check /etc/shadow itself (usable-password)
+    assert scan("/etc/shadow.bak", "root:*:19000::::::\nbob:!:1::::::\nx:!*:1::::::\n") == set()
+    assert scan("/opt/app/notes.txt", hashed) == set()  # not a shadow file by its name
