@@ -51,14 +51,16 @@ RESERVED_KEYS = frozenset({
     "PATH", "HOME", "SHELL", "USER", "LOGNAME", "PWD", "OLDPWD", "TMPDIR", "TZDIR", "LANG", "LANGUAGE",
     "BASH_ENV", "ENV", "IFS", "SHELLOPTS", "BASHOPTS", "PS4", "PROMPT_COMMAND", "CDPATH", "BROWSER", "PAGER",
     "EDITOR", "VISUAL", "PERLLIB", "NODE_OPTIONS", "NODE_PATH", "NODE_EXTRA_CA_CERTS", "JAVA_TOOL_OPTIONS",
-    "JDK_JAVA_OPTIONS", "GCONV_PATH", "LOCPATH", "NLSPATH", "HOSTALIASES", "LOCALDOMAIN", "RES_OPTIONS",
+    "JDK_JAVA_OPTIONS", "SSLKEYLOGFILE", "LUA_INIT", "PHPRC", "PHP_INI_SCAN_DIR",
+    "GCONV_PATH", "LOCPATH", "NLSPATH", "HOSTALIASES", "LOCALDOMAIN", "RES_OPTIONS",
     "GLIBC_TUNABLES", "OPENSSL_CONF", "OPENSSL_ENGINES", "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE",
     "CURL_CA_BUNDLE", "NOTIFY_SOCKET", "INVOCATION_ID", "JOURNAL_STREAM", "CREDENTIALS_DIRECTORY",
     "RUNTIME_DIRECTORY", "STATE_DIRECTORY", "CACHE_DIRECTORY", "LOGS_DIRECTORY", "CONFIGURATION_DIRECTORY",
     "WATCHDOG_PID", "WATCHDOG_USEC", "MAINPID", "MANAGERPID", "SERVICE_RESULT", "EXIT_CODE", "EXIT_STATUS",
     "WEBAPP_PORT", "WEBAPP_BIND", "WEBAPP_DATA_DIR",
 })
-RESERVED_PREFIXES = ("LD_", "PYTHON", "PERL5", "RUBY", "LC_", "SYSTEMD_", "LISTEN_", "MALLOC_", "BAKERY_")
+RESERVED_PREFIXES = ("LD_", "PYTHON", "PERL5", "RUBY", "GEM_", "GIT_", "LUA_", "LC_", "SYSTEMD_", "LISTEN_",
+                     "MALLOC_", "BAKERY_")
 
 
 def escape(char: str) -> str:
@@ -112,8 +114,9 @@ def reserved(key: str) -> str | None:
 
 def validate_key(key: object, where: str, name: str = "key") -> str:
     if not isinstance(key, str) or not KEY_RE.fullmatch(key):
-        raise ConfigError(f"{where}: {name} '{shown(str(key))}' must be upper-case letters, digits and '_', "
-                          "starting with a letter (an environment variable name)")
+        raise ConfigError(f"{where}: a {name} of {len(str(key))} characters is not upper-case letters, digits and "
+                          "'_' starting with a letter (an environment variable name); it is not shown, it may be a "
+                          "value pasted without its key")
     why = reserved(key)
     if why:
         raise ConfigError(f"{where}: {name} '{key}' is reserved ({why}); give the application a name of its own")
@@ -189,8 +192,8 @@ def parse(text: str, source: str) -> dict[str, str]:
             continue
         key, sep, raw = line.partition("=")
         if not sep or not KEY_RE.fullmatch(key):
-            named = f" (key '{shown(key)}')" if sep else ""
-            raise ConfigError(f"{where}: expected KEY=VALUE with an upper-case KEY{named}")
+            raise ConfigError(f"{where}: expected KEY=VALUE with an upper-case KEY (the text before '=' is not "
+                              "shown: it may be a value pasted without its key)")
         validate_key(key, where)
         value = _unquoted(raw, where, key)
         if key in values:

@@ -45,8 +45,9 @@ def cancellable() -> Iterator[Cancellation]:
             signal.signal(sig, old)
 
 
-class TimeLimitExceeded(Exception):
-    """Raised inside a `time_limit` block when its seconds are up."""
+class TimeLimitExceeded(BaseException):
+    """Raised inside a `time_limit` block when its seconds are up; a BaseException so that code catching
+    Exception around one file (the scan's per-file rules) lets it through to whoever set the limit."""
 
 
 @contextmanager

@@ -40,7 +40,16 @@ HEALTH_TIMEOUT = 30
 VERIFY_LABEL = "io.bakery.verify"
 ALLOWLIST_FILE = "verify-allowlist.yml"
 # The example image's layers scan in about 4 s; content made to slow the detectors down must not hold the gate open.
-SCAN_TIMEOUT = float(os.environ.get("BAKERY_SCAN_TIMEOUT", "900"))
+SCAN_TIMEOUT = 900.0
+
+
+def scan_timeout() -> float:
+    """BAKERY_SCAN_TIMEOUT (seconds) when it is a positive number, else the default."""
+    try:
+        seconds = float(os.environ.get("BAKERY_SCAN_TIMEOUT", SCAN_TIMEOUT))
+    except ValueError:
+        return SCAN_TIMEOUT
+    return seconds if seconds > 0 else SCAN_TIMEOUT
 
 
 @dataclass
@@ -236,7 +245,7 @@ class Verifier:
             return
         findings: list[secrets.Finding] = []
         try:
-            with time_limit(SCAN_TIMEOUT):
+            with time_limit(scan_timeout()):
                 layers = image_layers.layers_above(self.catalog, record, base)
                 for layer, stream in image_layers.each_layer(record["image_ref"], layers):
                     findings += secrets.scan_layer(stream, layer.label, allowlist)

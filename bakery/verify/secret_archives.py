@@ -114,6 +114,9 @@ class Walker:
         """A name, link target or header value through the token and key rules."""
         for hit in scan_value(display, text):
             self.out.add(display, hit.rule, None, f"its {what} matches the {hit.rule} rule")
+        if what == "name":
+            for segment in {part for part in text.split("/") if part and scan_value(display, part)}:
+                self.out.redact(segment)
 
     def entry(self, local: str, prefix: str, kind: str, size: int, stream: IO[bytes] | None, depth: int,
               budget: Budget | None = None, target: str = "") -> None:

@@ -59,6 +59,14 @@ class Collector:
     _more: dict[int, int] = field(default_factory=dict)  # lines past MAX_LINES, on the last position
     _dropped: int = 0
     _under: dict[str, set[str]] = field(default_factory=dict)  # archive path + "!" -> rules found inside
+    _redacted: set[str] = field(default_factory=set)  # name segments that are secrets themselves
+
+    def redact(self, segment: str) -> None:
+        """A file or directory name that is itself a secret: reports show `<redacted>` in its place."""
+        self._redacted.add(segment)
+
+    def _shown(self, path: str) -> str:
+        return "/".join("<redacted>" if part in self._redacted else part for part in path.split("/"))
 
     def rules_under(self, prefix: str) -> set[str]:
         """The rules found (or allowed) in members whose path starts with `prefix` ("/opt/x.tar!")."""
@@ -87,8 +95,9 @@ class Collector:
     def result(self) -> list[Finding]:
         """The findings, the last of a (path, rule) with its count of further lines, and a summary when
         some were left out."""
-        out = [replace(finding, detail=f"{finding.detail} (and {self._more[i]:,} more lines)")
-               if i in self._more else finding for i, finding in enumerate(self.findings)]
+        out = [replace(finding, path=self._shown(finding.path),
+                       detail=finding.detail + (f" (and {self._more[i]:,} more lines)" if i in self._more else ""))
+               for i, finding in enumerate(self.findings)]
         if self._dropped:
             out.append(Finding("/", "too-many-findings", None, self.layer,
                                f"{self._dropped:,} more findings are not listed (over {self.limit:,} in one "

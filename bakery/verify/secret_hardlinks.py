@@ -13,7 +13,9 @@ import tempfile
 from pathlib import PurePosixPath
 from typing import IO
 
-from bakery.verify.secret_content import is_config
+from bakery.verify.secret_content import is_config, is_unit
+from bakery.verify.secret_content_keys import DER_NAMES, PKCS12_NAMES
+from bakery.verify.secret_detectors import is_shadow_copy
 from bakery.verify.secret_paths import structure_checks
 
 KEEP_FILE = 16 << 20
@@ -21,10 +23,14 @@ KEEP_TOTAL = 1 << 30
 IN_MEMORY = 32 << 20  # the store goes to a temporary file past this
 
 
-def selection(path: str) -> tuple[bool, str, frozenset[str]]:
-    """What in a name decides which rules run: config or not, the base name (DER and credential file
-    names), the structured checks."""
-    return is_config(path), PurePosixPath(path).name, frozenset(rule for rule, _ in structure_checks(path))
+def selection(path: str) -> tuple[bool, bool, bool, bool, bool, frozenset[str]]:
+    """What in a name decides which content rules run: config or not, a unit, a shadow copy, a DER/PKCS#12
+    key name, a .vault-token, the structured checks. Only a link whose name changes one of these is scanned
+    again (a link under any other name adds nothing, and failing it as unscanned would fail good images)."""
+    name = PurePosixPath(path).name
+    key_name = bool(DER_NAMES.search(path) or PKCS12_NAMES.search(path))
+    return (is_config(path), is_unit(path), is_shadow_copy(path), key_name, name == ".vault-token",
+            frozenset(rule for rule, _ in structure_checks(path)))
 
 
 class KeptFiles:

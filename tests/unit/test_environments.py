@@ -61,7 +61,7 @@ def test_secrets_must_be_references(inventory_project):
     with pytest.raises(ConfigError, match="DATABASE_PASSWORD looks like a secret given by value"):
         load_environment(Project(inventory_project), "qa")
     path.write_text("bakery_runtime:\n  lower_case: x\n")
-    with pytest.raises(ConfigError, match="key 'lower_case' must be upper-case"):
+    with pytest.raises(ConfigError, match="a bakery_runtime key of 10 characters is not upper-case"):
         load_environment(Project(inventory_project), "qa")
 
 

@@ -226,7 +226,7 @@ def test_config_set_refuses_a_carriage_return_before_anything_is_written():
         parse_pairs(["NOTE=ok\rBREAK_GLASS_SSH=true\rDATABASE_PASSWORD=hunter2"])
     assert str(err.value).startswith("config set: NOTE has '\\x0d' (a control character) at character 3")
     assert "hunter2" not in str(err.value)
-    with pytest.raises(ConfigError, match="config set: key 'note' must be upper-case"):
+    with pytest.raises(ConfigError, match="config set: a key of 4 characters is not upper-case"):
         parse_pairs(["note=x"])
 
 

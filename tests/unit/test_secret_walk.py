@@ -48,6 +48,11 @@ def test_a_hard_link_under_a_name_that_selects_nothing_new_is_not_reported_twice
     assert found(findings) == {("/etc/app/a.conf", "content")}
 
 
+def test_a_hard_link_whose_name_selects_no_other_rules_passes_even_when_its_target_was_not_kept():
+    """Packages hard-link binaries and docs under other plain names (e.g. /usr/bin/perl5.36.0): nothing to rescan."""
+    assert scan([("usr/bin/tool-1.2", ("hardlink", "usr/bin/tool"))]) == []
+
+
 def test_a_hard_link_to_a_file_not_kept_fails_closed():
     findings = scan([("etc/app/app.conf", ("hardlink", "opt/elsewhere/notes.txt"))])
     assert {(f.path, f.rule) for f in findings} == {("/etc/app/app.conf", "link-not-scanned")}
@@ -121,10 +126,16 @@ def test_old_lzma_is_decoded():
     assert found(scan([("opt/k.lzma", data)])) == {("/opt/k.lzma", "content")}
 
 
-@pytest.mark.parametrize("magic", [b"\x28\xb5\x2f\xfd", b"7z\xbc\xaf\x27\x1c", b"\xed\xab\xee\xdb", b"\xc7\x71",
+@pytest.mark.parametrize("magic", [b"\x28\xb5\x2f\xfd", b"7z\xbc\xaf\x27\x1c", b"\xed\xab\xee\xdb",
                                    b"070707", b"\x04\x22\x4d\x18"])
 def test_formats_the_walk_cannot_open_are_reported(magic):
     assert found(scan([("opt/blob", magic + b"\0" * 200)])) == {("/opt/blob", "archive-not-scanned")}
+
+
+def test_a_two_byte_cpio_magic_is_content_not_an_unopened_archive():
+    """Old binary cpio starts with two bytes any binary may start with: failing the image on them would be a false
+    alarm, so such a file is scanned as content."""
+    assert found(scan([("opt/blob", b"\xc7\x71" + b"\0" * 200)])) == set()
 
 
 # 6: names, link targets and PAX values
@@ -190,3 +201,11 @@ def test_an_error_inside_the_rules_names_the_file(monkeypatch):
 
 def test_a_key_in_a_tar_member_is_reported_at_the_member_only():
     assert found(scan([("opt/b.tar", tar_bytes([("root/id", PEM)]))])) == {("/opt/b.tar!/root/id", "content")}
+
+
+def test_a_name_that_is_a_secret_is_redacted_in_every_finding_under_it():
+    token_dir = "opt/" + AWS_ID
+    findings = scan([(token_dir + "/id_rsa", PEM)])
+    assert {f.rule for f in findings} >= {"aws-access-key-id", "private-key"}
+    assert all(AWS_ID not in f.path and AWS_ID not in f.text() for f in findings)
+    assert "/opt/<redacted>/id_rsa" in {f.path for f in findings}
