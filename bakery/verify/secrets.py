@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import stat
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -30,32 +31,32 @@ __all__ = ["RULE_NAMES", "AllowEntry", "Finding", "is_allowed", "load_allowlist"
 
 def scan_layer(stream: IO[bytes], layer: str, allowlist: list[AllowEntry]) -> list[Finding]:
     """One image layer as a tar stream (plain or compressed, read in order, never seeked); findings carry `layer`."""
-    collector = Collector(layer, allowlist)
-    walker = Walker(collector)
-    try:
-        with tarfile.open(fileobj=stream, mode="r|*", encoding="utf-8", errors="surrogateescape") as tar:
-            for member in tar:
-                walker.tar_member(tar, member, "", 0)
-    except RulesFailed as exc:
-        raise OperationError(f"secret scan: layer {layer}: {printable(exc.path)}: a rule failed on this file "
-                             f"({exc.error}); the layer was not fully scanned") from exc
-    except DECODE_ERRORS as exc:
-        raise OperationError(f"secret scan: layer {layer}: its tar stream cannot be read ({type(exc).__name__}); "
-                             "the layer was not scanned") from exc
-    finally:
-        walker.close()
-    return collector.result()
+
+    def walk(walker: Walker) -> None:
+        try:
+            with tarfile.open(fileobj=stream, mode="r|*", encoding="utf-8", errors="surrogateescape") as tar:
+                for member in tar:
+                    walker.tar_member(tar, member, "", 0)
+        except DECODE_ERRORS as exc:
+            raise OperationError(f"secret scan: layer {layer}: its tar stream cannot be read "
+                                 f"({type(exc).__name__}); the layer was not scanned") from exc
+
+    return _scan(Collector(layer, allowlist), walk, f"layer {layer}: ", "layer")
 
 
 def scan_tree(root: Path, allowlist: list[AllowEntry]) -> list[Finding]:
     """The same rules over a directory tree (an unpacked image or a mounted disk), symlinks not followed."""
-    collector = Collector("", allowlist)
+    return _scan(Collector("", allowlist), lambda walker: _walk_tree(root, walker), "", "tree")
+
+
+def _scan(collector: Collector, walk: Callable[[Walker], None], where: str, what: str) -> list[Finding]:
+    """One walk with its collector: a rule that fails on a file stops the scan (fail closed), naming the file."""
     walker = Walker(collector)
     try:
-        _walk_tree(root, walker)
+        walk(walker)
     except RulesFailed as exc:
-        raise OperationError(f"secret scan: {printable(exc.path)}: a rule failed on this file ({exc.error}); "
-                             "the tree was not fully scanned") from exc
+        raise OperationError(f"secret scan: {where}{printable(exc.path)}: a rule failed on this file ({exc.error}); "
+                             f"the {what} was not fully scanned") from exc
     finally:
         walker.close()
     return collector.result()
