@@ -49,6 +49,11 @@ def journal_path(state_dir: Path, env_name: str) -> Path:
     return environment_folder(state_dir, env_name) / JOURNAL
 
 
+def find_release(catalog: Catalog, env: str, release_id: int) -> dict[str, Any] | None:
+    """One of the environment's releases by id (here, not in rollout, which imports this module)."""
+    return next((r for r in catalog.releases(env, limit=1000) if r["id"] == release_id), None)
+
+
 def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -172,8 +177,7 @@ def settle_locked(state_dir: Path, catalog: Catalog, env: Environment) -> str | 
     if data is None:
         return None
     release_id = data["release_id"]
-    release = next((r for r in catalog.releases(env.name, limit=1000) if r["id"] == release_id), None) \
-        if release_id is not None else None
+    release = find_release(catalog, env.name, release_id) if release_id is not None else None
     who = f"the config set of pid {data['pid']}" + (f" (release #{release_id})" if release_id else "")
     if release is not None and release["status"] == "succeeded":
         change.keep()

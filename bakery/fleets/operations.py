@@ -22,9 +22,9 @@ from bakery.errors import ConfigError, OperationError
 from bakery.files import write_atomically
 from bakery.fleets import get_fleet
 from bakery.fleets.base import Fleet, Goal
-from bakery.fleets.config_journal import ConfigChange, restore_note
+from bakery.fleets.config_journal import ConfigChange, find_release, restore_note
 from bakery.fleets.planning import effective_preferences
-from bakery.fleets.rollout import ReleaseResult, Session, find_release, recover, rollout
+from bakery.fleets.rollout import ReleaseResult, Session, recover, rollout
 from bakery.fleets.runtime_config import edit_runtime_yaml, parse_pairs, runtime_path, validate_runtime
 from bakery.provenance import sha256_json
 from bakery.runs import Run

@@ -21,7 +21,7 @@ from bakery.config import Project
 from bakery.environments import Environment
 from bakery.errors import BakeryError, Interrupted
 from bakery.fleets.base import Fleet, Goal, RefreshOutcome, RefreshRequest
-from bakery.fleets.config_journal import settle_locked
+from bakery.fleets.config_journal import find_release, settle_locked
 from bakery.fleets.planning import effective_preferences
 from bakery.progress import Progress
 from bakery.runs import Run
@@ -68,10 +68,6 @@ class ReleaseResult:
 
 
 # ---------------------------------------------------------------- releases in the catalog
-
-
-def find_release(catalog: Catalog, env: str, release_id: int) -> dict[str, Any] | None:
-    return next((r for r in catalog.releases(env, limit=1000) if r["id"] == release_id), None)
 
 
 def close_release(catalog: Catalog, release_id: int, outcome: RefreshOutcome) -> None:

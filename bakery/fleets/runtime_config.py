@@ -44,7 +44,8 @@ def edit_runtime_yaml(text: str | None, values: dict[str, str]) -> str:
     lines = [line.removesuffix("\r") for line in text.removesuffix("\n").split("\n")]  # never str.splitlines
     start = next((i for i, line in enumerate(lines) if RUNTIME_HEADER.match(line)), None)
     if start is None:  # no block form to edit in place (flow style, or no bakery_runtime): rewrite the mapping
-        runtime = {**_current_values(text), **values}
+        # the environment loaded this file already, so it reads; were it edited since, refuse rather than drop keys
+        runtime = {**runtime_file.runtime_values(text, "runtime.yml"), **values}
         body = "".join(f"  {key}: {_quoted(value)}{newline}" for key, value in runtime.items())
         return f"---{newline}bakery_runtime:{newline}" + body
     end = start + 1
@@ -73,13 +74,6 @@ def edit_runtime_yaml(text: str | None, values: dict[str, str]) -> str:
 
 def _quoted(value: str) -> str:
     return json.dumps(value, ensure_ascii=False)  # ASCII escapes would split U+10000 and up into two surrogates
-
-
-def _current_values(text: str) -> dict[str, str]:
-    try:
-        return runtime_file.runtime_values(text, "runtime.yml")
-    except ConfigError:
-        return {}
 
 
 def _comment(line: str) -> bool:
