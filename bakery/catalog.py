@@ -1,12 +1,10 @@
 """The record of image versions and cached layers.
 
-`Catalog` is the interface; `SqliteCatalog` keeps it in `.bakery/catalog.db`
-(WAL mode, every change one transaction, so kill -9 at any moment leaves it
-consistent). The AWS target keeps the same facts as AMI tags and SSM parameters.
-
-A version is reserved as `pending` before the image is committed (its labels
-carry the version) and becomes `ready` only once the image exists; a pending
-row whose process is gone is a leftover that `gc` (and the next bake) removes.
+`Catalog` is the interface; `SqliteCatalog` keeps it in `.bakery/catalog.db` (WAL mode, every change one
+transaction, so kill -9 at any moment leaves it consistent). The AWS target keeps the same facts as AMI tags
+and SSM parameters. A version is reserved as `pending` before the image is committed (its labels carry the
+version) and becomes `ready` only once the image exists; a pending row whose process is gone is a leftover
+that `gc` (and the next bake) removes. Bootable disks are recorded by catalog_disks.DiskRecords.
 """
 
 from __future__ import annotations
@@ -22,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bakery import catalog_schema
+from bakery.catalog_disks import DiskRecords
 from bakery.errors import ConfigError
 
 # The release kinds after which an environment runs the release's version (gc and the pipeline read them too).
@@ -92,8 +91,9 @@ class Catalog(ABC):
 
     @abstractmethod
     def record_verification(self, image: str, version: str, *, env: str | None, started: str, seconds: float,
-                            passed: bool, run_id: str, summary: str, reports: dict[str, Any]) -> int:
-        """Record one verification of one version (re-verification adds a row)."""
+                            passed: bool, run_id: str, summary: str, reports: dict[str, Any],
+                            kind: str = "container") -> int:
+        """Record one verification of one version (re-verification adds a row); kind: container or vm."""
 
     @abstractmethod
     def verifications(self, image: str, version: str) -> list[dict[str, Any]]:
@@ -115,7 +115,7 @@ class Catalog(ABC):
         """Release history, newest first."""
 
 
-class SqliteCatalog(Catalog):
+class SqliteCatalog(DiskRecords, Catalog):
     """The local target's catalog: one SQLite file in WAL mode."""
 
     def __init__(self, path: Path):
@@ -159,6 +159,8 @@ class SqliteCatalog(Catalog):
         return self._conn
 
     def _init_schema(self) -> None:
+        with self._tx() as db:
+            catalog_schema.upgrade(db)
         blank = catalog_schema.check(self._writer(), self.path)  # before WAL mode changes a foreign file
         self._writer().execute("PRAGMA journal_mode=WAL")  # _conn is set: _writer() returns it
         self._writer().execute("PRAGMA synchronous=NORMAL")
@@ -331,12 +333,13 @@ class SqliteCatalog(Catalog):
             db.execute("INSERT OR REPLACE INTO bases (ref, release, digest, created) VALUES (?, ?, ?, ?)",
                        (ref, release, digest, _now()))
 
-    def record_verification(self, image, version, *, env, started, seconds, passed, run_id, summary, reports):
+    def record_verification(self, image, version, *, env, started, seconds, passed, run_id, summary, reports,
+                            kind="container"):
         with self._tx() as db:
             cur = db.execute(
-                "INSERT INTO verifications (image, version, env, started, seconds, passed, run_id, summary, reports)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (image, version, env, started, seconds, int(passed), run_id, summary, json.dumps(reports)))
+                "INSERT INTO verifications (image, version, env, started, seconds, passed, run_id, summary, reports,"
+                " kind) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (image, version, env, started, seconds, int(passed), run_id, summary, json.dumps(reports), kind))
             return cur.lastrowid
 
     def verifications(self, image, version):
@@ -384,8 +387,7 @@ def _loads(row: sqlite3.Row | None, *fields: str) -> dict[str, Any] | None:
     if row is None:
         return None
     result = dict(row)
-    for name in fields:
-        result[name] = json.loads(result[name]) if result.get(name) else None
+    result.update({name: json.loads(result[name]) if result.get(name) else None for name in fields})
     return result
 
 

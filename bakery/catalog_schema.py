@@ -13,7 +13,12 @@ from bakery.errors import ConfigError
 
 SCHEMA = (Path(__file__).parent / "catalog_schema.sql").read_text(encoding="utf-8")
 # Bump when catalog_schema.sql changes in a way older code cannot read; PRAGMA user_version carries it.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# What turns a catalog of version N into N+1: only additions, so older rows keep their meaning.
+UPGRADES = {
+    1: ["ALTER TABLE verifications ADD COLUMN kind TEXT NOT NULL DEFAULT 'container' "
+        "CHECK (kind IN ('container', 'vm'))"],
+}
 
 
 def statements(script: str = SCHEMA) -> list[str]:
@@ -52,6 +57,18 @@ def check(conn: sqlite3.Connection, path: Path) -> bool:
             raise ConfigError(f"{path}: not a bakery catalog of this version (table '{table}' lacks "
                               f"{', '.join(missing)}); move the file aside and re-run")
     return not actual
+
+
+def upgrade(conn: sqlite3.Connection) -> None:
+    """Bring a catalog an older bakery stamped up to this schema (tables it lacks are created by the caller)."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version == 0 and "kind" not in _columns(conn).get("verifications", {"kind"}):
+        version = 1  # made before catalogs were stamped, and never stamped since (bakery only stamps new ones)
+    while 0 < version < SCHEMA_VERSION:
+        for statement in UPGRADES[version]:
+            conn.execute(statement)
+        version += 1
+        conn.execute(f"PRAGMA user_version = {version}")
 
 
 def mark(conn: sqlite3.Connection) -> None:

@@ -45,7 +45,8 @@ CREATE TABLE IF NOT EXISTS verifications (
     passed INTEGER NOT NULL,
     run_id TEXT NOT NULL,
     summary TEXT NOT NULL,
-    reports TEXT NOT NULL
+    reports TEXT NOT NULL,
+    kind TEXT NOT NULL DEFAULT 'container' CHECK (kind IN ('container', 'vm'))
 );
 CREATE INDEX IF NOT EXISTS verifications_by_version ON verifications (image, version);
 CREATE TABLE IF NOT EXISTS releases (
@@ -73,4 +74,18 @@ CREATE TABLE IF NOT EXISTS bases (
     release TEXT NOT NULL,
     digest TEXT NOT NULL,
     created TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS disks (
+    image TEXT NOT NULL,
+    version TEXT NOT NULL,
+    format TEXT NOT NULL CHECK (format IN ('raw', 'qcow2')),
+    path TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    bytes INTEGER NOT NULL,
+    allocated INTEGER NOT NULL,
+    created TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    details TEXT NOT NULL,
+    PRIMARY KEY (image, version, format),
+    FOREIGN KEY (image, version) REFERENCES versions (image, version) ON DELETE CASCADE
 );

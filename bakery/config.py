@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from bakery.disks.layout import Layout, parse_layout
 from bakery.errors import ConfigError
 
 PROJECT_FILE = "bakery.yml"
@@ -26,7 +27,7 @@ ROLE_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*\Z")
 # Play keys that would run work outside a role: bakery caches one layer per role,
 # so such work would either be repeated in every layer or silently skipped.
 TASK_KEYS = ("pre_tasks", "tasks", "post_tasks", "handlers", "import_playbook")
-IMAGE_SETTING_KEYS = {"base", "description", "artifacts", "health_check"}
+IMAGE_SETTING_KEYS = {"base", "description", "artifacts", "health_check", "disk"}
 PROJECT_KEYS = {"images", "default_base", "aws"}
 DEFAULT_BASE = "bookworm"
 
@@ -85,6 +86,8 @@ class ImageDefinition:
     artifacts: dict[str, str] = field(default_factory=dict)
     # {port, path}: what `verify` probes from inside an instance booted with no network
     health_check: dict[str, Any] = field(default_factory=dict)
+    # the bootable disk's partitions (bakery.yml images.<name>.disk; the CIS layout when absent)
+    disk: Layout = field(default_factory=lambda: parse_layout(None, ""))
 
 
 class Project:
@@ -184,7 +187,8 @@ class Project:
         base = settings.get("base") or self.settings.get("default_base") or DEFAULT_BASE
         definition = ImageDefinition(name=name, playbook=playbook, base=base,
                                      artifacts=dict(settings.get("artifacts") or {}),
-                                     health_check=self._health_check(name, settings.get("health_check")))
+                                     health_check=self._health_check(name, settings.get("health_check")),
+                                     disk=parse_layout(settings.get("disk"), f"{PROJECT_FILE}: images.{name}.disk"))
         definition.layers = self._layers(playbook)
         roles = {layer.role.name for layer in definition.layers}
         for role in definition.artifacts:

@@ -1,0 +1,117 @@
+"""The image version's filesystem, unpacked and cut into one directory per partition.
+
+`podman export` of a container created (never started) from exactly the version's image is the tree; GNU tar
+keeps owners, modes, xattrs (file capabilities) and hard links. Each separate partition's directory is moved
+out of the root tree, deepest first, and an empty mount point with the same owner, mode and time is left in its
+place; the parent's time is put back, so that the cut leaves no trace in the bytes.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+from bakery import podman
+from bakery.disks.layout import Layout, Partition
+from bakery.errors import OperationError
+
+
+def unpack(image_ref: str, root: Path) -> None:
+    """The version's files under `root` (which must not exist), as the image holds them."""
+    root.mkdir(parents=True)
+    container = podman.run("create", "--pull=never", image_ref, "/bin/true").stdout.strip()
+    try:
+        export = subprocess.Popen(["podman", "export", container], stdout=subprocess.PIPE)
+        untar = subprocess.run(["tar", "-x", "--numeric-owner", "--same-owner", "--same-permissions",
+                                "--xattrs", "--xattrs-include=*", "-C", str(root)],
+                               stdin=export.stdout, capture_output=True, text=True, check=False)
+        if export.stdout is not None:
+            export.stdout.close()
+        exported = export.wait()
+    finally:
+        podman.remove_container(container)
+    if exported != 0 or untar.returncode != 0:
+        raise OperationError(f"unpacking {image_ref} failed: {(untar.stderr or 'podman export failed').strip()}")
+
+
+def _keep_times(path: Path) -> tuple[int, int]:
+    st = os.lstat(path)
+    return st.st_atime_ns, st.st_mtime_ns
+
+
+def cut(root: Path, layout: Layout, staging: Path, epoch: int) -> dict[str, Path]:
+    """Move each separate partition's directory out of `root`; return partition name -> its directory."""
+    trees: dict[str, Path] = {}
+    for part in sorted(layout.all, key=lambda p: p.mount.count("/"), reverse=True):
+        trees[part.name] = _cut_one(root, part, staging / f"part-{part.name}", epoch)
+    return trees
+
+
+def _no_link_on_the_way(root: Path, relative: str) -> None:
+    """Refuse a path of the image that runs through a symbolic link: the tree is on the build host, where an
+    absolute link (/var -> /srv) names the host's own directory, which the build would move or overwrite."""
+    path = root
+    for name in Path(relative).parts[:-1]:
+        path = path / name
+        if path.is_symlink():
+            raise OperationError(f"/{path.relative_to(root).as_posix()} is a symbolic link in the image: the disk "
+                                 f"builder does not follow it to /{relative}; make it a directory")
+
+
+def _cut_one(root: Path, part: Partition, target: Path, epoch: int) -> Path:
+    _no_link_on_the_way(root, part.mount.lstrip("/"))
+    source = root / part.mount.lstrip("/")
+    parent = source.parent
+    if not parent.is_dir() or parent.is_symlink():
+        raise OperationError(f"the image has no directory {parent.relative_to(root).as_posix() or '/'} for the "
+                             f"partition mounted at {part.mount}")
+    parent_times = _keep_times(parent)
+    if source.is_symlink() or (source.exists() and not source.is_dir()):
+        raise OperationError(f"{part.mount} is not a directory in the image: it cannot be a separate partition")
+    if source.is_dir():
+        st = os.lstat(source)
+        os.rename(source, target)
+        source.mkdir()
+        os.chown(source, st.st_uid, st.st_gid)
+        os.chmod(source, st.st_mode & 0o7777)
+        os.utime(source, ns=(st.st_atime_ns, st.st_mtime_ns))
+    else:  # e.g. /boot/efi: not in the image; the mount point and the partition's root are made
+        target.mkdir(mode=0o700)
+        source.mkdir(mode=0o700)
+        os.utime(source, (epoch, epoch))
+    os.utime(parent, ns=parent_times)
+    return target
+
+
+def write_file(root: Path, relative: str, text: str, epoch: int, mode: int = 0o644) -> None:
+    """A file the disk builder owns (e.g. /etc/fstab), written with a fixed time, the directory's time kept."""
+    _no_link_on_the_way(root, relative)
+    path = root / relative
+    parent_times = _keep_times(path.parent)
+    path.unlink(missing_ok=True)
+    path.write_text(text, encoding="utf-8")
+    os.chmod(path, mode)
+    os.chown(path, 0, 0)
+    os.utime(path, (epoch, epoch))
+    os.utime(path.parent, ns=parent_times)
+
+
+RESOLVED = ("usr/lib/systemd/systemd-resolved", "lib/systemd/systemd-resolved")
+STUB_RESOLV_CONF = "../run/systemd/resolve/stub-resolv.conf"
+
+
+def link_resolver(root: Path, epoch: int) -> bool:
+    """On a VM, names resolve through systemd-resolved when the image has it (the boot role installs it): its
+    /etc/resolv.conf is then the stub's. During the bake podman bind-mounts that file, so only the disk can
+    carry the link; without resolved the image's own file stays."""
+    if not any((root / candidate).is_file() for candidate in RESOLVED):
+        return False
+    _no_link_on_the_way(root, "etc/resolv.conf")
+    path = root / "etc" / "resolv.conf"
+    parent_times = _keep_times(path.parent)
+    path.unlink(missing_ok=True)
+    path.symlink_to(STUB_RESOLV_CONF)
+    os.utime(path, (epoch, epoch), follow_symlinks=False)
+    os.utime(path.parent, ns=parent_times)
+    return True

@@ -1,0 +1,154 @@
+"""A catalog an older bakery wrote is upgraded in place (its rows kept), one a newer bakery wrote is refused, and a
+disk is recorded together with its digest in the version's provenance."""
+
+import json
+import sqlite3
+import subprocess
+
+import pytest
+
+from bakery import catalog_schema
+from bakery.catalog import SqliteCatalog
+from bakery.errors import ConfigError
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.unit
+
+VERSION = "20240501.001"
+
+
+def old_schema():
+    """catalog_schema.sql as the last commit has it: schema version 1, before disks and verification kinds."""
+    return subprocess.run(["git", "-C", str(REPO), "show", "HEAD:bakery/catalog_schema.sql"], capture_output=True,
+                          text=True, check=True).stdout
+
+
+def old_catalog(path, user_version=1):
+    """A catalog as bakery with schema version 1 left it: a ready version, a passed verification, WAL mode."""
+    schema = old_schema()
+    assert "kind TEXT NOT NULL DEFAULT 'container'" not in schema and "CREATE TABLE IF NOT EXISTS disks" not in schema
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    for statement in catalog_schema.statements(schema):
+        db.execute(statement)
+    db.execute(f"PRAGMA user_version = {user_version}")
+    db.execute("INSERT INTO versions (image, version, seq, status, created, run_id, pid, image_ref, input_digest,"
+               " provenance) VALUES ('webapp', ?, 1, 'ready', '2024-05-01T12:00:00Z', 'r1', 1, 'ref', 'sha256:in',"
+               " ?)", (VERSION, json.dumps({"git_commit": "abc", "build_time": "2024-05-01T12:00:00Z"})))
+    db.execute("INSERT INTO verifications (image, version, env, started, seconds, passed, run_id, summary, reports)"
+               " VALUES ('webapp', ?, NULL, '2024-05-01T12:05:00Z', 12.5, 1, 'r2', '9 passed', '{}')", (VERSION,))
+    db.close()
+    return path
+
+
+def user_version(path):
+    db = sqlite3.connect(path)
+    try:
+        return db.execute("PRAGMA user_version").fetchone()[0]
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize("stamp", [1, 0])
+def test_an_older_catalog_is_upgraded_in_place_and_keeps_its_rows(tmp_path, stamp):
+    """1: written by the previous bakery. 0: written before catalogs carried a schema version at all."""
+    path = old_catalog(tmp_path / "catalog.db", stamp)
+    catalog = SqliteCatalog(path)
+    try:
+        record = catalog.version("webapp", VERSION)
+        assert record["status"] == "ready" and record["provenance"]["git_commit"] == "abc"
+        [verification] = catalog.verifications("webapp", VERSION)
+        assert verification["kind"] == "container" and verification["summary"] == "9 passed"
+        assert catalog.disks() == []
+        catalog.record_verification("webapp", VERSION, env="qa", started="2024-05-01T13:00:00Z", seconds=90.0,
+                                    passed=True, run_id="r3", summary="vm", reports={}, kind="vm")
+        assert [v["kind"] for v in catalog.verifications("webapp", VERSION)] == ["vm", "container"]
+    finally:
+        catalog.close()
+    assert user_version(path) == catalog_schema.SCHEMA_VERSION == 2
+    reopened = SqliteCatalog(path)
+    try:
+        assert len(reopened.verifications("webapp", VERSION)) == 2
+    finally:
+        reopened.close()
+
+
+def test_a_verification_kind_other_than_container_or_vm_is_refused_by_the_upgraded_catalog(tmp_path):
+    catalog = SqliteCatalog(old_catalog(tmp_path / "catalog.db"))
+    try:
+        with pytest.raises(sqlite3.IntegrityError):
+            catalog.record_verification("webapp", VERSION, env=None, started="s", seconds=1.0, passed=True,
+                                        run_id="r", summary="", reports={}, kind="ami")
+    finally:
+        catalog.close()
+
+
+def test_a_catalog_from_a_newer_bakery_is_refused_untouched(tmp_path):
+    path = old_catalog(tmp_path / "catalog.db", user_version=3)
+    before = path.read_bytes()
+    with pytest.raises(ConfigError, match=r"catalog schema version 3 is newer than this bakery's \(2\)"):
+        SqliteCatalog(path)
+    assert path.read_bytes() == before and user_version(path) == 3
+
+
+def test_a_new_catalog_is_stamped_with_the_current_schema_version(tmp_path):
+    catalog = SqliteCatalog(tmp_path / "catalog.db")
+    catalog.reserve_version("webapp", "r", 1)
+    catalog.close()
+    assert user_version(tmp_path / "catalog.db") == 2
+
+
+def ready_catalog(tmp_path):
+    catalog = SqliteCatalog(tmp_path / "catalog.db")
+    version = catalog.reserve_version("webapp", "r", 1)
+    catalog.complete_version("webapp", version, image_ref="ref", image_id="sha256:i", input_digest="sha256:in",
+                             provenance={"git_commit": "abc"}, layers=[])
+    return catalog, version
+
+
+def disk(catalog, version, disk_format="raw", sha256="ab" * 32):
+    catalog.record_disk("webapp", version, disk_format=disk_format, path=f"disks/webapp/{version}.{disk_format}",
+                        sha256=sha256, size=3 << 30, allocated=474 << 20, run_id="disk-run",
+                        details={"kernel_cmdline": "root=PARTUUID=x ro"})
+
+
+def test_record_disk_writes_the_row_and_the_digest_into_the_version_s_provenance(tmp_path):
+    catalog, version = ready_catalog(tmp_path)
+    try:
+        disk(catalog, version)
+        disk(catalog, version, "qcow2", "cd" * 32)
+        disk(catalog, version, "raw", "ef" * 32)  # rebuilt (e.g. another --size): replaced, not added
+        [raw] = [d for d in catalog.disks("webapp", version) if d["format"] == "raw"]
+        assert raw["sha256"] == "ef" * 32 and raw["bytes"] == 3 << 30 and raw["allocated"] == 474 << 20
+        assert raw["details"] == {"kernel_cmdline": "root=PARTUUID=x ro"}
+        assert catalog.disk("webapp", version, "qcow2")["sha256"] == "cd" * 32
+        assert catalog.version("webapp", version)["provenance"] == {
+            "git_commit": "abc", "disks": {"raw": "sha256:" + "ef" * 32, "qcow2": "sha256:" + "cd" * 32}}
+        assert catalog.disks("other") == [] and len(catalog.disks()) == 2
+        catalog.forget_disk("webapp", version, "qcow2")
+        assert [d["format"] for d in catalog.disks("webapp")] == ["raw"]
+    finally:
+        catalog.close()
+
+
+def test_a_disk_whose_provenance_cannot_be_updated_is_not_recorded_either(tmp_path):
+    """One transaction: a disk row whose digest the provenance lacks would be a disk nobody can trace."""
+    catalog, version = ready_catalog(tmp_path)
+    try:
+        with catalog._tx() as db:
+            db.execute("UPDATE versions SET provenance = '{not json' WHERE version = ?", (version,))
+        with pytest.raises(ValueError):
+            disk(catalog, version)
+        assert catalog.disks() == []
+    finally:
+        catalog.close()
+
+
+def test_a_discarded_version_takes_its_disk_rows_with_it(tmp_path):
+    catalog, version = ready_catalog(tmp_path)
+    try:
+        disk(catalog, version)
+        catalog.discard_version("webapp", version)
+        assert catalog.disks() == []
+    finally:
+        catalog.close()
