@@ -5,8 +5,11 @@ clean up (a compiler, a password hash, an empty password, a system account with 
 world-writable file and directory, loose modes on the shadow files); the tests of the planted
 fixtures skip themselves on an image that never had them.
 
-Kernel-level controls (sysctl, modprobe, auditd) cannot take effect inside a container, so
-their files are checked, and their units must skip cleanly: the system must still be "running".
+Kernel-level controls (sysctl, modprobe, auditd, AppArmor, the kernel command line, time sync)
+cannot take effect inside a container, so their files are checked, and their units must skip
+cleanly: the system must still be "running". On a VM (bake.py verify --vm, through the break-glass
+SSH session with sudo) the same tests check that they did take effect, and the tests that open and
+close break-glass themselves skip (they would cut the session the tests run through).
 """
 
 import importlib.util
@@ -44,11 +47,40 @@ sshd_check = _load_sibling("sshd_effective")
 
 BREAK_GLASS_USER = "breakglass"
 RUNTIME_ENV = "/run/bakery/runtime.env"
+BREAK_GLASS_SUDOERS = "/etc/sudoers.d/bakery-break-glass"
+SUDO_LOG = "/var/log/sudo.log"
 BANNER_FIRST_LINE = "Authorised access only."
 
 
 def _lines(host, path):
     return [line.strip() for line in host.file(path).content_string.splitlines()]
+
+
+@pytest.fixture(scope="module")
+def in_container(host):
+    """True in a podman instance (Molecule, bake.py verify); False on a VM, where kernel-level controls act."""
+    return host.run("systemd-detect-virt --container --quiet").rc == 0
+
+
+@pytest.fixture
+def container_only(in_container):
+    """Skip on a VM: the test opens and closes break-glass, the channel a VM's tests run through."""
+    if not in_container:
+        pytest.skip("changes break-glass, through which the tests of a VM connect")
+
+
+def _unit(host, name):
+    return host.service(name).systemd_properties
+
+
+def assert_skipped_in_container_else_active(host, unit, in_container):
+    """A kernel-level unit: skipped by its condition in a container (system stays running), active on a VM."""
+    props = _unit(host, unit)
+    if in_container:
+        assert props["ConditionResult"] == "no", f"{unit} is not skipped in a container: {props['ConditionResult']}"
+        assert props["Result"] == "success"
+    else:
+        assert (props["ActiveState"], props["Result"]) == ("active", "success"), unit
 
 
 # --- the system as a whole -----------------------------------------------------------------
@@ -92,10 +124,12 @@ def test_no_apt_lists_are_left_in_the_layer(host):
 # --- 1. sshd: installed, hardened, disabled ------------------------------------------------
 
 
-def test_openssh_server_is_installed_but_disabled(host):
+def test_openssh_server_is_installed_but_disabled(host, in_container):
     assert host.package("openssh-server").is_installed
     ssh = host.service("ssh")
     assert not ssh.is_enabled
+    if not in_container:
+        pytest.skip("on a VM the tests connect through the sshd that break-glass started")
     assert not ssh.is_running
     assert not host.service("ssh.socket").is_enabled
     assert not host.socket("tcp://0.0.0.0:22").is_listening
@@ -311,12 +345,18 @@ def test_auditd_is_installed_and_enabled(host):
     assert host.service("auditd").is_enabled
 
 
-def test_auditd_skips_itself_in_a_container(host):
+def test_auditd_skips_itself_in_a_container(host, in_container):
     dropin = host.file("/etc/systemd/system/auditd.service.d/60-bakery-skip-in-container.conf")
     assert dropin.contains("^ConditionVirtualization=!container$")
-    shown = host.check_output("systemctl show auditd.service -p ActiveState -p Result -p ConditionResult")
-    assert "Result=success" in shown
-    assert "ConditionResult=no" in shown
+    assert_skipped_in_container_else_active(host, "auditd.service", in_container)
+
+
+def test_audit_rules_are_loaded_and_locked_on_a_vm(host, in_container):
+    if in_container:
+        pytest.skip("a container has no kernel audit subsystem")
+    status = dict(line.split(" ", 1) for line in host.check_output("auditctl -s").splitlines() if " " in line)
+    assert status["enabled"] == "2"
+    assert "-w /etc/shadow -p wa -k identity" in host.check_output("auditctl -l").splitlines()
 
 
 AUDIT_RULES = [
@@ -494,6 +534,150 @@ def test_uncommon_modules_cannot_be_loaded(host):
         assert f"blacklist {module}" in lines, module
 
 
+# --- 15. AppArmor ---------------------------------------------------------------------------
+
+APPARMOR_DIR = "/etc/apparmor.d"
+# profile files directly in /etc/apparmor.d whose flags ask for complain mode (comments left out)
+APPARMOR_COMPLAIN_FIND = (
+    f"find {APPARMOR_DIR} -maxdepth 1 -type f -exec grep -lE"
+    " '^[^#]*\\((|[^)]*[[:space:],])complain([[:space:],)])' {} +"
+)
+PLANTED_APPARMOR_PROFILES = ["usr.local.bin.molecule-complain", "usr.local.bin.molecule-forced"]
+
+
+def test_apparmor_is_installed_and_enabled(host):
+    assert host.package("apparmor").is_installed
+    assert host.service("apparmor").is_enabled
+
+
+def test_apparmor_skips_itself_in_a_container(host, in_container):
+    dropin = host.file("/etc/systemd/system/apparmor.service.d/60-bakery-skip-in-container.conf")
+    assert dropin.contains("^ConditionVirtualization=!container$")
+    assert_skipped_in_container_else_active(host, "apparmor.service", in_container)
+
+
+def test_no_apparmor_profile_is_in_complain_mode(host):
+    assert host.run(APPARMOR_COMPLAIN_FIND).stdout == ""
+    assert host.check_output(f"find {APPARMOR_DIR}/force-complain -mindepth 1") == ""
+
+
+def test_planted_complain_mode_profiles_were_enforced(host):
+    planted = [f"{APPARMOR_DIR}/{name}" for name in PLANTED_APPARMOR_PROFILES]
+    require_planted(all(host.file(path).exists for path in planted), "the planted AppArmor profiles")
+    header = host.file(planted[0]).content_string
+    assert "flags=(attach_disconnected)" in header  # complain gone, the other flag kept
+    # both still compile (parsed only: a container cannot load profiles)
+    for path in planted:
+        host.run_test(f"apparmor_parser --skip-kernel-load --skip-cache --skip-read-cache "
+                      f"--features-file {APPARMOR_DIR}/abi/3.0 {path}")
+
+
+def test_apparmor_enforces_the_profiles_on_a_vm(host, in_container):
+    if in_container:
+        pytest.skip("a container cannot load AppArmor profiles")
+    assert host.file("/sys/module/apparmor/parameters/enabled").content_string.strip() == "Y"
+    assert host.check_output("aa-status --complaining") == "0"
+    assert int(host.check_output("aa-status --enforced")) > 0
+
+
+# --- 16. kernel command line ---------------------------------------------------------------
+
+KERNEL_CMDLINE_FRAGMENT = "/etc/bakery/kernel-cmdline.d/50-hardening.conf"
+KERNEL_ARGS = ["audit=1", "audit_backlog_limit=8192", "apparmor=1", "security=apparmor"]
+
+
+def test_kernel_command_line_fragment(host):
+    fragment = host.file(KERNEL_CMDLINE_FRAGMENT)
+    assert (fragment.user, fragment.group, fragment.mode) == ("root", "root", 0o644)
+    # one line of arguments, no comment: the disk builder joins the fragments into the boot entry
+    assert fragment.content_string.splitlines() == [" ".join(KERNEL_ARGS)]
+
+
+def test_kernel_booted_with_the_hardening_arguments_on_a_vm(host, in_container):
+    if in_container:
+        pytest.skip("a container shares the host's kernel and its command line")
+    cmdline = host.file("/proc/cmdline").content_string.split()
+    assert [arg for arg in KERNEL_ARGS if arg not in cmdline] == []
+
+
+# --- 17. boot files ------------------------------------------------------------------------
+
+BOOT_FILES_FIND = (
+    "find /boot -maxdepth 1 -type f \\( -name 'vmlinuz-*' -o -name 'initrd.img-*'"
+    " -o -name 'System.map-*' -o -name 'config-*' \\)"
+)
+
+
+def test_kernel_and_initramfs_are_readable_by_root_only(host):
+    files = host.check_output(BOOT_FILES_FIND).split()
+    require_planted(bool(files), "a kernel in /boot")
+    for path in files:
+        f = host.file(path)
+        assert (f.user, f.group, f.mode) == ("root", "root", 0o600), path
+
+
+# --- 18. time synchronisation --------------------------------------------------------------
+
+
+def test_timesyncd_is_installed_and_enabled(host):
+    assert host.package("systemd-timesyncd").is_installed
+    assert host.service("systemd-timesyncd").is_enabled
+    for other in ("chrony", "ntp", "ntpsec", "openntpd"):
+        assert not host.package(other).is_installed, f"{other}: one time daemon only (CIS 2.3.1.1)"
+
+
+def test_timesyncd_uses_the_amazon_time_sync_service(host):
+    conf = host.file("/etc/systemd/timesyncd.conf.d/60-bakery.conf")
+    assert conf.mode == 0o644
+    lines = _lines(host, conf.path)
+    assert "[Time]" in lines
+    assert "NTP=169.254.169.123" in lines
+    assert "FallbackNTP=" in lines  # no built-in pool servers behind the configured ones
+
+
+def test_timesyncd_skips_itself_in_a_container(host, in_container):
+    assert_skipped_in_container_else_active(host, "systemd-timesyncd.service", in_container)
+    if not in_container:
+        assert host.check_output("timedatectl show -p NTP --value") == "yes"
+        assert host.check_output("timedatectl show-timesync -p SystemNTPServers --value") == "169.254.169.123"
+
+
+# --- 2b. sudo ------------------------------------------------------------------------------
+
+
+def test_sudo_is_installed_with_the_cis_defaults(host):
+    assert host.package("sudo").is_installed
+    dropin = host.file("/etc/sudoers.d/60-bakery-hardening")
+    assert (dropin.user, dropin.group, dropin.mode) == ("root", "root", 0o440)
+    host.run_test("visudo -c")
+    # what sudo really uses (root sees the defaults in `sudo -V`), not what the file says
+    effective = host.check_output("sudo -V")
+    assert "Always run commands in a pseudo-tty" in effective  # CIS 5.2.2 use_pty
+    assert f"Path to log file: {SUDO_LOG}" in effective  # CIS 5.2.3
+    assert "Authentication timestamp timeout: 5.0 minutes" in effective  # CIS 5.2.6
+
+
+def _sudoers_rules(host, path):
+    """The lines of a sudoers file that grant something (not comments, Defaults or includes), blanks squeezed."""
+    return [" ".join(line.split()) for line in _lines(host, path)
+            if line and not line.startswith(("#", "Defaults", "@include"))]
+
+
+def test_no_sudo_rule_is_baked_except_root(host):
+    assert _sudoers_rules(host, "/etc/sudoers") == ["root ALL=(ALL:ALL) ALL"]
+    for path in host.check_output("find /etc/sudoers.d -type f").split():
+        if path != BREAK_GLASS_SUDOERS:  # written at boot, only when the runtime config asks for it
+            assert _sudoers_rules(host, path) == [], path
+    assert "!authenticate" not in host.check_output("cat /etc/sudoers /etc/sudoers.d/*")  # CIS 5.2.5
+
+
+def test_break_glass_account_has_no_sudo_unless_break_glass_granted_it(host):
+    if host.file(BREAK_GLASS_SUDOERS).exists:
+        pytest.skip("this boot's runtime config granted the break-glass account sudo")
+    listed = host.run(f"sudo -l -U {BREAK_GLASS_USER}").stdout
+    assert f"User {BREAK_GLASS_USER} is not allowed to run sudo" in listed
+
+
 # --- 2. break-glass (last: it opens SSH, then puts everything back) -------------------------
 
 
@@ -504,8 +688,11 @@ def test_break_glass_unit_is_enabled_after_the_runtime_config(host):
     assert unit.systemd_properties["EnvironmentFiles"].startswith("/run/bakery/runtime.env (ignore_errors=yes)")
 
 
-@pytest.mark.parametrize("runtime_env", [None, 'BREAK_GLASS_SSH="false"\\nOTHER_KEY="x"\\n'])
-def test_break_glass_does_nothing_unless_the_runtime_config_says_true(host, runtime_env):
+@pytest.mark.parametrize(
+    "runtime_env",
+    [None, 'BREAK_GLASS_SSH="false"\\nOTHER_KEY="x"\\n', 'BREAK_GLASS_SSH="false"\\nBREAK_GLASS_SSH_SUDO="true"\\n'],
+)
+def test_break_glass_does_nothing_unless_the_runtime_config_says_true(host, container_only, runtime_env):
     had_runtime_dir = host.file("/run/bakery").exists
     if runtime_env:
         host.run_test(f"mkdir -p /run/bakery && printf '{runtime_env}' > {RUNTIME_ENV}")
@@ -516,6 +703,7 @@ def test_break_glass_does_nothing_unless_the_runtime_config_says_true(host, runt
         assert props["Result"] == "success"
         assert not host.service("ssh").is_running
         assert host.run("find /etc/ssh -name 'ssh_host_*'").stdout.strip() == ""
+        assert not host.file(BREAK_GLASS_SUDOERS).exists
     finally:
         if runtime_env:
             host.run(f"rm -f {RUNTIME_ENV}")
@@ -524,8 +712,18 @@ def test_break_glass_does_nothing_unless_the_runtime_config_says_true(host, runt
 
 
 @pytest.fixture
-def break_glass_opened(host):
+def break_glass_opened(host, container_only):
     """Deliver BREAK_GLASS_SSH=true with a client key in the runtime config and restart the unit; undo afterwards."""
+    yield from _open_break_glass(host, "")
+
+
+@pytest.fixture
+def break_glass_opened_with_sudo(host, container_only):
+    """Break-glass as the VM verify asks for it: SSH, a key, and root through sudo for this boot."""
+    yield from _open_break_glass(host, 'BREAK_GLASS_SSH_SUDO="tRUE"\\n')
+
+
+def _open_break_glass(host, extra_env):
     key = "/root/molecule-break-glass-key"
     had_runtime_dir = host.file("/run/bakery").exists
     since = host.check_output("date '+%Y-%m-%d %H:%M:%S'")
@@ -533,7 +731,7 @@ def break_glass_opened(host):
     public_key = host.file(f"{key}.pub").content_string.strip()
     host.run_test("mkdir -p /run/bakery")
     # the format bakery-runtime-config.service (base role) writes: KEY="value" lines
-    host.run_test(f"""printf 'BREAK_GLASS_SSH="True"\\nBREAK_GLASS_SSH_AUTHORIZED_KEY="%s"\\n' """
+    host.run_test(f"""printf 'BREAK_GLASS_SSH="True"\\nBREAK_GLASS_SSH_AUTHORIZED_KEY="%s"\\n{extra_env}' """
                   f"""'{public_key}' > {RUNTIME_ENV}""")
     restart = host.run("systemctl restart bakery-break-glass")
     try:
@@ -582,12 +780,48 @@ def test_break_glass_opens_ssh_loudly(host, break_glass_opened):
     assert denied.rc != 0
     assert "Permission denied (publickey)" in denied.stderr
 
+    # no root unless the runtime config asks for it
+    assert not host.file(BREAK_GLASS_SUDOERS).exists
+    no_sudo = _ssh(host, key, BREAK_GLASS_USER, "sudo -n true")
+    assert no_sudo.rc != 0
+
     # the system stays healthy with SSH open
     assert host.check_output("systemctl is-system-running") == "running"
 
 
-def test_break_glass_left_no_trace(host):
+def test_break_glass_grants_sudo_for_this_boot_when_asked(host, break_glass_opened_with_sudo):
+    opened = break_glass_opened_with_sudo
+    assert opened["restart"].rc == 0, opened["restart"].stderr
+    dropin = host.file(BREAK_GLASS_SUDOERS)
+    assert (dropin.user, dropin.group, dropin.mode) == ("root", "root", 0o440)
+    assert _lines(host, BREAK_GLASS_SUDOERS) == [f"{BREAK_GLASS_USER} ALL=(ALL) NOPASSWD: ALL"]
+    host.run_test("visudo -c")
+    # sudo ignores file names with a dot: no half-written candidate may be left beside it
+    assert host.check_output("find /etc/sudoers.d -name '.*' -type f") == ""
+    root = _ssh(host, opened["key"], BREAK_GLASS_USER, "sudo -n id -u")
+    assert root.rc == 0, root.stderr
+    assert root.stdout.strip() == "0"
+    journal = host.check_output(f"journalctl --no-pager -q -p crit --since '{opened['since']}' -t bakery-break-glass")
+    assert "BREAK_GLASS_SSH_SUDO" in journal
+    # CIS 5.2.3: sudo writes its own log file, which the audit rules watch
+    assert "COMMAND=/usr/bin/id -u" in host.file(SUDO_LOG).content_string
+
+
+def test_break_glass_removes_a_sudo_grant_of_an_earlier_boot(host, container_only):
+    # /etc survives a reboot, so a grant from the last break-glass boot would outlive it
+    host.run_test(f"printf '{BREAK_GLASS_USER} ALL=(ALL) NOPASSWD: ALL\\n' > {BREAK_GLASS_SUDOERS}"
+                  f" && chmod 0440 {BREAK_GLASS_SUDOERS}")
+    try:
+        host.run_test("systemctl restart bakery-break-glass")
+        assert not host.file(BREAK_GLASS_SUDOERS).exists
+        assert host.service("bakery-break-glass").systemd_properties["Result"] == "success"
+    finally:
+        host.run(f"rm -f {BREAK_GLASS_SUDOERS}")
+
+
+def test_break_glass_left_no_trace(host, container_only):
     assert not host.service("ssh").is_running
     assert host.run("find /etc/ssh -name 'ssh_host_*'").stdout.strip() == ""
     assert not host.file(RUNTIME_ENV).exists
+    assert not host.file(BREAK_GLASS_SUDOERS).exists
     assert host.check_output("systemctl is-system-running") == "running"
