@@ -109,7 +109,7 @@ class Environment:
     target: str = "local"
     instances: int = 2
     lb_port: int = 0
-    require_verified: bool = True
+    require_verified: tuple[str, ...] = ("container",)  # the verification kinds the gate requires
     promote_from: str | None = None
     health_check: HealthCheck = field(default_factory=HealthCheck)
     refresh: RefreshPreferences = field(default_factory=RefreshPreferences)
@@ -165,7 +165,7 @@ def load_environment(project: Project, name: str, check_promotion: bool = True) 
     env.target = _choice(settings, "target", TARGETS, rel, env.target)
     env.instances = _int(settings, "instances", rel, env.instances, low=0, high=50)
     env.lb_port = _int(settings, "lb_port", rel, 0, low=1024, high=65535, required=env.target == "local")
-    env.require_verified = _bool(settings, "require_verified", rel, True)
+    env.require_verified = _verified_kinds(settings.get("require_verified", True), rel)
     env.promote_from = _str(settings, "promote_from", rel) or None
     env.aws = _aws(settings.get("aws"), deploy_file, rel, required=env.target == "aws")
     env.health_check = _health_check(settings.get("health_check"), deploy_file, rel)
@@ -321,6 +321,18 @@ def _int(data, key, rel, default, low, high, required=False, prefix=""):
     if not low <= value <= high:
         raise ConfigError(f"{rel}: {_label(prefix, key)} must be from {low} to {high}, got {value}")
     return value
+
+
+def _verified_kinds(value, rel) -> tuple[str, ...]:
+    """require_verified: true (a container verification), false (none), or a list of kinds: [container, vm]."""
+    if isinstance(value, bool):
+        return ("container",) if value else ()
+    kinds = ("container", "vm")
+    if not isinstance(value, list) or not value or not all(isinstance(k, str) and k in kinds for k in value) \
+            or len(set(value)) != len(value):
+        raise ConfigError(f"{rel}: bakery_deploy.require_verified must be true, false or a list of "
+                          f"{' and '.join(kinds)} (each once), got {value!r}")
+    return tuple(value)
 
 
 def _bool(data, key, rel, default, prefix=""):

@@ -166,11 +166,23 @@ def build_stage(p: Pipeline) -> StageResult:
 
 
 def verify_stage(p: Pipeline) -> StageResult:
+    """The container verification, then the VM one when the environment (or --promote-to's) requires it."""
+    result = _verify_container(p)
+    kinds = set(p.env.require_verified) | set(p.promote_env.require_verified if p.promote_env else ())
+    if "vm" in kinds and p.target == "local":
+        from bakery.verify.vm import ensure_vm_verified
+
+        result.detail += "; " + ensure_vm_verified(p.project, p.catalog, p.progress, p.definition.name,
+                                                   p.result.version or "", p.env.name, p.request.force_verify)
+    return result
+
+
+def _verify_container(p: Pipeline) -> StageResult:
     from bakery.verify.gate import latest_verification
 
     image, version = p.definition.name, p.result.version
     assert version is not None
-    last = latest_verification(p.catalog, image, version)
+    last = latest_verification(p.catalog, image, version, "container")
     if last and last["passed"] and not p.request.force_verify:
         by = "the aws builder" if p.target == "aws" else f"run {last['run_id']}"
         return StageResult("verify", "reused",

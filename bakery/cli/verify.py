@@ -10,13 +10,16 @@ from bakery.cli.common import Context, emit_json, load_env, parse_image_ref, pas
 @click.command()
 @click.argument("ref", metavar="IMAGE[:VERSION]")
 @click.option("--env", "env_name", metavar="ENV", help="Mount this environment's runtime config, as its launches will.")
+@click.option("--vm", is_flag=True, help="Boot the version's bootable disk as a UEFI virtual machine (qemu; the disk "
+              "is built first when missing) instead of container instances.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_ctx
-def verify(obj: Context, ref: str, env_name: str | None, as_json: bool) -> None:
+def verify(obj: Context, ref: str, env_name: str | None, vm: bool, as_json: bool) -> None:
     """Verify an image version on throwaway instances (default: the newest):
-    boot, testinfra, offline boot, secrets, packages.
+    boot, testinfra, offline boot, secrets, packages. With --vm: the same on its bootable disk in a VM, plus
+    what only a kernel shows (sysctls in effect, audit immutable, AppArmor, modules, partitions, time sync).
 
-    Example: ./bake.py verify webapp --env qa
+    Example: ./bake.py verify webapp --env qa --vm
     """
     from bakery.errors import OperationError
     from bakery.progress import make_progress
@@ -29,7 +32,12 @@ def verify(obj: Context, ref: str, env_name: str | None, as_json: bool) -> None:
     obj.catalog.resolve(name, version)  # every argument is checked before the run directory is made
     progress = make_progress(quiet=as_json)
     try:
-        result = verify_image(obj.project, obj.catalog, progress, name, version, env_name)
+        if vm:
+            from bakery.verify.vm import verify_vm_image
+
+            result = verify_vm_image(obj.project, obj.catalog, progress, name, version, env_name)
+        else:
+            result = verify_image(obj.project, obj.catalog, progress, name, version, env_name)
     finally:
         progress.close()
     if as_json:

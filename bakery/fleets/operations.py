@@ -201,12 +201,13 @@ def promote(session: Session, env: Environment, image: str, version: str | None,
         version = current.version
     _adopt_on_aws(session, env, version, "promote")
     version = session.catalog.resolve(image, version)["version"]
-    require_verified(session.catalog, image, version, required=True, force=False, env=env.name)
+    require_verified(session.catalog, image, version, required=env.require_verified or True, force=False,
+                     env=env.name)
     _require_healthy_in(source_fleet, source, image, version)
     fleet = open_fleet(session, env)
     goal = _launchable(fleet, version, sha256_json(env.runtime), env.runtime)
-    require_verified(session.catalog, image, version, required=True, force=False, env=env.name,
-                     deployed=_deployed(fleet, goal))  # the AMI promoted, once it is chosen
+    require_verified(session.catalog, image, version, required=env.require_verified or True, force=False,
+                     env=env.name, deployed=_deployed(fleet, goal))  # the AMI promoted, once it is chosen
     with cancellable() as cancel, fleet.lock():
         resumed = recover(session, fleet, cancel)
         goal = _settled_goal(session, fleet, goal)

@@ -1,7 +1,8 @@
 """Leftovers of bakes that died without cleaning up (SIGKILL, power loss).
 
-Build containers, pending catalog rows and generated layer playbooks all carry
-the pid of the bake that made them; once that process is gone they are garbage.
+Build containers, pending catalog rows, generated layer playbooks, disk work
+directories and verify VMs all carry the pid of the bake that made them; once
+that process is gone they are garbage. Disk files no version lists go too.
 The next bake and `bake.py gc` remove them.
 """
 
@@ -10,11 +11,15 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from bakery import podman
-from bakery.catalog import Catalog
+from bakery.catalog import Catalog, SqliteCatalog
 from bakery.config import Project
+from bakery.disks import builder as disk_builder
+from bakery.disks import vm_leftovers
 from bakery.processes import pid_alive
 
 log = logging.getLogger("bakery.leftovers")
@@ -29,9 +34,11 @@ class Leftovers:
     containers: list[str] = field(default_factory=list)
     pending_versions: list[str] = field(default_factory=list)
     playbooks: list[str] = field(default_factory=list)
+    disks: list[str] = field(default_factory=list)  # disk files no version lists, work directories of killed builds
+    vms: list[str] = field(default_factory=list)  # VMs of a verify --vm that was killed (filled in by remove)
 
     def empty(self) -> bool:
-        return not (self.containers or self.pending_versions or self.playbooks)
+        return not (self.containers or self.pending_versions or self.playbooks or self.disks or self.vms)
 
 
 def find(project: Project, catalog: Catalog) -> Leftovers:
@@ -52,10 +59,21 @@ def find(project: Project, catalog: Catalog) -> Leftovers:
             match = GENERATED_PLAYBOOK.match(path.name)
             if match and not pid_alive(int(match.group(1))):
                 found.playbooks.append(str(path))
+    orphans = disk_builder.orphan_disks(project, catalog) if isinstance(catalog, SqliteCatalog) else []
+    found.disks = [str(p) for p in (*disk_builder.stale_work(project), *orphans)]
     return found
 
 
-def remove(found: Leftovers, catalog: Catalog) -> None:
+def remove(found: Leftovers, catalog: Catalog, runs_root: Path | None = None) -> None:
+    if runs_root is not None:
+        vms = vm_leftovers.clean(runs_root)
+        found.vms = [f"qemu pid {pid}" for pid in vms.killed]
+    for leftover in map(Path, found.disks):
+        log.info("removing leftover disk file %s", leftover)
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
     for name in found.containers:
         log.info("removing leftover build container %s", name)
         podman.remove_container(name)
@@ -73,5 +91,5 @@ def remove(found: Leftovers, catalog: Catalog) -> None:
 
 def clean(project: Project, catalog: Catalog) -> Leftovers:
     found = find(project, catalog)
-    remove(found, catalog)
+    remove(found, catalog, project.state_dir / "runs")
     return found

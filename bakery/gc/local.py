@@ -60,7 +60,8 @@ class LocalGcReport:
     def to_dict(self) -> dict[str, Any]:
         found, result = self.found, self.result
         return {"dry_run": self.dry_run, "containers": found.containers, "pending_versions": found.pending_versions,
-                "playbooks": found.playbooks, "keep": self.keep, "versions": result.removed, "failed": result.failed,
+                "playbooks": found.playbooks, "disks": found.disks, "vms": found.vms, "keep": self.keep,
+                "versions": result.removed, "failed": result.failed,
                 "artifacts": result.artifacts, "kept": self.planned.kept if self.planned else [],
                 "skipped": result.skipped}
 
@@ -72,7 +73,7 @@ class LocalGcReport:
         if found.empty() and not (result.removed or result.failed or result.artifacts):
             lines.append("nothing to remove")
         for kind, items in (("container", found.containers), ("pending version", found.pending_versions),
-                            ("playbook", found.playbooks)):
+                            ("playbook", found.playbooks), ("disk file", found.disks), ("VM", found.vms)):
             lines += [f"{verb} {kind} {item}" for item in items]
         lines += [f"{verb} version {e['image']}:{e['version']} ({e['reason']})" for e in result.removed]
         lines += [f"{verb} artifact {e['name']} {e['version']} ({e['reason']})" for e in result.artifacts]
@@ -172,7 +173,7 @@ def collect_local(project: Project, catalog: SqliteCatalog, keep: int | None, dr
         planned = plan(project, catalog, keep) if keep else None
         result = GcResult(removed=list(planned.delete), artifacts=list(planned.artifacts)) if planned else GcResult()
         if not dry_run:
-            leftovers.remove(found, catalog)
+            leftovers.remove(found, catalog, project.state_dir / "runs")
             if planned:
                 result = apply(project, catalog, planned)
     return LocalGcReport(dry_run, keep, found, planned, result)

@@ -15,31 +15,39 @@ from typing import Any
 from bakery.catalog import Catalog
 from bakery.errors import OperationError
 
+KINDS = ("container", "vm")
 
-def latest_verification(catalog: Catalog, image: str, version: str) -> dict[str, Any] | None:
-    rows = catalog.verifications(image, version)
+
+def latest_verification(catalog: Catalog, image: str, version: str, kind: str | None = None) -> dict[str, Any] | None:
+    """The newest verification of the version (of `kind` when given: container or vm)."""
+    rows = [r for r in catalog.verifications(image, version) if kind is None or r.get("kind", "container") == kind]
     return rows[0] if rows else None
 
 
-def require_verified(catalog: Catalog, image: str, version: str, *, required: bool, force: bool, env: str,
-                     deployed: Callable[[], tuple[bool, str]] | None = None) -> bool:
-    """Raise unless image:version's newest verification passed (and `deployed()`, when given, says the image
-    deployed is the verified one: (passed, why)). Returns True when the gate was forced open."""
-    if not required:
+def require_verified(catalog: Catalog, image: str, version: str, *, required: bool | tuple[str, ...], force: bool,
+                     env: str, deployed: Callable[[], tuple[bool, str]] | None = None) -> bool:
+    """Raise unless, for every kind `required` names (True: container), image:version's newest verification of
+    that kind passed (and `deployed()`, when given, says the image deployed is the verified one: (passed, why)).
+    Returns True when the gate was forced open."""
+    kinds = ("container",) if required is True else tuple(required or ())
+    if not kinds:
         return False
-    verification = latest_verification(catalog, image, version)
-    if verification and verification["passed"]:
-        passed, why = deployed() if deployed is not None else (True, "")
-        if passed or force:
-            return not passed
-        raise OperationError(f"{why}; environment '{env}' requires the image that passed: copy it here with "
-                             f"./bake.py distribute {image}:{version}, or bake a new version "
-                             "(or deploy with --force, which is recorded)")
-    if force:
-        return True
-    if verification is None:
-        raise OperationError(f"{image}:{version} has no verification; environment '{env}' requires one: "
-                             f"run ./bake.py verify {image}:{version} (or deploy with --force, which is recorded)")
-    raise OperationError(f"{image}:{version} failed its last verification ({verification['summary']}); "
-                         f"environment '{env}' requires a pass: fix the image and verify again "
-                         f"(or deploy with --force, which is recorded)")
+    for kind in kinds:
+        verification = latest_verification(catalog, image, version, kind)
+        if verification and verification["passed"]:
+            continue
+        if force:
+            return True
+        how = f"./bake.py verify {image}:{version}" + (" --vm" if kind == "vm" else "")
+        if verification is None:
+            raise OperationError(f"{image}:{version} has no {kind} verification; environment '{env}' requires one: "
+                                 f"run {how} (or deploy with --force, which is recorded)")
+        raise OperationError(f"{image}:{version} failed its last {kind} verification ({verification['summary']}); "
+                             f"environment '{env}' requires a pass: fix the image and run {how} again "
+                             f"(or deploy with --force, which is recorded)")
+    passed, why = deployed() if deployed is not None else (True, "")
+    if passed or force:
+        return not passed
+    raise OperationError(f"{why}; environment '{env}' requires the image that passed: copy it here with "
+                         f"./bake.py distribute {image}:{version}, or bake a new version "
+                         "(or deploy with --force, which is recorded)")

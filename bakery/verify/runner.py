@@ -192,7 +192,8 @@ class Verifier:
         return list(dict.fromkeys(files)), notes
 
     def _run_testinfra(self, image: str, version: str, record: dict[str, Any], instance: str,
-                       env_name: str | None) -> None:
+                       env_name: str | None, hosts: tuple[str, ...] = ()) -> None:
+        """Run the tests against `instance` (podman), or the testinfra host arguments in `hosts`."""
         files, notes = self.test_files(image, record)
         if not files:
             self._add(junit.Check("testinfra", True, 0, skipped=True, message="; ".join(notes) or "no testinfra tests"))
@@ -205,7 +206,7 @@ class Verifier:
                "BAKERY_VERIFY_ENV": env_name or "verify",
                "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
         cmd = [sys.executable, "-m", "pytest", "-c", str(ini), "--rootdir", str(self.project.root),
-               "--import-mode=importlib", f"--hosts=podman://{instance}",
+               "--import-mode=importlib", *(hosts or [f"--hosts=podman://{instance}"]),
                f"--junitxml={report}", "-o", f"junit_suite_name=testinfra {image}:{version}", "-q", *map(str, files)]
         t = time.monotonic()
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=self.project.root, check=False,

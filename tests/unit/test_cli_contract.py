@@ -68,6 +68,16 @@ TABLE: list[tuple[list[str], str]] = [
     (["verify", "webapp:"], "webapp:"),
     (["verify", "webapp", "--env", "nosuch"], "unknown environment 'nosuch'"),
     (["verify", "webapp", "--env", "../qa"], "environment name '../qa'"),
+    (["verify", f"webapp:{MISSING}", "--vm"], MISSING),
+    (["verify", "nosuch", "--vm"], "unknown image 'nosuch'"),
+    (["verify", "webapp", "--vm", "--env", "nosuch"], "unknown environment 'nosuch'"),
+    (["disk", "nosuch"], "unknown image 'nosuch'"),
+    (["disk", ""], "image name ''"),
+    (["disk", f"webapp:{MISSING}"], MISSING),
+    (["disk", "webapp:notaversion"], "'notaversion'"),
+    (["disk", "webapp", "--size", "lots"], "--size must be a size such as 512M or 2G, got 'lots'"),
+    (["disk", "webapp", "--size", "0G"], "--size must be a size"),
+    (["disk", "webapp", "--format", "vmdk"], "'vmdk'"),
     # images, show
     (["images", "nosuch"], "unknown image 'nosuch'"),
     (["images", ""], "image name ''"),
@@ -182,8 +192,9 @@ def use_project(root: Path) -> None:
     version = catalog.reserve_version("webapp", "old-run", os.getpid())
     catalog.complete_version("webapp", version, image_ref=f"localhost/bakery/webapp:{VERSION}", image_id="sha256:i",
                              input_digest="d", provenance={"git_commit": "0123456789abcdef"}, layers=[])
-    catalog.record_verification("webapp", version, env=None, started="2026-01-01T00:00:00Z", seconds=1.0,
-                                passed=True, run_id="old-run", summary="ok", reports={})
+    for kind in ("container", "vm"):  # the shipped qa and prod require both
+        catalog.record_verification("webapp", version, env=None, started="2026-01-01T00:00:00Z", seconds=1.0,
+                                    passed=True, run_id="old-run", summary="ok", reports={}, kind=kind)
     release = catalog.start_release("qa", "webapp", version, previous_version=None, kind="deploy", user="t",
                                     forced=False, run_id="old-run", pid=1, config_digest="sha256:c")
     catalog.finish_release(release, "succeeded")
@@ -381,7 +392,7 @@ def test_a_new_catalog_is_stamped_and_an_older_one_read_unchanged(tmp_path, no_p
     root = make_project(tmp_path / "p")
     use_project(root)
     db = sqlite3.connect(root / ".bakery" / "catalog.db")
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 2
     db.execute("PRAGMA user_version = 0")  # a catalog from before the schema had a version
     db.close()
     before = snapshot(root)

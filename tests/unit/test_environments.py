@@ -20,11 +20,12 @@ def test_shipped_environments_load(inventory_project):
     project = Project(inventory_project)
     assert environment_names(project) == ["dev", "prod", "qa"]
     qa = load_environment(project, "qa")
-    assert qa.instances == 4 and qa.lb_port == 18081 and qa.require_verified is True and qa.promote_from == "dev"
+    assert qa.instances == 4 and qa.lb_port == 18081 and qa.require_verified == ("container", "vm") and qa.promote_from == "dev"
     assert qa.refresh.checkpoint_percentages == [50, 100]
     assert qa.runtime["ENVIRONMENT"] == "qa" and qa.runtime["DATABASE_PASSWORD"].startswith("ssm:")
     assert 'ENVIRONMENT="qa"' in qa.runtime_env_text()
-    assert load_environment(project, "dev").require_verified is False
+    assert load_environment(project, "dev").require_verified == ()
+    assert load_environment(project, "prod").require_verified == ("container", "vm")
 
 
 @pytest.mark.parametrize("body, message", [
@@ -38,7 +39,13 @@ def test_shipped_environments_load(inventory_project):
     ("bakery_deploy: {image: webapp}\n", "bakery_deploy.lb_port is required"),
     ("bakery_deploy: {image: webapp, lb_port: 19000, target: gcp}\n", "bakery_deploy.target must be one of local, aws"),
     ("bakery_deploy: {image: webapp, lb_port: 19000, require_verified: maybe}\n",
-     "require_verified must be true or false"),
+     "require_verified must be true, false or a list of container and vm (each once), got 'maybe'"),
+    ("bakery_deploy: {image: webapp, lb_port: 19000, require_verified: [vm, kvm]}\n",
+     "require_verified must be true, false or a list of container and vm (each once), got ['vm', 'kvm']"),
+    ("bakery_deploy: {image: webapp, lb_port: 19000, require_verified: [vm, vm]}\n",
+     "require_verified must be true, false or a list of container and vm (each once), got ['vm', 'vm']"),
+    ("bakery_deploy: {image: webapp, lb_port: 19000, require_verified: []}\n",
+     "require_verified must be true, false or a list"),
     ("bakery_deploy: {image: webapp, lb_port: 19000, instances: 2, data_volume: {name: d, path: /var/lib/webapp}}\n",
      "data_volume needs instances: 1 and refresh.min_healthy_percentage: 0"),
 ])
