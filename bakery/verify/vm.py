@@ -56,7 +56,11 @@ class VmVerifier(Verifier):
         with cancellable(), ExitStack() as cleanup:
             if self._check_digest(disk):
                 self._online(cleanup, record, disk, layout, runtime_text, health, env_name)
-                self._offline(disk)
+                if any(c.name == "vm-boot" and c.passed for c in self.checks):
+                    self._offline(disk)
+                else:  # a system that does not come up with its network will not without: save the boot
+                    self._add(junit.Check("vm-offline-boot", False, 0.0, skipped=True,
+                                          message="not run: the boot with a network already failed"))
         return self._finish(record, started_at, started, env_name)
 
     def _check_digest(self, disk: DiskResult) -> bool:
@@ -85,6 +89,7 @@ class VmVerifier(Verifier):
         with vm:
             self.progress.note(f"  accelerator: {vm.accel_reason}")
             shell = vm_ssh.GuestShell(ssh_dir, key, vm.ports[22])
+            cleanup.callback(shell.close)
             if not self._boot(vm, shell):
                 return
             self._run_testinfra(record["image"], record["version"], record, "", env_name,
@@ -195,7 +200,7 @@ def verify_vm_image(project: Project, catalog: SqliteCatalog, progress: Progress
                     env_name: str | None = None) -> VerifyResult:
     """Everything that can refuse the request (tools, image, environment) is checked before the run starts; the
     disk is built first when the version has none yet."""
-    from bakery.disks import qemu_host
+    from bakery.disks import qemu_host, vm_leftovers
     from bakery.disks.builder import make_disk
     from bakery.verify.runner import runtime_text
 
@@ -204,6 +209,7 @@ def verify_vm_image(project: Project, catalog: SqliteCatalog, progress: Progress
     qemu_host.qemu_system(), qemu_host.qemu_img(), qemu_host.firmware()
     record = catalog.resolve(image, version)
     disk = make_disk(project, catalog, progress, record, definition.disk, "raw")
+    vm_leftovers.clean(project.state_dir / "runs")  # a killed verify's VMs go before this one starts
     run = Run.start(project.state_dir, "verify-vm")
     return VmVerifier(project, catalog, progress, run).verify_vm(record, disk, definition.disk, text,
                                                                  definition.health_check, env_name)

@@ -9,7 +9,9 @@ how an operator opens a production instance. The host key is new in every VM, so
 from __future__ import annotations
 
 import shlex
+import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -43,12 +45,20 @@ class GuestShell:
     def __init__(self, directory: Path, key: Path, port: int):
         self.port = port
         self.config = directory / "ssh_config"
+        # the multiplexing socket: a run directory's path can be longer than a unix socket path may be
+        self.control_dir = Path(tempfile.mkdtemp(prefix="bakery-ssh-"))
         self.config.write_text(
             f"Host guest\n  HostName 127.0.0.1\n  Port {port}\n  User {USER}\n  IdentityFile {key}\n"
             "  IdentitiesOnly yes\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n"
             "  LogLevel ERROR\n  ConnectTimeout 5\n  BatchMode yes\n"
             # one connection for every command: a key exchange costs seconds in an emulated guest
-            f"  ControlMaster auto\n  ControlPath {directory}/cm-%C\n  ControlPersist 600\n", encoding="utf-8")
+            f"  ControlMaster auto\n  ControlPath {self.control_dir}/%C\n  ControlPersist 600\n", encoding="utf-8")
+
+    def close(self) -> None:
+        """End the shared connection and remove its socket directory."""
+        subprocess.run(["ssh", "-F", str(self.config), "-O", "exit", "guest"], capture_output=True, timeout=30,
+                       check=False)
+        shutil.rmtree(self.control_dir, ignore_errors=True)
 
     @property
     def testinfra_host(self) -> str:

@@ -34,6 +34,11 @@ FORBIDDEN = [
     ("bakery.catalog", "bakery.", "the catalog imports no engine (only bakery.errors and its schema)"),
     ("bakery.gc.plan", "bakery.", "gc planning is pure (only the catalog's constants)"),
     ("bakery.fleets.planning", "bakery.", "refresh planning is pure (only the environment's preferences)"),
+    ("bakery.disks", "bakery.verify", "disks make and boot disks; verify judges them, never the reverse"),
+    ("bakery.disks", "bakery.fleets", "disks know nothing of fleets"),
+    ("bakery.disks", "bakery.builders", "disks know nothing of builders"),
+    ("bakery.disks", "bakery.gc", "gc removes disks' leftovers, not the reverse"),
+    ("bakery.disks", "bakery.aws", "the disk and the VM are local; publishing to AWS builds on them"),
 ]
 # What the modules with "imports nothing of bakery" rules may still import.
 ALLOWED = {

@@ -3,7 +3,6 @@ disk is recorded together with its digest in the version's provenance."""
 
 import json
 import sqlite3
-import subprocess
 
 import pytest
 
@@ -18,9 +17,8 @@ VERSION = "20240501.001"
 
 
 def old_schema():
-    """catalog_schema.sql as the last commit has it: schema version 1, before disks and verification kinds."""
-    return subprocess.run(["git", "-C", str(REPO), "show", "HEAD:bakery/catalog_schema.sql"], capture_output=True,
-                          text=True, check=True).stdout
+    """catalog_schema.sql of schema version 1 (before disks and verification kinds), as bakery 27cdca7 had it."""
+    return (REPO / "tests" / "fixtures" / "catalog_schema_v1.sql").read_text(encoding="utf-8")
 
 
 def old_catalog(path, user_version=1):

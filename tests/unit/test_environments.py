@@ -20,7 +20,8 @@ def test_shipped_environments_load(inventory_project):
     project = Project(inventory_project)
     assert environment_names(project) == ["dev", "prod", "qa"]
     qa = load_environment(project, "qa")
-    assert qa.instances == 4 and qa.lb_port == 18081 and qa.require_verified == ("container", "vm") and qa.promote_from == "dev"
+    assert qa.instances == 4 and qa.lb_port == 18081 and qa.promote_from == "dev"
+    assert qa.require_verified == ("container", "vm")
     assert qa.refresh.checkpoint_percentages == [50, 100]
     assert qa.runtime["ENVIRONMENT"] == "qa" and qa.runtime["DATABASE_PASSWORD"].startswith("ssm:")
     assert 'ENVIRONMENT="qa"' in qa.runtime_env_text()
