@@ -10,6 +10,8 @@ import json
 import os
 import shutil
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,7 @@ import yaml
 
 from bakery.catalog import open_catalog
 from bakery.verify import gate
-from tests.conftest import REPO, bake, init_repo
+from tests.conftest import BAKE, REPO, bake, init_repo
 
 pytestmark = pytest.mark.integration
 
@@ -123,3 +125,50 @@ def test_faults_only_a_kernel_shows_fail_the_vm_verify_naming_each_cause(example
     with pytest.raises(Exception, match="failed its last vm verification"):
         gate.require_verified(catalog, "sabotaged", built.json["version"], required=("vm",), force=False, env="qa")
     assert qemu_of(str(root)) == []
+
+
+def started(project: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(BAKE), "--project", str(project), *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def wait_until(predicate, timeout: float):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"condition not met within {timeout} s")
+
+
+def test_kill_9_of_disk_and_of_verify_vm_leaves_nothing_the_next_command_keeps(example_project, webapp_image,
+                                                                               webapp_disk):
+    version = webapp_image["version"]
+    disks = example_project / ".bakery" / "disks"
+    first = Path(webapp_disk["path"])
+    kept = first.with_name(first.name + ".kept")
+    os.rename(first, kept)  # the recorded disk is missing: the next `disk` rebuilds it
+    try:
+        building = started(example_project, "disk", f"webapp:{version}")
+        work = wait_until(lambda: list(disks.glob(".work-*/fs")), 300)[0].parent  # past unpacking, mid-build
+        building.kill()
+        building.wait()
+        assert work.exists() and not first.exists()  # no half disk is ever listed
+        dry = bake(example_project, "gc", "--dry-run", "--json")
+        assert dry.rc == 0 and str(work) in dry.json["disks"]
+        assert bake(example_project, "gc").rc == 0 and not work.exists()
+    finally:
+        os.replace(kept, first)
+
+    catalog = open_catalog(example_project / ".bakery")
+    recorded = len(catalog.verifications("webapp", version))
+    verifying = started(example_project, "verify", f"webapp:{version}", "--vm")
+    wait_until(lambda: qemu_of(str(example_project / ".bakery" / "runs")), 120)
+    verifying.kill()
+    verifying.wait()
+    wait_until(lambda: not qemu_of(str(example_project / ".bakery" / "runs")), 30)  # qemu dies with bakery
+    cleaned = bake(example_project, "gc", "--json")
+    assert cleaned.rc == 0
+    assert not list((example_project / ".bakery" / "runs").rglob("overlay.qcow2"))
+    assert len(catalog.verifications("webapp", version)) == recorded  # nothing recorded half-done
