@@ -12,6 +12,7 @@ time, so the same version always gives the same bytes.
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import subprocess
 import uuid
@@ -64,6 +65,7 @@ def build_raw(plan: DiskPlan, workdir: Path, size: int) -> tuple[Path, dict[str,
     """The raw disk in `workdir`; returns it and the details recorded with it (partitions, command line)."""
     root = workdir / "tree"
     tree.unpack(plan.image_ref, root)
+    os.utime(root, (plan.epoch, plan.epoch))  # the export has no entry for /: its time was the unpack's
     trees = tree.cut(root, plan.layout, workdir, plan.epoch)
     uuids = {part.name: plan.ident(f"partition/{part.name}") for part in plan.layout.all}
     root_uuid = plan.ident(f"partition/{ROOT}")

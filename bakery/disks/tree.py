@@ -80,6 +80,7 @@ def _cut_one(root: Path, part: Partition, target: Path, epoch: int) -> Path:
         target.mkdir(mode=0o700)
         source.mkdir(mode=0o700)
         os.utime(source, (epoch, epoch))
+        os.utime(target, (epoch, epoch))  # the partition's root directory: its time goes into the filesystem
     os.utime(parent, ns=parent_times)
     return target
 

@@ -260,8 +260,17 @@ def extract(disk, part, target):
     return target
 
 
+def unpacked_like_podman_export(image):
+    """Copy the fake image the way `podman export | tar -x` leaves it: the top directory made now (the tar has no
+    entry for it), so its time is the unpack's."""
+    def unpack(_ref, root):
+        shutil.copytree(image, root, symlinks=True)
+        os.utime(root)
+    return unpack
+
+
 def build(work, monkeypatch, image):
-    monkeypatch.setattr(tree, "unpack", lambda _ref, root: shutil.copytree(image, root, symlinks=True))
+    monkeypatch.setattr(tree, "unpack", unpacked_like_podman_export(image))
     work.mkdir()
     return assemble.build_raw(plan(Layout((Partition("/var/log", 8 * MIB, ("nodev", "nosuid", "noexec")),))),
                               work, 700 * MIB)
