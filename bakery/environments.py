@@ -166,6 +166,9 @@ def load_environment(project: Project, name: str, check_promotion: bool = True) 
     env.instances = _int(settings, "instances", rel, env.instances, low=0, high=50)
     env.lb_port = _int(settings, "lb_port", rel, 0, low=1024, high=65535, required=env.target == "local")
     env.require_verified = _verified_kinds(settings.get("require_verified", True), rel)
+    if env.target == "aws" and "vm" in env.require_verified:
+        raise ConfigError(f"{rel}: bakery_deploy.require_verified lists vm, which an aws environment cannot get yet "
+                          "(its AMIs are not the disk verify --vm boots): use [container] or true")
     env.promote_from = _str(settings, "promote_from", rel) or None
     env.aws = _aws(settings.get("aws"), deploy_file, rel, required=env.target == "aws")
     env.health_check = _health_check(settings.get("health_check"), deploy_file, rel)

@@ -28,7 +28,7 @@ def disk(obj: Context, ref: str, disk_format: str, size: str | None, as_json: bo
 
     name, version = parse_image_ref(ref)
     definition = obj.project.image(name)
-    size_bytes = parse_size(size, "--size") if size is not None else 0
+    size_bytes = parse_size(size, "--size") if size is not None else definition.disk.disk_size
     record = obj.catalog.resolve(name, version)
     progress = make_progress(quiet=as_json)
     try:

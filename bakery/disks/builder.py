@@ -135,10 +135,14 @@ def _publish(project: Project, catalog: SqliteCatalog, image: str, version: str,
 
 
 def orphan_disks(project: Project, catalog: SqliteCatalog) -> list[Path]:
-    """Disk files the catalog does not list: their version was removed, or a build was killed after the rename."""
+    """Disk files the catalog does not list: their version was removed, or a build was killed after the rename.
+    None while a build runs (it renames its disk into place before it records it); work directories are not
+    disks (glob's * matches the dot-names of .work-*)."""
+    if any(work not in stale_work(project) for work in disks_dir(project).glob(".work-*")):
+        return []
     recorded = {project.state_dir / row["path"] for row in catalog.disks()}
     return sorted(path for pattern in ("*/*.raw", "*/*.qcow2") for path in disks_dir(project).glob(pattern)
-                  if path not in recorded)
+                  if not path.parent.name.startswith(".") and path not in recorded)
 
 
 def stale_work(project: Project) -> list[Path]:

@@ -71,7 +71,8 @@ def make_ext4(tree: Path, image: Path, *, size: int, label: str, fs_uuid: str, h
     image.unlink(missing_ok=True)
     with image.open("wb") as handle:
         handle.truncate(size)
-    env = {**os.environ, "E2FSPROGS_FAKE_TIME": str(epoch), "MKE2FS_CONFIG": "/etc/mke2fs.conf", "LC_ALL": "C"}
+    env = {**os.environ, "E2FSPROGS_FAKE_TIME": str(epoch), "MKE2FS_CONFIG": "/etc/mke2fs.conf", "LC_ALL": "C",
+           "TZ": "UTC0"}
     top = os.stat(tree)
     _run(["mkfs.ext4", "-q", "-F", "-d", str(tree), "-L", label, "-U", fs_uuid,
           "-E", f"hash_seed={hash_seed},root_owner={top.st_uid}:{top.st_gid}", str(image)],
@@ -92,7 +93,8 @@ def make_vfat(tree: Path, image: Path, *, size: int, label: str, volume_id: str,
     image.unlink(missing_ok=True)
     with image.open("wb") as handle:
         handle.truncate(size)
-    env = {**os.environ, "SOURCE_DATE_EPOCH": str(epoch), "LC_ALL": "C", "MTOOLS_SKIP_CHECK": "1"}
+    # FAT stores local times: pinned to UTC, or the same version's ESP differs between time zones
+    env = {**os.environ, "SOURCE_DATE_EPOCH": str(epoch), "LC_ALL": "C", "MTOOLS_SKIP_CHECK": "1", "TZ": "UTC0"}
     # --invariant first: it also sets the volume id (to 1234ABCD), so a -i before it would be overridden
     _run(["mkfs.vfat", "--invariant", "-F", "32", "-n", label.upper()[:11], "-i", volume_id, str(image)],
          "making the EFI system partition", env)

@@ -103,7 +103,9 @@ def parse_layout(value: Any, where: str) -> Layout:
     if not isinstance(value, dict) or set(value) - {"size", "partitions"}:
         raise ConfigError(f"{where} must be a mapping with 'size' and 'partitions', got {value!r}")
     disk_size = parse_size(value["size"], f"{where}.size") if "size" in value else 0
-    entries = value.get("partitions", [])
+    if "partitions" not in value:  # only the size given: the default partitions
+        return Layout(DEFAULT_PARTITIONS, disk_size)
+    entries = value["partitions"]
     if entries is None:
         entries = []
     if not isinstance(entries, list):

@@ -20,7 +20,9 @@ from bakery.errors import OperationError
 def unpack(image_ref: str, root: Path) -> None:
     """The version's files under `root` (which must not exist), as the image holds them."""
     root.mkdir(parents=True)
-    container = podman.run("create", "--pull=never", image_ref, "/bin/true").stdout.strip()
+    # labelled like a build container: gc removes it when this process dies before it does
+    container = podman.run("create", "--pull=never", "--label", "io.bakery.build=1",
+                           "--label", f"io.bakery.build.pid={os.getpid()}", image_ref, "/bin/true").stdout.strip()
     try:
         export = subprocess.Popen(["podman", "export", container], stdout=subprocess.PIPE)
         untar = subprocess.run(["tar", "-x", "--numeric-owner", "--same-owner", "--same-permissions",

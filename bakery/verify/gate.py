@@ -24,6 +24,20 @@ def latest_verification(catalog: Catalog, image: str, version: str, kind: str | 
     return rows[0] if rows else None
 
 
+def _disk_changed(catalog: Catalog, image: str, version: str, verification: dict[str, Any]) -> str:
+    """Why a passed VM verification no longer vouches for the version's disk ('' while it does): it booted other
+    bytes than the disk the catalog lists now (rebuilt since, or gone)."""
+    disk = getattr(catalog, "disk", None)
+    passed = (verification.get("reports") or {}).get("disk_sha256")
+    current = disk(image, version, "raw") if disk is not None else None
+    if current is None:
+        return f"{image}:{version} has no disk any more (its VM verification booted sha256 {passed})"
+    if passed != current["sha256"]:
+        return (f"{image}:{version}'s disk is sha256 {current['sha256']} now, not the {passed} its VM verification "
+                "booted")
+    return ""
+
+
 def require_verified(catalog: Catalog, image: str, version: str, *, required: bool | tuple[str, ...], force: bool,
                      env: str, deployed: Callable[[], tuple[bool, str]] | None = None) -> bool:
     """Raise unless, for every kind `required` names (True: container), image:version's newest verification of
@@ -35,7 +49,14 @@ def require_verified(catalog: Catalog, image: str, version: str, *, required: bo
     for kind in kinds:
         verification = latest_verification(catalog, image, version, kind)
         if verification and verification["passed"]:
-            continue
+            stale = _disk_changed(catalog, image, version, verification) if kind == "vm" else ""
+            if not stale:
+                continue
+            if force:
+                return True
+            raise OperationError(f"{stale}; environment '{env}' requires the disk that passed: run "
+                                 f"./bake.py verify {image}:{version} --vm again (or deploy with --force, which is "
+                                 "recorded)")
         if force:
             return True
         how = f"./bake.py verify {image}:{version}" + (" --vm" if kind == "vm" else "")

@@ -27,8 +27,9 @@ def read(path):
 
 
 def sysctls():
-    """Every key the image's /etc/sysctl.d files (and /etc/sysctl.conf) set, in systemd-sysctl's order."""
-    files = sorted(glob.glob("/etc/sysctl.d/*.conf"), key=os.path.basename) + ["/etc/sysctl.conf"]
+    """Every key the image's /etc/sysctl.d files set, in systemd-sysctl's order (Debian's /etc/sysctl.conf is
+    there as 99-sysctl.conf)."""
+    files = sorted(glob.glob("/etc/sysctl.d/*.conf"), key=os.path.basename)
     found = []
     for path in files:
         for line in (read(path) or "").splitlines():
@@ -48,19 +49,20 @@ def sysctls():
 
 def modules():
     """Modules the image's modprobe.d keeps out (install ... /bin/false|true, blacklist), each tried for real."""
-    names = set()
+    names = {}
     for path in glob.glob("/etc/modprobe.d/*.conf"):
         for line in (read(path) or "").splitlines():
             words = line.split()
             if len(words) >= 3 and words[0] == "install" and words[2] in ("/bin/false", "/bin/true",
                                                                           "/usr/bin/false", "/usr/bin/true"):
-                names.add(words[1])
+                names[words[1]] = words[2]
     result = []
     for name in sorted(names):
         code, _, err = sh("modprobe", name)
         exists = sh("modinfo", name)[0] == 0
         loaded = os.path.isdir("/sys/module/" + name.replace("-", "_"))
         result.append({"module": name, "modprobe_rc": code, "exists": exists, "loaded": loaded,
+                       "install": names[name],
                        "message": err.strip()[-200:]})
     return result
 

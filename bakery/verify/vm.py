@@ -22,7 +22,7 @@ from bakery.catalog import Catalog, SqliteCatalog
 from bakery.config import Project
 from bakery.disks.builder import DiskResult
 from bakery.disks.imds import ImdsEndpoint
-from bakery.disks.layout import GIB, Layout
+from bakery.disks.layout import ESP_MOUNT, GIB, Layout, Partition
 from bakery.disks.qemu import VirtualMachine
 from bakery.errors import ConfigError, OperationError
 from bakery.progress import Progress
@@ -35,7 +35,16 @@ from bakery.verify.runner import HEALTH_TIMEOUT, Verifier, VerifyResult
 BOOT_TIMEOUT = 420  # first boot under software emulation: firmware, kernel, growfs, host keys
 EXTRA_VOLUME = 2 * GIB  # the VM's volume is this much larger than the disk: the root must grow into it
 VERIFY_KEYS = ("BREAK_GLASS_SSH", "BREAK_GLASS_SSH_AUTHORIZED_KEY", "BREAK_GLASS_SSH_SUDO")
-FAILED_UNIT = re.compile(r"\[FAILED\] Failed to start (\S+)")
+# systemd's console lines for a unit that failed, a mount that failed, and a unit whose dependency failed
+FAILED_UNIT = re.compile(r"\[FAILED\] (?:Failed to start|Failed to mount|Dependency failed for) (\S+)")
+
+
+def disk_layout(disk: DiskResult, fallback: Layout) -> Layout:
+    """The partitions the booted disk was built with (its record), not today's bakery.yml."""
+    recorded = [p for p in disk.details.get("partitions", []) if p["mount"] not in ("/", ESP_MOUNT)]
+    if not recorded:
+        return fallback
+    return Layout(tuple(Partition(p["mount"], p["bytes"], tuple(p["options"])) for p in recorded))
 
 
 def user_data(runtime_text: str, public_key: str) -> bytes:
@@ -61,7 +70,7 @@ class VmVerifier(Verifier):
                 else:  # a system that does not come up with its network will not without: save the boot
                     self._add(junit.Check("vm-offline-boot", False, 0.0, skipped=True,
                                           message="not run: the boot with a network already failed"))
-        return self._finish(record, started_at, started, env_name)
+        return self._finish(record, started_at, started, env_name, disk)
 
     def _check_digest(self, disk: DiskResult) -> bool:
         from bakery.disks.assemble import sha256_file
@@ -154,7 +163,7 @@ class VmVerifier(Verifier):
                                   f"could not read the VM's kernel facts: {proc.stderr.strip()[-300:]}"))
             return
         root = next((p["bytes"] for p in disk.details.get("partitions", []) if p["mount"] == "/"), 0)
-        for check in vm_facts.judge(facts, layout, root, EXTRA_VOLUME):
+        for check in vm_facts.judge(facts, disk_layout(disk, layout), root, EXTRA_VOLUME):
             check.seconds = time.monotonic() - t
             self._add(check)
 
@@ -178,15 +187,17 @@ class VmVerifier(Verifier):
             self._add(junit.Check("vm-offline-boot", True, seconds,
                                   output=f"login prompt after {seconds:.0f} s with no NIC, no failed unit"))
 
-    def _finish(self, record: dict[str, Any], started_at: str, started: float, env_name: str | None) -> VerifyResult:
+    def _finish(self, record: dict[str, Any], started_at: str, started: float, env_name: str | None,
+                disk: DiskResult) -> VerifyResult:
         image, version = record["image"], record["version"]
         seconds = round(time.monotonic() - started, 1)
         failed = [c for c in self.checks if not c.passed and not c.skipped]
         summary = "all checks passed" if not failed else "; ".join(f"{c.name}: {c.message}" for c in failed)[:1000]
         junit_path = junit.write(self.run.path / "junit.xml", f"verify --vm {image}:{version}", self.checks,
                                  sorted(self.run.path.glob("testinfra-*.xml")))
+        # the bytes that passed: the gate accepts this verification only while the version's disk has this digest
         reports = {"junit": str(junit_path), "result": str(self.run.path / "result.json"),
-                   "console": str(self.run.path / "vm-online" / "console.log")}
+                   "console": str(self.run.path / "vm-online" / "console.log"), "disk_sha256": disk.sha256}
         result = VerifyResult(image, version, not failed, seconds, self.run.id, summary,
                               [c.__dict__ for c in self.checks], reports)
         self.run.write_result(result.to_dict())
@@ -200,15 +211,17 @@ def verify_vm_image(project: Project, catalog: SqliteCatalog, progress: Progress
                     env_name: str | None = None) -> VerifyResult:
     """Everything that can refuse the request (tools, image, environment) is checked before the run starts; the
     disk is built first when the version has none yet."""
-    from bakery.disks import qemu_host, vm_leftovers
+    from bakery.disks import accel, qemu_host, vm_leftovers
     from bakery.disks.builder import make_disk
     from bakery.verify.runner import runtime_text
 
     definition = project.image(image)
     text = runtime_text(project, env_name)
     qemu_host.qemu_system(), qemu_host.qemu_img(), qemu_host.firmware()
+    accel.choose()  # a bad BAKERY_VM_ACCEL is exit 2 before anything is built or written
+    vm_ssh.require_client()
     record = catalog.resolve(image, version)
-    disk = make_disk(project, catalog, progress, record, definition.disk, "raw")
+    disk = make_disk(project, catalog, progress, record, definition.disk, "raw", definition.disk.disk_size)
     vm_leftovers.clean(project.state_dir / "runs")  # a killed verify's VMs go before this one starts
     run = Run.start(project.state_dir, "verify-vm")
     return VmVerifier(project, catalog, progress, run).verify_vm(record, disk, definition.disk, text,

@@ -20,6 +20,13 @@ from bakery.errors import ConfigError, OperationError
 USER = "breakglass"
 
 
+def require_client() -> None:
+    """ssh and ssh-keygen, or exit 2 naming the package."""
+    for command in ("ssh", "ssh-keygen"):
+        if shutil.which(command) is None:
+            raise ConfigError(f"{command} is not installed (Debian package openssh-client): run make setup")
+
+
 def make_key(directory: Path) -> tuple[Path, str]:
     """(private key path, public key line) of a new one-time key pair."""
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -192,9 +192,12 @@ def use_project(root: Path) -> None:
     version = catalog.reserve_version("webapp", "old-run", os.getpid())
     catalog.complete_version("webapp", version, image_ref=f"localhost/bakery/webapp:{VERSION}", image_id="sha256:i",
                              input_digest="d", provenance={"git_commit": "0123456789abcdef"}, layers=[])
-    for kind in ("container", "vm"):  # the shipped qa and prod require both
+    catalog.record_disk("webapp", version, disk_format="raw", path=f"disks/webapp/{version}.raw", sha256="d" * 64,
+                        size=1, allocated=1, run_id="old-run", details={})
+    for kind in ("container", "vm"):  # the shipped qa and prod require both (vm: of the version's disk)
         catalog.record_verification("webapp", version, env=None, started="2026-01-01T00:00:00Z", seconds=1.0,
-                                    passed=True, run_id="old-run", summary="ok", reports={}, kind=kind)
+                                    passed=True, run_id="old-run", summary="ok", reports={"disk_sha256": "d" * 64},
+                                    kind=kind)
     release = catalog.start_release("qa", "webapp", version, previous_version=None, kind="deploy", user="t",
                                     forced=False, run_id="old-run", pid=1, config_digest="sha256:c")
     catalog.finish_release(release, "succeeded")
@@ -211,7 +214,7 @@ def fix_catalog_version(root: Path) -> None:
 
     db = sqlite3.connect(root / ".bakery" / "catalog.db")
     with db:
-        for table in ("versions", "verifications", "releases"):
+        for table in ("versions", "verifications", "releases", "disks"):
             db.execute(f"UPDATE {table} SET version = ?", (VERSION,))  # noqa: S608 - fixed table names
     db.close()
 

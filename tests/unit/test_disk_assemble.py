@@ -439,3 +439,24 @@ def test_the_disk_resolves_through_systemd_resolved_only_when_the_image_has_it(t
     link = root / "etc" / "resolv.conf"
     assert link.is_symlink() and os.readlink(link) == "../run/systemd/resolve/stub-resolv.conf"
     assert link.lstat().st_mtime == 1_700_000_000 and (root / "etc").stat().st_mtime_ns == mtime
+
+
+def test_orphan_disks_are_unlisted_disk_files_and_never_a_running_build(disk_project):
+    from bakery.disks import builder
+
+    project, catalog = disk_project[0], disk_project[1]
+    stray = builder.disks_dir(project) / "webapp" / "20240101.001.raw"
+    stray.parent.mkdir(parents=True, exist_ok=True)
+    stray.write_bytes(b"x")
+    assert builder.orphan_disks(project, catalog) == [stray]
+    building = subprocess.Popen(["sleep", "60"])
+    try:
+        work = builder.disks_dir(project) / ".work-live"
+        work.mkdir()
+        (work / "pid").write_text(str(building.pid))
+        (work / "disk.raw").write_bytes(b"half")  # a build's disk in progress: never an orphan
+        assert builder.orphan_disks(project, catalog) == []  # it may be about to record its renamed disk
+    finally:
+        building.kill()
+        building.wait()
+    assert builder.orphan_disks(project, catalog) == [stray]

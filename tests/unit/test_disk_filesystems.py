@@ -200,3 +200,17 @@ def test_the_filesystem_s_root_directory_has_the_tree_s_mode_owner_and_time(tmp_
     assert "Mode:  01777" in stat and "User:     0   Group:     4" in stat, stat
     assert f"mtime: 0x{MTIME:08x}" in stat
     run("e2fsck", "-fn", str(tmp_path / "fs.img"))
+
+
+def test_the_esp_is_the_same_bytes_in_every_time_zone(tmp_path, monkeypatch):
+    """FAT keeps local times: the build pins UTC, or a laptop and CI in other zones make other disks."""
+    tree = tmp_path / "tree"
+    (tree / "EFI" / "BOOT").mkdir(parents=True)
+    (tree / "EFI" / "BOOT" / "BOOTX64.EFI").write_bytes(b"MZ" + b"\0" * 100)
+    digests = set()
+    for zone in ("UTC", "America/New_York", "Asia/Kolkata"):
+        monkeypatch.setenv("TZ", zone)
+        image = tmp_path / f"esp-{zone.replace('/', '-')}.img"
+        vfat(tree, image)
+        digests.add(hashlib.sha256(image.read_bytes()).hexdigest())
+    assert len(digests) == 1

@@ -295,3 +295,9 @@ def test_a_symbolic_link_the_image_left_in_its_esp_is_refused_before_anything_is
     with pytest.raises(ConfigError, match="/boot/efi/EFI is a symbolic link"):
         esp.build(root, part, ROOT_UUID, "webapp:1")
     assert list(host.iterdir()) == []
+
+
+def test_a_disk_size_alone_keeps_the_default_partitions():
+    from bakery.disks.layout import DEFAULT_PARTITIONS, GIB, Layout, parse_layout
+
+    assert parse_layout({"size": "4G"}, "bakery.yml: images.webapp.disk") == Layout(DEFAULT_PARTITIONS, 4 * GIB)

@@ -45,6 +45,8 @@ def test_shipped_environments_load(inventory_project):
      "require_verified must be true, false or a list of container and vm (each once), got ['vm', 'kvm']"),
     ("bakery_deploy: {image: webapp, lb_port: 19000, require_verified: [vm, vm]}\n",
      "require_verified must be true, false or a list of container and vm (each once), got ['vm', 'vm']"),
+    ("bakery_deploy: {image: webapp, target: aws, require_verified: [container, vm], aws: {region: eu-west-1}}\n",
+     "require_verified lists vm, which an aws environment cannot get yet"),
     ("bakery_deploy: {image: webapp, lb_port: 19000, require_verified: []}\n",
      "require_verified must be true, false or a list"),
     ("bakery_deploy: {image: webapp, lb_port: 19000, instances: 2, data_volume: {name: d, path: /var/lib/webapp}}\n",

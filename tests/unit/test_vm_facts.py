@@ -76,6 +76,14 @@ def test_each_fault_fails_its_check_naming_the_cause(change, check, message):
     assert all(c.passed for name, c in checks.items() if name != check)
 
 
+def test_a_module_kept_out_by_install_bin_true_is_judged_by_whether_it_loaded():
+    facts = copy.deepcopy(GOOD)
+    facts["modules"][0].update(modprobe_rc=0, install="/bin/true")  # modprobe "succeeds" and loads nothing
+    assert judged(facts)["vm-modules"].passed
+    facts["modules"][0].update(loaded=True)
+    assert "module sctp loaded" in judged(facts)["vm-modules"].message
+
+
 def test_the_guest_script_runs_with_python_alone_and_prints_json():
     """It runs in the VM with the image's python3 and nothing else: here it must at least compile and import no
     bakery module."""
@@ -104,13 +112,19 @@ def catalog(tmp_path):
     cat.close()
 
 
-def record(cat, version, kind, passed):
+def record(cat, version, kind, passed, disk="a" * 64):
     cat.record_verification("web", version, env="qa", started="t", seconds=1.0, passed=passed, run_id="r",
-                            summary="ok" if passed else "vm-boot: degraded", reports={}, kind=kind)
+                            summary="ok" if passed else "vm-boot: degraded", reports={"disk_sha256": disk}, kind=kind)
+
+
+def record_disk(cat, version, sha):
+    cat.record_disk("web", version, disk_format="raw", path=f"disks/web/{version}.raw", sha256=sha, size=1, allocated=1,
+                    run_id="r", details={})
 
 
 def test_the_gate_asks_for_the_newest_verification_of_every_kind_the_environment_requires(catalog):
     cat, version = catalog
+    record_disk(cat, version, "a" * 64)
     record(cat, version, "container", True)
     assert gate.require_verified(cat, "web", version, required=("container",), force=False, env="qa") is False
     with pytest.raises(OperationError, match="has no vm verification.*--vm"):
@@ -125,3 +139,16 @@ def test_the_gate_asks_for_the_newest_verification_of_every_kind_the_environment
     with pytest.raises(OperationError, match="failed its last container verification"):
         gate.require_verified(cat, "web", version, required=("container", "vm"), force=False, env="qa")
     assert gate.require_verified(cat, "web", version, required=(), force=False, env="qa") is False
+
+
+def test_a_vm_verification_vouches_only_for_the_disk_bytes_it_booted(catalog):
+    cat, version = catalog
+    with pytest.raises(OperationError, match="has no disk any more"):
+        record(cat, version, "vm", True)
+        gate.require_verified(cat, "web", version, required=("vm",), force=False, env="qa")
+    record_disk(cat, version, "a" * 64)
+    assert gate.require_verified(cat, "web", version, required=("vm",), force=False, env="qa") is False
+    record_disk(cat, version, "b" * 64)  # rebuilt since (another --size, another e2fsprogs): other bytes
+    with pytest.raises(OperationError, match=f"disk is sha256 {'b' * 64} now, not the {'a' * 64}.*--vm again"):
+        gate.require_verified(cat, "web", version, required=("vm",), force=False, env="qa")
+    assert gate.require_verified(cat, "web", version, required=("vm",), force=True, env="qa") is True
