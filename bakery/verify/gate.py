@@ -60,10 +60,11 @@ def require_verified(catalog: Catalog, image: str, version: str, *, required: bo
         if force:
             return True
         how = f"./bake.py verify {image}:{version}" + (" --vm" if kind == "vm" else "")
+        named = "" if kind == "container" else f"{kind} "  # the container verification is the verification
         if verification is None:
-            raise OperationError(f"{image}:{version} has no {kind} verification; environment '{env}' requires one: "
+            raise OperationError(f"{image}:{version} has no {named}verification; environment '{env}' requires one: "
                                  f"run {how} (or deploy with --force, which is recorded)")
-        raise OperationError(f"{image}:{version} failed its last {kind} verification ({verification['summary']}); "
+        raise OperationError(f"{image}:{version} failed its last {named}verification ({verification['summary']}); "
                              f"environment '{env}' requires a pass: fix the image and run {how} again "
                              f"(or deploy with --force, which is recorded)")
     passed, why = deployed() if deployed is not None else (True, "")

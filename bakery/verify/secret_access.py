@@ -71,6 +71,17 @@ def sudoers_readme(stream: IO[bytes]) -> list[StructureHit]:
             for number, _, _ in _sudoers_lines(stream)][:1]
 
 
+def sudoers_dropin(stream: IO[bytes]) -> list[StructureHit]:
+    """A drop-in in /etc/sudoers.d: settings (`Defaults ...`) are not access, a rule or an include is; a Defaults
+    line that switches authentication is, too (it changes what Debian's own rules demand)."""
+    hits = []
+    for number, text, _ in _sudoers_lines(stream):
+        if not text.startswith("Defaults") or "authenticate" in text:
+            hits.append(StructureHit(number, "a sudoers drop-in grants or includes rules; access comes from the "
+                                             "runtime config"))
+    return hits[:1]
+
+
 # the hardening role's AuthorizedKeysFile (roles/hardening/templates/sshd_config.j2 and vars
 # __hardening_break_glass_keys_dir) and OpenSSH's default: keys only in ~/.ssh and the break-glass dir
 KEY_FILES = frozenset({".ssh/authorized_keys", ".ssh/authorized_keys2", "%h/.ssh/authorized_keys",

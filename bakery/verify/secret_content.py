@@ -79,8 +79,15 @@ CONFIG_NAMES = frozenset({".env", "credentials", "config", ".npmrc", ".pypirc", 
                           ".git-credentials", ".pgpass", ".my.cnf", ".vault-token"})
 
 
+# configuration whose keys name things, not secrets: nsswitch.conf's `passwd: files` is the NSS database `passwd`
+# served from files (the boot role's libnss-myhostname rewrites it, so it is in a layer the scan reads)
+NOT_CONFIG = frozenset({"/etc/nsswitch.conf"})
+
+
 def is_config(name: str) -> bool:
     base = PurePosixPath(name).name
+    if name in NOT_CONFIG:
+        return False
     return (name.startswith("/etc/") or base in CONFIG_NAMES or base.lower().endswith(CONFIG_SUFFIXES)
             or base.startswith(".env.") or is_unit(name))
 

@@ -113,8 +113,8 @@ def _access_hit(path: str, parts: list[str], kind: str) -> PathHit | None:
                                                      and not path.startswith("/usr/share/")))
     if keys or linked or (parent == "/etc/ssh/authorized_keys.d" and kind != DIR):
         return _hit(path, "baked-authorized-keys")
-    # README is read by sudo too: its content decides (secret_access.sudoers_readme)
-    if parent == "/etc/sudoers.d" and not (name == "README" and kind == FILE) and kind != DIR:
+    # a drop-in's content decides (secret_access.sudoers_dropin, sudoers_readme); a link or device is a finding
+    if parent == "/etc/sudoers.d" and kind not in (FILE, DIR):
         return _hit(path, "baked-sudoers")
     return None
 
@@ -160,6 +160,8 @@ def structure_checks(path: str) -> list[tuple[str, Check]]:
         checks.append(("baked-sudoers", access.sudoers))
     if path == "/etc/sudoers.d/README":
         checks.append(("baked-sudoers", access.sudoers_readme))
+    elif path.startswith("/etc/sudoers.d/") and path.count("/") == 3:
+        checks.append(("baked-sudoers", access.sudoers_dropin))
     if SSHD_CONFIG.fullmatch(path):
         checks.append(("sshd-key-source", access.sshd_key_source))
     if path in ("/etc/passwd", "/etc/passwd-"):

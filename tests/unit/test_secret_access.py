@@ -41,6 +41,25 @@ def rules(entries):
     return {(f.path, f.rule, f.line) for f in scan(entries)}
 
 
+def test_a_sudoers_drop_in_of_settings_only_is_not_access_but_a_rule_or_an_authentication_change_is():
+    """The hardening role bakes CIS's sudo settings (use_pty, logfile, timestamp_timeout) and no rule."""
+    settings = ("# CIS 5.2.x\nDefaults use_pty\nDefaults logfile=\"/var/log/sudo.log\"\n"
+                "Defaults timestamp_timeout=5\n")
+    assert rules([("etc/sudoers.d/60-bakery-hardening", settings)]) == set()
+    assert ("/etc/sudoers.d/60-x", "baked-sudoers", 5) in rules(
+        [("etc/sudoers.d/60-x", settings + "deploy ALL=(ALL) NOPASSWD: ALL\n")])
+    assert rules([("etc/sudoers.d/60-x", "Defaults:deploy !authenticate\n")]) == {
+        ("/etc/sudoers.d/60-x", "baked-sudoers", 1)}
+    assert rules([("etc/sudoers.d/60-x", "@includedir /opt/sudo\n")]) == {("/etc/sudoers.d/60-x", "baked-sudoers", 1)}
+    linked = rules([("etc/sudoers.d/60-x", ("symlink", "/opt/grants"))])
+    assert linked == {("/etc/sudoers.d/60-x", "baked-sudoers", None)}
+
+
+def test_nsswitch_names_databases_not_passwords():
+    assert rules([("etc/nsswitch.conf", "passwd:         files\nshadow:         files\n"
+                                        "hosts:          files myhostname dns\n")]) == set()
+
+
 def test_the_sudoers_readme_is_exempt_only_while_it_is_comments():
     assert rules([("etc/sudoers.d/README", "# sudo reads this directory\n\n#\n")]) == set()
     assert rules([("etc/sudoers.d/README", "#\nDefaults:deploy !authenticate\n")]) == {

@@ -121,6 +121,15 @@ def test_a_cpio_archive_is_opened():
         ("/opt/i.cpio!/root/.netrc", "netrc")}
 
 
+def test_an_initramfs_gzip_around_cpio_is_scanned_when_its_decoded_size_is_within_the_bound():
+    """A Debian initramfs decodes to about 52 MiB: its cpio members are the bytes the gzip decode already counted,
+    so they are not counted again (they were, and the image's initramfs went unscanned)."""
+    initrd = gzip.compress(cpio_newc({"root/.netrc": b"machine x\n", "lib/modules/big.ko": b"\0" * (40 << 20)}),
+                           compresslevel=1)
+    assert found(scan([("boot/initrd.img-6.1.0-57-cloud-amd64", initrd)])) == {
+        ("/boot/initrd.img-6.1.0-57-cloud-amd64!/root/.netrc", "netrc")}
+
+
 def test_old_lzma_is_decoded():
     data = lzma.compress(PEM.encode(), format=lzma.FORMAT_ALONE)
     assert found(scan([("opt/k.lzma", data)])) == {("/opt/k.lzma", "content")}

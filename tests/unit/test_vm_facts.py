@@ -136,7 +136,7 @@ def test_the_gate_asks_for_the_newest_verification_of_every_kind_the_environment
     record(cat, version, "vm", True)
     assert gate.require_verified(cat, "web", version, required=("container", "vm"), force=False, env="qa") is False
     record(cat, version, "container", False)  # a newer failed container verification closes the gate again
-    with pytest.raises(OperationError, match="failed its last container verification"):
+    with pytest.raises(OperationError, match="failed its last verification"):
         gate.require_verified(cat, "web", version, required=("container", "vm"), force=False, env="qa")
     assert gate.require_verified(cat, "web", version, required=(), force=False, env="qa") is False
 
