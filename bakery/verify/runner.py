@@ -109,19 +109,28 @@ class Verifier:
             self._scan_secrets(record, allowlist)
             self._report_packages(record)
 
+        return self._record(record, started_at, started, env_name, "container",
+                            {"packages": str(self.run.path / "packages.json"),
+                             "secrets": str(self.run.path / "secrets.json")})
+
+    def _record(self, record: dict[str, Any], started_at: str, started: float, env_name: str | None, kind: str,
+                more_reports: dict[str, str]) -> VerifyResult:
+        """The outcome of the checks: JUnit report, result.json and the catalog row of this kind."""
+        image, version = record["image"], record["version"]
         seconds = round(time.monotonic() - started, 1)
         failed = [c for c in self.checks if not c.passed and not c.skipped]
         passed = not failed
         summary = "all checks passed" if passed else "; ".join(f"{c.name}: {c.message}" for c in failed)[:1000]
-        junit_path = junit.write(self.run.path / "junit.xml", f"verify {image}:{version}", self.checks,
+        suite = f"verify {image}:{version}" if kind == "container" else f"verify --{kind} {image}:{version}"
+        junit_path = junit.write(self.run.path / "junit.xml", suite, self.checks,
                                  sorted(self.run.path.glob("testinfra-*.xml")))
-        reports = {"junit": str(junit_path), "result": str(self.run.path / "result.json"),
-                   "packages": str(self.run.path / "packages.json"), "secrets": str(self.run.path / "secrets.json")}
+        reports = {"junit": str(junit_path), "result": str(self.run.path / "result.json"), **more_reports}
         result = VerifyResult(image, version, passed, seconds, self.run.id, summary,
                               [c.__dict__ for c in self.checks], reports)
         self.run.write_result(result.to_dict())
         self.catalog.record_verification(image, version, env=env_name, started=started_at, seconds=seconds,
-                                         passed=passed, run_id=self.run.id, summary=summary, reports=reports)
+                                         passed=passed, run_id=self.run.id, summary=summary, reports=reports,
+                                         kind=kind)
         return result
 
     # -- instances -------------------------------------------------------------------------------

@@ -189,22 +189,9 @@ class VmVerifier(Verifier):
 
     def _finish(self, record: dict[str, Any], started_at: str, started: float, env_name: str | None,
                 disk: DiskResult) -> VerifyResult:
-        image, version = record["image"], record["version"]
-        seconds = round(time.monotonic() - started, 1)
-        failed = [c for c in self.checks if not c.passed and not c.skipped]
-        summary = "all checks passed" if not failed else "; ".join(f"{c.name}: {c.message}" for c in failed)[:1000]
-        junit_path = junit.write(self.run.path / "junit.xml", f"verify --vm {image}:{version}", self.checks,
-                                 sorted(self.run.path.glob("testinfra-*.xml")))
         # the bytes that passed: the gate accepts this verification only while the version's disk has this digest
-        reports = {"junit": str(junit_path), "result": str(self.run.path / "result.json"),
-                   "console": str(self.run.path / "vm-online" / "console.log"), "disk_sha256": disk.sha256}
-        result = VerifyResult(image, version, not failed, seconds, self.run.id, summary,
-                              [c.__dict__ for c in self.checks], reports)
-        self.run.write_result(result.to_dict())
-        self.catalog.record_verification(image, version, env=env_name, started=started_at, seconds=seconds,
-                                         passed=not failed, run_id=self.run.id, summary=summary, reports=reports,
-                                         kind="vm")
-        return result
+        return self._record(record, started_at, started, env_name, "vm",
+                            {"console": str(self.run.path / "vm-online" / "console.log"), "disk_sha256": disk.sha256})
 
 
 def verify_vm_image(project: Project, catalog: SqliteCatalog, progress: Progress, image: str, version: str | None,
