@@ -1,7 +1,9 @@
 """The catalog's record of bootable disks: one row per version and format, written only once the file is complete.
 
 A disk row and the disk's sha256 in the version's provenance are written in one transaction, so the catalog
-never lists a disk whose digest the provenance lacks (or the other way round).
+never lists a disk whose digest the provenance lacks (or the other way round). A disk's block map (the sha256 of
+each allocated 512 KiB block, by block index) is kept by the disk's own sha256: publishing a later disk to EBS
+compares against it to send only the blocks that changed.
 """
 
 from __future__ import annotations
@@ -57,6 +59,20 @@ class DiskRecords:
         with self._tx() as db:
             db.execute("DELETE FROM disks WHERE image = ? AND version = ? AND format = ?",
                        (image, version, disk_format))
+
+    def record_disk_blocks(self, sha256: str, *, size: int, digests: dict[int, str]) -> None:
+        """The block map of the disk with this sha256 (the same bytes always have the same map: replaced as is)."""
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO disk_blocks (sha256, size, digests) VALUES (?, ?, ?)",
+                       (sha256, size, json.dumps({str(k): v for k, v in sorted(digests.items())})))
+
+    def disk_blocks(self, sha256: str) -> dict[str, Any] | None:
+        """{sha256, size, digests: {block index: sha256 hex}} of a disk, or None when its map was never recorded."""
+        row = self._db.execute("SELECT * FROM disk_blocks WHERE sha256 = ?", (sha256,)).fetchone()
+        if row is None:
+            return None
+        return {"sha256": row["sha256"], "size": row["size"],
+                "digests": {int(k): v for k, v in json.loads(row["digests"]).items()}}
 
 
 def _row(row: sqlite3.Row) -> dict[str, Any]:

@@ -13,16 +13,30 @@ from bakery.errors import ConfigError
 
 SCHEMA = (Path(__file__).parent / "catalog_schema.sql").read_text(encoding="utf-8")
 # Bump when catalog_schema.sql changes in a way older code cannot read; PRAGMA user_version carries it.
-SCHEMA_VERSION = 2
-# What turns a catalog of version N into N+1: only additions, so older rows keep their meaning.
-UPGRADES = {
-    1: ["ALTER TABLE verifications ADD COLUMN kind TEXT NOT NULL DEFAULT 'container' "
-        "CHECK (kind IN ('container', 'vm'))"],
-}
+SCHEMA_VERSION = 3
 
 
 def statements(script: str = SCHEMA) -> list[str]:
     return [s.strip() for s in script.split(";") if s.strip()]
+
+
+def _table(name: str) -> str:
+    """This schema's CREATE TABLE statement of one table."""
+    return next(s for s in statements() if s.startswith(f"CREATE TABLE IF NOT EXISTS {name} ("))
+
+
+# What turns a catalog of version N into N+1: only additions, so older rows keep their meaning. SQLite cannot widen
+# a CHECK in place: the verifications table is rebuilt with its rows and ids (new tables come from SCHEMA itself).
+UPGRADES = {
+    1: ["ALTER TABLE verifications ADD COLUMN kind TEXT NOT NULL DEFAULT 'container' "
+        "CHECK (kind IN ('container', 'vm'))"],
+    2: ["ALTER TABLE verifications RENAME TO verifications_v2",
+        _table("verifications"),
+        "INSERT INTO verifications (id, image, version, env, started, seconds, passed, run_id, summary, reports, kind)"
+        " SELECT id, image, version, env, started, seconds, passed, run_id, summary, reports, kind"
+        " FROM verifications_v2",
+        "DROP TABLE verifications_v2"],  # its index goes with it; the caller creates SCHEMA's again
+}
 
 
 def _columns(conn: sqlite3.Connection) -> dict[str, set[str]]:

@@ -46,7 +46,7 @@ CREATE TABLE IF NOT EXISTS verifications (
     run_id TEXT NOT NULL,
     summary TEXT NOT NULL,
     reports TEXT NOT NULL,
-    kind TEXT NOT NULL DEFAULT 'container' CHECK (kind IN ('container', 'vm'))
+    kind TEXT NOT NULL DEFAULT 'container' CHECK (kind IN ('container', 'vm', 'aws'))
 );
 CREATE INDEX IF NOT EXISTS verifications_by_version ON verifications (image, version);
 CREATE TABLE IF NOT EXISTS releases (
@@ -88,4 +88,9 @@ CREATE TABLE IF NOT EXISTS disks (
     details TEXT NOT NULL,
     PRIMARY KEY (image, version, format),
     FOREIGN KEY (image, version) REFERENCES versions (image, version) ON DELETE CASCADE
+);
+CREATE TABLE IF NOT EXISTS disk_blocks (
+    sha256 TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    digests TEXT NOT NULL
 );

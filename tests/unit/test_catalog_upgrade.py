@@ -1,5 +1,5 @@
-"""A catalog an older bakery wrote is upgraded in place (its rows kept), one a newer bakery wrote is refused, and a
-disk is recorded together with its digest in the version's provenance."""
+"""A catalog an older bakery wrote is upgraded in place (its rows kept), one a newer bakery wrote is refused, a
+disk is recorded together with its digest in the version's provenance, and a disk's block map is kept by its sha256."""
 
 import json
 import sqlite3
@@ -21,10 +21,18 @@ def old_schema():
     return (REPO / "tests" / "fixtures" / "catalog_schema_v1.sql").read_text(encoding="utf-8")
 
 
-def old_catalog(path, user_version=1):
-    """A catalog as bakery with schema version 1 left it: a ready version, a passed verification, WAL mode."""
-    schema = old_schema()
-    assert "kind TEXT NOT NULL DEFAULT 'container'" not in schema and "CREATE TABLE IF NOT EXISTS disks" not in schema
+def v2_schema():
+    """catalog_schema.sql of schema version 2 (disks, verification kinds container and vm), as bakery 55bf389 had it."""
+    return (REPO / "tests" / "fixtures" / "catalog_schema_v2.sql").read_text(encoding="utf-8")
+
+
+def old_catalog(path, user_version=1, schema=None):
+    """A catalog as bakery with schema version 1 (or `schema`) left it: a ready version, a passed verification, WAL
+    mode."""
+    if schema is None:
+        schema = old_schema()
+        assert "kind TEXT NOT NULL DEFAULT 'container'" not in schema
+        assert "CREATE TABLE IF NOT EXISTS disks" not in schema
     db = sqlite3.connect(path, isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")
     for statement in catalog_schema.statements(schema):
@@ -63,7 +71,7 @@ def test_an_older_catalog_is_upgraded_in_place_and_keeps_its_rows(tmp_path, stam
         assert [v["kind"] for v in catalog.verifications("webapp", VERSION)] == ["vm", "container"]
     finally:
         catalog.close()
-    assert user_version(path) == catalog_schema.SCHEMA_VERSION == 2
+    assert user_version(path) == catalog_schema.SCHEMA_VERSION == 3
     reopened = SqliteCatalog(path)
     try:
         assert len(reopened.verifications("webapp", VERSION)) == 2
@@ -71,29 +79,57 @@ def test_an_older_catalog_is_upgraded_in_place_and_keeps_its_rows(tmp_path, stam
         reopened.close()
 
 
-def test_a_verification_kind_other_than_container_or_vm_is_refused_by_the_upgraded_catalog(tmp_path):
+@pytest.mark.parametrize("stamp", [1, 2])
+def test_an_upgraded_catalog_takes_aws_verifications_and_block_maps_and_keeps_its_ids(tmp_path, stamp):
+    """Schema 3: the read-back verification of an AMI (kind aws) and the disks' block maps; ids keep counting."""
+    path = old_catalog(tmp_path / "catalog.db", stamp, v2_schema() if stamp == 2 else None)
+    catalog = SqliteCatalog(path)
+    try:
+        [old] = catalog.verifications("webapp", VERSION)
+        new = catalog.record_verification("webapp", VERSION, env=None, started="2024-05-01T14:00:00Z", seconds=3.0,
+                                          passed=True, run_id="r4", summary="read back", reports={}, kind="aws")
+        assert new > old["id"]
+        assert [v["kind"] for v in catalog.verifications("webapp", VERSION)] == ["aws", "container"]
+        assert catalog.disk_blocks("ab" * 32) is None
+        catalog.record_disk_blocks("ab" * 32, size=3 << 20, digests={0: "00" * 32, 5: "05" * 32})
+        assert catalog.disk_blocks("ab" * 32) == {"sha256": "ab" * 32, "size": 3 << 20,
+                                                  "digests": {0: "00" * 32, 5: "05" * 32}}
+    finally:
+        catalog.close()
+    assert user_version(path) == 3
+    db = sqlite3.connect(path)
+    try:
+        [index] = db.execute("SELECT sql FROM sqlite_master WHERE name = 'verifications_by_version'").fetchall()
+        assert "verifications (image, version)" in index[0]
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    finally:
+        db.close()
+
+
+def test_a_verification_kind_other_than_container_vm_or_aws_is_refused_by_the_upgraded_catalog(tmp_path):
     catalog = SqliteCatalog(old_catalog(tmp_path / "catalog.db"))
     try:
         with pytest.raises(sqlite3.IntegrityError):
             catalog.record_verification("webapp", VERSION, env=None, started="s", seconds=1.0, passed=True,
                                         run_id="r", summary="", reports={}, kind="ami")
+        assert [v["kind"] for v in catalog.verifications("webapp", VERSION)] == ["container"]
     finally:
         catalog.close()
 
 
 def test_a_catalog_from_a_newer_bakery_is_refused_untouched(tmp_path):
-    path = old_catalog(tmp_path / "catalog.db", user_version=3)
+    path = old_catalog(tmp_path / "catalog.db", user_version=4)
     before = path.read_bytes()
-    with pytest.raises(ConfigError, match=r"catalog schema version 3 is newer than this bakery's \(2\)"):
+    with pytest.raises(ConfigError, match=r"catalog schema version 4 is newer than this bakery's \(3\)"):
         SqliteCatalog(path)
-    assert path.read_bytes() == before and user_version(path) == 3
+    assert path.read_bytes() == before and user_version(path) == 4
 
 
 def test_a_new_catalog_is_stamped_with_the_current_schema_version(tmp_path):
     catalog = SqliteCatalog(tmp_path / "catalog.db")
     catalog.reserve_version("webapp", "r", 1)
     catalog.close()
-    assert user_version(tmp_path / "catalog.db") == 2
+    assert user_version(tmp_path / "catalog.db") == 3
 
 
 def ready_catalog(tmp_path):

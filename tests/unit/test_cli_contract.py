@@ -395,7 +395,7 @@ def test_a_new_catalog_is_stamped_and_an_older_one_read_unchanged(tmp_path, no_p
     root = make_project(tmp_path / "p")
     use_project(root)
     db = sqlite3.connect(root / ".bakery" / "catalog.db")
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 3
     db.execute("PRAGMA user_version = 0")  # a catalog from before the schema had a version
     db.close()
     before = snapshot(root)
