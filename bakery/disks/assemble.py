@@ -5,8 +5,9 @@ filesystem image offline (filesystems.py), lay them into a GPT with systemd-repa
 given), punch the zero blocks out (the raw disk stays sparse), and move the finished file into place: the
 catalog lists it only after that rename, so no half disk is ever listed, and a killed build leaves only its
 work directory, which the next `disk` run (or gc) removes. Every identifier (disk GUID, partition UUIDs,
-filesystem UUIDs, hash seeds, volume id) comes from the version's input digest and every time from its build
-time, so the same version always gives the same bytes.
+filesystem UUIDs, volume id) comes from the version's input digest and every time from its build time (or the
+files' own), so the same version always gives the same bytes; the hash and checksum seeds are the image's and the
+files of the last role go in last, so the next version's disk differs in few blocks (an incremental publish).
 """
 
 from __future__ import annotations
@@ -48,6 +49,10 @@ class DiskPlan:
     def ident(self, purpose: str) -> str:
         return str(uuid.uuid5(NAMESPACE, f"{self.image}:{self.version}:{self.input_digest}:{purpose}"))
 
+    def image_ident(self, purpose: str) -> str:
+        """The same for every version of the image: seeds that would otherwise change every metadata block."""
+        return str(uuid.uuid5(NAMESPACE, f"{self.image}:{purpose}"))
+
 
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
@@ -65,6 +70,8 @@ def build_raw(plan: DiskPlan, workdir: Path, size: int) -> tuple[Path, dict[str,
     """The raw disk in `workdir`; returns it and the details recorded with it (partitions, command line)."""
     root = workdir / "tree"
     tree.unpack(plan.image_ref, root)
+    late = tree.late_paths(plan.image_ref)
+    mounts = [part.mount for part in plan.layout.all]
     os.utime(root, (plan.epoch, plan.epoch))  # the export has no entry for /: its time was the unpack's
     trees = tree.cut(root, plan.layout, workdir, plan.epoch)
     uuids = {part.name: plan.ident(f"partition/{part.name}") for part in plan.layout.all}
@@ -75,10 +82,12 @@ def build_raw(plan: DiskPlan, workdir: Path, size: int) -> tuple[Path, dict[str,
     images = workdir / "fs"
     images.mkdir()
     for part in plan.layout.all:
-        _filesystem(plan, part, trees[part.name], images / f"{part.name}.img")
+        _filesystem(plan, part, trees[part.name], images / f"{part.name}.img",
+                    tree.late_under(late, part.mount, mounts))
     root_size = filesystems.fitting_size(root, 512 * MIB)
-    filesystems.make_ext4(root, images / f"{ROOT}.img", size=root_size, label=ROOT,
-                          fs_uuid=plan.ident(f"fs/{ROOT}"), hash_seed=plan.ident(f"hash/{ROOT}"), epoch=plan.epoch)
+    filesystems.make_ext4(root, images / f"{ROOT}.img", size=root_size, label=ROOT, fs_uuid=plan.ident(f"fs/{ROOT}"),
+                          hash_seed=plan.image_ident(f"hash/{ROOT}"), epoch=plan.epoch,
+                          csum_seed=plan.image_ident(f"csum/{ROOT}"), late=tree.late_under(late, "/", mounts))
     shutil.rmtree(root)
     for path in trees.values():
         shutil.rmtree(path)
@@ -90,7 +99,7 @@ def build_raw(plan: DiskPlan, workdir: Path, size: int) -> tuple[Path, dict[str,
     return disk, {"partitions": partitions, "kernel_cmdline": cmdline, "disk_bytes": total}
 
 
-def _filesystem(plan: DiskPlan, part: Partition, source: Path, image: Path) -> None:
+def _filesystem(plan: DiskPlan, part: Partition, source: Path, image: Path, late: set[str]) -> None:
     if part.filesystem == "vfat":
         filesystems.make_vfat(source, image, size=part.size, label="ESP", volume_id=plan.input_digest[-8:],
                               epoch=plan.epoch)
@@ -98,7 +107,8 @@ def _filesystem(plan: DiskPlan, part: Partition, source: Path, image: Path) -> N
     size = max(part.size, filesystems.fitting_size(source, 0)) if part.mount == "/var" else part.size
     try:
         filesystems.make_ext4(source, image, size=size, label=part.name, fs_uuid=plan.ident(f"fs/{part.name}"),
-                              hash_seed=plan.ident(f"hash/{part.name}"), epoch=plan.epoch)
+                              hash_seed=plan.image_ident(f"hash/{part.name}"), epoch=plan.epoch,
+                              csum_seed=plan.image_ident(f"csum/{part.name}"), late=late)
     except OperationError as exc:
         raise OperationError(f"the {part.mount} partition ({part.size // MIB} MiB) cannot hold the image's "
                              f"{part.mount}: give it a larger size in bakery.yml images.{plan.image}.disk ({exc})"

@@ -147,12 +147,13 @@ def orphan_disks(project: Project, catalog: SqliteCatalog) -> list[Path]:
 
 def stale_work(project: Project) -> list[Path]:
     """Work directories of killed builds (their pid is gone), without removing them."""
-    found = []
-    for work in sorted(disks_dir(project).glob(".work-*")):
-        try:
-            pid = int((work / "pid").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            pid = 0
-        if not (pid and pid_alive(pid) and pid != os.getpid()):
-            found.append(work)
-    return found
+    return [work for work in sorted(disks_dir(project).glob(".work-*")) if owner_gone(work)]
+
+
+def owner_gone(directory: Path) -> bool:
+    """A run directory whose `pid` file names no live process other than this one (or names none): a leftover."""
+    try:
+        pid = int((directory / "pid").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        pid = 0
+    return not (pid and pid_alive(pid) and pid != os.getpid())

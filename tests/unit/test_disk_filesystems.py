@@ -79,12 +79,10 @@ def test_the_same_tree_extracted_twice_at_different_times_gives_the_same_ext4_by
     second = extracted(source, tmp_path / "second")
     assert os.lstat(first / "etc/hostname").st_ctime_ns != os.lstat(second / "etc/hostname").st_ctime_ns
     a, b = ext4(first, tmp_path / "a.img"), ext4(second, tmp_path / "b.img")
-    assert "Inodes per group:         2048" in run("dumpe2fs", "-h", str(a))  # 2500 files: two groups used
     assert sha256(a) == sha256(b)
     stat = debugfs(a, "stat /etc/f2499")
-    for field in ("ctime", " atime", "crtime"):
-        assert f"{field}: 0x{EPOCH:08x}:00000000" in stat, stat
-    assert f"mtime: 0x{MTIME:08x}" in stat
+    for field in ("ctime", " atime", "crtime", "mtime"):  # the file's own time, not the extraction's
+        assert f"{field}: 0x{MTIME:08x}" in stat, stat
 
 
 def test_a_different_uuid_or_seed_gives_different_bytes(tmp_path):
