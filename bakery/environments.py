@@ -165,10 +165,7 @@ def load_environment(project: Project, name: str, check_promotion: bool = True) 
     env.target = _choice(settings, "target", TARGETS, rel, env.target)
     env.instances = _int(settings, "instances", rel, env.instances, low=0, high=50)
     env.lb_port = _int(settings, "lb_port", rel, 0, low=1024, high=65535, required=env.target == "local")
-    env.require_verified = _verified_kinds(settings.get("require_verified", True), rel)
-    if env.target == "aws" and "vm" in env.require_verified:
-        raise ConfigError(f"{rel}: bakery_deploy.require_verified lists vm, which an aws environment cannot get yet "
-                          "(its AMIs are not the disk verify --vm boots): use [container] or true")
+    env.require_verified = _verified_kinds(settings.get("require_verified", True), rel, env.target)
     env.promote_from = _str(settings, "promote_from", rel) or None
     env.aws = _aws(settings.get("aws"), deploy_file, rel, required=env.target == "aws")
     env.health_check = _health_check(settings.get("health_check"), deploy_file, rel)
@@ -326,15 +323,29 @@ def _int(data, key, rel, default, low, high, required=False, prefix=""):
     return value
 
 
-def _verified_kinds(value, rel) -> tuple[str, ...]:
-    """require_verified: true (a container verification), false (none), or a list of kinds: [container, vm]."""
+# The kinds a target's environment may require: vm boots the local version's disk, aws an AMI's own disk read back
+# (bake.py verify --target aws); a kind of the other target could never be got.
+TARGET_KINDS = {"local": ("container", "vm"), "aws": ("container", "aws")}
+KIND_REFUSED = {"vm": "an aws environment cannot get (verify --target aws boots the AMI's own disk)",
+                "aws": "only an aws environment can get (verify --target aws verifies an AMI)"}
+
+
+def _verified_kinds(value, rel, target: str) -> tuple[str, ...]:
+    """require_verified: true (a container verification), false (none), or a list of kinds: [container, vm] on the
+    local target, [container, aws] on aws."""
     if isinstance(value, bool):
         return ("container",) if value else ()
-    kinds = ("container", "vm")
+    kinds = ("container", "vm", "aws")
     if not isinstance(value, list) or not value or not all(isinstance(k, str) and k in kinds for k in value) \
             or len(set(value)) != len(value):
         raise ConfigError(f"{rel}: bakery_deploy.require_verified must be true, false or a list of "
-                          f"{' and '.join(kinds)} (each once), got {value!r}")
+                          f"{', '.join(kinds[:-1])} and {kinds[-1]} (each once), got {value!r}")
+    allowed = TARGET_KINDS[target]
+    for kind in value:
+        if kind not in allowed:
+            first, second = allowed
+            raise ConfigError(f"{rel}: bakery_deploy.require_verified lists {kind}, which {KIND_REFUSED[kind]}: use "
+                              f"[{first}], [{second}] or [{first}, {second}]")
     return tuple(value)
 
 

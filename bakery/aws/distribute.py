@@ -11,6 +11,11 @@ deploys in that region find it. Every AMI then gets launch permission for
 the accounts, and every snapshot behind it create-volume permission (without it
 an account can launch an encrypted AMI's instances but not copy it).
 
+Nothing is shared, or copied, before the version passed `bake.py verify
+--target aws`: distribute refuses a version whose home AMI has no passing
+newest readback record (bakery.aws.readback_record) before its first copy or
+grant, and it is the only place that shares: the bakes share with no account.
+
 A copy is encrypted with the destination region's customer managed key
 (aws.region_kms_key_ids, or aws.kms_key_id at home): a copy under the region's
 default aws/ebs key cannot be launched by another account, so sharing with
@@ -22,7 +27,7 @@ the run id: a retry within the run is the same request, while a copy removed by
 hand is copied anew by the next run (not answered with the removed AMI's id).
 Copies are asked for with the tags in TagSpecifications too, so on AWS a copy
 interrupted before the final tagging is still found by the next run. The Packer bake copies its AMI to aws.regions
-with the same calls (start_copies, wait_for_copies, tag_missing, share), so that
+with the same calls (start_copies, wait_for_copies, tag_missing), so that
 Packer itself never copies (bakery.builders.packer_bake).
 
 A copy distribute makes is in no bake record (a record is written once), so when the
@@ -43,7 +48,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from bakery.aws import amis, tags, verification_record
+from bakery.aws import amis, readback_record, tags, verification_record
 from bakery.aws.clients import client, resolve_region
 from bakery.aws.settings import ACCOUNT_RE, REGION_RE
 from bakery.errors import ConfigError, OperationError
@@ -251,6 +256,7 @@ def distribute(settings, image: str, version: str, regions: list[str], accounts:
     ssm = client("ssm", home)  # every verification record lives in the home region
     version_record, refused = _version_record(ssm, image, version)
     source = _source(ec2[home], image, version, home, version_record, progress, timeout, sleep)
+    readback_record.require_passed(ssm, source, home)  # before any copy or grant
     record = _passing_record(version_record, refused, source, home, progress if len(ec2) > 1 else None)
     copied_tags = {**copyable(tags.from_tag_list(source.get("Tags"))), **version_tags(image, version)}
     result = Distribution(image=image, version=version, home_region=home, accounts=accounts)

@@ -13,7 +13,8 @@ rewritten), so distribute writes one record per copy it made, also once, at
 AMI and snapshots, the source AMI and the digest of the source's passing record.
 Every record lives in the home region. The copy level keeps every parameter a
 leaf (no name is the path of another) and the AMI id makes a new copy, after
-one was removed, a new record instead of an overwrite.
+one was removed, a new record instead of an overwrite. The `readback` level
+holds the records of `bake.py verify --target aws` (bakery.aws.readback_record).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from bakery.provenance import utc_now
 
 PREFIX = "/bakery/verifications"
 COPIES = "copies"  # the level under an image that holds copy records: never a version (versions are dates)
+READBACK = "readback"  # the level of `verify --target aws` records (bakery.aws.readback_record): never a version
+RESERVED = (COPIES, READBACK)
 # SSM names: a-zA-Z0-9_.- with '/' between levels, at most 1011 characters with the ARN; our prefix keeps the
 # name clear of the reserved 'aws'/'ssm' start, and two 200-character levels stay far below the length limit
 NAME_PART_RE = re.compile(r"^[A-Za-z0-9_.-]{1,200}\Z")
@@ -41,8 +44,9 @@ MAX_SUMMARY = 512  # a summary is shortened to this first, then (if the record i
 def parameter_name(image: str, version: str) -> str:
     """The record's SSM name; image and version must be single SSM path levels."""
     _check_levels(image=image, version=version)
-    if version == COPIES:
-        raise ConfigError(f"verification record: version '{COPIES}' is reserved for the records of copies")
+    if version in RESERVED:
+        raise ConfigError(f"verification record: version '{version}' is reserved for the records of "
+                          + ("copies" if version == COPIES else "verify --target aws"))
     return f"{PREFIX}/{image}/{version}"
 
 
@@ -64,12 +68,22 @@ def record_sha256(record: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(record, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def encode(record: dict[str, Any]) -> str:
-    """The record as compact JSON under the standard tier's 4 KB, shortening the summary if that is what it takes."""
+def fit_summary(record: dict[str, Any]) -> str | None:
+    """The record as compact JSON under the standard tier's 4 KB, shortening the summary if that is what it takes
+    (None when even no summary is short enough)."""
     for summary in (record["summary"], record["summary"][:MAX_SUMMARY], ""):
         value = json.dumps({**record, "summary": summary}, sort_keys=True, separators=(",", ":"))
         if len(value.encode()) <= MAX_VALUE_BYTES:
             return value
+    return None
+
+
+def encode(record: dict[str, Any]) -> str:
+    """The bake's record as fit_summary makes it, or why it is too big."""
+    value = fit_summary(record)
+    if value is not None:
+        return value
+    value = json.dumps({**record, "summary": ""}, sort_keys=True, separators=(",", ":"))
     raise OperationError(f"the verification record of {record['image']}:{record['version']} is "
                          f"{len(value.encode())} bytes, over SSM's {MAX_VALUE_BYTES}-byte standard-tier limit "
                          f"({len(record['amis'])} regions); copy the AMI to fewer regions in the bake and use "
@@ -87,15 +101,21 @@ def write_record(ssm, *, image: str, version: str, passed: bool, amis: dict[str,
     record = {"image": image, "version": version, "passed": bool(passed), "amis": dict(amis),
               "snapshots": {region: sorted(ids) for region, ids in snapshots.items()},
               "report_sha256": report_sha256, "summary": summary, "run_id": run_id, "written_at": utc_now()}
+    put_once(ssm, name, encode(record), f"bakery verification of {image}:{version}, written once by its bake",
+             f"a verification record for {image}:{version} already exists ({name}); records are written once: bake "
+             "a new version instead of re-verifying this one")
+    return name
+
+
+def put_once(ssm, name: str, value: str, description: str, exists: str) -> None:
+    """PutParameter that never replaces: an existing record is an OperationError saying `exists`."""
     try:
-        ssm.put_parameter(Name=name, Value=encode(record), Type="String", Overwrite=False, Tier="Standard",
-                          Description=f"bakery verification of {image}:{version}, written once by its bake")
+        ssm.put_parameter(Name=name, Value=value, Type="String", Overwrite=False, Tier="Standard",
+                          Description=description)
     except ClientError as exc:
         if exc.response.get("Error", {}).get("Code") == "ParameterAlreadyExists":
-            raise OperationError(f"a verification record for {image}:{version} already exists ({name}); records "
-                                 "are written once: bake a new version instead of re-verifying this one") from exc
+            raise OperationError(exists) from exc
         raise
-    return name
 
 
 def version_taken(ec2, ssm, image: str, version: str) -> bool:

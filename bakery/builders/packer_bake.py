@@ -6,9 +6,11 @@ so that a failure or an interrupt removes exactly what this run made and no
 other bake's AMI of the same version.
 
 Packer only launches, images and tags, in the home region; bakery sets every AMI
-attribute itself afterwards (ImdsSupport, Description, launch and create-volume
-permission for aws.accounts), on AMIs and snapshots already tagged
-bakery:managed=true, which is all the shipped IAM policy lets the role modify.
+attribute itself afterwards (ImdsSupport, Description), on AMIs and snapshots
+already tagged bakery:managed=true, which is all the shipped IAM policy lets
+the role modify. Nothing is shared with aws.accounts here: the bake's in-build
+test is no gate, so only `bake.py distribute` shares, once the version passed
+`bake.py verify --target aws`.
 Packer 1.6.6 would do it the other way round (see packer/aws.pkr.hcl). For the
 same reason the undo claims an AMI this run registered but Packer never tagged
 before removing it. bakery also copies the tagged home AMI to aws.regions itself
@@ -294,7 +296,8 @@ class PackerBake:
         self.images[region] = image
 
     def _set_attributes(self, region: str, description: str = "") -> None:
-        """What Packer's template leaves out, on an AMI and snapshots tagged already: IMDSv2, description, sharing."""
+        """What Packer's template leaves out, on an AMI tagged already: IMDSv2, description (no sharing: distribute
+        shares a version once it passed verify --target aws)."""
         self.cancel.check()
         ec2, image = clients.client("ec2", region), self.images[region]
         # Packer 1.6.6 cannot launch its build instance with IMDSv2 required; every instance of the AMI will.
@@ -302,11 +305,9 @@ class PackerBake:
             ec2.modify_image_attribute(ImageId=image["ImageId"], ImdsSupport={"Value": "v2.0"})
         if description:
             ec2.modify_image_attribute(ImageId=image["ImageId"], Description={"Value": description})
-        distribute.share(ec2, RegionResult(region=region, ami_id=image["ImageId"],
-                                           snapshots=amis.snapshot_ids(image)), self.settings.accounts)
 
     def _copy_to_regions(self, copy_tags: dict[str, str], description: str) -> dict[str, str]:
-        """The tagged home AMI copied to every other region (its key, the tags on creation), waited for, shared.
+        """The tagged home AMI copied to every other region (its key, the tags on creation), waited for.
 
         Returns region -> copy. A copy that fails or outlasts the wait fails the
         bake, whose undo removes the copies with the rest (their bakery:run tag).

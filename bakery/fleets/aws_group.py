@@ -13,12 +13,13 @@ import dataclasses
 from functools import cached_property
 from typing import Any
 
-from bakery.aws import adopt, amis, instance_refresh, launch_templates, releases, tags
+from bakery.aws import adopt, amis, instance_refresh, launch_templates, readback_record, releases, tags
 from bakery.aws.clients import client, resolve_region
 from bakery.environments import parse_env_file
 from bakery.errors import ConfigError, OperationError
 from bakery.fleets.base import Fleet, FleetStatus, Goal, InstanceStatus
 from bakery.provenance import sha256_json
+from bakery.verify.gate import AwsVerdict
 
 POLL_SECONDS = 5.0  # first look at a refresh; backs off to instance_refresh.MAX_POLL_SECONDS while nothing changes
 LOG_GROUP_KEY = "CLOUDWATCH_LOG_GROUP"  # the runtime key the cloudwatch_agent role names its log group from
@@ -157,6 +158,15 @@ class AwsGroupFleet(Fleet):
         if not passed:
             why = f"AMI {goal.image_id} in {region} is not the verified {goal.image}:{goal.version}: {why}"
         return passed, why
+
+    def aws_verification(self, goal: Goal) -> AwsVerdict:
+        """What `verify --target aws` found on the AMI the goal launches: its newest record in the home region's SSM
+        (or, for a copy distribute recorded, its source AMI's), for exactly the snapshots EC2 shows behind it."""
+        region = self.ec2.meta.region_name
+        self._describe_images([goal.image_id])
+        ami = self._images.get(goal.image_id)
+        passed, summary = readback_record.verdict(self.records, ami, region) if ami is not None else (None, "")
+        return AwsVerdict(where=f"AMI {goal.image_id} in {region}", passed=passed, summary=summary)
 
     def _goal_of_version(self, template_id: str, number: str) -> Goal | None:
         """What a launch template version launches: the AMI's bakery tags, the config digest tag, the runtime

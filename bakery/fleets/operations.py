@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import getpass
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -78,15 +77,19 @@ def _settled_goal(session: Session, fleet: Fleet, goal: Goal) -> Goal:
     return _launchable(fleet, goal.version, sha256_json(env.runtime), env.runtime)
 
 
-def _deployed(fleet: Fleet, goal: Goal) -> Callable[[], tuple[bool, str]] | None:
-    """The gate's check of the image itself: on aws the catalog says the version passed, not that the AMI the goal
-    launches (found by its tags) is the one that did, so the version's record must name it. Locally the catalog's
-    image id is exactly the image verify ran on: nothing to add."""
+def _image_checks(fleet: Fleet, goal: Goal) -> dict[str, Any]:
+    """The gate's checks of the image itself (require_verified's `deployed` and `aws`). On aws the catalog says the
+    version passed, not that the AMI the goal launches (found by its tags) is the one that did, so the version's
+    record must name it; and the aws kind is what `verify --target aws` recorded for that very AMI. Locally the
+    catalog's image id is exactly the image verify ran on: nothing to add."""
     if fleet.target != "aws":
-        return None
+        return {}
     from bakery.fleets.aws_group import AwsGroupFleet  # the aws target's modules load only when it is used
 
-    return functools.partial(fleet.verified_ami, goal) if isinstance(fleet, AwsGroupFleet) else None
+    if not isinstance(fleet, AwsGroupFleet):
+        return {}
+    return {"deployed": functools.partial(fleet.verified_ami, goal),
+            "aws": functools.partial(fleet.aws_verification, goal)}
 
 
 def _check_image(env: Environment, image: str) -> None:
@@ -110,7 +113,7 @@ def deploy(session: Session, env: Environment, image: str, version: str | None, 
     fleet = open_fleet(session, env)
     goal = _launchable(fleet, version, sha256_json(env.runtime), env.runtime)
     forced = require_verified(session.catalog, image, version, required=env.require_verified, force=force,
-                              env=env.name, deployed=_deployed(fleet, goal))
+                              env=env.name, **_image_checks(fleet, goal))
     with cancellable() as cancel, fleet.lock():
         if replace_running:
             # an interrupted release's refresh ends Cancelled; recover records that
@@ -207,7 +210,7 @@ def promote(session: Session, env: Environment, image: str, version: str | None,
     fleet = open_fleet(session, env)
     goal = _launchable(fleet, version, sha256_json(env.runtime), env.runtime)
     require_verified(session.catalog, image, version, required=env.require_verified or True, force=False,
-                     env=env.name, deployed=_deployed(fleet, goal))  # the AMI promoted, once it is chosen
+                     env=env.name, **_image_checks(fleet, goal))  # the AMI promoted, once it is chosen
     with cancellable() as cancel, fleet.lock():
         resumed = recover(session, fleet, cancel)
         goal = _settled_goal(session, fleet, goal)

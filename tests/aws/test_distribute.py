@@ -1,5 +1,5 @@
 """distribute against moto server: a tagged copy in the other region, shared with the accounts (AMIs and snapshots),
-and a re-run changes nothing."""
+and a re-run changes nothing; a version whose AMI has not passed verify --target aws is neither copied nor shared."""
 
 from __future__ import annotations
 
@@ -32,10 +32,53 @@ def shared_with(ec2, ami_id: str) -> tuple[set[str], dict[str, set[str]]]:
     return launch, volumes
 
 
+def read_back(ami: str, version: str = VERSION, *, passed: bool = True, run_id: str = "verify-aws-1") -> str:
+    """What `bake.py verify sample:VERSION --target aws` writes for the home AMI `ami` (home region's SSM)."""
+    from bakery.aws import clients, readback_record
+
+    snapshots = amis.snapshot_ids(amis.describe_ami(boto3.client("ec2", HOME), ami))
+    return readback_record.write(clients.client("ssm", HOME), image="sample", version=version, region=HOME, ami=ami,
+                                 snapshots=snapshots, disk_sha256="cd" * 32, passed=passed, report_sha256="ab" * 32,
+                                 summary="vm passed" if passed else "secrets: 1 finding (root/.ssh/id_rsa)",
+                                 run_id=run_id, env="")
+
+
+def verified_ami(ec2, version: str = VERSION, **extra: str) -> tuple[str, list[str]]:
+    """A home AMI of sample:version that passed verify --target aws."""
+    ami, snapshots = version_ami(ec2, "sample", version, **extra)
+    read_back(ami, version)
+    return ami, snapshots
+
+
+def test_a_version_that_has_not_passed_verify_target_aws_is_neither_copied_nor_shared(aws, proj, monkeypatch):
+    from bakery.aws import readback_record
+
+    with_aws_settings(proj, [HOME, OTHER], ACCOUNTS, KEYS)
+    home, other = boto3.client("ec2", HOME), boto3.client("ec2", OTHER)
+    source, snapshots = version_ami(home, "sample", VERSION)
+    home_record(VERSION, source, snapshots)  # its bake's own test passed: not the gate
+
+    unverified = bake(proj, "distribute", f"sample:{VERSION}")
+    assert unverified.rc == 1 and unverified.stderr.count("\n") == 1, unverified.stderr
+    assert (f"sample:{VERSION} (AMI {source} in {HOME}) has not passed verify --target aws; run ./bake.py verify "
+            f"sample:{VERSION} --target aws first") in unverified.stderr
+    monkeypatch.setattr(readback_record, "utc_now", lambda: "2026-12-01T10:00:00Z")
+    read_back(source)
+    monkeypatch.setattr(readback_record, "utc_now", lambda: "2026-12-01T11:00:00Z")
+    read_back(source, passed=False, run_id="verify-aws-2")  # the newest counts
+    failed = bake(proj, "distribute", f"sample:{VERSION}")
+    assert failed.rc == 1 and failed.stderr.count("\n") == 1, failed.stderr
+    assert (f"has not passed verify --target aws (its last one failed: secrets: 1 finding (root/.ssh/id_rsa)); "
+            f"run ./bake.py verify sample:{VERSION} --target aws first") in failed.stderr
+
+    assert not amis.find_amis(other, {tags.IMAGE: "sample"})  # nothing copied
+    assert shared_with(home, source) == (set(), {s: set() for s in snapshots})  # nothing shared
+
+
 def test_distribute_copies_tags_and_shares_then_a_rerun_is_a_no_op(aws, proj):
     with_aws_settings(proj, [HOME, OTHER], ACCOUNTS, KEYS)
     home, other = boto3.client("ec2", HOME), boto3.client("ec2", OTHER)
-    source, _ = version_ami(home, "sample", VERSION, **{tags.INPUT_DIGEST: "sha256:abc"})
+    source, _ = verified_ami(home, **{tags.INPUT_DIGEST: "sha256:abc"})
 
     first = bake(proj, "distribute", f"sample:{VERSION}", "--regions", OTHER, "--accounts", ",".join(ACCOUNTS),
                  "--json")
@@ -77,7 +120,7 @@ def test_a_copy_is_encrypted_with_the_destination_regions_key(aws, proj, monkeyp
 
     monkeypatch.setattr(dist, "client", recording_client)
     settings = Project(with_aws_settings(proj, [HOME, OTHER], ACCOUNTS, KEYS)).aws
-    version_ami(boto3.client("ec2", HOME), "sample", VERSION)
+    verified_ami(boto3.client("ec2", HOME))
     result = dist.distribute(settings, "sample", VERSION, [OTHER], ACCOUNTS, Progress(io.StringIO()))
     assert [r.region for r in result.regions if r.copied] == [OTHER]
     assert ([(region, params["Encrypted"], params["KmsKeyId"]) for region, params in copies]
@@ -161,7 +204,7 @@ def test_distribute_writes_a_record_for_each_copy_it_makes_and_the_copy_passes_t
 
     with_aws_settings(proj, [HOME, OTHER])
     home, other = boto3.client("ec2", HOME), boto3.client("ec2", OTHER)
-    source, snapshots = version_ami(home, "sample", VERSION)
+    source, snapshots = verified_ami(home)
     main = home_record(VERSION, source, snapshots)
 
     first = bake(proj, "distribute", f"sample:{VERSION}", "--regions", OTHER, "--json")
@@ -196,13 +239,13 @@ def test_distribute_writes_a_record_for_each_copy_it_makes_and_the_copy_passes_t
 def test_no_record_for_copies_of_an_unverified_version_nor_for_an_ami_found_by_its_tags(aws, proj, tmp_path):
     with_aws_settings(proj, [HOME, OTHER])
     home, other = boto3.client("ec2", HOME), boto3.client("ec2", OTHER)
-    failed, failed_snapshots = version_ami(home, "sample", VERSION)
+    failed, failed_snapshots = verified_ami(home)  # its bake's test failed, verify --target aws passed
     home_record(VERSION, failed, failed_snapshots, passed=False)
     untested = "20260101.008"
-    version_ami(home, "sample", untested)
+    verified_ami(home, untested)
     # a passing version whose "copy" in OTHER is an AMI anyone allowed to tag could have tagged
     forged_version = "20260101.009"
-    source, snapshots = version_ami(home, "sample", forged_version)
+    source, snapshots = verified_ami(home, forged_version)
     home_record(forged_version, source, snapshots)
     forged, _ = version_ami(other, "sample", forged_version, OTHER)
 
@@ -258,7 +301,7 @@ def test_a_copy_carries_only_bakery_and_name_tags_not_image_builders(aws, proj, 
     calls = recorded_calls(monkeypatch, "CopyImage", "CreateTags")
     with_aws_settings(proj, [HOME, OTHER])
     # Image Builder tags its AMIs with these; the policy lets bakery put only bakery:* and Name tags on a copy
-    version_ami(boto3.client("ec2", HOME), "sample", VERSION, CreatedBy="arn:aws:iam::123456789012:role/x",
+    verified_ami(boto3.client("ec2", HOME), CreatedBy="arn:aws:iam::123456789012:role/x",
                 Ec2ImageBuilderArn="arn:aws:imagebuilder:us-east-1:123456789012:image/sample/1.0.0/1")
 
     result = distribute_in_process(proj)
@@ -280,7 +323,7 @@ def test_each_run_asks_for_a_new_copy_while_a_retry_within_a_run_is_the_same_req
     calls = recorded_calls(monkeypatch, "CopyImage")
     with_aws_settings(proj, [HOME, OTHER])
     other = boto3.client("ec2", OTHER)
-    version_ami(boto3.client("ec2", HOME), "sample", VERSION)
+    verified_ami(boto3.client("ec2", HOME))
 
     [first] = [r.ami_id for r in distribute_in_process(proj).regions if r.copied]
     other.deregister_image(ImageId=first)  # removed by hand; distribute again in a later run
@@ -306,7 +349,7 @@ def test_the_source_is_the_ami_the_record_names_not_the_newest_ami_tagged_with_t
     calls = recorded_calls(monkeypatch, "CopyImage")
     with_aws_settings(proj, [HOME, OTHER])
     home = boto3.client("ec2", HOME)
-    recorded, snapshots = version_ami(home, "sample", VERSION)
+    recorded, snapshots = verified_ami(home)
     home_record(VERSION, recorded, snapshots)
     time.sleep(1.1)  # EC2's CreationDate has whole seconds
     newer, _ = version_ami(home, "sample", VERSION)  # anyone allowed to tag can tag an AMI as the version

@@ -21,7 +21,16 @@ import pytest
 import yaml
 from botocore.stub import Stubber
 
-from bakery.aws import amis, clients, instance_refresh, launch_templates, releases, shapes, verification_record
+from bakery.aws import (
+    amis,
+    clients,
+    instance_refresh,
+    launch_templates,
+    readback_record,
+    releases,
+    shapes,
+    verification_record,
+)
 from bakery.catalog import open_catalog
 from bakery.cli import main as bake_main
 from bakery.config import Project
@@ -679,6 +688,128 @@ def test_a_copy_distribute_recorded_passes_the_gate_in_its_region_and_an_unrecor
     passed, why = fleet.verified_ami(unrecorded)
     assert not passed and why.endswith(f"no copy record /bakery/verifications/webapp/copies/{version}/eu-west-1/"
                                        f"{unrecorded.image_id} does")
+
+
+# ---- environments that require `aws`: verify --target aws's write-once records of the very AMI chosen
+
+
+def read_back(world, ami: str, *, passed: bool = True, summary: str = "secrets clean; vm 14 passed",
+              run_id: str = "verify-aws-1", ec2=None, region: str = "us-east-1") -> str:
+    """What `bake.py verify webapp:V --target aws` writes for `ami` (in the home region's SSM)."""
+    described = amis.describe_ami(ec2 or world.ec2, ami)
+    version = {t["Key"]: t["Value"] for t in described["Tags"]}["bakery:version"]
+    return readback_record.write(world.ssm, image="webapp", version=version, region=region, ami=ami,
+                                 snapshots=amis.snapshot_ids(described), disk_sha256="cd" * 32, passed=passed,
+                                 report_sha256="ab" * 32, summary=summary, run_id=run_id, env="qa")
+
+
+def aws_gated(world, kinds: list[str], env: str = "qa", region: str = "") -> None:
+    settings = deploy_yml(env, f"web-{env}", f"web-{env}-lt")
+    settings["bakery_deploy"]["require_verified"] = kinds
+    if region:
+        settings["bakery_deploy"]["aws"]["region"] = region
+    world.write_env(env, settings, {"LOG_LEVEL": "info"})
+
+
+def test_deploy_to_an_environment_requiring_aws_needs_a_passing_newest_record_of_the_ami_chosen(world, refresh,
+                                                                                              monkeypatch):
+    version, ami = world.versions[1], world.amis[1]
+    tag_ami(world, 1, "passed")
+    world.catalog.record_verification("webapp", version, env=None, started="x", seconds=1.0, passed=True, run_id="r",
+                                      summary="12 passed", reports={})
+    aws_gated(world, ["container", "aws"])
+
+    none = (rf"^webapp:{version} \(AMI {ami} in us-east-1\) has no aws verification; environment 'qa' requires "
+            rf"one: run ./bake.py verify webapp:{version} --target aws \(or deploy with --force, which is recorded\)$")
+    with pytest.raises(OperationError, match=none) as err:
+        operations.deploy(world.session, world.env("qa"), "webapp", version)
+    assert err.value.exit_code == 1
+    monkeypatch.setattr(readback_record, "utc_now", lambda: "2026-12-01T10:00:00Z")
+    read_back(world, ami)
+    monkeypatch.setattr(readback_record, "utc_now", lambda: "2026-12-01T11:00:00Z")
+    read_back(world, ami, passed=False, summary="secrets: 1 finding (root/.ssh/id_rsa)", run_id="verify-aws-2")
+    failed = (rf"webapp:{version} \(AMI {ami} in us-east-1\) failed its last aws verification \(secrets: 1 "
+              r"finding \(root/.ssh/id_rsa\)\); environment 'qa' requires a pass: fix the image and run "
+              rf"./bake.py verify webapp:{version} --target aws again")
+    with pytest.raises(OperationError, match=failed):
+        operations.deploy(world.session, world.env("qa"), "webapp", version)
+    assert world.catalog.releases("qa") == [] and len(world.template_versions("qa")) == 1
+
+    monkeypatch.setattr(readback_record, "utc_now", lambda: "2026-12-01T12:00:00Z")
+    read_back(world, ami, run_id="verify-aws-3")
+    fleet = AwsFleet(world.project, world.catalog, world.env("qa"), Progress(world.lines))
+    goal = fleet.goal_for(version, "sha256:c", {})
+    assert fleet.aws_verification(goal) == gate.AwsVerdict(f"AMI {ami} in us-east-1", True,
+                                                           "secrets clean; vm 14 passed")
+    assert gate.require_verified(world.catalog, "webapp", version, required=("container", "aws"), force=False,
+                                 env="qa", deployed=functools.partial(fleet.verified_ami, goal),
+                                 aws=functools.partial(fleet.aws_verification, goal)) is False
+
+
+def test_the_aws_gate_is_forced_open_with_force_and_says_so_but_never_by_promote(world, refresh):
+    version = world.versions[1]
+    tag_ami(world, 1, "passed")
+    aws_gated(world, ["aws"])
+    verdict = gate.AwsVerdict("AMI ami-1 in us-east-1", None)
+    args = dict(required=("aws",), env="qa", aws=lambda: verdict)
+    assert gate.require_verified(world.catalog, "webapp", version, force=True, **args) is True
+    # qa runs version 2's AMI, which has no aws verification: prod (requiring aws) cannot take it
+    world.ec2.create_launch_template_version(LaunchTemplateId=world.templates["qa"], SourceVersion="1",
+                                             LaunchTemplateData={"ImageId": world.amis[1]})
+    world.asg.update_auto_scaling_group(AutoScalingGroupName="web-qa",
+                                        LaunchTemplate={"LaunchTemplateId": world.templates["qa"], "Version": "2"})
+    runs(world, "qa", "2")
+    world.catalog.record_verification("webapp", version, env=None, started="x", seconds=1.0, passed=True, run_id="r",
+                                      summary="12 passed", reports={})
+    settings = deploy_yml("prod", "web-prod", "web-prod-lt", promote_from="qa")
+    settings["bakery_deploy"]["require_verified"] = ["container", "aws"]
+    world.write_env("prod", settings, {"LOG_LEVEL": "warn"})
+    described(refresh, "web-qa")  # promote checks the version is healthy in qa
+
+    with pytest.raises(OperationError, match=rf"\(AMI {world.amis[1]} in us-east-1\) has no aws verification; "
+                                             "environment 'prod' requires one"):
+        operations.promote(world.session, world.env("prod"), "webapp", None)
+    assert world.catalog.releases("prod") == []
+
+
+def test_an_environment_requiring_only_aws_does_not_need_the_bakes_own_test_to_pass(world):
+    # Packer's in-build test failed (its record says so) but the AMI passed verify --target aws: [aws] takes it,
+    # [container, aws] does not.
+    version, ami = world.versions[1], world.amis[1]
+    tag_ami(world, 1, "failed")
+    read_back(world, ami)
+    aws_gated(world, ["aws"])
+    fleet = AwsFleet(world.project, world.catalog, world.env("qa"), Progress(world.lines))
+    goal = fleet.goal_for(version, "sha256:c", {})
+    checks = dict(deployed=functools.partial(fleet.verified_ami, goal),
+                  aws=functools.partial(fleet.aws_verification, goal))
+    assert gate.require_verified(world.catalog, "webapp", version, required=("aws",), force=False, env="qa",
+                                 **checks) is False
+    with pytest.raises(OperationError, match="has no verification; environment 'qa' requires one"):
+        gate.require_verified(world.catalog, "webapp", version, required=("container", "aws"), force=False, env="qa",
+                              **checks)
+
+
+def test_a_recorded_copy_passes_the_aws_gate_through_its_sources_record_and_a_merely_tagged_one_does_not(world):
+    version, eu_ec2 = world.versions[1], clients.client("ec2", "eu-west-1")
+    tag_ami(world, 1, "passed")
+    copy = other_ami(world, f"webapp-{version}", eu_ec2)
+    verification_record.write_copy_record(world.ssm, source=verification_record.read_record(world.ssm, "webapp",
+                                                                                             version),
+                                          source_ami=world.amis[1], source_region="us-east-1",
+                                          copy=amis.describe_ami(eu_ec2, copy), region="eu-west-1", run_id="dist-1")
+    aws_gated(world, ["aws"], env="eu", region="eu-west-1")
+    fleet = AwsFleet(world.project, world.catalog, world.env("eu"), Progress(world.lines))
+    goal = fleet.goal_for(version, "sha256:c", {})
+    assert goal.image_id == copy
+    assert fleet.aws_verification(goal).passed is None  # the source has not passed verify --target aws yet
+    read_back(world, world.amis[1])
+    assert fleet.aws_verification(goal) == gate.AwsVerdict(
+        f"AMI {copy} in eu-west-1", True, f"secrets clean; vm 14 passed (on the source {world.amis[1]} in us-east-1)")
+    tagged = dataclasses.replace(goal, image_id=other_ami(world, "tagged", eu_ec2))
+    assert fleet.aws_verification(tagged).passed is None
+    read_back(world, tagged.image_id, ec2=eu_ec2, region="eu-west-1")  # verified where it is: its own record counts
+    assert fleet.aws_verification(tagged).passed is True
 
 
 def test_a_forced_deploy_passes_a_catalog_verification_whose_ami_check_fails_and_says_it_was_forced(world):

@@ -453,9 +453,10 @@ def bake_ami_name(run: Run, result) -> str:
     return f"sample-{result.version}-{run.id.rsplit('-', 1)[-1]}"
 
 
-def test_bake_py_describes_and_shares_the_amis_only_once_packer_tagged_them(aws_project, aws, packer_offline,
-                                                                            monkeypatch):
-    """Packer makes no attribute call (it would precede its tags); bake.py's own come after, on tagged resources."""
+def test_bake_py_describes_the_amis_only_once_packer_tagged_them_and_shares_them_with_no_account(
+        aws_project, aws, packer_offline, monkeypatch):
+    """Packer makes no attribute call (it would precede its tags); bake.py's own come after, on tagged resources.
+    aws.accounts get nothing from a bake: distribute shares a version once it passed verify --target aws."""
     for_moto(aws_project / "packer/aws.pkr.hcl", aws)
     settings = yaml.safe_load((aws_project / "bakery.yml").read_text())
     settings["aws"].update(accounts=["210987654321"], kms_key_id=KMS_KEY, region_kms_key_ids={"eu-west-1": EU_KMS_KEY})
@@ -491,11 +492,12 @@ def test_bake_py_describes_and_shares_the_amis_only_once_packer_tagged_them(aws_
     for region, ami in built.items():
         ec2 = boto3.client("ec2", region)
         permissions = ec2.describe_image_attribute(ImageId=ami, Attribute="launchPermission")["LaunchPermissions"]
-        assert permissions == [{"UserId": "210987654321"}]
+        assert permissions == []
         [snapshot] = amis.snapshot_ids(ec2.describe_images(ImageIds=[ami])["Images"][0])
         volumes = ec2.describe_snapshot_attribute(SnapshotId=snapshot, Attribute="createVolumePermission")
-        assert volumes["CreateVolumePermissions"] == [{"UserId": "210987654321"}]
-        assert ("ModifyImageAttribute", ami) in guard.allowed and ("ModifySnapshotAttribute", snapshot) in guard.allowed
+        assert volumes["CreateVolumePermissions"] == []
+        assert ("ModifySnapshotAttribute", snapshot) not in guard.allowed
+    assert ("ModifyImageAttribute", built["us-east-1"]) in guard.allowed  # ImdsSupport and Description
 
 
 class TagOnCreate:
@@ -594,10 +596,10 @@ def test_a_bake_copies_its_tagged_ami_itself_each_copy_tagged_on_create_with_its
     assert guard.refused == []  # every attribute call found bakery:managed=true, the copy's included
     other = boto3.client("ec2", "eu-west-1")
     [snapshot] = amis.snapshot_ids(other.describe_images(ImageIds=[copy])["Images"][0])
-    assert other.describe_image_attribute(ImageId=copy, Attribute="launchPermission")["LaunchPermissions"] == [
-        {"UserId": "210987654321"}]
+    # not shared with aws.accounts: distribute shares the version once it passed verify --target aws
+    assert other.describe_image_attribute(ImageId=copy, Attribute="launchPermission")["LaunchPermissions"] == []
     assert other.describe_snapshot_attribute(SnapshotId=snapshot, Attribute="createVolumePermission")[
-        "CreateVolumePermissions"] == [{"UserId": "210987654321"}]
+        "CreateVolumePermissions"] == []
     # one record, written once the copy was available, naming both regions; adoption in the copy's region passes
     record = verification_record.read_record(clients.client("ssm", "us-east-1"), "sample", result.version)
     assert record is not None and record["passed"] is True and record["amis"] == built

@@ -40,13 +40,19 @@ def test_shipped_environments_load(inventory_project):
     ("bakery_deploy: {image: webapp}\n", "bakery_deploy.lb_port is required"),
     ("bakery_deploy: {image: webapp, lb_port: 19000, target: gcp}\n", "bakery_deploy.target must be one of local, aws"),
     ("bakery_deploy: {image: webapp, lb_port: 19000, require_verified: maybe}\n",
-     "require_verified must be true, false or a list of container and vm (each once), got 'maybe'"),
+     "require_verified must be true, false or a list of container, vm and aws (each once), got 'maybe'"),
     ("bakery_deploy: {image: webapp, lb_port: 19000, require_verified: [vm, kvm]}\n",
-     "require_verified must be true, false or a list of container and vm (each once), got ['vm', 'kvm']"),
+     "require_verified must be true, false or a list of container, vm and aws (each once), got ['vm', 'kvm']"),
     ("bakery_deploy: {image: webapp, lb_port: 19000, require_verified: [vm, vm]}\n",
-     "require_verified must be true, false or a list of container and vm (each once), got ['vm', 'vm']"),
+     "require_verified must be true, false or a list of container, vm and aws (each once), got ['vm', 'vm']"),
     ("bakery_deploy: {image: webapp, target: aws, require_verified: [container, vm], aws: {region: eu-west-1}}\n",
-     "require_verified lists vm, which an aws environment cannot get yet"),
+     "bakery_deploy.require_verified lists vm, which an aws environment cannot get (verify --target aws boots "
+     "the AMI's own disk): use [container], [aws] or [container, aws]"),
+    ("bakery_deploy: {image: webapp, target: aws, require_verified: [aws, vm], aws: {region: eu-west-1}}\n",
+     "bakery_deploy.require_verified lists vm, which an aws environment cannot get"),
+    ("bakery_deploy: {image: webapp, lb_port: 19000, require_verified: [container, aws]}\n",
+     "bakery_deploy.require_verified lists aws, which only an aws environment can get (verify --target aws verifies "
+     "an AMI): use [container], [vm] or [container, vm]"),
     ("bakery_deploy: {image: webapp, lb_port: 19000, require_verified: []}\n",
      "require_verified must be true, false or a list"),
     ("bakery_deploy: {image: webapp, lb_port: 19000, instances: 2, data_volume: {name: d, path: /var/lib/webapp}}\n",
@@ -57,6 +63,16 @@ def test_invalid_deploy_settings_name_file_field_and_value(inventory_project, bo
     with pytest.raises(ConfigError) as err:
         load_environment(Project(inventory_project), "bad")
     assert message in str(err.value) and "inventories/bad/group_vars/all/deploy.yml" in str(err.value)
+
+
+@pytest.mark.parametrize("value, kinds", [
+    ("true", ("container",)), ("false", ()), ("[container]", ("container",)), ("[aws]", ("aws",)),
+    ("[container, aws]", ("container", "aws")), ("[aws, container]", ("aws", "container")),
+])
+def test_an_aws_environment_may_require_the_aws_verification(inventory_project, value, kinds):
+    write_deploy(inventory_project, "cloud", "bakery_deploy: {image: webapp, target: aws, require_verified: "
+                 f"{value}, aws: {{auto_scaling_group: web, launch_template: web}}}}\n")
+    assert load_environment(Project(inventory_project), "cloud").require_verified == kinds
 
 
 def test_promotion_cycle_is_refused(inventory_project):

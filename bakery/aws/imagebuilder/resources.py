@@ -210,8 +210,11 @@ def distribution_spec(image: str, version: str, keys: dict[str, str], accounts: 
                       ami_tags: dict[str, str]) -> dict[str, Any]:
     """Where the AMI goes: every region of `keys` (region -> its EBS key, '' = the region's default key).
 
-    Each copy is encrypted with its region's key, with launch permission for the
-    accounts and the provenance tags. No launch template update.
+    Each copy is encrypted with its region's key and carries the provenance tags.
+    No launch permission for `accounts`: nothing is shared before the version
+    passed `bake.py verify --target aws`, so `bake.py distribute` shares it then
+    (`accounts` stays in the signature for the builder's call). No launch
+    template update.
     """
     distributions = []
     for region, key in keys.items():
@@ -222,8 +225,6 @@ def distribution_spec(image: str, version: str, keys: dict[str, str], accounts: 
         }
         if key:
             ami["kmsKeyId"] = key
-        if accounts:
-            ami["launchPermission"] = {"userIds": list(accounts)}
         distributions.append({"region": region, "amiDistributionConfiguration": ami})
     return {"description": f"bakery AMIs of image {image}", "distributions": distributions}
 
