@@ -18,7 +18,7 @@ ACCOUNT_RE = re.compile(r"^\d{12}\Z")
 IAM_NAME_RE = re.compile(r"^[\w+=,.@-]{1,64}\Z")  # an IAM role or instance profile name
 LOG_GROUP_RE = re.compile(r"^[\w./#-]{1,512}\*?\Z")  # a log group name, or a prefix ending in *
 SUBNET_RE = re.compile(r"^subnet-[0-9a-f]+\Z")
-BUILDERS = ("packer", "imagebuilder")
+BUILDERS = ("packer", "imagebuilder", "disk")
 DEBIAN_12_PARAMETER = "/aws/service/debian/release/12/latest/amd64"
 
 

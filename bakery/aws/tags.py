@@ -29,6 +29,11 @@ ARTIFACTS = "bakery:artifacts"
 VERIFIED = "bakery:verified"
 VERIFICATION = "bakery:verification"  # its one-line summary
 RUN = "bakery:run"  # the bake's run id: a failed bake removes only what its own run registered
+# the disk builder's AMIs and snapshots (bakery.builders.disk): the sha256 (hex) of the raw disk they hold, which
+# builder made them ("disk"), and the local verifications that passed on exactly those bytes (one line)
+DISK_SHA256 = "bakery:disk-sha256"
+BUILDER = "bakery:builder"
+LOCAL_VERIFICATION = "bakery:local-verification"
 ENVIRONMENT = "bakery:environment"  # on instances and volumes launched for an environment
 
 

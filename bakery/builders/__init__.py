@@ -12,9 +12,10 @@ REGISTRY = {
     "podman": "bakery.builders.podman:PodmanBuilder",
     "packer": "bakery.builders.packer:PackerBuilder",
     "imagebuilder": "bakery.builders.imagebuilder:ImageBuilderBuilder",
+    "disk": "bakery.builders.disk:DiskBuilder",
 }
 # The builders each target accepts; the first is the default (on aws, bakery.yml's aws.builder overrides it).
-TARGET_BUILDERS = {"local": ("podman",), "aws": ("packer", "imagebuilder")}
+TARGET_BUILDERS = {"local": ("podman",), "aws": ("packer", "imagebuilder", "disk")}
 DEFAULT_BUILDER = {target: names[0] for target, names in TARGET_BUILDERS.items()}
 
 

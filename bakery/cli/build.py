@@ -77,8 +77,9 @@ def new_role(obj: Context, name: str) -> None:
 @click.argument("image")
 @click.option("--target", type=click.Choice(["local", "aws"]), default="local", show_default=True,
               help="Where the image is baked: a podman image (local) or an AMI (aws).")
-@click.option("--builder", type=click.Choice(["podman", "packer", "imagebuilder"]),
-              help="How: podman (local); packer or imagebuilder (aws; default aws.builder in bakery.yml, else packer).")
+@click.option("--builder", type=click.Choice(["podman", "packer", "imagebuilder", "disk"]),
+              help="How: podman (local); packer, imagebuilder or disk (aws; default aws.builder in bakery.yml, else "
+                   "packer). disk publishes the local version's verified disk as the AMI (EBS direct APIs).")
 @click.option("--no-cache", is_flag=True, help="Run every role again, ignoring cached layers.")
 @click.option("--keep-on-failure", is_flag=True, help="Keep the build container when the bake fails, for inspection.")
 @click.option("-e", "--extra-var", "extra_vars", multiple=True, metavar="KEY=VALUE",

@@ -16,7 +16,7 @@ from bakery.cli.common import emit_json
 @click.option("--env", "env_name", required=True, metavar="ENV", help="Environment to deploy to (inventories/ENV).")
 @click.option("--target", type=click.Choice(["local", "aws"]),
               help="Target; must match the environment's (default: the environment's).")
-@click.option("--builder", type=click.Choice(["podman", "packer", "imagebuilder"]),
+@click.option("--builder", type=click.Choice(["podman", "packer", "imagebuilder", "disk"]),
               help="Builder (default: podman locally; on aws, aws.builder in bakery.yml, else packer).")
 @click.option("--promote-to", metavar="ENV2",
               help="After the deploy, promote the same version to ENV2 (whose promote_from is ENV).")

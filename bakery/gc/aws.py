@@ -33,6 +33,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -66,6 +67,8 @@ class AwsPlan:
     leftovers: list[aws_leftovers.Leftover] = field(default_factory=list)  # untagged AMIs of dead bakes: they go
     leftovers_kept: list[aws_leftovers.Leftover] = field(default_factory=list)  # untagged, their bake may still run
     forget: list[tuple[str, str]] = field(default_factory=list)  # the dead bakes' pending catalog versions
+    snapshots: list[aws_leftovers.SnapshotLeftover] = field(default_factory=list)  # of dead disk builds: they go
+    snapshots_kept: list[aws_leftovers.SnapshotLeftover] = field(default_factory=list)  # their build may still run
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -88,11 +91,13 @@ class AwsGcReport:
     def lines(self) -> list[str]:
         """The report for a terminal: the copies that went (or would go), why the rest stays, what became used."""
         planned, verb = self.plan, "would delete" if self.dry_run else "deleted"
-        lines = [] if planned.delete or planned.leftovers else [f"nothing to delete in {', '.join(planned.regions)}"]
+        busy = planned.delete or planned.leftovers or planned.snapshots
+        lines = [] if busy else [f"nothing to delete in {', '.join(planned.regions)}"]
         gone = {d["ami_id"] for d in planned.deleted}
         lines += [f"{verb} leftover {e.ami_id} in {e.region} ({e.name}, {len(e.snapshots)} snapshots): {e.reason}"
                   for e in planned.leftovers if self.dry_run or e.ami_id in gone]
         lines += [f"keep leftover {e.ami_id} in {e.region} ({e.name}): {e.reason}" for e in planned.leftovers_kept]
+        lines += aws_leftovers.snapshot_lines(planned.snapshots, planned.snapshots_kept, self.dry_run)
         for entry in planned.delete:
             copies = [a for a in entry["amis"] if self.dry_run or a["ami_id"] in gone]
             where = ", ".join(f"{a['ami_id']} in {a['region']} ({len(a['snapshots'])} snapshots)" for a in copies)
@@ -230,7 +235,8 @@ def shared_use(region: str, found: list[AmiVersion], reasons: dict[str, list[str
 
 
 def plan(settings, keep: int, progress: Progress, env_regions: list[str] | tuple[str, ...] = (),
-         include_shared: bool = False, catalog: Catalog | None = None, images: Collection[str] = ()) -> AwsPlan:
+         include_shared: bool = False, catalog: Catalog | None = None, images: Collection[str] = (),
+         state_dir: Path | None = None) -> AwsPlan:
     """Look at every configured region (and every aws environment's) and decide; nothing is changed here.
 
     `catalog` tells which bakes of this checkout still run (an untagged AMI of one stays); untagged AMIs are
@@ -242,11 +248,15 @@ def plan(settings, keep: int, progress: Progress, env_regions: list[str] | tuple
     runs = aws_leftovers.bake_runs(catalog)
     left: list[aws_leftovers.Leftover] = []
     left_kept: list[aws_leftovers.Leftover] = []
+    snapshots: tuple[list, list] = ([], [])
     for region in regions:
         progress.note(f"gc: looking at AMIs, Auto Scaling groups, instances and release parameters in {region}")
         release_use(region, reasons)
         gone, kept = aws_leftovers.find(client("ec2", region), region, runs, images)
         left, left_kept = left + gone, left_kept + kept
+        if state_dir is not None:  # a disk build's run is judged by its pid file there
+            dead, live = aws_leftovers.find_snapshots(client("ec2", region), region, state_dir)
+            snapshots = (snapshots[0] + dead, snapshots[1] + live)
         untagged = {e.ami_id for e in gone + kept}  # claimed by an earlier gc, maybe: still no version to plan by
         region_amis = [a for a in managed_amis(client("ec2", region), region) if a.ami_id not in untagged]
         found += region_amis
@@ -257,6 +267,7 @@ def plan(settings, keep: int, progress: Progress, env_regions: list[str] | tuple
     planned = plan_aws(found, reasons, keep, regions)
     planned.leftovers, planned.leftovers_kept = left, left_kept
     planned.forget = aws_leftovers.dead_pending(left, runs)
+    planned.snapshots, planned.snapshots_kept = snapshots
     return planned
 
 
@@ -307,6 +318,8 @@ def apply(planned: AwsPlan, progress: Progress, catalog=None) -> AwsPlan:
     AccessDenied, and the catalog forgets exactly the AMIs that went, whatever stopped the run."""
     try:
         _remove_leftovers(planned, progress)
+        planned.failed += aws_leftovers.remove_planned_snapshots(lambda r: client("ec2", r), planned.snapshots,
+                                                                 progress.note)
         for entry in planned.delete:
             for ami in entry["amis"]:
                 busy = use_now(ami["region"], ami["ami_id"])
@@ -376,9 +389,10 @@ def collect_aws(project: Project, keep: int, progress: Progress, *, dry_run: boo
     images = project.image_names()
     if dry_run:
         return AwsGcReport(True, plan(project.aws, keep, progress, environment_regions(project),
-                                      include_shared=include_shared, catalog=catalog, images=images))
+                                      include_shared=include_shared, catalog=catalog, images=images,
+                                      state_dir=project.state_dir))
     with environment_locks(project, catalog, "aws"):
         planned = plan(project.aws, keep, progress, environment_regions(project), include_shared=include_shared,
-                       catalog=catalog, images=images)
+                       catalog=catalog, images=images, state_dir=project.state_dir)
         apply(planned, progress, catalog)
     return AwsGcReport(False, planned)

@@ -20,6 +20,13 @@ bakery:managed=true and bakery:run is a claim an earlier clean-up made and could
 finish: it is a leftover still. A leftover is then claimed (bakery.aws.amis.claim:
 bakery:managed and bakery:run, the one change the shipped IAM policy allows on an
 untagged AMI) and deregistered with its snapshots like any other AMI gc deletes.
+
+The disk builder (bakery.builders.disk) leaves another kind: a snapshot it started through the EBS direct APIs
+(tagged bakery:managed, bakery:builder=disk and its bakery:run from the start) whose run was killed before it
+registered the AMI: pending, errored, or even completed, and under no AMI. find_snapshots decides from the run's
+directory in this checkout (.bakery/runs/<id>/pid): over once that pid is gone; a run this checkout does not know
+is over once the snapshot is older than UNKNOWN_RUN_AGE; an errored snapshot is useless whoever made it. The disk
+builder removes its image's such snapshots before it publishes, and gc removes all of them.
 """
 
 from __future__ import annotations
@@ -28,9 +35,13 @@ import re
 from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
-from bakery.aws import amis, tags
+from botocore.exceptions import ClientError
+
+from bakery.aws import amis, ebs_direct, tags
+from bakery.aws.clients import AccessDenied
 from bakery.catalog import Catalog
 from bakery.processes import pid_alive
 
@@ -118,3 +129,108 @@ def dead_pending(leftovers: list[Leftover], runs: dict[tuple[str, str, str], dic
     """The pending catalog versions of the dead bakes whose leftovers these are (to forget once they are gone)."""
     rows = [runs.get((e.image, e.version, e.run_id.rsplit("-", 1)[-1])) for e in leftovers]
     return sorted({(r["image"], r["version"]) for r in rows if r is not None and r["status"] == "pending"})
+
+
+@dataclass
+class SnapshotLeftover:
+    """A snapshot the disk builder started whose run is over (or one kept because its run may still go on)."""
+
+    region: str
+    snapshot_id: str
+    image: str
+    run_id: str
+    state: str
+    reason: str
+    deleted: bool = False  # set once gc (or the disk builder) removed it
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _run_over(state_dir: Path, run_id: str, started: datetime | None, now: datetime) -> tuple[bool, str]:
+    """(is the run over, why), from its pid file in this checkout, else from the snapshot's age."""
+    try:
+        pid = int((state_dir / "runs" / run_id / "pid").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        pid = 0
+    if pid:
+        if pid_alive(pid):
+            return False, f"run {run_id} (pid {pid}) is still running"
+        return True, f"run {run_id} (pid {pid}) ended before it registered an AMI"
+    hours = UNKNOWN_RUN_AGE.total_seconds() / 3600
+    if started is not None and now - started >= UNKNOWN_RUN_AGE:
+        return True, f"no run of this checkout made it and it is older than {hours:.0f} h: its run is over"
+    return False, f"no run of this checkout made it and it is younger than {hours:.0f} h: another may still publish"
+
+
+DISK_SNAPSHOT_STATES = ("pending", "error", "completed")  # completed too: a run killed before RegisterImage
+
+
+def find_snapshots(ec2, region: str, state_dir: Path, image: str | None = None,
+                   now: datetime | None = None) -> tuple[list[SnapshotLeftover], list[SnapshotLeftover]]:
+    """(snapshots of disk builds that are over, snapshots kept because their build may still run) in one region;
+    of `image` only when given. Nothing is changed here."""
+    now = now or datetime.now(UTC)
+    found = [s for s in ebs_direct.leftover_snapshots(ec2, DISK_SNAPSHOT_STATES)
+             if tags.from_tag_list(s.get("Tags")).get(tags.BUILDER) == "disk"
+             and (image is None or tags.from_tag_list(s.get("Tags")).get(tags.IMAGE) == image)]
+    if not found:
+        return [], []
+    # a run that registered an AMI got past its upload (an endpoint may show the AMI over another snapshot: moto)
+    registered = {tags.from_tag_list(i.get("Tags")).get(tags.RUN) for i in amis.find_amis(ec2, {tags.MANAGED: "true"})}
+    remove: list[SnapshotLeftover] = []
+    keep: list[SnapshotLeftover] = []
+    for snapshot in found:
+        facts = tags.from_tag_list(snapshot.get("Tags"))
+        run_id, state = facts.get(tags.RUN, ""), snapshot.get("State", "")
+        if run_id in registered:
+            continue
+        if state == "error":
+            over, reason = True, f"its upload failed (state error, run {run_id})"
+        else:
+            over, reason = _run_over(state_dir, run_id, snapshot.get("StartTime"), now)
+        entry = SnapshotLeftover(region=region, snapshot_id=snapshot["SnapshotId"], image=facts.get(tags.IMAGE, ""),
+                                 run_id=run_id, state=state, reason=reason)
+        (remove if over else keep).append(entry)
+    return remove, keep
+
+
+def remove_snapshots(ec2, leftovers: list[SnapshotLeftover]) -> tuple[list[str], list[dict[str, str]]]:
+    """Delete each leftover snapshot (gone already counts as deleted); ([deleted ids], [{snapshot_id, error}])."""
+    deleted: list[str] = []
+    failed: list[dict[str, str]] = []
+    for entry in leftovers:
+        try:
+            ec2.delete_snapshot(SnapshotId=entry.snapshot_id)
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] != "InvalidSnapshot.NotFound":
+                failed.append({"snapshot_id": entry.snapshot_id, "error": str(exc)})
+                continue
+        except AccessDenied as exc:  # this snapshot only: the rest still go
+            failed.append({"snapshot_id": entry.snapshot_id, "error": str(exc)})
+            continue
+        entry.deleted = True
+        deleted.append(entry.snapshot_id)
+    return deleted, failed
+
+
+def remove_planned_snapshots(ec2_for, leftovers: list[SnapshotLeftover], note) -> list[dict[str, str]]:
+    """gc's removal of the snapshots it planned, region by region (`ec2_for(region)` gives the client); returns the
+    failures as gc reports them ({region, ami_id: the snapshot, error}); `note` says what went."""
+    failed: list[dict[str, str]] = []
+    for region in sorted({e.region for e in leftovers}):
+        here = [e for e in leftovers if e.region == region]
+        _, problems = remove_snapshots(ec2_for(region), here)
+        failed += [{"region": region, "ami_id": p["snapshot_id"], "error": p["error"]} for p in problems]
+        for entry in here:
+            if entry.deleted:
+                note(f"gc: deleted snapshot {entry.snapshot_id} ({entry.state}) in {region}: {entry.reason}")
+    return failed
+
+
+def snapshot_lines(remove: list[SnapshotLeftover], keep: list[SnapshotLeftover], dry_run: bool) -> list[str]:
+    """gc's report lines for the disk builds' snapshots."""
+    verb = "would delete" if dry_run else "deleted"
+    return ([f"{verb} leftover snapshot {e.snapshot_id} in {e.region} ({e.image}, {e.state}): {e.reason}"
+             for e in remove if dry_run or e.deleted]
+            + [f"keep leftover snapshot {e.snapshot_id} in {e.region} ({e.image}): {e.reason}" for e in keep])
