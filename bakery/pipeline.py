@@ -1,14 +1,11 @@
 """`bake.py pipeline`: build-app, build, verify, deploy and promote one image, as one resumable job.
 
-The stages are data (STAGES): each takes the pipeline's state and returns a
-StageResult, or raises a BakeryError whose exit code becomes the pipeline's.
-Nothing is repeated that already happened with the same inputs: the builder
-reuses a version with the same input digest, a version's passed verification in
-the catalog is reused, and an environment already running the version with its
-runtime config is left alone ("unchanged"). So a re-run after a failure resumes
-at the stage that failed. Every stage's result is kept in
-.bakery/pipelines/<image>.<env>.json (written atomically after each stage) and
-the whole summary in the pipeline's run directory.
+The stages are data (STAGES): each takes the pipeline's state and returns a StageResult, or raises a
+BakeryError whose exit code becomes the pipeline's. Nothing is repeated that already happened with the same
+inputs: the builder reuses a version with the same input digest, a version's passed verification is reused,
+and an environment already running the version with its runtime config is left alone ("unchanged"). So a
+re-run after a failure resumes at the stage that failed. Every stage's result is kept in
+.bakery/pipelines/<image>.<env>.json (written atomically after each stage), the summary in its run directory.
 """
 
 from __future__ import annotations
@@ -166,14 +163,17 @@ def build_stage(p: Pipeline) -> StageResult:
 
 
 def verify_stage(p: Pipeline) -> StageResult:
-    """The container verification, then the VM one when the environment (or --promote-to's) requires it."""
+    """The container verification, then the VM (local) or read-back (aws) one where ENV or --promote-to's needs it."""
     result = _verify_container(p)
     kinds = set(p.env.require_verified) | set(p.promote_env.require_verified if p.promote_env else ())
     if "vm" in kinds and p.target == "local":
-        from bakery.verify.vm import ensure_vm_verified
-
-        result.detail += "; " + ensure_vm_verified(p.project, p.catalog, p.progress, p.definition.name,
-                                                   p.result.version or "", p.env.name, p.request.force_verify)
+        from bakery.verify.vm import ensure_vm_verified as ensure
+    elif "aws" in kinds and p.target == "aws":
+        from bakery.verify.aws_readback import ensure_ami_verified as ensure  # type: ignore[assignment]
+    else:
+        return result
+    result.detail += "; " + ensure(p.project, p.catalog, p.progress, p.definition.name, p.result.version or "",
+                                   p.env.name, p.request.force_verify)
     return result
 
 

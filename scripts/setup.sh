@@ -5,9 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# qemu-system-x86, ovmf, qemu-utils: verify --vm; e2fsprogs, dosfstools, mtools (and systemd-repart, in systemd): bake.py disk;
+# fdisk (sfdisk): verify --target aws reads a read-back disk's partition table; qemu-system-x86, ovmf, qemu-utils: verify --vm; e2fsprogs, dosfstools, mtools (and systemd-repart, in systemd): bake.py disk;
 # openssh-client: the verify VM's break-glass SSH; nftables, iproute2: the IMDS tests' network namespaces
-PACKAGES=(podman runc mmdebstrap haproxy packer podman-docker socat git python3-venv uidmap qemu-system-x86 qemu-utils ovmf e2fsprogs dosfstools mtools openssh-client nftables iproute2)
+PACKAGES=(fdisk podman runc mmdebstrap haproxy packer podman-docker socat git python3-venv uidmap qemu-system-x86 qemu-utils ovmf e2fsprogs dosfstools mtools openssh-client nftables iproute2)
 CONTAINERS_CONF=/etc/containers/containers.conf
 VENV=.venv
 PYTHON=${PYTHON:-python3}

@@ -61,7 +61,8 @@ def remove_test_images():
             podman.run("rmi", "-f", *sorted(set(ids)), check=False)
 
 
-PROJECT_FILES = ("bakery.yml", "ansible.cfg", "app", "roles", "playbooks", "inventories", "tests/images")
+PROJECT_FILES = ("bakery.yml", "verify-allowlist.yml", "ansible.cfg", "app", "roles", "playbooks", "inventories",
+                 "tests/images")
 
 
 @pytest.fixture(scope="session")
