@@ -12,6 +12,9 @@ role per environment: `envs` renders the deploy permissions for those
 environments only (by the bakery:environment tag), and build=False leaves the
 bake out (a promote-only role).
 
+aws.builder disk (bakery.builders.disk) adds the EBS direct APIs and RegisterImage, scoped by tags, and every
+building role may read back what bakery made (`verify --target aws`, any builder): bakery.aws.iam_policy_snapshots.
+
 The Image Builder build instance's role gets its own rendering
 (render_instance_role_policy; docs/aws-imagebuilder-instance-role.json), from
 the same settings. Pure: no AWS call; the account id and partition are arguments.
@@ -29,13 +32,12 @@ from bakery.aws.iam_policy_size import MANAGED_POLICY_LIMIT as MANAGED_POLICY_LI
 from bakery.aws.iam_policy_size import policy_size as policy_size
 from bakery.aws.iam_policy_size import size_note as size_note
 from bakery.aws.iam_policy_size import split_policy as split_policy
+from bakery.aws.iam_policy_snapshots import KMS_VIA, MANAGED, OWN_TAG_KEYS, disk_statements, read_back_statements
 from bakery.aws.settings import ACCOUNT_RE, AwsSettings, check_packer_network, role_names
 from bakery.errors import ConfigError
 
 Statement = dict[str, Any]
 
-MANAGED = {f"aws:ResourceTag/{tags.MANAGED}": "true"}
-OWN_TAG_KEYS = {"aws:TagKeys": ["bakery:*", "Name"]}
 VERIFICATIONS = "bakery/verifications"  # SSM parameters written once per version (bakery.aws.verification_record)
 BUNDLES = "bundles"  # the Image Builder bundles' key prefix (bakery.aws.bundle)
 IMAGE_BUILDER_LOGS = "imagebuilder-logs"  # Image Builder's build logs (bakery.aws.imagebuilder.resources)
@@ -115,8 +117,8 @@ def check_request(settings: AwsSettings, *, envs: Sequence[str] = (), build: boo
 
 
 def _build(s: AwsSettings, arns: Arns) -> list[Statement]:
-    """Baking (with the configured builder only), distributing, gc and the verification records."""
-    packer, image_builder = s.builder == "packer", s.builder == "imagebuilder"
+    """Baking (with the configured builder only), reading back, distributing, gc and the verification records."""
+    packer, image_builder, disk = s.builder == "packer", s.builder == "imagebuilder", s.builder == "disk"
     return [
         *([{"Sid": "ImageBuilderLists", "Effect": "Allow", "Action": IMAGE_BUILDER_LISTS, "Resource": "*"}]
           if image_builder else []),
@@ -124,17 +126,21 @@ def _build(s: AwsSettings, arns: Arns) -> list[Statement]:
          "Action": ["ec2:DescribeImageAttribute", "ec2:DescribeSnapshotAttribute"],
          "Resource": arns.images_and_snapshots()},
         *(_build_instance(s, arns) if packer else []),
+        *(disk_statements(*arns.images_and_snapshots()) if disk else []),  # (image ARN, snapshot ARN)
+        *read_back_statements(arns.ec2("snapshot/*", owned=False)),
         *_images(s, arns),
         *_tagging(arns),
         *_build_roles(s, arns),
         {"Sid": "VerificationRecords", "Effect": "Allow", "Action": "ssm:PutParameter",
          "Resource": arns.service("ssm", f"parameter/{VERIFICATIONS}/*")},
         *(_image_builder(s, arns) if image_builder else []),
-        {"Sid": "KmsThroughEc2", "Effect": "Allow",
-         "Action": ["kms:CreateGrant", "kms:Decrypt", "kms:DescribeKey", "kms:Encrypt",
+        # through EC2 (volumes, CreateImage, CopyImage) and the EBS direct APIs (iam_policy_snapshots: KMS_VIA;
+        # kms:GenerateDataKey is on their list besides EC2's)
+        {"Sid": "KmsThroughEc2AndEbs", "Effect": "Allow",
+         "Action": ["kms:CreateGrant", "kms:Decrypt", "kms:DescribeKey", "kms:Encrypt", "kms:GenerateDataKey",
                     "kms:GenerateDataKeyWithoutPlaintext", "kms:ReEncryptFrom", "kms:ReEncryptTo"],
          "Resource": arns.service("kms", "key/*"),
-         "Condition": {"StringLike": {"kms:ViaService": "ec2.*.amazonaws.com"}}},
+         "Condition": {"StringLike": {"kms:ViaService": KMS_VIA}}},
     ]
 
 
@@ -207,8 +213,9 @@ def _tagging(arns: Arns) -> list[Statement]:
 
 
 def _build_roles(s: AwsSettings, arns: Arns) -> list[Statement]:
-    """PassRole for the build role only, only to EC2 (Packer) or Image Builder; the build profile read."""
-    if not s.build_role:
+    """PassRole for the build role only, only to EC2 (Packer) or Image Builder; the build profile read. The disk
+    builder launches nothing."""
+    if not s.build_role or s.builder not in PASS_TO_BUILD:
         return []
     statements: list[Statement] = [
         {"Sid": "PassBuildRole", "Effect": "Allow", "Action": "iam:PassRole",

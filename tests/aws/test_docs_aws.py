@@ -129,11 +129,12 @@ def iam_action(service: str, operation: str, signing_name: str = "") -> str:
 
 def policy_actions() -> list[str]:
     """The actions the Allow statements grant (Deny statements only narrow them), of the policy and of the same
-    settings with aws.builder imagebuilder (the Image Builder statements are rendered only for it)."""
+    settings with aws.builder imagebuilder and disk (each builder's statements are rendered only for it)."""
     policy = json.loads(POLICY.read_text(encoding="utf-8"))
     assert policy["Version"] == "2012-10-17"
     actions = []
-    for statement in policy["Statement"] + _example_rendering(builder="imagebuilder")["Statement"]:
+    others = [s for builder in ("imagebuilder", "disk") for s in _example_rendering(builder=builder)["Statement"]]
+    for statement in policy["Statement"] + others:
         assert statement["Effect"] in ("Allow", "Deny") and statement.get("Resource") and statement.get("Sid")
         listed = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
         actions += listed if statement["Effect"] == "Allow" else []
@@ -216,19 +217,47 @@ def test_the_policy_lets_bakery_change_only_what_it_tagged_as_its_own():
     assert [s["Condition"] for s in buckets] == [{"StringLikeIfExists": {"s3:prefix": "bundles/*"}}]
 
 
+def test_the_disk_builder_writes_and_registers_only_what_is_tagged_as_bakery_s():
+    """aws.builder disk: every EBS direct write and read and RegisterImage needs bakery:managed=true, on the snapshot
+    it acts on, or in the request for what it creates (with bakery's tag keys only); ListChangedBlocks is never
+    granted. The same read-back statement is in every building role (verify --target aws)."""
+    own_keys = {"ForAllValues:StringLike": {"aws:TagKeys": ["bakery:*", "Name"]}}
+    granting = defaultdict(list)  # action -> (Resource, Condition) of every Allow granting it
+    for statement in (s for s in _example_rendering(builder="disk")["Statement"] if s["Effect"] == "Allow"):
+        patterns = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        for action in ("ebs:StartSnapshot", "ebs:PutSnapshotBlock", "ebs:CompleteSnapshot", "ebs:GetSnapshotBlock",
+                       "ebs:ListSnapshotBlocks", "ebs:ListChangedBlocks", "ec2:RegisterImage"):
+            if any(fnmatch.fnmatchcase(action, pattern) for pattern in patterns):
+                granting[action].append((statement["Resource"], statement.get("Condition") or {}))
+    creating = {"StringEquals": {"aws:RequestTag/bakery:managed": "true"}, **own_keys}
+    owned = {"StringEquals": {"aws:ResourceTag/bakery:managed": "true"}}
+    snapshots, images = "arn:aws:ec2:*::snapshot/*", "arn:aws:ec2:*::image/*"
+    assert granting.pop("ebs:StartSnapshot") == [(snapshots, creating)]
+    assert sorted(granting.pop("ec2:RegisterImage")) == sorted([(images, creating), (snapshots, owned)])
+    assert "ebs:ListChangedBlocks" not in granting
+    assert granting == {action: [(snapshots, owned)] for action in granting} and len(granting) == 4
+    policy = json.loads(POLICY.read_text(encoding="utf-8"))
+    assert [s for s in policy["Statement"] if s["Sid"] == "ReadBackOwnSnapshots"] == [
+        s for s in _example_rendering(builder="disk")["Statement"] if s["Sid"] == "ReadBackOwnSnapshots"]
+
+
 EXAMPLE_SETTINGS = REPO / "docs" / "aws-iam-policy.example.yml"
 EXAMPLE_ACCOUNT = "111122223333"
 
 
 def _example_rendering(**changes) -> dict:
+    """The example settings' policy with changes (aws.builder set after loading, as the replay does)."""
+    from dataclasses import replace
+
     import yaml
 
     from bakery.aws.iam_policy import render_policy
     from bakery.aws.settings import load_aws_settings
 
+    builder = changes.pop("builder", "")
     settings = load_aws_settings({**yaml.safe_load(EXAMPLE_SETTINGS.read_text(encoding="utf-8"))["aws"], **changes},
                                  str(EXAMPLE_SETTINGS))
-    return render_policy(settings, EXAMPLE_ACCOUNT)
+    return render_policy(replace(settings, builder=builder) if builder else settings, EXAMPLE_ACCOUNT)
 
 
 def test_the_checked_in_policy_is_the_rendering_of_the_example_settings():
@@ -273,3 +302,7 @@ def test_parliament_finds_nothing_but_the_split_ec2_statements():
     for finding in findings:
         assert finding.issue == "RESOURCE_MISMATCH", (finding.issue, finding.detail)
         assert {d["action"] for d in finding.detail} <= {"ec2:RunInstances", "ec2:CreateImage"}, finding.detail
+    # the disk builder's RegisterImage is split likewise: the new image by request tags, its snapshot by its tags
+    for finding in analyze_policy_string(json.dumps(_example_rendering(builder="disk"))).findings:
+        assert finding.issue == "RESOURCE_MISMATCH", (finding.issue, finding.detail)
+        assert {d["action"] for d in finding.detail} <= {"ec2:RunInstances", "ec2:RegisterImage"}, finding.detail

@@ -12,14 +12,17 @@ the clean-ups in reverse), then bakery after Packer (attributes, its own tagged 
 bakery/aws/distribute.py, the record) and its undo (bakery/aws/amis.py claim), bakery/builders/imagebuilder.py with
 bakery/aws/imagebuilder/ (against an imagebuilder rendering: the example bakes with Packer), bakery/fleets/aws*.py,
 bakery/aws/distribute.py, bakery/gc/aws.py with bakery/gc/aws_leftovers.py, bakery/observe/ and bakery/aws/adopt.py
-with the verification record. The per-environment roles (`iam-policy --env`, `--no-build`) are replayed too.
+with the verification record, bakery/builders/disk.py with bakery/aws/ebs_direct.py (the EBS direct APIs, against a
+disk rendering), `verify --target aws` (bakery/verify/aws_readback.py, bakery/aws/readback_record.py). Nothing is
+shared before distribute, which reads the readback record first. The per-environment roles (`iam-policy --env`,
+`--no-build`) are replayed too.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 
 import pytest
@@ -103,12 +106,12 @@ def run_instances(resources: dict[str, dict], request_tags: dict[str, str]) -> l
     return [Call("ec2:RunInstances", arn, request_tags=request_tags, **extra) for arn, extra in resources.items()]
 
 
-def set_attributes(region: str, ami: str, snap: str) -> list[Call]:
-    """packer_bake._set_attributes, after the AMI is tagged: IMDSv2, description, then the sharing."""
+def set_attributes(region: str, ami: str) -> list[Call]:
+    """packer_bake._set_attributes, after the AMI is tagged: IMDSv2 and the description; no sharing (distribute
+    shares, after the readback record passed)."""
     return [
         Call("ec2:ModifyImageAttribute", image(ami, region), AMI_TAGS, context={"ec2:Attribute": "imdsSupport"}),
-        Call("ec2:ModifyImageAttribute", image(ami, region), AMI_TAGS, context={"ec2:Attribute": "description"}),
-        *share(region, ami, snap)]
+        Call("ec2:ModifyImageAttribute", image(ami, region), AMI_TAGS, context={"ec2:Attribute": "description"})]
 
 
 def share(region: str, ami: str, snap: str) -> list[Call]:
@@ -123,9 +126,15 @@ def share(region: str, ami: str, snap: str) -> list[Call]:
     ]
 
 
-def kms_via_ec2(action: str, region: str) -> Call:
+def kms_via_ec2(action: str, region: str, service: str = "ec2") -> Call:
     return Call(action, f"arn:aws:kms:{region}:{ACCOUNT}:key/1234abcd-12ab-34cd-56ef-1234567890ab",
-                context={"kms:ViaService": f"ec2.{region}.amazonaws.com"})
+                context={"kms:ViaService": f"{service}.{region}.amazonaws.com"})
+
+
+def kms_via_ebs(*actions: str) -> list[Call]:
+    """The EBS direct APIs use the snapshot's key on the caller's behalf; which kms:ViaService they present is
+    undocumented (bakery/aws/iam_policy_snapshots.py): both EC2's and their endpoint's are replayed."""
+    return [kms_via_ec2(action, HOME, service) for action in actions for service in ("ec2", "ebs")]
 
 
 def reserve(image_name: str = "webapp") -> list[Call]:
@@ -169,12 +178,12 @@ def packer_build() -> list[Call]:
         Call("ec2:CreateTags", new_image[1], AMI_TAGS, request_tags=AMI_TAGS),
         # the clean-ups, in reverse: the build instance and its key pair
         Call("ec2:TerminateInstances", ec2("instance/i-0build"), RUN_TAGS), Call("ec2:DeleteKeyPair", key_pair),
-        # bakery after Packer (packer_bake): the AMI visible and tagged, the build's result tagged for humans, IMDSv2,
-        # the description and sharing on the tagged AMI; then its copies, tagged at creation with each region's key,
-        # waited for, tags they lack, IMDSv2 and sharing; then the write-once verification record
+        # bakery after Packer (packer_bake): the AMI visible and tagged, the build's result tagged for humans, IMDSv2
+        # and the description on the tagged AMI; then its copies, tagged at creation with each region's key, waited
+        # for, tags they lack, IMDSv2; then the write-once verification record. Nothing is shared: distribute does.
         Call("ec2:DescribeImages"),
         *[Call("ec2:CreateTags", arn, AMI_TAGS, request_tags=VERIFIED) for arn in new_image],
-        *set_attributes(HOME, "ami-0new", "snap-0new"),
+        *set_attributes(HOME, "ami-0new"),
         Call("ec2:CopyImage", new_image[0], AMI_TAGS, request_tags=copy_tags),
         *[Call("ec2:CopyImage", arn, request_tags=copy_tags) for arn in copy],
         *[Call("ec2:CreateTags", arn, request_tags=copy_tags, context={"ec2:CreateAction": "CopyImage"})
@@ -184,7 +193,6 @@ def packer_build() -> list[Call]:
         Call("ec2:DescribeImages"), Call("ec2:DescribeSnapshots"),
         Call("ec2:CreateTags", copy[1], AMI_TAGS, request_tags=copy_tags),  # tag_missing
         Call("ec2:ModifyImageAttribute", copy[0], copy_tags, context={"ec2:Attribute": "imdsSupport"}),
-        *share(OTHER, "ami-0copy", "snap-0copy"),
         Call("ssm:PutParameter", ssm(f"/bakery/verifications/webapp/{VERSION}"), context={"ssm:Overwrite": "false"}),
     ]
 
@@ -294,6 +302,7 @@ def deploy(env: str = "qa") -> list[Call]:
         Call("autoscaling:DescribeAutoScalingGroups"), Call("ec2:DescribeLaunchTemplates"),
         Call("ec2:DescribeLaunchTemplateVersions"), Call("ec2:DescribeImages"),
         Call("ssm:GetParameter", ssm(f"/bakery/verifications/webapp/{VERSION}")),  # adopting a CI-baked version
+        *readback_gate(),  # an environment requiring the aws verification
         Call("autoscaling:UpdateAutoScalingGroup", group, owned(env), context=PINNED),  # _pin_number
         *launch_check(env, "ami-0old"),
         Call("ec2:DescribeLaunchTemplateVersions"),
@@ -338,15 +347,29 @@ def rollback() -> list[Call]:
             Call("ssm:GetParameterHistory", ssm("/bakery/webapp/qa/ami-id")), *deploy("qa")]
 
 
+def readback_gate(ami: str = "ami-0new") -> list[Call]:
+    """readback_record.verdict on an AMI: its own readback records (one GetParametersByPath on the AMI's level of
+    the home region), else, for a copy distribute recorded, the copy record and the bake's record."""
+    return [Call("ssm:GetParametersByPath", ssm(readback_path(ami))),
+            Call("ssm:GetParameter", ssm(f"/bakery/verifications/webapp/copies/{VERSION}/{OTHER}/ami-0copy")),
+            Call("ssm:GetParameter", ssm(f"/bakery/verifications/webapp/{VERSION}"))]
+
+
+def readback_path(ami: str = "ami-0new", region: str = HOME) -> str:
+    return f"/bakery/verifications/webapp/readback/{VERSION}/{region}/{ami}"
+
+
 def distribute() -> list[Call]:
-    """The source AMI and its passing record (home region); a copy per region, tagged at creation; the copy's own
-    write-once record in the home region (verification_record.write_copy_record); tags it lacks; sharing. A copy
-    found from an earlier run: its copy record is read instead."""
+    """The source AMI, its passing record and its passing readback record (home region: distribute refuses an
+    unverified version before anything); a copy per region, tagged at creation; the copy's own write-once record in
+    the home region (verification_record.write_copy_record); tags it lacks; sharing, only here. A copy found from an
+    earlier run: its copy record is read instead."""
     source_tags = {**AMI_TAGS, **VERIFIED}  # a bake's AMI
     copy_tags = {k: v for k, v in source_tags.items() if k.startswith("bakery:") or k == "Name"}
     copies = f"/bakery/verifications/webapp/copies/{VERSION}/{OTHER}"
     return [
         Call("ec2:DescribeImages"), Call("ssm:GetParameter", ssm(f"/bakery/verifications/webapp/{VERSION}")),
+        *readback_gate(), Call("ec2:DescribeSnapshots"),
         Call("ec2:DescribeImages"),  # a copy there already?
         Call("ec2:CopyImage", image("ami-0new"), source_tags, request_tags=copy_tags),
         Call("ec2:CopyImage", image("ami-0copy", OTHER), request_tags=copy_tags),
@@ -374,7 +397,7 @@ def distribute_an_image_builder_ami() -> list[Call]:
     copy_tags = {k: v for k, v in source_tags.items() if k.startswith("bakery:") or k == "Name"}
     copy = (image("ami-0copy", OTHER), snapshot("snap-0copy", OTHER))
     return [Call("ec2:DescribeImages"), Call("ssm:GetParameter", ssm(f"/bakery/verifications/webapp/{VERSION}")),
-            Call("ec2:DescribeImages"),
+            *readback_gate("ami-0ib"), Call("ec2:DescribeImages"),
             Call("ec2:CopyImage", image("ami-0ib"), source_tags, request_tags=copy_tags),
             *[Call("ec2:CopyImage", arn, request_tags=copy_tags) for arn in copy],
             *[Call("ec2:CreateTags", arn, request_tags=copy_tags, context={"ec2:CreateAction": "CopyImage"})
@@ -402,7 +425,7 @@ def gc_leftovers() -> list[Call]:
     """An AMI a dead bake registered but never tagged (gc/aws_leftovers.py): found by its run's name in every region,
     claimed for bakery:run unknown-build-<suffix> (or the catalog's run), then removed like any other."""
     claim = {"bakery:managed": "true", "bakery:run": "unknown-build-813933"}
-    return [*[call for region in (HOME, OTHER) for call in (
+    return [*disk_leftovers(), *[call for region in (HOME, OTHER) for call in (
         Call("ec2:DescribeImages"),  # by name <image>-<version>-<suffix>
         Call("ec2:DescribeInstances"), Call("autoscaling:DescribeAutoScalingGroups"),  # in use since the plan?
         Call("ec2:DescribeSnapshots"),
@@ -411,6 +434,83 @@ def gc_leftovers() -> list[Call]:
         Call("ec2:DescribeImages"),
         Call("ec2:DeregisterImage", image("ami-0orphan", region), claim),
         Call("ec2:DeleteSnapshot", snapshot("snap-0orphan", region), claim))]]
+
+
+DEAD_RUN = "20261127T101010Z-build-424242"
+DISK = "0f" * 32  # the disk's sha256
+DISK_TAGS = {**AMI_TAGS, "bakery:disk-sha256": DISK, "bakery:builder": "disk",
+             "bakery:local-verification": "vm passed 20261128T220000Z-verify-vm-813900; container passed", **VERIFIED}
+NEW_SNAPSHOT = snapshot("*")  # StartSnapshot is authorized before the snapshot has an id
+
+
+def disk_leftovers(run: str = DEAD_RUN) -> list[Call]:
+    """ebs_direct.run_snapshots / leftover_snapshots: a pending or errored snapshot a dead run started (tagged at
+    StartSnapshot), no AMI using it, deleted (by a disk bake of the image first, and by gc --target aws)."""
+    dead = {**DISK_TAGS, "bakery:run": run}
+    return [call for region in (HOME, OTHER) for call in (
+        Call("ec2:DescribeSnapshots"), Call("ec2:DescribeImages"),
+        Call("ec2:DeleteSnapshot", snapshot("snap-0partial", region), dead))]
+
+
+def start_snapshot(parent: str = "") -> list[Call]:
+    """ebs_direct.publish's StartSnapshot: tagged at creation (authorized as ec2:CreateTags too: the Service
+    Authorization Reference), encrypted with the region's key (a parent's key too, for an incremental one)."""
+    keys = {"ebs:VolumeSize": "2", "ebs:Description": f"webapp {VERSION}",
+            **({"ebs:ParentSnapshot": parent} if parent else {})}
+    return [Call("ebs:StartSnapshot", NEW_SNAPSHOT, request_tags=DISK_TAGS, context=keys),
+            Call("ec2:CreateTags", NEW_SNAPSHOT, request_tags=DISK_TAGS, context={"ec2:CreateAction": "StartSnapshot"}),
+            *kms_via_ebs("kms:DescribeKey", "kms:CreateGrant", "kms:GenerateDataKeyWithoutPlaintext",
+                         "kms:GenerateDataKey", "kms:Encrypt", "kms:Decrypt", "kms:ReEncryptFrom", "kms:ReEncryptTo")]
+
+
+def disk_build(parent: str = "") -> list[Call]:
+    """bakery/builders/disk.py: an AMI of this disk to reuse (bakery:disk-sha256), the version's AMI, the parent
+    (newest AMI of the image with a disk digest); dead runs' snapshots removed; StartSnapshot, the changed blocks,
+    CompleteSnapshot, waited for 'completed'; RegisterImage (tagged at creation, from that snapshot only); the
+    snapshot tagged; the bake's write-once record. Nothing shared: distribute shares."""
+    new = snapshot("snap-0disk")
+    return [
+        Call("sts:GetCallerIdentity"), Call("ec2:DescribeImages"), *reserve(), Call("ec2:DescribeImages"),
+        *disk_leftovers(),
+        *start_snapshot(parent),
+        Call("ebs:PutSnapshotBlock", new, DISK_TAGS), Call("ebs:CompleteSnapshot", new, DISK_TAGS),
+        Call("ec2:DescribeSnapshots"),
+        Call("ec2:RegisterImage", image("ami-0disk"), request_tags=DISK_TAGS),
+        Call("ec2:RegisterImage", new, DISK_TAGS),
+        Call("ec2:CreateTags", image("ami-0disk"), request_tags=DISK_TAGS,
+             context={"ec2:CreateAction": "RegisterImage"}),
+        Call("ec2:DescribeImages"),
+        Call("ec2:CreateTags", new, DISK_TAGS, request_tags=DISK_TAGS),
+        Call("ssm:PutParameter", ssm(f"/bakery/verifications/webapp/{VERSION}"), context={"ssm:Overwrite": "false"}),
+    ]
+
+
+def disk_build_incremental() -> list[Call]:
+    """Only the blocks that differ from the parent's (the catalog's block digests), on top of an earlier version's
+    root snapshot (ebs:ParentSnapshot: its id; IAM does not see its tags)."""
+    return disk_build(parent="snap-0earlier")
+
+
+def disk_clean_up() -> list[Call]:
+    """A failed or interrupted publish: the snapshot it started (any state) and any AMI it registered, by its run."""
+    new = snapshot("snap-0disk")
+    return [Call("ec2:DescribeImages"), Call("ec2:DescribeSnapshots"),
+            Call("ec2:DeregisterImage", image("ami-0disk"), DISK_TAGS), Call("ec2:DeleteSnapshot", new, DISK_TAGS)]
+
+
+def aws_verify(ami: str = "ami-0new", snap: str = "snap-0new") -> list[Call]:
+    """`verify IMAGE:VERSION --target aws` (bakery/verify/aws_readback.py): the AMI by its tags and its root snapshot,
+    read back block by block (decrypted through EBS), the disk's layout from the bake's record, the earlier readback
+    records, then this run's, written once. Any builder's AMI: Packer's snapshot carries the bake's tags
+    (StepCreateTags), Image Builder's bakery's, the disk builder's its own (StartSnapshot)."""
+    tagged = {**AMI_TAGS, **VERIFIED}
+    return [Call("ec2:DescribeImages"), Call("ec2:DescribeSnapshots"),
+            Call("ssm:GetParameter", ssm(f"/bakery/verifications/webapp/{VERSION}")),
+            Call("ebs:ListSnapshotBlocks", snapshot(snap), tagged),
+            Call("ebs:GetSnapshotBlock", snapshot(snap), tagged),
+            *kms_via_ebs("kms:Decrypt", "kms:DescribeKey"),
+            *readback_gate(ami),
+            Call("ssm:PutParameter", ssm(f"{readback_path(ami)}/{RUN}"), context={"ssm:Overwrite": "false"})]
 
 
 def logs() -> list[Call]:
@@ -432,12 +532,17 @@ def adopt() -> list[Call]:
 
 
 def _settings(**changes):
+    """The example settings with changes; aws.builder is set after loading (the replay does not depend on which
+    builders bakery.aws.settings accepts)."""
     import yaml
 
     from bakery.aws.settings import load_aws_settings
 
     example = REPO / "docs" / "aws-iam-policy.example.yml"
-    return load_aws_settings({**yaml.safe_load(example.read_text(encoding="utf-8"))["aws"], **changes}, str(example))
+    builder = changes.pop("builder", "")
+    settings = load_aws_settings({**yaml.safe_load(example.read_text(encoding="utf-8"))["aws"], **changes},
+                                 str(example))
+    return replace(settings, builder=builder) if builder else settings
 
 
 def _render(*envs: str, build: bool = True, **changes) -> dict:
@@ -450,30 +555,39 @@ FLOWS = {"packer build": packer_build, "packer clean-up": packer_clean_up_of_a_f
          "deploy": deploy, "deploy to an empty group": deploy_to_an_empty_group, "down": down, "promote": promote,
          "rollback": rollback, "distribute": distribute,
          "distribute an Image Builder AMI": distribute_an_image_builder_ami, "gc": gc, "gc leftovers": gc_leftovers,
-         "logs": logs, "top": top, "adopt": adopt}
+         "logs": logs, "top": top, "adopt": adopt, "aws verify": aws_verify}
+# the disk builder's flows, against a rendering with aws.builder disk (the example bakes with Packer)
+DISK_FLOWS = {"disk build": disk_build, "disk build incremental": disk_build_incremental,
+              "disk clean-up": disk_clean_up}
 
 
-ALL_FLOWS = {**FLOWS, "imagebuilder build": imagebuilder_build}
+ALL_FLOWS = {**FLOWS, "imagebuilder build": imagebuilder_build, **DISK_FLOWS}
 # The flows the calls of each test file belong to (tests/aws/conftest.py replayed_calls: every AWS call bakery makes in
 # a test is checked against them); a file not named here is checked against every flow.
 FLOWS_OF_TESTS = {
     "test_adopt": ["adopt"],
     "test_distribute": ["distribute", "distribute an Image Builder AMI"],
+    "test_disk_builder": [*DISK_FLOWS],
+    "test_ebs_direct": [*DISK_FLOWS, "aws verify", "gc leftovers"],
     "test_fleet_aws": ["deploy", "deploy to an empty group", "down", "promote", "rollback", "adopt"],
     "test_gc_aws": ["gc", "gc leftovers"],
     "test_imagebuilder": ["imagebuilder build"],
     "test_observe_aws": ["logs", "top"],
     "test_packer": ["packer build", "packer clean-up"],
+    "test_verify_aws": [*DISK_FLOWS, "aws verify"],  # the round trip publishes with the disk builder first
 }
 # A test that itself writes or reads a verification record (bakery/aws/verification_record.py is the outermost code of
 # bakery's on the stack) stands in for the bake, distribute or adoption that does.
-FLOWS_OF_ENTRIES = {"bakery/aws/verification_record.py": ["packer build", "imagebuilder build", "distribute", "adopt"]}
+FLOWS_OF_ENTRIES = {"bakery/aws/verification_record.py": ["packer build", "imagebuilder build", "disk build",
+                                                           "distribute", "adopt"],
+                    "bakery/aws/readback_record.py": ["aws verify", "distribute", "deploy"]}
 
 
 @cache
 def _tag_keys_the_policies_name() -> frozenset[str]:
     """The tag keys some aws:RequestTag/<key> condition of a rendering names (bakery:managed, ...)."""
-    text = json.dumps([POLICY, _render(builder="imagebuilder"), _render("qa"), _render("prod", build=False)])
+    text = json.dumps([POLICY, _render(builder="imagebuilder"), _render(builder="disk"), _render("qa"),
+                       _render("prod", build=False)])
     return frozenset(re.findall(r'"aws:RequestTag/([^"]+)"', text, re.IGNORECASE))
 
 
@@ -640,6 +754,14 @@ ESCALATIONS = {
     "new version of a foreign launch template": Call("ec2:CreateLaunchTemplateVersion",
                                                      ec2("launch-template/lt-0payments"), FOREIGN),
     "use a KMS key directly": Call("kms:Decrypt", f"arn:aws:kms:{HOME}:{ACCOUNT}:key/1234"),
+    "read a foreign snapshot's blocks": Call("ebs:GetSnapshotBlock", snapshot("snap-0payments"), FOREIGN),
+    "read a protected snapshot's blocks": Call("ebs:ListSnapshotBlocks", snapshot("snap-0payments"), PROTECTED),
+    "start a snapshot (the project bakes with Packer)": Call("ebs:StartSnapshot", snapshot("*"),
+                                                             request_tags=MANAGED),
+    "register an AMI (the project bakes with Packer)": Call("ec2:RegisterImage", image("ami-0mine"),
+                                                            request_tags=MANAGED),
+    "overwrite a readback record": Call("ssm:PutParameter", ssm(
+        f"/bakery/verifications/webapp/readback/{VERSION}/{HOME}/ami-0new/{RUN}"), context={"ssm:Overwrite": "true"}),
 }
 
 
@@ -649,9 +771,92 @@ def test_the_policy_denies_the_escalation(path):
     assert call.decide() != "allow", f"{path}: {call} is allowed"
 
 
+@pytest.mark.parametrize("flow", sorted(DISK_FLOWS))
+def test_a_disk_builder_project_s_policy_allows_its_build(flow):
+    """aws.builder disk renders the EBS direct APIs and RegisterImage (and only it): the disk is published, tagged at
+    StartSnapshot, registered from that snapshot only, tagged at RegisterImage; a failed run's leftovers removed."""
+    policy = _render(builder="disk")
+    denied = [f"{call}: {decision}" for call in DISK_FLOWS[flow]() if (decision := call.decide(policy)) != "allow"]
+    assert not denied, f"{flow}: " + "\n".join(denied)
+
+
+@pytest.mark.parametrize("builder", ["packer", "imagebuilder", "disk"])
+def test_every_builder_s_policy_reads_back_and_records_but_shares_only_in_distribute(builder):
+    """verify --target aws reads back any builder's AMI (its snapshot tagged bakery:managed) and writes its readback
+    record once; no bake shares: the sharing calls are distribute's (after its readback record check)."""
+    policy = _render(builder=builder)
+    denied = [f"{call}: {decision}" for call in aws_verify() if (decision := call.decide(policy)) != "allow"]
+    assert not denied, "\n".join(denied)
+    bake = {"packer": packer_build, "imagebuilder": imagebuilder_build, "disk": disk_build}[builder]()
+    sharing = {"ec2:ModifySnapshotAttribute", "ec2:DescribeSnapshotAttribute", "ec2:DescribeImageAttribute"}
+    assert not [str(c) for c in bake if c.action in sharing or c.context.get("ec2:Attribute") == "launchPermission"]
+    gate = [c for c in distribute() if c.action == "ssm:GetParametersByPath"]
+    first_share = next(i for i, c in enumerate(distribute()) if c.action == "ec2:ModifyImageAttribute")
+    assert gate and distribute().index(gate[0]) < first_share and "/readback/" in gate[0].resource
+
+
+FOREIGN_SNAPSHOT = snapshot("snap-0payments")
+DISK_ESCALATIONS = {
+    "start a snapshot without bakery's tag": Call("ebs:StartSnapshot", NEW_SNAPSHOT, request_tags={"Name": "mine"}),
+    "start a snapshot untagged": Call("ebs:StartSnapshot", NEW_SNAPSHOT),
+    "start a snapshot with other tag keys": Call("ebs:StartSnapshot", NEW_SNAPSHOT,
+                                                 request_tags={**DISK_TAGS, "team": "web"}),
+    "start a snapshot marked bakery:managed=false": Call("ebs:StartSnapshot", NEW_SNAPSHOT,
+                                                         request_tags={**DISK_TAGS, "bakery:managed": "false"}),
+    "write blocks into a foreign snapshot": Call("ebs:PutSnapshotBlock", FOREIGN_SNAPSHOT, FOREIGN),
+    "write blocks into a protected snapshot": Call("ebs:PutSnapshotBlock", FOREIGN_SNAPSHOT, PROTECTED),
+    "complete a foreign snapshot": Call("ebs:CompleteSnapshot", FOREIGN_SNAPSHOT, FOREIGN),
+    "register an AMI without bakery's tag": Call("ec2:RegisterImage", image("ami-0mine"), request_tags={"Name": "x"}),
+    "register an AMI untagged": Call("ec2:RegisterImage", image("ami-0mine")),
+    "register an AMI with other tag keys": Call("ec2:RegisterImage", image("ami-0mine"),
+                                                request_tags={**DISK_TAGS, "team": "web"}),
+    "register an AMI from a foreign snapshot": Call("ec2:RegisterImage", FOREIGN_SNAPSHOT, FOREIGN),
+    "register an AMI from a protected snapshot": Call("ec2:RegisterImage", FOREIGN_SNAPSHOT, PROTECTED),
+    "read a foreign snapshot's blocks": Call("ebs:GetSnapshotBlock", FOREIGN_SNAPSHOT, FOREIGN),
+    "list a protected snapshot's blocks": Call("ebs:ListSnapshotBlocks", FOREIGN_SNAPSHOT, PROTECTED),
+    "compare snapshots (ListChangedBlocks is not bakery's)": Call("ebs:ListChangedBlocks", snapshot("snap-0new"),
+                                                                  AMI_TAGS),
+    "tag a started snapshot with other keys": Call("ec2:CreateTags", NEW_SNAPSHOT, request_tags={"team": "web"},
+                                                   context={"ec2:CreateAction": "StartSnapshot"}),
+    "use a KMS key through another service": Call("kms:Decrypt", f"arn:aws:kms:{HOME}:{ACCOUNT}:key/1234",
+                                                  context={"kms:ViaService": f"s3.{HOME}.amazonaws.com"}),
+}
+
+
+@pytest.mark.parametrize("path", sorted(DISK_ESCALATIONS))
+def test_the_disk_builder_s_policy_denies_the_escalation(path):
+    call = DISK_ESCALATIONS[path]
+    assert call.decide(_render(builder="disk")) != "allow", f"{path}: {call} is allowed"
+
+
+def test_only_the_disk_builder_s_policy_writes_snapshots_or_registers_amis():
+    """The EBS direct writes and RegisterImage are rendered for aws.builder disk only; no rendering allows comparing
+    snapshots, and the promote-only role reads no snapshot back."""
+    disk = [c for c in disk_build_incremental() if c.action in {"ebs:StartSnapshot", "ebs:PutSnapshotBlock",
+                                                                 "ebs:CompleteSnapshot", "ec2:RegisterImage"}]
+    assert {c.action for c in disk} == {"ebs:StartSnapshot", "ebs:PutSnapshotBlock", "ebs:CompleteSnapshot",
+                                        "ec2:RegisterImage"}
+    for policy in (POLICY, _render(builder="imagebuilder"), _render("qa")):
+        assert all(call.decide(policy) != "allow" for call in disk), [str(c) for c in disk if c.decide(policy)]
+    reads = [c for c in aws_verify() if c.action.startswith("ebs:")]
+    assert reads and all(call.decide(_render("prod", build=False)) != "allow" for call in reads)
+
+
+def test_iam_sees_only_the_id_of_a_parent_snapshot():
+    """ebs:ParentSnapshot is the parent's id, and StartSnapshot authorizes only the new snapshot: no condition can
+    require the parent to be bakery's, so a bakery-tagged child of any snapshot the role can read is allowed, and
+    its blocks (the parent's included) can be read back. docs/aws.md names this residual risk and what closes it."""
+    child = Call("ebs:StartSnapshot", NEW_SNAPSHOT, request_tags=DISK_TAGS,
+                 context={"ebs:ParentSnapshot": "snap-0payments"})
+    assert child.decide(_render(builder="disk")) == "allow"
+    text = (REPO / "docs" / "aws.md").read_text(encoding="utf-8")
+    assert "`ebs:ParentSnapshot`" in text and "Residual risk" in text
+
+
 def test_the_record_public_sharing_and_pinning_denies_are_explicit():
     """Explicit: they hold even if another policy attached to the role allows the action."""
-    for path in ("overwrite a verification record", "overwrite a copy's record", "make a snapshot public",
+    for path in ("overwrite a verification record", "overwrite a copy's record", "overwrite a readback record",
+                 "make a snapshot public",
                  "lift block public access", "point a group at $Latest"):
         assert ESCALATIONS[path].decide() == "explicit_deny", path
 
@@ -704,7 +909,7 @@ def test_the_qa_role_cannot_touch_prod(path):
 
 
 @pytest.mark.parametrize("flow", ["packer build", "packer clean-up", "deploy", "down", "rollback", "distribute",
-                                  "gc", "gc leftovers", "logs", "adopt"])
+                                  "gc", "gc leftovers", "logs", "adopt", "aws verify"])
 def test_the_qa_role_does_the_qa_job(flow):
     qa = _render("qa")
     denied = [f"{call}: {decision}" for call in FLOWS[flow]() if (decision := call.decide(qa)) != "allow"]
@@ -719,9 +924,10 @@ def test_the_prod_promote_role_promotes_and_bakes_nothing():
     prod = _render("prod", build=False)
     denied = [f"{call}: {decision}" for call in promote() if (decision := call.decide(prod)) != "allow"]
     assert not denied, "\n".join(denied)
-    bakes = [call for call in packer_build() + distribute() + gc()
+    bakes = [call for call in packer_build() + distribute() + gc() + aws_verify()
              if call.action in {"ec2:RunInstances", "ec2:CreateImage", "ec2:CopyImage", "ec2:DeregisterImage",
-                                "ec2:ModifyImageAttribute", "ssm:PutParameter"} and "webapp/prod" not in call.resource]
+                                "ec2:ModifyImageAttribute", "ssm:PutParameter", "ebs:GetSnapshotBlock"}
+             and "webapp/prod" not in call.resource]
     assert bakes and all(call.decide(prod) != "allow" for call in bakes), [str(c) for c in bakes if
                                                                             c.decide(prod) == "allow"]
     assert all(call.decide(prod) != "allow" for call in deploy("qa") if call.action in {
@@ -763,7 +969,7 @@ def test_a_larger_project_s_policy_fits_a_role_s_inline_policies_with_room():
         instance_profile="bakery-build-instance-profile", build_role="bakery-build-instance-role",
         instance_roles={env: f"bakery-{env}-instance-role" for env in envs},
         artifacts_bucket="example-company-bakery-artifacts")
-    for builder in ("packer", "imagebuilder"):
+    for builder in ("packer", "imagebuilder", "disk"):
         for scope in ((), envs[:2]):
             size = policy_size(_render(*scope, builder=builder, **larger))
             assert size <= INLINE_POLICIES_LIMIT - 512, f"{builder} {scope}: {size} characters"
