@@ -39,6 +39,9 @@ log = logging.getLogger("bakery.aws.ebs_direct")
 GIB = 1024 ** 3
 THROTTLED = {"ThrottlingException", "RequestThrottledException", "TooManyRequestsException"}
 THROTTLED_ATTEMPTS = 6  # on top of botocore's adaptive retries: each attempt is already up to 10 HTTP requests
+# A fresh snapshot may refuse its first blocks for a moment ("does not exist"): AWS's own uploader retries every
+# block for that reason (awslabs/coldsnap src/upload.rs, SNAPSHOT_BLOCK_ATTEMPTS); a 500 is retried with them.
+NOT_YET = {"ResourceNotFoundException", "InternalServerException"}
 THROTTLE_FIRST, THROTTLE_MAX = 0.5, 8.0
 READ_ATTEMPTS = 3  # a block whose data does not match its checksum is asked for again (AWS: "retry your request")
 LIST_PAGE = 10000  # ListSnapshotBlocks' largest page
@@ -94,17 +97,20 @@ def _check(cancel: Cancel | None) -> None:
         raise Interrupted(f"interrupted by {getattr(cancel, 'signal_name', '') or 'a cancel request'}")
 
 
-def _retry_throttled(call: Callable[[], Any], what: str, sleep: Callable[[float], None]) -> Any:
-    """`call`, again after a growing pause while EBS still throttles it once botocore's own retries gave up."""
+def _retry_throttled(call: Callable[[], Any], what: str, sleep: Callable[[float], None],
+                     also: frozenset[str] = frozenset()) -> Any:
+    """`call`, again after a growing pause while EBS still throttles it once botocore's own retries gave up (or
+    answers one of the codes in `also`)."""
     delays = backoff(THROTTLE_FIRST, THROTTLE_MAX)
     for attempt in range(1, THROTTLED_ATTEMPTS + 1):
         try:
             return call()
         except ClientError as exc:
-            if _code(exc) not in THROTTLED:
+            if _code(exc) not in THROTTLED | also:
                 raise
             if attempt == THROTTLED_ATTEMPTS:
-                raise OperationError(f"EBS: {what} is still throttled after {attempt} attempts ({_code(exc)}); "
+                how = "throttled" if _code(exc) in THROTTLED else "refused"
+                raise OperationError(f"EBS: {what} is still {how} after {attempt} attempts ({_code(exc)}); "
                                      "try again later or with fewer workers") from exc
             sleep(next(delays))
     raise AssertionError("unreachable")
@@ -169,7 +175,7 @@ class _Uploader:
                   "Progress": percent}
         what = f"block {index} of snapshot {self.snapshot_id}"
         try:
-            _retry_throttled(lambda: self.ebs.put_snapshot_block(**params), what, self.sleep)
+            _retry_throttled(lambda: self.ebs.put_snapshot_block(**params), what, self.sleep, frozenset(NOT_YET))
         except ClientError as exc:
             raise _refused(exc, f"{what} from {self.disk}") from exc
         return digest

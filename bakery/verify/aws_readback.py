@@ -83,6 +83,12 @@ def find_ami(ec2, image: str, version: str | None, region: str) -> FoundAmi:
     if not snapshot:
         raise ConfigError(f"{found['ImageId']} ({named} in {region}) has no EBS snapshot behind its root device "
                           f"{found.get('RootDeviceName', '?')}: only EBS-backed AMIs can be read back")
+    others = [f"{m.get('DeviceName')} ({m['Ebs']['SnapshotId']})" for m in found.get("BlockDeviceMappings", [])
+              if m.get("Ebs", {}).get("SnapshotId") and m["Ebs"]["SnapshotId"] != snapshot]
+    if others:  # their bytes would go unscanned, yet every instance gets them and distribute would share them
+        raise OperationError(f"{found['ImageId']} ({named} in {region}) has EBS volumes besides its root: "
+                             f"{', '.join(others)}; verify --target aws reads back and scans the root volume only, "
+                             "so it cannot pass such an AMI: bake it with its root volume alone")
     return FoundAmi(region, found, snapshot)
 
 

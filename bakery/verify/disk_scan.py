@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -28,6 +29,8 @@ from bakery.verify import secrets
 ESP_TYPE = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
 ROOT_X86_64_TYPE = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709"
 BIOS_BOOT_TYPE = "21686148-6449-6E6F-744E-656564454649"
+# a superblock's last mount point, if it is a plain one: segments of these characters, none of them only dots
+SAFE_MOUNT = re.compile(r"^(/(?!\.+(?:/|\Z))[A-Za-z0-9_.+-]+)+\Z|^/\Z")
 ESP_MOUNT = "/boot/efi"
 PROBE_BYTES = 72 * 1024  # every superblock magic looked at below lies in the first 72 KiB
 CHUNK = 4 * 1024 * 1024
@@ -152,7 +155,7 @@ def mount_of(part: DiskPartition, last_mounted: str, by_uuid: Mapping[str, str],
         return ESP_MOUNT
     if part.type == ROOT_X86_64_TYPE:
         return "/"
-    return last_mounted if last_mounted.startswith("/") else ""
+    return last_mounted if SAFE_MOUNT.match(last_mounted) else ""  # the disk's own word: never a way out of the copy
 
 
 def scan_disk(image: Path, workdir: Path, allowlist: list[secrets.AllowEntry], *,
@@ -171,6 +174,8 @@ def scan_disk(image: Path, workdir: Path, allowlist: list[secrets.AllowEntry], *
             continue
         root = workdir / f"partition-{part.number}"
         target = root / mount.lstrip("/")
+        if not target.resolve().is_relative_to(root.resolve()):
+            raise OperationError(f"{part.describe(mount)}: mount point {mount!r} leaves the scan's copy")
         target.mkdir(parents=True)
         try:
             scanned.error = _extract(image, part, filesystem, target, part.describe(mount))
@@ -206,8 +211,18 @@ def _extract(image: Path, part: DiskPartition, filesystem: str, target: Path, na
 
 def _debugfs(image: Path, part: DiskPartition, target: Path, name: str) -> str:
     """debugfs `rdump` through the unix io manager's offset option; run in the image's directory so that neither
-    path goes through debugfs' own option ('?') and argument parsing."""
+    path goes through debugfs' own option ('?') and argument parsing.
+
+    rdump writes each entry's name as it stands under `target`: only a filesystem e2fsck finds consistent is
+    copied, since a crafted one could hold names with '/' (written outside the copy), or two entries of one name
+    (the copy keeps the last, the kernel finds the first, and a symlink of that name first would be written
+    through on the host)."""
     where = f"{image.name}?offset={part.offset}"
+    check = subprocess.run(["e2fsck", "-f", "-n", where], capture_output=True, text=True, check=False,
+                           cwd=image.parent, timeout=TOOL_TIMEOUT, stdin=subprocess.DEVNULL)
+    if check.returncode != 0:
+        return f"{name}: e2fsck finds its ext filesystem inconsistent ({_first_problem(check.stdout)}): it was " \
+               "not scanned"
     dest = os.path.relpath(target, image.parent)
     proc = subprocess.run(["debugfs", "-R", f"rdump / {dest}", where], capture_output=True, text=True,
                           check=False, cwd=image.parent, timeout=TOOL_TIMEOUT, stdin=subprocess.DEVNULL)
@@ -220,8 +235,38 @@ def _debugfs(image: Path, part: DiskPartition, target: Path, name: str) -> str:
     return ""
 
 
+def _first_problem(report: str) -> str:
+    """The first line of a checker's report that is not its banner or a pass name."""
+    lines = [line.strip() for line in report.splitlines() if line.strip()]
+    return next((line for line in lines if not line.startswith(("e2fsck ", "fsck.fat ", "Pass "))), "?")
+
+
 def _mcopy(image: Path, part: DiskPartition, target: Path, name: str) -> str:
-    proc = subprocess.run(["mcopy", "-s", "-n", "-m", "-i", f"{image}@@{part.offset}", "::/", str(target)],
+    """mcopy of a copy of the partition that fsck.fat found consistent (it has no offset option): with two
+    entries of one name, mcopy -n keeps the last while the firmware and the kernel find the first."""
+    alone = target.parent / f".partition-{part.number}.fat"
+    try:
+        subprocess.run(["dd", f"if={image}", f"of={alone}", "bs=1M", f"skip={part.offset}", f"count={part.size}",
+                        "iflag=skip_bytes,count_bytes", "conv=sparse", "status=none"], check=True,
+                       capture_output=True, timeout=TOOL_TIMEOUT)
+        check = subprocess.run(["fsck.fat", "-n", str(alone)], capture_output=True, text=True, check=False,
+                               timeout=TOOL_TIMEOUT, stdin=subprocess.DEVNULL)
+        if check.returncode != 0:
+            return f"{name}: fsck.fat finds its FAT filesystem inconsistent ({_first_problem(check.stdout)}: " \
+                   f"{_fat_problem(check.stdout)}): it was not scanned"
+        return _mcopy_from(alone, target, name)
+    finally:
+        alone.unlink(missing_ok=True)
+
+
+def _fat_problem(report: str) -> str:
+    lines = [line.strip() for line in report.splitlines() if line.strip()]
+    first = _first_problem(report)
+    return lines[lines.index(first) + 1] if first in lines and lines.index(first) + 1 < len(lines) else ""
+
+
+def _mcopy_from(fat: Path, target: Path, name: str) -> str:
+    proc = subprocess.run(["mcopy", "-s", "-n", "-m", "-i", str(fat), "::/", str(target)],
                           capture_output=True, text=True, check=False, timeout=TOOL_TIMEOUT,
                           stdin=subprocess.DEVNULL, env={**os.environ, "MTOOLS_SKIP_CHECK": "1"})
     if proc.returncode != 0:

@@ -230,6 +230,25 @@ def test_throttling_on_put_snapshot_block_is_retried_until_it_succeeds(aws, tmp_
     assert snapshot_state(ec2, snapshot) == "completed"
 
 
+def test_a_snapshot_not_yet_writable_just_after_it_started_is_retried(aws, tmp_path):
+    """Real EBS can answer the first blocks of a fresh snapshot with ResourceNotFoundException (AWS's own uploader,
+    awslabs/coldsnap src/upload.rs, retries every block for that reason); moto never does."""
+    ebs, ec2 = clients.client("ebs"), clients.client("ec2")
+    snapshot = real_snapshot()
+    sleeps = Sleeps()
+    with Stubber(ebs) as stub:
+        stub.add_response("start_snapshot", started(snapshot))
+        stub.add_client_error("put_snapshot_block", service_error_code="ResourceNotFoundException",
+                              http_status_code=404, service_message=f"The snapshot '{snapshot}' does not exist.")
+        stub.add_client_error("put_snapshot_block", service_error_code="InternalServerException",
+                              http_status_code=500, service_message="internal error")
+        stub.add_response("put_snapshot_block", {"Checksum": "x", "ChecksumAlgorithm": "SHA256"})
+        stub.add_response("complete_snapshot", {"Status": "pending"})
+        published = publish(ebs, ec2, one_block_disk(tmp_path), workers=1, sleep=sleeps)
+        stub.assert_no_pending_responses()
+    assert (published.snapshot_id, published.blocks_sent) == (snapshot, 1) and len(sleeps) == 2
+
+
 def test_endless_throttling_gives_up_with_one_line_and_deletes_the_snapshot(aws, tmp_path):
     ebs, ec2 = clients.client("ebs"), clients.client("ec2")
     snapshot = real_snapshot()

@@ -224,3 +224,22 @@ def test_the_pipeline_reuses_a_passing_read_back_and_runs_one_where_none_passed(
         catalog.close()
     assert said == f"{ami} passed verify --target aws (12 checks passed); not repeated"
     assert len(catalog_of(proj / ".bakery").verifications("sample", VERSION)) == 1  # not run again
+
+
+def test_an_ami_with_a_second_volume_cannot_pass_since_only_the_root_is_read_back(aws):
+    """moto's RegisterImage keeps no mapping, so EC2's answer for such an AMI comes from botocore's Stubber."""
+    from botocore.stub import Stubber
+
+    from bakery.aws import clients
+    from bakery.errors import OperationError
+
+    ec2 = clients.client("ec2", REGION)
+    mappings = [{"DeviceName": "/dev/xvda", "Ebs": {"SnapshotId": "snap-0root"}},
+                {"DeviceName": "/dev/sdf", "Ebs": {"SnapshotId": "snap-0data"}}]
+    image = {"ImageId": "ami-0two", "State": "available", "CreationDate": "2026-12-03T00:00:00.000Z",
+             "RootDeviceName": "/dev/xvda", "BlockDeviceMappings": mappings,
+             "Tags": tags.as_tag_list({tags.MANAGED: "true", tags.IMAGE: "sample", tags.VERSION: VERSION})}
+    with Stubber(ec2) as stub:
+        stub.add_response("describe_images", {"Images": [image]})
+        with pytest.raises(OperationError, match=r"ami-0two .* /dev/sdf \(snap-0data\); .*root volume only"):
+            aws_readback.find_ami(ec2, "sample", VERSION, REGION)

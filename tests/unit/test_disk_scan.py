@@ -132,7 +132,7 @@ def test_a_partition_of_an_unknown_filesystem_fails_the_scan_naming_it(tmp_path,
     assert scan.partitions[3].filesystem == "empty" and not scan.partitions[3].error  # nothing there to hide
 
 
-def test_an_ext4_partition_debugfs_cannot_read_fails_the_scan(tmp_path, work):
+def test_an_ext4_partition_its_tools_cannot_read_fails_the_scan(tmp_path, work):
     image = ext4(tmp_path, "root", {"etc/hostname": "web\n"})
     damaged = bytearray(image.read_bytes())
     damaged[1024:1080] = os.urandom(56)  # the superblock's counts, its magic kept
@@ -142,7 +142,9 @@ def test_an_ext4_partition_debugfs_cannot_read_fails_the_scan(tmp_path, work):
     scan = disk_scan.scan_disk(disk, work, [], by_label={"root": "/"})
 
     [failed] = scan.failures
-    assert failed.filesystem == "ext4" and "partition 1 'root' (/): debugfs could not read" in failed.error
+    assert failed.filesystem == "ext4" and failed.error.startswith("partition 1 'root' (/): e2fsck finds its ext "
+                                                                   "filesystem inconsistent (ext2fs_open2: ")
+    assert failed.error.endswith("it was not scanned")
 
 
 def test_the_mount_comes_from_the_disk_record_then_the_filesystem_then_nowhere(tmp_path, work):
@@ -189,3 +191,65 @@ def test_a_file_of_mode_000_is_copied_and_scanned(tmp_path, work):
     scan = disk_scan.scan_disk(disk, work, [], by_label={"root": "/"})
 
     assert scan.partitions[0].files == 1 and [f.path for f in scan.findings] == ["/etc/secret/k.pem"]
+
+
+def crafted_ext4(tmp: Path, files: dict[str, str], renames: dict[str, str]) -> Path:
+    """An ext4 image whose directory entries are then renamed in place, as a crafted AMI could hold them: each new
+    name has its old one's length; without metadata checksums, so that only the names are wrong."""
+    image = tmp / "crafted.img"
+    source = tree(tmp / "crafted-tree", files)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-O", "^metadata_csum", "-d", str(source), str(image), "8M"], check=True)
+    data = image.read_bytes()
+    for old, new in renames.items():
+        assert len(old) == len(new) and data.count(old.encode()) == 1, old
+        data = data.replace(old.encode(), new.encode())
+    image.write_bytes(data)
+    return image
+
+
+def test_a_duplicate_name_that_would_hide_a_key_from_the_copy_fails_the_scan(tmp_path):
+    # two entries 'deploy': a copy keeps the last (benign), the kernel's lookup finds the first (the key)
+    fs = crafted_ext4(tmp_path, {"deploy": PEM, "deplox": "benign\n"}, {"deplox": "deploy"})
+    disk = gpt_disk(tmp_path, [("root", LINUX, fs)])
+
+    result = disk_scan.scan_disk(disk, tmp_path / "work", [])
+
+    assert not result.passed
+    [failed] = result.failures
+    assert "Duplicate entry 'deploy'" in failed.error and "not scanned" in failed.error
+
+
+def test_a_name_with_a_slash_fails_the_scan_and_nothing_is_written_outside_the_work_directory(tmp_path):
+    escaped = tmp_path / "escaped"
+    name = "../" * 12 + str(escaped).lstrip("/")
+    fs = crafted_ext4(tmp_path, {"x" * len(name): "benign\n"}, {"x" * len(name): name})
+    disk = gpt_disk(tmp_path, [("root", LINUX, fs)])
+
+    result = disk_scan.scan_disk(disk, tmp_path / "work", [])
+
+    assert not result.passed and "illegal characters" in result.failures[0].error
+    assert not escaped.exists()
+
+
+def test_a_last_mounted_path_that_climbs_out_is_not_a_host_path(tmp_path):
+    outside = tmp_path / "outside"
+    fs = ext4(tmp_path, "data", {"root/.ssh/id_ed25519": PEM}, last_mounted=f"/../../../../../../../..{outside}")
+    disk = gpt_disk(tmp_path, [("data", LINUX, fs)])
+
+    result = disk_scan.scan_disk(disk, tmp_path / "work", [])
+
+    assert not outside.exists()
+    assert [f.path for f in result.findings] == ["/root/.ssh/id_ed25519"]  # scanned, as if mounted at /
+    assert result.partitions[0].mount == ""
+
+
+def test_a_fat_duplicate_name_fails_the_scan(tmp_path):
+    esp = vfat(tmp_path, {"KEY.TXT": PEM, "ZZZ.TXT": "benign\n"})
+    data = esp.read_bytes()
+    assert data.count(b"ZZZ     TXT") == 1
+    esp.write_bytes(data.replace(b"ZZZ     TXT", b"KEY     TXT"))  # two KEY.TXT: a copy keeps the benign one
+    disk = gpt_disk(tmp_path, [("esp", ESP_TYPE, esp)])
+
+    result = disk_scan.scan_disk(disk, tmp_path / "work", [])
+
+    assert not result.passed and "Duplicate directory entry" in result.failures[0].error
