@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import bakes
+import bench_ebs_publish
 import cli_scale
 import content
 from common import BAKE, IMAGE, PYTHON, REPO, BenchProject, log, median, run, spread
@@ -180,6 +181,8 @@ def main() -> int:
         versions = measure_bakes(report, project, args.rounds, args.options)
         measure_rollout(report, project, versions[-2], versions[-1], args.strategies)
         measure_deploy_memory(report, project, versions[-1])
+        log("EBS direct publish of the last two versions' disks (an app-only change) against moto")
+        bench_ebs_publish.add_rows(report, project.root, IMAGE, versions[-2], versions[-1])
         measure_cli(report, project, args.runs)
     cpus = len(__import__("os").sched_getaffinity(0))
     header = [
