@@ -7,9 +7,13 @@ not travel with a copy, so the copy and its snapshots get the source's bakery:*
 and Name tags (bakery:managed, bakery:image, bakery:version and the provenance;
 not the CreatedBy and Ec2ImageBuilderArn that Image Builder adds, which the
 policy does not let bakery put on anything): that is how the next run, gc and
-deploys in that region find it. Every AMI then gets launch permission for
-the accounts, and every snapshot behind it create-volume permission (without it
-an account can launch an encrypted AMI's instances but not copy it).
+deploys in that region find it. Every AMI that may be shared then gets launch
+permission for the accounts, and every snapshot behind it create-volume
+permission (without it an account can launch an encrypted AMI's instances but
+not copy it): the home AMI, the copies this run made of it, and an AMI found in
+another region only when a readback or copy record vouches for it
+(bakery.aws.distribute_share); any other stays unshared and the run fails once
+the rest is shared.
 
 Nothing is shared, or copied, before the version passed `bake.py verify
 --target aws`: distribute refuses a version whose home AMI has no passing
@@ -50,31 +54,14 @@ from botocore.exceptions import ClientError
 
 from bakery.aws import amis, readback_record, tags, verification_record
 from bakery.aws.clients import client, resolve_region
+from bakery.aws.distribute_share import RegionResult as RegionResult
+from bakery.aws.distribute_share import refusal, share, unshared
 from bakery.aws.settings import ACCOUNT_RE, REGION_RE
 from bakery.errors import ConfigError, OperationError
 from bakery.progress import Progress
 
 COPY_TIMEOUT = 3600.0  # seconds: an 8 GiB copy across regions usually takes 5-20 minutes
 LIVE_STATES = ("pending", "available")
-
-
-@dataclass
-class RegionResult:
-    region: str
-    ami_id: str
-    copied: bool = False
-    state: str = ""
-    snapshots: list[str] = field(default_factory=list)
-    tagged: list[str] = field(default_factory=list)  # resources that lacked the version's tags
-    launch_permission_added: list[str] = field(default_factory=list)
-    create_volume_permission_added: dict[str, list[str]] = field(default_factory=dict)  # snapshot -> accounts
-    record: str = ""  # the verification record that vouches for this AMI ('' = none: the gate refuses it)
-    record_written: bool = False  # a copy's record, written by this run
-
-    @property
-    def changed(self) -> bool:
-        return self.copied or self.record_written or bool(
-            self.tagged or self.launch_permission_added or self.create_volume_permission_added)
 
 
 @dataclass
@@ -88,6 +75,13 @@ class Distribution:
     @property
     def changed(self) -> bool:
         return any(r.changed for r in self.regions)
+
+    def fail_if_unshared(self) -> None:
+        """OperationError naming every region whose AMI was kept from the accounts asked for (after the output: what
+        may be shared is shared; the operation still did not do what was asked)."""
+        refused = unshared(self.regions, self.accounts)
+        if refused:
+            raise OperationError(f"{self.image}:{self.version} {refused}")
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -222,26 +216,6 @@ def wait_for_copies(clients: dict[str, Any], pending: dict[str, str], progress: 
         sleep(delay)
 
 
-def share(ec2, result: RegionResult, accounts: list[str]) -> None:
-    """Launch permission on the AMI, create-volume permission on its snapshots, for the accounts that lack them."""
-    if not accounts:
-        return
-    permissions = ec2.describe_image_attribute(ImageId=result.ami_id, Attribute="launchPermission")["LaunchPermissions"]
-    have = {p.get("UserId") for p in permissions}
-    missing = [a for a in accounts if a not in have]
-    if missing:
-        ec2.modify_image_attribute(ImageId=result.ami_id, LaunchPermission={"Add": [{"UserId": a} for a in missing]})
-        result.launch_permission_added = missing
-    for snapshot in result.snapshots:
-        answer = ec2.describe_snapshot_attribute(SnapshotId=snapshot, Attribute="createVolumePermission")
-        have = {p.get("UserId") for p in answer["CreateVolumePermissions"]}
-        missing = [a for a in accounts if a not in have]
-        if missing:
-            ec2.modify_snapshot_attribute(SnapshotId=snapshot, Attribute="createVolumePermission", OperationType="add",
-                                          UserIds=missing)
-            result.create_volume_permission_added[snapshot] = missing
-
-
 def distribute(settings, image: str, version: str, regions: list[str], accounts: list[str], progress: Progress,
                timeout: float = COPY_TIMEOUT, sleep: Callable[[float], None] = time.sleep,
                run_id: str = "") -> Distribution:
@@ -286,11 +260,18 @@ def distribute(settings, image: str, version: str, regions: list[str], accounts:
         image_data = described.get(region) or amis.describe_ami(ec2[region], entry.ami_id) or {}
         entry.state = image_data.get("State", "unknown")
         entry.snapshots = amis.snapshot_ids(image_data)
+        note = ""
         if record is not None:  # first: a copy whose tagging or sharing fails is still the copy this run made
-            _record(ssm, entry, image_data, (source["ImageId"], home), record, progress, run_id)
+            note = _record(ssm, entry, image_data, (source["ImageId"], home), record, run_id)
         if region != home:
             tag_missing(ec2[region], entry, image_data, copied_tags)
-        share(ec2[region], entry, accounts)
+        entry.why = refusal(ssm, entry, image_data, verified=region == home)  # source: require_passed above
+        if entry.why:  # the next regions are still shared; the caller fails on result.unshared()
+            progress.note(f"{region}: {entry.ami_id} is not shared: {entry.why}")
+        else:
+            if note:
+                progress.note(note)
+            share(ec2[region], entry, accounts)
         result.regions.append(entry)
     return result
 
@@ -346,31 +327,31 @@ def _passing_record(record: dict[str, Any] | None, refused: str, source: dict[st
 
 
 def _record(ssm, entry: RegionResult, image_data: dict[str, Any], source: tuple[str, str], record: dict[str, Any],
-            progress: Progress, run_id: str) -> None:
-    """The record that vouches for this region's AMI: the bake's, or a copy's (written for a copy this run made).
+            run_id: str) -> str:
+    """The record that vouches for this region's AMI: the bake's, or a copy's (written for a copy this run made);
+    returns a line for the progress when none does ('' when one does).
 
     `source`: the source AMI and its (home) region; `record`: the version's record, which passes for it.
     """
     image, version = record["image"], record["version"]
     if verification_record.check_record(record, image_data, entry.region)[0]:
         entry.record = verification_record.parameter_name(image, version)
-        return
+        return ""
     if entry.copied:
         entry.record = verification_record.write_copy_record(
             ssm, source=record, source_ami=source[0], source_region=source[1], copy=image_data, region=entry.region,
             run_id=run_id)
         entry.record_written = True
-        return
+        return ""
     found = verification_record.read_copy_record(ssm, image, version, entry.region, entry.ami_id)
     passed, why = verification_record.check_copy_record(found, record, image_data, entry.region)
     if passed:
         entry.record = verification_record.copy_parameter_name(image, version, entry.region, entry.ami_id)
-    elif found is None:  # a copy an earlier run did not see finish, or any AMI someone tagged as the version
-        progress.note(f"{entry.region}: {entry.ami_id} has no verification record and was not copied by this run: "
-                      "it stays unverified; deregister it (and its snapshots) and run distribute again for a "
-                      "recorded copy")
-    else:
-        progress.note(f"{entry.region}: {entry.ami_id} stays unverified: {why}")
+        return ""
+    if found is None:  # a copy an earlier run did not see finish, or any AMI someone tagged as the version
+        return (f"{entry.region}: {entry.ami_id} has no verification record and was not copied by this run: it stays "
+                "unverified; deregister it (and its snapshots) and run distribute again for a recorded copy")
+    return f"{entry.region}: {entry.ami_id} stays unverified: {why}"
 
 
 def tag_missing(ec2, entry: RegionResult, image_data: dict[str, Any], wanted: dict[str, str]) -> None:

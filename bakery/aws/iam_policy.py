@@ -90,7 +90,7 @@ def render_policy(settings: AwsSettings, account: str, partition: str = "aws", *
 
     envs: deploy only to these environments (their groups and templates by the bakery:environment tag, their
     instance roles, their release parameters and log groups); none: every environment. build=False leaves out
-    baking, distributing and gc (a promote-only role)."""
+    baking, distributing and gc (a promote-only role) and denies writing any verification record."""
     if not ACCOUNT_RE.match(account):
         raise ConfigError(f"--account '{account}' is not a 12-digit AWS account id")
     check_request(settings, envs=envs, build=build)
@@ -99,6 +99,9 @@ def render_policy(settings: AwsSettings, account: str, partition: str = "aws", *
     if build:
         statements += _build(settings, arns)
     statements += [*_deploy(settings, arns, envs), *_never(settings, arns)]
+    if not build:  # its Releases grant (parameter/bakery/*) must not reach the records, nor a new readback leaf
+        statements.append({"Sid": "NoVerificationRecords", "Effect": "Deny", "Action": "ssm:PutParameter",
+                           "Resource": arns.service("ssm", f"parameter/{VERIFICATIONS}/*")})
     return {"Version": "2012-10-17", "Statement": statements}
 
 

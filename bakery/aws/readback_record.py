@@ -7,7 +7,9 @@ in the home region at
 the AMI, exactly the snapshots behind it, the sha256 of the disk read back, the
 outcome and the digest of its report. Unlike the bake's record, an AMI may be
 verified again (after a fix of the verification, or by another environment's
-runtime config), so each run is a new leaf and the newest one counts.
+runtime config), so each run is a new leaf and the newest one counts: the one SSM
+stored last (its LastModifiedDate, set by SSM), not the one whose written_at (the
+writer's word) is latest.
 
 A record counts for an AMI only when it names that AMI, its image and version,
 and exactly the snapshots EC2 shows behind it now. A copy `bake.py distribute`
@@ -19,6 +21,7 @@ require `aws`) and distribute (before it copies or shares) ask `verdict`.
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 from bakery.aws import amis, tags, verification_record
@@ -71,8 +74,9 @@ def write(ssm, *, image: str, version: str, region: str, ami: str, snapshots: li
 
 
 def records(ssm, image: str, version: str, region: str, ami: str) -> list[dict[str, Any]]:
-    """Every readback record of one AMI (GetParametersByPath, every page); a value that is no JSON object is
-    skipped (not bakery's)."""
+    """Every readback record of one AMI (GetParametersByPath, every page) with its parameter name and when SSM
+    stored it (last_modified, UTC, fixed width: sortable as text); a value that is no JSON object is skipped (not
+    bakery's)."""
     found: list[dict[str, Any]] = []
     kwargs: dict[str, Any] = {"Path": ami_path(image, version, region, ami), "Recursive": False}
     while True:
@@ -83,7 +87,8 @@ def records(ssm, image: str, version: str, region: str, ami: str) -> list[dict[s
             except ValueError:
                 continue
             if isinstance(record, dict):
-                found.append({**record, "parameter": parameter["Name"]})
+                found.append({**record, "parameter": parameter["Name"],
+                              "last_modified": _stored_at(parameter.get("LastModifiedDate"))})
         if not page.get("NextToken"):
             return found
         kwargs["NextToken"] = page["NextToken"]
@@ -91,14 +96,22 @@ def records(ssm, image: str, version: str, region: str, ami: str) -> list[dict[s
 
 def newest(ssm, image: str, version: str, region: str, ami: str,
            snapshots: list[str] | None = None) -> dict[str, Any] | None:
-    """The AMI's newest readback record by written_at (its parameter name breaks a tie), or None.
+    """The AMI's readback record SSM stored last (its parameter name breaks a tie), or None.
 
     `snapshots`: the snapshots EC2 shows behind the AMI now; given, only a record
     that names the AMI and exactly them counts.
     """
     counted = [r for r in records(ssm, image, version, region, ami)
                if snapshots is None or not mismatch(r, image, version, region, ami, snapshots)]
-    return max(counted, key=lambda r: (str(r.get("written_at", "")), r["parameter"]), default=None)
+    return max(counted, key=lambda r: (r["last_modified"], r["parameter"]), default=None)
+
+
+def _stored_at(value: Any) -> str:
+    """SSM's LastModifiedDate as UTC text of fixed width ('' when absent: oldest)."""
+    if not isinstance(value, datetime):
+        return ""
+    aware = value if value.tzinfo else value.replace(tzinfo=UTC)
+    return aware.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def mismatch(record: dict[str, Any], image: str, version: str, region: str, ami: str, snapshots: list[str]) -> str:

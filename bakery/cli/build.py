@@ -162,9 +162,11 @@ def distribute(obj: Context, ref: str, regions: str | None, accounts: str | None
     run.write_result(result.to_dict())
     if as_json:
         emit_json(result.to_dict())
+        result.fail_if_unshared()
         return
     for r in result.regions:
         done = (["copied"] if r.copied else []) + ([f"tagged {len(r.tagged)}"] if r.tagged else [])
+        done += ["not shared"] if r.why else []
         done += [f"verification recorded ({r.record})"] if r.record_written else []
         done += [f"launch permission for {', '.join(r.launch_permission_added)}"] if r.launch_permission_added else []
         done += ([f"create-volume permission on {len(r.create_volume_permission_added)} snapshots"]
@@ -172,3 +174,4 @@ def distribute(obj: Context, ref: str, regions: str | None, accounts: str | None
         click.echo(f"{r.region}: {r.ami_id} {r.state}; {', '.join(done) or 'already distributed'}")
     click.echo(f"{name}:{version} is in {len(result.regions)} regions, shared with {len(result.accounts)} accounts"
                + ("" if result.changed else " (nothing changed)"))
+    result.fail_if_unshared()

@@ -78,7 +78,8 @@ def test_a_version_that_has_not_passed_verify_target_aws_is_neither_copied_nor_s
 def test_distribute_copies_tags_and_shares_then_a_rerun_is_a_no_op(aws, proj):
     with_aws_settings(proj, [HOME, OTHER], ACCOUNTS, KEYS)
     home, other = boto3.client("ec2", HOME), boto3.client("ec2", OTHER)
-    source, _ = verified_ami(home, **{tags.INPUT_DIGEST: "sha256:abc"})
+    source, snapshots = verified_ami(home, **{tags.INPUT_DIGEST: "sha256:abc"})
+    home_record(VERSION, source, snapshots)  # the bake's record: the copy gets one, which vouches for it next time
 
     first = bake(proj, "distribute", f"sample:{VERSION}", "--regions", OTHER, "--accounts", ",".join(ACCOUNTS),
                  "--json")
@@ -260,8 +261,9 @@ def test_no_record_for_copies_of_an_unverified_version_nor_for_an_ami_found_by_i
     assert adopted_verifications(tmp_path, other, untested, OTHER) == []
     assert adopted_verifications(tmp_path, other, forged_version, OTHER) == []
     progress = bake(proj, "distribute", f"sample:{forged_version}", "--regions", OTHER)
-    assert (f"{OTHER}: {forged} has no verification record and was not copied by this run: it stays unverified"
-            in progress.stderr), progress.stderr
+    assert (f"{OTHER}: {forged} is not shared: it was found by its tags and not copied by this run, and no "
+            "readback record or copy record vouches for it" in progress.stderr), progress.stderr
+    assert progress.rc == 0  # no account asked for: nothing was left undone
 
 
 # ---- what a copy asks for: its tags, its idempotency token, its source
@@ -375,3 +377,46 @@ def test_distribute_refuses_when_the_ami_the_record_names_is_gone(aws, proj):
     assert refused.rc == 1 and refused.stderr.count("\n") == 1, refused.stderr
     assert recorded in refused.stderr and "/bakery/verifications/sample/" + VERSION in refused.stderr
     assert not amis.find_amis(boto3.client("ec2", OTHER), {tags.IMAGE: "sample"})  # nothing copied
+
+
+# ---- sharing in other regions: only what a readback record vouches for, or the copy this run made
+
+
+def test_an_ami_found_by_its_tags_in_another_region_is_shared_only_when_a_readback_record_vouches_for_it(aws, proj):
+    from bakery.aws import clients, readback_record
+
+    with_aws_settings(proj, [HOME, OTHER], ACCOUNTS, KEYS)
+    home, other = boto3.client("ec2", HOME), boto3.client("ec2", OTHER)
+    source, snapshots = verified_ami(home)
+    home_record(VERSION, source, snapshots)
+    forged, forged_snapshots = version_ami(other, "sample", VERSION, OTHER)  # anyone allowed to tag could tag it
+
+    refused = bake(proj, "distribute", f"sample:{VERSION}", "--json")
+
+    [line, error] = refused.stderr.splitlines()  # one progress line for the region, one error line at the end
+    assert refused.rc == 1 and line.startswith(f"{OTHER}: {forged} is not shared: it was found by its tags"), line
+    assert error.startswith(f"bake.py: error: sample:{VERSION} not shared in {OTHER} ({forged}): "), error
+    result = {r["region"]: r for r in refused.json["regions"]}
+    assert (result[HOME]["shared"], result[HOME]["why"]) == (True, "")  # what may be shared is shared first
+    assert result[OTHER]["shared"] is False and "not copied by this run" in result[OTHER]["why"]
+    assert shared_with(home, source) == (set(ACCOUNTS), {s: set(ACCOUNTS) for s in snapshots})
+    assert shared_with(other, forged) == (set(), {s: set() for s in forged_snapshots})
+    text = bake(proj, "distribute", f"sample:{VERSION}")
+    assert text.rc == 1 and f"{OTHER}: {forged} is not shared: " in text.stderr, text.stderr
+
+    # verify --target aws --region OTHER on that very AMI vouches for it: failed, it stays unshared; passed, shared
+    def read_back_there(passed: bool, run_id: str) -> None:
+        readback_record.write(clients.client("ssm", HOME), image="sample", version=VERSION, region=OTHER, ami=forged,
+                              snapshots=forged_snapshots, disk_sha256="cd" * 32, passed=passed,
+                              report_sha256="ab" * 32, summary="vm passed" if passed else "vm failed", run_id=run_id,
+                              env="")
+
+    read_back_there(False, "verify-there-1")
+    failed = bake(proj, "distribute", f"sample:{VERSION}", "--json")
+    assert failed.rc == 1 and "vm failed" in {r["region"]: r for r in failed.json["regions"]}[OTHER]["why"]
+    assert shared_with(other, forged)[0] == set()
+    read_back_there(True, "verify-there-2")
+    passed = bake(proj, "distribute", f"sample:{VERSION}", "--json")
+    assert passed.rc == 0, passed.stderr
+    assert {r["region"]: r["shared"] for r in passed.json["regions"]} == {HOME: True, OTHER: True}
+    assert shared_with(other, forged) == (set(ACCOUNTS), {s: set(ACCOUNTS) for s in forged_snapshots})

@@ -363,7 +363,8 @@ def distribute() -> list[Call]:
     """The source AMI, its passing record and its passing readback record (home region: distribute refuses an
     unverified version before anything); a copy per region, tagged at creation; the copy's own write-once record in
     the home region (verification_record.write_copy_record); tags it lacks; sharing, only here. A copy found from an
-    earlier run: its copy record is read instead."""
+    earlier run: its copy record is read instead, and it is shared only when its readback or copy record vouches
+    for it."""
     source_tags = {**AMI_TAGS, **VERIFIED}  # a bake's AMI
     copy_tags = {k: v for k, v in source_tags.items() if k.startswith("bakery:") or k == "Name"}
     copies = f"/bakery/verifications/webapp/copies/{VERSION}/{OTHER}"
@@ -381,6 +382,8 @@ def distribute() -> list[Call]:
         *share(HOME, "ami-0new", "snap-0new"),
         Call("ssm:PutParameter", ssm(f"{copies}/ami-0copy"), context={"ssm:Overwrite": "false"}),
         Call("ssm:GetParameter", ssm(f"{copies}/ami-0found")),  # a copy this run did not make
+        # shared only when readback_record.verdict vouches for it (distribute_share.refusal): its own readback records
+        Call("ssm:GetParametersByPath", ssm(readback_path("ami-0found", OTHER))),
         Call("ec2:DescribeSnapshots"),
         Call("ec2:CreateTags", snapshot("snap-0copy", OTHER), AMI_TAGS, request_tags=copy_tags),
         *share(OTHER, "ami-0copy", "snap-0copy"),
@@ -933,6 +936,33 @@ def test_the_prod_promote_role_promotes_and_bakes_nothing():
     assert all(call.decide(prod) != "allow" for call in deploy("qa") if call.action in {
         "autoscaling:UpdateAutoScalingGroup", "ec2:CreateLaunchTemplateVersion", "iam:PassRole"})
     assert policy_size(prod) <= MANAGED_POLICY_LIMIT
+
+
+# A promote-only role's Releases grant covers parameter/bakery/* (or /bakery/*/<env>/*): without an explicit Deny it
+# could write a new readback leaf (write-once only forbids Overwrite) that out-votes a failed verification.
+NO_BUILD_ROLE_MUST_NOT = {
+    "forge a passing readback record": Call("ssm:PutParameter", ssm(f"{readback_path()}/20991231T000000Z-forged"),
+                                            context={"ssm:Overwrite": "false"}),
+    "forge a readback record of an image named like the environment": Call(
+        "ssm:PutParameter", ssm(f"/bakery/verifications/prod/readback/{VERSION}/{HOME}/ami-0new/forged"),
+        context={"ssm:Overwrite": "false"}),
+    "forge a copy's record": Call("ssm:PutParameter", ssm(
+        f"/bakery/verifications/webapp/copies/{VERSION}/{OTHER}/ami-0forged"), context={"ssm:Overwrite": "false"}),
+    "write a version's record before its bake": Call(
+        "ssm:PutParameter", ssm("/bakery/verifications/webapp/29991231.001"), context={"ssm:Overwrite": "false"}),
+}
+
+
+@pytest.mark.parametrize("envs", [(), ("prod",)], ids=["every env", "prod"])
+@pytest.mark.parametrize("path", sorted(NO_BUILD_ROLE_MUST_NOT))
+def test_a_no_build_role_writes_no_verification_record(path, envs):
+    """`iam-policy --no-build` (with or without --env): an explicit Deny of PutParameter under
+    parameter/bakery/verifications/*, which holds whatever else the role is allowed; its releases still work."""
+    policy = _render(*envs, build=False)
+    assert NO_BUILD_ROLE_MUST_NOT[path].decide(policy) == "explicit_deny", path
+    releases = [c for c in promote() if c.action == "ssm:PutParameter"]
+    assert releases and all(call.decide(policy) == "allow" for call in releases)
+    assert NO_BUILD_ROLE_MUST_NOT[path].decide(_render(*envs)) != "explicit_deny"  # building roles write records
 
 
 def test_env_needs_instance_roles_by_environment():

@@ -101,3 +101,16 @@ def test_the_readback_level_is_no_version_and_names_are_checked(aws):
     long = write(ssm, ami, snapshots, summary="x" * 10000)  # shortened under the standard tier's 4 KB
     [record] = readback_record.records(ssm, "webapp", VERSION, REGION, ami)
     assert record["parameter"] == long and len(record["summary"]) == verification_record.MAX_SUMMARY
+
+
+def test_the_newest_record_is_the_one_ssm_stored_last_whatever_its_written_at_claims(aws, monkeypatch):
+    """written_at is the writer's word: a record dated 2099 must not out-vote a failure SSM stored after it."""
+    ec2, ssm = clients.client("ec2", REGION), clients.client("ssm", REGION)
+    ami, snapshots = version_ami(ec2, "webapp", VERSION)
+    monkeypatch.setattr(readback_record, "utc_now", lambda: "2099-12-31T23:59:59Z")
+    write(ssm, ami, snapshots, run_id="verify-9", summary="forged pass")
+    monkeypatch.setattr(readback_record, "utc_now", lambda: "2026-12-01T10:00:00Z")
+    write(ssm, ami, snapshots, run_id="verify-1", passed=False, summary="vm failed")
+    assert readback_record.verdict(ssm, amis.describe_ami(ec2, ami), REGION) == (False, "vm failed")
+    stored = {r["run_id"]: r["last_modified"] for r in readback_record.records(ssm, "webapp", VERSION, REGION, ami)}
+    assert stored["verify-1"] >= stored["verify-9"]  # moto, like SSM, stamps LastModifiedDate itself
