@@ -119,13 +119,16 @@ def make_ext4(tree: Path, image: Path, *, size: int, label: str, fs_uuid: str, h
     finally:
         if aside is not None:
             aside.put_back()
+    if csum_seed:
+        # tune2fs writes the UUID into every superblock: debugfs' ssv would change the primary only, and a backup
+        # that differs from it in its UUID makes the first boot's fsck check the root and ask for a reboot
+        _run(["tune2fs", "-U", fs_uuid, str(image)], f"setting the UUID of the {label} filesystem", env)
     commands = [f"sif <{i}> {field} @{mtime}" for i, mtime in _mtimes(image).items()
                 for field in ("ctime", "atime", "crtime")]
     # mkfs -d gives the filesystem's root 0755 and its own time: once mounted it is the mount point (/tmp: 1777)
     commands += [f"sif <2> mode 0{top.st_mode:o}", f"sif <2> mtime @{int(top.st_mtime)}"]
     for field in ("ctime", "atime", "crtime"):
         commands.append(f"sif <2> {field} @{int(top.st_mtime)}")
-    commands += [f"ssv uuid {fs_uuid}"] if csum_seed else []
     commands += ["ssv kbytes_written 0", f"ssv wtime @{epoch}", f"ssv lastcheck @{epoch}"]
     _run(["debugfs", "-w", "-f", "-", str(image)], f"fixing the times of the {label} filesystem", env,
          stdin="\n".join(commands) + "\n")
