@@ -40,6 +40,7 @@ class DiskPlan:
     input_digest: str
     build_time: str
     layout: Layout
+    under_ref: str = ""  # the cached layer under the image's last role ('' unknown): what is not late
 
     @property
     def epoch(self) -> int:
@@ -70,7 +71,7 @@ def build_raw(plan: DiskPlan, workdir: Path, size: int) -> tuple[Path, dict[str,
     """The raw disk in `workdir`; returns it and the details recorded with it (partitions, command line)."""
     root = workdir / "tree"
     tree.unpack(plan.image_ref, root)
-    late = tree.late_paths(plan.image_ref)
+    late = tree.late_paths(plan.image_ref, plan.under_ref)
     mounts = [part.mount for part in plan.layout.all]
     os.utime(root, (plan.epoch, plan.epoch))  # the export has no entry for /: its time was the unpack's
     trees = tree.cut(root, plan.layout, workdir, plan.epoch)

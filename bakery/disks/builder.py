@@ -113,10 +113,23 @@ def _build(project: Project, catalog: SqliteCatalog, progress: Progress, record:
     provenance = record.get("provenance") or {}
     plan = assemble.DiskPlan(record["image"], record["version"], record["image_ref"],
                              record.get("input_digest") or provenance.get("input_digest") or "",
-                             provenance.get("build_time") or record["created"], layout)
+                             provenance.get("build_time") or record["created"], layout,
+                             _layer_under_last_role(catalog, record))
     progress.note(f"disk: building the disk of {plan.image}:{plan.version}")
     disk, details = assemble.build_raw(plan, work, size)
     return _publish(project, catalog, plan.image, plan.version, "raw", disk, run, started, details)
+
+
+def _layer_under_last_role(catalog: SqliteCatalog, record: dict[str, Any]) -> str:
+    """The cached layer image the version's last role was baked on ('' when the catalog or podman lacks it)."""
+    from bakery import podman
+
+    layers = record.get("layers") or []
+    if len(layers) < 2:
+        return ""
+    cached = catalog.layer(layers[-2].get("layer_key") or layers[-2].get("key") or "")
+    ref = str(cached and (cached.get("image_id") or cached.get("ref")) or "")
+    return ref if ref and podman.image_exists(ref) else ""
 
 
 def _publish(project: Project, catalog: SqliteCatalog, image: str, version: str, disk_format: str, built: Path,

@@ -37,14 +37,18 @@ def unpack(image_ref: str, root: Path) -> None:
         raise OperationError(f"unpacking {image_ref} failed: {(untar.stderr or 'podman export failed').strip()}")
 
 
-def late_paths(image_ref: str) -> set[str]:
+def late_paths(image_ref: str, under_ref: str = "") -> set[str]:
     """Paths (relative to /) the image's last role and its final layer added or changed: podman's diff between
-    the version's image and the layer under its last role (history: final layer, last role, the one under it).
-    These go into the filesystems last, so an app-only change moves few blocks of the disk."""
-    history = podman.run("history", "-q", "--no-trunc", image_ref).stdout.split()
-    if len(history) < 3 or history[2] == "<missing>":  # an image not baked by bakery: nothing is late
-        return set()
-    diff = podman.run("diff", image_ref, history[2]).stdout.splitlines()
+    the version's image and the layer under its last role (`under_ref`, the cached layer the catalog names: a cold
+    bake folds several roles into one image layer, so the image's own history would put them all last; without
+    it, the history: final layer, last role, the one under it). These go into the filesystems last, so an
+    app-only change moves few blocks of the disk."""
+    if not under_ref:
+        history = podman.run("history", "-q", "--no-trunc", image_ref).stdout.split()
+        if len(history) < 3 or history[2] == "<missing>":  # an image not baked by bakery: nothing is late
+            return set()
+        under_ref = history[2]
+    diff = podman.run("diff", image_ref, under_ref).stdout.splitlines()
     return {line[2:].lstrip("/") for line in diff if line[:2] in ("A ", "C ") and line[2:].lstrip("/")}
 
 

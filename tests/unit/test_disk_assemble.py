@@ -271,7 +271,7 @@ def unpacked_like_podman_export(image):
 
 def build(work, monkeypatch, image):
     monkeypatch.setattr(tree, "unpack", unpacked_like_podman_export(image))
-    monkeypatch.setattr(tree, "late_paths", lambda _ref: set())  # no layers to diff
+    monkeypatch.setattr(tree, "late_paths", lambda *_refs: set())  # no layers to diff
     work.mkdir()
     return assemble.build_raw(plan(Layout((Partition("/var/log", 8 * MIB, ("nodev", "nosuid", "noexec")),))),
                               work, 700 * MIB)
@@ -337,7 +337,7 @@ def disk_project(tmp_path, monkeypatch):
                                                               "input_digest": DIGEST}, layers=[])
     image = fake_image(tmp_path / "image")
     monkeypatch.setattr(tree, "unpack", lambda _ref, target: shutil.copytree(image, target, symlinks=True))
-    monkeypatch.setattr(tree, "late_paths", lambda _ref: set())  # no layers to diff
+    monkeypatch.setattr(tree, "late_paths", lambda *_refs: set())  # no layers to diff
     yield project, catalog, catalog.resolve("webapp", None)
     catalog.close()
 
