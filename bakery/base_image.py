@@ -12,17 +12,20 @@ import logging
 import shutil
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from bakery import podman
+from bakery.base_settings import BaseSettings
 from bakery.errors import ConfigError, OperationError
 
 log = logging.getLogger("bakery.base")
 
 BASE_REPO = "localhost/bakery/base"
 RELEASE_LABEL = "io.bakery.base.release"
+FLAVOUR_LABEL = "io.bakery.base.flavour"  # absent on a plain base (no bakery.yml base: settings)
 # systemd as init so handlers and services behave as on a real server; python3-apt
 # so Ansible's apt module works without installing anything first.
 BASE_PACKAGES = ["systemd", "systemd-sysv", "python3", "python3-apt", "dbus", "iproute2"]
@@ -38,11 +41,14 @@ class BaseImage:
     reused: bool = False
 
 
-def find_base(release: str) -> BaseImage | None:
-    """The newest bakery base of a release that podman has, if any."""
-    images = podman.images_with_label(f"{RELEASE_LABEL}={release}")
+def find_base(release: str, settings: BaseSettings | None = None) -> BaseImage | None:
+    """The newest bakery base of a release (made with these base settings) that podman has, if any."""
+    flavour = (settings or BaseSettings()).flavour
+    images = _images_with_label(f"{RELEASE_LABEL}={release}")
     candidates = []
     for image in images:
+        if (image.get("Labels") or {}).get(FLAVOUR_LABEL, "") != flavour:
+            continue
         names = [n for n in image.get("Names") or [] if n.startswith(f"{BASE_REPO}:{release}-")]
         if names:
             candidates.append((image.get("Created", 0), sorted(names)[-1], image))
@@ -53,54 +59,73 @@ def find_base(release: str) -> BaseImage | None:
                      created=str(image.get("CreatedAt", "")), reused=True)
 
 
-def resolve_base(spec: str) -> BaseImage:
+def _images_with_label(label: str, attempts: int = 3) -> list[dict]:
+    """`podman images` fails when another process removes a listed image meanwhile (gc, a test's cleanup): ask again."""
+    for attempt in range(attempts):
+        try:
+            return podman.images_with_label(label)
+        except OperationError as exc:
+            if "image not known" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.5)
+    return []
+
+
+def resolve_base(spec: str, settings: BaseSettings | None = None) -> BaseImage:
     """Turn an image definition's `base:` (a release name or any local image) into an image and digest."""
     if "/" in spec or ":" in spec:
         digest = podman.image_id(spec)
         if digest is None:
             raise ConfigError(f"base image '{spec}' not found in podman; build it or change 'base' in bakery.yml")
         return BaseImage(ref=spec, digest=digest, release=None, created="", reused=True)
-    base = find_base(spec)
+    base = find_base(spec, settings)
     if base is None:
         raise ConfigError(f"no base image for release '{spec}'; create it with: ./bake.py base --release {spec}")
     return base
 
 
-def build_base(release: str, work_dir: Path, rebuild: bool = False) -> BaseImage:
+def build_base(release: str, work_dir: Path, rebuild: bool = False, settings: BaseSettings | None = None) -> BaseImage:
     """Make (or reuse) the base for a release: mmdebstrap, then podman import."""
+    settings = settings or BaseSettings()
     if release not in KNOWN_RELEASES:
         raise ConfigError(f"--release '{release}' is not a Debian release bakery knows "
                           f"({', '.join(sorted(KNOWN_RELEASES))})")
     if not rebuild:
-        existing = find_base(release)
+        existing = find_base(release, settings)
         if existing:
-            tag_alias(existing)
+            if not settings.flavour:
+                tag_alias(existing)
             return existing
     if shutil.which("mmdebstrap") is None:
         raise ConfigError("mmdebstrap is not installed; run: make setup")
     stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
-    ref = f"{BASE_REPO}:{release}-{stamp}"
+    ref = f"{BASE_REPO}:{release}-{settings.flavour + '-' if settings.flavour else ''}{stamp}"
+    packages = BASE_PACKAGES + [p for p in settings.extra_packages if p not in BASE_PACKAGES]
     work_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=work_dir, prefix="base-") as tmp:
         tarball = Path(tmp) / "rootfs.tar"
-        cmd = ["mmdebstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}",
+        cmd = ["mmdebstrap", "--variant=minbase", f"--include={','.join(packages)}",
                # a container has no kernel of its own: keep its machine-id empty so systemd makes one at boot
                "--customize-hook=truncate -s 0 \"$1/etc/machine-id\"",
-               release, str(tarball), *host_sources(release)]
+               release, str(tarball), *base_sources(release, settings)]
         log.info("making base: %s", " ".join(cmd))
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
-            last = (proc.stderr.strip().splitlines() or ["unknown error"])[-1]
-            raise OperationError(f"mmdebstrap failed for {release}: {last}")
+            lines = proc.stderr.strip().splitlines() or ["unknown error"]
+            # the first error says why; the last one only that mmdebstrap failed
+            first = next((line for line in lines if line.startswith(("E: ", "dpkg: error"))), lines[-1])
+            raise OperationError(f"mmdebstrap failed for {release}: {first[:300]}")
+        flavour = ["--change", f"LABEL {FLAVOUR_LABEL}={settings.flavour}"] if settings.flavour else []
         podman.run("import", "--change", "CMD=/sbin/init",
-                   "--change", f"LABEL {RELEASE_LABEL}={release}",
-                   "--change", "LABEL io.bakery.base.packages=" + podman.dockerfile_quote(" ".join(BASE_PACKAGES)),
+                   "--change", f"LABEL {RELEASE_LABEL}={release}", *flavour,
+                   "--change", "LABEL io.bakery.base.packages=" + podman.dockerfile_quote(" ".join(packages)),
                    str(tarball), ref, timeout=900)
     digest = podman.image_id(ref)
     if digest is None:
         raise OperationError(f"podman import did not produce {ref}")
     base = BaseImage(ref=ref, digest=digest, release=release, created=stamp)
-    tag_alias(base)
+    if not settings.flavour:  # the alias (Molecule's platform image) stays bakery's plain base
+        tag_alias(base)
     return base
 
 
@@ -112,6 +137,19 @@ def alias_ref(release: str) -> str:
 def tag_alias(base: BaseImage) -> None:
     if base.release and podman.image_id(alias_ref(base.release)) != base.digest:
         podman.run("tag", base.ref, alias_ref(base.release))
+
+
+def base_sources(release: str, settings: BaseSettings) -> list[str]:
+    """mmdebstrap's sources: the machine's (or Debian's mirror), then bakery.yml's extra ones.
+
+    Given any source, mmdebstrap uses only what it is given: Debian's own mirror is named when the host's
+    sources do not fit the release."""
+    sources = host_sources(release)
+    if settings.extra_sources and not sources:
+        sources = [f"deb http://deb.debian.org/debian {release} main",
+                   f"deb http://deb.debian.org/debian {release}-updates main",
+                   f"deb http://deb.debian.org/debian-security {release}-security main"]
+    return sources + list(settings.extra_sources)
 
 
 def host_sources(release: str) -> list[str]:

@@ -4,7 +4,7 @@
 transaction, so kill -9 at any moment leaves it consistent). The AWS target keeps the same facts as AMI tags
 and SSM parameters. A version is reserved as `pending` before the image is committed (its labels carry the
 version) and becomes `ready` only once the image exists; a pending row whose process is gone is a leftover
-that `gc` (and the next bake) removes. Bootable disks are recorded by catalog_disks.DiskRecords.
+that `gc` (and the next bake) removes. Disks: catalog_disks.DiskRecords; packages: catalog_packages.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Any
 
 from bakery import catalog_schema
 from bakery.catalog_disks import DiskRecords
+from bakery.catalog_packages import PackageRecords
 from bakery.errors import ConfigError
 
 # The release kinds after which an environment runs the release's version (gc and the pipeline read them too).
@@ -90,6 +91,10 @@ class Catalog(ABC):
     def record_base(self, ref: str, release: str, digest: str) -> None: ...
 
     @abstractmethod
+    def record_packages(self, image: str, version: str, packages: dict[str, str]) -> None:
+        """Keep a version's installed packages (name -> version): `show` lists the changes between versions."""
+
+    @abstractmethod
     def record_verification(self, image: str, version: str, *, env: str | None, started: str, seconds: float,
                             passed: bool, run_id: str, summary: str, reports: dict[str, Any],
                             kind: str = "container") -> int:
@@ -115,7 +120,7 @@ class Catalog(ABC):
         """Release history, newest first."""
 
 
-class SqliteCatalog(DiskRecords, Catalog):
+class SqliteCatalog(PackageRecords, DiskRecords, Catalog):
     """The local target's catalog: one SQLite file in WAL mode."""
 
     def __init__(self, path: Path):
@@ -327,11 +332,6 @@ class SqliteCatalog(DiskRecords, Catalog):
 
     def layers(self) -> list[dict[str, Any]]:
         return [dict(r) for r in self._db.execute("SELECT * FROM layers ORDER BY created")]
-
-    def record_base(self, ref, release, digest):
-        with self._tx() as db:
-            db.execute("INSERT OR REPLACE INTO bases (ref, release, digest, created) VALUES (?, ?, ?, ?)",
-                       (ref, release, digest, _now()))
 
     def record_verification(self, image, version, *, env, started, seconds, passed, run_id, summary, reports,
                             kind="container"):

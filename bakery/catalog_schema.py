@@ -13,7 +13,7 @@ from bakery.errors import ConfigError
 
 SCHEMA = (Path(__file__).parent / "catalog_schema.sql").read_text(encoding="utf-8")
 # Bump when catalog_schema.sql changes in a way older code cannot read; PRAGMA user_version carries it.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 def statements(script: str = SCHEMA) -> list[str]:
@@ -36,6 +36,8 @@ UPGRADES = {
         " SELECT id, image, version, env, started, seconds, passed, run_id, summary, reports, kind"
         " FROM verifications_v2",
         "DROP TABLE verifications_v2"],  # its index goes with it; the caller creates SCHEMA's again
+    # a base's updates (what `base --if-updates` found: security ones marked); version_packages is a new table
+    3: ["ALTER TABLE bases ADD COLUMN updates TEXT"],
 }
 
 

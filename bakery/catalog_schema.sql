@@ -73,7 +73,8 @@ CREATE TABLE IF NOT EXISTS bases (
     ref TEXT PRIMARY KEY,
     release TEXT NOT NULL,
     digest TEXT NOT NULL,
-    created TEXT NOT NULL
+    created TEXT NOT NULL,
+    updates TEXT
 );
 CREATE TABLE IF NOT EXISTS disks (
     image TEXT NOT NULL,
@@ -93,4 +94,12 @@ CREATE TABLE IF NOT EXISTS disk_blocks (
     sha256 TEXT PRIMARY KEY,
     size INTEGER NOT NULL,
     digests TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS version_packages (
+    image TEXT NOT NULL,
+    version TEXT NOT NULL,
+    package TEXT NOT NULL,
+    package_version TEXT NOT NULL,
+    PRIMARY KEY (image, version, package),
+    FOREIGN KEY (image, version) REFERENCES versions (image, version) ON DELETE CASCADE
 );

@@ -28,7 +28,7 @@ ROLE_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*\Z")
 # so such work would either be repeated in every layer or silently skipped.
 TASK_KEYS = ("pre_tasks", "tasks", "post_tasks", "handlers", "import_playbook")
 IMAGE_SETTING_KEYS = {"base", "description", "artifacts", "health_check", "disk"}
-PROJECT_KEYS = {"images", "default_base", "aws"}
+PROJECT_KEYS = {"images", "default_base", "aws", "base"}  # base: bakery.base_settings
 DEFAULT_BASE = "bookworm"
 
 

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import tempfile
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
+from bakery.base_settings import BaseSettings, project_base_settings
 from bakery.catalog import Catalog
 from bakery.config import ImageDefinition, Project
-from bakery.errors import ConfigError
+from bakery.errors import ConfigError, OperationError
 from bakery.progress import Progress
 from bakery.runs import Run
+
+log = logging.getLogger("bakery.build")
 
 
 @dataclass
@@ -60,6 +67,10 @@ class Builder(ABC):
         self.catalog = catalog
         self.progress = progress
 
+    def base_settings(self) -> BaseSettings:
+        """bakery.yml's `base:` (extra apt sources and packages): which flavour of bakery's base to bake on."""
+        return project_base_settings(self.project.settings, str(self.project.root / "bakery.yml"))
+
     def artifact_inputs(self, definition: ImageDefinition) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
         """For each role that installs a built artifact: its key inputs (name, digest) and the variables it gets."""
         from bakery.artifacts import LocalArtifactStore, verify
@@ -85,3 +96,24 @@ class Builder(ABC):
     @abstractmethod
     def build(self, definition: ImageDefinition, options: BuildOptions, run: Run) -> BuildResult:
         """Bake the image, or return the existing version when nothing changed."""
+
+
+def image_packages(ref: str) -> dict[str, str]:
+    """The installed packages of a local image (its dpkg database), for the version's record; {} when unreadable:
+    a missing package list must not fail a bake that succeeded."""
+    from bakery import podman
+    from bakery.gc import leftovers
+    from bakery.verify.packages import parse_status
+
+    name = f"bakery-packages-{os.getpid()}-{os.urandom(3).hex()}"
+    try:
+        podman.run("create", "--name", name, "--label", f"{leftovers.BUILD_LABEL}=1", "--label",
+                   f"{leftovers.PID_LABEL}={os.getpid()}", ref, "/bin/true")
+        with tempfile.TemporaryDirectory() as tmp:
+            podman.run("cp", f"{name}:/var/lib/dpkg/status", str(Path(tmp) / "status"))
+            return parse_status((Path(tmp) / "status").read_text(encoding="utf-8", errors="replace"))
+    except OperationError as exc:
+        log.warning("could not list the packages of %s: %s", ref, exc)
+        return {}
+    finally:
+        podman.remove_container(name)

@@ -22,7 +22,7 @@ import yaml
 from bakery import __version__, podman
 from bakery.ansible import ansible_env, mitogen_env, mitogen_wanted, podman_inventory, run_playbook
 from bakery.base_image import resolve_base
-from bakery.builders.base import Builder, BuildOptions, BuildResult, LayerResult
+from bakery.builders.base import Builder, BuildOptions, BuildResult, LayerResult, image_packages
 from bakery.config import ImageDefinition
 from bakery.errors import ConfigError, Interrupted, OperationError
 from bakery.gc import leftovers
@@ -52,7 +52,7 @@ class PodmanBuilder(Builder):
         self._check_disk_space()
         leftovers.clean(self.project, self.catalog)
 
-        base = resolve_base(definition.base)
+        base = resolve_base(definition.base, self.base_settings())
         self.catalog.record_base(base.ref, base.release or "", base.digest)
         extra_vars = {"bakery_image": definition.name, "bakery_target": self.target, **options.extra_vars}
         role_inputs, role_vars = self.artifact_inputs(definition)
@@ -160,6 +160,7 @@ class _Bake:
             layers=[{"role": r.role, "role_digest": r.role_digest, "key": r.key, "cached": r.cached}
                     for r in self.layer_results],
         )
+        self.b.catalog.record_packages(self.definition.name, self.version, image_packages(ref))  # for `show`
         return BuildResult(
             image=self.definition.name, version=self.version, ref=ref, image_id=image_id, input_digest=self.digest,
             reused=False, run_id=self.run.id, seconds=round(time.monotonic() - self.started, 3),

@@ -11,29 +11,92 @@ from bakery.errors import ConfigError
 @click.command()
 @click.option("--release", default="bookworm", show_default=True, help="Debian release of the base.")
 @click.option("--rebuild", is_flag=True, help="Make a new base even if one exists.")
+@click.option("--if-updates", is_flag=True,
+              help="Make a new base only when the base's apt sources have newer packages than it, or than the newest "
+                   "image on it (what roles installed), has (checked in a throwaway container of the current base); "
+                   "else say it is up to date and change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_ctx
-def base(obj: Context, release: str, rebuild: bool, as_json: bool) -> None:
+def base(obj: Context, release: str, rebuild: bool, if_updates: bool, as_json: bool) -> None:
     """Make the base image (mmdebstrap + podman import), or reuse the newest one.
 
-    Example: ./bake.py base --release bookworm
+    Example: ./bake.py base --release bookworm; ./bake.py base --if-updates (a scheduled rebake: see docs/commands.md)
     """
     from bakery import podman
     from bakery.base_image import KNOWN_RELEASES, build_base
+    from bakery.base_settings import project_base_settings
 
     if release not in KNOWN_RELEASES:  # before podman is asked anything
         raise ConfigError(f"--release '{release}' is not a Debian release bakery knows "
                           f"({', '.join(sorted(KNOWN_RELEASES))})")
+    if if_updates and rebuild:
+        raise ConfigError("--if-updates and --rebuild exclude each other: --rebuild always makes a new base, "
+                          "--if-updates only when apt has updates for the current one")
+    settings = project_base_settings(obj.project.settings, str(obj.project.root / "bakery.yml"))
     podman.check_working()
+    if if_updates:
+        _base_if_updates(obj, release, settings, as_json)
+        return
     if not as_json:
         click.echo(f"base {release}: looking for an existing base" + (" (rebuild requested)" if rebuild else ""),
                    err=True)
-    image = build_base(release, obj.project.state_dir / "tmp", rebuild=rebuild)
+    image = build_base(release, obj.project.state_dir / "tmp", rebuild=rebuild, settings=settings)
     obj.catalog.record_base(image.ref, release, image.digest)
     if as_json:
-        emit_json({"ref": image.ref, "digest": image.digest, "release": release, "reused": image.reused})
+        emit_json({"ref": image.ref, "digest": image.digest, "release": release, "reused": image.reused,
+                   "made": not image.reused})
     else:
         click.echo(f"{'reused' if image.reused else 'built'} {image.ref} ({image.digest})")
+
+
+def _base_if_updates(obj: Context, release: str, settings, as_json: bool) -> None:
+    """Check the current base, and the newest images on it, against the base's apt sources; a new base only when
+    something is newer (or none exists)."""
+    from dataclasses import asdict
+
+    from bakery.base_image import build_base, find_base
+    from bakery.base_updates import check_updates, images_on_base
+
+    current = find_base(release, settings)
+    check = None
+    if current is not None:
+        on_base = images_on_base(obj.catalog, current)
+        if not as_json:
+            click.echo(f"base {release}: checking {current.ref} and {len(on_base)} images on it for updates "
+                       "(apt-get update in a throwaway container)", err=True)
+        check = check_updates(current, settings, on_base)
+        if check.unchecked and not as_json:
+            click.echo(f"not checked (no longer in podman): {', '.join(check.unchecked)}", err=True)
+        seen = {"checked": check.checked, "images": check.images, "unchecked": check.unchecked}
+        if not check.updates:
+            if as_json:
+                emit_json({"ref": current.ref, "digest": current.digest, "release": release, "made": False,
+                           **seen, "updates": []})
+            else:
+                also = f", and so are the packages of {', '.join(check.images)}" if check.images else ""
+                click.echo(f"base {current.ref}: up to date ({check.checked} packages checked){also}")
+            return
+    elif not as_json:
+        click.echo(f"base {release}: no base yet; making one", err=True)
+    updates = [asdict(u) for u in check.updates] if check else []
+    image = build_base(release, obj.project.state_dir / "tmp", rebuild=current is not None, settings=settings)
+    obj.catalog.record_base(image.ref, release, image.digest, updates=updates if check else None)
+    if as_json:
+        emit_json({"ref": image.ref, "digest": image.digest, "release": release, "made": not image.reused,
+                   "previous": current.ref if current else None, "checked": check.checked if check else 0,
+                   "images": check.images if check else [], "unchecked": check.unchecked if check else [],
+                   "updates": updates})
+        return
+    if check is None:
+        click.echo(f"built {image.ref} ({image.digest})")
+        return
+    security = sum(1 for u in check.updates if u.security)
+    in_images = f" and {len(check.images)} images on it" if check.images else ""
+    click.echo(f"built {image.ref} ({image.digest}) replacing {current.ref if current else '-'}: "
+               f"{len(check.updates)} updates ({security} security) of {check.checked} packages{in_images}")
+    for update in check.updates:
+        click.echo(f"  {update.text()}")
+    click.echo("the next build re-bakes every layer on it: ./bake.py build IMAGE")
 
 
 @click.command("build-app")

@@ -68,7 +68,10 @@ def _images_aws(obj: Context, image: str | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 @pass_ctx
 def show(obj: Context, ref: str, as_json: bool) -> None:
-    """Show one version's provenance and per-role layer digests (default: the newest).
+    """Show one version's provenance, per-role layer digests and package changes (default: the newest).
+
+    Package changes are against the version it replaces (the image's previous version); security updates are
+    marked when a base made by `base --if-updates` named them.
 
     Example: ./bake.py show webapp:20261128.001
     """
@@ -76,6 +79,8 @@ def show(obj: Context, ref: str, as_json: bool) -> None:
     record = obj.catalog.resolve(name, version, ready_only=False)
     version = record["version"]
     record["verifications"] = obj.catalog.verifications(name, version)
+    record["packages"] = obj.catalog.packages(name, version)
+    record["package_changes"] = obj.catalog.package_changes(name, version)
     if as_json:
         emit_json(record)
         return
@@ -87,8 +92,31 @@ def show(obj: Context, ref: str, as_json: bool) -> None:
     for layer in record["layers"]:
         click.echo(f"    {layer['position'] + 1}. {layer['role']:<20} role {layer['role_digest'][:19]}  "
                    f"layer {layer['layer_key'][:19]}  {'cached' if layer['cached'] else 'baked'}")
+    _echo_package_changes(record["package_changes"], name)
     click.echo("  verifications:" if record["verifications"]
                else f"  verifications: none (run: ./bake.py verify {name}:{version})")
     for v in record["verifications"]:
         click.echo(f"    {v['started']}  {'PASSED' if v['passed'] else 'FAILED'}  {v['seconds']:.1f} s  "
                    f"env {v['env'] or '-'}  {v['summary'][:100]}  ({v['reports'].get('junit', '')})")
+
+
+def package_change_lines(changes: dict) -> list[str]:
+    """One line per package: security updates first, then changed, added and removed packages by name."""
+    mark = {True: " [security]", False: ""}
+    changed = [(not c["security"], f"{n} {c['old']} -> {c['new']}{mark[c['security']]}")
+               for n, c in changes["changed"].items()]
+    added = [(not a["security"], f"{n} (new) {a['version']}{mark[a['security']]}") for n, a in changes["added"].items()]
+    removed = [(True, f"{n} {v} (removed)") for n, v in changes["removed"].items()]
+    return [text for _, text in sorted(changed, key=lambda c: c[0]) + sorted(added, key=lambda a: a[0]) + removed]
+
+
+def _echo_package_changes(changes: dict, name: str) -> None:
+    if changes["note"]:
+        click.echo(f"  packages: {changes['note']}")
+        return
+    lines = package_change_lines(changes)
+    security = sum(1 for c in [*changes["changed"].values(), *changes["added"].values()] if c["security"])
+    click.echo(f"  packages against {name}:{changes['previous']}: {len(changes['changed'])} changed "
+               f"({security} security), {len(changes['added'])} added, {len(changes['removed'])} removed")
+    for line in lines:
+        click.echo(f"    {line}")

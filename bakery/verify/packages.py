@@ -15,8 +15,13 @@ def installed(rootfs: Path) -> dict[str, str]:
     status = rootfs / "var" / "lib" / "dpkg" / "status"
     if not status.is_file():
         return {}
+    return parse_status(status.read_text(encoding="utf-8", errors="replace"))
+
+
+def parse_status(text: str) -> dict[str, str]:
+    """dpkg's status file -> {package (with :arch when not the native one): version} of installed packages."""
     packages: dict[str, str] = {}
-    for stanza in status.read_text(encoding="utf-8", errors="replace").split("\n\n"):
+    for stanza in text.split("\n\n"):
         fields: dict[str, str] = {}
         for line in stanza.splitlines():
             if line and not line[0].isspace() and ":" in line:

@@ -21,6 +21,11 @@ def old_schema():
     return (REPO / "tests" / "fixtures" / "catalog_schema_v1.sql").read_text(encoding="utf-8")
 
 
+def v3_schema():
+    """catalog_schema.sql of schema version 3 (aws verifications, block maps), as bakery 1af1ee8 had it."""
+    return (REPO / "tests" / "fixtures" / "catalog_schema_v3.sql").read_text(encoding="utf-8")
+
+
 def v2_schema():
     """catalog_schema.sql of schema version 2 (disks, verification kinds container and vm), as bakery 55bf389 had it."""
     return (REPO / "tests" / "fixtures" / "catalog_schema_v2.sql").read_text(encoding="utf-8")
@@ -71,7 +76,7 @@ def test_an_older_catalog_is_upgraded_in_place_and_keeps_its_rows(tmp_path, stam
         assert [v["kind"] for v in catalog.verifications("webapp", VERSION)] == ["vm", "container"]
     finally:
         catalog.close()
-    assert user_version(path) == catalog_schema.SCHEMA_VERSION == 3
+    assert user_version(path) == catalog_schema.SCHEMA_VERSION == 4
     reopened = SqliteCatalog(path)
     try:
         assert len(reopened.verifications("webapp", VERSION)) == 2
@@ -96,7 +101,7 @@ def test_an_upgraded_catalog_takes_aws_verifications_and_block_maps_and_keeps_it
                                                   "digests": {0: "00" * 32, 5: "05" * 32}}
     finally:
         catalog.close()
-    assert user_version(path) == 3
+    assert user_version(path) == 4
     db = sqlite3.connect(path)
     try:
         [index] = db.execute("SELECT sql FROM sqlite_master WHERE name = 'verifications_by_version'").fetchall()
@@ -118,18 +123,18 @@ def test_a_verification_kind_other_than_container_vm_or_aws_is_refused_by_the_up
 
 
 def test_a_catalog_from_a_newer_bakery_is_refused_untouched(tmp_path):
-    path = old_catalog(tmp_path / "catalog.db", user_version=4)
+    path = old_catalog(tmp_path / "catalog.db", user_version=5)
     before = path.read_bytes()
-    with pytest.raises(ConfigError, match=r"catalog schema version 4 is newer than this bakery's \(3\)"):
+    with pytest.raises(ConfigError, match=r"catalog schema version 5 is newer than this bakery's \(4\)"):
         SqliteCatalog(path)
-    assert path.read_bytes() == before and user_version(path) == 4
+    assert path.read_bytes() == before and user_version(path) == 5
 
 
 def test_a_new_catalog_is_stamped_with_the_current_schema_version(tmp_path):
     catalog = SqliteCatalog(tmp_path / "catalog.db")
     catalog.reserve_version("webapp", "r", 1)
     catalog.close()
-    assert user_version(tmp_path / "catalog.db") == 3
+    assert user_version(tmp_path / "catalog.db") == 4
 
 
 def ready_catalog(tmp_path):
@@ -186,3 +191,28 @@ def test_a_discarded_version_takes_its_disk_rows_with_it(tmp_path):
         assert catalog.disks() == []
     finally:
         catalog.close()
+
+
+def test_a_schema_3_catalog_keeps_its_bases_and_takes_package_lists_and_base_updates(tmp_path):
+    """Schema 4: the updates a base was made for (bases.updates) and each version's packages (version_packages)."""
+    path = old_catalog(tmp_path / "catalog.db", 3, v3_schema())
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("INSERT INTO bases (ref, release, digest, created) VALUES ('b1', 'bookworm', 'sha256:b', 'then')")
+    db.close()
+    catalog = SqliteCatalog(path)
+    try:
+        catalog.record_packages("webapp", VERSION, {"probe": "1.0"})
+        assert catalog.packages("webapp", VERSION) == {"probe": "1.0"}
+        assert catalog.base_updates() == []
+        catalog.record_base("b1", "bookworm", "sha256:b", updates=[{"name": "probe", "candidate": "1.1",
+                                                                     "security": True}])
+        assert catalog.base_updates() == [{"name": "probe", "candidate": "1.1", "security": True}]
+    finally:
+        catalog.close()
+    assert user_version(path) == 4
+    db = sqlite3.connect(path)
+    try:
+        assert db.execute("SELECT created FROM bases WHERE ref = 'b1'").fetchone()[0] == "then"
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    finally:
+        db.close()

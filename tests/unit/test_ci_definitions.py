@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import click
+import click.testing
 import pytest
 import yaml
 
@@ -27,6 +29,7 @@ VENV_BIN = Path(sys.executable).parent
 WORKFLOW = REPO / "ci" / "github" / "workflows" / "bakery.yml"
 BUILDSPEC = REPO / "ci" / "aws" / "buildspec.yml"
 CODEPIPELINE = REPO / "ci" / "aws" / "codepipeline.yaml"
+BASE_REFRESH_BUILDSPEC = REPO / "ci" / "aws" / "base-refresh-buildspec.yml"
 BUILDSPEC_PHASES = ("install", "pre_build", "build", "post_build")
 
 
@@ -109,6 +112,49 @@ def test_workflow_runs_the_pipeline_on_push_and_promotes_after_approval():
             assert ["promote"] in used and "--to prod" in " ".join(runs[name])
 
 
+def made_flag(shell: str, base_json: str, tmp_path: Path) -> str:
+    """Run a CI definition's "did it make a new base?" shell line on a base.json the real CLI wrote."""
+    (tmp_path / "base.json").write_text(base_json)
+    (tmp_path / "out.txt").unlink(missing_ok=True)
+    out = subprocess.run(["bash", "-c", shell.replace('"$GITHUB_OUTPUT"', "out.txt")], cwd=tmp_path,
+                         capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    return (tmp_path / "out.txt").read_text()
+
+
+def base_json(made: bool) -> str:
+    """What `./bake.py base --if-updates --json` prints (emit_json: indented, keys sorted)."""
+    from bakery.cli.common import emit_json
+
+    runner = click.testing.CliRunner()
+    return runner.invoke(click.Command("x", callback=lambda: emit_json({"made": made, "ref": "r", "updates": []})),
+                         []).output
+
+
+def test_the_scheduled_patch_job_refreshes_the_base_and_only_then_runs_dev_and_qa(tmp_path):
+    workflow = yaml.safe_load(WORKFLOW.read_text())
+    triggers = workflow.get("on", workflow.get(True))
+    [schedule] = triggers["schedule"]
+    assert len(schedule["cron"].split()) == 5
+    jobs = workflow["jobs"]
+    patch = jobs["patch"]
+    assert patch["if"] == "github.event_name == 'schedule'"
+    assert "schedule" not in jobs["qa"]["if"] and jobs["prod"]["if"].startswith("github.event_name == 'workflow_")
+    steps = {step.get("id"): step for step in patch["steps"]}
+    runs = [step["run"] for step in patch["steps"] if "run" in step]
+    used = check_shell_lines(runs, f"{WORKFLOW.name} job patch")
+    assert ["base"] in used and ["pipeline"] in used
+    refresh = next(r for r in runs if "bake.py base" in r)
+    assert "--if-updates" in refresh and "--json" in refresh and "base.json" in refresh
+    [pipeline] = [s for s in patch["steps"] if "bake.py pipeline" in s.get("run", "")]
+    assert pipeline["if"] == "steps.base.outputs.made == 'true'"
+    assert "--env dev --promote-to qa" in pipeline["run"] and "prod" not in pipeline["run"]
+    assert made_flag(steps["base"]["run"], base_json(True), tmp_path) == "made=true\n"
+    assert made_flag(steps["base"]["run"], base_json(False), tmp_path) == "made=false\n"
+    assert patch["steps"][-1] == {"name": "Leave no state on the runner (AWS keeps the record)", "if": "always()",
+                                  "run": "rm -rf .bakery"}
+
+
 # ---------------------------------------------------------------- AWS CodeBuild and CodePipeline
 
 
@@ -151,3 +197,37 @@ def test_codepipeline_has_source_build_approval_promote():
     promote_spec = yaml.safe_load(resources["PromoteBuild"]["Properties"]["Source"]["BuildSpec"])
     assert buildspec_problems(promote_spec) == []
     assert ["promote"] in check_shell_lines(buildspec_commands(promote_spec), "PromoteBuild's buildspec")
+
+
+def test_an_eventbridge_schedule_starts_the_base_refresh_build_with_a_role_that_can_only_start_it(tmp_path):
+    template = yaml.load(CODEPIPELINE.read_text(), Loader=CloudFormationLoader)  # a SafeLoader subclass
+    resources = template["Resources"]
+    rule = resources["BaseRefreshSchedule"]
+    assert rule["Type"] == "AWS::Events::Rule"
+    schedule = rule["Properties"]["ScheduleExpression"]
+    schedule = template["Parameters"][schedule]["Default"] if schedule in template["Parameters"] else schedule
+    assert schedule.startswith(("cron(", "rate(")) and rule["Properties"]["State"] == "ENABLED"
+    [target] = rule["Properties"]["Targets"]
+    assert target["Arn"] == "BaseRefreshBuild.Arn"
+    role = resources[target["RoleArn"].removesuffix(".Arn")]["Properties"]
+    assert role["AssumeRolePolicyDocument"]["Statement"][0]["Principal"] == {"Service": "events.amazonaws.com"}
+    [policy] = role["Policies"]
+    assert policy["PolicyDocument"]["Statement"] == [
+        {"Effect": "Allow", "Action": "codebuild:StartBuild", "Resource": "BaseRefreshBuild.Arn"}]
+    assert "ManagedPolicyArns" not in role
+    project = resources["BaseRefreshBuild"]["Properties"]
+    assert project["Source"]["BuildSpec"] == BASE_REFRESH_BUILDSPEC.relative_to(REPO).as_posix()
+    spec = yaml.safe_load(BASE_REFRESH_BUILDSPEC.read_text())
+    assert buildspec_problems(spec) == []
+    used = check_shell_lines(buildspec_commands(spec), BASE_REFRESH_BUILDSPEC.name)
+    assert ["base"] in used and ["pipeline"] in used
+    [refresh, rebake] = spec["phases"]["build"]["commands"]
+    assert "--if-updates --json" in refresh and "--promote-to" in rebake and "prod" not in rebake
+    variables = {v["Name"]: v["Value"] for v in project["Environment"]["EnvironmentVariables"]}
+    assert variables["BAKERY_REFRESH_ENV"] == "RefreshEnvironment" and variables["BAKERY_ENV"] == "SourceEnvironment"
+    assert template["Parameters"]["RefreshEnvironment"]["Default"] == "dev"
+    # the line itself, with the pipeline replaced by a marker: it runs only when the refresh made a base
+    shell = rebake.split("||")[0] + "|| echo made=true > out.txt"
+    assert made_flag(shell, base_json(True), tmp_path) == "made=true\n"
+    with pytest.raises(FileNotFoundError):
+        made_flag(shell, base_json(False), tmp_path)

@@ -21,7 +21,14 @@ import pytest
 import yaml
 
 from tests.conftest import REPO
-from tests.unit.test_ci_definitions import BUILDSPEC, CODEPIPELINE, WORKFLOW, CloudFormationLoader, tool
+from tests.unit.test_ci_definitions import (
+    BASE_REFRESH_BUILDSPEC,
+    BUILDSPEC,
+    CODEPIPELINE,
+    WORKFLOW,
+    CloudFormationLoader,
+    tool,
+)
 from tests.unit.test_readme import simple_commands
 
 pytestmark = pytest.mark.unit
@@ -36,7 +43,8 @@ BASE_IMAGE_PACKAGES = {"apt", "base-files", "bash", "coreutils", "dash", "debian
 # program -> the Debian 12 package that ships it (dpkg -S on bookworm)
 PROGRAM_PACKAGES = {
     "apt-get": "apt", "dpkg-query": "dpkg", "bash": "bash", "sh": "dash", "make": "make", "grep": "grep",
-    **{p: "coreutils" for p in ("cat", "cp", "cut", "dirname", "env", "id", "mkdir", "printf", "rm", "sha256sum")},
+    **{p: "coreutils" for p in ("cat", "cp", "cut", "dirname", "env", "id", "mkdir", "printf", "rm", "sha256sum",
+                                "tee")},
     "python3": "python3-minimal", "podman": "podman", "packer": "packer", "ssh": "openssh-client", "git": "git",
 }
 # the dependencies that matter here: python3-venv brings the interpreter
@@ -58,7 +66,7 @@ def codebuild_projects(template: dict) -> dict[str, dict]:
 
 
 def buildspecs() -> dict[str, dict]:
-    specs = {BUILDSPEC.name: yaml.safe_load(BUILDSPEC.read_text())}
+    specs = {path.name: yaml.safe_load(path.read_text()) for path in (BUILDSPEC, BASE_REFRESH_BUILDSPEC)}
     for name, project in codebuild_projects(load_template()).items():
         inline = project["Source"]["BuildSpec"]
         if "\n" in inline:
@@ -203,7 +211,7 @@ def with_dependencies(packages: set[str]) -> set[str]:
 def test_codebuild_projects_run_privileged_on_debian_12():
     template = load_template()
     projects = codebuild_projects(template)
-    assert set(projects) == {"PipelineBuild", "PromoteBuild"}
+    assert set(projects) == {"PipelineBuild", "PromoteBuild", "BaseRefreshBuild"}
     for name, project in projects.items():
         environment = project["Environment"]
         image = environment["Image"]
