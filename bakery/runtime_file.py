@@ -5,6 +5,11 @@ a date into a reformatted timestamp, and let a second `A:` (or a second `bakery_
 Runtime config is text delivered to services, so a scalar is taken only when YAML reads it as a string, a
 decimal integer or `true`/`false` written that way; anything else, explicit tags and anchors are refused with
 one line naming the file, the line and the key (never the value) that says to quote the value.
+
+A value may also be a mapping `{value: <reference>, refresh: 30s}` (issue 17, Contract 5): the instance re-resolves
+the reference every `refresh` (Ns, Nm or an integer of seconds, 5 s to 1 h) and reloads its services when it
+changed. The refresh intervals travel with the config as the bakery-owned key BAKERY_REFRESH (so the config digest,
+a rollback and the launch file carry them); a refresh on a value that is no reference is refused.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import yaml
 
 from bakery import runtime_grammar
 from bakery.errors import ConfigError
+from bakery.params import names
 
 TAG = "tag:yaml.org,2002:"
 DECIMAL_RE = re.compile(r"[-+]?(0|[1-9][0-9]*)")
@@ -32,6 +38,8 @@ SECRET_REF_RE = re.compile(r"^(ssm:|arn:aws:|file:|secretsmanager:)")
 # scheme://user:password@host; the lookbehind starts a scheme only at its first letter (else quadratic on long values)
 URL_CREDENTIALS_RE = re.compile(r"(?<![A-Za-z0-9+.-])[A-Za-z][A-Za-z0-9+.-]*://[^/?#@\s:]*:[^/?#@\s]+@")
 REFERENCE = "give a reference (ssm:/path, secretsmanager:name, arn:aws:..., file:/path) instead"
+REFRESH_RE = re.compile(r"([0-9]{1,7})([sm]?)")
+ENTRY_KEYS = ("refresh", "value")
 
 
 def load(path: Path, rel: str) -> dict[str, str]:
@@ -40,18 +48,28 @@ def load(path: Path, rel: str) -> dict[str, str]:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{rel}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
-    values = runtime_values(text, rel)
+    values, refresh = runtime_entries(text, rel)
     for key, value in values.items():
         check_secret(key, value, rel)
+        names.parse_reference(value, f"{rel}: bakery_runtime.{key}")  # a malformed reference fails here, not at boot
     runtime_grammar.validate_all(values, rel, "bakery_runtime")  # and it fits into UserData
+    if refresh:
+        values["BAKERY_REFRESH"] = runtime_grammar.render_refresh(refresh)
+        runtime_grammar.validate_all(values, rel, "bakery_runtime", owned=True)  # with it, too
     return values
 
 
 def runtime_values(text: str, rel: str) -> dict[str, str]:
     """The `bakery_runtime` mapping of a runtime.yml text, every value as it is written; ConfigError otherwise."""
+    return runtime_entries(text, rel)[0]
+
+
+def runtime_entries(text: str, rel: str) -> tuple[dict[str, str], dict[str, int]]:
+    """The values of a runtime.yml text (a `{value:, refresh:}` entry gives its value) and the refresh intervals in
+    seconds of the keys that ask for one."""
     root = _compose(text, rel)
     if root is None:
-        return {}
+        return {}, {}
     if not isinstance(root, yaml.MappingNode):
         raise ConfigError(f"{rel}: the file must be a mapping with bakery_runtime, got {_kind(root)}")
     block = None
@@ -61,15 +79,61 @@ def runtime_values(text: str, rel: str) -> dict[str, str]:
                               "bakery_runtime")
         block = value
     if block is None or (isinstance(block, yaml.ScalarNode) and block.tag == TAG + "null"):
-        return {}
+        return {}, {}
     if not isinstance(block, yaml.MappingNode):
         raise ConfigError(f"{rel}: bakery_runtime must be a mapping, got {_kind(block)}")
-    result = {}
+    result, refresh = {}, {}
     for key, node in _pairs(block, rel, "bakery_runtime."):
         runtime_grammar.validate_key(key, rel, "bakery_runtime key")
-        text_value = _scalar(node, f"{rel}:{node.start_mark.line + 1}: bakery_runtime.{key}")
+        where = f"{rel}:{node.start_mark.line + 1}: bakery_runtime.{key}"
+        if isinstance(node, yaml.MappingNode):
+            text_value, seconds = _entry(node, rel, key, where)
+            if seconds is not None:
+                refresh[key] = seconds
+        else:
+            text_value = _scalar(node, where)
         result[key] = runtime_grammar.validate_value(text_value, rel, f"bakery_runtime.{key}")
-    return result
+    return result, refresh
+
+
+def _entry(node: yaml.MappingNode, rel: str, key: str, where: str) -> tuple[str, int | None]:
+    """`{value: <reference>, refresh: 30s}`: the value, and the refresh in seconds (None when not asked for)."""
+    fields = dict(_pairs(node, rel, f"bakery_runtime.{key}."))
+    unknown = sorted(set(fields) - set(ENTRY_KEYS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key '{runtime_grammar.shown(unknown[0])}'; known keys: "
+                          f"{', '.join(ENTRY_KEYS)}")
+    if "value" not in fields:
+        raise ConfigError(f"{where}.value is required ({{value: ssm:/path, refresh: 30s}})")
+    value = _scalar(fields["value"], f"{where}.value")
+    if "refresh" not in fields:
+        return value, None
+    seconds = _refresh(fields["refresh"], f"{where}.refresh")
+    if names.parse_reference(value, where) is None:
+        env = _environment_of(rel)
+        raise ConfigError(f"{where} has refresh, but its value is not a reference (ssm:/path, secretsmanager:name): "
+                          f"change a live value with ./bake.py param set --env {env} {key} VALUE, or drop the "
+                          "refresh to give a plain value")
+    return value, seconds
+
+
+def _refresh(node: yaml.Node, where: str) -> int:
+    """Ns, Nm or an integer of seconds, 5 s to 1 h."""
+    text = node.value if isinstance(node, yaml.ScalarNode) and node.tag in (TAG + "str", TAG + "int") else None
+    match = REFRESH_RE.fullmatch(text or "")
+    if not match:
+        raise ConfigError(f"{where} must be seconds (30), 30s or 5m")
+    seconds = int(match.group(1)) * (60 if match.group(2) == "m" else 1)
+    low, high = runtime_grammar.REFRESH_RANGE
+    if not low <= seconds <= high:
+        raise ConfigError(f"{where} must be from {low} s to 1 h ({high} s), got '{text}'")
+    return seconds
+
+
+def _environment_of(rel: str) -> str:
+    """The environment a runtime.yml belongs to (inventories/<env>/...), for a hint; ENV when it is elsewhere."""
+    parts = Path(rel).parts
+    return parts[parts.index("inventories") + 1] if "inventories" in parts[:-1] else "ENV"
 
 
 def check_secret(key: str, value: str, rel: str) -> None:

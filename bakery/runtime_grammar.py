@@ -24,6 +24,10 @@ Grammar (docs/environments.md, "Runtime config grammar"):
   then neither starts with a quote nor starts or ends with a space) and CRLF line ends (the CR only right before
   the LF). It is refused when it is gzip-compressed, not UTF-8, larger than MAX_BYTES (as delivered, or as
   bakery would write its values), names a key twice or has any other line.
+- bakery-owned keys (OWNED_KEYS): BAKERY_PARAMS (local, aws or off: where the applier resolves references),
+  BAKERY_REFRESH (`KEY=SECONDS ...`, 5..3600: the keys re-resolved live) and BAKERY_DATA_VOLUME (`LABEL:/path`).
+  Only bakery writes them (render, after the user keys): runtime.yml and `config set` may not set them (they are
+  reserved like every BAKERY_ key there), a delivered file may, with values in their own rules.
 """
 
 from __future__ import annotations
@@ -61,6 +65,13 @@ RESERVED_KEYS = frozenset({
 })
 RESERVED_PREFIXES = ("LD_", "PYTHON", "PERL5", "RUBY", "GEM_", "GIT_", "LUA_", "LC_", "SYSTEMD_", "LISTEN_",
                      "MALLOC_", "BAKERY_")
+
+
+OWNED_KEYS = ("BAKERY_DATA_VOLUME", "BAKERY_PARAMS", "BAKERY_REFRESH")  # the applier holds a copy
+LAUNCH_KEYS = ("BAKERY_DATA_VOLUME", "BAKERY_PARAMS")  # set per launch (target, deploy.yml); not part of a config
+PARAMS_MODES = ("local", "aws", "off")
+REFRESH_RANGE = (5, 3600)  # seconds between two resolutions of a refreshed key
+DATA_VOLUME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,15}:/[^:\s]*")  # an ext4 label (16) and an absolute path
 
 
 def escape(char: str) -> str:
@@ -112,12 +123,13 @@ def reserved(key: str) -> str | None:
     return None
 
 
-def validate_key(key: object, where: str, name: str = "key") -> str:
+def validate_key(key: object, where: str, name: str = "key", owned: bool = False) -> str:
+    """owned: a bakery-owned key is allowed (a file bakery delivers; never runtime.yml or `config set`)."""
     if not isinstance(key, str) or not KEY_RE.fullmatch(key):
         raise ConfigError(f"{where}: a {name} of {len(str(key))} characters is not upper-case letters, digits and "
                           "'_' starting with a letter (an environment variable name); it is not shown, it may be a "
                           "value pasted without its key")
-    why = reserved(key)
+    why = None if owned and key in OWNED_KEYS else reserved(key)
     if why:
         raise ConfigError(f"{where}: {name} '{key}' is reserved ({why}); give the application a name of its own")
     return key
@@ -137,11 +149,51 @@ def validate_value(value: str, where: str, name: str) -> str:
     return value
 
 
-def validate_all(values: Mapping[str, str], where: str, prefix: str = "") -> None:
-    """Every key and value, and the size of the file they make; `prefix` names the mapping (`bakery_runtime`)."""
+def validate_owned(key: str, value: str, where: str) -> str:
+    """A bakery-owned key's value in its own rule (OWNED_KEYS); the applier checks the same."""
+    if key == "BAKERY_PARAMS" and value not in PARAMS_MODES:
+        raise ConfigError(f"{where}: BAKERY_PARAMS must be {', '.join(PARAMS_MODES[:-1])} or {PARAMS_MODES[-1]}, "
+                          f"got '{shown(value)}'")
+    if key == "BAKERY_DATA_VOLUME" and not DATA_VOLUME_RE.fullmatch(value):
+        raise ConfigError(f"{where}: BAKERY_DATA_VOLUME must be LABEL:/absolute/path (a filesystem label of at most "
+                          f"16 letters, digits, '_', '.', '-'), got '{shown(value)}'")
+    if key == "BAKERY_REFRESH":
+        refresh_intervals(value, where)
+    return value
+
+
+def refresh_intervals(value: str, where: str) -> dict[str, int]:
+    """BAKERY_REFRESH's `KEY=SECONDS KEY2=SECONDS` as a mapping; ConfigError naming the key otherwise."""
+    low, high = REFRESH_RANGE
+    result: dict[str, int] = {}
+    for item in value.split(" ") if value else []:
+        key, sep, seconds = item.partition("=")
+        if not sep or not KEY_RE.fullmatch(key):
+            raise ConfigError(f"{where}: BAKERY_REFRESH: expected KEY=SECONDS items separated by one space, "
+                              f"got '{shown(item)}'")
+        validate_key(key, f"{where}: BAKERY_REFRESH")
+        if not seconds.isdigit() or not seconds.isascii() or not low <= int(seconds) <= high:
+            raise ConfigError(f"{where}: BAKERY_REFRESH: {key}'s interval {shown(seconds)} is not a whole number of "
+                              f"seconds from {low} to {high}")
+        if key in result:
+            raise ConfigError(f"{where}: BAKERY_REFRESH names {key} twice")
+        result[key] = int(seconds)
+    return result
+
+
+def render_refresh(intervals: Mapping[str, int]) -> str:
+    """The BAKERY_REFRESH value of a key -> seconds mapping (sorted: one digest per config)."""
+    return " ".join(f"{key}={seconds}" for key, seconds in sorted(intervals.items()))
+
+
+def validate_all(values: Mapping[str, str], where: str, prefix: str = "", owned: bool = False) -> None:
+    """Every key and value, and the size of the file they make; `prefix` names the mapping (`bakery_runtime`);
+    owned: the bakery-owned keys are allowed, in their own rules (a file bakery writes or delivers)."""
     for key, value in values.items():
-        validate_key(key, where, f"{prefix} key" if prefix else "key")
+        validate_key(key, where, f"{prefix} key" if prefix else "key", owned=owned)
         validate_value(value, where, f"{prefix}.{key}" if prefix else key)
+        if owned and key in OWNED_KEYS:
+            validate_owned(key, value, where)
     size = len(_lines(values).encode("utf-8"))
     if size > MAX_BYTES:
         largest = max(values, key=lambda k: len(values[k].encode("utf-8")))
@@ -150,14 +202,20 @@ def validate_all(values: Mapping[str, str], where: str, prefix: str = "") -> Non
                           f"{USER_DATA_LIMIT}): {LARGE}")
 
 
-def render(values: Mapping[str, str]) -> str:
-    """The env file delivered at launch: KEY="VALUE" lines, LF, sorted; refused (ConfigError) if off-grammar."""
-    validate_all(values, "runtime config")
-    return _lines(values)
+def render(values: Mapping[str, str], owned: Mapping[str, str] | None = None) -> str:
+    """The env file delivered at launch: KEY="VALUE" lines, LF, the user keys sorted, then the bakery-owned keys
+    (in `values`, as BAKERY_REFRESH is, or in `owned`) sorted; refused (ConfigError) if off-grammar."""
+    user = {k: v for k, v in values.items() if k not in OWNED_KEYS}
+    bakery = {**{k: v for k, v in values.items() if k in OWNED_KEYS}, **(owned or {})}
+    validate_all(user, "runtime config")
+    validate_all({**user, **bakery}, "runtime config", owned=True)
+    return _lines(user) + _lines(bakery)
 
 
 def _lines(values: Mapping[str, str]) -> str:
-    return "".join(f'{key}="{value}"\n' for key, value in sorted(values.items()))
+    user = sorted((k, v) for k, v in values.items() if k not in OWNED_KEYS)
+    bakery = sorted((k, v) for k, v in values.items() if k in OWNED_KEYS)
+    return "".join(f'{key}="{value}"\n' for key, value in user + bakery)
 
 
 def read(data: bytes, source: str) -> dict[str, str]:
@@ -171,6 +229,12 @@ def read(data: bytes, source: str) -> dict[str, str]:
     except UnicodeDecodeError as error:
         raise ConfigError(f"{source} is not UTF-8 (byte 0x{data[error.start]:02x} at offset {error.start})") from None
     return parse(text, source)
+
+
+def parse_config(text: str, source: str) -> dict[str, str]:
+    """A delivered file's config: its values without LAUNCH_KEYS (BAKERY_REFRESH stays: it is the config's), so
+    that it has the digest it was deployed under."""
+    return {key: value for key, value in parse(text, source).items() if key not in LAUNCH_KEYS}
 
 
 def parse(text: str, source: str) -> dict[str, str]:
@@ -194,12 +258,12 @@ def parse(text: str, source: str) -> dict[str, str]:
         if not sep or not KEY_RE.fullmatch(key):
             raise ConfigError(f"{where}: expected KEY=VALUE with an upper-case KEY (the text before '=' is not "
                               "shown: it may be a value pasted without its key)")
-        validate_key(key, where)
+        validate_key(key, where, owned=True)
         value = _unquoted(raw, where, key)
         if key in values:
             raise ConfigError(f"{where}: {key} is given twice (first on line {lines[key]})")
         values[key], lines[key] = value, number
-    validate_all(values, source)  # the file bakery would write for these values fits, too
+    validate_all(values, source, owned=True)  # the file bakery would write for these values fits, too
     return values
 
 

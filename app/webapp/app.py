@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
 from webapp import __version__
-from webapp.config import Config
+from webapp.config import Config, ConfigError
 from webapp.health import unready_reason
 from webapp.items import ItemStore
 from webapp.release import read_release
+
+log = logging.getLogger("webapp")
 
 
 class App:
@@ -53,12 +56,33 @@ class App:
         }
 
     def version(self) -> dict[str, Any]:
-        facts = self.release_facts()
+        facts, config = self.release_facts(), self.config  # one config for the whole answer
         return {
             "image": facts.get("IMAGE_NAME"),
             "image_version": facts.get("IMAGE_VERSION"),
             "git_commit": facts.get("GIT_COMMIT"),
-            "environment": self.config.environment,
+            "environment": config.environment,
             "app_version": __version__,
-            "features": self.config.features,
+            "features": config.features,
         }
+
+    def reload(self) -> list[str]:
+        """SIGHUP: feature flags and log level from the runtime file. The Config is immutable and replaced in one
+        assignment, so a request in flight sees the old one or the new one, never half of each. Logs the names
+        of the keys that changed, never their values; keeps the current config when the file is absent or bad."""
+        old = self.config
+        try:
+            new = old.reloaded()
+        except (ConfigError, OSError, UnicodeDecodeError) as exc:
+            log.warning("reload refused: %s; keeping the current config", exc)
+            return []
+        if new is None:
+            log.info("reload: no runtime file at %s; keeping the current config", old.runtime_file)
+            return []
+        before, after = old.live(), new.live()
+        changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+        self.config = new
+        logging.getLogger().setLevel(new.log_level.upper())
+        log.info("reloaded runtime config from %s: %s", new.runtime_file,
+                 f"changed {', '.join(changed)}" if changed else "nothing changed")
+        return changed

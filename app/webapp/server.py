@@ -10,6 +10,8 @@ import socket
 import socketserver
 import sys
 import threading
+import time
+from collections.abc import Callable
 from http.server import ThreadingHTTPServer
 
 from webapp import __version__, logs
@@ -44,29 +46,40 @@ class Server(ThreadingHTTPServer):
 
 
 class StopSignal:
-    """SIGTERM/SIGINT turned into a readable pipe: the main thread waits on it with
-    select(), which a signal cannot deadlock the way a lock taken in a handler can."""
+    """SIGTERM/SIGINT (stop) and SIGHUP (reload) turned into bytes on a pipe: the main thread waits on it with
+    select() and does the work itself, which a signal cannot deadlock the way a lock taken in a handler can.
+    signal.set_wakeup_fd writes each signal's number from the C handler, in whichever thread the kernel chose, so
+    a signal that lands on a request thread still wakes the main thread's select()."""
 
     def __init__(self) -> None:
         self._read, self._write = os.pipe()
         os.set_blocking(self._write, False)
         self.signum: int | None = None
+        self.on_reload: Callable[[], object] | None = None
 
     def install(self) -> None:
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, self._handle)
 
     def _handle(self, signum: int, frame: object) -> None:
-        self.signum = signum
-        try:
-            os.write(self._write, b"x")
-        except BlockingIOError:
-            pass
+        """The Python-level handler; the pipe's bytes (read in wait) carry the signals themselves."""
 
     def wait(self, timeout: float | None = None) -> bool:
-        """True once a stop signal has arrived (it stays set)."""
-        readable, _, _ = select.select([self._read], [], [], timeout)
-        return bool(readable)
+        """True once a stop signal has arrived (it stays set); a reload asked for meanwhile is done here."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.signum is None:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            readable, _, _ = select.select([self._read], [], [], left)
+            if not readable:
+                return False
+            received = os.read(self._read, 64)
+            stops = [n for n in received if n in (signal.SIGTERM, signal.SIGINT)]
+            if stops:
+                self.signum = stops[0]
+            elif signal.SIGHUP in received and self.on_reload is not None:
+                self.on_reload()
+        return True
 
 
 def _notify(message: str) -> None:
@@ -103,6 +116,7 @@ def main() -> int:
     logs.setup(config.log_level)
     app = App(config)
     stop = StopSignal()
+    stop.on_reload = app.reload
     stop.install()
     try:
         server = Server(app)

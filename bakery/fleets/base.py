@@ -63,6 +63,9 @@ class InstanceStatus:
     check: str = ""  # the last health check: 'L7OK 200', 'L4CON Connection refused'
     created: str | None = None
     git_commit: str | None = None
+    # the parameters it resolved: key -> {ref, version, refresh, checked}, never a value (bakery.params.report);
+    # None when it does not say (aws, an image from before parameters)
+    params: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

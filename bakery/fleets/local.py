@@ -29,6 +29,9 @@ from bakery.fleets.haproxy import HAProxy, Server
 from bakery.fleets.instance_group import InstanceGroup, Member
 from bakery.fleets.local_instances import CONFIG_LABEL, PodmanInstances, http_probe, project_id, published_port
 from bakery.fleets.rolling import RefreshState, RollingRefresh
+from bakery.params.report import FILE as PARAMS_FILE
+from bakery.params.report import instance_params
+from bakery.params.service import local_root
 from bakery.signals import Cancellation
 
 log = logging.getLogger("bakery.fleet.local")
@@ -43,7 +46,7 @@ class LocalFleet(Fleet, InstanceGroup):
         super().__init__(project, catalog, env, progress)
         self.haproxy = HAProxy(env, self.folder)
         self.project_id = project_id(project.root)
-        self.podman = PodmanInstances(env, self.folder, self.project_id)
+        self.podman = PodmanInstances(env, self.folder, self.project_id, local_root(project.state_dir, env.name))
         self.desired = env.instances
         self.exclusive = env.data_volume is not None
         self.health_path = env.health_check.path
@@ -233,7 +236,14 @@ class LocalFleet(Fleet, InstanceGroup):
             lb_state=server.admin if server else "absent", in_service=bool(server and server.in_service and running),
             address=f"127.0.0.1:{port}" if port else None, check=server.check_summary() if server else "",
             created=c.get("CreatedAt"), git_commit=labels.get("io.bakery.git.commit"),
+            params=self._resolved_params(name) if running else None,
         )
+
+    @staticmethod
+    def _resolved_params(name: str) -> dict[str, Any] | None:
+        """The parameter versions the instance resolved (bakery.params.report), None when it does not say."""
+        proc = podman.run("exec", name, "cat", PARAMS_FILE, check=False, timeout=30)
+        return instance_params(proc.stdout) if proc.returncode == 0 else None
 
     # ---- the refresh, run here (its state saved in refresh.json after every decision)
 

@@ -2,7 +2,9 @@
 
 Every instance is booted like a server (`--systemd=always`, /sbin/init), gets the
 runtime config as a read-only file at /etc/bakery/launch/runtime.env (applied at
-boot by the image's bakery-runtime-config.service), publishes its app port on
+boot by the image's bakery-runtime-config.service) and the environment's parameter
+store read-only at /etc/bakery/params (BAKERY_PARAMS="local": the applier resolves
+references there, bakery.params.local_store), publishes its app port on
 127.0.0.1 only, and carries labels naming the environment, image version, git
 commit and message, and config digest. Its journal is exported before it is
 removed, so `bake.py logs` still shows it. http_probe is the direct health check.
@@ -25,6 +27,7 @@ from bakery.errors import BakeryError, OperationError
 from bakery.files import write_atomically
 from bakery.fleets.base import Goal
 from bakery.observe.journals import export_journal
+from bakery.params.local_store import LocalStore
 
 log = logging.getLogger("bakery.fleet.local")
 
@@ -34,6 +37,7 @@ INSTANCE_LABEL = "io.bakery.instance"
 CONFIG_LABEL = "io.bakery.config"
 RELEASE_LABEL = "io.bakery.release"
 LAUNCH_FILE = "/etc/bakery/launch/runtime.env"
+PARAMS_MOUNT = "/etc/bakery/params"
 STOP_TIMEOUT = 30  # podman stop: systemd shuts the services down cleanly within this
 
 
@@ -57,10 +61,11 @@ def published_port(container: dict[str, Any], container_port: int) -> int | None
 class PodmanInstances:
     """One environment's instances in podman: found by their labels, launched from a goal, stopped and removed."""
 
-    def __init__(self, env: Environment, folder: Path, project: str):
+    def __init__(self, env: Environment, folder: Path, project: str, params: Path | None = None):
         self.env = env
         self.folder = folder
         self.project_id = project
+        self.params = params  # the environment's local parameter store (bakery.params.service.local_root)
         self._ports: dict[str, int] = {}
 
     def containers(self) -> list[dict[str, Any]]:
@@ -75,7 +80,7 @@ class PodmanInstances:
         """The runtime config of a goal as the env file mounted into its instances (one file per config digest,
         so a rollback can relaunch an older config)."""
         path = self.folder / f"runtime-{short_digest(goal.config_digest)}.env"
-        text = dataclasses.replace(self.env, runtime=goal.runtime).runtime_env_text()
+        text = dataclasses.replace(self.env, runtime=goal.runtime).runtime_env_text(params="local")
         if not path.is_file() or path.read_text(encoding="utf-8") != text:
             write_atomically(path, text)
         return path
@@ -101,6 +106,8 @@ class PodmanInstances:
                 "-p", f"127.0.0.1::{self.env.health_check.port}",
                 "-v", f"{runtime}:{LAUNCH_FILE}:ro",
                 "--stop-timeout", str(STOP_TIMEOUT)]
+        if self.params is not None:  # made (empty, 0700) when missing: the mount always works
+            args += ["-v", f"{LocalStore(self.params).ensure()}:{PARAMS_MOUNT}:ro"]
         volume = self._ensure_volume()
         if volume and self.env.data_volume:
             args += ["-v", f"{volume}:{self.env.data_volume.path}"]

@@ -38,15 +38,19 @@ def parse_pairs(pairs: tuple[str, ...] | list[str]) -> dict[str, str]:
 
 def edit_runtime_yaml(text: str | None, values: dict[str, str]) -> str:
     """runtime.yml with `values` set under bakery_runtime; other lines, comments and CRLF line ends stay as they
-    are. Values are written as JSON strings (valid YAML double-quoted scalars), every character as itself."""
+    are. Values are written as JSON strings (valid YAML double-quoted scalars), every character as itself.
+
+    A key written `{value: <reference>, refresh: 30s}` keeps its refresh: the new value replaces the reference (a
+    plain value there is refused when the file is loaded: a live value is changed with `bake.py param set`)."""
     text = text or "---\nbakery_runtime:\n"
     newline = "\r\n" if "\r\n" in text else "\n"
+    refresh = _refresh_of(text)
     lines = [line.removesuffix("\r") for line in text.removesuffix("\n").split("\n")]  # never str.splitlines
     start = next((i for i, line in enumerate(lines) if RUNTIME_HEADER.match(line)), None)
     if start is None:  # no block form to edit in place (flow style, or no bakery_runtime): rewrite the mapping
         # the environment loaded this file already, so it reads; were it edited since, refuse rather than drop keys
         runtime = {**runtime_file.runtime_values(text, "runtime.yml"), **values}
-        body = "".join(f"  {key}: {_quoted(value)}{newline}" for key, value in runtime.items())
+        body = "".join(f"  {key}: {_entry(value, refresh.get(key))}{newline}" for key, value in runtime.items())
         return f"---{newline}bakery_runtime:{newline}" + body
     end = start + 1
     while end < len(lines) and (not lines[end].strip() or lines[end][:1] in (" ", "\t") or _comment(lines[end])):
@@ -56,7 +60,7 @@ def edit_runtime_yaml(text: str | None, values: dict[str, str]) -> str:
     indent = next((m.group(1) for i in keys if (m := re.match(r"^(\s+)", block[i]))), "  ")
     last_key = max(keys, default=-1)
     for key, value in values.items():
-        rendered = f"{indent}{key}: {_quoted(value)}"
+        rendered = f"{indent}{key}: {_entry(value, refresh.get(key))}"
         pattern = re.compile(rf"""^{re.escape(indent)}(?:{key}|"{key}"|'{key}')\s*:""")
         index = next((i for i, line in enumerate(block) if pattern.match(line)), None)
         if index is None:
@@ -70,6 +74,18 @@ def edit_runtime_yaml(text: str | None, values: dict[str, str]) -> str:
         block[index:following] = [rendered]
         last_key -= following - index - 1 if index < last_key else 0
     return newline.join(lines[:start + 1] + block + lines[end:]) + newline
+
+
+def _refresh_of(text: str) -> dict[str, int]:
+    """The refresh of each key that has one; none when the file does not read (loading it names the problem)."""
+    try:
+        return runtime_file.runtime_entries(text, "runtime.yml")[1]
+    except ConfigError:
+        return {}
+
+
+def _entry(value: str, refresh: int | None) -> str:
+    return _quoted(value) if refresh is None else f"{{value: {_quoted(value)}, refresh: {refresh}s}}"
 
 
 def _quoted(value: str) -> str:

@@ -321,7 +321,7 @@ def verify_ami_image(project: Project, catalog: SqliteCatalog, progress: Progres
 
     definition = project.image(image)
     where = readback_region(project, env_name, region)
-    text = runtime_text(project, env_name)
+    text = runtime_text(project, env_name, params="off")  # the read-back VM never gets the environment's secrets
     allowlist = secrets.load_allowlist(project.root / ALLOWLIST_FILE)
     for command, package in (("sfdisk", "fdisk"), ("debugfs", "e2fsprogs"), ("mcopy", "mtools")):
         qemu_host.command(command, package)

@@ -27,6 +27,8 @@ from bakery import podman
 from bakery.catalog import Catalog
 from bakery.config import Project
 from bakery.errors import ConfigError, OperationError
+from bakery.params.local_store import LocalStore
+from bakery.params.service import local_root
 from bakery.progress import Progress
 from bakery.provenance import utc_now
 from bakery.runs import Run
@@ -85,6 +87,7 @@ class Verifier:
         self.run = run
         self.checks: list[junit.Check] = []
         self.instances: list[str] = []
+        self.params: Path | None = None  # the parameter store mounted into the instances (verify --env)
 
     def verify(self, record: dict[str, Any], allowlist: list[secrets.AllowEntry], runtime_text: str,
                env_name: str | None = None) -> VerifyResult:
@@ -93,6 +96,7 @@ class Verifier:
         definition = self.project.image(image) if (self.project.playbooks_dir / f"{image}.yml").is_file() else None
         health = (definition.health_check if definition else {}) or {}
         runtime_file = self.run.path / "runtime.env"
+        self.params = local_root(self.project.state_dir, env_name) if env_name else None
         runtime_file.write_text(runtime_text, encoding="utf-8")
         self.progress.note(f"verify {image}:{version}: {record['image_ref']} (run {self.run.id})")
 
@@ -142,6 +146,8 @@ class Verifier:
                 "--label", f"{VERIFY_LABEL}={self.run.id}", "--label", "io.bakery.build=1",
                 "--label", f"io.bakery.build.pid={os.getpid()}",
                 "-v", f"{runtime_file}:/etc/bakery/launch/runtime.env:ro"]
+        if self.params is not None:  # verify --env: the environment's store, as its instances get it
+            args += ["-v", f"{LocalStore(self.params).ensure()}:/etc/bakery/params:ro"]
         if not network:
             args += ["--network", "none"]
         self.instances.append(name)
@@ -295,13 +301,15 @@ class Verifier:
         self.progress.note(f"  {check.name}: {state}" + (f" - {detail}" if detail else ""))
 
 
-def runtime_text(project: Project, env_name: str | None) -> str:
-    """The runtime config delivered at launch: the environment's, or a neutral one."""
+def runtime_text(project: Project, env_name: str | None, params: str = "local") -> str:
+    """The runtime config delivered at launch: the environment's, or a neutral one (no references: params off).
+    params: where the instance resolves references (local: the environment's store, mounted by _launch; off: a
+    VM verification, whose throwaway VM never gets an environment's secrets)."""
     if env_name:
         from bakery.environments import load_environment
 
-        return load_environment(project, env_name).runtime_env_text()
-    return 'ENVIRONMENT="verify"\n'
+        return load_environment(project, env_name).runtime_env_text(params=params)
+    return 'ENVIRONMENT="verify"\nBAKERY_PARAMS="off"\n'
 
 
 def verify_image(project: Project, catalog: Catalog, progress: Progress, image: str, version: str | None,

@@ -48,10 +48,11 @@ def disk_layout(disk: DiskResult, fallback: Layout) -> Layout:
 
 
 def user_data(runtime_text: str, public_key: str) -> bytes:
-    """The environment's runtime config without the keys verify sets itself, plus the one-time SSH opening."""
+    """The environment's runtime config without the keys verify sets itself, plus the one-time SSH opening, with
+    references left unresolved (BAKERY_PARAMS="off"): a throwaway VM never gets an environment's secrets."""
     kept = [line for line in runtime_text.splitlines()
-            if line.split("=", 1)[0].strip() not in VERIFY_KEYS]
-    return ("\n".join(kept) + "\n" + vm_ssh.runtime_lines(public_key)).encode("utf-8")
+            if line.split("=", 1)[0].strip() not in (*VERIFY_KEYS, "BAKERY_PARAMS")]
+    return ("\n".join(kept) + "\n" + vm_ssh.runtime_lines(public_key) + 'BAKERY_PARAMS="off"\n').encode("utf-8")
 
 
 class VmVerifier(Verifier):

@@ -14,6 +14,7 @@ from bakery.errors import OperationError
 from bakery.verify import gate
 from tests.conftest import bake
 from tests.integration.conftest import containers
+from tests.integration.test_live_params import param_set
 
 pytestmark = pytest.mark.integration
 
@@ -29,6 +30,8 @@ def build(project, image):
 
 
 def test_example_image_passes_and_leaves_nothing(example_project, webapp_image):
+    for name, value in (("DATABASE_PASSWORD", "qa-db-secret"), ("FEATURE_NEW_CHECKOUT", "true")):
+        assert param_set(example_project, "qa", name, value).returncode == 0  # qa's runtime config references them
     out = bake(example_project, "verify", f"webapp:{webapp_image['version']}", "--env", "qa", "--json")
     assert out.rc == 0, out.stderr + out.stdout
     result = out.json

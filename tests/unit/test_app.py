@@ -371,6 +371,80 @@ def test_stop_signal_finishes_the_request_in_flight_refuses_new_ones_and_exits_0
     app.wait_for(r"^INFO stopped$")
 
 
+# ---- live config: SIGHUP re-reads FEATURE_* and LOG_LEVEL from the runtime file (issue 17)
+
+
+class Hammer:
+    """Requests to /version in a loop from another thread while the config changes under them."""
+
+    def __init__(self, app: Instance):
+        self.app, self.failures, self.total, self.seen = app, [], 0, set()
+        self.running = True
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while self.running:
+            try:
+                status, body = self.app.json("GET", "/version")
+                self.seen.add(json.dumps(body["features"], sort_keys=True))
+                if status != 200:
+                    self.failures.append(status)
+            except (OSError, http.client.HTTPException) as exc:
+                self.failures.append(repr(exc))
+            self.total += 1
+
+    def stop(self):
+        self.running = False
+        self.thread.join(10)
+
+
+def wait_features(app: Instance, expected: dict, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while app.json("GET", "/version")[1]["features"] != expected:
+        assert time.monotonic() < deadline, app.log
+        time.sleep(0.05)
+
+
+def test_sighup_reloads_feature_flags_and_log_level_without_dropping_a_request(start, tmp_path):
+    runtime = tmp_path / "runtime.env"
+    runtime.write_text('ENVIRONMENT="qa"\nFEATURE_NEW_CHECKOUT="true"\nFEATURE_DARK_MODE="false"\n')
+    app = start(WEBAPP_RUNTIME_FILE=str(runtime), FEATURE_NEW_CHECKOUT="true", FEATURE_DARK_MODE="false")
+    pid = app.proc.pid
+    hammer = Hammer(app)
+    try:
+        time.sleep(0.3)
+        runtime.write_text('ENVIRONMENT="qa"\nFEATURE_NEW_CHECKOUT="false"\nFEATURE_BETA="yes"\nLOG_LEVEL="debug"\n'
+                           'DATABASE_PASSWORD="not-logged-4711"\n')
+        app.proc.send_signal(signal.SIGHUP)
+        wait_features(app, {"beta": True, "new_checkout": False})
+        time.sleep(0.3)
+    finally:
+        hammer.stop()
+    assert hammer.failures == [] and hammer.total > 20, (hammer.failures[:5], hammer.total)
+    assert app.proc.poll() is None and app.proc.pid == pid
+    line = app.wait_for(r"reloaded runtime config from .*: changed .*").group(0)
+    assert line.endswith("changed FEATURE_BETA, FEATURE_DARK_MODE, FEATURE_NEW_CHECKOUT, LOG_LEVEL"), line
+    assert "not-logged-4711" not in app.log and "true" not in line
+    app.request("GET", "/health")
+    app.wait_for(r"^DEBUG GET /health 200 ")  # the new log level is in force
+    assert app.json("GET", "/health")[1]["environment"] == "qa"
+
+
+def test_sighup_keeps_the_config_when_the_file_is_absent_or_malformed(start, tmp_path):
+    runtime = tmp_path / "runtime.env"
+    app = start(WEBAPP_RUNTIME_FILE=str(runtime), FEATURE_NEW_CHECKOUT="true")
+    app.proc.send_signal(signal.SIGHUP)
+    app.wait_for(rf"reload: no runtime file at {re.escape(str(runtime))}; keeping the current config")
+    runtime.write_text('FEATURE_NEW_CHECKOUT="maybe"\n')
+    app.proc.send_signal(signal.SIGHUP)
+    app.wait_for(r"reload refused: FEATURE_NEW_CHECKOUT=.* is not a feature switch.*; keeping the current config")
+    runtime.write_text('FEATURE_NEW_CHECKOUT="true"\n')
+    app.proc.send_signal(signal.SIGHUP)
+    app.wait_for(r"reloaded runtime config from .*: nothing changed")
+    assert app.proc.poll() is None and app.json("GET", "/version")[1]["features"] == {"new_checkout": True}
+
+
 # ---- pieces in-process
 
 
