@@ -99,6 +99,8 @@ class RollingRefresh:
         self.progress = progress
         self.cancel = cancel
         self._save = save
+        self._unconfirmed: list[str] = []  # launches a killed run recorded whose instance never appeared
+        self._retried: set[str] = set()  # those launched again here, under the same name
 
     def save(self) -> None:
         self._save(self.state)
@@ -112,6 +114,8 @@ class RollingRefresh:
     def run(self) -> RefreshOutcome:
         state = self.state
         prefs = state.prefs
+        seen = {m.name for m in self.group.observe()}
+        self._unconfirmed = [name for name in state.launched if name not in seen and name not in state.enabled]
         if state.phase == "forward":
             try:
                 self._converge(state.goal, prefs, rollback=False)
@@ -228,10 +232,10 @@ class RollingRefresh:
         batch = next_batch(cap, len(old_in), new_count, max(0, state.desired - new_count), room)
         log.info("batch %s (old in service %d, new in service %d)", batch, len(old_in), new_count)
         self._retire_in_service(old_in[:batch.terminate_before], cap)
-        names = [self.group.new_name() for _ in range(batch.launch)]
-        self._launch(names, goal, "rollback" if rollback else "forward")
-        if names:
-            self._bring_in(names, goal, prefs)
+        names = [self._new_name() for _ in range(batch.launch)]
+        started = self._launch(names, goal, "rollback" if rollback else "forward")
+        if started:
+            self._bring_in(started, goal, prefs)
         if batch.terminate_after:
             still = {m.name for m in old_in[batch.terminate_before:]}
             current = [m for m in self.group.observe() if m.name in still and m.in_service]
@@ -240,18 +244,35 @@ class RollingRefresh:
         on_goal = min(len([m for m in done if m.in_service]), state.desired)
         self.note(f"[{on_goal}/{state.desired}] instances on {goal.version}")
 
-    def _launch(self, names: list[str], goal: Goal, phase: str) -> None:
-        """Start new instances, recorded first: a run killed meanwhile knows they are the refresh's own."""
+    def _new_name(self) -> str:
+        """A launch a killed run recorded but whose instance never appeared is retried under the same name: that
+        run's launch may still be under way, and one name is one instance, so it can never start a second one
+        beside the retry (an exclusive data volume would be held by two)."""
+        if not self._unconfirmed:
+            return self.group.new_name()
+        name = self._unconfirmed.pop(0)
+        self._retried.add(name)
+        return name
+
+    def _launch(self, names: list[str], goal: Goal, phase: str) -> list[str]:
+        """Start new instances, recorded first: a run killed meanwhile knows they are the refresh's own. Returns
+        the ones started here (not those a killed run's launch started meanwhile: the next step looks at them)."""
         for name in names:
             self.state.launched[name] = phase
         self.save()
+        started = []
         for name in names:
             self.cancel.check()
             self.note(f"launching {name} ({goal.image}:{goal.version})")
             try:
                 self.group.launch(goal, name)
             except BakeryError as exc:
+                if name in self._retried and any(m.name == name for m in self.group.observe()):
+                    self.note(f"{name} was started meanwhile by the launch of an interrupted run; taking it as is")
+                    continue
                 raise RefreshFailed(f"instance {name} could not be launched: {exc}") from exc
+            started.append(name)
+        return started
 
     def _in_service_count(self) -> int:
         return sum(1 for m in self.group.observe() if m.in_service)
