@@ -1,10 +1,8 @@
 """Environments: inventories/<env>/group_vars/all/{deploy,runtime}.yml, loaded and validated.
 
-`deploy.yml` holds `bakery_deploy` (where and how an image is rolled out: target,
-instance count, health check, load balancer port, refresh preferences with the
-semantics of EC2 Auto Scaling instance refresh, the verification gate, the
-environment promoted from). `runtime.yml` holds `bakery_runtime`: the runtime
-config delivered at launch (the UserData equivalent), never baked.
+`deploy.yml` holds `bakery_deploy` (target, instances, health check, load balancer port, refresh preferences with
+the semantics of EC2 Auto Scaling instance refresh, the verification gate, promote_from); `runtime.yml` holds
+`bakery_runtime`: the runtime config delivered at launch (the UserData equivalent), never baked.
 """
 
 from __future__ import annotations
@@ -18,12 +16,12 @@ from typing import Any
 from bakery import runtime_file, runtime_grammar
 from bakery.aws.settings import REGION_RE
 from bakery.config import NAME_RE, Project, load_yaml
+from bakery.data_volume_rules import aws_data_volume
 from bakery.errors import ConfigError
 from bakery.provenance import sha256_json
 
 TARGETS = ("local", "aws")
-# bakery_deploy.aws: the environment on EC2 Auto Scaling; region empty = bakery.yml's aws.region,
-# else the standard AWS chain.
+# bakery_deploy.aws: the environment on EC2 Auto Scaling; region empty = bakery.yml's aws.region, else the AWS chain
 AWS_DEPLOY_DEFAULTS: dict[str, Any] = {"auto_scaling_group": "", "launch_template": "", "instance_type": "",
                                        "region": "", "alarms": [], "log_group": ""}
 LOG_GROUP_RE = re.compile(r"^/[\w./#-]{1,511}$")  # CloudWatch Logs group names; bakery's are /bakery/<env>
@@ -100,6 +98,9 @@ def check_preferences(prefs: RefreshPreferences, name: Callable[[str], str], whe
 class DataVolume:
     name: str
     path: str
+    size_gb: int = 8  # aws: each slot's EBS volume
+    label: str = ""  # aws: the ext4 label the instance mounts it by (default bakery-<name>)
+
 
 
 @dataclass
@@ -123,18 +124,22 @@ class Environment:
         data["path"] = str(self.path)
         return data
 
-    def runtime_env_text(self) -> str:
-        """The runtime config as the env file delivered at launch (KEY="value" lines, bakery.runtime_grammar)."""
-        return runtime_grammar.render(self.runtime)
+    @property
+    def runtime_refresh(self) -> dict[str, int]:
+        """Keys re-resolved live -> seconds (runtime.yml's `refresh:`), carried in `runtime` as BAKERY_REFRESH."""
+        return runtime_grammar.refresh_intervals(self.runtime.get("BAKERY_REFRESH", ""), "runtime config")
+
+    def runtime_env_text(self, params: str | None = None) -> str:
+        """The env file delivered at launch; params: BAKERY_PARAMS (local, aws, off; None: the applier decides)."""
+        return runtime_grammar.render(self.runtime, {"BAKERY_PARAMS": params} if params is not None else None)
 
     def config_digest(self) -> str:
-        return sha256_json(self.runtime)
+        return sha256_json(self.runtime)  # BAKERY_REFRESH is one of the values: a changed interval is a change
 
 
 def parse_env_file(text: str, source: str = "the runtime env file") -> dict[str, str]:
-    """The runtime env file back into a mapping (the inverse of Environment.runtime_env_text), read like the
-    applier on the instance reads it; ConfigError naming `source` and the line when it is off-grammar."""
-    return runtime_grammar.parse(text, source)
+    """The inverse of Environment.runtime_env_text (without the keys a launch adds); ConfigError when off-grammar."""
+    return runtime_grammar.parse_config(text, source)
 
 
 DEPLOY_KEYS = {"target", "image", "instances", "lb_port", "require_verified", "promote_from", "health_check", "refresh",
@@ -220,9 +225,11 @@ def _refresh(value: Any, path: Path, rel: str) -> RefreshPreferences:
 def _data_volume(value: Any, env: Environment, path: Path, rel: str) -> DataVolume:
     p = "bakery_deploy.data_volume"
     dv = _mapping(value, path, p)
-    _unknown(dv, {"name", "path"}, rel, p)
+    _unknown(dv, {"name", "path", "size_gb", "label"} if env.target == "aws" else {"name", "path"}, rel, p)
     volume = DataVolume(name=_str(dv, "name", rel, required=True, prefix=p),
                         path=_str(dv, "path", rel, required=True, prefix=p))
+    if env.target == "aws":
+        return aws_data_volume(dv, volume, env.instances, env.refresh, f"{rel}: ")
     if env.instances != 1 or env.refresh.min_healthy_percentage != 0:
         raise ConfigError(f"{rel}: {p} needs instances: 1 and refresh.min_healthy_percentage: 0 "
                           "(one instance per volume; the volume moves only after the old instance stopped)")

@@ -35,6 +35,12 @@ DISK_SHA256 = "bakery:disk-sha256"
 BUILDER = "bakery:builder"
 LOCAL_VERIFICATION = "bakery:local-verification"
 ENVIRONMENT = "bakery:environment"  # on instances and volumes launched for an environment
+# an environment's data volumes (bakery.fleets.aws_volumes): deploy.yml's data_volume name, the instance slot the
+# volume belongs to (0, 1, ...), and while a hand-over runs which instance it is leaving or going to
+# ("detach:i-..." / "attach:i-...": the next command finishes it from there)
+DATA_VOLUME = "bakery:volume"
+SLOT = "bakery:slot"
+HANDOVER = "bakery:handover"
 
 
 def provenance_tags(p: Provenance) -> dict[str, str]:

@@ -129,6 +129,11 @@ def _print_status(data: dict[str, Any], env) -> None:
         for i in instances:
             click.echo(f"  {i['name']:<22} {i['version'] or '-':<14} {(i['config_digest'] or '-')[7:19]:<13} "
                        f"{i['state']:<8} {i['health']:<10} {i['lb_state']:<7} {i['address'] or '-':<16} {i['check']}")
+            if i.get("params"):  # the versions it resolved (bakery.params.report), never a value
+                from bakery.params.report import params_column
+
+                click.echo(f"  {'':<22} parameters: {params_column(i['params'])}")
+    _print_volumes(data.get("volumes") or [])
     if data["releases"]:
         click.echo("  last releases:")
         for r in data["releases"]:
@@ -136,6 +141,16 @@ def _print_status(data: dict[str, Any], env) -> None:
             line = (f"    #{r['id']:<4} {r['kind']:<8} {r['previous_version'] or '-'} -> {r['version']:<14} "
                     f"{r['status']:<12} {r['started']}  {took:>8}  {r['user']}" + ("  (forced)" if r["forced"] else ""))
             click.echo(line + (f"  {r['reason']}" if r["reason"] and r["status"] != "succeeded" else ""))
+
+
+def _print_volumes(volumes: list[dict[str, Any]]) -> None:
+    """An aws environment's data volumes, one per slot; what needs a look went to stderr already (volume_notes)."""
+    if not volumes:
+        return
+    click.echo(f"  data volumes:\n    {'SLOT':<5} {'VOLUME':<22} {'STATE':<10} {'INSTANCE':<20} {'ZONE':<12} HAND-OVER")
+    for v in volumes:
+        click.echo(f"    {v['slot']:<5} {v['id']:<22} {v['state']:<10} {v['instance'] or '-':<20} {v['zone']:<12} "
+                   f"{v['handover'] or '-'}" + ("  (UNATTACHED)" if v["unattached"] else ""))
 
 
 @click.command()

@@ -32,6 +32,8 @@ from collections.abc import Callable
 from typing import Any
 
 from bakery.aws import instance_refresh, launch_templates, releases
+from bakery.data_volume_rules import check_data_volume_preferences
+from bakery.environments import RefreshPreferences
 from bakery.errors import OperationError
 from bakery.fleets.aws_group import LOG_GROUP_KEY, AwsGroupFleet
 from bakery.fleets.base import Goal, RefreshOutcome, RefreshRequest
@@ -46,9 +48,36 @@ class AwsFleet(AwsGroupFleet):
     # ---- refreshes running at AWS
 
     def _wait_refresh(self, refresh_id: str, cancel: Cancellation) -> dict[str, Any]:
+        if self.volumes is not None:
+            return self._wait_handing_over(refresh_id, cancel)
         return instance_refresh.wait(self.refresh_client, self.group_name, refresh_id, check=cancel.check,
                                      poll_seconds=self.poll_seconds,
                                      report=lambda line: self._note(f"instance refresh {refresh_id[:8]}: {line}"))
+
+    def _wait_handing_over(self, refresh_id: str, cancel: Cancellation) -> dict[str, Any]:
+        """The refresh's wait with every poll a pass over the data volumes, at a steady poll: an instance in
+        Pending:Wait or Terminating:Wait is the gap a single-instance environment sees, so no backoff."""
+        assert self.volumes is not None
+        last = None
+        while True:
+            self.volumes.settle(cancel.check)
+            refresh = instance_refresh.describe(self.refresh_client, self.group_name, refresh_id)
+            line = instance_refresh.summary(refresh)
+            if line != last:
+                self._note(f"instance refresh {refresh_id[:8]}: {line}")
+                last = line
+            if refresh["Status"] in instance_refresh.ENDED:
+                return refresh
+            time.sleep(self.poll_seconds)
+
+    def _prepare_volumes(self, prefs: RefreshPreferences, cancel: Cancellation) -> None:
+        """Before a refresh of an environment with a data volume: the deploy flags keep to its rules, the group has
+        the lifecycle hooks, and a hand-over a dead process left is finished."""
+        if self.volumes is None:
+            return
+        check_data_volume_preferences(prefs, self.env.instances, lambda key: "--" + key.replace("_", "-"))
+        self.volumes.ensure_hooks()
+        self.volumes.settle(cancel.check)
 
     def _settle_running(self, replace: bool, cancel: Cancellation) -> None:
         """AWS runs one refresh per group: wait for one that runs already, or cancel it (deploy --replace-running)."""
@@ -118,6 +147,7 @@ class AwsFleet(AwsGroupFleet):
         prefs = instance_refresh.preferences(request.preferences, self.env.aws.get("alarms") or [])
         goal = request.goal
         self.check_goal(goal)
+        self._prepare_volumes(request.preferences, cancel)
         self._settle_running(request.replace_running, cancel)
         group = self._group()
         template = self._template(group)
@@ -271,6 +301,8 @@ class AwsFleet(AwsGroupFleet):
         deadline, delay = time.monotonic() + timeout, self.poll_seconds
         while True:
             cancel.check()
+            if self.volumes is not None:  # launches from zero wait for their volumes; a scale to zero lets them go
+                self.volumes.settle(cancel.check)
             group = self._group()
             if done(group) or time.monotonic() > deadline:
                 return group

@@ -17,12 +17,23 @@ from bakery.aws import adopt, amis, instance_refresh, launch_templates, readback
 from bakery.aws.clients import client, resolve_region
 from bakery.environments import parse_env_file
 from bakery.errors import ConfigError, OperationError
+from bakery.fleets.aws_volumes import DataVolumes
 from bakery.fleets.base import Fleet, FleetStatus, Goal, InstanceStatus
 from bakery.provenance import sha256_json
 from bakery.verify.gate import AwsVerdict
 
 POLL_SECONDS = 5.0  # first look at a refresh; backs off to instance_refresh.MAX_POLL_SECONDS while nothing changes
 LOG_GROUP_KEY = "CLOUDWATCH_LOG_GROUP"  # the runtime key the cloudwatch_agent role names its log group from
+STATUS_SETTLE_SECONDS = 300.0  # one status's settle; a stop and detach take about a minute, the next run goes on
+DATA_VOLUME_KEY = "BAKERY_DATA_VOLUME"  # LABEL:PATH, what the image's bakery-data-volume unit mounts
+
+
+@dataclasses.dataclass
+class AwsFleetStatus(FleetStatus):
+    """FleetStatus with the environment's data volumes (slot, id, state, instance, ...) and what needs a look."""
+
+    volumes: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    volume_notes: list[str] = dataclasses.field(default_factory=list)
 
 
 class AwsGroupFleet(Fleet):
@@ -30,7 +41,7 @@ class AwsGroupFleet(Fleet):
 
     target = "aws"
 
-    def __init__(self, project, catalog, env, progress, *, refresh_client: Any = None,
+    def __init__(self, project, catalog, env, progress, *, refresh_client: Any = None, lifecycle_client: Any = None,
                  poll_seconds: float = POLL_SECONDS):
         super().__init__(project, catalog, env, progress)
         self.group_name = env.aws["auto_scaling_group"]
@@ -38,6 +49,7 @@ class AwsGroupFleet(Fleet):
         self.region = env.aws.get("region") or project.aws.region or None
         self.poll_seconds = poll_seconds
         self._refresh_client = refresh_client
+        self._lifecycle_client = lifecycle_client
         self._images: dict[str, dict[str, Any] | None] = {}  # AMI id -> describe_images entry
         self._version_goals: dict[tuple[str, str], Goal | None] = {}
         self._records: dict[str, tuple[dict[str, Any] | None, str]] = {}  # version -> its record, why none
@@ -66,6 +78,17 @@ class AwsGroupFleet(Fleet):
         if self._refresh_client is None:
             self._refresh_client = client("autoscaling", self.region)
         return self._refresh_client
+
+    @cached_property
+    def volumes(self) -> DataVolumes | None:
+        """The environment's data volumes (None without bakery_deploy.data_volume). The lifecycle calls use their own
+        client: tests wrap only that one in botocore's Stubber (moto has no Pending:Wait or Terminating:Wait)."""
+        if self.env.data_volume is None:
+            return None
+        return DataVolumes(ec2=self.ec2, lifecycle=self._lifecycle_client or self.autoscaling,
+                           group_name=self.group_name, env_name=self.env.name, image=self.env.image,
+                           volume=self.env.data_volume, kms_key_id=self._volume_key(), note=self._note,
+                           poll_seconds=self.poll_seconds)
 
     def _where(self) -> str:
         return f"{self.env.path / 'group_vars' / 'all' / 'deploy.yml'}"
@@ -200,7 +223,10 @@ class AwsGroupFleet(Fleet):
                               f"account); bake it with ./bake.py build {goal.image} --target aws, "
                               "or copy it to this region with ./bake.py distribute")
         self._check_log_group()
-        self._template(self._group())
+        group = self._group()
+        if self.volumes is not None:
+            self.volumes.check_zone(group, self._where())
+        self._template(group)
 
     def _check_log_group(self) -> None:
         wanted, given = self.env.aws.get("log_group"), self.env.runtime.get(LOG_GROUP_KEY)
@@ -214,7 +240,10 @@ class AwsGroupFleet(Fleet):
         when one is set."""
         if self.env.aws.get("log_group"):
             runtime = {**runtime, LOG_GROUP_KEY: self.env.aws["log_group"]}
-        return dataclasses.replace(self.env, runtime=runtime).runtime_env_text()
+        volume = self.env.data_volume
+        if volume is not None:  # a bakery-owned key (bakery.runtime_grammar.OWNED_KEYS), rendered after the user's
+            runtime = {**runtime, DATA_VOLUME_KEY: f"{volume.label}:{volume.path}"}
+        return dataclasses.replace(self.env, runtime=runtime).runtime_env_text(params="aws")
 
     def _volume_key(self) -> str:
         """The EBS key of this environment's region: a home-region key cannot encrypt volumes elsewhere
@@ -308,6 +337,7 @@ class AwsGroupFleet(Fleet):
         return self._goal_of_version(spec["LaunchTemplateId"], self._number(spec["Version"], self._template(group)))
 
     def status(self) -> FleetStatus:
+        settled = self._settle_volumes()
         group = self._group()
         instances = [self._instance_status(i) for i in sorted(group["Instances"], key=lambda i: i["InstanceId"])]
         live = instance_refresh.active(self.refresh_client, self.group_name)
@@ -330,8 +360,26 @@ class AwsGroupFleet(Fleet):
             summary = {"release": ours.get("release_id"), "kind": ours.get("kind", "refresh"),
                        "to": (ours.get("goal") or {}).get("version", "?"), "phase": instance_refresh.summary(live),
                        "pid": self.holder() if ours else None, "id": live["InstanceRefreshId"]}
-        return FleetStatus(env=self.env.name, target=self.target, state=state, endpoint=None, lb_running=desired > 0,
-                           desired=desired, instances=instances, refresh=summary)
+        volumes, notes = self.volumes.report(group) if self.volumes is not None else ([], [])
+        notes = settled + notes
+        for note in notes:  # on stderr, also under --json (which carries them in volume_notes)
+            self._note(note)
+        for instance in instances:
+            held = next((v for v in volumes if v["instance"] == instance.name), None)
+            if held is not None:
+                instance.check += f", data volume {held['id']} (slot {held['slot']})"
+        return AwsFleetStatus(env=self.env.name, target=self.target, state=state, endpoint=None,
+                              lb_running=desired > 0, desired=desired, instances=instances, refresh=summary,
+                              volumes=volumes, volume_notes=notes)
+
+    def _settle_volumes(self) -> list[str]:
+        """Holding the environment (status, down, a deploy's end): finish the data-volume hand-overs waiting in the
+        lifecycle hooks, also those of the launches and terminations Auto Scaling starts by itself (health
+        replacements, scaling), which only a scheduled `status` serves. Read-only while another bake.py holds it."""
+        if self.volumes is None or not self.env_state.held:
+            return []
+        self.volumes.settle(lambda: None, timeout=STATUS_SETTLE_SECONDS)
+        return [f"settled data-volume hand-overs: {', '.join(self.volumes.settled)}"] if self.volumes.settled else []
 
     def _instance_status(self, i: dict[str, Any]) -> InstanceStatus:
         spec = i.get("LaunchTemplate") or {}

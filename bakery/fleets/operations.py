@@ -22,7 +22,7 @@ from bakery.files import write_atomically
 from bakery.fleets import get_fleet
 from bakery.fleets.base import Fleet, Goal
 from bakery.fleets.config_journal import ConfigChange, find_release, restore_note
-from bakery.fleets.planning import effective_preferences
+from bakery.fleets.planning import env_preferences
 from bakery.fleets.rollout import ReleaseResult, Session, recover, rollout
 from bakery.fleets.runtime_config import edit_runtime_yaml, parse_pairs, runtime_path, validate_runtime
 from bakery.provenance import sha256_json
@@ -106,7 +106,7 @@ def deploy(session: Session, env: Environment, image: str, version: str | None, 
     """Roll IMAGE:VERSION out to ENV (gate first); blocks until it succeeded, rolled back or failed.
 
     replace_running: a refresh the target runs already (aws) is cancelled instead of waited for."""
-    effective_preferences(env.refresh, overrides or {})  # bad flags fail before anything happens
+    env_preferences(env, overrides)  # bad flags fail before anything happens
     _check_image(env, image)
     _adopt_on_aws(session, env, version, "deploy")
     version = session.catalog.resolve(image, version)["version"]
@@ -125,7 +125,7 @@ def deploy(session: Session, env: Environment, image: str, version: str | None, 
 
 def rollback(session: Session, env: Environment, *, overrides: dict[str, Any] | None = None) -> ReleaseResult:
     """Back to the newest successful release whose version or config differs from what runs now."""
-    effective_preferences(env.refresh, overrides or {})
+    env_preferences(env, overrides)
     _require_target(env)
     fleet = open_fleet(session, env)
     with cancellable() as cancel:
@@ -190,7 +190,7 @@ def promote(session: Session, env: Environment, image: str, version: str | None,
             overrides: dict[str, Any] | None = None) -> ReleaseResult:
     """The same image version (never a rebuild) to ENV, once verified and healthy in ENV's promote_from
     environment."""
-    effective_preferences(env.refresh, overrides or {})
+    env_preferences(env, overrides)
     _check_image(env, image)
     if not env.promote_from:
         raise ConfigError(f"{deploy_file(env)}: environment '{env.name}' has no promote_from; deploy to it with "
@@ -330,7 +330,7 @@ def config_set(session: Session, env: Environment, pairs: tuple[str, ...] | list
     image to relaunch) passes before runtime.yml is written, a journal written first keeps the old bytes
     (bakery.fleets.config_journal), and the old file comes back whenever the change does not roll out."""
     values = parse_pairs(pairs)
-    effective_preferences(env.refresh, overrides or {})
+    env_preferences(env, overrides)
     _edited(session, env, values)  # bad input fails before the environment is locked or anything is written
     _require_target(env)
     path = runtime_path(env)

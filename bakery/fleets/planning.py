@@ -15,7 +15,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from bakery.environments import RefreshPreferences, check_preferences
+from bakery.data_volume_rules import check_data_volume_preferences
+from bakery.environments import Environment, RefreshPreferences, check_preferences
 from bakery.errors import ConfigError
 
 
@@ -129,6 +130,15 @@ def effective_preferences(base: RefreshPreferences, overrides: dict[str, Any]) -
     (environments.check_preferences); a ConfigError names the flag."""
     values = {k: v for k, v in overrides.items() if v is not None}
     return check_preferences(dataclasses.replace(base, **values), flag_name)
+
+
+def env_preferences(env: Environment, overrides: dict[str, Any] | None) -> RefreshPreferences:
+    """effective_preferences for one environment: on aws with a data volume the flags must also keep the hand-over
+    rules (terminate before launch, one slot at a time), refused before a release is recorded."""
+    prefs = effective_preferences(env.refresh, overrides or {})
+    if env.target == "aws" and env.data_volume is not None:
+        check_data_volume_preferences(prefs, env.instances, flag_name)
+    return prefs
 
 
 def parse_percentages(text: str | None) -> list[int] | None:

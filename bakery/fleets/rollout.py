@@ -22,7 +22,7 @@ from bakery.environments import Environment
 from bakery.errors import BakeryError, Interrupted
 from bakery.fleets.base import Fleet, Goal, RefreshOutcome, RefreshRequest
 from bakery.fleets.config_journal import find_release, settle_locked
-from bakery.fleets.planning import effective_preferences
+from bakery.fleets.planning import env_preferences
 from bakery.progress import Progress
 from bakery.runs import Run
 from bakery.signals import Cancellation
@@ -133,7 +133,7 @@ def rollout(session: Session, fleet: Fleet, goal: Goal, overrides: dict[str, Any
     """Record a release, let the fleet refresh to `goal`, close the release with the outcome (hold the lock).
     on_release(release_id, run_id) is told the release as soon as it is recorded (config set's journal)."""
     env, catalog = fleet.env, session.catalog
-    prefs = effective_preferences(env.refresh, overrides or {})
+    prefs = env_preferences(env, overrides)
     current = fleet.current()
     run = Run.start(session.project.state_dir, kind)
     release_id = catalog.start_release(

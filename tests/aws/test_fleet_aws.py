@@ -222,7 +222,7 @@ def test_deploy_pins_a_new_version_waits_for_the_refresh_and_releases_in_ssm(wor
     assert [m["Ebs"].get("KmsKeyId") for m in mappings] == [volume_key] * len(mappings)
     user_data = base64.b64decode(data["UserData"]).decode()
     with_log_group = dataclasses.replace(qa, runtime={**qa.runtime, "CLOUDWATCH_LOG_GROUP": "/bakery/qa-web"})
-    assert user_data == with_log_group.runtime_env_text()
+    assert user_data == with_log_group.runtime_env_text(params="aws")
     assert 'DATABASE_URL="postgres://db/app"\n' in user_data and 'ENVIRONMENT="qa"' in user_data
     assert 'CLOUDWATCH_LOG_GROUP="/bakery/qa-web"\n' in user_data  # the agent names its log group from it
     tags = {spec["ResourceType"]: {t["Key"]: t["Value"] for t in spec["Tags"]} for spec in data["TagSpecifications"]}
@@ -537,7 +537,7 @@ def test_rollback_from_an_empty_catalog_returns_to_the_previous_release_in_ssm_w
     assert result.ok and (result.kind, result.from_version, result.to_version) == ("rollback", new, old)
     data = world.template_data("qa", "4")
     assert data["ImageId"] == world.amis[0]
-    assert base64.b64decode(data["UserData"]).decode() == 'ENVIRONMENT="qa"\nLOG_LEVEL="debug"\n'
+    assert base64.b64decode(data["UserData"]).decode() == 'ENVIRONMENT="qa"\nLOG_LEVEL="debug"\nBAKERY_PARAMS="aws"\n'
     assert fresh.catalog.releases("qa")[0]["config_digest"] == "sha256:old"
     assert world.released("qa") == {"ami_id": world.amis[0], "version": old} and world.pinned("qa") == "4"
     assert fresh.catalog.version("webapp", old)["image_ref"] == world.amis[0]

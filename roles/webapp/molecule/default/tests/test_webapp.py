@@ -76,6 +76,32 @@ def test_runtime_config_is_read_at_start_not_baked(host):
     assert "qa" not in host.file("/etc/systemd/system/webapp.service").content_string
 
 
+def test_a_reload_rereads_feature_flags_without_a_restart(host):
+    """bakery-runtime-refresh reloads bakery-runtime-config.service when a parameter changed; the reload reaches
+    webapp (ReloadPropagatedFrom=), which copies the runtime file and re-reads its flags on SIGHUP. Restores the
+    instance's runtime config, so it also runs safely on a verify instance."""
+    props = host.run("systemctl show webapp -p ReloadPropagatedFrom -p RuntimeDirectory -p MainPID").stdout
+    assert "ReloadPropagatedFrom=bakery-runtime-config.service" in props and "RuntimeDirectory=webapp" in props
+    pid = host.run("systemctl show webapp -p MainPID --value").stdout.strip()
+    host.run("mkdir -p /run/bakery && touch /run/bakery/runtime.env "
+             "&& cp -p /run/bakery/runtime.env /run/bakery/runtime.env.saved")
+    try:
+        host.run("cp -p /run/bakery/runtime.env.saved /run/bakery/runtime.env "
+                 "&& printf 'FEATURE_MOLECULE_CHECK=\"true\"\\n' >> /run/bakery/runtime.env")
+        # the base role's unit where it is baked (an image, a verify instance); webapp's own reload in the scenario,
+        # which converges webapp alone
+        base = host.file("/etc/systemd/system/bakery-runtime-config.service").exists
+        assert host.run(f"systemctl reload {'bakery-runtime-config' if base else 'webapp'}.service").rc == 0
+        host.run("sleep 1")
+        assert json.loads(http(host, "/version")["body"])["features"].get("molecule_check") is True
+        assert host.file("/run/webapp/runtime.env").user == "webapp"
+        assert host.file("/run/webapp/runtime.env").mode == 0o600
+        assert host.run("systemctl show webapp -p MainPID --value").stdout.strip() == pid
+    finally:
+        host.run("mv /run/bakery/runtime.env.saved /run/bakery/runtime.env")
+        host.run("systemctl reload webapp")
+
+
 def test_service_restarts_on_failure(host):
     before = int(host.run("systemctl show webapp -p NRestarts --value").stdout.strip())
     host.run("systemctl kill -s KILL webapp")
