@@ -1,48 +1,48 @@
 """The CI role's least-privilege IAM policy, rendered from the `aws:` settings of one project.
 
-A static policy cannot name this project's bucket, roles, subnet, accounts and
-log groups, so it ends up with wildcards that let the role pass any role to an
-instance, image any instance or read every bucket. This renders the policy from
-AwsSettings instead: every statement scoped to what bakery (and Packer 1.6.6
-driven by it) does, and explicit Denies for what must never happen even if
-another policy of the role allows it. docs/aws-iam-policy.json is this
-rendering for docs/aws-iam-policy.example.yml (a test keeps them equal), and
-tests/aws/test_policy_replay.py replays every flow's calls against it. One
-role per environment: `envs` renders the deploy permissions for those
-environments only (by the bakery:environment tag), and build=False leaves the
-bake out (a promote-only role).
+A static policy cannot name this project's bucket, roles, subnet, accounts and log groups, so it ends up with wildcards
+that let the role pass any role to an instance, image any instance or read every bucket. This renders the policy from
+AwsSettings instead: every statement scoped to what bakery (and Packer 1.6.6 driven by it) does, and explicit Denies for
+what must never happen even if another policy of the role allows it. docs/aws-iam-policy.json is this rendering for
+docs/aws-iam-policy.example.yml (a test keeps them equal), and tests/aws/test_policy_replay.py replays every flow's
+calls against it. One role per environment: `envs` renders the deploy permissions for those environments only (by the
+bakery:environment tag), and build=False leaves the bake out (a promote-only role).
 
 aws.builder disk (bakery.builders.disk) adds the EBS direct APIs and RegisterImage, scoped by tags, and every
 building role may read back what bakery made (`verify --target aws`, any builder): bakery.aws.iam_policy_snapshots.
+Parameters (`bake.py param`): bakery.aws.iam_policy_params; data volumes handed over: bakery.aws.iam_policy_volumes.
 
-The Image Builder build instance's role gets its own rendering
-(render_instance_role_policy; docs/aws-imagebuilder-instance-role.json), from
-the same settings. Pure: no AWS call; the account id and partition are arguments.
+Image Builder's statements, and the rendering for its build instance's role (render_instance_role_policy;
+docs/aws-imagebuilder-instance-role.json): bakery.aws.iam_policy_imagebuilder. Pure: no AWS call; the account id and
+partition are arguments.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from bakery.aws import tags
+from bakery.aws.iam_policy_imagebuilder import BUNDLES as BUNDLES
+from bakery.aws.iam_policy_imagebuilder import IMAGE_BUILDER_LOGS as IMAGE_BUILDER_LOGS
+from bakery.aws.iam_policy_imagebuilder import image_builder_statements
+from bakery.aws.iam_policy_imagebuilder import render_instance_role_policy as render_instance_role_policy
+from bakery.aws.iam_policy_params import operator_statements
 from bakery.aws.iam_policy_size import INLINE_POLICIES_LIMIT as INLINE_POLICIES_LIMIT
 from bakery.aws.iam_policy_size import MANAGED_POLICY_LIMIT as MANAGED_POLICY_LIMIT
 from bakery.aws.iam_policy_size import policy_size as policy_size
 from bakery.aws.iam_policy_size import size_note as size_note
 from bakery.aws.iam_policy_size import split_policy as split_policy
 from bakery.aws.iam_policy_snapshots import KMS_VIA, MANAGED, OWN_TAG_KEYS, disk_statements, read_back_statements
+from bakery.aws.iam_policy_volumes import HOOK_ACTIONS, scope, volume_statements
 from bakery.aws.settings import ACCOUNT_RE, AwsSettings, check_packer_network, role_names
 from bakery.errors import ConfigError
 
 Statement = dict[str, Any]
 
 VERIFICATIONS = "bakery/verifications"  # SSM parameters written once per version (bakery.aws.verification_record)
-BUNDLES = "bundles"  # the Image Builder bundles' key prefix (bakery.aws.bundle)
-IMAGE_BUILDER_LOGS = "imagebuilder-logs"  # Image Builder's build logs (bakery.aws.imagebuilder.resources)
 PACKER_KEY_PAIRS = "packer_*"  # Packer 1.6.6 names its temporary key pair packer_<uuid> and cannot tag it
-IMAGE_BUILDER_NAMES = "bakery-*"  # bakery.aws.imagebuilder.resources.resource_name
 # Packer passes the build role to EC2; Image Builder's infrastructure configuration to Image Builder (or EC2:
 # unconfirmed which service name IAM sees, so both)
 PASS_TO_BUILD = {"packer": ["ec2.amazonaws.com"], "imagebuilder": ["ec2.amazonaws.com", "imagebuilder.amazonaws.com"]}
@@ -51,11 +51,11 @@ PASS_TO_FLEET = ["ec2.amazonaws.com", "autoscaling.amazonaws.com"]
 
 READ_ONLY = [
     "ec2:DescribeImages", "ec2:DescribeSnapshots", "ec2:DescribeInstances", "ec2:DescribeInstanceStatus",
-    "ec2:DescribeLaunchTemplates",
-    "ec2:DescribeLaunchTemplateVersions", "ec2:DescribeRegions", "ec2:DescribeSecurityGroups", "ec2:DescribeSubnets",
-    "ec2:DescribeVpcs", "ec2:DescribeVolumes", "ec2:DescribeTags",
+    "ec2:DescribeLaunchTemplates", "ec2:DescribeLaunchTemplateVersions", "ec2:DescribeRegions",
+    "ec2:DescribeSecurityGroups", "ec2:DescribeSubnets", "ec2:DescribeVpcs", "ec2:DescribeVolumes", "ec2:DescribeTags",
     "autoscaling:DescribeAutoScalingGroups", "autoscaling:DescribeInstanceRefreshes",
-    "autoscaling:DescribeLaunchConfigurations", "cloudwatch:GetMetricData", "cloudwatch:ListMetrics",
+    "autoscaling:DescribeLifecycleHooks", "autoscaling:DescribeLaunchConfigurations", "cloudwatch:GetMetricData",
+    "cloudwatch:ListMetrics",
     "sts:GetCallerIdentity",  # needs no permission; listed because `bake.py iam-policy` calls it
 ]
 # These four have no resource types (the Service Authorization Reference): only "*" matches them.
@@ -85,12 +85,15 @@ class Arns:
 
 
 def render_policy(settings: AwsSettings, account: str, partition: str = "aws", *, envs: Sequence[str] = (),
-                  build: bool = True) -> dict[str, Any]:
+                  build: bool = True, parameters: Mapping[str, Sequence[str]] | None = None,
+                  data_volumes: Sequence[str] | None = None) -> dict[str, Any]:
     """The policy document for the role that runs bake.py with these settings.
 
     envs: deploy only to these environments (their groups and templates by the bakery:environment tag, their
     instance roles, their release parameters and log groups); none: every environment. build=False leaves out
-    baking, distributing and gc (a promote-only role) and denies writing any verification record."""
+    baking, distributing and gc (a promote-only role) and denies writing any verification record. parameters:
+    environment -> the references of its runtime config, for `bake.py param` (bakery.aws.iam_policy_params).
+    data_volumes: the environments with a data volume (None: every one; bakery.aws.iam_policy_volumes)."""
     if not ACCOUNT_RE.match(account):
         raise ConfigError(f"--account '{account}' is not a 12-digit AWS account id")
     check_request(settings, envs=envs, build=build)
@@ -98,7 +101,11 @@ def render_policy(settings: AwsSettings, account: str, partition: str = "aws", *
     statements: list[Statement] = [{"Sid": "Read", "Effect": "Allow", "Action": READ_ONLY, "Resource": "*"}]
     if build:
         statements += _build(settings, arns)
-    statements += [*_deploy(settings, arns, envs), *_never(settings, arns)]
+    params = {env: refs for env, refs in (parameters or {}).items() if not envs or env in envs}
+    volumes = scope(envs, data_volumes)
+    statements += [*_deploy(settings, arns, envs, volumes is not None),
+                   *operator_statements(params, account, partition),
+                   *volume_statements(partition, account, volumes, build=build), *_never(settings, arns)]
     if not build:  # its Releases grant (parameter/bakery/*) must not reach the records, nor a new readback leaf
         statements.append({"Sid": "NoVerificationRecords", "Effect": "Deny", "Action": "ssm:PutParameter",
                            "Resource": arns.service("ssm", f"parameter/{VERIFICATIONS}/*")})
@@ -136,7 +143,7 @@ def _build(s: AwsSettings, arns: Arns) -> list[Statement]:
         *_build_roles(s, arns),
         {"Sid": "VerificationRecords", "Effect": "Allow", "Action": "ssm:PutParameter",
          "Resource": arns.service("ssm", f"parameter/{VERIFICATIONS}/*")},
-        *(_image_builder(s, arns) if image_builder else []),
+        *(image_builder_statements(s, arns) if image_builder else []),
         # through EC2 (volumes, CreateImage, CopyImage) and the EBS direct APIs (iam_policy_snapshots: KMS_VIA;
         # kms:GenerateDataKey is on their list besides EC2's)
         {"Sid": "KmsThroughEc2AndEbs", "Effect": "Allow",
@@ -167,10 +174,11 @@ def _build_instance(s: AwsSettings, arns: Arns) -> list[Statement]:
                       arns.ec2(f"key-pair/{PACKER_KEY_PAIRS}")]},
         {"Sid": "PackersTemporaryKeyPair", "Effect": "Allow", "Action": ["ec2:CreateKeyPair", "ec2:DeleteKeyPair"],
          "Resource": arns.ec2(f"key-pair/{PACKER_KEY_PAIRS}")},
-        # CreateImage too: only bakery's build instances are imaged, never a production disk
+        # CreateImage too: only a bake's build instances (its bakery:run; a fleet's have none) are imaged
         {"Sid": "OnlyBuildInstances", "Effect": "Allow",
          "Action": ["ec2:StopInstances", "ec2:TerminateInstances", "ec2:CreateImage"],
-         "Resource": arns.ec2("instance/*"), "Condition": {"StringEquals": MANAGED}},
+         "Resource": arns.ec2("instance/*"),
+         "Condition": {"StringEquals": MANAGED, "Null": {f"aws:ResourceTag/{tags.RUN}": "false"}}},
         {"Sid": "NewImages", "Effect": "Allow", "Action": "ec2:CreateImage", "Resource": arns.images_and_snapshots()},
     ]
 
@@ -202,8 +210,8 @@ def _tagging(arns: Arns) -> list[Statement]:
     return [
         {"Sid": "TagCopies", "Effect": "Allow", "Action": "ec2:CreateTags", "Resource": arns.images_and_snapshots(),
          "Condition": {"StringEquals": {"ec2:CreateAction": "CopyImage"}, "ForAllValues:StringLike": OWN_TAG_KEYS}},
-        {"Sid": "RetagOwn", "Effect": "Allow", "Action": "ec2:CreateTags",
-         "Resource": [arns.ec2("instance/*"), *arns.images_and_snapshots()],
+        # not instances: their tags are set at launch (TagLaunches), so a role of qa cannot make prod's its own
+        {"Sid": "RetagOwn", "Effect": "Allow", "Action": "ec2:CreateTags", "Resource": arns.images_and_snapshots(),
          "Condition": {"StringEquals": MANAGED, "ForAllValues:StringLike": OWN_TAG_KEYS}},
         # Packer tags its AMI only after CreateImage (which carries no tags), and a failed run's leftover is
         # claimed by its name: an AMI or snapshot without any bakery:managed tag may be marked bakery's.
@@ -235,9 +243,10 @@ def _build_roles(s: AwsSettings, arns: Arns) -> list[Statement]:
     return statements
 
 
-def _deploy(s: AwsSettings, arns: Arns, envs: list[str]) -> list[Statement]:
+def _deploy(s: AwsSettings, arns: Arns, envs: list[str], volumes: bool) -> list[Statement]:
     """Deploys (to `envs`, or to every environment): new versions of bakery's launch templates, refreshes of
-    bakery's groups, launches through both, the environments' instance roles, release parameters and logs."""
+    bakery's groups, launches through both, the environments' instance roles, release parameters and logs.
+    volumes: data volumes too (iam_policy_volumes): the groups' lifecycle hooks, volumes tagged at CreateVolume."""
     owned = {**MANAGED, f"aws:ResourceTag/{tags.ENVIRONMENT}": envs} if envs else MANAGED
     group = arns.service("autoscaling", "autoScalingGroup:*:autoScalingGroupName/*")
     templates = arns.ec2("launch-template/*")
@@ -254,16 +263,18 @@ def _deploy(s: AwsSettings, arns: Arns, envs: list[str]) -> list[Statement]:
          "Condition": {"StringEquals": owned}},
         {"Sid": "RefreshOwnGroups", "Effect": "Allow",
          "Action": ["autoscaling:UpdateAutoScalingGroup", "autoscaling:StartInstanceRefresh",
-                    "autoscaling:CancelInstanceRefresh", "autoscaling:RollbackInstanceRefresh"],
-         "Resource": group, "Condition": {"StringEquals": owned}},
+                    "autoscaling:CancelInstanceRefresh", "autoscaling:RollbackInstanceRefresh",
+                    *(HOOK_ACTIONS if volumes else [])], "Resource": group, "Condition": {"StringEquals": owned}},
         # what a launch through one of this account's templates touches (the template itself: above); the group's
         # subnets are not the template's, so ec2:IsLaunchTemplateResource would refuse them (docs/aws.md)
         {"Sid": "LaunchedThroughTemplates", "Effect": "Allow", "Action": "ec2:RunInstances", "Resource": launched,
          "Condition": {"ArnLike": {"ec2:LaunchTemplate": own_templates}}},
-        # tags at launch: Packer's run tags, and a template's own tag specifications (any keys)
+        # tags at launch: Packer's run tags, and a template's own tag specifications (any keys); a data volume's at
+        # CreateVolume (whose statement decides its tags)
         {"Sid": "TagLaunches", "Effect": "Allow", "Action": "ec2:CreateTags",
          "Resource": [arns.ec2("instance/*"), arns.ec2("volume/*"), arns.ec2("network-interface/*")],
-         "Condition": {"StringEquals": {"ec2:CreateAction": "RunInstances"}}},
+         "Condition": {"StringEquals": {"ec2:CreateAction": ["RunInstances", "CreateVolume"] if volumes
+                                        else "RunInstances"}}},
         {"Sid": "ReadBakeryParameters", "Effect": "Allow",
          "Action": ["ssm:GetParameter", "ssm:GetParameters", "ssm:GetParameterHistory", "ssm:GetParametersByPath"],
          "Resource": [arns.service("ssm", "parameter/bakery"), arns.service("ssm", "parameter/bakery/*")]},
@@ -311,46 +322,6 @@ def _log_groups(configured: list[str], envs: list[str]) -> list[str]:
     return sorted(narrowed)
 
 
-def _image_builder(s: AwsSettings, arns: Arns) -> list[Statement]:
-    """Image Builder: create anything named bakery-*, build only with the request tag; the bundles in S3.
-
-    Update*Configuration by name only: UpdateDistributionConfiguration has no condition keys (the Service
-    Authorization Reference), so an aws:ResourceTag condition on it would never match. A distribution may share
-    with anyone (launchPermission, targetAccountIds) and a recipe may start from any parent image: these
-    statements are rendered only for aws.builder imagebuilder (docs/aws.md, residual risk)."""
-    def ib(resource: str) -> str:
-        return arns.service("imagebuilder", resource)
-
-    configurations = [ib(f"infrastructure-configuration/{IMAGE_BUILDER_NAMES}"),
-                      ib(f"distribution-configuration/{IMAGE_BUILDER_NAMES}")]
-    named = [ib(f"component/{IMAGE_BUILDER_NAMES}/*"), ib(f"image-recipe/{IMAGE_BUILDER_NAMES}/*"),
-             *configurations, ib(f"image/{IMAGE_BUILDER_NAMES}/*")]
-    statements: list[Statement] = [
-        {"Sid": "ImageBuilderBakeryNamed", "Effect": "Allow",
-         "Action": ["imagebuilder:CreateComponent", "imagebuilder:CreateImageRecipe",
-                    "imagebuilder:CreateInfrastructureConfiguration", "imagebuilder:CreateDistributionConfiguration",
-                    "imagebuilder:UpdateInfrastructureConfiguration", "imagebuilder:UpdateDistributionConfiguration",
-                    "imagebuilder:TagResource", "imagebuilder:GetComponent", "imagebuilder:GetImageRecipe",
-                    "imagebuilder:GetInfrastructureConfiguration", "imagebuilder:GetDistributionConfiguration",
-                    "imagebuilder:GetImage", "imagebuilder:CancelImageCreation"],
-         "Resource": named},
-        # CreateImage's one resource is the new image: only its name and the request's tags can scope it.
-        {"Sid": "ImageBuilderBuildTagged", "Effect": "Allow", "Action": "imagebuilder:CreateImage",
-         "Resource": named[-1], "Condition": {"StringEquals": {f"aws:RequestTag/{tags.MANAGED}": "true"}}},
-    ]
-    if s.artifacts_bucket:
-        bucket = f"arn:{arns.partition}:s3:::{s.artifacts_bucket}"
-        statements += [
-            {"Sid": "Bundles", "Effect": "Allow",
-             "Action": ["s3:GetObject", "s3:PutObject"], "Resource": f"{bucket}/{BUNDLES}/*"},
-            # Without ListBucket S3 answers a HeadObject of a missing bundle 403, not 404; a HeadObject carries no
-            # s3:prefix, hence IfExists (an unprefixed listing of this one bucket's key names is allowed too).
-            {"Sid": "ListBundles", "Effect": "Allow", "Action": "s3:ListBucket", "Resource": bucket,
-             "Condition": {"StringLikeIfExists": {"s3:prefix": f"{BUNDLES}/*"}}},
-        ]
-    return statements
-
-
 def _never(s: AwsSettings, arns: Arns) -> list[Statement]:
     """Explicit Denies: hold even when another policy attached to the role allows more."""
     # An AMI's launch permission cannot be limited to accounts by IAM (ec2:Public is the image's state before the
@@ -374,19 +345,3 @@ def _never(s: AwsSettings, arns: Arns) -> list[Statement]:
          "Resource": arns.service("ssm", f"parameter/{VERIFICATIONS}/*"),
          "Condition": {"StringEquals": {"ssm:Overwrite": "true"}}},
     ]
-
-
-def render_instance_role_policy(settings: AwsSettings, partition: str = "aws") -> dict[str, Any]:
-    """The policy for the role in aws.instance_profile that Image Builder's build and test instances need besides
-    the AWS managed AmazonSSMManagedInstanceCore and EC2InstanceProfileForImageBuilder: read the bundles, write the
-    build logs (bakery.aws.imagebuilder.instance_profile checks what IAM lets it check)."""
-    if not settings.artifacts_bucket:
-        raise ConfigError("bakery.yml: aws.artifacts_bucket is empty; the Image Builder instance role reads the "
-                          "bundles from it and writes its logs there: set it")
-    bucket = f"arn:{partition}:s3:::{settings.artifacts_bucket}"
-    return {"Version": "2012-10-17", "Statement": [
-        {"Sid": "BuildAndTestPhasesDownloadTheBakeryBundle", "Effect": "Allow", "Action": "s3:GetObject",
-         "Resource": f"{bucket}/{BUNDLES}/*"},
-        {"Sid": "ImageBuilderUploadsTheBuildLogs", "Effect": "Allow", "Action": "s3:PutObject",
-         "Resource": f"{bucket}/{IMAGE_BUILDER_LOGS}/*"},
-    ]}

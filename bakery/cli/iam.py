@@ -3,7 +3,10 @@
 Rendered from the project's `aws:` settings (bakery.aws.iam_policy), so it names
 this project's bucket, roles, subnet, accounts and log groups instead of wildcards;
 `--for imagebuilder-instance` prints the Image Builder build instance role's
-policy instead (it refuses --env, --no-build and --account rather than ignore them).
+policy instead (it refuses --env, --no-build and --account rather than ignore them);
+`--for instance --env ENV` the read policy of an aws environment's instance role: the
+parameters and secrets its runtime config references (bakery.aws.iam_policy_params).
+The CI role may `bake.py param` exactly the references of the project's aws environments.
 Bad --env values and settings are refused before STS is asked for the account. One
 CI role per environment: `--env qa` (repeatable) renders deploy permissions for those
 environments only, and `--no-build` leaves the bake out (the role that only promotes
@@ -20,7 +23,7 @@ import click
 
 from bakery.cli.common import emit_json
 
-ROLES = ("ci", "imagebuilder-instance")
+ROLES = ("ci", "imagebuilder-instance", "instance")
 
 
 @click.command("iam-policy")
@@ -31,7 +34,8 @@ ROLES = ("ci", "imagebuilder-instance")
                    "(e.g. docs/aws-iam-policy.example.yml).")
 @click.option("--for", "role", type=click.Choice(ROLES), default="ci", show_default=True,
               help="ci: the role that runs bake.py; imagebuilder-instance: the role in aws.instance_profile that "
-                   "Image Builder's build instances use (besides two AWS managed policies; docs/aws.md).")
+                   "Image Builder's build instances use (besides two AWS managed policies; docs/aws.md); instance: "
+                   "the read policy of --env's instance role for the parameters its runtime config references.")
 @click.option("--env", "envs", multiple=True, metavar="ENV",
               help="Deploy permissions only for this environment (repeatable): its groups and launch templates by "
                    "their bakery:environment tag, its instance role (aws.instance_roles as a mapping), its release "
@@ -62,14 +66,23 @@ def iam_policy(obj, account: str | None, settings_file: str | None, role: str, e
 
     if account is not None and not ACCOUNT_RE.match(account):  # before the settings: the flag is the first mistake
         raise ConfigError(f"--account '{account}' is not a 12-digit AWS account id")
+    if role == "instance" and (len(envs) != 1 or no_build):
+        raise ConfigError("--for instance takes one --env (the environment whose instance role it is) and no "
+                          "--no-build")
     settings = _settings_from(settings_file) if settings_file else obj.project.aws
     try:
         if role == "imagebuilder-instance":  # S3 ARNs name no account: no STS call
             policy = render_instance_role_policy(settings)
+        elif role == "instance":
+            from bakery.aws.iam_policy_params import render_instance_read_policy
+
+            references = _references(obj, envs, required=True)[envs[0]]
+            policy = render_instance_read_policy(envs[0], references, account or _caller_account(settings.region))
         else:
             renderer.check_request(settings, envs=envs, build=not no_build)  # before STS: also without credentials
+            parameters = _references(obj, envs)
             policy = render_policy(settings, account or _caller_account(settings.region), envs=envs,
-                                   build=not no_build)
+                                   build=not no_build, parameters=parameters)
     except ConfigError as exc:  # the renderer names bakery.yml; with --settings the fields are that file's
         if settings_file and str(exc).startswith("bakery.yml:"):
             raise ConfigError(settings_file + str(exc)[len("bakery.yml"):]) from exc
@@ -85,6 +98,37 @@ def iam_policy(obj, account: str | None, settings_file: str | None, role: str, e
         raise ConfigError(f"--part {part}: the policy has {len(parts)} part(s)")
     emit_json(parts[part - 1])
     click.echo(f"bake.py iam-policy: part {part} of {len(parts)}", err=True)
+
+
+def _references(obj, envs: tuple[str, ...], required: bool = False) -> dict[str, list[str]]:
+    """The references of the project's aws environments (of `envs` when given): what `bake.py param` may touch and
+    their instance roles read. required: each of `envs` must be an aws environment of the project."""
+    from bakery.environments import environment_names, load_environment
+    from bakery.errors import ConfigError
+    from bakery.params.service import references
+
+    try:
+        project = obj.project
+    except ConfigError:  # --settings outside a project: no environments, no parameters
+        if required:
+            raise
+        return {}
+    known = environment_names(project)
+    found: dict[str, list[str]] = {}
+    for name in envs or known:
+        if name not in known:
+            if required:
+                raise ConfigError(f"--env '{name}': the project has no such environment (known: "
+                                  f"{', '.join(known) or 'none'})")
+            continue
+        env = load_environment(project, name, check_promotion=False)
+        if env.target != "aws":
+            if required:
+                raise ConfigError(f"--env '{name}' is on the local target: its instances read the local parameter "
+                                  "store (.bakery/params), no IAM role")
+            continue
+        found[name] = [str(r.ref) for r in references(env)]
+    return found
 
 
 def _settings_from(path: str):

@@ -129,11 +129,15 @@ def iam_action(service: str, operation: str, signing_name: str = "") -> str:
 
 def policy_actions() -> list[str]:
     """The actions the Allow statements grant (Deny statements only narrow them), of the policy and of the same
-    settings with aws.builder imagebuilder and disk (each builder's statements are rendered only for it)."""
+    settings with aws.builder imagebuilder and disk (each builder's statements are rendered only for it), and of
+    `bake.py param` on an environment's parameter and secret (rendered for a project's references only)."""
+    from bakery.aws.iam_policy_params import operator_statements
+
     policy = json.loads(POLICY.read_text(encoding="utf-8"))
     assert policy["Version"] == "2012-10-17"
     actions = []
     others = [s for builder in ("imagebuilder", "disk") for s in _example_rendering(builder=builder)["Statement"]]
+    others += operator_statements({"qa": ["ssm:/x", "secretsmanager:y"]}, EXAMPLE_ACCOUNT)
     for statement in policy["Statement"] + others:
         assert statement["Effect"] in ("Allow", "Deny") and statement.get("Resource") and statement.get("Sid")
         listed = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
@@ -207,12 +211,15 @@ def test_the_policy_lets_bakery_change_only_what_it_tagged_as_its_own():
     own_keys = {"ForAllValues:StringLike": {"aws:TagKeys": ["bakery:*", "Name"]}}
     for condition in granting["ec2:CreateTags"]:
         equals = condition.get("StringEquals", {})
-        # at launch any keys (a launch template's own tag specifications); on copies only bakery's
-        launching = equals.get("ec2:CreateAction") == "RunInstances"
+        # at launch any keys (a launch template's own tag specifications; a data volume's CreateVolume decides its
+        # own); on copies only bakery's; on bakery's volumes and instances the hand-over mark only
+        launching = equals.get("ec2:CreateAction") in ("RunInstances", ["RunInstances", "CreateVolume"])
+        handing_over = (equals.get("aws:ResourceTag/bakery:managed") == "true"
+                        and condition.get("ForAllValues:StringEquals") == {"aws:TagKeys": "bakery:handover"})
         copying = equals.get("ec2:CreateAction") == "CopyImage" and condition.items() >= own_keys.items()
         on_its_own = equals.get("aws:ResourceTag/bakery:managed") == "true" and condition.items() >= own_keys.items()
         marking_new = equals.get("aws:RequestTag/bakery:managed") == "true" and condition.items() >= own_keys.items()
-        assert launching or copying or on_its_own or marking_new, condition
+        assert launching or copying or on_its_own or marking_new or handing_over, condition
     buckets = [s for s in _example_rendering(builder="imagebuilder")["Statement"] if s["Action"] == "s3:ListBucket"]
     assert [s["Condition"] for s in buckets] == [{"StringLikeIfExists": {"s3:prefix": "bundles/*"}}]
 

@@ -534,6 +534,106 @@ def adopt() -> list[Call]:
             Call("ssm:GetParameter", ssm(f"/bakery/verifications/webapp/copies/{VERSION}/{OTHER}/ami-0copy"))]
 
 
+PARAMETERS = {"qa": ["ssm:/webapp/qa/feature-new-checkout", "ssm:/webapp/qa/database-password", "ssm:/webapp/qa/flags/",
+                      "secretsmanager:webapp/qa/db#password"],
+              "prod": ["ssm:/webapp/prod/database-password"]}
+
+
+def secret(name: str) -> str:
+    return f"arn:aws:secretsmanager:{HOME}:{ACCOUNT}:secret:{name}-AbCdEf"  # Secrets Manager appends 6 characters
+
+
+def kms_via(action: str, service: str) -> Call:
+    return Call(action, f"arn:aws:kms:{HOME}:{ACCOUNT}:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+                context={"kms:ViaService": f"{service}.{HOME}.amazonaws.com"})
+
+
+def param() -> list[Call]:
+    """`bake.py param set|get|list` on qa (bakery/params/aws_store.py): SSM PutParameter (a SecureString with the
+    environment's key: SSM encrypts through KMS on the caller's behalf), GetParameterHistory (who, when, version),
+    GetParameter with decryption for --reveal, a group listed by GetParametersByPath; a secret described, created
+    with the key or given a new value, read for --reveal."""
+    return [
+        Call("ssm:PutParameter", ssm("/webapp/qa/database-password"), context={"ssm:Overwrite": "true"}),
+        kms_via("kms:Encrypt", "ssm"), kms_via("kms:GenerateDataKey", "ssm"),
+        Call("ssm:GetParameterHistory", ssm("/webapp/qa/database-password")),
+        Call("ssm:GetParameter", ssm("/webapp/qa/database-password")), kms_via("kms:Decrypt", "ssm"),
+        Call("ssm:PutParameter", ssm("/webapp/qa/flags/beta"), context={"ssm:Overwrite": "true"}),
+        Call("ssm:GetParametersByPath", ssm("/webapp/qa/flags")),
+        Call("ssm:GetParameterHistory", ssm("/webapp/qa/flags/beta")),
+        Call("secretsmanager:DescribeSecret", secret("webapp/qa/db")),
+        Call("secretsmanager:CreateSecret", secret("webapp/qa/db")),
+        kms_via("kms:GenerateDataKey", "secretsmanager"), kms_via("kms:Encrypt", "secretsmanager"),
+        Call("secretsmanager:PutSecretValue", secret("webapp/qa/db")),
+        Call("secretsmanager:GetSecretValue", secret("webapp/qa/db")), kms_via("kms:Decrypt", "secretsmanager"),
+    ]
+
+
+def instance_resolve() -> list[Call]:
+    """A qa instance's applier with its instance role (roles/base/files/bakery-runtime-config, Contract 2): each
+    parameter, a group's parameters, the secret, decrypted through the services."""
+    return [
+        Call("ssm:GetParameter", ssm("/webapp/qa/feature-new-checkout")),
+        Call("ssm:GetParameters", ssm("/webapp/qa/database-password")),
+        Call("ssm:GetParameter", ssm("/webapp/qa/database-password")),
+        Call("ssm:GetParametersByPath", ssm("/webapp/qa/flags")),
+        Call("ssm:GetParameter", ssm("/webapp/qa/flags/beta")),
+        Call("secretsmanager:GetSecretValue", secret("webapp/qa/db")),
+        kms_via("kms:Decrypt", "ssm"), kms_via("kms:Decrypt", "secretsmanager"),
+    ]
+
+
+def data_volume_tags(env: str = "qa", slot: str = "0") -> dict[str, str]:
+    """The tags bakery/fleets/aws_volumes.py puts on a slot's volume at CreateVolume (hand-over mark included)."""
+    return {"Name": f"webapp-{env}-data-{slot}", "bakery:managed": "true", "bakery:environment": env,
+            "bakery:image": "webapp", "bakery:volume": "data", "bakery:slot": slot, "bakery:handover": "attach:i-0new"}
+
+
+def fleet_instance_tags(env: str = "qa") -> dict[str, str]:
+    """What a deployed instance carries (bakery/aws/launch_templates.py release_tags)."""
+    return {"Name": f"webapp-{env}-{VERSION}", "bakery:managed": "true", "bakery:environment": env,
+            "bakery:image": "webapp", "bakery:version": VERSION, "bakery:release": "7"}
+
+
+def data_volume_hand_over(env: str = "qa") -> list[Call]:
+    """A refresh of an environment with a data volume (bakery/fleets/aws_volumes.py, bakery/aws/lifecycle_hooks.py):
+    the hooks put on the group; the replacement in Pending:Wait gets a new slot volume (encrypted gp3 with the
+    environment's key, tagged at creation) or a free one, marked, attached, let go, unmarked; the old instance in
+    Terminating:Wait is marked, stopped, its volume detached, let go. Never DeleteVolume."""
+    group, volume = GROUP + f"bakery-{env}", ec2("volume/vol-0data")
+    tagged, held = data_volume_tags(env), {k: v for k, v in data_volume_tags(env).items() if k != "bakery:handover"}
+    new, old = ec2("instance/i-0new"), ec2("instance/i-0old")
+    return [
+        Call("autoscaling:DescribeLifecycleHooks"),
+        *[Call("autoscaling:PutLifecycleHook", group, owned(env)) for _ in ("launching", "terminating")],
+        Call("autoscaling:DescribeAutoScalingGroups"), Call("ec2:DescribeVolumes"), Call("ec2:DescribeInstances"),
+        Call("ec2:CreateVolume", ec2("volume/*"), request_tags=tagged,
+             context={"ec2:Encrypted": True, "ec2:VolumeType": "gp3", "ec2:VolumeSize": 8,
+                      "ec2:AvailabilityZone": f"{HOME}a"}),
+        Call("ec2:CreateTags", ec2("volume/*"), request_tags=tagged, context={"ec2:CreateAction": "CreateVolume"}),
+        *[kms_via_ec2(action, HOME) for action in ("kms:DescribeKey", "kms:CreateGrant",
+                                                  "kms:GenerateDataKeyWithoutPlaintext", "kms:Decrypt")],
+        Call("ec2:CreateTags", volume, held, request_tags={"bakery:handover": "attach:i-0new"}),  # a free volume
+        Call("ec2:AttachVolume", volume, tagged), Call("ec2:AttachVolume", new, fleet_instance_tags(env)),
+        kms_via_ec2("kms:CreateGrant", HOME),
+        Call("autoscaling:CompleteLifecycleAction", group, owned(env)),
+        Call("ec2:DeleteTags", volume, tagged, request_tags={"bakery:handover": ""}),
+        Call("ec2:CreateTags", volume, held, request_tags={"bakery:handover": "detach:i-0old"}),
+        Call("ec2:StopInstances", old, fleet_instance_tags(env)),
+        Call("ec2:DetachVolume", volume, {**held, "bakery:handover": "detach:i-0old"}),
+        Call("ec2:DetachVolume", old, fleet_instance_tags(env)),
+        Call("autoscaling:CompleteLifecycleAction", group, owned(env)),
+        Call("ec2:DeleteTags", volume, {**held, "bakery:handover": "detach:i-0old"},
+             request_tags={"bakery:handover": ""}),
+    ]
+
+
+def _instance_policy(env: str = "qa") -> dict:
+    from bakery.aws.iam_policy_params import render_instance_read_policy
+
+    return render_instance_read_policy(env, PARAMETERS[env], ACCOUNT)
+
+
 def _settings(**changes):
     """The example settings with changes; aws.builder is set after loading (the replay does not depend on which
     builders bakery.aws.settings accepts)."""
@@ -548,23 +648,28 @@ def _settings(**changes):
     return replace(settings, builder=builder) if builder else settings
 
 
-def _render(*envs: str, build: bool = True, **changes) -> dict:
+def _render(*envs: str, build: bool = True, parameters=None, data_volumes=None, **changes) -> dict:
     from bakery.aws.iam_policy import render_policy
 
-    return render_policy(_settings(**changes), ACCOUNT, envs=envs, build=build)
+    return render_policy(_settings(**changes), ACCOUNT, envs=envs, build=build, parameters=parameters,
+                         data_volumes=data_volumes)
 
 
 FLOWS = {"packer build": packer_build, "packer clean-up": packer_clean_up_of_a_failed_run,
          "deploy": deploy, "deploy to an empty group": deploy_to_an_empty_group, "down": down, "promote": promote,
          "rollback": rollback, "distribute": distribute,
          "distribute an Image Builder AMI": distribute_an_image_builder_ami, "gc": gc, "gc leftovers": gc_leftovers,
-         "logs": logs, "top": top, "adopt": adopt, "aws verify": aws_verify}
+         "logs": logs, "top": top, "adopt": adopt, "aws verify": aws_verify,
+         "data volume hand-over": data_volume_hand_over}
 # the disk builder's flows, against a rendering with aws.builder disk (the example bakes with Packer)
 DISK_FLOWS = {"disk build": disk_build, "disk build incremental": disk_build_incremental,
               "disk clean-up": disk_clean_up}
 
 
-ALL_FLOWS = {**FLOWS, "imagebuilder build": imagebuilder_build, **DISK_FLOWS}
+# parameters: `bake.py param` against a rendering for the environments' references, the instance's reads against
+# the instance role's read policy (bake.py iam-policy --for instance --env qa)
+PARAM_FLOWS = {"param": param, "instance resolve": instance_resolve}
+ALL_FLOWS = {**FLOWS, "imagebuilder build": imagebuilder_build, **DISK_FLOWS, **PARAM_FLOWS}
 # The flows the calls of each test file belong to (tests/aws/conftest.py replayed_calls: every AWS call bakery makes in
 # a test is checked against them); a file not named here is checked against every flow.
 FLOWS_OF_TESTS = {
@@ -578,6 +683,9 @@ FLOWS_OF_TESTS = {
     "test_observe_aws": ["logs", "top"],
     "test_packer": ["packer build", "packer clean-up"],
     "test_verify_aws": [*DISK_FLOWS, "aws verify"],  # the round trip publishes with the disk builder first
+    "test_params_aws": ["param"],
+    "test_runtime_resolve_aws": ["instance resolve", "param"],  # the test writes its parameters with bake.py param
+    "test_data_volume_aws": ["data volume hand-over", "deploy", "deploy to an empty group", "down", "adopt"],
 }
 # A test that itself writes or reads a verification record (bakery/aws/verification_record.py is the outermost code of
 # bakery's on the stack) stands in for the bake, distribute or adoption that does.
@@ -912,7 +1020,7 @@ def test_the_qa_role_cannot_touch_prod(path):
 
 
 @pytest.mark.parametrize("flow", ["packer build", "packer clean-up", "deploy", "down", "rollback", "distribute",
-                                  "gc", "gc leftovers", "logs", "adopt", "aws verify"])
+                                  "gc", "gc leftovers", "logs", "adopt", "aws verify", "data volume hand-over"])
 def test_the_qa_role_does_the_qa_job(flow):
     qa = _render("qa")
     denied = [f"{call}: {decision}" for call in FLOWS[flow]() if (decision := call.decide(qa)) != "allow"]
@@ -1059,3 +1167,190 @@ def test_the_imagebuilder_instance_role_doc_is_the_rendering_of_the_example_sett
     assert json.loads(out) == rendered and err == ""
     with pytest.raises(Exception, match="aws.artifacts_bucket is empty"):
         iam_policy.render_instance_role_policy(_settings(artifacts_bucket=""))
+
+
+# ---- parameters (issue 17): the operator's `bake.py param` and the instance role's reads
+
+
+@pytest.mark.parametrize("envs", [(), ("qa",)], ids=["every env", "qa"])
+def test_the_ci_role_sets_and_reads_the_environment_s_parameters(envs):
+    policy = _render(*envs, parameters=PARAMETERS)
+    denied = [f"{call}: {decision}" for call in param() if (decision := call.decide(policy)) != "allow"]
+    assert not denied, "\n".join(denied)
+    assert all(call.decide(_render(*envs)) != "allow" for call in param() if "secretsmanager" in call.action)
+
+
+PARAM_ROLE_MUST_NOT = {
+    "write prod's parameter": Call("ssm:PutParameter", ssm("/webapp/prod/database-password"),
+                                   context={"ssm:Overwrite": "true"}),
+    "write a parameter no config references": Call("ssm:PutParameter", ssm("/webapp/qa/other"),
+                                                   context={"ssm:Overwrite": "true"}),
+    "read other parameters": Call("ssm:GetParameter", ssm("/payments/db-password")),
+    "list a whole tree": Call("ssm:GetParametersByPath", ssm("/webapp")),
+    "delete a parameter": Call("ssm:DeleteParameter", ssm("/webapp/qa/database-password")),
+    "read another secret": Call("secretsmanager:GetSecretValue", secret("payments/db")),
+    "read a secret named like qa's plus more": Call("secretsmanager:GetSecretValue", secret("webapp/qa/db-admin")),
+    "delete the secret": Call("secretsmanager:DeleteSecret", secret("webapp/qa/db")),
+    "change the secret's key": Call("secretsmanager:UpdateSecret", secret("webapp/qa/db")),
+    "decrypt with the key directly": Call("kms:Decrypt", f"arn:aws:kms:{HOME}:{ACCOUNT}:key/1234"),
+    "decrypt through S3": kms_via("kms:Decrypt", "s3"),
+}
+
+
+@pytest.mark.parametrize("path", sorted(PARAM_ROLE_MUST_NOT))
+def test_the_qa_role_touches_only_qa_s_references(path):
+    assert PARAM_ROLE_MUST_NOT[path].decide(_render("qa", parameters=PARAMETERS)) != "allow", path
+
+
+def test_the_instance_role_reads_exactly_its_environment_s_references():
+    policy = _instance_policy()
+    denied = [f"{call}: {decision}" for call in instance_resolve() if (decision := call.decide(policy)) != "allow"]
+    assert not denied, "\n".join(denied)
+    must_not = [*PARAM_ROLE_MUST_NOT.values(), *[c for c in param() if c.action.split(":")[1].startswith(
+        ("Put", "Create", "Describe"))], Call("ssm:GetParameter", ssm("/webapp/prod/database-password")),
+        Call("ssm:GetParameterHistory", ssm("/webapp/qa/database-password"))]
+    allowed = [str(call) for call in must_not if call.decide(policy) == "allow"]
+    assert not allowed, "\n".join(allowed)
+    # prod's role decrypts through SSM too, but only what it may read: none of qa's parameters or secrets
+    assert all(call.decide(_instance_policy("prod")) != "allow" for call in instance_resolve()
+               if not call.action.startswith("kms:"))
+
+
+def test_an_environment_without_references_needs_no_instance_read_policy():
+    from bakery.aws.iam_policy_params import render_instance_read_policy
+    from bakery.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="environment 'dev' references no parameter"):
+        render_instance_read_policy("dev", ["file:/etc/x"], ACCOUNT)
+
+
+def test_iam_policy_prints_the_instance_read_policy_of_an_aws_environment(tmp_path):
+    import shutil
+
+    shutil.copy(REPO / "bakery.yml", tmp_path / "bakery.yml")
+    folder = tmp_path / "inventories" / "qa" / "group_vars" / "all"
+    folder.mkdir(parents=True)
+    (folder / "deploy.yml").write_text("bakery_deploy: {target: aws, image: webapp, aws: {auto_scaling_group: g, "
+                                       "launch_template: t}}\n")
+    (folder / "runtime.yml").write_text("bakery_runtime:\n" + "".join(
+        f"  K{n}: {ref}\n" for n, ref in enumerate(PARAMETERS["qa"])))
+    out = bake(tmp_path, "iam-policy", "--for", "instance", "--env", "qa", "--account", ACCOUNT)
+    assert out.rc == 0, out.stderr
+    assert json.loads(out.stdout) == _instance_policy()
+    ci = bake(tmp_path, "iam-policy", "--settings", str(REPO / "docs" / "aws-iam-policy.example.yml"),
+              "--account", ACCOUNT, "--env", "qa")
+    assert ci.rc == 0 and json.loads(ci.stdout) == _render("qa", parameters={"qa": PARAMETERS["qa"]}), ci.stderr
+
+
+# ---- data volumes (issue 17): one tagged EBS volume per slot, handed from an instance to its replacement
+
+
+@pytest.mark.parametrize("envs, build", [((), True), (("qa",), True), (("qa",), False)],
+                         ids=["every env", "qa", "qa without build"])
+def test_the_role_hands_the_environment_s_data_volumes_over(envs, build):
+    """The reconciler's calls, with the role of every environment, of qa, and of qa that only deploys (which has no
+    KmsThroughEc2AndEbs: EBS uses the environment's key through EC2 all the same)."""
+    policy = _render(*envs, build=build)
+    denied = [f"{call}: {decision}" for call in data_volume_hand_over() if (decision := call.decide(policy)) != "allow"]
+    assert not denied, "\n".join(denied)
+
+
+def _volume(env: str = "qa", **changes: str) -> dict[str, str]:
+    return {**{k: v for k, v in data_volume_tags(env).items() if k != "bakery:handover"}, **changes}
+
+
+def _new_volume(request_tags: dict | None, **context) -> Call:
+    return Call("ec2:CreateVolume", ec2("volume/*"), request_tags=request_tags,
+                context={"ec2:Encrypted": True, "ec2:VolumeType": "gp3", **context})
+
+
+# what the qa role must not do to volumes and instances, in either rendering of it (building or not)
+DATA_VOLUME_MUST_NOT = {
+    "attach prod's volume": Call("ec2:AttachVolume", ec2("volume/vol-0prod"), _volume("prod")),
+    "attach a volume to prod's instance": Call("ec2:AttachVolume", ec2("instance/i-0prod"),
+                                               fleet_instance_tags("prod")),
+    "detach prod's volume": Call("ec2:DetachVolume", ec2("volume/vol-0prod"), _volume("prod")),
+    "detach from prod's instance": Call("ec2:DetachVolume", ec2("instance/i-0prod"), fleet_instance_tags("prod")),
+    "stop prod's instance": Call("ec2:StopInstances", ec2("instance/i-0prod"), fleet_instance_tags("prod")),
+    "terminate prod's instance": Call("ec2:TerminateInstances", ec2("instance/i-0prod"), fleet_instance_tags("prod")),
+    "image prod's instance": Call("ec2:CreateImage", ec2("instance/i-0prod"), fleet_instance_tags("prod")),
+    "retag prod's instance as qa's": Call("ec2:CreateTags", ec2("instance/i-0prod"), fleet_instance_tags("prod"),
+                                          request_tags={"bakery:environment": "qa"}),
+    "stop a foreign instance": Call("ec2:StopInstances", ec2("instance/i-0payments"), FOREIGN),
+    "attach a foreign volume": Call("ec2:AttachVolume", ec2("volume/vol-0payments"), FOREIGN),
+    "attach a volume to a foreign instance": Call("ec2:AttachVolume", ec2("instance/i-0payments"), FOREIGN),
+    "create an unencrypted volume": _new_volume(data_volume_tags(), **{"ec2:Encrypted": False}),
+    "create a volume of another type": _new_volume(data_volume_tags(), **{"ec2:VolumeType": "io2"}),
+    "create a volume for prod": _new_volume(data_volume_tags("prod")),
+    "create an untagged volume": _new_volume(None),
+    "create a volume with other tag keys": _new_volume({**data_volume_tags(), "team": "web"}),
+    "create a volume from prod's snapshot": Call("ec2:CreateVolume", snapshot("snap-0prod"), AMI_TAGS,
+                                                 request_tags=data_volume_tags()),
+    "move a volume to prod": Call("ec2:CreateTags", ec2("volume/vol-0data"), _volume(),
+                                  request_tags={"bakery:environment": "prod"}),
+    "disown a volume": Call("ec2:CreateTags", ec2("volume/vol-0data"), _volume(),
+                            request_tags={"bakery:managed": "false"}),
+    "tag a volume with a key of bakery's and the hand-over": Call(
+        "ec2:CreateTags", ec2("volume/vol-0data"), _volume(),
+        request_tags={"bakery:handover": "attach:i-0new", "bakery:slot": "3"}),
+    "delete every tag of a volume": Call("ec2:DeleteTags", ec2("volume/vol-0data"), _volume()),
+    "delete a volume's bakery:managed": Call("ec2:DeleteTags", ec2("volume/vol-0data"), _volume(),
+                                             request_tags={"bakery:managed": ""}),
+    "mark a hand-over on prod's volume": Call("ec2:CreateTags", ec2("volume/vol-0prod"), _volume("prod"),
+                                              request_tags={"bakery:handover": "attach:i-0new"}),
+    "delete a data volume": Call("ec2:DeleteVolume", ec2("volume/vol-0data"), _volume()),
+    "put a lifecycle hook on prod's group": Call("autoscaling:PutLifecycleHook", GROUP + "bakery-prod",
+                                                 owned("prod")),
+    "complete prod's lifecycle action": Call("autoscaling:CompleteLifecycleAction", GROUP + "bakery-prod",
+                                             owned("prod")),
+    "hook a foreign group": Call("autoscaling:PutLifecycleHook", GROUP + "payments", FOREIGN),
+    "delete a lifecycle hook": Call("autoscaling:DeleteLifecycleHook", GROUP + "bakery-qa", owned("qa")),
+    "use the key through S3": kms_via_ec2("kms:Decrypt", HOME, "s3"),
+}
+# what no rendering may allow, whatever environments it deploys to
+EVERY_ROLE_MUST_NOT = ["stop a foreign instance", "attach a foreign volume", "attach a volume to a foreign instance",
+                       "create an unencrypted volume",
+                       "create a volume of another type", "create an untagged volume",
+                       "create a volume with other tag keys", "create a volume from prod's snapshot", "disown a volume",
+                       "tag a volume with a key of bakery's and the hand-over", "delete every tag of a volume",
+                       "delete a volume's bakery:managed", "delete a data volume", "hook a foreign group",
+                       "delete a lifecycle hook", "use the key through S3"]
+
+
+@pytest.mark.parametrize("build", [True, False], ids=["building", "deploying only"])
+@pytest.mark.parametrize("path", sorted(DATA_VOLUME_MUST_NOT))
+def test_the_qa_role_moves_only_qa_s_data_volumes(path, build):
+    """IAM decides AttachVolume for the volume and for the instance apart: a role of qa only keeps qa's volumes on qa's
+    instances. A building role's statements for Packer's instance (StopInstances, TerminateInstances, CreateImage)
+    and its RetagOwn must not reach a fleet's instance either."""
+    assert DATA_VOLUME_MUST_NOT[path].decide(_render("qa", build=build)) != "allow", path
+
+
+@pytest.mark.parametrize("path", EVERY_ROLE_MUST_NOT)
+def test_no_role_touches_what_is_not_a_data_volume_of_bakery_s(path):
+    for policy in (POLICY, _render("qa", "prod", build=False), _render(builder="disk")):
+        assert DATA_VOLUME_MUST_NOT[path].decide(policy) != "allow", path
+
+
+def test_data_volume_statements_only_for_environments_with_a_data_volume():
+    """data_volumes (the project's environments with bakery_deploy.data_volume): none, nothing of the hand-over is
+    granted; qa's, the volumes and instances of qa only, also in a role of every environment (the lifecycle hooks
+    ride on RefreshOwnGroups: every group the role refreshes). Not known (docs/aws-iam-policy.json, --settings outside
+    a project): every environment the role deploys to."""
+    import fnmatch
+
+    moves = {"ec2:CreateVolume", "ec2:AttachVolume", "ec2:DetachVolume", "ec2:DeleteTags",
+             "autoscaling:PutLifecycleHook", "autoscaling:CompleteLifecycleAction"}
+    none = _render(data_volumes=[])
+    assert all(call.decide(none) != "allow" for call in data_volume_hand_over() if call.action in moves)
+    assert all(call.decide(_render("prod", data_volumes=["qa"])) != "allow" for call in data_volume_hand_over("prod")
+               if call.action in moves)
+    qa_only = _render(data_volumes=["qa"])
+    assert all(call.decide(qa_only) == "allow" for call in data_volume_hand_over("qa"))
+    assert all(call.decide(qa_only) != "allow" for call in data_volume_hand_over("prod")
+               if call.action in moves and not call.action.startswith("autoscaling:"))
+    assert _render("qa", data_volumes=["qa", "prod"]) == _render("qa")
+    granted = [pattern for policy in (POLICY, _render("qa", build=False), _render(builder="imagebuilder"))
+               for s in policy["Statement"] if s["Effect"] == "Allow"
+               for pattern in (s["Action"] if isinstance(s["Action"], list) else [s["Action"]])]
+    assert not [p for p in granted if fnmatch.fnmatchcase("ec2:DeleteVolume", p)]  # never, in any rendering
