@@ -47,6 +47,8 @@ TABLE: list[tuple[list[str], str]] = [
     # base
     (["base", "--release", "nosuch"], "--release 'nosuch'"),
     (["base", "--release", ""], "--release ''"),
+    (["base", "--if-updates", "--rebuild"], "--if-updates and --rebuild exclude each other"),
+    (["base", "--if-updates", "--release", "sid"], "--release 'sid'"),
     # new-role
     (["new-role", ""], "role name ''"),
     (["new-role", "Bad"], "role name 'Bad'"),
@@ -159,6 +161,17 @@ TABLE: list[tuple[list[str], str]] = [
     (["iam-policy", "--for", "imagebuilder-instance", "--env", "qa"], "does not take --env"),
     (["iam-policy", "--part", "0"], "--part"),
     (["iam-policy", "--for", "nobody"], "'nobody'"),
+    (["iam-policy", "--for", "instance"], "--for instance takes one --env"),
+    (["iam-policy", "--for", "instance", "--env", "qa", "--account", "111122223333"], "is on the local target"),
+    # param
+    (["param", "set", "--env", "nosuch", "X", "y"], "unknown environment 'nosuch'"),
+    (["param", "set", "--env", "qa", "NOSUCH", "y"], "has no runtime key 'NOSUCH'"),
+    (["param", "set", "--env", "qa", "LOG_LEVEL", "y"], "LOG_LEVEL holds a plain value"),
+    (["param", "set", "--env", "qa", "ssm:/webapp/qa/../x", "y"], "'..'"),
+    (["param", "set", "--env", "qa", "DATABASE_PASSWORD", 'a"b'], "a double quote"),
+    (["param", "set", "--env", "qa", "DATABASE_PASSWORD", "y", "--type", "Number"], "'Number'"),
+    (["param", "get", "--env", "qa", "NOSUCH"], "has no runtime key 'NOSUCH'"),
+    (["param", "list", "--env", "nosuch"], "unknown environment 'nosuch'"),
     # a trailing newline passed `re.match(...$)` and printed a second line
     (["show", "webapp\n"], "image name 'webapp\\n'"),
     (["images", "webapp\n"], "image name 'webapp\\n'"),
@@ -395,7 +408,7 @@ def test_a_new_catalog_is_stamped_and_an_older_one_read_unchanged(tmp_path, no_p
     root = make_project(tmp_path / "p")
     use_project(root)
     db = sqlite3.connect(root / ".bakery" / "catalog.db")
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 3
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 4
     db.execute("PRAGMA user_version = 0")  # a catalog from before the schema had a version
     db.close()
     before = snapshot(root)
