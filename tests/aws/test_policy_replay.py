@@ -552,8 +552,9 @@ def param() -> list[Call]:
     """`bake.py param set|get|list` on qa (bakery/params/aws_store.py): SSM PutParameter (a SecureString with the
     environment's key: SSM encrypts through KMS on the caller's behalf), GetParameterHistory (who, when, version),
     GetParameter with decryption for --reveal, a group listed by GetParametersByPath; a secret described, created
-    with the key or given a new value, read for --reveal."""
+    with the key or given a new value, read for --reveal; an SSM ARN reference asks whose account it is."""
     return [
+        Call("sts:GetCallerIdentity"),
         Call("ssm:PutParameter", ssm("/webapp/qa/database-password"), context={"ssm:Overwrite": "true"}),
         kms_via("kms:Encrypt", "ssm"), kms_via("kms:GenerateDataKey", "ssm"),
         Call("ssm:GetParameterHistory", ssm("/webapp/qa/database-password")),
@@ -684,6 +685,7 @@ FLOWS_OF_TESTS = {
     "test_packer": ["packer build", "packer clean-up"],
     "test_verify_aws": [*DISK_FLOWS, "aws verify"],  # the round trip publishes with the disk builder first
     "test_params_aws": ["param"],
+    "test_params_arn_aws": ["param"],
     "test_runtime_resolve_aws": ["instance resolve", "param"],  # the test writes its parameters with bake.py param
     "test_data_volume_aws": ["data volume hand-over", "deploy", "deploy to an empty group", "down", "adopt"],
 }
