@@ -81,8 +81,9 @@ def iam_policy(obj, account: str | None, settings_file: str | None, role: str, e
         else:
             renderer.check_request(settings, envs=envs, build=not no_build)  # before STS: also without credentials
             parameters = _references(obj, envs)
+            volumes = None if settings_file else _data_volume_envs(obj, envs)  # --settings: the example, all
             policy = render_policy(settings, account or _caller_account(settings.region), envs=envs,
-                                   build=not no_build, parameters=parameters)
+                                   build=not no_build, parameters=parameters, data_volumes=volumes)
     except ConfigError as exc:  # the renderer names bakery.yml; with --settings the fields are that file's
         if settings_file and str(exc).startswith("bakery.yml:"):
             raise ConfigError(settings_file + str(exc)[len("bakery.yml"):]) from exc
@@ -129,6 +130,17 @@ def _references(obj, envs: tuple[str, ...], required: bool = False) -> dict[str,
             continue
         found[name] = [str(r.ref) for r in references(env)]
     return found
+
+
+def _data_volume_envs(obj, envs: tuple[str, ...]) -> list[str]:
+    """The project's aws environments (of `envs` when given) with a data volume: only their roles may create,
+    attach, detach and stop for a hand-over."""
+    from bakery.environments import environment_names, load_environment
+
+    project = obj.project
+    names = [n for n in envs or environment_names(project) if n in environment_names(project)]
+    loaded = (load_environment(project, name, check_promotion=False) for name in names)
+    return [env.name for env in loaded if env.target == "aws" and env.data_volume is not None]
 
 
 def _settings_from(path: str):

@@ -128,3 +128,25 @@ def test_iam_policy_for_the_image_builder_instance_refuses_the_ci_role_flags(pro
     assert bake(proj, "iam-policy", "--for", "imagebuilder-instance").rc == 0  # no account, no STS
     stderr = one_line_exit_2(bake(proj, "iam-policy", "--for", "imagebuilder-instance", *flags))
     assert f"--for imagebuilder-instance does not take {flags[0]}" in stderr
+
+
+def test_iam_policy_grants_the_data_volume_hand_over_only_where_an_environment_has_a_volume(proj):
+    """Creating, attaching, detaching and stopping for a hand-over is rendered for the aws environments with
+    data_volume:, not for every environment the role deploys to."""
+    import json
+
+    (proj / "bakery.yml").write_text("default_base: bookworm\naws:\n  security_group_ids: [sg-0abc]\n")
+    deploy = proj / "inventories" / "web" / "group_vars" / "all" / "deploy.yml"
+    deploy.parent.mkdir(parents=True, exist_ok=True)
+    body = ("bakery_deploy: {target: aws, image: webapp, instances: 1, aws: {auto_scaling_group: web, "
+            "launch_template: web-lt}, refresh: {min_healthy_percentage: 0, max_healthy_percentage: 100}")
+    deploy.write_text(body + "}\n")
+
+    def sids() -> set[str]:
+        outcome = bake(proj, "iam-policy", "--account", "111122223333")
+        assert outcome.rc == 0, outcome.stderr
+        return {s["Sid"] for s in json.loads(outcome.stdout)["Statement"]}
+
+    assert not {"NewDataVolumes", "HandOver"} & sids()
+    deploy.write_text(body + ", data_volume: {name: items, path: /var/lib/webapp}}\n")
+    assert {"NewDataVolumes", "HandOver"} <= sids()
