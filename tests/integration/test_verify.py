@@ -30,8 +30,7 @@ def build(project, image):
 
 
 def test_example_image_passes_and_leaves_nothing(example_project, webapp_image):
-    for name, value in (("DATABASE_PASSWORD", "qa-db-secret"), ("FEATURE_NEW_CHECKOUT", "true")):
-        assert param_set(example_project, "qa", name, value).returncode == 0  # qa's runtime config references them
+    assert param_set(example_project, "qa", "DATABASE_PASSWORD", "qa-db-secret").returncode == 0  # qa references it
     out = bake(example_project, "verify", f"webapp:{webapp_image['version']}", "--env", "qa", "--json")
     assert out.rc == 0, out.stderr + out.stdout
     result = out.json
