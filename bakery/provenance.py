@@ -25,6 +25,8 @@ DIGEST_EXCLUDES = {"molecule", "__pycache__", ".pytest_cache", ".cache", ".git",
 DIGEST_EXCLUDE_SUFFIXES = (".pyc", ".swp", "~")
 # A role's own documentation does not change the image either.
 DIGEST_EXCLUDE_ROOT_FILES = {"README.md", "README.rst", "CHANGELOG.md"}
+# ansible-galaxy writes the install date here: two installs of the same role must have the same digest.
+DIGEST_EXCLUDE_PATHS = {"meta/.galaxy_install_info"}
 
 
 def sanitize_tag_value(value: str, limit: int = TAG_VALUE_MAX) -> str:
@@ -50,20 +52,27 @@ def file_digest(path: Path) -> str:
     return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def tree_digest(root: Path) -> str:
+def tree_digest(root: Path, *, everything: bool = False) -> str:
     """Digest of every file under root: relative path, executable bit and content.
 
     Symlinks contribute their target. Molecule scenarios, tests and caches are
-    left out: they do not change what the role does to an image.
+    left out: they do not change what the role does to an image; so is the
+    install date ansible-galaxy records in an installed role. `everything` keeps
+    tests, scenarios and documentation in (only caches and the install date are
+    left out): what a lock pins, since verify may run a role's own tests.
     """
     h = hashlib.sha256()
+    excludes = {"__pycache__", ".pytest_cache", ".cache"} if everything else DIGEST_EXCLUDES
+    root_files = set() if everything else DIGEST_EXCLUDE_ROOT_FILES
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in DIGEST_EXCLUDES)
+        dirnames[:] = sorted(d for d in dirnames if d not in excludes)
         for name in sorted(filenames):
-            if name.endswith(DIGEST_EXCLUDE_SUFFIXES) or (dirpath == str(root) and name in DIGEST_EXCLUDE_ROOT_FILES):
+            if name.endswith(DIGEST_EXCLUDE_SUFFIXES) or (dirpath == str(root) and name in root_files):
                 continue
             path = Path(dirpath) / name
             rel = path.relative_to(root).as_posix()
+            if rel in DIGEST_EXCLUDE_PATHS:
+                continue
             if path.is_symlink():
                 h.update(f"L {rel}\0{os.readlink(path)}\n".encode())
                 continue
@@ -128,6 +137,8 @@ class Provenance:
     bakery_version: str
     roles: dict[str, str]  # role name -> role digest, in bake order
     artifacts: dict[str, str] = field(default_factory=dict)  # artifact name -> version baked in
+    # requirements.lock's roles and collections: name -> "version[@commit12] digest" (bakery.deps.gate.check_lock)
+    requirements: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -150,6 +161,7 @@ class Provenance:
             "io.bakery.tool-version": self.bakery_version,
             "io.bakery.roles": " ".join(f"{k}={v}" for k, v in self.roles.items()),
             "io.bakery.artifacts": " ".join(f"{k}={v}" for k, v in self.artifacts.items()),
+            "io.bakery.requirements": render_requirements(self.requirements),
         }
 
     def release_file(self) -> str:
@@ -168,8 +180,28 @@ class Provenance:
             "BAKERY_VERSION": self.bakery_version,
             "ROLES": " ".join(f"{k}={v}" for k, v in self.roles.items()),
             "ARTIFACTS": " ".join(f"{k}={v}" for k, v in self.artifacts.items()),
+            "REQUIREMENTS": render_requirements(self.requirements),
         }
         return "".join(f'{key}="{sanitize_tag_value(str(value), 4096)}"\n' for key, value in fields.items())
+
+
+def render_requirements(requirements: dict[str, str]) -> str:
+    """`name=version[@commit] sha256:... name=...`: one line, read back by parse_requirements."""
+    return " ".join(f"{name}={value}" for name, value in requirements.items())
+
+
+def parse_requirements(text: str) -> dict[str, str]:
+    """The inverse of render_requirements: a word with `=` starts an entry, the words after it are its value."""
+    found: dict[str, str] = {}
+    name = ""
+    for word in text.split():
+        key, sep, value = word.partition("=")
+        if sep and not key.startswith("sha256:"):
+            name = key
+            found[name] = value
+        elif name:
+            found[name] = f"{found[name]} {word}".strip()
+    return found
 
 
 def parse_release_file(text: str) -> dict[str, str]:

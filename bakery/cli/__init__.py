@@ -13,7 +13,7 @@ import sys
 import click
 
 from bakery import __version__
-from bakery.cli import build, disk, fleet, gc, iam, images, observe, params, pipeline, verify
+from bakery.cli import build, deps, disk, fleet, gc, iam, images, observe, params, pipeline, verify
 from bakery.cli.common import Context
 from bakery.errors import BakeryError, ConfigError, Interrupted
 
@@ -33,6 +33,7 @@ def cli(ctx: click.Context, project: str | None, debug: bool) -> None:
 COMMANDS: tuple[click.Command, ...] = (
     build.base, build.build_app, build.build, build.new_role, build.distribute, disk.disk, verify.verify, images.images,
     images.show, gc.gc, *fleet.COMMANDS, *observe.COMMANDS, pipeline.pipeline, *iam.COMMANDS, *params.COMMANDS,
+    deps.deps,
 )
 for _command in COMMANDS:
     cli.add_command(_command)

@@ -167,6 +167,8 @@ TABLE: list[tuple[list[str], str]] = [
     (["param", "set", "--env", "nosuch", "X", "y"], "unknown environment 'nosuch'"),
     (["param", "set", "--env", "qa", "NOSUCH", "y"], "has no runtime key 'NOSUCH'"),
     (["param", "set", "--env", "qa", "LOG_LEVEL", "y"], "LOG_LEVEL holds a plain value"),
+    (["deps", "--check", "--update", "x"], "give one of them"),
+    (["deps", "--update", "nosuch"], "no role or collection of that name"),
     (["param", "set", "--env", "qa", "ssm:/webapp/qa/../x", "y"], "'..'"),
     (["param", "set", "--env", "qa", "DATABASE_PASSWORD", 'a"b'], "a double quote"),
     (["param", "set", "--env", "qa", "DATABASE_PASSWORD", "y", "--type", "Number"], "'Number'"),

@@ -1,0 +1,159 @@
+"""Does what is installed under .bakery/galaxy match requirements.lock? Asked by every bake and by `deps --check`.
+
+A bake may use only what a reviewer can see in the lock: a requirement that is not locked, a locked one that is not
+installed or whose installed files differ, and anything installed that the lock does not list, stop it with one line
+naming the role or collection and the command that fixes it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from bakery.deps.digest import installed_digest
+from bakery.deps.lock import Lock, read_lock
+from bakery.deps.paths import galaxy_collections_dir, galaxy_roles_dir
+from bakery.deps.requirements import CollectionRequirement, RoleRequirement, load_requirements, redact
+from bakery.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Problem:
+    name: str
+    kind: str  # not-locked, changed, missing, differs, extra, stale
+    message: str
+    blocking: bool = True  # False: tidy-up `deps` does, harmless to a bake
+
+
+def role_dir(root: Path, name: str) -> Path:
+    return galaxy_roles_dir(root) / name
+
+
+def collection_dir(root: Path, fqcn: str) -> Path:
+    namespace, _, name = fqcn.partition(".")
+    return galaxy_collections_dir(root) / "ansible_collections" / namespace / name
+
+
+def role_matches(req: RoleRequirement, entry: dict[str, str] | None) -> bool:
+    """The lock entry was made from this requirement as it is written now (a changed src or version re-resolves)."""
+    return (entry is not None and entry.get("src") == redact(req.src) and entry.get("scm") == req.scm
+            and (req.version is None or entry.get("version") == req.version))
+
+
+def collection_key(req: CollectionRequirement, lock: Lock | None) -> str | None:
+    """The lock's name for a collection requirement: its own name, or the one locked from the same source."""
+    if req.name or lock is None:
+        return req.name
+    return next((k for k, e in lock.collections.items() if e.get("source") == redact(req.source)), None)
+
+
+def collection_matches(req: CollectionRequirement, entry: dict[str, str] | None) -> bool:
+    return (entry is not None and entry.get("source") == redact(req.source) and entry.get("type") == req.kind
+            and entry.get("requested") == req.version)
+
+
+def problems(root: Path) -> list[Problem]:
+    """Every difference between requirements.yml, requirements.lock and .bakery/galaxy, in that order."""
+    reqs = load_requirements(root)
+    if reqs is None:
+        return []
+    lock = read_lock(root)
+    if lock is None:
+        if not reqs.roles and not reqs.collections:
+            return []
+        return [Problem("requirements.yml", "not-locked", "requirements.yml is not locked; run: bake.py deps")]
+    found: list[Problem] = []
+    wanted_roles, wanted_collections = set(), set()
+    for role in reqs.roles:
+        wanted_roles.add(role.name)
+        entry = lock.roles.get(role.name)
+        if not role_matches(role, entry):
+            found.append(_unlocked(role.name, entry is not None))
+        else:
+            found += _installed(role.name, "role", role_dir(root, role.name), entry, root)
+    for coll in reqs.collections:
+        key = collection_key(coll, lock)
+        entry = lock.collections.get(key) if key else None
+        if key is None or not collection_matches(coll, entry):
+            found.append(_unlocked(key or coll.label, entry is not None))
+            continue
+        wanted_collections.add(key)
+        found += _installed(key, "collection", collection_dir(root, key), entry, root)
+    found += _leftovers(root, lock, wanted_roles, wanted_collections)
+    return found
+
+
+def _unlocked(name: str, changed: bool) -> Problem:
+    if changed:
+        return Problem(name, "changed", f"requirement '{name}' in requirements.yml differs from requirements.lock; "
+                                        f"run: bake.py deps --update {name}")
+    return Problem(name, "not-locked", f"requirement '{name}' is not in requirements.lock; "
+                                       f"run: bake.py deps --update {name}")
+
+
+def _installed(name: str, what: str, path: Path, entry: dict[str, str] | None, root: Path) -> list[Problem]:
+    assert entry is not None
+    if not path.is_dir():
+        return [Problem(name, "missing", f"'{name}' is not installed; run: bake.py deps")]
+    if installed_digest(path) != entry["digest"]:
+        return [Problem(name, "differs", f"installed {what} '{name}' ({path.relative_to(root)}) differs from "
+                                         f"requirements.lock: run bake.py deps to reinstall the locked version, "
+                                         f"or bake.py deps --update {name}")]
+    return []
+
+
+def installed_roles(root: Path) -> list[str]:
+    base = galaxy_roles_dir(root)
+    return sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")) if base.is_dir() else []
+
+
+def installed_collections(root: Path) -> list[str]:
+    base = galaxy_collections_dir(root) / "ansible_collections"
+    if not base.is_dir():
+        return []
+    return sorted(f"{ns.name}.{coll.name}" for ns in base.iterdir() if ns.is_dir() and "." not in ns.name
+                  for coll in ns.iterdir() if coll.is_dir())
+
+
+def _leftovers(root: Path, lock: Lock, roles: set[str], collections: set[str]) -> list[Problem]:
+    found = []
+    for name, what in [*((n, "role") for n in sorted(set(lock.roles) - roles)),
+                       *((n, "collection") for n in sorted(set(lock.collections) - collections))]:
+        found.append(Problem(name, "stale", f"{what} '{name}' is in requirements.lock but not in requirements.yml; "
+                                            "run: bake.py deps", blocking=False))
+    for name in installed_roles(root):
+        if name not in lock.roles:
+            found.append(Problem(name, "extra", f"role '{name}' is installed in .bakery/galaxy/roles but not in "
+                                                "requirements.lock; run: bake.py deps (it removes it)"))
+    for name in installed_collections(root):
+        if name not in lock.collections:
+            found.append(Problem(name, "extra", f"collection '{name}' is installed in .bakery/galaxy/collections but "
+                                                "not in requirements.lock; run: bake.py deps (it removes it)"))
+    return found
+
+
+def check_lock(project_root: Path) -> dict[str, str]:
+    """Raise ConfigError (one line) on the first thing that makes the installed requirements differ from the lock;
+    return {name: "version[@commit12] digest"} of every locked role and collection for provenance ({} without
+    requirements.yml)."""
+    found = problems(project_root)
+    for problem in found:
+        if problem.blocking:
+            raise ConfigError(problem.message)
+    lock = read_lock(project_root) if load_requirements(project_root) is not None else None
+    if lock is None:
+        return {}
+    stale = {p.name for p in found if p.kind == "stale"}
+    return {name: _describe(entry) for name, entry in sorted({**lock.roles, **lock.collections}.items())
+            if name not in stale}
+
+
+def _describe(entry: dict[str, str]) -> str:
+    commit = f"@{entry['commit'][:12]}" if entry.get("commit") else ""
+    return f"{entry.get('version', 'unversioned')}{commit} {entry['digest']}"
+
+
+def locked_collections(project_root: Path) -> dict[str, str]:
+    """{"ns.coll": digest} from the lock ({} when there is none): what a layer key may include."""
+    lock = read_lock(project_root)
+    return {name: entry["digest"] for name, entry in sorted(lock.collections.items())} if lock else {}

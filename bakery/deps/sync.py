@@ -1,0 +1,204 @@
+"""`bake.py deps`: make .bakery/galaxy and requirements.lock match requirements.yml.
+
+What is installed and matches its lock entry is left alone (no ansible-galaxy run, no network); what is missing or
+differs is reinstalled at its locked version; what is new, changed in requirements.yml or named with --update is
+resolved afresh (a git ref to its commit) and locked. Everything is installed into a staging directory first and
+renamed into place only once every install succeeded, so a failed or interrupted run leaves the previous installs
+and the lock as they were.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bakery.deps import install
+from bakery.deps.digest import installed_digest
+from bakery.deps.gate import (
+    collection_dir,
+    collection_key,
+    collection_matches,
+    installed_collections,
+    installed_roles,
+    role_dir,
+    role_matches,
+)
+from bakery.deps.lock import Lock, read_lock, write_lock
+from bakery.deps.paths import LOCK_FILE, galaxy_dir
+from bakery.deps.requirements import CollectionRequirement, Requirements, RoleRequirement, load_requirements, redact
+from bakery.errors import ConfigError, OperationError
+
+
+@dataclass
+class Outcome:
+    installed: dict[str, str] = field(default_factory=dict)  # name -> "version[@commit12]"
+    removed: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    lock_written: bool = False
+
+
+@dataclass
+class _Work:
+    root: Path
+    staging: Path
+    lock: Lock = field(default_factory=Lock)
+    moves: list[tuple[Path, Path]] = field(default_factory=list)  # staged -> final
+    outcome: Outcome = field(default_factory=Outcome)
+
+
+def sync(root: Path, update: tuple[str, ...] = ()) -> Outcome:
+    """Install and lock; raises ConfigError for bad input before anything is written."""
+    written = load_requirements(root)
+    reqs = written or Requirements((), ())
+    before = read_lock(root)
+    known = reqs.names() | {collection_key(c, before) or c.label for c in reqs.collections}
+    for name in update:
+        if name not in known:
+            raise ConfigError(f"--update {name}: no role or collection of that name in requirements.yml "
+                              f"(it has: {', '.join(sorted(known)) or 'none'})")
+    if before is None and not known and not installed_roles(root) and not installed_collections(root):
+        return Outcome()
+    base = galaxy_dir(root)
+    base.mkdir(parents=True, exist_ok=True)
+    with open(base / ".deps.lock", "w", encoding="utf-8") as guard:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        work = _Work(root, base / f".staging-{os.getpid()}")
+        try:
+            work.staging.mkdir()
+            for role in reqs.roles:
+                _role(work, role, before, role.name in update)
+            for coll in reqs.collections:
+                _collection(work, coll, before, update)
+            _apply(work, before, written is not None)
+        finally:
+            shutil.rmtree(work.staging, ignore_errors=True)
+    return work.outcome
+
+
+def _role(work: _Work, role: RoleRequirement, before: Lock | None, fresh: bool) -> None:
+    entry = before.roles.get(role.name) if before else None
+    pinned = entry if (entry is not None and not fresh and role_matches(role, entry)) else None
+    final = role_dir(work.root, role.name)
+    if pinned is not None and final.is_dir() and installed_digest(final) == pinned["digest"]:
+        work.lock.roles[role.name] = pinned
+        work.outcome.unchanged.append(role.name)
+        return
+    commit = None
+    request: dict[str, str] = {"name": role.name}
+    if role.kind == "git":
+        commit = pinned["commit"] if pinned else install.resolve_commit(work.root, role.location, str(role.version),
+                                                                         role.name)
+        request |= {"src": install.absolute(work.root, role.location), "scm": "git", "version": commit}
+    elif role.kind == "galaxy":
+        request["src"] = role.src
+        wanted = pinned["version"] if pinned else role.version
+        if wanted:
+            request["version"] = wanted
+    else:
+        request |= {"src": install.absolute(work.root, role.src)}
+    install.galaxy_install(work.root, work.staging, "role", request, work.staging / "roles", role.name)
+    staged = work.staging / "roles" / role.name
+    if not staged.is_dir():
+        raise OperationError(f"installing role '{role.name}' failed: ansible-galaxy installed nothing at "
+                             f"{staged.name}")
+    digest = _checked(staged, pinned, role.name, role.src)
+    version = role.version or install.installed_role_version(staged) or (pinned or {}).get("version")
+    locked = {"src": redact(role.src), "scm": role.scm, "version": version, "commit": commit, "digest": digest}
+    work.lock.roles[role.name] = {k: v for k, v in locked.items() if v is not None}
+    work.moves.append((staged, role_dir(work.root, role.name)))
+    work.outcome.installed[role.name] = _short(work.lock.roles[role.name])
+
+
+def _collection(work: _Work, coll: CollectionRequirement, before: Lock | None, update: tuple[str, ...]) -> None:
+    key = collection_key(coll, before)
+    entry = before.collections.get(key) if (before and key) else None
+    fresh = bool({key, coll.label} & set(update))
+    pinned = entry if (entry is not None and not fresh and collection_matches(coll, entry)) else None
+    if pinned is not None and key is not None:
+        final = collection_dir(work.root, key)
+        if final.is_dir() and installed_digest(final) == pinned["digest"]:
+            work.lock.collections[key] = pinned
+            work.outcome.unchanged.append(key)
+            return
+    commit = None
+    version = pinned["version"] if pinned else coll.version
+    if coll.kind == "git":
+        commit = pinned["commit"] if pinned else install.resolve_commit(work.root, coll.location, str(coll.version),
+                                                                         coll.label)
+        version = commit
+    request = {"type": coll.kind, "source": install.absolute(work.root, coll.source)}
+    if coll.name:
+        request["name"] = coll.name
+        if coll.kind == "galaxy" and coll.source == coll.name:
+            del request["source"]
+    if coll.kind in ("galaxy", "git") and version:
+        request["version"] = version
+    dest = work.staging / f"collections-{len(work.moves)}"
+    install.galaxy_install(work.root, work.staging, "collection", request, dest, coll.label)
+    found = [c for ns in (dest / "ansible_collections").glob("*") if ns.is_dir() and "." not in ns.name
+             for c in ns.iterdir() if c.is_dir()]
+    if len(found) != 1:
+        raise OperationError(f"installing collection '{coll.label}' failed: ansible-galaxy installed "
+                             f"{len(found)} collections, expected one")
+    fqcn, installed_version = install.collection_manifest(found[0])
+    if coll.name and fqcn != coll.name:
+        raise OperationError(f"installing collection '{coll.label}': the source holds {fqcn}, not {coll.name}; "
+                             "fix name: in requirements.yml")
+    if fqcn in work.lock.collections:
+        raise ConfigError(f"requirements.yml: collection {fqcn} is listed twice (once as '{coll.label}'); keep one")
+    digest = _checked(found[0], pinned, fqcn, coll.source)
+    locked = {"source": redact(coll.source), "type": coll.kind, "version": installed_version,
+              "requested": coll.version, "commit": commit, "digest": digest}
+    work.lock.collections[fqcn] = {k: v for k, v in locked.items() if v is not None}
+    work.moves.append((found[0], collection_dir(work.root, fqcn)))
+    work.outcome.installed[fqcn] = _short(work.lock.collections[fqcn])
+
+
+def _checked(staged: Path, pinned: dict[str, str] | None, name: str, source: str) -> str:
+    """A reinstall of the locked version must give the locked content: anything else changed at the source."""
+    digest = installed_digest(staged)
+    if pinned is not None and digest != pinned["digest"]:
+        raise OperationError(f"'{name}' from {redact(source)} at its locked version no longer matches "
+                             f"requirements.lock (the source changed); if that is expected run: "
+                             f"bake.py deps --update {name}")
+    return digest
+
+
+def _short(entry: dict[str, str]) -> str:
+    commit = f"@{entry['commit'][:12]}" if entry.get("commit") else ""
+    return f"{entry.get('version', 'unversioned')}{commit}"
+
+
+def _apply(work: _Work, before: Lock | None, has_requirements: bool) -> None:
+    """Rename every staged install into place, write the lock, then remove what the lock no longer lists."""
+    for index, (staged, final) in enumerate(work.moves):
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if final.exists():
+            final.rename(work.staging / f"replaced-{index}")
+        staged.rename(final)
+    root = work.root
+    lock_path = root / LOCK_FILE
+    if has_requirements:
+        if before is None or before != work.lock or not lock_path.is_file():
+            write_lock(root, work.lock)
+            work.outcome.lock_written = True
+    elif lock_path.is_file():
+        lock_path.unlink()
+        work.outcome.lock_written = True
+    for name in installed_roles(root):
+        if name not in work.lock.roles:
+            shutil.rmtree(role_dir(root, name))
+            work.outcome.removed.append(name)
+    for name in installed_collections(root):
+        if name not in work.lock.collections:
+            path = collection_dir(root, name)
+            shutil.rmtree(path)
+            if not any(path.parent.iterdir()):
+                path.parent.rmdir()
+            work.outcome.removed.append(name)
+    for name in sorted((set(before.roles) | set(before.collections)) if before else set()):
+        if name not in work.lock.roles and name not in work.lock.collections and name not in work.outcome.removed:
+            work.outcome.removed.append(name)

@@ -1,0 +1,129 @@
+"""requirements.lock and the gate every bake passes: what is installed must be what the lock says, by content."""
+
+from __future__ import annotations
+
+import pytest
+
+from bakery.deps.digest import installed_digest
+from bakery.deps.gate import check_lock, locked_collections, problems
+from bakery.deps.lock import Lock, read_lock, write_lock
+from bakery.errors import ConfigError
+
+pytestmark = pytest.mark.unit
+
+COMMIT = "15ee6191f2c234ed6c3608ef30439ea1c92e9b53"
+REQUIREMENTS = """roles:
+  - name: acme.web
+    src: git+https://deploy:tok3n@git.example.com/acme/web.git
+    version: v1.0.0
+collections:
+  - name: acme.tools
+    source: ./dist/acme-tools-1.0.0.tar.gz
+    type: file
+"""
+
+
+def install(root, rel: str, files: dict[str, str]):
+    path = root / ".bakery" / "galaxy" / rel
+    for name, text in files.items():
+        (path / name).parent.mkdir(parents=True, exist_ok=True)
+        (path / name).write_text(text)
+    return path
+
+
+@pytest.fixture
+def locked(tmp_path):
+    """A project whose requirements are installed and locked as `bake.py deps` leaves them."""
+    root = tmp_path
+    (root / "requirements.yml").write_text(REQUIREMENTS)
+    role = install(root, "roles/acme.web", {"tasks/main.yml": "- ansible.builtin.debug: msg=hi\n",
+                                            "meta/.galaxy_install_info": "install_date: today\n"})
+    coll = install(root, "collections/ansible_collections/acme/tools", {"MANIFEST.json": "{}",
+                                                                        "roles/motd/tasks/main.yml": "[]\n"})
+    write_lock(root, Lock(
+        roles={"acme.web": {"src": "git+https://***@git.example.com/acme/web.git", "version": "v1.0.0",
+                            "commit": COMMIT, "digest": installed_digest(role)}},
+        collections={"acme.tools": {"source": "./dist/acme-tools-1.0.0.tar.gz", "type": "file", "version": "1.0.0",
+                                    "digest": installed_digest(coll)}}))
+    return root
+
+
+def test_the_lock_round_trips_and_holds_no_credentials(locked):
+    text = (locked / "requirements.lock").read_text()
+    assert text.startswith("# written by bake.py deps") and "tok3n" not in text
+    lock = read_lock(locked)
+    assert lock.roles["acme.web"]["commit"] == COMMIT and lock.collections["acme.tools"]["version"] == "1.0.0"
+
+
+def test_the_install_date_does_not_change_the_digest_but_any_role_file_does(locked):
+    role = locked / ".bakery/galaxy/roles/acme.web"
+    before = installed_digest(role)
+    (role / "meta/.galaxy_install_info").write_text("install_date: tomorrow\n")
+    assert installed_digest(role) == before
+    (role / "tasks/main.yml").write_text("- ansible.builtin.debug: msg=tampered\n")
+    assert installed_digest(role) != before
+    after_tasks = installed_digest(role)
+    # A role's own tests are locked too: verify runs them when verify.role_tests names the role.
+    (role / "molecule/default/tests").mkdir(parents=True)
+    (role / "molecule/default/tests/test_web.py").write_text("def test_nothing():\n    pass\n")
+    assert installed_digest(role) != after_tasks
+
+
+def test_a_clean_install_passes_and_gives_provenance(locked):
+    assert problems(locked) == []
+    facts = check_lock(locked)
+    assert facts["acme.web"].startswith(f"v1.0.0@{COMMIT[:12]} sha256:")
+    assert facts["acme.tools"].startswith("1.0.0 sha256:")
+    assert list(locked_collections(locked)) == ["acme.tools"]
+
+
+def test_no_requirements_needs_nothing(tmp_path):
+    assert check_lock(tmp_path) == {} and locked_collections(tmp_path) == {}
+
+
+def expect(root, fragment: str) -> str:
+    with pytest.raises(ConfigError) as caught:
+        check_lock(root)
+    message = str(caught.value)
+    assert fragment in message and "\n" not in message, message
+    return message
+
+
+def test_a_tampered_role_stops_the_bake_naming_it(locked):
+    (locked / ".bakery/galaxy/roles/acme.web/tasks/main.yml").write_text("- ansible.builtin.shell: curl x | sh\n")
+    message = expect(locked, "installed role 'acme.web' (.bakery/galaxy/roles/acme.web) differs from "
+                             "requirements.lock")
+    assert "bake.py deps --update acme.web" in message
+
+
+def test_a_missing_install_says_run_deps(locked):
+    import shutil
+
+    shutil.rmtree(locked / ".bakery/galaxy/collections")
+    expect(locked, "'acme.tools' is not installed; run: bake.py deps")
+
+
+def test_no_lock_and_an_unlocked_or_changed_requirement(locked):
+    (locked / "requirements.yml").write_text(REQUIREMENTS + "  - name: acme.more\n")
+    expect(locked, "requirement 'acme.more' is not in requirements.lock; run: bake.py deps --update acme.more")
+    (locked / "requirements.yml").write_text(REQUIREMENTS.replace("v1.0.0", "v1.1.0"))
+    expect(locked, "requirement 'acme.web' in requirements.yml differs from requirements.lock")
+    (locked / "requirements.lock").unlink()
+    expect(locked, "requirements.yml is not locked; run: bake.py deps")
+
+
+def test_an_unlocked_install_blocks_and_a_stale_entry_only_shows_in_check(locked):
+    install(locked, "roles/someone.else", {"tasks/main.yml": "[]\n"})
+    expect(locked, "role 'someone.else' is installed in .bakery/galaxy/roles but not in requirements.lock")
+    import shutil
+
+    shutil.rmtree(locked / ".bakery/galaxy/roles/someone.else")
+    (locked / "requirements.yml").write_text(REQUIREMENTS.split("collections:")[0])
+    shutil.rmtree(locked / ".bakery/galaxy/collections")
+    assert [p.kind for p in problems(locked)] == ["stale"]
+    assert "acme.tools" not in check_lock(locked)
+
+
+def test_a_damaged_lock_is_bad_input(locked):
+    (locked / "requirements.lock").write_text("format: 1\nroles:\n  acme.web: {version: v1}\n")
+    expect(locked, "no digest")

@@ -1,0 +1,88 @@
+"""requirements.yml as ops write it for ansible-galaxy, and the mistakes refused before anything is installed."""
+
+from __future__ import annotations
+
+import pytest
+
+from bakery.deps.requirements import load_requirements, redact
+from bakery.errors import ConfigError
+
+pytestmark = pytest.mark.unit
+
+
+def parse(tmp_path, text: str):
+    (tmp_path / "requirements.yml").write_text(text, encoding="utf-8")
+    return load_requirements(tmp_path)
+
+
+def test_no_file_means_no_requirements(tmp_path):
+    assert load_requirements(tmp_path) is None
+
+
+def test_the_old_list_format_is_roles(tmp_path):
+    reqs = parse(tmp_path, "- geerlingguy.nginx\n- src: https://github.com/dev-sec/ansible-ssh-hardening\n"
+                           "  version: 9.7.0\n")
+    assert [(r.name, r.kind, r.version) for r in reqs.roles] == [
+        ("geerlingguy.nginx", "galaxy", None), ("ansible-ssh-hardening", "git", "9.7.0")]
+
+
+def test_roles_and_collections_with_ansible_galaxys_defaults(tmp_path):
+    reqs = parse(tmp_path, """
+roles:
+  - name: acme.web
+    src: git+file:///srv/repos/web.git
+    version: v1.0.0
+  - src: https://example.com/roles/tools.tar.gz
+  - src: git@example.com:acme/base.git
+    scm: git
+    version: main
+collections:
+  - community.general
+  - name: acme.tools
+    source: ./dist/acme-tools-1.0.0.tar.gz
+    type: file
+  - name: ./dist/other-coll-2.0.0.tar.gz
+  - name: git+https://example.com/acme/things.git
+    version: v2
+""")
+    roles = [(r.name, r.kind, r.location) for r in reqs.roles]
+    assert roles == [("acme.web", "git", "file:///srv/repos/web.git"),
+                     ("tools", "url", "https://example.com/roles/tools.tar.gz"),
+                     ("base", "git", "git@example.com:acme/base.git")]
+    colls = [(c.name, c.kind, c.source, c.version) for c in reqs.collections]
+    assert colls == [("community.general", "galaxy", "community.general", None),
+                     ("acme.tools", "file", "./dist/acme-tools-1.0.0.tar.gz", None),
+                     (None, "file", "./dist/other-coll-2.0.0.tar.gz", None),
+                     (None, "git", "git+https://example.com/acme/things.git", "v2")]
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("roles: [a.b\n", "malformed YAML"),
+    ("roles:\n  - src: hg+https://example.com/r\n    version: '1'\n", "unknown source type 'hg'"),
+    ("roles:\n  - src: https://example.com/r\n    scm: hg\n    version: '1'\n", "unknown source type 'hg'"),
+    ("roles:\n  - src: git+https://example.com/acme/web.git\n", "has no version"),
+    ("collections:\n  - name: git+https://example.com/acme/c.git\n", "has no version"),
+    ("collections:\n  - name: acme.tools\n    type: svn\n", "unknown source type 'svn'"),
+    ("collections:\n  - name: ./colls\n    type: subdirs\n", "type: dir"),
+    ("roles:\n  - src: acme.web\n    verison: '1.0'\n", "unknown key 'verison'"),
+    ("packages: []\n", "unknown top-level key 'packages'"),
+    ("roles:\n  - src: git+https://example.com/x.git\n    version: v1\n    name: 'bad name'\n", "'bad name'"),
+    ("collections:\n  - name: not-a-collection\n    type: galaxy\n", "'not-a-collection' is invalid"),
+    ("roles:\n  - acme.web\n  - acme.web\n", "listed twice"),
+    ("roles: {acme.web: 1}\n", "must be a list"),
+    ("roles:\n  - src: /no/such/dir\n", "unknown source type"),
+])
+def test_bad_requirements_are_one_line_naming_the_file(tmp_path, text, fragment):
+    with pytest.raises(ConfigError) as caught:
+        parse(tmp_path, text)
+    message = str(caught.value)
+    assert fragment in message
+    assert "requirements.yml" in message and "\n" not in message
+
+
+def test_credentials_in_a_git_url_are_never_repeated(tmp_path):
+    with pytest.raises(ConfigError) as caught:
+        parse(tmp_path, "roles:\n  - src: git+https://deploy:s3cr3t-token@git.example.com/acme/web.git\n")
+    assert "s3cr3t" not in str(caught.value) and "https://***@git.example.com" in str(caught.value)
+    assert redact("clone of 'https://u:p@h/x' failed; ssh://git@h/y") == "clone of 'https://***@h/x' failed; ssh://***@h/y"
+    assert redact("git@github.com:org/repo.git") == "git@github.com:org/repo.git"
