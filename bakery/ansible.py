@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bakery.deps.paths import collections_path, roles_path
 from bakery.progress import Progress
 
 log = logging.getLogger("bakery.ansible")
@@ -87,9 +88,14 @@ def podman_inventory(container: str, groups: list[str], mitogen: bool = False) -
 
 
 def ansible_env(project_root: Path) -> dict[str, str]:
-    """Settings every bake runs with; the project's ansible.cfg (if any) still applies."""
+    """Settings every bake runs with; the project's ansible.cfg (if any) still applies.
+
+    Roles and collections are found where bakery.role_paths resolved them: the project's roles/ first, then what
+    `bake.py deps` installed (bakery.deps.paths); the `ansible` package's own collections after those.
+    """
     env = {
-        "ANSIBLE_ROLES_PATH": str(project_root / "roles"),
+        "ANSIBLE_ROLES_PATH": os.pathsep.join(str(p) for p in roles_path(project_root)),
+        "ANSIBLE_COLLECTIONS_PATH": os.pathsep.join(str(p) for p in collections_path(project_root)),
         "ANSIBLE_PIPELINING": "True",
         "ANSIBLE_NOCOLOR": "1",
         "ANSIBLE_RETRY_FILES_ENABLED": "False",

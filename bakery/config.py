@@ -16,6 +16,7 @@ import yaml
 
 from bakery.disks.layout import Layout, parse_layout
 from bakery.errors import ConfigError
+from bakery.role_paths import baked_names, collection_of, entry_name, find_role, meta_file, missing_message
 
 PROJECT_FILE = "bakery.yml"
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}\Z")
@@ -23,11 +24,11 @@ NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}\Z")
 # verification records (bakery.aws.verification_record), where the IAM policy denies any overwrite.
 RESERVED_IMAGE_NAMES = {"verifications": "/bakery/verifications/ holds the AWS verification records, and the image's "
                                          "release parameters /bakery/<image>/<env>/... would land there"}
-ROLE_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*\Z")
 # Play keys that would run work outside a role: bakery caches one layer per role,
 # so such work would either be repeated in every layer or silently skipped.
 TASK_KEYS = ("pre_tasks", "tasks", "post_tasks", "handlers", "import_playbook")
-IMAGE_SETTING_KEYS = {"base", "description", "artifacts", "health_check", "disk"}
+IMAGE_SETTING_KEYS = {"base", "description", "artifacts", "health_check", "disk", "verify"}
+VERIFY_KEYS = {"role_tests"}
 PROJECT_KEYS = {"images", "default_base", "aws", "base"}  # base: bakery.base_settings
 DEFAULT_BASE = "bookworm"
 
@@ -62,6 +63,7 @@ class RoleRef:
     path: Path
     entry: Any  # the entry as written in the playbook (string or mapping)
     dependencies: tuple[RoleRef, ...] = ()
+    third_party: bool = False  # installed from requirements.yml (or shipped with ansible), not under roles/
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,9 @@ class ImageDefinition:
     health_check: dict[str, Any] = field(default_factory=dict)
     # the bootable disk's partitions (bakery.yml images.<name>.disk; the CIS layout when absent)
     disk: Layout = field(default_factory=lambda: parse_layout(None, ""))
+    # third-party roles whose own molecule/*/tests verify runs too (bakery.yml images.<name>.verify.role_tests)
+    role_tests: list[str] = field(default_factory=list)
+    root: Path | None = None  # the project's root: where requirements.lock and .bakery/galaxy/ are
 
 
 class Project:
@@ -188,8 +193,10 @@ class Project:
         definition = ImageDefinition(name=name, playbook=playbook, base=base,
                                      artifacts=dict(settings.get("artifacts") or {}),
                                      health_check=self._health_check(name, settings.get("health_check")),
-                                     disk=parse_layout(settings.get("disk"), f"{PROJECT_FILE}: images.{name}.disk"))
+                                     disk=parse_layout(settings.get("disk"), f"{PROJECT_FILE}: images.{name}.disk"),
+                                     root=self.root)
         definition.layers = self._layers(playbook)
+        definition.role_tests = self._role_tests(name, settings.get("verify"), definition.layers)
         roles = {layer.role.name for layer in definition.layers}
         for role in definition.artifacts:
             if role not in roles:
@@ -209,6 +216,23 @@ class Project:
         if not isinstance(path, str) or not path.startswith("/"):
             raise ConfigError(f"{where}.path must start with '/', got {path!r}")
         return {"port": port, "path": path}
+
+    def _role_tests(self, name: str, value: Any, layers: list[Layer]) -> list[str]:
+        """verify.role_tests: roles of this image whose own Molecule tests verify runs (community roles' are off)."""
+        where = f"{PROJECT_FILE}: images.{name}.verify"
+        if value is None:
+            return []
+        if not isinstance(value, dict) or set(value) - VERIFY_KEYS:
+            raise ConfigError(f"{where} must be a mapping with only {', '.join(sorted(VERIFY_KEYS))}, got {value!r}")
+        tests = value.get("role_tests") or []
+        if not isinstance(tests, list) or not all(isinstance(t, str) for t in tests):
+            raise ConfigError(f"{where}.role_tests must be a list of role names, got {tests!r}")
+        baked = baked_names([layer.role for layer in layers])
+        for role in tests:
+            if role not in baked:
+                raise ConfigError(f"{where}.role_tests names role '{role}', which playbooks/{name}.yml does not bake "
+                                  "(as a role or a dependency); remove it or add the role to the playbook")
+        return list(dict.fromkeys(tests))
 
     def _layers(self, playbook: Path) -> list[Layer]:
         plays = load_yaml(playbook)
@@ -234,28 +258,26 @@ class Project:
                 layers.append(Layer(len(layers), index, header, role))
         return layers
 
-    def role(self, entry: Any, where: str, chain: tuple[str, ...] = ()) -> RoleRef:
-        """Resolve a role entry (name or mapping) to its directory and its dependencies."""
-        named = entry.get("role", entry.get("name")) if isinstance(entry, dict) else entry
-        if isinstance(named, str):
-            name = named
-        else:
-            raise ConfigError(f"{where}: a role entry must be a name or a mapping with 'role:', got {entry!r}")
-        if not ROLE_NAME_RE.match(name):
-            raise ConfigError(f"{where}: role '{name}' must be a role under roles/ (letters, digits, '_' and '-')")
-        path = self.roles_dir / name
-        if not path.is_dir():
-            raise ConfigError(f"{where}: role '{name}' not found in {self._rel(self.roles_dir)}/; "
-                              f"create it with: bake.py new-role {name}")
-        if name in chain:
-            raise ConfigError(f"{where}: role dependency cycle: {' -> '.join((*chain, name))}")
-        deps = tuple(self.role(dep, f"{self._rel(path)}/meta/main.yml", (*chain, name))
-                     for dep in self._dependencies(path))
-        return RoleRef(name=name, path=path, entry=entry, dependencies=deps)
+    def role(self, entry: Any, where: str, chain: tuple[str, ...] = (), within: str | None = None) -> RoleRef:
+        """Resolve a role entry (name or mapping) to its directory and its dependencies (bakery.role_paths).
+
+        `within` is the collection of the role that depends on this one: a short name resolves there first.
+        """
+        name = entry_name(entry, where)
+        found = find_role(self.root, name, within)
+        if found is None:
+            raise ConfigError(f"{where}: {missing_message(name, self._rel(self.roles_dir))}")
+        if found.name in chain:
+            raise ConfigError(f"{where}: role dependency cycle: {' -> '.join((*chain, found.name))}")
+        meta = self._rel(meta_file(found.path) or found.path / "meta" / "main.yml")
+        deps = tuple(self.role(dep, meta, (*chain, found.name), collection_of(found.path))
+                     for dep in self._dependencies(found.path))
+        return RoleRef(name=found.name, path=found.path, entry=entry, dependencies=deps,
+                       third_party=found.third_party)
 
     def _dependencies(self, role_path: Path) -> list[Any]:
-        meta = role_path / "meta" / "main.yml"
-        if not meta.is_file():
+        meta = meta_file(role_path)
+        if meta is None:
             return []
         data = load_yaml(meta) or {}
         if not isinstance(data, dict):

@@ -3,7 +3,10 @@
 A layer's key is a digest of its parent (the base digest for the first layer),
 every file of the role and of the roles it depends on, the play around it
 (play vars, vars_files contents, become and friends), the bake-time group_vars
-and host_vars beside the playbook, and the extra vars of the bake. Anything that
+and host_vars beside the playbook, the extra vars of the bake, and the locked
+digest of every collection from requirements.lock the layer can use
+(bakery.layer_collections; the field is left out when there is none, so keys
+of projects without requirements are what they always were). Anything that
 can change what the role does to the image is in the key; nothing else is.
 """
 
@@ -15,6 +18,7 @@ from typing import Any
 
 from bakery.config import ImageDefinition, Layer, RoleRef
 from bakery.errors import ConfigError
+from bakery.layer_collections import layer_collections
 from bakery.provenance import file_digest, sha256_json, tree_digest
 
 # Bump when the way a layer is produced changes, so old cached layers are not reused.
@@ -67,21 +71,26 @@ def bake_vars_digest(playbook_dir: Path) -> str:
 
 
 def plan_layers(definition: ImageDefinition, base_digest: str, extra_vars: dict[str, Any],
-                role_inputs: dict[str, Any] | None = None) -> list[PlannedLayer]:
+                role_inputs: dict[str, Any] | None = None, *,
+                collections: dict[str, str] | None = None) -> list[PlannedLayer]:
     """Compute every layer's key in order; each key chains on its parent's.
 
     `role_inputs` are inputs of one role only (e.g. the digest of the artifact it
     installs): they enter that role's key, so they invalidate it and the layers
-    after it, never the layers before.
+    after it, never the layers before. `collections` ({ns.coll: digest}) defaults
+    to the project's requirements.lock.
     """
     role_inputs = role_inputs or {}
+    locked = locked_collections(definition) if collections is None else collections
     playbook_dir = definition.playbook.parent
     shared = {"bake_vars": bake_vars_digest(playbook_dir), "extra_vars": extra_vars}
     parent = base_digest
     planned = []
     for layer in definition.layers:
         digest = role_digest(layer.role)
+        used = layer_collections(layer, locked) if locked else {}
         key = sha256_json({
+            **({"collections": used} if used else {}),
             "format": LAYER_FORMAT,
             "parent": parent,
             "role": layer.role.name,
@@ -95,6 +104,14 @@ def plan_layers(definition: ImageDefinition, base_digest: str, extra_vars: dict[
         planned.append(PlannedLayer(layer, key, digest))
         parent = key
     return planned
+
+
+def locked_collections(definition: ImageDefinition) -> dict[str, str]:
+    """{ns.coll: digest} of requirements.lock beside the image's project ({} without one)."""
+    from bakery.deps.gate import locked_collections as from_lock
+
+    root = definition.root or definition.playbook.parent.parent
+    return from_lock(root)
 
 
 def input_digest(planned: list[PlannedLayer], base_digest: str) -> str:

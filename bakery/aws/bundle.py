@@ -2,8 +2,11 @@
 
 A deterministic .tar.gz (packed like application artifacts: sorted entries,
 owner root, mtime 0) of the image's playbook and the group_vars/host_vars
-beside it, the roles it bakes (with their dependencies; Molecule scenarios and
-caches left out, as in the layer keys), the app artifacts it bakes, the image's
+beside it, the roles it bakes (with their dependencies, installed ones under
+roles/<name> too; Molecule scenarios and caches left out, as in the layer keys),
+the collections its layers use (bakery.layer_collections: those of its collection
+roles and the locked ones it names) under collections/ansible_collections/, the
+app artifacts it bakes, the image's
 testinfra suite, and an inventory and extra-vars file for `ansible-playbook -c
 local`. The same inputs give the same bytes, so the S3 key
 `bundles/<image>/<sha256>.tar.gz` names the content and an unchanged bundle is
@@ -26,8 +29,10 @@ from botocore.exceptions import ClientError
 from bakery.artifacts import pack
 from bakery.config import PROJECT_FILE, ImageDefinition, Project, RoleRef
 from bakery.errors import ConfigError
-from bakery.layers import vars_files_digest
-from bakery.provenance import DIGEST_EXCLUDE_SUFFIXES, DIGEST_EXCLUDES
+from bakery.layer_collections import used_collections
+from bakery.layers import locked_collections, vars_files_digest
+from bakery.provenance import DIGEST_EXCLUDE_PATHS, DIGEST_EXCLUDE_SUFFIXES, DIGEST_EXCLUDES
+from bakery.role_paths import baked_roles, collection_dir, collection_of
 
 # Where the build phase unpacks the bundle on the build instance (the component removes it before the snapshot).
 WORK_DIR = "/var/tmp/bakery-build"
@@ -56,22 +61,25 @@ def _tree(root: Path, arc_root: str) -> dict[str, Path]:
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if d not in DIGEST_EXCLUDES)
         for name in sorted(filenames):
-            if not name.endswith(DIGEST_EXCLUDE_SUFFIXES):
-                path = Path(dirpath) / name
-                found[f"{arc_root}/{path.relative_to(root).as_posix()}"] = path
+            path = Path(dirpath) / name
+            rel = path.relative_to(root).as_posix()
+            if not name.endswith(DIGEST_EXCLUDE_SUFFIXES) and rel not in DIGEST_EXCLUDE_PATHS:
+                found[f"{arc_root}/{rel}"] = path
     return found
 
 
 def _roles(refs: list[RoleRef]) -> dict[str, Path]:
-    """Each role once, with the roles it depends on."""
-    seen: dict[str, Path] = {}
-    pending = list(refs)
-    while pending:
-        role = pending.pop()
-        if role.name not in seen:
-            seen[role.name] = role.path
-            pending.extend(role.dependencies)
-    return dict(sorted(seen.items()))
+    """Each role once, with the roles it depends on; a collection's roles travel with their collection."""
+    return dict(sorted((name, role.path) for name, role in baked_roles(refs).items()
+                       if collection_of(role.path) is None))
+
+
+def _collections(project: Project, definition: ImageDefinition) -> dict[str, Path]:
+    """`ns.coll` -> its installed directory, for every collection a layer of the image can use."""
+    locked = locked_collections(definition)
+    used = sorted({name for layer in definition.layers for name in used_collections(layer, locked)})
+    found = {name: collection_dir(project.root, name) for name in used}
+    return {name: path for name, path in found.items() if path is not None}
 
 
 def bundle_sources(project: Project, definition: ImageDefinition) -> dict[str, Path]:
@@ -88,6 +96,8 @@ def bundle_sources(project: Project, definition: ImageDefinition) -> dict[str, P
                 sources[f"playbooks/{path.relative_to(playbook_dir).as_posix()}"] = path
     for role, path in _roles([layer.role for layer in definition.layers]).items():
         sources.update(_tree(path, f"roles/{role}"))
+    for collection, path in _collections(project, definition).items():
+        sources.update(_tree(path, f"collections/ansible_collections/{collection.replace('.', '/')}"))
     if (project.root / "ansible.cfg").is_file():
         sources["ansible.cfg"] = project.root / "ansible.cfg"
     suite = image_suite(project, definition)

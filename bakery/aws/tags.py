@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bakery.provenance import Provenance, sanitize_tag_value
+from bakery.provenance import TAG_VALUE_MAX, Provenance, sanitize_tag_value
 
 MANAGED = "bakery:managed"  # "true" on everything this tool creates; gc touches nothing without it
 IMAGE = "bakery:image"
@@ -25,6 +25,7 @@ BASE_IMAGE = "bakery:base-image"
 BAKERY_VERSION = "bakery:tool-version"
 ROLES = "bakery:roles"
 ARTIFACTS = "bakery:artifacts"
+REQUIREMENTS = "bakery:requirements"  # requirements.lock's versions, "name=version ..." (digests: the label and file)
 # "passed" or "failed": the builder's test run, so any checkout (or CI job) can apply the gate
 VERIFIED = "bakery:verified"
 VERIFICATION = "bakery:verification"  # its one-line summary
@@ -61,7 +62,21 @@ def provenance_tags(p: Provenance) -> dict[str, str]:
         ROLES: " ".join(f"{k}={v[:19]}" for k, v in p.roles.items()),
         ARTIFACTS: " ".join(f"{k}={v}" for k, v in p.artifacts.items()),
     }
-    return {key: sanitize_tag_value(value) for key, value in raw.items()}
+    tags = {key: sanitize_tag_value(value) for key, value in raw.items()}
+    if p.requirements:  # only with a requirements.yml: an AMI has room for 50 tags
+        tags[REQUIREMENTS] = requirements_tag(p.requirements)
+    return tags
+
+
+def requirements_tag(requirements: dict[str, str]) -> str:
+    """`name=version[@commit] ...` (the digests are in the image's label and file), cut at a whole entry."""
+    words = [sanitize_tag_value(f"{name}={(value.split() or [''])[0]}", 4096) for name, value in requirements.items()]
+    text = ""
+    for word in words:
+        if len(text) + len(word) + bool(text) > TAG_VALUE_MAX:
+            break
+        text = f"{text} {word}" if text else word
+    return text or (words[0][:TAG_VALUE_MAX] if words else "")
 
 
 def as_tag_list(tags: dict[str, str]) -> list[dict[str, str]]:

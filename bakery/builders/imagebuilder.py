@@ -36,7 +36,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -52,6 +52,7 @@ from bakery.aws.verification_record import version_taken, write_record
 from bakery.builders.ami import AmiBuilder, region_keys
 from bakery.builders.base import BuildOptions, BuildResult, LayerResult
 from bakery.config import ImageDefinition
+from bakery.deps.gate import check_lock
 from bakery.errors import OperationError
 from bakery.layers import PlannedLayer, input_digest, plan_layers
 from bakery.provenance import Provenance, git_facts, sanitize_tag_value, utc_now
@@ -79,6 +80,7 @@ class _Plan:
     bundle: Bundle
     bucket: str
     artifacts: dict[str, str]
+    requirements: dict[str, str] = field(default_factory=dict)  # requirements.lock, as provenance records it
 
 
 class ImageBuilderBuilder(AmiBuilder):
@@ -94,6 +96,7 @@ class ImageBuilderBuilder(AmiBuilder):
         bucket = require_bucket(settings.artifacts_bucket)
         # fails on a missing instance profile before any AWS call
         resources.infrastructure_spec(definition.name, settings, bucket)
+        requirements = check_lock(self.project.root)
         region = resolve_region(settings.region or None)
         keys = region_keys(settings, region)
         check_credentials()
@@ -117,7 +120,7 @@ class ImageBuilderBuilder(AmiBuilder):
         else:
             self.progress.note(f"{definition.name}: bundle {bundle.uri(bucket)} is there already")
         plan = _Plan(definition, region, base_ami, keys, root_device(ec2, base_ami), planned, digest, bundle, bucket,
-                     {v["artifact"]: v["version"] for v in role_inputs.values()})
+                     {v["artifact"]: v["version"] for v in role_inputs.values()}, requirements)
         with cancellable():
             return _ImageBuild(self, plan, run, ec2, started).go()
 
@@ -257,6 +260,7 @@ class _ImageBuild:
             git_branch=git.branch, git_dirty=git.dirty, build_time=utc_now(), base_image=self.plan.base_ami,
             base_digest=self.plan.base_ami, input_digest=self.plan.digest, bakery_version=__version__,
             roles={p.role: p.role_digest for p in self.plan.planned}, artifacts=self.plan.artifacts,
+            requirements=self.plan.requirements,
         )
 
     def _cancel(self) -> None:

@@ -30,6 +30,7 @@ from bakery.builders.ami import AmiBuilder, region_keys
 from bakery.builders.base import BuildOptions, BuildResult
 from bakery.builders.packer_bake import BakePlan, PackerBake
 from bakery.config import ImageDefinition
+from bakery.deps.gate import check_lock  # installed requirements as locked, or one line (exit 2)
 from bakery.errors import ConfigError
 from bakery.layers import input_digest, plan_layers
 from bakery.runs import Run
@@ -58,6 +59,7 @@ class PackerBuilder(AmiBuilder):
 
     def plan(self, definition: ImageDefinition, options: BuildOptions) -> BakePlan:
         """Settings checked, base AMI resolved, every layer key and the input digest computed; nothing changed yet."""
+        requirements = check_lock(self.project.root)  # before any AWS call, and before a cached AMI is reused
         settings = self.project.aws
         check_packer_network(settings)
         region = clients.resolve_region(settings.region or None)
@@ -71,7 +73,8 @@ class PackerBuilder(AmiBuilder):
         log.info("image %s: base AMI %s in %s, input digest %s", definition.name, base_ami, region, digest)
         return BakePlan(region=region, base_ami=base_ami, keys=keys, planned=planned, digest=digest,
                         extra_vars={**extra_vars, **_merged(role_vars)},
-                        artifacts={v["artifact"]: v["version"] for v in role_inputs.values()})
+                        artifacts={v["artifact"]: v["version"] for v in role_inputs.values()},
+                        requirements=requirements)
 
     def check_tools(self, template: Path) -> str:
         """Packer on PATH and the template in the project, or one line saying what to do."""

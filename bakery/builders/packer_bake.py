@@ -29,7 +29,7 @@ import os
 import re
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ from bakery.config import ImageDefinition
 from bakery.errors import OperationError
 from bakery.layers import PlannedLayer
 from bakery.provenance import Provenance, git_facts, sanitize_tag_value, utc_now
+from bakery.role_paths import baked_roles
 from bakery.runs import Run
 from bakery.signals import Cancellation
 
@@ -87,6 +88,7 @@ class BakePlan:
     digest: str
     extra_vars: dict[str, Any]
     artifacts: dict[str, str]
+    requirements: dict[str, str] = field(default_factory=dict)  # requirements.lock, as provenance records it
 
 
 class PackerBake:
@@ -170,16 +172,20 @@ class PackerBake:
             image=self.definition.name, version=self.version or "", git_commit=git.commit, git_message=git.message,
             git_branch=git.branch, git_dirty=git.dirty, build_time=utc_now(), base_image=self.plan.base_ami,
             base_digest=self.plan.base_ami, input_digest=self.plan.digest, bakery_version=__version__,
-            roles={p.role: p.role_digest for p in self.plan.planned}, artifacts=self.plan.artifacts)
+            roles={p.role: p.role_digest for p in self.plan.planned}, artifacts=self.plan.artifacts,
+            requirements=self.plan.requirements)
 
     # -- Packer's inputs -------------------------------------------------------------------------
 
     def test_files(self) -> list[Path]:
-        """What `bake.py verify` runs too: the image's suite, then every baked role's Molecule tests."""
-        root = self.b.project.root
-        files = [root / "tests" / "images" / f"test_{self.definition.name}.py"]
-        for p in self.plan.planned:
-            files += sorted((self.b.project.roles_dir / p.role / "molecule" / "default" / "tests").glob("test_*.py"))
+        """What `bake.py verify` runs too: the image's suite, every project role's Molecule tests, and a third-party
+        role's own tests only when verify.role_tests names it (they often assume their own Molecule platforms)."""
+        files = [self.b.project.root / "tests" / "images" / f"test_{self.definition.name}.py"]
+        for role in (p.layer.role for p in self.plan.planned if not p.layer.role.third_party):
+            files += sorted((role.path / "molecule" / "default" / "tests").glob("test_*.py"))
+        roles = baked_roles([p.layer.role for p in self.plan.planned])
+        for role in (roles[name] for name in self.definition.role_tests if roles[name].third_party):
+            files += sorted(role.path.glob("molecule/*/tests/test_*.py"))
         return [f for f in dict.fromkeys(files) if f.is_file()]
 
     def inventory_groups(self) -> list[str]:

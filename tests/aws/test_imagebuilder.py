@@ -664,3 +664,11 @@ def test_the_instance_role_policy_grants_the_bundle_read_and_the_log_write_and_n
     docs = (REPO / "docs" / "aws.md").read_text()
     assert ROLE_POLICY_DOC.removeprefix("docs/") in docs and "AmazonSSMManagedInstanceCore" in docs
     assert all(f"s3://<aws.artifacts_bucket>/{prefix}/*" in docs for prefix in (LOG_PREFIX, KEY_PREFIX))
+
+
+def test_requirements_that_are_not_locked_stop_the_build_before_any_aws_call(ibproj, monkeypatch):
+    (ibproj / "requirements.yml").write_text("roles:\n  - author.web\n")
+    builder, project, _, _ = make_builder(ibproj)
+    monkeypatch.setattr("bakery.builders.imagebuilder.resolve_region", lambda _: pytest.fail("AWS was asked"))
+    with pytest.raises(ConfigError, match="^requirements.yml is not locked; run: bake.py deps$"):
+        builder.build(project.image("sample"), BuildOptions(), Run.start(project.state_dir, "build"))

@@ -718,3 +718,12 @@ def test_packer_failure_names_the_failing_step(aws_project, aws, packer_offline)
     assert message.endswith("packer.log)")
     assert builder.catalog.versions("sample", status=None) == []
 
+
+
+def test_requirements_that_are_not_locked_stop_the_bake_before_any_aws_call(aws_project, monkeypatch):
+    """Checked in plan(), so neither a reused cached AMI nor a reserved version gets past an unlocked install."""
+    (aws_project / "requirements.yml").write_text("roles:\n  - author.web\n")
+    builder = builder_for(aws_project)
+    monkeypatch.setattr("bakery.builders.packer.clients.resolve_region", lambda _: pytest.fail("AWS was asked"))
+    with pytest.raises(ConfigError, match="^requirements.yml is not locked; run: bake.py deps$"):
+        builder.plan(builder.project.image("sample"), BuildOptions())
