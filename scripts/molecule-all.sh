@@ -7,6 +7,11 @@ cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH" NO_COLOR=1 ANSIBLE_NOCOLOR=1
 PARALLEL=${MOLECULE_PARALLEL:-2}
 mkdir -p .bakery/molecule
+# Scenarios find community roles and collections where `bake.py deps` installs them (.bakery/galaxy/):
+# install (or check) them once here, never once per scenario.
+if [ -f requirements.yml ]; then
+  ./bake.py deps || { echo "molecule: bake.py deps failed; the scenarios need the roles in requirements.yml"; exit 1; }
+fi
 roles=()
 for dir in roles/*/molecule/default; do
   roles+=("$(basename "$(dirname "$(dirname "$dir")")")")

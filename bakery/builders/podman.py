@@ -22,6 +22,7 @@ import yaml
 from bakery import __version__, podman
 from bakery.ansible import ansible_env, mitogen_env, mitogen_wanted, podman_inventory, run_playbook
 from bakery.base_image import resolve_base
+from bakery.builders.apt_mounts import CLEAN_BEFORE_COMMIT, AptMounts
 from bakery.builders.base import Builder, BuildOptions, BuildResult, LayerResult, image_packages
 from bakery.config import ImageDefinition
 from bakery.errors import ConfigError, Interrupted, OperationError
@@ -39,6 +40,7 @@ BOOT_TIMEOUT = 90
 HYGIENE = (
     "truncate -s 0 /etc/machine-id; "
     "rm -rf /tmp/* /tmp/.[!.]* /var/tmp/* /var/tmp/.[!.]* /root/.ansible /root/.cache 2>/dev/null; "
+    f"{CLEAN_BEFORE_COMMIT}; "
     "find /var/log/journal -mindepth 1 -delete 2>/dev/null; true"
 )
 
@@ -47,6 +49,8 @@ class PodmanBuilder(Builder):
     target = "local"
 
     def build(self, definition: ImageDefinition, options: BuildOptions, run: Run) -> BuildResult:
+        from bakery.deps.gate import check_lock
+
         started = time.monotonic()
         podman.check_working()
         self._check_disk_space()
@@ -56,6 +60,7 @@ class PodmanBuilder(Builder):
         self.catalog.record_base(base.ref, base.release or "", base.digest)
         extra_vars = {"bakery_image": definition.name, "bakery_target": self.target, **options.extra_vars}
         role_inputs, role_vars = self.artifact_inputs(definition)
+        requirements = check_lock(self.project.root)  # a requirement not installed as locked stops the bake here
         planned = plan_layers(definition, base.digest, extra_vars, role_inputs)
         digest = input_digest(planned, base.digest)
         log.info("image %s: base %s (%s), input digest %s", definition.name, base.ref, base.digest, digest)
@@ -70,6 +75,7 @@ class PodmanBuilder(Builder):
             bake = _Bake(self, definition, options, run, cancel, base.ref, base.digest, planned, digest, extra_vars,
                          started)
             bake.role_vars = role_vars
+            bake.requirements = requirements
             bake.artifacts = {v["artifact"]: v["version"] for v in role_inputs.values()}
             return bake.go()
 
@@ -123,6 +129,8 @@ class _Bake:
         self.layer_results: list[LayerResult] = []
         self.role_vars: dict[str, dict[str, Any]] = {}
         self.artifacts: dict[str, str] = {}
+        self.requirements: dict[str, str] = {}
+        self.apt = AptMounts(run.path / "apt")
 
     def go(self) -> BuildResult:
         succeeded = False
@@ -191,9 +199,13 @@ class _Bake:
             "--label", f"{leftovers.PID_LABEL}={os.getpid()}",
             "--label", f"io.bakery.run={self.run.id}",
             "--label", f"io.bakery.image={self.definition.name}",
+            *self.apt.volumes(),
             from_ref, "/sbin/init",
         )
         self._wait_for_systemd()
+        seconds = self.apt.refresh(self.container)
+        self.b.progress.note(f"{self.definition.name}: apt package lists fetched in {seconds:.1f} s "
+                             "(mounted while baking, never committed)")
 
     def _wait_for_systemd(self) -> None:
         deadline = time.monotonic() + BOOT_TIMEOUT
@@ -216,6 +228,7 @@ class _Bake:
         step = f"[{p.layer.position + 1}/{len(self.planned)}] {p.role}"
         self.b.progress.step_start(step, "running")
         playbook = self._write_layer_playbook(p)
+        self.apt.restore_if_emptied()
         mitogen = mitogen_wanted()
         self.cancel.deferred = True
         try:
@@ -242,6 +255,7 @@ class _Bake:
                 f"(log: {outcome.artifact_dir / 'stdout'})"
             )
         seconds = self.b.progress.step_done(step, "baked")
+        self.apt.keep()
         podman.run("exec", self.container, "sh", "-c", HYGIENE, check=False)
         ref = podman.cache_ref(self.definition.name, p.role, p.key)
         podman.run("commit", "-q", self.container, ref, timeout=900)
@@ -268,7 +282,7 @@ class _Bake:
             git_branch=git.branch, git_dirty=git.dirty, build_time=utc_now(), base_image=self.base_ref,
             base_digest=self.base_digest, input_digest=self.digest, bakery_version=__version__,
             roles={p.role: p.role_digest for p in self.planned},
-            artifacts=self.artifacts,
+            artifacts=self.artifacts, requirements=self.requirements,
         )
 
     def _finalize(self, last_ref: str, provenance: Provenance) -> tuple[str, str]:
@@ -312,6 +326,7 @@ class _Bake:
                 f"(remove it with: podman rm -f -t 0 {self.container})")
         else:
             podman.remove_container(self.container)
+            self.apt.remove()  # a kept container keeps its mounted lists, for `apt-get install` while debugging
         if not succeeded and self.version:
             podman.remove_image(podman.image_ref(self.definition.name, self.version))
             self.b.catalog.discard_version(self.definition.name, self.version)

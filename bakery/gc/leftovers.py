@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bakery import podman
+from bakery.builders.apt_mounts import stale_mounts
 from bakery.catalog import Catalog, SqliteCatalog
 from bakery.config import Project
 from bakery.disks import builder as disk_builder
@@ -62,7 +63,7 @@ def find(project: Project, catalog: Catalog) -> Leftovers:
                 found.playbooks.append(str(path))
     orphans = disk_builder.orphan_disks(project, catalog) if isinstance(catalog, SqliteCatalog) else []
     found.disks = [str(p) for p in (*disk_builder.stale_work(project), *aws_readback.stale_readbacks(project),
-                                    *orphans)]
+                                    *orphans, *stale_mounts(project.state_dir / "runs"))]
     return found
 
 

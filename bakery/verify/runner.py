@@ -34,6 +34,7 @@ from bakery.provenance import utc_now
 from bakery.runs import Run
 from bakery.signals import TimeLimitExceeded, cancellable, time_limit
 from bakery.verify import image_layers, junit, packages, secrets
+from bakery.verify.role_tests import project_role_tests, third_party_role_tests
 
 log = logging.getLogger("bakery.verify")
 
@@ -194,16 +195,17 @@ class Verifier:
     # -- testinfra ------------------------------------------------------------------------------
 
     def test_files(self, image: str, record: dict[str, Any]) -> tuple[list[Path], list[str]]:
-        """The image's suite plus every baked role's Molecule tests (written once, run in both places)."""
+        """The image's suite, every baked project role's Molecule tests (written once, run in both places), and
+        the tests of the third-party roles the image names in verify.role_tests."""
         files, notes = [], []
         suite = self.project.root / "tests" / "images" / f"test_{image}.py"
         if suite.is_file():
             files.append(suite)
         else:
             notes.append(f"no image suite {suite.relative_to(self.project.root)}")
-        for layer in record["layers"]:
-            tests_dir = self.project.roles_dir / layer["role"] / "molecule" / "default" / "tests"
-            files += sorted(tests_dir.glob("test_*.py")) if tests_dir.is_dir() else []
+        files += project_role_tests(self.project.roles_dir, (layer["role"] for layer in record["layers"]))
+        definition = self.project.image(image) if (self.project.playbooks_dir / f"{image}.yml").is_file() else None
+        files += third_party_role_tests(definition)
         return list(dict.fromkeys(files)), notes
 
     def _run_testinfra(self, image: str, version: str, record: dict[str, Any], instance: str,

@@ -1,0 +1,75 @@
+"""The per-bake apt directories: lists fetched once, put back after a role deletes them, refusals named."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from bakery.builders import apt_mounts
+from bakery.builders.apt_mounts import AptMounts
+from bakery.errors import OperationError
+
+pytestmark = pytest.mark.unit
+
+PACKAGES = "deb.debian.org_debian_dists_bookworm_main_binary-amd64_Packages"
+RELEASE = "deb.debian.org_debian_dists_bookworm_InRelease"
+
+
+def fake_update(mounts: AptMounts, returncode: int = 0, stderr: str = ""):
+    def run(*args, **_kwargs):
+        assert args[-3:] == ("apt-get", "update", "-q")
+        if returncode == 0:  # what apt-get update leaves in the mounted lists directory
+            (mounts.lists / "partial").mkdir(exist_ok=True)
+            (mounts.lists / "lock").write_text("")
+            (mounts.lists / PACKAGES).write_text("Package: tree\n")
+            (mounts.lists / RELEASE).write_text("signed\n")
+        return subprocess.CompletedProcess(args, returncode, "", stderr)
+    return run
+
+
+def test_volumes_mount_the_lists_and_the_package_cache(tmp_path):
+    mounts = AptMounts(tmp_path / "apt")
+    assert mounts.volumes() == ["--volume", f"{tmp_path}/apt/lists:/var/lib/apt/lists",
+                                "--volume", f"{tmp_path}/apt/archives:/var/cache/apt/archives"]
+    assert mounts.lists.is_dir() and mounts.archives.is_dir()
+
+
+def test_lists_emptied_by_a_role_are_restored_and_present_ones_left_alone(tmp_path, monkeypatch):
+    mounts = AptMounts(tmp_path / "apt")
+    mounts.volumes()
+    monkeypatch.setattr(apt_mounts.podman, "run", fake_update(mounts))
+    mounts.refresh("bakery-build-x")
+    assert sorted(p.name for p in mounts.copy.iterdir()) == [RELEASE, PACKAGES]
+    assert mounts.restore_if_emptied() is False  # a fresh list is there
+
+    for path in mounts.lists.iterdir():  # what the roles' handlers do: find ... -type f ! -name lock -delete
+        if path.is_file() and path.name != "lock":
+            path.unlink()
+    assert mounts.restore_if_emptied() is True
+    assert (mounts.lists / PACKAGES).read_text() == "Package: tree\n"
+
+    mounts.remove()
+    assert not (tmp_path / "apt").exists()
+
+
+def test_a_failed_update_names_apt_get_update_and_its_last_line(tmp_path, monkeypatch):
+    mounts = AptMounts(tmp_path / "apt")
+    mounts.volumes()
+    monkeypatch.setattr(apt_mounts.podman, "run", fake_update(
+        mounts, 100, "Err:1 http://deb.debian.org/debian bookworm InRelease\nE: Failed to fetch InRelease\n"))
+    with pytest.raises(OperationError, match=r"apt-get update in build container bakery-build-x failed: "
+                                             r"E: Failed to fetch InRelease"):
+        mounts.refresh("bakery-build-x")
+
+
+def test_the_apt_directories_of_a_killed_bake_are_found_and_a_running_bakes_are_not(tmp_path):
+    runs = tmp_path / "runs"
+    mine = AptMounts(runs / "run-alive" / "apt")
+    mine.volumes()  # owned by this (running) process
+    dead = AptMounts(runs / "run-killed" / "apt")
+    dead.volumes()
+    child = subprocess.Popen(["true"])
+    child.wait()  # a pid that existed and has exited: what a SIGKILLed bake leaves
+    (dead.root / apt_mounts.OWNER_FILE).write_text(f"{child.pid}\n")
+    assert apt_mounts.stale_mounts(runs) == [dead.root]
