@@ -42,8 +42,8 @@ def deps(obj, check: bool, update: tuple[str, ...], as_json: bool) -> None:
         return
     for name, version in sorted(outcome.installed.items()):
         click.echo(f"installed {name} {version}")
-    for name in outcome.removed:
-        click.echo(f"removed {name} (no longer in requirements.yml)")
+    for line in outcome.removal_lines():
+        click.echo(line)
     total = len(outcome.installed) + len(outcome.unchanged)
     if not total and not outcome.removed and not (obj.project.root / "requirements.yml").is_file():
         click.echo("requirements: no requirements.yml, nothing to install")

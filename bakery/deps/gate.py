@@ -13,7 +13,13 @@ from pathlib import Path
 from bakery.deps.digest import installed_digest
 from bakery.deps.lock import Lock, read_lock
 from bakery.deps.paths import galaxy_collections_dir, galaxy_roles_dir
-from bakery.deps.requirements import CollectionRequirement, RoleRequirement, load_requirements, redact
+from bakery.deps.requirements import (
+    CollectionRequirement,
+    Requirements,
+    RoleRequirement,
+    load_requirements,
+    redact,
+)
 from bakery.errors import ConfigError
 
 
@@ -54,14 +60,12 @@ def collection_matches(req: CollectionRequirement, entry: dict[str, str] | None)
 
 def problems(root: Path) -> list[Problem]:
     """Every difference between requirements.yml, requirements.lock and .bakery/galaxy, in that order."""
-    reqs = load_requirements(root)
-    if reqs is None:
-        return []
+    reqs = load_requirements(root) or Requirements((), ())
     lock = read_lock(root)
     if lock is None:
-        if not reqs.roles and not reqs.collections:
-            return []
-        return [Problem("requirements.yml", "not-locked", "requirements.yml is not locked; run: bake.py deps")]
+        if reqs.roles or reqs.collections:
+            return [Problem("requirements.yml", "not-locked", "requirements.yml is not locked; run: bake.py deps")]
+        lock = Lock()  # nothing required: anything installed is still reported (a bake would use it)
     found: list[Problem] = []
     wanted_roles, wanted_collections = set(), set()
     for role in reqs.roles:
@@ -69,6 +73,9 @@ def problems(root: Path) -> list[Problem]:
         entry = lock.roles.get(role.name)
         if not role_matches(role, entry):
             found.append(_unlocked(role.name, entry is not None))
+        elif (root / "roles" / role.name).exists():
+            found.append(Problem(role.name, "shadowed", f"roles/{role.name} shadows the locked role {role.name}: "
+                                                        "rename one of them or drop it from requirements.yml"))
         else:
             found += _installed(role.name, "role", role_dir(root, role.name), entry, root)
     for coll in reqs.collections:
@@ -124,11 +131,13 @@ def _leftovers(root: Path, lock: Lock, roles: set[str], collections: set[str]) -
     for name in installed_roles(root):
         if name not in lock.roles:
             found.append(Problem(name, "extra", f"role '{name}' is installed in .bakery/galaxy/roles but not in "
-                                                "requirements.lock; run: bake.py deps (it removes it)"))
+                                                "requirements.lock; run: bake.py deps (it removes it) or list it in "
+                                                "requirements.yml"))
     for name in installed_collections(root):
         if name not in lock.collections:
-            found.append(Problem(name, "extra", f"collection '{name}' is installed in .bakery/galaxy/collections but "
-                                                "not in requirements.lock; run: bake.py deps (it removes it)"))
+            found.append(Problem(name, "extra", f"collection '{name}' is installed in .bakery/galaxy/collections "
+                                                "but not in requirements.lock; run: bake.py deps (it removes it) or "
+                                                "list it in requirements.yml"))
     return found
 
 

@@ -59,11 +59,21 @@ def galaxy_install(root: Path, staging: Path, what: str, entry: dict[str, str], 
                               timeout=TIMEOUT, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise OperationError(f"installing {what} '{label}': ansible-galaxy did not finish: {redact(str(exc))}") from exc
-    lines = [line.strip() for line in (proc.stderr + "\n" + proc.stdout).splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("ERROR")] or lines
     if proc.returncode != 0 or _failed(proc.stdout):
-        last = " ".join(errors[-1].split()) if errors else f"exit status {proc.returncode}"
+        last = error_line(proc.stdout, proc.stderr) or f"exit status {proc.returncode}"
         raise OperationError(f"installing {what} '{label}' failed: {redact(last)[:400]}")
+
+
+def error_line(stdout: str, stderr: str) -> str | None:
+    """ansible-galaxy's error: the first `ERROR! ...` (ansible-core < 2.19) or `[ERROR]: ...` (2.19) line that is not
+    the closing "--ignore-errors" hint, from stderr before stdout, else stderr's last line, else stdout's (a progress
+    line says least)."""
+    streams = [[" ".join(line.split()) for line in text.splitlines() if line.strip()] for text in (stderr, stdout)]
+    for lines in streams:
+        errors = [line for line in lines if line.startswith(("ERROR", "[ERROR]"))]
+        if errors:
+            return next((line for line in errors if "--ignore-errors" not in line), errors[-1])
+    return next((lines[-1] for lines in streams if lines), None)
 
 
 def _failed(stdout: str) -> bool:

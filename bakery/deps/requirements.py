@@ -23,13 +23,38 @@ ROLE_KEYS = ("name", "src", "version", "scm")
 COLLECTION_KEYS = ("name", "version", "type", "source")
 COLLECTION_TYPES = ("galaxy", "git", "url", "file", "dir")
 TARBALL_SUFFIXES = (".tar.gz", ".tgz")
-_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s]+@")
+_URL = re.compile(r"(?i)\b[a-z][a-z0-9+.-]*://[^\s'\"]*[^\s'\".,:;)]")  # not a sentence's final '.' or ':'
+_CREDENTIALS = re.compile(r"^([^:]+://)[^/@]+@")
+_PARAMETER = re.compile(r"([?&#;])([^=&#;]*=)?[^&#;]*")
 
 
 def redact(text: str) -> str:
-    """A URL's user:password (or token) replaced by ***: a git URL may carry credentials; no message or lock file
+    """Every URL's user:password and query-string and fragment values replaced by ***: a git or tarball URL may
+    carry a token in either (https://u:TOKEN@h/r.git, .../web.tar.gz?private_token=TOKEN); no message or lock file
     repeats them."""
-    return _CREDENTIALS.sub(r"\1***@", text)
+    return _URL.sub(lambda url: _redact_url(url.group(0)), text)
+
+
+def _redact_url(url: str) -> str:
+    url = _CREDENTIALS.sub(r"\1***@", url)
+    cut = min((i for i in (url.find("?"), url.find("#")) if i >= 0), default=len(url))
+    return url[:cut] + _PARAMETER.sub(_hidden, url[cut:])
+
+
+def _hidden(parameter: re.Match[str]) -> str:
+    """`?key=value` keeps its key; a bare `?value` is hidden whole; a bare `#/path` fragment (a collection's
+    directory in a git repository) is no secret and stays."""
+    separator, key = parameter.group(1), parameter.group(2)
+    if key:
+        return f"{separator}{key}***"
+    if separator == "#" or parameter.group(0) == separator:
+        return parameter.group(0)
+    return f"{separator}***"
+
+
+def without_parameters(src: str) -> str:
+    """A source without its query string and fragment: what its name and suffix are read from."""
+    return re.split(r"[?#]", src, maxsplit=1)[0]
 
 
 @dataclass(frozen=True)
@@ -138,8 +163,9 @@ def _mapping(path: Path, where: str, entry: Any, short_key: str, known: Any, exp
 
 def _role(path: Path, index: int, entry: Any) -> RoleRequirement:
     where = f"roles[{index}]"
+    _refused_role_form(path, where, entry)
     entry = _mapping(path, where, entry, "src", ROLE_KEYS, "a Galaxy name or a mapping with src:")
-    src = _text(path, where, entry, "src")
+    src = _text(path, where, entry, "src") or _text(path, where, entry, "name")  # ansible-galaxy's default
     if src is None:
         raise ConfigError(f"{path}: {where}: src: is missing; give a Galaxy name (author.role), a git URL with "
                           "version:, or a tarball")
@@ -155,7 +181,18 @@ def _role(path: Path, index: int, entry: Any) -> RoleRequirement:
     return RoleRequirement(name=name, src=src, kind=kind, version=version, scm=scm)
 
 
+def _refused_role_form(path: Path, where: str, entry: Any) -> None:
+    """ansible-galaxy forms bakery does not read, with what to write instead (docs/community-roles.md says why)."""
+    if isinstance(entry, str) and "," in entry:
+        raise ConfigError(f"{path}: {where}: the 'src,version,name' form '{redact(entry)}' is not read: write a "
+                          "mapping with src:, version: and name:")
+    if isinstance(entry, dict) and "include" in entry:
+        raise ConfigError(f"{path}: {where}: include: is not read: list the included file's roles in "
+                          "requirements.yml itself, so one file says what is locked")
+
+
 def _role_kind(path: Path, where: str, src: str, scm: str | None) -> str:
+    bare = without_parameters(src)
     prefix, plus, _rest = src.partition("+")
     if plus and re.match(r"^[a-z]+\Z", prefix):
         if scm and scm != prefix:
@@ -166,9 +203,9 @@ def _role_kind(path: Path, where: str, src: str, scm: str | None) -> str:
             raise ConfigError(f"{path}: {where}: unknown source type '{scm}' for '{redact(src)}': only git is "
                               "supported (git+URL or scm: git)")
         return "git"
-    if src.startswith(("http://", "https://")) and "github.com" in src and not src.endswith(TARBALL_SUFFIXES):
+    if src.startswith(("http://", "https://")) and "github.com" in src and not bare.endswith(TARBALL_SUFFIXES):
         return "git"  # ansible-galaxy reads a github.com page URL as its git repository
-    if "://" in src or src.endswith(TARBALL_SUFFIXES):
+    if "://" in src or bare.endswith(TARBALL_SUFFIXES):
         return "url"
     if ROLE_NAME_RE.match(src) and "." in src:
         return "galaxy"
@@ -180,7 +217,7 @@ def _default_role_name(src: str, kind: str) -> str:
     """The name ansible-galaxy gives: the Galaxy name itself, else the last path part without .git/.tar.gz."""
     if kind == "galaxy":
         return src
-    tail = src.removeprefix("git+").rstrip("/").rsplit("/", 1)[-1].rsplit(":", 1)[-1]
+    tail = without_parameters(src.removeprefix("git+")).rstrip("/").rsplit("/", 1)[-1].rsplit(":", 1)[-1]
     for suffix in (".git", *TARBALL_SUFFIXES):
         tail = tail.removesuffix(suffix)
     return tail

@@ -27,7 +27,7 @@ from bakery.deps.gate import (
     role_matches,
 )
 from bakery.deps.lock import Lock, read_lock, write_lock
-from bakery.deps.paths import LOCK_FILE, galaxy_dir
+from bakery.deps.paths import LOCK_FILE, galaxy_collections_dir, galaxy_dir, galaxy_roles_dir
 from bakery.deps.requirements import CollectionRequirement, Requirements, RoleRequirement, load_requirements, redact
 from bakery.errors import ConfigError, OperationError
 
@@ -36,8 +36,14 @@ from bakery.errors import ConfigError, OperationError
 class Outcome:
     installed: dict[str, str] = field(default_factory=dict)  # name -> "version[@commit12]"
     removed: list[str] = field(default_factory=list)
+    was_locked: set[str] = field(default_factory=set)  # removed names the previous lock listed
     unchanged: list[str] = field(default_factory=list)
     lock_written: bool = False
+
+    def removal_lines(self) -> list[str]:
+        """One line per removed name: dropped from requirements.yml, or installed without ever being locked."""
+        return [f"removed {name} (no longer in requirements.yml)" if name in self.was_locked
+                else f"removed {name} (not in requirements.lock)" for name in sorted(self.removed)]
 
 
 @dataclass
@@ -61,6 +67,7 @@ def sync(root: Path, update: tuple[str, ...] = ()) -> Outcome:
                               f"(it has: {', '.join(sorted(known)) or 'none'})")
     if before is None and not known and not installed_roles(root) and not installed_collections(root):
         return Outcome()
+    _refuse_links(root)
     base = galaxy_dir(root)
     base.mkdir(parents=True, exist_ok=True)
     with open(base / ".deps.lock", "w", encoding="utf-8") as guard:
@@ -76,6 +83,32 @@ def sync(root: Path, update: tuple[str, ...] = ()) -> Outcome:
         finally:
             shutil.rmtree(work.staging, ignore_errors=True)
     return work.outcome
+
+
+def _refuse_links(root: Path) -> None:
+    """deps deletes what the lock does not list under .bakery/galaxy: a directory there that is a symlink, or
+    resolves outside .bakery, would make it delete someone else's files, so it is refused before anything is
+    written."""
+    inside = (root / ".bakery").resolve()
+    collections = galaxy_collections_dir(root) / "ansible_collections"
+    namespaces = sorted(collections.iterdir()) if collections.is_dir() and not collections.is_symlink() else []
+    for path in [galaxy_dir(root), galaxy_roles_dir(root), galaxy_collections_dir(root), collections, *namespaces]:
+        rel = path.relative_to(root)
+        if path.is_symlink():
+            raise ConfigError(f"{rel} is a symlink (to {os.readlink(path)}); bake.py deps removes what "
+                              "requirements.lock does not list there and follows no symlink: replace it with a "
+                              "directory")
+        if path.exists() and not path.resolve().is_relative_to(inside):
+            raise ConfigError(f"{rel} resolves outside .bakery (to {path.resolve()}); bake.py deps removes what "
+                              "requirements.lock does not list there: make .bakery/galaxy a plain directory")
+
+
+def _remove(path: Path) -> None:
+    """An installed role or collection; a symlink is unlinked, never followed."""
+    if path.is_symlink():
+        path.unlink()
+    else:
+        shutil.rmtree(path)
 
 
 def _role(work: _Work, role: RoleRequirement, before: Lock | None, fresh: bool) -> None:
@@ -190,15 +223,17 @@ def _apply(work: _Work, before: Lock | None, has_requirements: bool) -> None:
         work.outcome.lock_written = True
     for name in installed_roles(root):
         if name not in work.lock.roles:
-            shutil.rmtree(role_dir(root, name))
+            _remove(role_dir(root, name))
             work.outcome.removed.append(name)
     for name in installed_collections(root):
         if name not in work.lock.collections:
             path = collection_dir(root, name)
-            shutil.rmtree(path)
+            _remove(path)
             if not any(path.parent.iterdir()):
                 path.parent.rmdir()
             work.outcome.removed.append(name)
-    for name in sorted((set(before.roles) | set(before.collections)) if before else set()):
+    previous = (set(before.roles) | set(before.collections)) if before else set()
+    for name in sorted(previous):
         if name not in work.lock.roles and name not in work.lock.collections and name not in work.outcome.removed:
             work.outcome.removed.append(name)
+    work.outcome.was_locked = previous & set(work.outcome.removed)

@@ -154,3 +154,27 @@ def test_bad_requirements_in_a_fresh_project_write_no_lock(setup):
     (root / "requirements.yml").write_text(BAD[2][0])
     out = bake(root, "deps")
     assert out.rc == 2 and not (root / "requirements.lock").exists() and not galaxy(root).exists()
+
+
+def test_without_requirements_check_names_an_unlocked_install_and_deps_removes_it(setup):
+    root = setup[0]
+    (root / "requirements.yml").unlink()
+    stray = galaxy(root) / "roles/someone.else/tasks"
+    stray.mkdir(parents=True)
+    (stray / "main.yml").write_text("[]\n")
+    check = bake(root, "deps", "--check")
+    assert check.rc == 1 and "role 'someone.else' is installed in .bakery/galaxy/roles but not in " \
+                             "requirements.lock; run: bake.py deps" in check.stdout, check
+    out = bake(root, "deps")
+    assert out.rc == 0 and not (galaxy(root) / "roles/someone.else").exists(), out
+    assert bake(root, "deps", "--check").rc == 0
+
+
+def test_a_token_in_a_tarball_url_is_never_printed(setup):
+    root = setup[0]
+    (root / "requirements.yml").write_text(yaml.safe_dump({"roles": [
+        {"src": "http://127.0.0.1:9/roles/web.tar.gz?private_token=TOKEN456"}]}))
+    out = bake(root, "deps")
+    assert out.rc == 1 and "'web'" in out.stderr and len(out.stderr.splitlines()) == 1, out
+    assert "TOKEN456" not in out.stdout + out.stderr and "--ignore-errors" not in out.stderr, out
+    assert not (root / "requirements.lock").exists()

@@ -127,3 +127,107 @@ def test_an_unlocked_install_blocks_and_a_stale_entry_only_shows_in_check(locked
 def test_a_damaged_lock_is_bad_input(locked):
     (locked / "requirements.lock").write_text("format: 1\nroles:\n  acme.web: {version: v1}\n")
     expect(locked, "no digest")
+
+
+def test_without_requirements_an_installed_role_or_collection_still_stops_the_bake(tmp_path):
+    """No requirements.yml (or an empty one) and no lock: what sits in .bakery/galaxy is still never used unchecked."""
+    install(tmp_path, "roles/someone.else", {"tasks/main.yml": "[]\n"})
+    message = expect(tmp_path, "role 'someone.else' is installed in .bakery/galaxy/roles but not in requirements.lock")
+    assert "run: bake.py deps" in message and "requirements.yml" in message
+    (tmp_path / "requirements.yml").write_text("")
+    expect(tmp_path, "role 'someone.else' is installed")
+    import shutil
+
+    shutil.rmtree(tmp_path / ".bakery/galaxy/roles")
+    install(tmp_path, "collections/ansible_collections/acme/extra", {"MANIFEST.json": "{}"})
+    expect(tmp_path, "collection 'acme.extra' is installed in .bakery/galaxy/collections but not in requirements.lock")
+    (tmp_path / "requirements.yml").unlink()
+    assert [p.kind for p in problems(tmp_path)] == ["extra"]
+
+
+def test_a_project_role_shadowing_a_locked_role_stops_the_bake(locked):
+    """ansible would run roles/acme.web while provenance claims the locked acme.web was baked."""
+    (locked / "roles/acme.web/tasks").mkdir(parents=True)
+    expect(locked, "roles/acme.web shadows the locked role acme.web: rename one of them or drop it from "
+                   "requirements.yml")
+    assert [p.kind for p in problems(locked)] == ["shadowed"]
+
+
+def test_deps_removes_unlisted_installs_without_requirements_and_says_why(tmp_path):
+    from bakery.deps.sync import sync
+
+    install(tmp_path, "roles/someone.else", {"tasks/main.yml": "[]\n"})
+    install(tmp_path, "collections/ansible_collections/acme/extra", {"MANIFEST.json": "{}"})
+    outcome = sync(tmp_path)
+    assert sorted(outcome.removed) == ["acme.extra", "someone.else"]
+    assert outcome.removal_lines() == ["removed acme.extra (not in requirements.lock)",
+                                       "removed someone.else (not in requirements.lock)"]
+    assert not (tmp_path / ".bakery/galaxy/roles/someone.else").exists()
+    assert not (tmp_path / ".bakery/galaxy/collections/ansible_collections/acme").exists()
+    assert check_lock(tmp_path) == {}
+
+
+def test_a_previously_locked_requirement_is_removed_as_no_longer_in_requirements(locked):
+    from bakery.deps.sync import sync
+
+    (locked / "requirements.yml").write_text(REQUIREMENTS.split("collections:")[0])
+    install(locked, "roles/someone.else", {"tasks/main.yml": "[]\n"})
+    outcome = sync(locked)
+    assert outcome.removal_lines() == ["removed acme.tools (no longer in requirements.yml)",
+                                       "removed someone.else (not in requirements.lock)"]
+
+
+def test_a_symlinked_role_inside_galaxy_is_unlinked_not_followed(locked, tmp_path_factory):
+    from bakery.deps.sync import sync
+
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    (elsewhere / "tasks").mkdir()
+    (elsewhere / "tasks/main.yml").write_text("[]\n")
+    (locked / ".bakery/galaxy/roles/linked.role").symlink_to(elsewhere)
+    outcome = sync(locked)
+    assert "linked.role" in outcome.removed
+    assert not (locked / ".bakery/galaxy/roles/linked.role").is_symlink()
+    assert (elsewhere / "tasks/main.yml").is_file()
+
+
+@pytest.mark.parametrize("rel", [".bakery/galaxy", ".bakery/galaxy/roles", ".bakery/galaxy/collections",
+                                 ".bakery/galaxy/collections/ansible_collections/acme"])
+def test_a_symlinked_galaxy_directory_is_refused_before_anything_is_written(locked, tmp_path_factory, rel):
+    import shutil
+
+    from bakery.deps.sync import sync
+
+    outside = tmp_path_factory.mktemp("outside") / "target"
+    shutil.move(str(locked / rel), str(outside))
+    (locked / rel).symlink_to(outside)
+    (locked / "requirements.yml").write_text(REQUIREMENTS.split("collections:")[0])
+    lock_text = (locked / "requirements.lock").read_text()
+    before = sorted(p.relative_to(outside).as_posix() for p in outside.rglob("*"))
+    with pytest.raises(ConfigError) as caught:
+        sync(locked)
+    message = str(caught.value)
+    assert rel in message and "symlink" in message and "\n" not in message, message
+    assert (locked / "requirements.lock").read_text() == lock_text
+    assert sorted(p.relative_to(outside).as_posix() for p in outside.rglob("*")) == before
+
+
+def test_ansible_galaxy_2_19_error_lines_are_the_message(tmp_path, monkeypatch):
+    import subprocess
+
+    from bakery.deps import install as galaxy
+    from bakery.errors import OperationError
+
+    def fake_run(*_args, **_kwargs):
+        return subprocess.CompletedProcess(
+            [], 1, stdout="Starting galaxy role install process\n- downloading role 'web', owned by acme\n",
+            stderr="[ERROR]: failed to download https://h/web.tar.gz?private_token=TOKEN456: HTTP Error 404\n"
+                   "[WARNING]: - web.tar.gz was NOT installed successfully.\n"
+                   "[ERROR]: - you can use --ignore-errors to skip failed roles and finish processing the list.\n")
+
+    monkeypatch.setattr(galaxy.subprocess, "run", fake_run)
+    (tmp_path / "staging").mkdir()
+    with pytest.raises(OperationError) as caught:
+        galaxy.galaxy_install(tmp_path, tmp_path / "staging", "role", {"name": "web"}, tmp_path / "out", "web")
+    message = str(caught.value)
+    assert "[ERROR]: failed to download https://h/web.tar.gz?private_token=***: HTTP Error 404" in message, message
+    assert "TOKEN456" not in message

@@ -86,3 +86,31 @@ def test_credentials_in_a_git_url_are_never_repeated(tmp_path):
     assert "s3cr3t" not in str(caught.value) and "https://***@git.example.com" in str(caught.value)
     assert redact("clone of 'https://u:p@h/x' failed; ssh://git@h/y") == "clone of 'https://***@h/x' failed; ssh://***@h/y"
     assert redact("git@github.com:org/repo.git") == "git@github.com:org/repo.git"
+
+
+def test_tokens_in_query_strings_and_fragments_are_never_repeated(tmp_path):
+    assert redact("https://h/web.tar.gz?private_token=TOKEN&x=1#sig=abc") == "https://h/web.tar.gz?private_token=***&x=***#sig=***"
+    assert redact("git+https://u:p@h/r.git?t=1 failed") == "git+https://***@h/r.git?t=*** failed"
+    assert redact("see https://h/r.git.") == "see https://h/r.git."
+    with pytest.raises(ConfigError) as caught:
+        parse(tmp_path, "roles:\n  - src: https://h.example.com/roles/web.tar.gz?private_token=TOKEN456\n    scm: hg\n")
+    assert "TOKEN456" not in str(caught.value) and "private_token=***" in str(caught.value)
+    reqs = parse(tmp_path, "roles:\n  - src: https://h.example.com/roles/web.tar.gz?private_token=TOKEN456\n"
+                           "  - src: https://h.example.com/x/tools.tgz#sha=1\n")
+    assert [(r.name, r.kind) for r in reqs.roles] == [("web", "url"), ("tools", "url")]
+
+
+def test_a_role_with_only_a_name_is_a_galaxy_role_as_for_ansible_galaxy(tmp_path):
+    reqs = parse(tmp_path, "roles:\n  - name: geerlingguy.nginx\n    version: 3.2.0\n")
+    assert [(r.name, r.src, r.kind, r.version) for r in reqs.roles] == [
+        ("geerlingguy.nginx", "geerlingguy.nginx", "galaxy", "3.2.0")]
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("roles:\n  - git+https://h/acme/web.git,v1.0.0,acme.web\n", "'src,version,name' form"),
+    ("roles:\n  - include: more-requirements.yml\n", "include: is not read"),
+])
+def test_forms_bakery_refuses_say_what_to_write_instead(tmp_path, text, fragment):
+    with pytest.raises(ConfigError) as caught:
+        parse(tmp_path, text)
+    assert fragment in str(caught.value) and "\n" not in str(caught.value)
