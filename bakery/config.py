@@ -16,7 +16,15 @@ import yaml
 
 from bakery.disks.layout import Layout, parse_layout
 from bakery.errors import ConfigError
-from bakery.role_paths import baked_names, collection_of, entry_name, find_role, meta_file, missing_message
+from bakery.role_paths import (
+    baked_names,
+    collection_names,
+    collection_of,
+    entry_name,
+    find_role,
+    meta_file,
+    missing_message,
+)
 
 PROJECT_FILE = "bakery.yml"
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}\Z")
@@ -24,6 +32,14 @@ NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}\Z")
 # verification records (bakery.aws.verification_record), where the IAM policy denies any overwrite.
 RESERVED_IMAGE_NAMES = {"verifications": "/bakery/verifications/ holds the AWS verification records, and the image's "
                                          "release parameters /bakery/<image>/<env>/... would land there"}
+# Directories ansible-playbook searches before ANSIBLE_ROLES_PATH / COLLECTIONS_PATH (the layer playbook is written
+# into playbooks/): what is there would silently replace roles/ and the locked requirements.
+BESIDE_PLAYBOOK = {
+    "roles": "roles/ and requirements (ansible searches beside the playbook first): move its roles to roles/ "
+             "(or list them in requirements.yml)",
+    "collections": "the locked collections and requirements (ansible searches beside the playbook first): list its "
+                   "collections in requirements.yml and run: bake.py deps",
+}
 # Play keys that would run work outside a role: bakery caches one layer per role,
 # so such work would either be repeated in every layer or silently skipped.
 TASK_KEYS = ("pre_tasks", "tasks", "post_tasks", "handlers", "import_playbook")
@@ -74,6 +90,7 @@ class Layer:
     play_index: int
     play_header: dict[str, Any]
     role: RoleRef
+    playbook: Path | None = None  # its group_vars/, host_vars/ and vars_files apply (bakery.layer_collections)
 
 
 @dataclass
@@ -188,6 +205,9 @@ class Project:
         if not playbook.is_file():
             known = ", ".join(self.image_names()) or "none"
             raise ConfigError(f"unknown image '{name}': {playbook} does not exist (known images: {known})")
+        for shadow, why in BESIDE_PLAYBOOK.items():
+            if (self.playbooks_dir / shadow).is_dir():
+                raise ConfigError(f"playbooks/{shadow}/ would shadow {why}")
         settings = self.settings["images"].get(name) or {}
         base = settings.get("base") or self.settings.get("default_base") or DEFAULT_BASE
         definition = ImageDefinition(name=name, playbook=playbook, base=base,
@@ -253,39 +273,44 @@ class Project:
             if not isinstance(roles, list) or not roles:
                 raise ConfigError(f"{rel}: play {index} needs a non-empty 'roles' list")
             header = {k: v for k, v in play.items() if k != "roles"}
+            collections = collection_names(play.get("collections"), f"{rel}: play {index}")
             for entry in roles:
-                role = self.role(entry, where=f"{rel}: play {index}")
-                layers.append(Layer(len(layers), index, header, role))
+                role = self.role(entry, where=f"{rel}: play {index}", collections=collections)
+                layers.append(Layer(len(layers), index, header, role, playbook))
         return layers
 
-    def role(self, entry: Any, where: str, chain: tuple[str, ...] = (), within: str | None = None) -> RoleRef:
+    def role(self, entry: Any, where: str, chain: tuple[str, ...] = (), within: str | None = None,
+             collections: tuple[str, ...] = ()) -> RoleRef:
         """Resolve a role entry (name or mapping) to its directory and its dependencies (bakery.role_paths).
 
-        `within` is the collection of the role that depends on this one: a short name resolves there first.
+        A short name resolves first in `within` (the collection of the role that depends on this one), then in
+        `collections` (the play's `collections:`, or the depending role's meta one), then in the roles paths.
         """
         name = entry_name(entry, where)
-        found = find_role(self.root, name, within)
+        found = find_role(self.root, name, within, collections)
         if found is None:
             raise ConfigError(f"{where}: {missing_message(name, self._rel(self.roles_dir))}")
         if found.name in chain:
             raise ConfigError(f"{where}: role dependency cycle: {' -> '.join((*chain, found.name))}")
         meta = self._rel(meta_file(found.path) or found.path / "meta" / "main.yml")
-        deps = tuple(self.role(dep, meta, (*chain, found.name), collection_of(found.path))
-                     for dep in self._dependencies(found.path))
+        dependencies, searched = self._dependencies(found.path)
+        deps = tuple(self.role(dep, meta, (*chain, found.name), collection_of(found.path), searched)
+                     for dep in dependencies)
         return RoleRef(name=found.name, path=found.path, entry=entry, dependencies=deps,
                        third_party=found.third_party)
 
-    def _dependencies(self, role_path: Path) -> list[Any]:
+    def _dependencies(self, role_path: Path) -> tuple[list[Any], tuple[str, ...]]:
+        """The role's meta dependencies and its meta `collections:` (searched first for their short names)."""
         meta = meta_file(role_path)
         if meta is None:
-            return []
+            return [], ()
         data = load_yaml(meta) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{self._rel(meta)}: expected a mapping")
         deps = data.get("dependencies") or []
         if not isinstance(deps, list):
             raise ConfigError(f"{self._rel(meta)}: 'dependencies' must be a list")
-        return deps
+        return deps, collection_names(data.get("collections"), self._rel(meta))
 
     def _rel(self, path: Path) -> str:
         try:

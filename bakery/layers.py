@@ -5,7 +5,8 @@ every file of the role and of the roles it depends on, the play around it
 (play vars, vars_files contents, become and friends), the bake-time group_vars
 and host_vars beside the playbook, the extra vars of the bake, and the locked
 digest of every collection from requirements.lock the layer can use
-(bakery.layer_collections; the field is left out when there is none, so keys
+(bakery.layer_collections: also those named in the bake vars or vars_files, by
+a used collection, or routed to by ansible-core's short names; the field is left out when there is none, so keys
 of projects without requirements are what they always were). Anything that
 can change what the role does to the image is in the key; nothing else is.
 """
@@ -18,7 +19,7 @@ from typing import Any
 
 from bakery.config import ImageDefinition, Layer, RoleRef
 from bakery.errors import ConfigError
-from bakery.layer_collections import layer_collections
+from bakery.layer_collections import layer_collections, vars_files
 from bakery.provenance import file_digest, sha256_json, tree_digest
 
 # Bump when the way a layer is produced changes, so old cached layers are not reused.
@@ -46,18 +47,12 @@ def role_digest(role: RoleRef) -> str:
 
 def vars_files_digest(play_header: dict[str, Any], playbook_dir: Path) -> dict[str, str]:
     """Contents of the play's vars_files, which are read at bake time."""
-    names = play_header.get("vars_files") or []
-    if isinstance(names, str):
-        names = [names]
     digests = {}
-    for name in names:
-        for candidate in name if isinstance(name, list) else [name]:
-            path = Path(str(candidate))
-            path = path if path.is_absolute() else playbook_dir / path
-            if path.is_file():
-                digests[str(candidate)] = file_digest(path)
-            elif "{{" not in str(candidate):
-                raise ConfigError(f"vars_files entry '{candidate}' not found (looked for {path})")
+    for candidate, path in vars_files(play_header, playbook_dir):
+        if path.is_file():
+            digests[candidate] = file_digest(path)
+        elif "{{" not in candidate:
+            raise ConfigError(f"vars_files entry '{candidate}' not found (looked for {path})")
     return digests
 
 

@@ -20,8 +20,13 @@ from typing import Any
 TAG_VALUE_MAX = 255
 # What AWS accepts in tag values across services: letters, digits, spaces and _ . : / = + - @
 _UNSAFE_TAG_CHARS = re.compile(r"[^\w .:/=+\-@]", re.UNICODE)
-# Files that never change what a role does to a server; editing them must not rebake.
-DIGEST_EXCLUDES = {"molecule", "__pycache__", ".pytest_cache", ".cache", ".git", "tests"}
+# Caches: never part of anything, at any depth.
+DIGEST_CACHE_DIRS = {"__pycache__", ".pytest_cache", ".cache"}
+# Left out of a layer key at any depth: a nested checkout's own history does not change what the role does.
+DIGEST_EXCLUDE_DIRS = DIGEST_CACHE_DIRS | {".git"}
+# Left out of a layer key at the role's top level only: its scenarios and tests. Deeper down (files/tests/...)
+# a directory of that name is payload the role copies onto the image.
+DIGEST_EXCLUDE_ROOT_DIRS = {"molecule", "tests"}
 DIGEST_EXCLUDE_SUFFIXES = (".pyc", ".swp", "~")
 # A role's own documentation does not change the image either.
 DIGEST_EXCLUDE_ROOT_FILES = {"README.md", "README.rst", "CHANGELOG.md"}
@@ -52,20 +57,33 @@ def file_digest(path: Path) -> str:
     return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def digest_dirs(root: Path, dirpath: str, dirnames: list[str], *, everything: bool = False) -> list[str]:
+    """The subdirectories of dirpath (under root) that a digest covers, sorted; symlinked ones included."""
+    excludes = DIGEST_CACHE_DIRS if everything else DIGEST_EXCLUDE_DIRS
+    top = set() if everything or dirpath != str(root) else DIGEST_EXCLUDE_ROOT_DIRS
+    return sorted(d for d in dirnames if d not in excludes and d not in top)
+
+
 def tree_digest(root: Path, *, everything: bool = False) -> str:
     """Digest of every file under root: relative path, executable bit and content.
 
-    Symlinks contribute their target. Molecule scenarios, tests and caches are
-    left out: they do not change what the role does to an image; so is the
-    install date ansible-galaxy records in an installed role. `everything` keeps
-    tests, scenarios and documentation in (only caches and the install date are
-    left out): what a lock pins, since verify may run a role's own tests.
+    Symlinks (to files or directories) contribute their target; a symlinked directory is not followed, so
+    repointing it changes the digest. The role's top-level molecule/ and tests/, caches and .git are left out:
+    they do not change what the role does to an image; so is the install date ansible-galaxy records in an
+    installed role. `everything` keeps tests, scenarios, .git and documentation in (only caches and the install
+    date are left out): what a lock pins, since verify may run a role's own tests.
     """
     h = hashlib.sha256()
-    excludes = {"__pycache__", ".pytest_cache", ".cache"} if everything else DIGEST_EXCLUDES
     root_files = set() if everything else DIGEST_EXCLUDE_ROOT_FILES
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in excludes)
+        kept = []
+        for name in digest_dirs(root, dirpath, dirnames, everything=everything):
+            path = Path(dirpath) / name
+            if path.is_symlink():  # os.walk lists it among the directories and never descends into it
+                h.update(f"L {path.relative_to(root).as_posix()}\0{os.readlink(path)}\n".encode())
+            else:
+                kept.append(name)
+        dirnames[:] = kept
         for name in sorted(filenames):
             if name.endswith(DIGEST_EXCLUDE_SUFFIXES) or (dirpath == str(root) and name in root_files):
                 continue

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -74,15 +75,22 @@ def collection_of(path: Path) -> str | None:
     return None
 
 
-def find_role(root: Path, name: str, within: str | None = None) -> FoundRole | None:
-    """The directory of role `name`, or None; `within` is the collection of the role whose dependency this is."""
+def find_role(root: Path, name: str, within: str | None = None,
+              collections: Sequence[str] = ()) -> FoundRole | None:
+    """The directory of role `name`, or None.
+
+    A short name is looked up as ansible does: first in `within` (the collection of the role whose dependency
+    this is), then in `collections` (the play's `collections:` keyword, or the depending role's meta one),
+    then in the roles paths, so a collection named there wins over roles/<name>.
+    """
     fqcn = FQCN_ROLE_RE.match(name)
     if fqcn:
         return _collection_role(root, f"{fqcn[1]}.{fqcn[2]}", fqcn[3])
-    if within and "." not in name:  # ansible looks in the depending role's own collection first
-        found = _collection_role(root, within, name)
-        if found:
-            return found
+    if "." not in name:
+        for collection in dict.fromkeys([within, *collections] if within else collections):
+            found = _collection_role(root, collection, name)
+            if found:
+                return found
     project_roles, *installed = roles_path(root)
     if (project_roles / name).is_dir():
         return FoundRole(name, project_roles / name, third_party=False)
@@ -93,10 +101,22 @@ def find_role(root: Path, name: str, within: str | None = None) -> FoundRole | N
 
 
 def _collection_role(root: Path, collection: str, role: str) -> FoundRole | None:
+    if collection.count(".") != 1:
+        return None
     path = collection_dir(root, collection)
     if path is not None and (path / "roles" / role).is_dir():
         return FoundRole(f"{collection}.{role}", path / "roles" / role, third_party=True)
     return None
+
+
+def collection_names(value: Any, where: str) -> tuple[str, ...]:
+    """A `collections:` keyword (play or role meta): a list of `ns.coll` names (a single name is accepted)."""
+    if value is None:
+        return ()
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ConfigError(f"{where}: 'collections' must be a list of collection names (ns.coll), got {value!r}")
+    return tuple(names)
 
 
 def missing_message(name: str, roles_dir: str) -> str:

@@ -31,7 +31,7 @@ from bakery.config import PROJECT_FILE, ImageDefinition, Project, RoleRef
 from bakery.errors import ConfigError
 from bakery.layer_collections import used_collections
 from bakery.layers import locked_collections, vars_files_digest
-from bakery.provenance import DIGEST_EXCLUDE_PATHS, DIGEST_EXCLUDE_SUFFIXES, DIGEST_EXCLUDES
+from bakery.provenance import DIGEST_EXCLUDE_PATHS, DIGEST_EXCLUDE_SUFFIXES, digest_dirs
 from bakery.role_paths import baked_roles, collection_dir, collection_of
 
 # Where the build phase unpacks the bundle on the build instance (the component removes it before the snapshot).
@@ -58,8 +58,9 @@ class Bundle:
 def _tree(root: Path, arc_root: str) -> dict[str, Path]:
     """Every file under root that can change what a role does (the layer keys' view of a role)."""
     found: dict[str, Path] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in DIGEST_EXCLUDES)
+    # A symlinked directory is followed: the build instance needs its files (the layer key holds its target).
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames[:] = digest_dirs(root, dirpath, dirnames)
         for name in sorted(filenames):
             path = Path(dirpath) / name
             rel = path.relative_to(root).as_posix()

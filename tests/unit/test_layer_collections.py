@@ -25,6 +25,11 @@ def image(proj: Path):
     return Project(proj).image("img")
 
 
+def first_layer_collections(proj: Path, locked: dict[str, str]) -> dict[str, str]:
+    definition = Project(proj).image("img")
+    return layer_collections(definition.layers[0], locked)
+
+
 def keys(definition, collections):
     return [p.key for p in plan_layers(definition, BASE, {}, collections=collections)]
 
@@ -49,7 +54,7 @@ def test_a_role_naming_a_collections_module_uses_it_and_a_role_that_does_not_doe
 def test_near_misses_do_not_count(proj, text):
     role(proj / "roles" / "near", tasks=text)
     playbook(proj, "    - near\n")
-    assert layer_collections(Project(proj).image("img").layers[0], {"acme.tools": V1}) == {}
+    assert first_layer_collections(proj, {"acme.tools": V1}) == {}
 
 
 @pytest.mark.parametrize("where", ["collections keyword", "include_role", "play header", "dependency"])
@@ -63,7 +68,7 @@ def test_every_way_of_naming_a_collection_counts(proj, where):
     galaxy_role(proj, "author.dep", tasks="- acme.tools.thing: {}\n")
     header = "  collections: [acme.tools]\n" if where == "play header" else ""
     (proj / "playbooks" / "img.yml").write_text(f"- hosts: all\n{header}  roles: [r]\n")
-    assert layer_collections(Project(proj).image("img").layers[0], {"acme.tools": V1}) == {"acme.tools": V1}
+    assert first_layer_collections(proj, {"acme.tools": V1}) == {"acme.tools": V1}
 
 
 def test_a_collection_role_uses_its_own_collection_also_as_a_dependency(proj):
@@ -129,3 +134,41 @@ def test_the_example_projects_layer_keys_are_unchanged(monkeypatch):
         if not locked:
             assert not any("collections" in p for p in payloads)
             assert [p.key for p in plan_layers(definition, BASE, {})] == keys(definition, {})
+
+
+def per_layer(proj: Path, locked: dict[str, str]) -> list[dict[str, str]]:
+    definition = Project(proj).image("img")
+    return [layer_collections(layer, locked) for layer in definition.layers]
+
+
+@pytest.mark.parametrize("where", ["group_vars/all.yml", "host_vars/default/main.yml", "vars/extra.yml"])
+def test_a_collection_named_in_bake_vars_or_vars_files_is_used_by_every_layer(proj, where):
+    image(proj)
+    (proj / "playbooks" / where).parent.mkdir(parents=True)
+    (proj / "playbooks" / where).write_text("filter_of_choice: \"{{ x | other.coll.pick }}\"\n")
+    if where.startswith("vars/"):
+        (proj / "playbooks" / "img.yml").write_text(
+            "- hosts: all\n  vars_files: [vars/extra.yml]\n  roles: [first, uses_tools, author.web]\n")
+    locked = {"acme.tools": V1, "other.coll": V2}
+    assert per_layer(proj, locked) == [{"other.coll": V2}, {"acme.tools": V1, "other.coll": V2}, {"other.coll": V2}]
+
+
+@pytest.mark.parametrize("where", ["meta/runtime.yml", "plugins/modules/thing.py", "roles/thing/tasks/main.yml"])
+def test_a_collection_that_a_used_collection_names_is_used_too(proj, where):
+    coll = installed_collection_role(proj, "acme.tools.thing").parent.parent
+    (coll / where).parent.mkdir(parents=True, exist_ok=True)
+    (coll / where).write_text("plugin_routing: {modules: {old: {redirect: deep.dep.new}}}\n")
+    deep = installed_collection_role(proj, "deep.dep.unused").parent.parent
+    (deep / "meta").mkdir()
+    (deep / "meta" / "runtime.yml").write_text("requires_ansible: '>=2.15' # see deeper.dep.x\n")
+    image(proj)
+    locked = {"acme.tools": V1, "deep.dep": V1, "deeper.dep": V2, "lone.coll": V2}
+    both = {"acme.tools": V1, "deep.dep": V1, "deeper.dep": V2}
+    assert per_layer(proj, locked) == [{}, both, {}]
+
+
+def test_a_locked_collection_that_ansible_routes_short_names_to_is_used_by_every_layer(proj):
+    role(proj / "roles" / "firewall", tasks="- ufw: {state: enabled}\n")
+    playbook(proj, "    - first\n    - firewall\n")
+    locked = {"community.general": V1, "acme.tools": V2}
+    assert per_layer(proj, locked) == [{"community.general": V1}, {"community.general": V1}]

@@ -209,3 +209,52 @@ def test_bad_role_tests_are_one_line(proj, verify, message):
     with pytest.raises(ConfigError) as info:
         Project(proj).image("img")
     assert str(info.value).startswith(message) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("kind", ["roles", "collections"])
+def test_roles_or_collections_beside_the_playbook_are_refused_as_they_would_shadow_ours(proj, kind):
+    role(proj / "roles" / "motd")
+    playbook(proj, "    - motd\n")
+    (proj / "playbooks" / kind / "x").mkdir(parents=True)
+    with pytest.raises(ConfigError) as err:
+        Project(proj).image("img")
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith(f"playbooks/{kind}/ would shadow")
+    assert "ansible searches beside the playbook first" in message
+
+
+def test_a_plays_collections_are_searched_for_a_short_role_name_before_the_roles_paths(proj):
+    installed_collection_role(proj, "acme.tools.motd")
+    role(proj / "roles" / "motd")  # ansible still picks the collection's
+    role(proj / "roles" / "plain")
+    (proj / "playbooks" / "img.yml").write_text("- hosts: all\n  collections: [acme.tools]\n  roles: [motd, plain]\n")
+    layers = Project(proj).image("img").layers
+    assert [(layer.role.name, layer.role.third_party) for layer in layers] == [("acme.tools.motd", True),
+                                                                                ("plain", False)]
+    assert layers[0].role.path == proj / ".bakery/galaxy/collections/ansible_collections/acme/tools/roles/motd"
+
+
+def test_a_roles_own_meta_collections_are_searched_for_its_short_dependencies_first(proj):
+    installed_collection_role(proj, "acme.tools.motd")
+    role(proj / "roles" / "motd")
+    role(proj / "roles" / "r", deps=["motd"])
+    (proj / "roles" / "r" / "meta" / "main.yml").write_text("collections: [acme.tools]\ndependencies: [motd]\n")
+    playbook(proj, "    - r\n")
+    assert [dep.name for dep in Project(proj).image("img").layers[0].role.dependencies] == ["acme.tools.motd"]
+
+
+def test_play_collections_do_not_reach_a_roles_dependencies(proj):
+    installed_collection_role(proj, "acme.tools.motd")
+    role(proj / "roles" / "motd")
+    role(proj / "roles" / "r", deps=["motd"])
+    (proj / "playbooks" / "img.yml").write_text("- hosts: all\n  collections: [acme.tools]\n  roles: [r]\n")
+    assert [dep.name for dep in Project(proj).image("img").layers[0].role.dependencies] == ["motd"]
+
+
+@pytest.mark.parametrize("value", ["{a: b}", "[1]"])
+def test_a_malformed_collections_keyword_is_one_line(proj, value):
+    role(proj / "roles" / "plain")
+    (proj / "playbooks" / "img.yml").write_text(f"- hosts: all\n  collections: {value}\n  roles: [plain]\n")
+    with pytest.raises(ConfigError, match="collections.*list of collection names"):
+        Project(proj).image("img")
