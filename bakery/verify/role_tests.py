@@ -11,6 +11,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from bakery.config import ImageDefinition, RoleRef
+from bakery.deps.gate import check_lock
 
 
 def project_role_tests(roles_dir: Path, roles: Iterable[str]) -> list[Path]:
@@ -27,6 +28,8 @@ def third_party_role_tests(definition: ImageDefinition | None) -> list[Path]:
     if definition is None or not definition.role_tests:
         return []
     wanted = set(definition.role_tests)
+    # The tests are part of what the lock pins: a test edited after `deps` would judge the image by other rules.
+    check_lock(definition.root)
     files: list[Path] = []
     for ref in _baked_roles(layer.role for layer in definition.layers):
         if ref.third_party and ref.name in wanted:

@@ -7,6 +7,9 @@ from pathlib import Path
 import pytest
 
 from bakery.config import Project
+from bakery.deps.digest import installed_digest
+from bakery.deps.lock import Lock, write_lock
+from bakery.errors import ConfigError
 from bakery.verify.runner import Verifier
 
 pytestmark = pytest.mark.unit
@@ -38,7 +41,18 @@ def make_project(root: Path, role_tests: list[str] | None) -> Project:
           "galaxy_info: {author: author, role_name: web}\ndependencies: [author.dep]\n")
     write(galaxy / "author.dep" / "tasks" / "main.yml", "---\n[]\n")
     write(galaxy / "author.dep" / "meta" / "main.yml", "galaxy_info: {author: author, role_name: dep}\n")
+    lock(root)
     return Project(root)
+
+
+def lock(root: Path) -> None:
+    """requirements.yml and requirements.lock as `bake.py deps` leaves them for what is installed."""
+    galaxy = root / ".bakery" / "galaxy" / "roles"
+    write(root / "requirements.yml", "roles:\n" + "".join(
+        f"  - name: author.{n}\n    src: git+file:///srv/{n}.git\n    version: v1\n" for n in ("web", "dep")))
+    write_lock(root, Lock(roles={f"author.{n}": {"src": f"git+file:///srv/{n}.git", "version": "v1",
+                                                 "commit": "0" * 40, "digest": installed_digest(galaxy / f"author.{n}")}
+                                 for n in ("web", "dep")}, collections={}))
 
 
 @pytest.fixture
@@ -77,3 +91,11 @@ def test_a_dependency_of_a_layer_role_can_be_named(tests_on_disk):
     root, on_disk = tests_on_disk
     files = files_for(make_project(root, ["author.dep"]))
     assert files == [on_disk["suite"], on_disk["mine"], on_disk["dep"]]
+
+
+def test_a_third_party_test_edited_after_deps_stops_verify(tests_on_disk):
+    root, on_disk = tests_on_disk
+    project = make_project(root, ["author.web"])
+    on_disk["web-default"].write_text("def test_it():\n    assert True  # weakened by hand\n")
+    with pytest.raises(ConfigError, match="author.web"):
+        files_for(project)
