@@ -29,7 +29,8 @@ def third_party_role_tests(definition: ImageDefinition | None) -> list[Path]:
         return []
     wanted = set(definition.role_tests)
     # The tests are part of what the lock pins: a test edited after `deps` would judge the image by other rules.
-    check_lock(definition.root)
+    if definition.root is not None:  # always set by Project.image()
+        check_lock(definition.root)
     files: list[Path] = []
     for ref in _baked_roles(layer.role for layer in definition.layers):
         if ref.third_party and ref.name in wanted:
