@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 from bakery import podman
-from bakery.errors import OperationError
 from bakery.processes import pid_alive
 
 log = logging.getLogger("bakery.build")
@@ -53,18 +52,27 @@ class AptMounts:
         (self.root / OWNER_FILE).write_text(f"{os.getpid()}\n", encoding="utf-8")
         return ["--volume", f"{self.lists}:{LISTS}", "--volume", f"{self.archives}:{ARCHIVES}"]
 
-    def refresh(self, container: str) -> float:
-        """`apt-get update` in the booted build container, then keep the copy; the seconds it took."""
+    def refresh(self, container: str) -> tuple[float, str | None]:
+        """`apt-get update` in the booted build container, then keep the copy; the seconds it took, and what
+        failed when a source could not be reached.
+
+        A failure is a warning, not a refusal: the lists of every source apt did reach are there, a role that
+        installs nothing needs none, and one that needs the unreachable source fails with apt's own message.
+        (A base's extra source such as copy:/host/dir is not reachable from a build container at all.)
+        """
         started = time.monotonic()
         proc = podman.run("exec", container, "apt-get", "update", "-q", check=False, timeout=UPDATE_TIMEOUT)
+        problem = None
         if proc.returncode != 0:
-            lines = [line for line in (proc.stderr + proc.stdout).splitlines() if line.strip()]
-            last = lines[-1].strip() if lines else f"exit code {proc.returncode}"
-            raise OperationError(f"apt-get update in build container {container} failed: {last} "
-                                 "(the bake fetches fresh package lists from the image's apt sources; "
-                                 "check the network and /etc/apt/sources.list.d of the base)")
+            lines = [line.strip() for line in (proc.stderr + proc.stdout).splitlines() if line.strip()]
+            errors = [line for line in lines if line.startswith(("E:", "Err:"))]
+            reason = (errors or lines or [f"exit code {proc.returncode}"])[0]
+            problem = (f"apt-get update in build container {container} did not reach every apt source: {reason} "
+                       "(a role that installs from that source will fail; check the network and the base's "
+                       "/etc/apt/sources.list.d)")
+            log.warning("%s", problem)
         self.keep()
-        return time.monotonic() - started
+        return time.monotonic() - started, problem
 
     def keep(self) -> None:
         """Add the lists as they are now to the copy (a role may have added an apt source and refreshed them:

@@ -203,9 +203,9 @@ class _Bake:
             from_ref, "/sbin/init",
         )
         self._wait_for_systemd()
-        seconds = self.apt.refresh(self.container)
-        self.b.progress.note(f"{self.definition.name}: apt package lists fetched in {seconds:.1f} s "
-                             "(mounted while baking, never committed)")
+        seconds, problem = self.apt.refresh(self.container)
+        self.b.progress.note(problem or f"{self.definition.name}: apt package lists fetched in {seconds:.1f} s "
+                                        "(mounted while baking, never committed)")
 
     def _wait_for_systemd(self) -> None:
         deadline = time.monotonic() + BOOT_TIMEOUT

@@ -8,7 +8,6 @@ import pytest
 
 from bakery.builders import apt_mounts
 from bakery.builders.apt_mounts import AptMounts
-from bakery.errors import OperationError
 
 pytestmark = pytest.mark.unit
 
@@ -19,11 +18,12 @@ RELEASE = "deb.debian.org_debian_dists_bookworm_InRelease"
 def fake_update(mounts: AptMounts, returncode: int = 0, stderr: str = ""):
     def run(*args, **_kwargs):
         assert args[-3:] == ("apt-get", "update", "-q")
-        if returncode == 0:  # what apt-get update leaves in the mounted lists directory
-            (mounts.lists / "partial").mkdir(exist_ok=True)
-            (mounts.lists / "lock").write_text("")
-            (mounts.lists / PACKAGES).write_text("Package: tree\n")
-            (mounts.lists / RELEASE).write_text("signed\n")
+        # What apt-get update leaves in the mounted lists directory: the reachable source's lists, also when
+        # another source failed (exit code 100).
+        (mounts.lists / "partial").mkdir(exist_ok=True)
+        (mounts.lists / "lock").write_text("")
+        (mounts.lists / PACKAGES).write_text("Package: tree\n")
+        (mounts.lists / RELEASE).write_text("signed\n")
         return subprocess.CompletedProcess(args, returncode, "", stderr)
     return run
 
@@ -53,14 +53,16 @@ def test_lists_emptied_by_a_role_are_restored_and_present_ones_left_alone(tmp_pa
     assert not (tmp_path / "apt").exists()
 
 
-def test_a_failed_update_names_apt_get_update_and_its_last_line(tmp_path, monkeypatch):
+def test_an_unreachable_source_is_named_and_the_lists_of_the_others_kept(tmp_path, monkeypatch):
     mounts = AptMounts(tmp_path / "apt")
     mounts.volumes()
     monkeypatch.setattr(apt_mounts.podman, "run", fake_update(
-        mounts, 100, "Err:1 http://deb.debian.org/debian bookworm InRelease\nE: Failed to fetch InRelease\n"))
-    with pytest.raises(OperationError, match=r"apt-get update in build container bakery-build-x failed: "
-                                             r"E: Failed to fetch InRelease"):
-        mounts.refresh("bakery-build-x")
+        mounts, 100, "Err:1 copy:/srv/repo ./ Release\nE: Failed to fetch copy:/srv/repo/./Release  File not found\n"
+                     "E: Some index files failed to download.\n"))
+    _seconds, problem = mounts.refresh("bakery-build-x")
+    assert problem is not None and problem.startswith(
+        "apt-get update in build container bakery-build-x did not reach every apt source: Err:1 copy:/srv/repo")
+    assert sorted(p.name for p in mounts.copy.iterdir()) == [RELEASE, PACKAGES]  # what apt did fetch is kept
 
 
 def test_the_apt_directories_of_a_killed_bake_are_found_and_a_running_bakes_are_not(tmp_path):
