@@ -67,8 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - the CLI edge: one line, not a traceback
         if debug:
             raise
-        click.echo(f"bake.py: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
-                   err=True)
+        from bakery.deps.requirements import redact  # a URL's credentials in an unexpected error stay hidden
+
+        click.echo(f"bake.py: internal error: {redact(f'{type(exc).__name__}: {exc}')} (run with --debug for the "
+                   "traceback)", err=True)
         return 1
     return 0
 

@@ -22,7 +22,7 @@ def deps(obj, check: bool, update: tuple[str, ...], as_json: bool) -> None:
     """Install the roles and collections of requirements.yml as requirements.lock pins them, locking new ones.
 
     Nothing is downloaded when everything installed matches the lock. Commit requirements.lock; bakes stop when
-    what is installed differs from it.
+    what is installed differs from it. Waits for running bakes to finish first.
 
     Example: ./bake.py deps --update geerlingguy.nginx
     """
@@ -35,7 +35,8 @@ def deps(obj, check: bool, update: tuple[str, ...], as_json: bool) -> None:
         return
     from bakery.deps.sync import sync
 
-    outcome = sync(obj.project.root, update)
+    outcome = sync(obj.project.root, update,
+                   on_wait=lambda: click.echo("deps: waiting for a bake to finish (it holds .bakery/galaxy)", err=True))
     if as_json:
         emit_json({"installed": outcome.installed, "removed": outcome.removed, "unchanged": outcome.unchanged,
                    "lock_written": outcome.lock_written})

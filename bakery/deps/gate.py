@@ -7,12 +7,15 @@ naming the role or collection and the command that fixes it.
 
 from __future__ import annotations
 
+import fcntl
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from bakery.deps.digest import installed_digest
-from bakery.deps.lock import Lock, read_lock
-from bakery.deps.paths import galaxy_collections_dir, galaxy_roles_dir
+from bakery.deps.lock import Lock, read_lock, source_sha256
+from bakery.deps.paths import REQUIREMENTS_FILE, galaxy_collections_dir, galaxy_dir, galaxy_roles_dir
 from bakery.deps.requirements import (
     CollectionRequirement,
     Requirements,
@@ -43,6 +46,7 @@ def collection_dir(root: Path, fqcn: str) -> Path:
 def role_matches(req: RoleRequirement, entry: dict[str, str] | None) -> bool:
     """The lock entry was made from this requirement as it is written now (a changed src or version re-resolves)."""
     return (entry is not None and entry.get("src") == redact(req.src) and entry.get("scm") == req.scm
+            and entry.get("src_sha256") == source_sha256(req.src)
             and (req.version is None or entry.get("version") == req.version))
 
 
@@ -55,7 +59,7 @@ def collection_key(req: CollectionRequirement, lock: Lock | None) -> str | None:
 
 def collection_matches(req: CollectionRequirement, entry: dict[str, str] | None) -> bool:
     return (entry is not None and entry.get("source") == redact(req.source) and entry.get("type") == req.kind
-            and entry.get("requested") == req.version)
+            and entry.get("src_sha256") == source_sha256(req.source) and entry.get("requested") == req.version)
 
 
 def problems(root: Path) -> list[Problem]:
@@ -81,10 +85,11 @@ def problems(root: Path) -> list[Problem]:
     for coll in reqs.collections:
         key = collection_key(coll, lock)
         entry = lock.collections.get(key) if key else None
+        if key is not None:
+            wanted_collections.add(key)  # reported here once, not again as a leftover
         if key is None or not collection_matches(coll, entry):
             found.append(_unlocked(key or coll.label, entry is not None))
             continue
-        wanted_collections.add(key)
         found += _installed(key, "collection", collection_dir(root, key), entry, root)
     found += _leftovers(root, lock, wanted_roles, wanted_collections)
     return found
@@ -123,21 +128,21 @@ def installed_collections(root: Path) -> list[str]:
 
 
 def _leftovers(root: Path, lock: Lock, roles: set[str], collections: set[str]) -> list[Problem]:
+    """A lock entry no longer required is only tidy-up while nothing of it is installed; anything installed that is
+    not required and locked would be resolved by a bake unchecked, so it stops the bake."""
     found = []
-    for name, what in [*((n, "role") for n in sorted(set(lock.roles) - roles)),
-                       *((n, "collection") for n in sorted(set(lock.collections) - collections))]:
-        found.append(Problem(name, "stale", f"{what} '{name}' is in requirements.lock but not in requirements.yml; "
-                                            "run: bake.py deps", blocking=False))
-    for name in installed_roles(root):
-        if name not in lock.roles:
-            found.append(Problem(name, "extra", f"role '{name}' is installed in .bakery/galaxy/roles but not in "
-                                                "requirements.lock; run: bake.py deps (it removes it) or list it in "
-                                                "requirements.yml"))
-    for name in installed_collections(root):
-        if name not in lock.collections:
-            found.append(Problem(name, "extra", f"collection '{name}' is installed in .bakery/galaxy/collections "
-                                                "but not in requirements.lock; run: bake.py deps (it removes it) or "
-                                                "list it in requirements.yml"))
+    installed = {"role": installed_roles(root), "collection": installed_collections(root)}
+    for what, locked, required in (("role", lock.roles, roles), ("collection", lock.collections, collections)):
+        where = f".bakery/galaxy/{what}s"
+        for name in sorted(set(locked) - required - set(installed[what])):
+            found.append(Problem(name, "stale", f"{what} '{name}' is in requirements.lock but not in "
+                                                "requirements.yml; run: bake.py deps", blocking=False))
+        for name in installed[what]:
+            if name in required:
+                continue
+            why = "no longer in requirements.yml" if name in locked else "not in requirements.lock"
+            found.append(Problem(name, "extra", f"{what} '{name}' is installed in {where} but {why}; run: "
+                                                "bake.py deps (removes it) or list it in requirements.yml"))
     return found
 
 
@@ -166,3 +171,36 @@ def locked_collections(project_root: Path) -> dict[str, str]:
     """{"ns.coll": digest} from the lock ({} when there is none): what a layer key may include."""
     lock = read_lock(project_root)
     return {name: entry["digest"] for name, entry in sorted(lock.collections.items())} if lock else {}
+
+
+@contextmanager
+def shared_lock(project_root: Path) -> Iterator[None]:
+    """Held by a bake for its whole run: `bake.py deps` (exclusive on the same file) waits for it, so no install is
+    swapped while a bake reads .bakery/galaxy. Nothing is created for a project without requirements."""
+    if not galaxy_dir(project_root).is_dir() and not (project_root / REQUIREMENTS_FILE).is_file():
+        yield
+        return
+    with _flocked(project_root, fcntl.LOCK_SH, None):
+        yield
+
+
+@contextmanager
+def exclusive_lock(project_root: Path, on_wait: Callable[[], None] | None) -> Iterator[None]:
+    """Held by `bake.py deps` while it reads and rewrites requirements.lock and .bakery/galaxy; on_wait is called once
+    when a bake (or another deps) holds the lock first."""
+    with _flocked(project_root, fcntl.LOCK_EX, on_wait):
+        yield
+
+
+@contextmanager
+def _flocked(root: Path, mode: int, on_wait: Callable[[], None] | None) -> Iterator[None]:
+    base = galaxy_dir(root)
+    base.mkdir(parents=True, exist_ok=True)
+    with open(base / ".deps.lock", "a", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, mode | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(handle, mode)
+        yield  # closing the file releases the lock

@@ -65,15 +65,23 @@ def galaxy_install(root: Path, staging: Path, what: str, entry: dict[str, str], 
 
 
 def error_line(stdout: str, stderr: str) -> str | None:
-    """ansible-galaxy's error: the first `ERROR! ...` (ansible-core < 2.19) or `[ERROR]: ...` (2.19) line that is not
-    the closing "--ignore-errors" hint, from stderr before stdout, else stderr's last line, else stdout's (a progress
+    """ansible-galaxy's error: the reason of a `- NAME was NOT installed successfully: REASON` line (ansible-core
+    2.19 puts it in a warning), else the first `ERROR! ...` (< 2.19) or `[ERROR]: ...` (2.19) line that is not the
+    closing "--ignore-errors" hint, from stderr before stdout, else stderr's last line, else stdout's (a progress
     line says least)."""
     streams = [[" ".join(line.split()) for line in text.splitlines() if line.strip()] for text in (stderr, stdout)]
+    for lines in streams:
+        reason = next((line.split(_NOT_INSTALLED, 1)[1].strip() for line in lines if _NOT_INSTALLED in line), "")
+        if reason:
+            return reason
     for lines in streams:
         errors = [line for line in lines if line.startswith(("ERROR", "[ERROR]"))]
         if errors:
             return next((line for line in errors if "--ignore-errors" not in line), errors[-1])
     return next((lines[-1] for lines in streams if lines), None)
+
+
+_NOT_INSTALLED = "was NOT installed successfully:"
 
 
 def _failed(stdout: str) -> bool:
@@ -118,7 +126,8 @@ def _git(root: Path, label: str, *args: str) -> str:
         raise OperationError(f"'{label}': git {args[0]} did not finish: {redact(str(exc))}") from exc
     if proc.returncode != 0:
         lines = [line for line in proc.stderr.splitlines() if line.strip()] or [f"exit status {proc.returncode}"]
-        raise OperationError(f"'{label}': git {args[0]} failed: {redact(' '.join(lines[-1].split()))}")
+        line = next((line for line in lines if line.startswith(("fatal:", "error:"))), lines[-1])
+        raise OperationError(f"'{label}': git {args[0]} failed: {redact(' '.join(line.split()))}")
     return proc.stdout
 
 

@@ -7,6 +7,8 @@ from, so rotating a token does not unlock anything and the committed lock never 
 
 from __future__ import annotations
 
+import hashlib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,13 +17,16 @@ import yaml
 
 from bakery.config import load_yaml
 from bakery.deps.paths import LOCK_FILE
+from bakery.deps.requirements import ROLE_NAME_RE, TARBALL_SUFFIXES, without_parameters
 from bakery.errors import ConfigError
 from bakery.files import write_atomically
 
 FORMAT = 1
 HEADER = "# written by bake.py deps: commit it; change requirements.yml and run bake.py deps, never edit this file\n"
-ROLE_FIELDS = ("src", "scm", "version", "commit", "digest")
-COLLECTION_FIELDS = ("source", "type", "version", "requested", "commit", "digest")
+COMMIT_RE = re.compile(r"^[0-9a-f]{40}\Z")
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}\Z")
+ROLE_FIELDS = ("src", "src_sha256", "scm", "version", "commit", "digest")
+COLLECTION_FIELDS = ("source", "src_sha256", "type", "version", "requested", "commit", "digest")
 
 
 @dataclass
@@ -31,6 +36,12 @@ class Lock:
 
     def __len__(self) -> int:
         return len(self.roles) + len(self.collections)
+
+
+def source_sha256(source: str) -> str:
+    """sha256 of a source as written, credentials included: the lock stores the source redacted, and this still
+    tells when something redaction hides (a token, a signed URL's parameters) changed."""
+    return hashlib.sha256(source.encode("utf-8")).hexdigest()
 
 
 def read_lock(root: Path) -> Lock | None:
@@ -52,11 +63,42 @@ def _section(path: Path, data: dict, key: str, fields: tuple[str, ...]) -> dict[
         raise ConfigError(f"{path}: {key}: must be a mapping; restore it from git or delete it and run: bake.py deps")
     entries: dict[str, dict[str, str]] = {}
     for name, entry in section.items():
-        if not isinstance(entry, dict) or not str(entry.get("digest", "")).startswith("sha256:"):
-            raise ConfigError(f"{path}: {key}.{name}: no digest; restore it from git or delete it and run: "
-                              "bake.py deps")
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{path}: {key}.{name}: not a mapping; run: bake.py deps --update {name}")
+        _pins(path, f"{key}.{name}", str(name), entry, git=_is_git(key, entry), versioned=_versioned(key, entry))
         entries[str(name)] = {k: str(entry[k]) for k in fields if entry.get(k) is not None}
     return entries
+
+
+def _is_git(section: str, entry: dict) -> bool:
+    if section == "collections":
+        return entry.get("type") == "git"
+    src = str(entry.get("src", ""))
+    return (entry.get("scm") == "git" or src.startswith("git+") or "commit" in entry
+            or ("://" in src and "github.com" in src and not without_parameters(src).endswith(TARBALL_SUFFIXES)))
+
+
+def _versioned(section: str, entry: dict) -> bool:
+    """Every collection has a version (its MANIFEST.json's); a role from a Galaxy server has the one it was asked
+    for or installed (a tarball role may have none)."""
+    src = str(entry.get("src", ""))
+    return section == "collections" or (ROLE_NAME_RE.match(src) is not None and "." in src
+                                        and not src.endswith(TARBALL_SUFFIXES))
+
+
+def _pins(path: Path, where: str, name: str, entry: dict, git: bool, versioned: bool) -> None:
+    """What makes an entry pin something: a sha256 digest, a 40-hex commit for git, a version string; `commit: main`
+    or a missing digest pins nothing, so it is bad input, one line naming the field."""
+    checks = [("digest", _DIGEST, "sha256: and 64 hex digits")]
+    if git:
+        checks.append(("commit", COMMIT_RE, "a 40-hex commit"))
+    if versioned:
+        checks.append(("version", re.compile(r"\S"), "a version string"))
+    for field_name, pattern, what in checks:
+        value = entry.get(field_name)
+        if value is None or not isinstance(value, str) or not pattern.match(value):
+            shown = "is missing" if value is None else f"'{value}' is not {what}"
+            raise ConfigError(f"{path}: {where}: {field_name} {shown}; run: bake.py deps --update {name}")
 
 
 def write_lock(root: Path, lock: Lock) -> None:

@@ -29,10 +29,18 @@ _PARAMETER = re.compile(r"([?&#;])([^=&#;]*=)?[^&#;]*")
 
 
 def redact(text: str) -> str:
-    """Every URL's user:password and query-string and fragment values replaced by ***: a git or tarball URL may
-    carry a token in either (https://u:TOKEN@h/r.git, .../web.tar.gz?private_token=TOKEN); no message or lock file
-    repeats them."""
+    """Every URL's user:password, and the values of secret-looking query and fragment keys (a token, a signature, a
+    password, a key: https://u:TOKEN@h/r.git, .../web.tar.gz?private_token=TOKEN), replaced by ***; any other value
+    stays, so `?sha=1` -> `?sha=2` shows as the change it is. No message or lock file repeats a secret."""
     return _URL.sub(lambda url: _redact_url(url.group(0)), text)
+
+
+def secret_key(key: str) -> bool:
+    """A query key whose value is a credential (case-insensitive; AWS's X-Amz-Credential/-Signature/-Security-Token
+    included)."""
+    key = key.lower()
+    return (key in ("sig", "key", "password", "passwd", "secret") or key.endswith(("token", "_key", "-key", "apikey"))
+            or any(word in key for word in ("signature", "credential", "secret", "password")))
 
 
 def _redact_url(url: str) -> str:
@@ -42,11 +50,11 @@ def _redact_url(url: str) -> str:
 
 
 def _hidden(parameter: re.Match[str]) -> str:
-    """`?key=value` keeps its key; a bare `?value` is hidden whole; a bare `#/path` fragment (a collection's
-    directory in a git repository) is no secret and stays."""
+    """`?token=value` keeps its key; a bare `?value` (no key to judge it by) is hidden whole; a bare `#/path`
+    fragment (a collection's directory in a git repository) is no secret and stays."""
     separator, key = parameter.group(1), parameter.group(2)
     if key:
-        return f"{separator}{key}***"
+        return f"{separator}{key}***" if secret_key(key[:-1]) else parameter.group(0)
     if separator == "#" or parameter.group(0) == separator:
         return parameter.group(0)
     return f"{separator}***"

@@ -9,9 +9,9 @@ and the lock as they were.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,15 +21,17 @@ from bakery.deps.gate import (
     collection_dir,
     collection_key,
     collection_matches,
+    exclusive_lock,
     installed_collections,
     installed_roles,
     role_dir,
     role_matches,
 )
-from bakery.deps.lock import Lock, read_lock, write_lock
-from bakery.deps.paths import LOCK_FILE, galaxy_collections_dir, galaxy_dir, galaxy_roles_dir
+from bakery.deps.lock import Lock, read_lock, source_sha256, write_lock
+from bakery.deps.paths import LOCK_FILE, REQUIREMENTS_FILE, galaxy_collections_dir, galaxy_dir, galaxy_roles_dir
 from bakery.deps.requirements import CollectionRequirement, Requirements, RoleRequirement, load_requirements, redact
 from bakery.errors import ConfigError, OperationError
+from bakery.signals import cancellable
 
 
 @dataclass
@@ -55,52 +57,74 @@ class _Work:
     outcome: Outcome = field(default_factory=Outcome)
 
 
-def sync(root: Path, update: tuple[str, ...] = ()) -> Outcome:
-    """Install and lock; raises ConfigError for bad input before anything is written."""
+def sync(root: Path, update: tuple[str, ...] = (), on_wait: Callable[[], None] | None = None) -> Outcome:
+    """Install and lock; raises ConfigError for bad input before anything is written. Everything is read under the
+    exclusive lock (a bake holds it shared), so what is decided is what is still there when it is written."""
+    if not any(path.exists() for path in (root / REQUIREMENTS_FILE, root / LOCK_FILE, galaxy_dir(root))):
+        _known(update, set())
+        return Outcome()
+    _refuse_link(root, galaxy_dir(root))  # before the lock file is created in it
+    with cancellable(), exclusive_lock(root, on_wait):
+        return _locked_sync(root, update)
+
+
+def _locked_sync(root: Path, update: tuple[str, ...]) -> Outcome:
     written = load_requirements(root)
     reqs = written or Requirements((), ())
     before = read_lock(root)
     known = reqs.names() | {collection_key(c, before) or c.label for c in reqs.collections}
+    _known(update, known)
+    _refuse_links(root)
+    _clear_staging(root)
+    work = _Work(root, galaxy_dir(root) / f".staging-{os.getpid()}")
+    try:
+        work.staging.mkdir(exist_ok=True)
+        for role in reqs.roles:
+            _role(work, role, before, role.name in update)
+        for coll in reqs.collections:
+            _collection(work, coll, before, update)
+        _apply(work, before, written is not None)
+    finally:
+        shutil.rmtree(work.staging, ignore_errors=True)
+    return work.outcome
+
+
+def _known(update: tuple[str, ...], known: set[str]) -> None:
     for name in update:
         if name not in known:
             raise ConfigError(f"--update {name}: no role or collection of that name in requirements.yml "
                               f"(it has: {', '.join(sorted(known)) or 'none'})")
-    if before is None and not known and not installed_roles(root) and not installed_collections(root):
-        return Outcome()
-    _refuse_links(root)
-    base = galaxy_dir(root)
-    base.mkdir(parents=True, exist_ok=True)
-    with open(base / ".deps.lock", "w", encoding="utf-8") as guard:
-        fcntl.flock(guard, fcntl.LOCK_EX)
-        work = _Work(root, base / f".staging-{os.getpid()}")
-        try:
-            work.staging.mkdir()
-            for role in reqs.roles:
-                _role(work, role, before, role.name in update)
-            for coll in reqs.collections:
-                _collection(work, coll, before, update)
-            _apply(work, before, written is not None)
-        finally:
-            shutil.rmtree(work.staging, ignore_errors=True)
-    return work.outcome
+
+
+def _clear_staging(root: Path) -> None:
+    """A killed deps leaves .staging-<pid> behind, request files with unredacted URLs included; every deps stages
+    only while it holds the exclusive lock, so under it each one left is a dead run's (a reused pid's too)."""
+    for path in galaxy_dir(root).glob(".staging-*"):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def _refuse_links(root: Path) -> None:
     """deps deletes what the lock does not list under .bakery/galaxy: a directory there that is a symlink, or
     resolves outside .bakery, would make it delete someone else's files, so it is refused before anything is
     written."""
-    inside = (root / ".bakery").resolve()
     collections = galaxy_collections_dir(root) / "ansible_collections"
     namespaces = sorted(collections.iterdir()) if collections.is_dir() and not collections.is_symlink() else []
     for path in [galaxy_dir(root), galaxy_roles_dir(root), galaxy_collections_dir(root), collections, *namespaces]:
-        rel = path.relative_to(root)
-        if path.is_symlink():
-            raise ConfigError(f"{rel} is a symlink (to {os.readlink(path)}); bake.py deps removes what "
-                              "requirements.lock does not list there and follows no symlink: replace it with a "
-                              "directory")
-        if path.exists() and not path.resolve().is_relative_to(inside):
-            raise ConfigError(f"{rel} resolves outside .bakery (to {path.resolve()}); bake.py deps removes what "
-                              "requirements.lock does not list there: make .bakery/galaxy a plain directory")
+        _refuse_link(root, path)
+
+
+def _refuse_link(root: Path, path: Path) -> None:
+    rel = path.relative_to(root)
+    if path.is_symlink():
+        raise ConfigError(f"{rel} is a symlink (to {os.readlink(path)}); bake.py deps removes what "
+                          "requirements.lock does not list there and follows no symlink: replace it with a "
+                          "directory")
+    if path.exists() and not path.resolve().is_relative_to((root / ".bakery").resolve()):
+        raise ConfigError(f"{rel} resolves outside .bakery (to {path.resolve()}); bake.py deps removes what "
+                          "requirements.lock does not list there: make .bakery/galaxy a plain directory")
 
 
 def _remove(path: Path) -> None:
@@ -139,7 +163,8 @@ def _role(work: _Work, role: RoleRequirement, before: Lock | None, fresh: bool) 
                              f"{staged.name}")
     digest = _checked(staged, pinned, role.name, role.src)
     version = role.version or install.installed_role_version(staged) or (pinned or {}).get("version")
-    locked = {"src": redact(role.src), "scm": role.scm, "version": version, "commit": commit, "digest": digest}
+    locked = {"src": redact(role.src), "src_sha256": source_sha256(role.src), "scm": role.scm, "version": version,
+              "commit": commit, "digest": digest}
     work.lock.roles[role.name] = {k: v for k, v in locked.items() if v is not None}
     work.moves.append((staged, role_dir(work.root, role.name)))
     work.outcome.installed[role.name] = _short(work.lock.roles[role.name])
@@ -183,8 +208,8 @@ def _collection(work: _Work, coll: CollectionRequirement, before: Lock | None, u
     if fqcn in work.lock.collections:
         raise ConfigError(f"requirements.yml: collection {fqcn} is listed twice (once as '{coll.label}'); keep one")
     digest = _checked(found[0], pinned, fqcn, coll.source)
-    locked = {"source": redact(coll.source), "type": coll.kind, "version": installed_version,
-              "requested": coll.version, "commit": commit, "digest": digest}
+    locked = {"source": redact(coll.source), "src_sha256": source_sha256(coll.source), "type": coll.kind,
+              "version": installed_version, "requested": coll.version, "commit": commit, "digest": digest}
     work.lock.collections[fqcn] = {k: v for k, v in locked.items() if v is not None}
     work.moves.append((found[0], collection_dir(work.root, fqcn)))
     work.outcome.installed[fqcn] = _short(work.lock.collections[fqcn])

@@ -6,7 +6,7 @@ import pytest
 
 from bakery.deps.digest import installed_digest
 from bakery.deps.gate import check_lock, locked_collections, problems
-from bakery.deps.lock import Lock, read_lock, write_lock
+from bakery.deps.lock import Lock, read_lock, source_sha256, write_lock
 from bakery.errors import ConfigError
 
 pytestmark = pytest.mark.unit
@@ -40,10 +40,12 @@ def locked(tmp_path):
                                             "meta/.galaxy_install_info": "install_date: today\n"})
     coll = install(root, "collections/ansible_collections/acme/tools", {"MANIFEST.json": "{}",
                                                                         "roles/motd/tasks/main.yml": "[]\n"})
+    src = "git+https://deploy:tok3n@git.example.com/acme/web.git"
     write_lock(root, Lock(
-        roles={"acme.web": {"src": "git+https://***@git.example.com/acme/web.git", "version": "v1.0.0",
-                            "commit": COMMIT, "digest": installed_digest(role)}},
+        roles={"acme.web": {"src": "git+https://***@git.example.com/acme/web.git", "src_sha256": source_sha256(src),
+                            "version": "v1.0.0", "commit": COMMIT, "digest": installed_digest(role)}},
         collections={"acme.tools": {"source": "./dist/acme-tools-1.0.0.tar.gz", "type": "file", "version": "1.0.0",
+                                    "src_sha256": source_sha256("./dist/acme-tools-1.0.0.tar.gz"),
                                     "digest": installed_digest(coll)}}))
     return root
 
@@ -126,7 +128,7 @@ def test_an_unlocked_install_blocks_and_a_stale_entry_only_shows_in_check(locked
 
 def test_a_damaged_lock_is_bad_input(locked):
     (locked / "requirements.lock").write_text("format: 1\nroles:\n  acme.web: {version: v1}\n")
-    expect(locked, "no digest")
+    expect(locked, "roles.acme.web: digest is missing")
 
 
 def test_without_requirements_an_installed_role_or_collection_still_stops_the_bake(tmp_path):
@@ -231,3 +233,95 @@ def test_ansible_galaxy_2_19_error_lines_are_the_message(tmp_path, monkeypatch):
     message = str(caught.value)
     assert "[ERROR]: failed to download https://h/web.tar.gz?private_token=***: HTTP Error 404" in message, message
     assert "TOKEN456" not in message
+
+
+def test_a_dropped_requirement_still_installed_stops_the_bake_even_tampered(locked):
+    """A lock entry no longer in requirements.yml but still installed would be resolved and run by a bake, unchecked
+    and missing from provenance."""
+    (locked / "requirements.yml").write_text(REQUIREMENTS.split("collections:")[0])
+    (locked / ".bakery/galaxy/collections/ansible_collections/acme/tools/MANIFEST.json").write_text('{"evil": 1}')
+    message = expect(locked, "collection 'acme.tools' is installed in .bakery/galaxy/collections but no longer in "
+                             "requirements.yml")
+    assert "run: bake.py deps (removes it)" in message
+    (locked / "requirements.yml").unlink()
+    expect(locked, "role 'acme.web' is installed in .bakery/galaxy/roles but no longer in requirements.yml")
+    assert {p.kind for p in problems(locked)} == {"extra"} and all(p.blocking for p in problems(locked))
+
+
+def test_a_changed_collection_is_reported_once(locked):
+    (locked / "requirements.yml").write_text(REQUIREMENTS.replace("type: file", "type: file\n    version: 2.0.0"))
+    assert [(p.name, p.kind) for p in problems(locked)] == [("acme.tools", "changed")]
+
+
+@pytest.mark.parametrize("entry, fragment", [
+    ("acme.web: {src: 'git+https://h/web.git', version: v1, digest: 'sha256:%s'}" % ("0" * 64),
+     "roles.acme.web: commit"),
+    ("acme.web: {src: 'git+https://h/web.git', version: v1, commit: main, digest: 'sha256:%s'}" % ("0" * 64),
+     "roles.acme.web: commit 'main'"),
+    ("acme.web: {src: acme.web, digest: 'sha256:%s'}" % ("0" * 64), "roles.acme.web: version"),
+    ("acme.web: {src: acme.web, version: '1', digest: 'sha256:abc'}", "roles.acme.web: digest 'sha256:abc'"),
+])
+def test_a_lock_entry_without_a_valid_pin_is_bad_input_naming_it(locked, entry, fragment):
+    (locked / "requirements.lock").write_text(f"format: 1\nroles:\n  {entry}\n")
+    with pytest.raises(ConfigError) as caught:
+        read_lock(locked)
+    message = str(caught.value)
+    assert "requirements.lock" in message and fragment in message and "\n" not in message, message
+    assert "run: bake.py deps --update acme.web" in message
+
+
+def test_a_lock_collection_needs_a_version_and_a_git_one_a_commit(locked):
+    digest = "sha256:" + "1" * 64
+    (locked / "requirements.lock").write_text(
+        f"format: 1\ncollections:\n  acme.tools: {{source: x.tgz, type: file, digest: '{digest}'}}\n")
+    with pytest.raises(ConfigError, match=r"collections\.acme\.tools: version .*--update acme\.tools"):
+        read_lock(locked)
+    (locked / "requirements.lock").write_text(
+        f"format: 1\ncollections:\n  acme.tools: {{source: 'git+https://h/t.git', type: git, version: '1.0.0', "
+        f"digest: '{digest}'}}\n")
+    with pytest.raises(ConfigError, match=r"collections\.acme\.tools: commit"):
+        read_lock(locked)
+
+
+def test_a_changed_source_hidden_by_redaction_still_re_resolves(locked):
+    """The lock stores the source redacted; its sha256 of the source as written still tells a change."""
+    from bakery.deps.gate import role_matches
+    from bakery.deps.requirements import load_requirements
+
+    assert problems(locked) == []
+    (locked / "requirements.yml").write_text(REQUIREMENTS.replace("deploy:tok3n", "deploy:other"))
+    role = load_requirements(locked).roles[0]
+    assert not role_matches(role, read_lock(locked).roles["acme.web"])
+    expect(locked, "requirement 'acme.web' in requirements.yml differs from requirements.lock")
+
+
+@pytest.mark.parametrize("stderr, stdout, expected", [
+    ("[WARNING]: - acme.web was NOT installed successfully: - sorry, acme.web was not found on galaxy.\n"
+     "[ERROR]: - you can use --ignore-errors to skip failed roles and finish processing the list.\n", "",
+     "- sorry, acme.web was not found on galaxy."),
+    ("", " [WARNING]: - acme.web was NOT installed successfully: Unable to clone https://***@h/x\n"
+         "ERROR! - you can use --ignore-errors to skip failed roles\n",
+     "Unable to clone https://***@h/x"),
+])
+def test_the_reason_a_role_was_not_installed_is_the_message(stderr, stdout, expected):
+    from bakery.deps.install import error_line
+
+    assert error_line(stdout, stderr) == expected
+
+
+def test_a_git_failure_names_gits_fatal_line(tmp_path, monkeypatch):
+    import subprocess
+
+    from bakery.deps import install as galaxy
+    from bakery.errors import OperationError
+
+    def fake_run(*_args, **_kwargs):
+        return subprocess.CompletedProcess([], 128, stdout="", stderr=(
+            "remote: HTTP Basic: Access denied\nfatal: Authentication failed for 'https://u:SECRET9@h/r.git/'\n"
+            "hint: see the docs\n"))
+
+    monkeypatch.setattr(galaxy.subprocess, "run", fake_run)
+    with pytest.raises(OperationError) as caught:
+        galaxy.resolve_commit(tmp_path, "https://u:SECRET9@h/r.git", "v1", "r")
+    message = str(caught.value)
+    assert "fatal: Authentication failed for 'https://***@h/r.git/'" in message and "SECRET9" not in message

@@ -89,8 +89,8 @@ def test_credentials_in_a_git_url_are_never_repeated(tmp_path):
 
 
 def test_tokens_in_query_strings_and_fragments_are_never_repeated(tmp_path):
-    assert redact("https://h/web.tar.gz?private_token=TOKEN&x=1#sig=abc") == "https://h/web.tar.gz?private_token=***&x=***#sig=***"
-    assert redact("git+https://u:p@h/r.git?t=1 failed") == "git+https://***@h/r.git?t=*** failed"
+    assert redact("https://h/web.tar.gz?private_token=TOKEN&x=1#sig=abc") == "https://h/web.tar.gz?private_token=***&x=1#sig=***"
+    assert redact("git+https://u:p@h/r.git?t=1 failed") == "git+https://***@h/r.git?t=1 failed"
     assert redact("see https://h/r.git.") == "see https://h/r.git."
     with pytest.raises(ConfigError) as caught:
         parse(tmp_path, "roles:\n  - src: https://h.example.com/roles/web.tar.gz?private_token=TOKEN456\n    scm: hg\n")
@@ -114,3 +114,14 @@ def test_forms_bakery_refuses_say_what_to_write_instead(tmp_path, text, fragment
     with pytest.raises(ConfigError) as caught:
         parse(tmp_path, text)
     assert fragment in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_only_secret_looking_query_values_are_hidden_so_a_real_change_shows(tmp_path):
+    """`?sha=1` -> `?sha=2` is a change a reviewer must see in the lock; a token's value is not."""
+    assert redact("https://h/web.tar.gz?sha=1") != redact("https://h/web.tar.gz?sha=2")
+    url = ("https://b.s3.amazonaws.com/web.tgz?X-Amz-Credential=AKIA1&X-Amz-Signature=ab12&X-Amz-Security-Token=T0"
+           "&version=3&Token=t1&access_token=a1&API_KEY=k1&key=k2&password=p1&secret=s1&sig=g1&my_signature=m1")
+    shown = redact(url)
+    assert "version=3" in shown
+    for value in ("AKIA1", "ab12", "T0", "t1", "a1", "k1", "k2", "p1", "s1", "g1", "m1"):
+        assert f"={value}" not in shown, (value, shown)
