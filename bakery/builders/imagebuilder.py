@@ -52,7 +52,7 @@ from bakery.aws.verification_record import version_taken, write_record
 from bakery.builders.ami import AmiBuilder, region_keys
 from bakery.builders.base import BuildOptions, BuildResult, LayerResult
 from bakery.config import ImageDefinition
-from bakery.deps.gate import check_lock
+from bakery.deps.gate import check_lock, shared_lock
 from bakery.errors import OperationError
 from bakery.layers import PlannedLayer, input_digest, plan_layers
 from bakery.provenance import Provenance, git_facts, sanitize_tag_value, utc_now
@@ -91,6 +91,11 @@ class ImageBuilderBuilder(AmiBuilder):
         self.poll_first, self.poll_max, self.timeout, self.sleep = poll_first, poll_max, timeout, sleep
 
     def build(self, definition: ImageDefinition, options: BuildOptions, run: Run) -> BuildResult:
+        # Held for the whole bake: `bake.py deps` cannot swap an install while the bake reads .bakery/galaxy.
+        with shared_lock(self.project.root):
+            return self._build(definition, options, run)
+
+    def _build(self, definition: ImageDefinition, options: BuildOptions, run: Run) -> BuildResult:
         started = time.monotonic()
         settings = self.project.aws
         bucket = require_bucket(settings.artifacts_bucket)

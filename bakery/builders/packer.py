@@ -30,7 +30,7 @@ from bakery.builders.ami import AmiBuilder, region_keys
 from bakery.builders.base import BuildOptions, BuildResult
 from bakery.builders.packer_bake import BakePlan, PackerBake
 from bakery.config import ImageDefinition
-from bakery.deps.gate import check_lock  # installed requirements as locked, or one line (exit 2)
+from bakery.deps.gate import check_lock, shared_lock
 from bakery.errors import ConfigError
 from bakery.layers import input_digest, plan_layers
 from bakery.runs import Run
@@ -44,6 +44,11 @@ TEMPLATE = Path("packer") / "aws.pkr.hcl"
 class PackerBuilder(AmiBuilder):
 
     def build(self, definition: ImageDefinition, options: BuildOptions, run: Run) -> BuildResult:
+        # Held for the whole bake: `bake.py deps` cannot swap an install while the bake reads .bakery/galaxy.
+        with shared_lock(self.project.root):
+            return self._build(definition, options, run)
+
+    def _build(self, definition: ImageDefinition, options: BuildOptions, run: Run) -> BuildResult:
         started = time.monotonic()
         plan = self.plan(definition, options)
         if not options.no_cache:

@@ -25,6 +25,7 @@ from bakery.base_image import resolve_base
 from bakery.builders.apt_mounts import CLEAN_BEFORE_COMMIT, AptMounts
 from bakery.builders.base import Builder, BuildOptions, BuildResult, LayerResult, image_packages
 from bakery.config import ImageDefinition
+from bakery.deps.gate import check_lock, shared_lock
 from bakery.errors import ConfigError, Interrupted, OperationError
 from bakery.gc import leftovers
 from bakery.layers import PlannedLayer, input_digest, plan_layers
@@ -49,8 +50,13 @@ class PodmanBuilder(Builder):
     target = "local"
 
     def build(self, definition: ImageDefinition, options: BuildOptions, run: Run) -> BuildResult:
-        from bakery.deps.gate import check_lock
+        # Held for the whole bake: `bake.py deps` cannot swap an install while ansible reads .bakery/galaxy.
+        with shared_lock(self.project.root):
+            requirements = check_lock(self.project.root)  # a requirement not installed as locked stops the bake here
+            return self._build(definition, options, run, requirements)
 
+    def _build(self, definition: ImageDefinition, options: BuildOptions, run: Run,
+               requirements: dict[str, str]) -> BuildResult:
         started = time.monotonic()
         podman.check_working()
         self._check_disk_space()
@@ -60,7 +66,6 @@ class PodmanBuilder(Builder):
         self.catalog.record_base(base.ref, base.release or "", base.digest)
         extra_vars = {"bakery_image": definition.name, "bakery_target": self.target, **options.extra_vars}
         role_inputs, role_vars = self.artifact_inputs(definition)
-        requirements = check_lock(self.project.root)  # a requirement not installed as locked stops the bake here
         planned = plan_layers(definition, base.digest, extra_vars, role_inputs)
         digest = input_digest(planned, base.digest)
         log.info("image %s: base %s (%s), input digest %s", definition.name, base.ref, base.digest, digest)
