@@ -16,6 +16,7 @@ import yaml
 
 from bakery.disks.layout import Layout, parse_layout
 from bakery.errors import ConfigError
+from bakery.role_includes import TaskLoader, every_role, included_names, task_files, templated
 from bakery.role_paths import (
     baked_names,
     collection_names,
@@ -54,16 +55,18 @@ def reserved_name(name: str) -> str:
             "(and its entry in bakery.yml)")
 
 
-def load_yaml(path: Path) -> Any:
+def load_yaml(path: Path, loader: type[yaml.SafeLoader] = yaml.SafeLoader) -> Any:
     """Parse a YAML file, turning syntax errors into one line with file and position."""
     try:
         text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from exc
     except FileNotFoundError as exc:
         raise ConfigError(f"{path}: file not found") from exc
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=loader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
@@ -80,6 +83,9 @@ class RoleRef:
     entry: Any  # the entry as written in the playbook (string or mapping)
     dependencies: tuple[RoleRef, ...] = ()
     third_party: bool = False  # installed from requirements.yml (or shipped with ansible), not under roles/
+    includes: tuple[RoleRef, ...] = ()  # roles its tasks/handlers include_role/import_role by name
+    # (label, directory) of every role, when a task includes a role by a templated name (bakery.role_includes)
+    any_role: tuple[tuple[str, Path], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -296,8 +302,31 @@ class Project:
         dependencies, searched = self._dependencies(found.path)
         deps = tuple(self.role(dep, meta, (*chain, found.name), collection_of(found.path), searched)
                      for dep in dependencies)
+        includes, templated_include = self._includes(found.path, (*chain, found.name), searched)
         return RoleRef(name=found.name, path=found.path, entry=entry, dependencies=deps,
-                       third_party=found.third_party)
+                       third_party=found.third_party, includes=includes,
+                       any_role=every_role(self.root) if templated_include else ())
+
+    def _includes(self, role_path: Path, chain: tuple[str, ...],
+                  searched: tuple[str, ...]) -> tuple[tuple[RoleRef, ...], bool]:
+        """Roles the role's tasks include by name (resolved like dependencies), and whether a name is templated.
+
+        A role already on the chain (a role including itself or its includer) is in the layer's key already.
+        """
+        found: dict[str, RoleRef] = {}
+        templated_include = False
+        within = collection_of(role_path)
+        for path in task_files(role_path):
+            for name in included_names(load_yaml(path, TaskLoader)):
+                if templated(name):
+                    templated_include = True
+                    continue
+                target = find_role(self.root, entry_name(name, self._rel(path)), within, searched)
+                if target is not None and (target.name in chain or target.name in found):
+                    continue
+                ref = self.role(name, self._rel(path), chain, within, searched)
+                found[ref.name] = ref
+        return tuple(found.values()), templated_include
 
     def _dependencies(self, role_path: Path) -> tuple[list[Any], tuple[str, ...]]:
         """The role's meta dependencies and its meta `collections:` (searched first for their short names)."""

@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from bakery import role_paths
 from bakery.config import Layer, RoleRef
 from bakery.provenance import digest_dirs
 from bakery.role_paths import collection_dir, collection_of
@@ -32,9 +33,18 @@ _COLLECTION_RE = re.compile(r"^([A-Za-z0-9_]+\.[A-Za-z0-9_]+)\.")
 
 
 def _roles(role: RoleRef) -> Iterator[RoleRef]:
+    """The role and every role it depends on or includes from its tasks."""
     yield role
-    for dep in role.dependencies:
+    for dep in (*role.dependencies, *role.includes):
         yield from _roles(dep)
+
+
+def _role_texts(role: RoleRef) -> Iterator[str]:
+    """Text of the role and its dependencies and includes (every role, when an include name is templated)."""
+    for ref in _roles(role):
+        yield from _texts(ref.path)
+        for _, path in ref.any_role:
+            yield from _texts(path)
 
 
 def _texts(root: Path) -> Iterator[str]:
@@ -61,7 +71,9 @@ def _pattern(names: Iterable[str]) -> re.Pattern[str] | None:
     names = sorted(names, key=len, reverse=True)
     if not names:
         return None
-    return re.compile(r"(?<![\w.])(" + "|".join(re.escape(n) for n in names) + r")(?!\w)")
+    # Not inside a longer dotted name, except a Python import: ansible_collections.acme.tools.plugins...
+    alternatives = "|".join(re.escape(n) for n in names)
+    return re.compile(r"(?:(?<![\w.])|(?<=ansible_collections\.))(" + alternatives + r")(?!\w)")
 
 
 def _mentions(pattern: re.Pattern[str] | None, texts: Iterable[str]) -> set[str]:
@@ -145,13 +157,42 @@ def used_collections(layer: Layer, candidates: Iterable[str] | Mapping[str, str]
     or ansible-core's short-name routing can reach."""
     locked = dict(candidates) if isinstance(candidates, Mapping) else dict.fromkeys(candidates, "")
     used = {c for role in _roles(layer.role) if (c := collection_of(role.path))}
-    texts = [json.dumps([layer.play_header, layer.role.entry], default=str), *_play_texts(layer)]
-    for role in _roles(layer.role):
-        texts.extend(_texts(role.path))
+    texts = _layer_texts(layer)
     used |= _mentions(_pattern(set(locked) - used), texts) | (routed_collections() & set(locked))
     if layer.playbook is None:  # no project root to find installed collections in
         return used
     return _closure(used, locked, layer.playbook.parent.parent)
+
+
+def _layer_texts(layer: Layer) -> list[str]:
+    return [json.dumps([layer.play_header, layer.role.entry], default=str), *_play_texts(layer),
+            *_role_texts(layer.role)]
+
+
+def bundled_versions() -> dict[str, str]:
+    """{ns.coll: version from its MANIFEST.json} of the collections shipped with the `ansible` package."""
+    found: dict[str, str] = {}
+    for base in role_paths.bundled_collection_roots():
+        for manifest in sorted(base.glob("*/*/MANIFEST.json")):
+            name = f"{manifest.parent.parent.name}.{manifest.parent.name}"
+            try:
+                info = json.loads(manifest.read_text(encoding="utf-8")).get("collection_info") or {}
+            except (OSError, ValueError, AttributeError):
+                info = {}
+            found.setdefault(name, str(info.get("version") or "unknown"))
+    return found
+
+
+def layer_bundled(layer: Layer, bundled: Mapping[str, str], locked: Mapping[str, str]) -> dict[str, str]:
+    """{ns.coll: version} of the shipped collections the lock does not pin that the layer uses: one of its roles
+    is in it, or the layer's text names it as for locked ones (short-name routing is not followed: it would put
+    every routed collection into every key)."""
+    shipped = {name: version for name, version in bundled.items() if name not in locked}
+    if not shipped:
+        return {}
+    used = {c for role in _roles(layer.role) if (c := collection_of(role.path))}
+    used |= _mentions(_pattern(set(shipped) - used), _layer_texts(layer))
+    return {name: shipped[name] for name in sorted(used) if name in shipped}
 
 
 def layer_collections(layer: Layer, locked: dict[str, str]) -> dict[str, str]:

@@ -7,7 +7,9 @@ and host_vars beside the playbook, the extra vars of the bake, and the locked
 digest of every collection from requirements.lock the layer can use
 (bakery.layer_collections: also those named in the bake vars or vars_files, by
 a used collection, or routed to by ansible-core's short names; the field is left out when there is none, so keys
-of projects without requirements are what they always were). Anything that
+of projects without requirements are what they always were), the version of each collection shipped with the
+`ansible` package that the layer uses and the lock does not pin (an FQCN role in it, or its name mentioned; left
+out when none), and the project's ansible.cfg. Anything that
 can change what the role does to the image is in the key; nothing else is.
 """
 
@@ -19,7 +21,7 @@ from typing import Any
 
 from bakery.config import ImageDefinition, Layer, RoleRef
 from bakery.errors import ConfigError
-from bakery.layer_collections import layer_collections, vars_files
+from bakery.layer_collections import bundled_versions, layer_bundled, layer_collections, vars_files
 from bakery.provenance import file_digest, sha256_json, tree_digest
 
 # Bump when the way a layer is produced changes, so old cached layers are not reused.
@@ -38,11 +40,19 @@ class PlannedLayer:
 
 
 def role_digest(role: RoleRef) -> str:
-    """Digest of a role's files and, recursively, of the roles it depends on."""
-    return sha256_json({
+    """Digest of a role's files and, recursively, of the roles it depends on or includes from its tasks.
+
+    The include fields are there only when the role has includes, so other roles' digests stay what they were.
+    """
+    data: dict[str, Any] = {
         "files": tree_digest(role.path),
         "dependencies": [[dep.entry, role_digest(dep)] for dep in role.dependencies],
-    })
+    }
+    if role.includes:
+        data["includes"] = [[ref.name, role_digest(ref)] for ref in role.includes]
+    if role.any_role:
+        data["any_role"] = [[label, tree_digest(path)] for label, path in role.any_role]
+    return sha256_json(data)
 
 
 def vars_files_digest(play_header: dict[str, Any], playbook_dir: Path) -> dict[str, str]:
@@ -77,15 +87,19 @@ def plan_layers(definition: ImageDefinition, base_digest: str, extra_vars: dict[
     """
     role_inputs = role_inputs or {}
     locked = locked_collections(definition) if collections is None else collections
+    bundled = bundled_versions()
     playbook_dir = definition.playbook.parent
-    shared = {"bake_vars": bake_vars_digest(playbook_dir), "extra_vars": extra_vars}
+    shared = {"bake_vars": bake_vars_digest(playbook_dir), "extra_vars": extra_vars,
+              "ansible_cfg": ansible_cfg_digest(definition)}
     parent = base_digest
     planned = []
     for layer in definition.layers:
         digest = role_digest(layer.role)
         used = layer_collections(layer, locked) if locked else {}
+        shipped = layer_bundled(layer, bundled, locked)
         key = sha256_json({
             **({"collections": used} if used else {}),
+            **({"bundled_collections": shipped} if shipped else {}),
             "format": LAYER_FORMAT,
             "parent": parent,
             "role": layer.role.name,
@@ -101,12 +115,21 @@ def plan_layers(definition: ImageDefinition, base_digest: str, extra_vars: dict[
     return planned
 
 
+def project_root(definition: ImageDefinition) -> Path:
+    return definition.root or definition.playbook.parent.parent
+
+
+def ansible_cfg_digest(definition: ImageDefinition) -> str | None:
+    """The project's ansible.cfg: ansible-playbook reads it for every layer (hash_behaviour, jinja2_native...)."""
+    path = project_root(definition) / "ansible.cfg"
+    return file_digest(path) if path.is_file() else None
+
+
 def locked_collections(definition: ImageDefinition) -> dict[str, str]:
     """{ns.coll: digest} of requirements.lock beside the image's project ({} without one)."""
     from bakery.deps.gate import locked_collections as from_lock
 
-    root = definition.root or definition.playbook.parent.parent
-    return from_lock(root)
+    return from_lock(project_root(definition))
 
 
 def input_digest(planned: list[PlannedLayer], base_digest: str) -> str:

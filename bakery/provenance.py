@@ -200,12 +200,21 @@ class Provenance:
             "ARTIFACTS": " ".join(f"{k}={v}" for k, v in self.artifacts.items()),
             "REQUIREMENTS": render_requirements(self.requirements),
         }
-        return "".join(f'{key}="{sanitize_tag_value(str(value), 4096)}"\n' for key, value in fields.items())
+        whole = {"REQUIREMENTS"}  # kept whole, as in the label: versions may hold any character (feature#42)
+        return "".join(f'{key}="{_quote(str(value)) if key in whole else sanitize_tag_value(str(value), 4096)}"\n'
+                       for key, value in fields.items())
+
+
+def _quote(value: str) -> str:
+    """A double-quoted sh value: \\, ", $ and ` escaped (sh, systemd and parse_release_file undo it)."""
+    return re.sub(r'([\\"$`])', r"\\\1", value)
 
 
 def render_requirements(requirements: dict[str, str]) -> str:
-    """`name=version[@commit] sha256:... name=...`: one line, read back by parse_requirements."""
-    return " ".join(f"{name}={value}" for name, value in requirements.items())
+    """`name=version[@commit] sha256:... name=...`: one line (control characters become spaces), read back by
+    parse_requirements."""
+    text = " ".join(f"{name}={value}" for name, value in requirements.items())
+    return "".join(" " if unicodedata.category(ch).startswith("C") else ch for ch in text)
 
 
 def parse_requirements(text: str) -> dict[str, str]:
@@ -228,5 +237,8 @@ def parse_release_file(text: str) -> dict[str, str]:
     for line in text.splitlines():
         key, sep, value = line.partition("=")
         if sep:
-            facts[key.strip()] = value.strip().strip('"')
+            value = value.strip()
+            if len(value) >= 2 and value[0] == value[-1] == '"':
+                value = re.sub(r"\\(.)", r"\1", value[1:-1])
+            facts[key.strip()] = value
     return facts

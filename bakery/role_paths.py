@@ -135,14 +135,14 @@ def meta_file(role: Path) -> Path | None:
 
 
 def baked_roles(roles: list[Any]) -> dict[str, Any]:
-    """Name -> RoleRef of the given roles and, recursively, of every role they depend on (first one wins)."""
+    """Name -> RoleRef of the given roles and, recursively, of every role they depend on or include."""
     found: dict[str, Any] = {}
     pending = list(roles)
     while pending:
         role = pending.pop(0)
         if role.name not in found:
             found[role.name] = role
-            pending.extend(role.dependencies)
+            pending.extend((*role.dependencies, *role.includes))
     return found
 
 

@@ -70,9 +70,12 @@ def _tree(root: Path, arc_root: str) -> dict[str, Path]:
 
 
 def _roles(refs: list[RoleRef]) -> dict[str, Path]:
-    """Each role once, with the roles it depends on; a collection's roles travel with their collection."""
-    return dict(sorted((name, role.path) for name, role in baked_roles(refs).items()
-                       if collection_of(role.path) is None))
+    """Each role once, with the roles it depends on or includes (every role of the project and the installed ones,
+    when an include's name is templated); a collection's roles travel with their collection."""
+    baked = baked_roles(refs)
+    found = {label.rpartition("/")[2]: path for role in baked.values() for label, path in role.any_role}
+    found.update((name, role.path) for name, role in baked.items())
+    return dict(sorted((name, path) for name, path in found.items() if collection_of(path) is None))
 
 
 def _collections(project: Project, definition: ImageDefinition) -> dict[str, Path]:

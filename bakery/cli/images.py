@@ -85,9 +85,8 @@ def show(obj: Context, ref: str, as_json: bool) -> None:
         emit_json(record)
         return
     click.echo(f"{name}:{version}  ({record['status']}, {record['image_ref']})")
-    for key, value in (record.get("provenance") or {}).items():
-        if key != "roles":
-            click.echo(f"  {key:<15} {value}")
+    for line in provenance_lines(record.get("provenance") or {}):
+        click.echo(line)
     click.echo("  layers:")
     for layer in record["layers"]:
         click.echo(f"    {layer['position'] + 1}. {layer['role']:<20} role {layer['role_digest'][:19]}  "
@@ -98,6 +97,16 @@ def show(obj: Context, ref: str, as_json: bool) -> None:
     for v in record["verifications"]:
         click.echo(f"    {v['started']}  {'PASSED' if v['passed'] else 'FAILED'}  {v['seconds']:.1f} s  "
                    f"env {v['env'] or '-'}  {v['summary'][:100]}  ({v['reports'].get('junit', '')})")
+
+
+def provenance_lines(provenance: dict) -> list[str]:
+    """One line per fact (roles are the layers below); artifacts and requirements as name=value, like the label."""
+    lines = []
+    for key, value in provenance.items():
+        if key != "roles":
+            shown = " ".join(f"{k}={v}" for k, v in value.items()) if isinstance(value, dict) else value
+            lines.append(f"  {key:<15} {shown}")
+    return lines
 
 
 def package_change_lines(changes: dict) -> list[str]:

@@ -4,12 +4,15 @@ from pathlib import Path
 
 import pytest
 
+from bakery import layer_collections as layer_collections_module
 from bakery import layers as layers_module
 from bakery.config import Project
-from bakery.layer_collections import layer_collections
+from bakery.layer_collections import layer_bundled, layer_collections
 from bakery.layers import plan_layers
 from tests.conftest import REPO
-from tests.unit.test_role_paths import galaxy_role, installed_collection_role, playbook, role
+from tests.unit.test_role_paths import galaxy_role, installed_collection_role, no_bundled_collections, playbook, role
+
+__all__ = ["no_bundled_collections"]  # the fixture
 
 pytestmark = pytest.mark.unit
 
@@ -66,6 +69,8 @@ def test_every_way_of_naming_a_collection_counts(proj, where):
         (proj / "roles" / "r" / "meta").mkdir()
         (proj / "roles" / "r" / "meta" / "main.yml").write_text("collections:\n  - acme.tools\n")
     galaxy_role(proj, "author.dep", tasks="- acme.tools.thing: {}\n")
+    if where == "include_role":  # an included role must be installed (bakery.role_includes)
+        installed_collection_role(proj, "acme.tools.thing")
     header = "  collections: [acme.tools]\n" if where == "play header" else ""
     (proj / "playbooks" / "img.yml").write_text(f"- hosts: all\n{header}  roles: [r]\n")
     assert first_layer_collections(proj, {"acme.tools": V1}) == {"acme.tools": V1}
@@ -172,3 +177,38 @@ def test_a_locked_collection_that_ansible_routes_short_names_to_is_used_by_every
     playbook(proj, "    - first\n    - firewall\n")
     locked = {"community.general": V1, "acme.tools": V2}
     assert per_layer(proj, locked) == [{"community.general": V1}, {"community.general": V1}]
+
+
+def test_a_python_import_of_a_collections_module_utils_uses_it(proj):
+    role(proj / "roles" / "py", tasks="- ansible.builtin.debug: {msg: hi}\n")
+    (proj / "roles" / "py" / "library").mkdir()
+    (proj / "roles" / "py" / "library" / "mine.py").write_text(
+        "from ansible_collections.acme.tools.plugins.module_utils.net import x\n")
+    playbook(proj, "    - py\n")
+    assert first_layer_collections(proj, {"acme.tools": V1}) == {"acme.tools": V1}
+
+
+def bundled_collection(root: Path, fqcn: str, version: str) -> None:
+    coll = root / "ansible_collections" / fqcn.replace(".", "/")
+    coll.mkdir(parents=True, exist_ok=True)
+    (coll / "MANIFEST.json").write_text(f'{{"collection_info": {{"version": "{version}"}}}}\n')
+
+
+def test_a_bundled_collection_a_layer_names_is_in_its_key_with_its_version(monkeypatch, proj,
+                                                                           no_bundled_collections):
+    bundled_collection(no_bundled_collections, "community.general", "9.1.0")
+    bundled_collection(no_bundled_collections, "ansible.posix", "1.5.4")
+    role(proj / "roles" / "gen", tasks="- community.general.ufw: {state: enabled}\n")
+    playbook(proj, "    - first\n    - gen\n")
+    definition = Project(proj).image("img")
+    before = keys(definition, {})
+    bundled_collection(no_bundled_collections, "community.general", "9.2.0")
+    after = keys(definition, {})
+    assert after[0] == before[0] and after[1] != before[1]
+    # a locked collection of the same name is the one used: its digest is the key, not the bundled version
+    bundled = layer_collections_module.bundled_versions()
+    assert layer_bundled(definition.layers[1], bundled, {}) == {"community.general": "9.2.0"}
+    assert layer_bundled(definition.layers[1], bundled, {"community.general": V1}) == {}
+    payloads = key_payloads(monkeypatch, definition, {})  # last: it undoes the fixture's monkeypatch
+    assert "bundled_collections" not in payloads[0]
+    assert payloads[1]["bundled_collections"] == {"community.general": "9.2.0"}

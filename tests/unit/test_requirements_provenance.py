@@ -150,3 +150,11 @@ def test_the_bundle_ships_installed_roles_and_the_collections_the_layers_use(pro
 def test_the_image_builder_component_finds_the_shipped_collections():
     component = (Path(__file__).parents[2] / "bakery/aws/templates/imagebuilder-component.yml").read_text()
     assert 'ANSIBLE_COLLECTIONS_PATH="$PWD/collections"' in component
+
+
+@pytest.mark.parametrize("version", ["feature#42", "v1 \"quoted\" $HOME `x` back\\slash", "1.0.0+" + "x" * 5000])
+def test_the_release_file_keeps_every_requirement_whole_as_the_label_does(version):
+    p = provenance(requirements={"author.web": f"{version} {D1}", "acme.tools": f"2.0.1 {D2}"})
+    label = p.labels()["io.bakery.requirements"]
+    assert parse_release_file(p.release_file())["REQUIREMENTS"] == label
+    assert parse_requirements(label)["acme.tools"] == f"2.0.1 {D2}"
