@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from bakery import podman
+from bakery.errors import OperationError
 from bakery.processes import pid_alive
 
 log = logging.getLogger("bakery.build")
@@ -53,23 +54,30 @@ class AptMounts:
         return ["--volume", f"{self.lists}:{LISTS}", "--volume", f"{self.archives}:{ARCHIVES}"]
 
     def refresh(self, container: str) -> tuple[float, str | None]:
-        """`apt-get update` in the booted build container, then keep the copy; the seconds it took, and what
-        failed when a source could not be reached.
+        """`apt-get update` in the booted build container, then keep the copy; the seconds it took, and which
+        local source could not be read.
 
-        A failure is a warning, not a refusal: the lists of every source apt did reach are there, a role that
-        installs nothing needs none, and one that needs the unreachable source fails with apt's own message.
-        (A base's extra source such as copy:/host/dir is not reachable from a build container at all.)
+        Only a base's local sources (copy:/PATH or file:/PATH from base.extra_sources: directories on the host,
+        never visible in a build container) may fail, as a warning: a role that needs one fails with apt's own
+        message. Anything else (a mirror, the security archive, a signature, podman itself) stops the bake: an
+        image must never be baked from lists that silently miss the security updates.
         """
         started = time.monotonic()
         proc = podman.run("exec", container, "apt-get", "update", "-q", check=False, timeout=UPDATE_TIMEOUT)
         problem = None
         if proc.returncode != 0:
             lines = [line.strip() for line in (proc.stderr + proc.stdout).splitlines() if line.strip()]
-            errors = [line for line in lines if line.startswith(("E:", "Err:"))]
-            reason = (errors or lines or [f"exit code {proc.returncode}"])[0]
-            problem = (f"apt-get update in build container {container} did not reach every apt source: {reason} "
-                       "(a role that installs from that source will fail; check the network and the base's "
-                       "/etc/apt/sources.list.d)")
+            failed = [line.split()[1] for line in lines if line.startswith("Err:") and len(line.split()) > 1]
+            errors = [line for line in lines if line.startswith("E:")]
+            reason = (errors or [line for line in lines if line.startswith("Err:")] or lines
+                      or [f"exit code {proc.returncode}"])[0]
+            if not failed or not all(_local(uri) for uri in failed) or not all(
+                    _local_error(line) for line in errors):
+                raise OperationError(f"apt-get update in build container {container} failed: {reason} "
+                                     "(the bake fetches fresh package lists from the base's apt sources; "
+                                     "check the network and /etc/apt/sources.list.d of the base)")
+            problem = (f"apt-get update in build container {container} could not read the base's local source "
+                       f"{', '.join(sorted(set(failed)))} (a host directory); a role that installs from it will fail")
             log.warning("%s", problem)
         self.keep()
         return time.monotonic() - started, problem
@@ -93,6 +101,15 @@ class AptMounts:
 
     def remove(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _local(uri: str) -> bool:
+    return uri.startswith(("copy:", "file:"))
+
+
+def _local_error(line: str) -> bool:
+    """An `E:` line about a local source, or apt's summary that some indexes failed."""
+    return "copy:" in line or "file:" in line or line.startswith("E: Some index files failed to download")
 
 
 def stale_mounts(runs_root: Path) -> list[Path]:

@@ -8,6 +8,7 @@ import pytest
 
 from bakery.builders import apt_mounts
 from bakery.builders.apt_mounts import AptMounts
+from bakery.errors import OperationError
 
 pytestmark = pytest.mark.unit
 
@@ -53,15 +54,15 @@ def test_lists_emptied_by_a_role_are_restored_and_present_ones_left_alone(tmp_pa
     assert not (tmp_path / "apt").exists()
 
 
-def test_an_unreachable_source_is_named_and_the_lists_of_the_others_kept(tmp_path, monkeypatch):
+def test_an_unreadable_local_source_is_named_and_the_lists_of_the_others_kept(tmp_path, monkeypatch):
     mounts = AptMounts(tmp_path / "apt")
     mounts.volumes()
     monkeypatch.setattr(apt_mounts.podman, "run", fake_update(
         mounts, 100, "Err:1 copy:/srv/repo ./ Release\nE: Failed to fetch copy:/srv/repo/./Release  File not found\n"
                      "E: Some index files failed to download.\n"))
     _seconds, problem = mounts.refresh("bakery-build-x")
-    assert problem is not None and problem.startswith(
-        "apt-get update in build container bakery-build-x did not reach every apt source: Err:1 copy:/srv/repo")
+    assert problem == ("apt-get update in build container bakery-build-x could not read the base's local source "
+                       "copy:/srv/repo (a host directory); a role that installs from it will fail")
     assert sorted(p.name for p in mounts.copy.iterdir()) == [RELEASE, PACKAGES]  # what apt did fetch is kept
 
 
@@ -75,3 +76,22 @@ def test_the_apt_directories_of_a_killed_bake_are_found_and_a_running_bakes_are_
     child.wait()  # a pid that existed and has exited: what a SIGKILLed bake leaves
     (dead.root / apt_mounts.OWNER_FILE).write_text(f"{child.pid}\n")
     assert apt_mounts.stale_mounts(runs) == [dead.root]
+
+
+@pytest.mark.parametrize("stderr", [
+    "Err:2 http://security.debian.org/debian-security bookworm-security InRelease\n"
+    "  Could not resolve 'security.debian.org'\n"
+    "E: Failed to fetch http://security.debian.org/debian-security/dists/bookworm-security/InRelease\n"
+    "E: Some index files failed to download. They have been ignored, or old ones used instead.\n",
+    "Err:1 copy:/srv/repo ./ Release\nErr:2 http://deb.debian.org/debian bookworm InRelease\n"
+    "E: Some index files failed to download. They have been ignored, or old ones used instead.\n",
+    "W: GPG error: http://deb.debian.org/debian bookworm InRelease: NO_PUBKEY 0E98404D386FA1D9\n"
+    "E: The repository 'http://deb.debian.org/debian bookworm InRelease' is not signed.\n",
+    "Error: no container with name or ID \"bakery-build-x\" found: no such container\n",
+])
+def test_a_mirror_the_security_archive_a_signature_or_podman_failing_stops_the_bake(tmp_path, monkeypatch, stderr):
+    mounts = AptMounts(tmp_path / "apt")
+    mounts.volumes()
+    monkeypatch.setattr(apt_mounts.podman, "run", fake_update(mounts, 100, stderr))
+    with pytest.raises(OperationError, match=r"^apt-get update in build container bakery-build-x failed: "):
+        mounts.refresh("bakery-build-x")
