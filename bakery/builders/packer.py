@@ -45,7 +45,7 @@ class PackerBuilder(AmiBuilder):
 
     def build(self, definition: ImageDefinition, options: BuildOptions, run: Run) -> BuildResult:
         # Held for the whole bake: `bake.py deps` cannot swap an install while the bake reads .bakery/galaxy.
-        with shared_lock(self.project.root):
+        with shared_lock(self.project.root, on_wait=lambda: self.progress.note("waiting for bake.py deps to finish")):
             return self._build(definition, options, run)
 
     def _build(self, definition: ImageDefinition, options: BuildOptions, run: Run) -> BuildResult:

@@ -51,7 +51,7 @@ class PodmanBuilder(Builder):
 
     def build(self, definition: ImageDefinition, options: BuildOptions, run: Run) -> BuildResult:
         # Held for the whole bake: `bake.py deps` cannot swap an install while ansible reads .bakery/galaxy.
-        with shared_lock(self.project.root):
+        with shared_lock(self.project.root, on_wait=lambda: self.progress.note("waiting for bake.py deps to finish")):
             requirements = check_lock(self.project.root)  # a requirement not installed as locked stops the bake here
             return self._build(definition, options, run, requirements)
 

@@ -8,13 +8,15 @@ naming the role or collection and the command that fixes it.
 from __future__ import annotations
 
 import fcntl
+import logging
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from bakery.deps.digest import installed_digest
-from bakery.deps.lock import Lock, read_lock, source_sha256
+from bakery.deps.lock import Lock, read_lock
 from bakery.deps.paths import REQUIREMENTS_FILE, galaxy_collections_dir, galaxy_dir, galaxy_roles_dir
 from bakery.deps.requirements import (
     CollectionRequirement,
@@ -24,6 +26,8 @@ from bakery.deps.requirements import (
     redact,
 )
 from bakery.errors import ConfigError
+
+log = logging.getLogger("bakery.deps")
 
 
 @dataclass(frozen=True)
@@ -44,9 +48,10 @@ def collection_dir(root: Path, fqcn: str) -> Path:
 
 
 def role_matches(req: RoleRequirement, entry: dict[str, str] | None) -> bool:
-    """The lock entry was made from this requirement as it is written now (a changed src or version re-resolves)."""
+    """The lock entry was made from this requirement as it is written now (a changed src or version re-resolves).
+    Sources compare redacted: a rotated token is the same requirement, so plain `deps` keeps the locked commit, and a
+    source whose hidden part now yields other content is refused by its digest (sync._checked)."""
     return (entry is not None and entry.get("src") == redact(req.src) and entry.get("scm") == req.scm
-            and entry.get("src_sha256") == source_sha256(req.src)
             and (req.version is None or entry.get("version") == req.version))
 
 
@@ -59,7 +64,7 @@ def collection_key(req: CollectionRequirement, lock: Lock | None) -> str | None:
 
 def collection_matches(req: CollectionRequirement, entry: dict[str, str] | None) -> bool:
     return (entry is not None and entry.get("source") == redact(req.source) and entry.get("type") == req.kind
-            and entry.get("src_sha256") == source_sha256(req.source) and entry.get("requested") == req.version)
+            and entry.get("requested") == req.version)
 
 
 def problems(root: Path) -> list[Problem]:
@@ -174,13 +179,14 @@ def locked_collections(project_root: Path) -> dict[str, str]:
 
 
 @contextmanager
-def shared_lock(project_root: Path) -> Iterator[None]:
+def shared_lock(project_root: Path, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
     """Held by a bake for its whole run: `bake.py deps` (exclusive on the same file) waits for it, so no install is
-    swapped while a bake reads .bakery/galaxy. Nothing is created for a project without requirements."""
+    swapped while a bake reads .bakery/galaxy; on_wait is called once when a running deps holds it first. Nothing is
+    created for a project without requirements."""
     if not galaxy_dir(project_root).is_dir() and not (project_root / REQUIREMENTS_FILE).is_file():
         yield
         return
-    with _flocked(project_root, fcntl.LOCK_SH, None):
+    with _flocked(project_root, fcntl.LOCK_SH, on_wait):
         yield
 
 
@@ -194,9 +200,11 @@ def exclusive_lock(project_root: Path, on_wait: Callable[[], None] | None) -> It
 
 @contextmanager
 def _flocked(root: Path, mode: int, on_wait: Callable[[], None] | None) -> Iterator[None]:
-    base = galaxy_dir(root)
-    base.mkdir(parents=True, exist_ok=True)
-    with open(base / ".deps.lock", "a", encoding="utf-8") as handle:
+    fd = _open_lock_file(galaxy_dir(root) / ".deps.lock", mode)
+    if fd is None:
+        yield
+        return
+    with os.fdopen(fd, "rb") as handle:
         try:
             fcntl.flock(handle, mode | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -204,3 +212,26 @@ def _flocked(root: Path, mode: int, on_wait: Callable[[], None] | None) -> Itera
                 on_wait()
             fcntl.flock(handle, mode)
         yield  # closing the file releases the lock
+
+
+def _open_lock_file(path: Path, mode: int) -> int | None:
+    """A bake needs no write access to .bakery/galaxy: an existing lock file is opened read-only (flock needs no
+    more), and one that cannot be created leaves the bake unlocked with a warning (nothing can run deps there
+    either); deps, which rewrites the directory, stops instead."""
+    if mode == fcntl.LOCK_SH:
+        try:
+            return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("cannot open %s (%s): baking without the deps lock", path, exc.strerror or exc)
+            return None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        if mode != fcntl.LOCK_SH:
+            raise ConfigError(f"{path}: cannot create the deps lock ({exc.strerror or exc}); make .bakery/galaxy "
+                              "writable to run bake.py deps") from exc
+        log.warning("cannot create %s (%s): baking without the deps lock", path, exc.strerror or exc)
+        return None

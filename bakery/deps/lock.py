@@ -2,12 +2,13 @@
 
 Written whole or not at all (temp file + rename). Sources are stored with any URL credentials redacted: the lock is
 read to decide whether an entry still matches requirements.yml (compared redacted on both sides), never to fetch
-from, so rotating a token does not unlock anything and the committed lock never holds a secret.
+from, so rotating a token does not unlock anything and the committed lock never holds a secret, nor anything derived
+from one (a hash of a short password is brute-forced offline). What redaction hides is still guarded: the content
+digest is, so a changed source that yields other content is refused until `deps --update`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +26,8 @@ FORMAT = 1
 HEADER = "# written by bake.py deps: commit it; change requirements.yml and run bake.py deps, never edit this file\n"
 COMMIT_RE = re.compile(r"^[0-9a-f]{40}\Z")
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}\Z")
-ROLE_FIELDS = ("src", "src_sha256", "scm", "version", "commit", "digest")
-COLLECTION_FIELDS = ("source", "src_sha256", "type", "version", "requested", "commit", "digest")
+ROLE_FIELDS = ("src", "scm", "version", "commit", "digest")
+COLLECTION_FIELDS = ("source", "type", "version", "requested", "commit", "digest")
 
 
 @dataclass
@@ -36,12 +37,6 @@ class Lock:
 
     def __len__(self) -> int:
         return len(self.roles) + len(self.collections)
-
-
-def source_sha256(source: str) -> str:
-    """sha256 of a source as written, credentials included: the lock stores the source redacted, and this still
-    tells when something redaction hides (a token, a signed URL's parameters) changed."""
-    return hashlib.sha256(source.encode("utf-8")).hexdigest()
 
 
 def read_lock(root: Path) -> Lock | None:
@@ -101,8 +96,14 @@ def _pins(path: Path, where: str, name: str, entry: dict, git: bool, versioned: 
             raise ConfigError(f"{path}: {where}: {field_name} {shown}; run: bake.py deps --update {name}")
 
 
-def write_lock(root: Path, lock: Lock) -> None:
+def lock_text(lock: Lock) -> str:
+    """The lock file's text: `deps` rewrites a file that differs from it (one with fields no longer written, such as
+    the src_sha256 of older versions, included)."""
     data: dict[str, Any] = {"format": FORMAT,
                             "roles": {name: lock.roles[name] for name in sorted(lock.roles)},
                             "collections": {name: lock.collections[name] for name in sorted(lock.collections)}}
-    write_atomically(root / LOCK_FILE, HEADER + yaml.safe_dump(data, sort_keys=False, default_flow_style=False))
+    return HEADER + yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
+
+
+def write_lock(root: Path, lock: Lock) -> None:
+    write_atomically(root / LOCK_FILE, lock_text(lock))

@@ -24,28 +24,27 @@ COLLECTION_KEYS = ("name", "version", "type", "source")
 COLLECTION_TYPES = ("galaxy", "git", "url", "file", "dir")
 TARBALL_SUFFIXES = (".tar.gz", ".tgz")
 _URL = re.compile(r"(?i)\b[a-z][a-z0-9+.-]*://[^\s'\"]*[^\s'\".,:;)]")  # not a sentence's final '.' or ':'
-_CREDENTIALS = re.compile(r"^([^:]+://)[^/@]+@")
-_PARAMETER = re.compile(r"([?&#;])([^=&#;]*=)?[^&#;]*")
+_CREDENTIALS = re.compile(r"^([^:]+://)[^/?#]*@")  # userinfo up to the last '@' before the path: `user:p@ss@host`
+_PARAMETER = re.compile(r"([?&#;])([^=&#;?]*=)?[^&#;?]*")
+HARMLESS_KEYS = frozenset(key.lower() for key in (
+    "sha", "ref", "version", "tag", "branch", "commit", "archive", "format", "path",
+    "X-Amz-Algorithm", "X-Amz-Date", "X-Amz-Expires", "X-Amz-SignedHeaders",
+    "sv", "se", "st", "sp", "spr", "srt", "ss", "sr"))
 
 
 def redact(text: str) -> str:
-    """Every URL's user:password, and the values of secret-looking query and fragment keys (a token, a signature, a
-    password, a key: https://u:TOKEN@h/r.git, .../web.tar.gz?private_token=TOKEN), replaced by ***; any other value
-    stays, so `?sha=1` -> `?sha=2` shows as the change it is. No message or lock file repeats a secret."""
+    """Every URL's userinfo (https://u:TOKEN@h/r.git) and every query, fragment or `;` parameter value except those
+    of keys known to be harmless (HARMLESS_KEYS: a version, a ref, a signed URL's dates) replaced by ***: auth=,
+    jwt=, ;jsessionid= and whatever a server names its token next are hidden without being listed, while
+    `?sha=1` -> `?sha=2` still shows as the change it is. No message or lock file repeats a secret."""
     return _URL.sub(lambda url: _redact_url(url.group(0)), text)
-
-
-def secret_key(key: str) -> bool:
-    """A query key whose value is a credential (case-insensitive; AWS's X-Amz-Credential/-Signature/-Security-Token
-    included)."""
-    key = key.lower()
-    return (key in ("sig", "key", "password", "passwd", "secret") or key.endswith(("token", "_key", "-key", "apikey"))
-            or any(word in key for word in ("signature", "credential", "secret", "password")))
 
 
 def _redact_url(url: str) -> str:
     url = _CREDENTIALS.sub(r"\1***@", url)
-    cut = min((i for i in (url.find("?"), url.find("#")) if i >= 0), default=len(url))
+    authority = url.find("/", url.find("://") + 3)
+    cuts = [i for i in (url.find("?"), url.find("#"), url.find(";", max(authority, 0))) if i >= 0]
+    cut = min(cuts, default=len(url))
     return url[:cut] + _PARAMETER.sub(_hidden, url[cut:])
 
 
@@ -54,7 +53,7 @@ def _hidden(parameter: re.Match[str]) -> str:
     fragment (a collection's directory in a git repository) is no secret and stays."""
     separator, key = parameter.group(1), parameter.group(2)
     if key:
-        return f"{separator}{key}***" if secret_key(key[:-1]) else parameter.group(0)
+        return parameter.group(0) if key[:-1].lower() in HARMLESS_KEYS else f"{separator}{key}***"
     if separator == "#" or parameter.group(0) == separator:
         return parameter.group(0)
     return f"{separator}***"

@@ -27,7 +27,7 @@ from bakery.deps.gate import (
     role_dir,
     role_matches,
 )
-from bakery.deps.lock import Lock, read_lock, source_sha256, write_lock
+from bakery.deps.lock import Lock, lock_text, read_lock, write_lock
 from bakery.deps.paths import LOCK_FILE, REQUIREMENTS_FILE, galaxy_collections_dir, galaxy_dir, galaxy_roles_dir
 from bakery.deps.requirements import CollectionRequirement, Requirements, RoleRequirement, load_requirements, redact
 from bakery.errors import ConfigError, OperationError
@@ -163,8 +163,7 @@ def _role(work: _Work, role: RoleRequirement, before: Lock | None, fresh: bool) 
                              f"{staged.name}")
     digest = _checked(staged, pinned, role.name, role.src)
     version = role.version or install.installed_role_version(staged) or (pinned or {}).get("version")
-    locked = {"src": redact(role.src), "src_sha256": source_sha256(role.src), "scm": role.scm, "version": version,
-              "commit": commit, "digest": digest}
+    locked = {"src": redact(role.src), "scm": role.scm, "version": version, "commit": commit, "digest": digest}
     work.lock.roles[role.name] = {k: v for k, v in locked.items() if v is not None}
     work.moves.append((staged, role_dir(work.root, role.name)))
     work.outcome.installed[role.name] = _short(work.lock.roles[role.name])
@@ -208,8 +207,8 @@ def _collection(work: _Work, coll: CollectionRequirement, before: Lock | None, u
     if fqcn in work.lock.collections:
         raise ConfigError(f"requirements.yml: collection {fqcn} is listed twice (once as '{coll.label}'); keep one")
     digest = _checked(found[0], pinned, fqcn, coll.source)
-    locked = {"source": redact(coll.source), "src_sha256": source_sha256(coll.source), "type": coll.kind,
-              "version": installed_version, "requested": coll.version, "commit": commit, "digest": digest}
+    locked = {"source": redact(coll.source), "type": coll.kind, "version": installed_version,
+              "requested": coll.version, "commit": commit, "digest": digest}
     work.lock.collections[fqcn] = {k: v for k, v in locked.items() if v is not None}
     work.moves.append((found[0], collection_dir(work.root, fqcn)))
     work.outcome.installed[fqcn] = _short(work.lock.collections[fqcn])
@@ -240,7 +239,7 @@ def _apply(work: _Work, before: Lock | None, has_requirements: bool) -> None:
     root = work.root
     lock_path = root / LOCK_FILE
     if has_requirements:
-        if before is None or before != work.lock or not lock_path.is_file():
+        if not lock_path.is_file() or lock_path.read_text(encoding="utf-8") != lock_text(work.lock):  # old fields too
             write_lock(root, work.lock)
             work.outcome.lock_written = True
     elif lock_path.is_file():

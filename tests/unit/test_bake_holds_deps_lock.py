@@ -42,3 +42,29 @@ def test_the_bake_runs_under_a_shared_deps_lock(proj, monkeypatch, builder_class
     assert builder.build(None, None, None) == "built"  # type: ignore[arg-type]
     assert seen == ["shared"]
     assert lock_state(lock) == "free"
+
+
+@pytest.mark.parametrize("builder_class", [PodmanBuilder, PackerBuilder, ImageBuilderBuilder])
+def test_a_bake_started_during_deps_says_it_waits_for_it(proj, monkeypatch, builder_class):
+    import threading
+
+    from bakery.deps.gate import exclusive_lock
+
+    (proj / ".bakery" / "galaxy").mkdir(parents=True)
+    held, release = threading.Event(), threading.Event()
+
+    def deps():
+        with exclusive_lock(proj, None):
+            held.set()
+            release.wait(5)
+
+    thread = threading.Thread(target=deps)
+    thread.start()
+    held.wait(5)
+    threading.Timer(0.3, release.set).start()
+    out = io.StringIO()
+    monkeypatch.setattr(builder_class, "_build", lambda self, *args: release.is_set() and "built")
+    builder = builder_class(Project(proj), None, Progress(out))  # type: ignore[arg-type]
+    assert builder.build(None, None, None) == "built"  # type: ignore[arg-type]
+    thread.join(5)
+    assert out.getvalue().count("waiting for bake.py deps to finish") == 1

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
 from bakery.deps.digest import installed_digest
 from bakery.deps.gate import check_lock, locked_collections, problems
-from bakery.deps.lock import Lock, read_lock, source_sha256, write_lock
+from bakery.deps.lock import Lock, read_lock, write_lock
 from bakery.errors import ConfigError
 
 pytestmark = pytest.mark.unit
@@ -40,12 +42,10 @@ def locked(tmp_path):
                                             "meta/.galaxy_install_info": "install_date: today\n"})
     coll = install(root, "collections/ansible_collections/acme/tools", {"MANIFEST.json": "{}",
                                                                         "roles/motd/tasks/main.yml": "[]\n"})
-    src = "git+https://deploy:tok3n@git.example.com/acme/web.git"
     write_lock(root, Lock(
-        roles={"acme.web": {"src": "git+https://***@git.example.com/acme/web.git", "src_sha256": source_sha256(src),
-                            "version": "v1.0.0", "commit": COMMIT, "digest": installed_digest(role)}},
+        roles={"acme.web": {"src": "git+https://***@git.example.com/acme/web.git", "version": "v1.0.0",
+                            "commit": COMMIT, "digest": installed_digest(role)}},
         collections={"acme.tools": {"source": "./dist/acme-tools-1.0.0.tar.gz", "type": "file", "version": "1.0.0",
-                                    "src_sha256": source_sha256("./dist/acme-tools-1.0.0.tar.gz"),
                                     "digest": installed_digest(coll)}}))
     return root
 
@@ -283,16 +283,68 @@ def test_a_lock_collection_needs_a_version_and_a_git_one_a_commit(locked):
         read_lock(locked)
 
 
-def test_a_changed_source_hidden_by_redaction_still_re_resolves(locked):
-    """The lock stores the source redacted; its sha256 of the source as written still tells a change."""
+def test_a_rotated_token_keeps_the_locked_pin_and_the_lock_holds_no_hash_of_it(locked):
+    """The lock compares sources redacted: a new token is no new requirement, so plain `deps` keeps the locked commit
+    (a branch pin does not move) and a bake passes; the lock keeps nothing derived from the token (a hash of a short
+    password is brute-forced offline)."""
+    import hashlib
+
     from bakery.deps.gate import role_matches
     from bakery.deps.requirements import load_requirements
+    from bakery.deps.sync import sync
 
-    assert problems(locked) == []
     (locked / "requirements.yml").write_text(REQUIREMENTS.replace("deploy:tok3n", "deploy:other"))
     role = load_requirements(locked).roles[0]
-    assert not role_matches(role, read_lock(locked).roles["acme.web"])
-    expect(locked, "requirement 'acme.web' in requirements.yml differs from requirements.lock")
+    assert role_matches(role, read_lock(locked).roles["acme.web"])
+    assert problems(locked) == []
+    before = (locked / "requirements.lock").read_text()
+    outcome = sync(locked)  # everything installed matches: no ansible-galaxy, no git, no network
+    assert sorted(outcome.unchanged) == ["acme.tools", "acme.web"] and not outcome.lock_written
+    text = (locked / "requirements.lock").read_text()
+    assert text == before and "src_sha256" not in text
+    for secret in ("tok3n", "other"):
+        source = f"git+https://deploy:{secret}@git.example.com/acme/web.git"
+        assert secret not in text and hashlib.sha256(source.encode()).hexdigest() not in text
+
+
+def test_a_lock_written_with_src_sha256_still_matches_and_deps_drops_the_hash(locked):
+    lock_path = locked / "requirements.lock"
+    lock_path.write_text(lock_path.read_text().replace("    version: v1.0.0\n",
+                                                       "    src_sha256: " + "ab" * 32 + "\n    version: v1.0.0\n"))
+    assert "src_sha256" in lock_path.read_text()
+    assert problems(locked) == []
+    from bakery.deps.sync import sync
+
+    assert sync(locked).lock_written
+    assert "src_sha256" not in lock_path.read_text() and problems(locked) == []
+
+
+def test_a_reinstall_from_a_changed_hidden_source_giving_other_content_is_refused(locked, monkeypatch):
+    """What redaction hides can still change what is fetched: the locked commit is reinstalled from the source as
+    written now, and content other than the locked digest is refused, never locked."""
+    from bakery.deps import install
+    from bakery.deps.sync import sync
+    from bakery.errors import OperationError
+
+    (locked / "requirements.yml").write_text(REQUIREMENTS.replace("deploy:tok3n", "deploy:other"))
+    shutil.rmtree(locked / ".bakery/galaxy/roles/acme.web")
+    requests = []
+
+    def fake_install(_root, _staging, what, request, dest, _label):
+        requests.append(request)
+        (dest / request["name"] / "tasks").mkdir(parents=True)
+        (dest / request["name"] / "tasks/main.yml").write_text("- ansible.builtin.debug: msg=someone else's\n")
+
+    monkeypatch.setattr(install, "galaxy_install", fake_install)
+    before = (locked / "requirements.lock").read_text()
+    with pytest.raises(OperationError) as caught:
+        sync(locked)
+    message = str(caught.value)
+    assert "the source changed" in message and "bake.py deps --update acme.web" in message
+    assert "other" not in message and "https://***@git.example.com" in message
+    assert requests == [{"name": "acme.web", "scm": "git", "version": COMMIT,
+                         "src": "https://deploy:other@git.example.com/acme/web.git"}]
+    assert (locked / "requirements.lock").read_text() == before
 
 
 @pytest.mark.parametrize("stderr, stdout, expected", [

@@ -39,6 +39,93 @@ def test_deps_waits_for_a_bake_holding_the_shared_lock(tmp_path):
     assert len(waited) == 1
 
 
+def test_a_bake_waiting_for_a_running_deps_says_so_once(tmp_path):
+    from bakery.deps.gate import exclusive_lock, shared_lock
+
+    (tmp_path / "requirements.yml").write_text("")
+    held, release, waited = threading.Event(), threading.Event(), []
+
+    def deps():
+        with exclusive_lock(tmp_path, None):
+            held.set()
+            release.wait(5)
+
+    thread = threading.Thread(target=deps)
+    thread.start()
+    held.wait(5)
+    threading.Timer(0.3, release.set).start()
+    with shared_lock(tmp_path, on_wait=lambda: waited.append(1)):
+        assert release.is_set(), "the bake read .bakery/galaxy while deps held the lock"
+    thread.join(5)
+    assert waited == [1]
+    with shared_lock(tmp_path, on_wait=lambda: waited.append(2)):
+        pass
+    assert waited == [1]
+
+
+def read_only_fs(monkeypatch, opened: list[int]):
+    """os.open as on a read-only .bakery/galaxy (root ignores file modes, so the refusal is simulated)."""
+    from bakery.deps import gate
+
+    real_open = os.open
+
+    def refusing(path, flags, *args, **kwargs):
+        opened.append(flags)
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(gate.os, "open", refusing)
+
+
+def holds(path, mode: int) -> bool:
+    """Does someone hold a lock on path that conflicts with `mode`?"""
+    import fcntl
+
+    with open(path, "rb") as handle:
+        try:
+            fcntl.flock(handle, mode | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        return False
+
+
+def test_a_bake_needs_no_write_access_to_galaxy_when_the_lock_file_exists(tmp_path, monkeypatch):
+    import fcntl
+
+    from bakery.deps.gate import shared_lock
+
+    (tmp_path / "requirements.yml").write_text("")
+    path = tmp_path / ".bakery/galaxy/.deps.lock"
+    path.parent.mkdir(parents=True)
+    path.touch()
+    opened: list[int] = []
+    read_only_fs(monkeypatch, opened)
+    with shared_lock(tmp_path):
+        assert holds(path, fcntl.LOCK_EX) and not holds(path, fcntl.LOCK_SH)
+    assert opened and not opened[0] & (os.O_WRONLY | os.O_RDWR | os.O_CREAT)
+    assert not holds(path, fcntl.LOCK_EX)
+
+
+def test_a_lock_file_that_cannot_be_created_is_a_warning_for_a_bake_and_an_error_for_deps(tmp_path, monkeypatch,
+                                                                                           caplog):
+    from bakery.deps.gate import exclusive_lock, shared_lock
+    from bakery.errors import ConfigError
+
+    (tmp_path / "requirements.yml").write_text("")
+    (tmp_path / ".bakery/galaxy").mkdir(parents=True)
+    read_only_fs(monkeypatch, [])
+    ran = []
+    with caplog.at_level("WARNING", logger="bakery"), shared_lock(tmp_path):
+        ran.append(1)
+    assert ran == [1]
+    assert any(".bakery/galaxy/.deps.lock" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    with pytest.raises(ConfigError) as caught, exclusive_lock(tmp_path, None):
+        pass
+    message = str(caught.value)
+    assert ".bakery/galaxy/.deps.lock" in message and "\n" not in message
+
+
 def test_a_bake_of_a_project_without_requirements_takes_no_lock(tmp_path):
     from bakery.deps.gate import shared_lock
 

@@ -89,8 +89,8 @@ def test_credentials_in_a_git_url_are_never_repeated(tmp_path):
 
 
 def test_tokens_in_query_strings_and_fragments_are_never_repeated(tmp_path):
-    assert redact("https://h/web.tar.gz?private_token=TOKEN&x=1#sig=abc") == "https://h/web.tar.gz?private_token=***&x=1#sig=***"
-    assert redact("git+https://u:p@h/r.git?t=1 failed") == "git+https://***@h/r.git?t=1 failed"
+    assert redact("https://h/web.tar.gz?private_token=TOKEN&x=1#sig=abc") == "https://h/web.tar.gz?private_token=***&x=***#sig=***"
+    assert redact("git+https://u:p@h/r.git?t=1 failed") == "git+https://***@h/r.git?t=*** failed"
     assert redact("see https://h/r.git.") == "see https://h/r.git."
     with pytest.raises(ConfigError) as caught:
         parse(tmp_path, "roles:\n  - src: https://h.example.com/roles/web.tar.gz?private_token=TOKEN456\n    scm: hg\n")
@@ -116,12 +116,32 @@ def test_forms_bakery_refuses_say_what_to_write_instead(tmp_path, text, fragment
     assert fragment in str(caught.value) and "\n" not in str(caught.value)
 
 
-def test_only_secret_looking_query_values_are_hidden_so_a_real_change_shows(tmp_path):
-    """`?sha=1` -> `?sha=2` is a change a reviewer must see in the lock; a token's value is not."""
+def test_query_values_are_hidden_unless_their_key_is_known_harmless_so_a_real_change_shows(tmp_path):
+    """`?sha=1` -> `?sha=2` is a change a reviewer must see in the lock; a value whose key is not known to be harmless
+    (auth=, jwt=, a session id) may be a credential, so it is hidden."""
     assert redact("https://h/web.tar.gz?sha=1") != redact("https://h/web.tar.gz?sha=2")
+    assert redact("https://h/web.tar.gz?SHA=1&Ref=main") == "https://h/web.tar.gz?SHA=1&Ref=main"
     url = ("https://b.s3.amazonaws.com/web.tgz?X-Amz-Credential=AKIA1&X-Amz-Signature=ab12&X-Amz-Security-Token=T0"
-           "&version=3&Token=t1&access_token=a1&API_KEY=k1&key=k2&password=p1&secret=s1&sig=g1&my_signature=m1")
+           "&version=3&Token=t1&access_token=a1&API_KEY=k1&key=k2&password=p1&secret=s1&sig=g1&my_signature=m1"
+           "&auth=u1&jwt=j1&pass=w1&session=e1&ticket=i1&X-JFrog-Art-Api=f1&X-Amz-Date=20240101T000000Z"
+           "&X-Amz-Expires=300&sv=2022-11-02&se=2030-01-01")
     shown = redact(url)
-    assert "version=3" in shown
-    for value in ("AKIA1", "ab12", "T0", "t1", "a1", "k1", "k2", "p1", "s1", "g1", "m1"):
+    for kept in ("version=3", "X-Amz-Date=20240101T000000Z", "X-Amz-Expires=300", "sv=2022-11-02", "se=2030-01-01"):
+        assert kept in shown, (kept, shown)
+    for value in ("AKIA1", "ab12", "T0", "t1", "a1", "k1", "k2", "p1", "s1", "g1", "m1", "u1", "j1", "w1", "e1", "i1",
+                  "f1"):
         assert f"={value}" not in shown, (value, shown)
+    assert redact("https://h/app/web.tgz;jsessionid=S3SS10N?sha=1") == "https://h/app/web.tgz;jsessionid=***?sha=1"
+    assert redact("https://h/x.tgz#token=abc") == "https://h/x.tgz#token=***"
+    assert redact("https://h/r.git#/collections/acme") == "https://h/r.git#/collections/acme"
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("https://user:p@ss@host/x", "https://***@host/x"),
+    ("https://user:p@ss@host", "https://***@host"),
+    ("git+https://a@b:c@d@git.example.com/r.git?ref=v1", "git+https://***@git.example.com/r.git?ref=v1"),
+    ("https://host/path@v1/x.tgz", "https://host/path@v1/x.tgz"),
+    ("https://host/x.tgz?sha=1&mail=a@b", "https://host/x.tgz?sha=1&mail=***"),
+])
+def test_userinfo_is_hidden_up_to_the_last_at_before_the_path(url, shown):
+    assert redact(url) == shown

@@ -8,7 +8,7 @@ import pytest
 
 from bakery.config import Project
 from bakery.deps.digest import installed_digest
-from bakery.deps.lock import Lock, source_sha256, write_lock
+from bakery.deps.lock import Lock, write_lock
 from bakery.errors import ConfigError
 from bakery.verify.runner import Verifier
 
@@ -51,7 +51,6 @@ def lock(root: Path) -> None:
     write(root / "requirements.yml", "roles:\n" + "".join(
         f"  - name: author.{n}\n    src: git+file:///srv/{n}.git\n    version: v1\n" for n in ("web", "dep")))
     write_lock(root, Lock(roles={f"author.{n}": {"src": f"git+file:///srv/{n}.git", "version": "v1",
-                                                 "src_sha256": source_sha256(f"git+file:///srv/{n}.git"),
                                                  "commit": "0" * 40, "digest": installed_digest(galaxy / f"author.{n}")}
                                  for n in ("web", "dep")}, collections={}))
 
