@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +16,9 @@ import yaml
 
 from bakery.disks.layout import Layout, parse_layout
 from bakery.errors import ConfigError
-from bakery.role_includes import TaskLoader, every_role, included_names, task_files, templated
+from bakery.role_includes import every_role, include_target, role_include_names, templated
 from bakery.role_paths import (
+    FoundRole,
     baked_names,
     collection_names,
     collection_of,
@@ -124,6 +125,8 @@ class Project:
     def __init__(self, root: Path):
         self.root = root.resolve()
         self.settings = self._load_settings()
+        # role directory -> (reached roles on the chain, resolved role, reached roles): see _resolve
+        self._resolved: dict[Path, list[tuple[frozenset[str], RoleRef, frozenset[str]]]] = {}
 
     @classmethod
     def discover(cls, explicit: str | None = None) -> Project:
@@ -200,6 +203,7 @@ class Project:
 
     def image(self, name: str) -> ImageDefinition:
         """Load and validate playbooks/<name>.yml into role layers."""
+        self._resolved.clear()
         if not NAME_RE.match(name):
             raise ConfigError(
                 f"image name '{name}' is invalid: use lower-case letters, digits, '-' and '_' "
@@ -292,41 +296,68 @@ class Project:
         A short name resolves first in `within` (the collection of the role that depends on this one), then in
         `collections` (the play's `collections:`, or the depending role's meta one), then in the roles paths.
         """
+        return self._role(entry, where, chain, within, collections)[0]
+
+    def _role(self, entry: Any, where: str, chain: tuple[str, ...], within: str | None,
+              collections: tuple[str, ...]) -> tuple[RoleRef, frozenset[str]]:
         name = entry_name(entry, where)
         found = find_role(self.root, name, within, collections)
         if found is None:
             raise ConfigError(f"{where}: {missing_message(name, self._rel(self.roles_dir))}")
         if found.name in chain:
             raise ConfigError(f"{where}: role dependency cycle: {' -> '.join((*chain, found.name))}")
+        return self._resolve(found, entry, chain)
+
+    def _resolve(self, found: FoundRole, entry: Any, chain: tuple[str, ...]) -> tuple[RoleRef, frozenset[str]]:
+        """The role with its dependencies and includes, and the names of every role it reaches.
+
+        What a role resolves to depends only on its directory and on which of the roles it reaches are already
+        on the chain (those are cycle errors or skipped includes), so it is worked out once per image for each
+        such set: a diamond of includes stays linear instead of doubling per level.
+        """
+        on_chain = set(chain)
+        for hits, known, reach in self._resolved.get(found.path, []):
+            if reach & on_chain == hits:
+                return replace(known, entry=entry), reach
         meta = self._rel(meta_file(found.path) or found.path / "meta" / "main.yml")
         dependencies, searched = self._dependencies(found.path)
-        deps = tuple(self.role(dep, meta, (*chain, found.name), collection_of(found.path), searched)
-                     for dep in dependencies)
-        includes, templated_include = self._includes(found.path, (*chain, found.name), searched)
-        return RoleRef(name=found.name, path=found.path, entry=entry, dependencies=deps,
+        inner, reached = (*chain, found.name), {found.name}
+        deps = []
+        for dep in dependencies:
+            ref, below = self._role(dep, meta, inner, collection_of(found.path), searched)
+            deps.append(ref)
+            reached |= below
+        includes, any_role, included = self._includes(found.path, inner, searched)
+        role = RoleRef(name=found.name, path=found.path, entry=entry, dependencies=tuple(deps),
                        third_party=found.third_party, includes=includes,
-                       any_role=every_role(self.root) if templated_include else ())
+                       any_role=every_role(self.root) if any_role else ())
+        reach = frozenset(reached | included)
+        self._resolved.setdefault(found.path, []).append((reach & on_chain, role, reach))
+        return role, reach
 
     def _includes(self, role_path: Path, chain: tuple[str, ...],
-                  searched: tuple[str, ...]) -> tuple[tuple[RoleRef, ...], bool]:
-        """Roles the role's tasks include by name (resolved like dependencies), and whether a name is templated.
+                  searched: tuple[str, ...]) -> tuple[tuple[RoleRef, ...], bool, set[str]]:
+        """Roles the role's tasks include by name, whether some name does not resolve, and every role reached.
 
         A role already on the chain (a role including itself or its includer) is in the layer's key already.
+        A templated name, or one that names no installed role, makes the layer count every role.
         """
         found: dict[str, RoleRef] = {}
-        templated_include = False
+        reached: set[str] = set()
+        any_role = False
         within = collection_of(role_path)
-        for path in task_files(role_path):
-            for name in included_names(load_yaml(path, TaskLoader)):
-                if templated(name):
-                    templated_include = True
-                    continue
-                target = find_role(self.root, entry_name(name, self._rel(path)), within, searched)
-                if target is not None and (target.name in chain or target.name in found):
-                    continue
-                ref = self.role(name, self._rel(path), chain, within, searched)
-                found[ref.name] = ref
-        return tuple(found.values()), templated_include
+        for path, name in role_include_names(role_path):
+            target = None if templated(name) else include_target(self.root, name, self._rel(path), within, searched)
+            if target is None:
+                any_role = True
+                continue
+            reached.add(target.name)
+            if target.name in chain or target.name in found:
+                continue
+            ref, below = self._resolve(target, name, chain)
+            found[ref.name] = ref
+            reached |= below
+        return tuple(found.values()), any_role, reached
 
     def _dependencies(self, role_path: Path) -> tuple[list[Any], tuple[str, ...]]:
         """The role's meta dependencies and its meta `collections:` (searched first for their short names)."""

@@ -33,10 +33,15 @@ _COLLECTION_RE = re.compile(r"^([A-Za-z0-9_]+\.[A-Za-z0-9_]+)\.")
 
 
 def _roles(role: RoleRef) -> Iterator[RoleRef]:
-    """The role and every role it depends on or includes from its tasks."""
-    yield role
-    for dep in (*role.dependencies, *role.includes):
-        yield from _roles(dep)
+    """The role and every role it depends on or includes from its tasks, each directory once (diamonds)."""
+    seen: set[Path] = set()
+    pending = [role]
+    while pending:
+        ref = pending.pop()
+        if ref.path not in seen:
+            seen.add(ref.path)
+            yield ref
+            pending.extend(reversed((*ref.dependencies, *ref.includes)))
 
 
 def _role_texts(role: RoleRef) -> Iterator[str]:

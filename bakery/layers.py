@@ -39,20 +39,24 @@ class PlannedLayer:
         return self.layer.role.name
 
 
-def role_digest(role: RoleRef) -> str:
+def role_digest(role: RoleRef, known: dict[int, str] | None = None) -> str:
     """Digest of a role's files and, recursively, of the roles it depends on or includes from its tasks.
 
     The include fields are there only when the role has includes, so other roles' digests stay what they were.
+    `known` (id of a RoleRef -> its digest) lets roles shared by many paths (a diamond of includes) be digested once.
     """
-    data: dict[str, Any] = {
-        "files": tree_digest(role.path),
-        "dependencies": [[dep.entry, role_digest(dep)] for dep in role.dependencies],
-    }
-    if role.includes:
-        data["includes"] = [[ref.name, role_digest(ref)] for ref in role.includes]
-    if role.any_role:
-        data["any_role"] = [[label, tree_digest(path)] for label, path in role.any_role]
-    return sha256_json(data)
+    known = {} if known is None else known
+    if id(role) not in known:
+        data: dict[str, Any] = {
+            "files": tree_digest(role.path),
+            "dependencies": [[dep.entry, role_digest(dep, known)] for dep in role.dependencies],
+        }
+        if role.includes:
+            data["includes"] = [[ref.name, role_digest(ref, known)] for ref in role.includes]
+        if role.any_role:
+            data["any_role"] = [[label, tree_digest(path)] for label, path in role.any_role]
+        known[id(role)] = sha256_json(data)
+    return known[id(role)]
 
 
 def vars_files_digest(play_header: dict[str, Any], playbook_dir: Path) -> dict[str, str]:
@@ -93,8 +97,9 @@ def plan_layers(definition: ImageDefinition, base_digest: str, extra_vars: dict[
               "ansible_cfg": ansible_cfg_digest(definition)}
     parent = base_digest
     planned = []
+    known: dict[int, str] = {}  # the RoleRefs live as long as the definition, so their ids stay theirs
     for layer in definition.layers:
-        digest = role_digest(layer.role)
+        digest = role_digest(layer.role, known)
         used = layer_collections(layer, locked) if locked else {}
         shipped = layer_bundled(layer, bundled, locked)
         key = sha256_json({

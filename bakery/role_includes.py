@@ -2,37 +2,48 @@
 
 Such a role runs in the layer as surely as a meta/main.yml dependency, so it must be in the layer key and in the
 AWS bundle. A literal `name:` resolves like a dependency. A templated one (`{{ which }}`) cannot be resolved before
-the bake: the layer then counts every role under roles/ and .bakery/galaxy/roles (coarse, since a change to any of
-them rebakes the layer, but never wrong; a collection role named by a template is not covered).
+the bake, and a literal one that names no installed role may be guarded by a `when:` that never holds here (a
+RedHat-only include in a third-party role, a path like ../helper): the layer then counts every role under roles/
+and .bakery/galaxy/roles (coarse, since a change to any of them rebakes the layer, but never wrong; a collection
+role named that way is not covered), and the second case is logged as a warning.
+
+Most task files include no role, so only files whose text mentions include_role/import_role are parsed (with
+libyaml when it is there), and a file's names are kept while its mtime and size stay the same.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterator
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from bakery.deps.paths import roles_path
+from bakery.errors import ConfigError
+from bakery.role_paths import FoundRole, entry_name, find_role
+
+log = logging.getLogger("bakery.role_includes")
 
 INCLUDE_MODULES = frozenset(f"{prefix}{module}" for prefix in ("", "ansible.builtin.", "ansible.legacy.")
                             for module in ("include_role", "import_role"))
 _FREE_FORM_NAME = re.compile(r"(?:^|\s)name=(\S+)")
 
 
-class TaskLoader(yaml.SafeLoader):
-    """A safe loader that reads ansible's own tags (!unsafe, !vault) as the plain value they tag."""
+class TaskLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """A safe loader (on libyaml when PyYAML has it) that reads ansible's tags (!unsafe, !vault) as the value."""
 
 
-def _tagged(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> Any:
+def _tagged(loader: Any, suffix: str, node: yaml.Node) -> Any:
     del suffix
     if isinstance(node, yaml.ScalarNode):
         return loader.construct_scalar(node)
     if isinstance(node, yaml.SequenceNode):
         return loader.construct_sequence(node, deep=True)
-    return loader.construct_mapping(node, deep=True)  # type: ignore[arg-type]
+    return loader.construct_mapping(node, deep=True)
 
 
 TaskLoader.add_multi_constructor("!", _tagged)
@@ -45,6 +56,49 @@ def task_files(role: Path) -> list[Path]:
         if (role / sub).is_dir():
             found.extend(sorted(p for p in (role / sub).rglob("*") if p.suffix in (".yml", ".yaml") and p.is_file()))
     return found
+
+
+def role_include_names(role: Path) -> list[tuple[Path, str]]:
+    """(file, name) of every include_role/import_role in the role's tasks and handlers, in file order."""
+    found: list[tuple[Path, str]] = []
+    for path in task_files(role):
+        stat = path.stat()
+        found.extend((path, name) for name in _file_names(path, stat.st_mtime_ns, stat.st_size))
+    return found
+
+
+@lru_cache(maxsize=4096)
+def _file_names(path: Path, mtime_ns: int, size: int) -> tuple[str, ...]:
+    """The included names of one task file (cached per version of the file: mtime and size are in the key)."""
+    del mtime_ns, size
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    if "include_role" not in text and "import_role" not in text:
+        return ()
+    try:
+        tasks = yaml.load(text, Loader=TaskLoader)  # noqa: S506 (a safe loader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}{where}: malformed YAML: {problem}; fix the syntax") from exc
+    return tuple(included_names(tasks))
+
+
+def include_target(root: Path, name: str, where: str, within: str | None,
+                   searched: tuple[str, ...]) -> FoundRole | None:
+    """The role a literal include names, or None (logged) when it is not a role name or not installed."""
+    try:
+        target = find_role(root, entry_name(name, where), within, searched)
+    except ConfigError:
+        target = None
+    if target is None:
+        log.warning("include_role of '%s' in %s: not installed; the layer key counts every role", name, where)
+    return target
 
 
 def included_names(tasks: Any) -> Iterator[str]:

@@ -1,5 +1,6 @@
 """Roles a role's tasks pull in with include_role/import_role are part of its layer key and of the AWS bundle."""
 
+import time
 from pathlib import Path
 
 import pytest
@@ -53,11 +54,72 @@ def test_a_handler_including_an_installed_role_counts_too(proj):
     assert "roles/author.web/tasks/main.yml" in bundle_sources(project, project.image("img"))
 
 
-def test_an_included_role_that_is_nowhere_is_one_line_naming_the_file(proj):
-    role(proj / "roles" / "uses", tasks="- ansible.builtin.include_role: {name: author.gone}\n")
+GUARDED = ("- ansible.builtin.include_role: {name: geerlingguy.repo-epel}\n"
+           "  when: ansible_os_family == 'RedHat'\n")
+UNRESOLVED = {"not installed": ("geerlingguy.repo-epel", GUARDED),
+              "path-style": ("../helper", "- include_role: {name: ../helper}\n")}
+
+
+@pytest.mark.parametrize(("name", "task"), UNRESOLVED.values(), ids=UNRESOLVED.keys())
+def test_an_include_that_does_not_resolve_warns_and_counts_every_role(proj, caplog, name, task):
+    """A guarded include of a role for another OS (often in a third-party role) must not stop the bake."""
+    role(proj / "roles" / "uses", tasks=task)
+    other = role(proj / "roles" / "other")
     playbook(proj, "    - uses\n")
-    with pytest.raises(ConfigError, match=r"roles/uses/tasks/main.yml: role 'author.gone' is not installed"):
+    with caplog.at_level("WARNING", logger="bakery.role_includes"):
+        before = keys(proj)
+    assert f"include_role of '{name}' in roles/uses/tasks/main.yml: not installed; the layer key counts every role" \
+        in caplog.text
+    (other / "tasks" / "main.yml").write_text("---\n- ansible.builtin.debug: {msg: changed}\n")
+    assert keys(proj) != before
+
+
+def test_a_missing_role_in_a_meta_dependency_is_still_an_error(proj):
+    role(proj / "roles" / "uses", deps=["author.gone"])
+    playbook(proj, "    - uses\n")
+    with pytest.raises(ConfigError, match=r"roles/uses/meta/main.yml: role 'author.gone' is not installed"):
         Project(proj).image("img")
+
+
+def diamond(proj: Path, depth: int) -> None:
+    """Roles l<i>a and l<i>b each include both l<i+1>a and l<i+1>b: 2**depth paths to the last level."""
+    for level in range(depth):
+        below = "".join(f"- include_role: {{name: l{level + 1}{s}}}\n" for s in "ab") if level < depth - 1 else ""
+        for side in "ab":
+            role(proj / "roles" / f"l{level}{side}", tasks=below or "- ansible.builtin.debug: {msg: leaf}\n")
+
+
+def test_a_deep_diamond_of_includes_resolves_quickly(proj):
+    """A guard against exponential work per path through the include graph, not a benchmark."""
+    diamond(proj, 12)
+    playbook(proj, "    - l0a\n")
+    started = time.monotonic()
+    assert len(keys(proj)) == 1
+    assert time.monotonic() - started < 2
+
+
+def test_task_files_without_an_include_are_not_parsed(proj, monkeypatch):
+    """Most task files include no role: reading their text is enough, parsing them is the slow part."""
+    import yaml
+
+    big = role(proj / "roles" / "big")
+    for n in range(200):
+        (big / "tasks" / f"t{n}.yml").write_text(f"- ansible.builtin.debug: {{msg: {n}}}\n")
+    playbook(proj, "    - big\n")
+    calls = []
+    real = yaml.load
+    monkeypatch.setattr(yaml, "load", lambda *a, **kw: calls.append(a) or real(*a, **kw))
+    keys(proj)
+    assert len(calls) < 10
+
+
+def test_an_include_in_a_file_is_seen_again_after_the_file_changes(proj):
+    uses = role(proj / "roles" / "uses")
+    role(proj / "roles" / "helper")
+    playbook(proj, "    - uses\n")
+    assert [r.name for r in Project(proj).image("img").layers[0].role.includes] == []
+    (uses / "tasks" / "main.yml").write_text("---\n- include_role: {name: helper}\n")
+    assert [r.name for r in Project(proj).image("img").layers[0].role.includes] == ["helper"]
 
 
 def test_a_templated_include_counts_every_role_of_the_project_and_the_installed_ones(proj):
