@@ -63,6 +63,12 @@ def sync(root: Path, update: tuple[str, ...] = (), on_wait: Callable[[], None] |
     if not any(path.exists() for path in (root / REQUIREMENTS_FILE, root / LOCK_FILE, galaxy_dir(root))):
         _known(update, set())
         return Outcome()
+    # Bad input is refused before anything is created (the lock file included); the files are read again under
+    # the lock, where what is decided is what is written.
+    written = load_requirements(root)
+    reqs = written or Requirements((), ())
+    before = read_lock(root)
+    _known(update, reqs.names() | {collection_key(c, before) or c.label for c in reqs.collections})
     _refuse_link(root, galaxy_dir(root))  # before the lock file is created in it
     with cancellable(), exclusive_lock(root, on_wait):
         return _locked_sync(root, update)
