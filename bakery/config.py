@@ -16,6 +16,7 @@ import yaml
 
 from bakery.disks.layout import Layout, parse_layout
 from bakery.errors import ConfigError
+from bakery.files import read_text
 from bakery.role_includes import every_role, include_target, role_include_names, templated
 from bakery.role_paths import (
     FoundRole,
@@ -58,14 +59,7 @@ def reserved_name(name: str) -> str:
 
 def load_yaml(path: Path, loader: type[yaml.SafeLoader] = yaml.SafeLoader) -> Any:
     """Parse a YAML file, turning syntax errors into one line with file and position."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from exc
-    except FileNotFoundError as exc:
-        raise ConfigError(f"{path}: file not found") from exc
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    text = read_text(path)
     try:
         return yaml.load(text, Loader=loader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as exc:

@@ -6,6 +6,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from bakery.errors import ConfigError
+
 
 def write_atomically(path: Path, data: str | bytes, mode: int = 0o644) -> None:
     """Write to a temporary file beside `path`, fsync it, then rename it over `path`."""
@@ -22,3 +24,15 @@ def write_atomically(path: Path, data: str | bytes, mode: int = 0o644) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def read_text(path: Path) -> str:
+    """A project file's text, or one line saying why it cannot be read (missing, unreadable, not UTF-8)."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from exc
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: file not found") from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc

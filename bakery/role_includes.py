@@ -24,6 +24,7 @@ import yaml
 
 from bakery.deps.paths import roles_path
 from bakery.errors import ConfigError
+from bakery.files import read_text
 from bakery.role_paths import FoundRole, entry_name, find_role
 
 log = logging.getLogger("bakery.role_includes")
@@ -71,12 +72,7 @@ def role_include_names(role: Path) -> list[tuple[Path, str]]:
 def _file_names(path: Path, mtime_ns: int, size: int) -> tuple[str, ...]:
     """The included names of one task file (cached per version of the file: mtime and size are in the key)."""
     del mtime_ns, size
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from exc
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    text = read_text(path)
     if "include_role" not in text and "import_role" not in text:
         return ()
     try:
