@@ -118,31 +118,34 @@ def run_playbook(
     envvars: dict[str, str],
     extravars: dict[str, Any],
     progress: Progress,
-    step: str,
+    step: str | Callable[[], str],
     cancelled: Callable[[], bool],
+    observe: Callable[[dict[str, Any]], None] | None = None,
 ) -> PlaybookResult:
-    """Run a playbook through ansible-runner, reporting each task result to progress."""
+    """Run a playbook through ansible-runner, reporting each task result to progress under `step` (a function
+    when one run has several steps: one per play); `observe` sees every event first."""
     import ansible_runner  # heavy: imported only when a bake runs
 
     private_data_dir.mkdir(parents=True, exist_ok=True)
     result = PlaybookResult(status="unstarted", rc=-1, artifact_dir=private_data_dir / "artifacts" / ident)
 
     def on_event(event: dict[str, Any]) -> bool:
-        kind = event.get("event")
-        if kind not in RESULT_EVENTS:
+        if observe is not None:
+            observe(event)
+        counted, changed = event_counts(event)
+        if not counted:
             return True
+        kind = event.get("event")
         data = event.get("event_data", {})
         task = data.get("task", "?")
-        res = data.get("res") or {}
-        changed = bool(res.get("changed")) and kind == "runner_on_ok"
         result.tasks += 1
         if changed:
             result.changed += 1
             result.changed_tasks.append(task)
         if kind in ("runner_on_failed", "runner_on_unreachable") and not data.get("ignore_errors"):
             result.failed_task = task
-            result.failure = _failure_message(res)
-        progress.task_done(step, task, changed)
+            result.failure = _failure_message(data.get("res") or {})
+        progress.task_done(step if isinstance(step, str) else step(), task, bool(changed))
         return True
 
     runner = ansible_runner.run(
@@ -164,6 +167,15 @@ def run_playbook(
     log.info("playbook %s: status=%s rc=%s tasks=%s changed=%s", playbook.name, result.status, result.rc, result.tasks,
              result.changed)
     return result
+
+
+def event_counts(event: dict[str, Any]) -> tuple[int, int]:
+    """Whether an ansible-runner event is a task result (1 or 0), and whether it changed something."""
+    kind = event.get("event")
+    if kind not in RESULT_EVENTS:
+        return 0, 0
+    res = event.get("event_data", {}).get("res") or {}
+    return 1, int(bool(res.get("changed")) and kind == "runner_on_ok")
 
 
 def _failure_message(res: dict[str, Any]) -> str:

@@ -2,9 +2,10 @@
 
 Flow: resolve the base, compute every layer key, return the existing version if
 the whole input is unchanged, otherwise start one build container from the
-newest cached layer, run the remaining roles one playbook each (committing a
-layer after each), then write /etc/image-release and the provenance labels in a
-final tiny layer tagged `localhost/bakery/<image>:<version>`.
+newest cached layer, run the remaining roles in one ansible-playbook run, one
+play each (a layer is committed as each play ends: bakery.builders.layer_commits),
+then write /etc/image-release and the provenance labels in a final tiny layer
+tagged `localhost/bakery/<image>:<version>`.
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ from typing import Any
 import yaml
 
 from bakery import __version__, podman
-from bakery.ansible import ansible_env, mitogen_env, mitogen_wanted, podman_inventory, run_playbook
+from bakery.ansible import PlaybookResult, ansible_env, mitogen_env, mitogen_wanted, podman_inventory, run_playbook
 from bakery.base_image import resolve_base
-from bakery.builders.apt_mounts import CLEAN_BEFORE_COMMIT, AptMounts
+from bakery.builders.apt_mounts import AptMounts
 from bakery.builders.base import Builder, BuildOptions, BuildResult, LayerResult, image_packages
+from bakery.builders.layer_commits import PLAN_ENV, callback_plugins, plays, write_plan
+from bakery.builders.layer_run import LayerRun
 from bakery.config import ImageDefinition
 from bakery.deps.gate import check_lock, shared_lock
 from bakery.errors import ConfigError, Interrupted, OperationError
@@ -37,13 +40,6 @@ log = logging.getLogger("bakery.build")
 
 MIN_FREE_BYTES = 1 << 30
 BOOT_TIMEOUT = 90
-# Run before each layer commit so no instance inherits build-time identity or scratch files.
-HYGIENE = (
-    "truncate -s 0 /etc/machine-id; "
-    "rm -rf /tmp/* /tmp/.[!.]* /var/tmp/* /var/tmp/.[!.]* /root/.ansible /root/.cache 2>/dev/null; "
-    f"{CLEAN_BEFORE_COMMIT}; "
-    "find /var/log/journal -mindepth 1 -delete 2>/dev/null; true"
-)
 
 
 class PodmanBuilder(Builder):
@@ -157,8 +153,7 @@ class _Bake:
             self.b.progress.note(f"[{p.layer.position + 1}/{len(self.planned)}] {p.role}: cached")
         if start_index < len(self.planned):
             self._start_container(parent_ref)
-            for p in self.planned[start_index:]:
-                parent_ref = self._bake_layer(p)
+            parent_ref = self._bake_layers(self.planned[start_index:])
             podman.remove_container(self.container)
         self.cancel.check()
         self.version = self.b.catalog.reserve_version(
@@ -229,55 +224,78 @@ class _Bake:
         raise OperationError(f"build container {self.container} did not boot: "
                              f"systemd is '{state}' after {BOOT_TIMEOUT} s")
 
-    def _bake_layer(self, p: PlannedLayer) -> str:
-        step = f"[{p.layer.position + 1}/{len(self.planned)}] {p.role}"
-        self.b.progress.step_start(step, "running")
-        playbook = self._write_layer_playbook(p)
+    def _bake_layers(self, todo: list[PlannedLayer]) -> str:
+        """Every uncached role in one ansible-playbook run, one play each; bakery_layers commits each layer
+        when its play is done, and each commit is recorded as soon as it is read (bakery.builders.layer_run)."""
+        ident = f"layers-{todo[0].layer.position + 1:02d}-{todo[-1].layer.position + 1:02d}"
+        plan, records = self.run.path / f"{ident}.plan.json", self.run.path / f"{ident}.commits.jsonl"
+        write_plan(plan, container=self.container, apt_root=self.apt.root, records=records,
+                   layers=[(p.role, podman.cache_ref(self.definition.name, p.role, p.key)) for p in todo])
+        tracker = LayerRun(todo, len(self.planned), self.b.progress, records,
+                           on_commit=lambda record: self._record_layer(todo, tracker, record))
         self.apt.restore_if_emptied()
         mitogen = mitogen_wanted()
         self.cancel.deferred = True
         try:
             outcome = run_playbook(
-                playbook=playbook,
+                playbook=self._write_run_playbook(todo),
                 inventory=podman_inventory(self.container, ["bakery_build", self.definition.name.replace("-", "_")],
                                            mitogen=mitogen),
                 private_data_dir=self.run.path / "ansible",
-                ident=f"{p.layer.position + 1:02d}-{p.role}",
-                envvars={**ansible_env(self.b.project.root), **(mitogen_env() if mitogen else {})},
-                extravars={**self.extra_vars, **self.role_vars.get(p.role, {})},
+                ident=ident,
+                envvars={**ansible_env(self.b.project.root), **(mitogen_env() if mitogen else {}),
+                         PLAN_ENV: str(plan), "ANSIBLE_CALLBACK_PLUGINS": callback_plugins(self.b.project.root)},
+                extravars=self.extra_vars,
                 progress=self.b.progress,
-                step=step,
-                cancelled=self.cancel,
+                step=tracker.step,
+                cancelled=lambda: self.cancel() or tracker.broken,
+                observe=tracker.observe,
             )
         finally:
             self.cancel.deferred = False
+            tracker.collect()  # whatever was committed stays cached, whatever happens next
+        tracker.finish(outcome.ok)
+        _link_artifacts(outcome.artifact_dir, todo)
         self.cancel.check()
-        if not outcome.ok:
-            self.b.progress.step_done(step, "FAILED")
-            where = f"task '{outcome.failed_task}'" if outcome.failed_task else "playbook"
-            raise OperationError(
-                f"bake of {self.definition.name} failed in role '{p.role}', {where}: {outcome.failure} "
-                f"(log: {outcome.artifact_dir / 'stdout'})"
-            )
-        seconds = self.b.progress.step_done(step, "baked")
-        self.apt.keep()
-        podman.run("exec", self.container, "sh", "-c", HYGIENE, check=False)
-        ref = podman.cache_ref(self.definition.name, p.role, p.key)
-        podman.run("commit", "-q", self.container, ref, timeout=900)
-        image_id = podman.image_id(ref) or ""
-        parent = self.planned[p.layer.position - 1].key if p.layer.position else self.base_digest
-        self.b.catalog.put_layer(p.key, image=self.definition.name, role=p.role, ref=ref, image_id=image_id,
-                                 parent=parent)
-        self.layer_results.append(LayerResult(p.role, p.key, p.role_digest, cached=False, seconds=round(seconds, 3),
-                                              tasks=outcome.tasks, changed=outcome.changed))
-        return ref
+        return self._check_outcome(todo, tracker, outcome)
 
-    def _write_layer_playbook(self, p: PlannedLayer) -> Path:
-        """The play around this one role, beside the original so relative paths and group_vars resolve the same."""
-        play = {**p.layer.play_header, "hosts": "bakery_build", "roles": [p.layer.role.entry]}
-        path = self.definition.playbook.parent / f".bakery-{os.getpid()}-{self.run.id}-{p.layer.position + 1:02d}.yml"
-        path.write_text(yaml.safe_dump([play], sort_keys=False), encoding="utf-8")
+    def _record_layer(self, todo: list[PlannedLayer], tracker: LayerRun, record: dict[str, Any]) -> None:
+        """One committed layer into the catalog and the results, exactly as when each role had its own run."""
+        if "error" in record:
+            return
+        index = record["index"]
+        p = todo[index]
+        parent = self.planned[p.layer.position - 1].key if p.layer.position else self.base_digest
+        self.b.catalog.put_layer(p.key, image=self.definition.name, role=p.role, ref=record["ref"],
+                                 image_id=record["image_id"], parent=parent)
+        self.layer_results.append(LayerResult(p.role, p.key, p.role_digest, cached=False,
+                                              seconds=tracker.seconds(index), tasks=tracker.tasks[index],
+                                              changed=tracker.changed[index]))
+
+    def _check_outcome(self, todo: list[PlannedLayer], tracker: LayerRun, outcome: PlaybookResult) -> str:
+        """The last committed layer, or the error naming the role (and task) that stopped the bake."""
+        log_path = outcome.artifact_dir / "stdout"
+        broken = [r for r in tracker.committed if "error" in r]
+        if broken:
+            raise OperationError(f"bake of {self.definition.name} stopped at role '{broken[0]['role']}': layer "
+                                 f"commit failed: {broken[0]['error']} (log: {log_path})")
+        if not outcome.ok:
+            where = f"task '{outcome.failed_task}'" if outcome.failed_task else "playbook"
+            role = todo[max(tracker.current, 0)].role
+            raise OperationError(f"bake of {self.definition.name} failed in role '{role}', {where}: "
+                                 f"{outcome.failure} (log: {log_path})")
+        if len(tracker.committed) != len(todo):
+            missing = todo[len(tracker.committed)].role
+            raise OperationError(f"bake of {self.definition.name}: the layer of role '{missing}' was not committed "
+                                 f"although ansible-playbook succeeded (log: {log_path})")
+        last = tracker.committed[-1]
+        return str(last["image_id"] or last["ref"])  # by id: another checkout may move the tag meanwhile
+
+    def _write_run_playbook(self, todo: list[PlannedLayer]) -> Path:
+        """The plays around the roles, beside the original so relative paths and group_vars resolve the same."""
+        path = self.definition.playbook.parent / f".bakery-{os.getpid()}-{self.run.id}.yml"
         self.generated.append(path)
+        path.write_text(yaml.safe_dump(plays(todo, self.role_vars), sort_keys=False), encoding="utf-8")
         return path
 
     def _provenance(self) -> Provenance:
@@ -335,6 +353,17 @@ class _Bake:
         if not succeeded and self.version:
             podman.remove_image(podman.image_ref(self.definition.name, self.version))
             self.b.catalog.discard_version(self.definition.name, self.version)
+
+
+def _link_artifacts(artifact_dir: Path, todo: list[PlannedLayer]) -> None:
+    """Each layer's log where it was when each role had its own run (ansible/artifacts/NN-role)."""
+    for p in todo:
+        link = artifact_dir.parent / f"{p.layer.position + 1:02d}-{p.role}"
+        if artifact_dir.is_dir() and not link.exists():
+            try:
+                link.symlink_to(artifact_dir.name)
+            except OSError as exc:
+                log.info("could not link %s: %s", link, exc)
 
 
 __all__ = ["PodmanBuilder", "Interrupted"]

@@ -1,0 +1,1 @@
+"""Ansible plugins bakery passes to the ansible-playbook runs of a local bake."""

@@ -1,0 +1,123 @@
+"""Commit a layer at each play boundary of the one ansible-playbook run of a local bake.
+
+bakery writes one play per uncached role into a single playbook (Ansible, fact gathering and mitogen start
+once per bake, not once per role) and a plan file naming the container and each layer's cache tag. The
+callback plugin bakery_layers (bakery/ansible_plugins/callback) calls `commit_from_plan` when the next play
+starts and at the end if the last play succeeded: while ansible-playbook waits, the layer is cleaned,
+committed and appended as one JSON line to the records file, which bakery reads as events arrive.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from bakery import podman
+from bakery.builders.apt_mounts import CLEAN_BEFORE_COMMIT, AptMounts
+from bakery.errors import OperationError
+from bakery.layers import PlannedLayer
+from bakery.processes import pid_alive
+
+PLAN_ENV = "BAKERY_LAYER_PLAN"
+PLUGINS = Path(__file__).resolve().parent.parent / "ansible_plugins" / "callback"
+ANSIBLE_DEFAULT_CALLBACKS = ("~/.ansible/plugins/callback", "/usr/share/ansible/plugins/callback")
+# Run before each layer commit so no instance inherits build-time identity or scratch files.
+HYGIENE = (
+    "truncate -s 0 /etc/machine-id; "
+    "rm -rf /tmp/* /tmp/.[!.]* /var/tmp/* /var/tmp/.[!.]* /root/.ansible /root/.cache 2>/dev/null; "
+    f"{CLEAN_BEFORE_COMMIT}; "
+    "find /var/log/journal -mindepth 1 -delete 2>/dev/null; true"
+)
+# After the commit, for the plays still to come: mitogen picked ~/.ansible/tmp as its temp directory when it
+# started and creates every task's temp dir in it without checking that it still exists.
+AFTER_COMMIT = "mkdir -p -m 0700 /root/.ansible/tmp"
+
+
+def callback_plugins(project_root: Path) -> str:
+    """ANSIBLE_CALLBACK_PLUGINS for the bake: bakery's plugin, then the directories the project's ansible.cfg or
+    the caller's environment name (or Ansible's defaults), which setting the variable alone would hide."""
+    from ansible.config.manager import ConfigManager  # type: ignore[import-untyped]
+
+    cfg = project_root / "ansible.cfg"
+    paths, origin = ConfigManager(str(cfg) if cfg.is_file() else None).get_config_value_and_origin(
+        "DEFAULT_CALLBACK_PLUGIN_PATH")
+    if origin == "default":
+        paths = [os.path.expanduser(path) for path in ANSIBLE_DEFAULT_CALLBACKS]
+    return os.pathsep.join([str(PLUGINS), *(str(path) for path in paths)])
+
+
+def plays(layers: list[PlannedLayer], role_vars: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """One play per layer, each around one role, under the layer's own play header.
+
+    Each play gathers facts as its header says, against the container as the layers before it left it, and
+    the plugin clears every earlier play's host state when it starts: as when each role had its own run, so
+    one cache key always means one layer. A role's own variables (its artifact) are role parameters: they
+    reach that role (and its dependencies) only, and win over everything but extra vars, as close as Ansible
+    allows to the extra vars they were when each role had its own run.
+    """
+    return [{**dict(p.layer.play_header), "hosts": "bakery_build",
+             "roles": [_with_params(p.layer.role.entry, role_vars.get(p.role))]} for p in layers]
+
+
+def _with_params(entry: Any, params: dict[str, Any] | None) -> Any:
+    if not params:
+        return entry
+    if isinstance(entry, str):
+        return {"role": entry, **params}
+    return {**entry, **params}
+
+
+def write_plan(path: Path, *, container: str, apt_root: Path, records: Path,
+               layers: list[tuple[str, str]]) -> None:
+    """The plan the plugin follows: (role, cache ref) per play, in order."""
+    plan = {"container": container, "apt_root": str(apt_root), "records": str(records), "owner": os.getpid(),
+            "layers": [{"role": role, "ref": ref} for role, ref in layers]}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(plan), encoding="utf-8")
+    tmp.replace(path)
+
+
+def commit_from_plan(plan_path: str, index: int) -> dict[str, Any]:
+    """Commit play `index`'s layer; never raises (Ansible would only warn): a failure is an error record."""
+    plan = json.loads(Path(plan_path).read_text(encoding="utf-8"))
+    layer = plan["layers"][index]
+    try:
+        if not pid_alive(plan["owner"]):  # killed (-9): its gc removes the container; nothing new to clean up
+            raise OperationError(f"bakery (pid {plan['owner']}) is gone; not committing")
+        record = commit_layer(plan["container"], layer["ref"], AptMounts(Path(plan["apt_root"])))
+    except Exception as exc:  # noqa: BLE001 - anything that stops a commit is reported to bakery as data
+        record = {"error": " ".join(str(exc).split())[:500]}
+    record = {"index": index, "role": layer["role"], **record}
+    append_record(Path(plan["records"]), record)
+    return record
+
+
+def commit_layer(container: str, ref: str, apt: AptMounts) -> dict[str, Any]:
+    """The commit of one layer, exactly as when each role had its own run, then ready for the next play."""
+    started = time.monotonic()
+    apt.keep()
+    podman.run("exec", container, "sh", "-c", HYGIENE, check=False)
+    podman.run("commit", "-q", container, ref, timeout=900)
+    image_id = podman.image_id(ref) or ""
+    podman.run("exec", container, "sh", "-c", AFTER_COMMIT, check=False)
+    apt.restore_if_emptied()
+    return {"ref": ref, "image_id": image_id, "seconds": round(time.monotonic() - started, 3)}
+
+
+def append_record(path: Path, record: dict[str, Any]) -> None:
+    with path.open("a", encoding="utf-8") as out:
+        out.write(json.dumps(record) + "\n")
+        out.flush()
+        os.fsync(out.fileno())
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """The complete records so far (a line still being written is left for the next read)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    return [json.loads(line) for line in text.splitlines(keepends=True) if line.endswith("\n") and line.strip()]

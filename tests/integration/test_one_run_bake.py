@@ -1,0 +1,194 @@
+"""One ansible-playbook run per bake, a layer committed at each play boundary: real podman, real ansible-runner."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bakery import podman
+from tests.conftest import BAKE, bake
+from tests.integration.conftest import containers, wait_for
+
+pytestmark = pytest.mark.integration
+
+IMAGE = "onerun"
+BROKEN = """---
+- name: Leave a scratch file, as a download would
+  ansible.builtin.copy:
+    content: "scratch\\n"
+    dest: /tmp/flaky-scratch
+    mode: "0644"
+- name: Break on purpose
+  ansible.builtin.fail:
+    msg: flaky fails on purpose
+"""
+FIXED = """---
+- name: Leave a scratch file, as a download would
+  ansible.builtin.copy:
+    content: "scratch\\n"
+    dest: /tmp/flaky-scratch
+    mode: "0644"
+- name: Mark the fix
+  ansible.builtin.copy:
+    content: "fixed\\n"
+    dest: /etc/flaky-fixed
+    mode: "0644"
+"""
+
+
+@pytest.fixture
+def onerun(project):
+    """The fixture project with a three-role image whose middle role fails until fixed."""
+    (project / "roles" / "flaky" / "tasks").mkdir(parents=True)
+    (project / "roles" / "flaky" / "tasks" / "main.yml").write_text(BROKEN)
+    (project / "playbooks" / f"{IMAGE}.yml").write_text(
+        "---\n- name: Bake three roles in one run\n  hosts: all\n  become: true\n"
+        "  roles:\n    - first\n    - flaky\n    - second\n")
+    yield project
+    ids = podman.run("images", "-a", "--filter", f"label=io.bakery.image={IMAGE}", "--format", "{{.ID}}").stdout
+    if ids.split():
+        podman.run("rmi", "-f", *sorted(set(ids.split())), check=False)
+
+
+def runs(project: Path) -> list[Path]:
+    return sorted((project / ".bakery" / "runs").iterdir(), key=lambda p: p.stat().st_mtime)
+
+
+def ansible_runs(run_dir: Path) -> list[str]:
+    """The ansible-playbook processes of a bake: one artifacts directory (and one playbook start) each."""
+    artifacts = [p for p in (run_dir / "ansible" / "artifacts").iterdir() if not p.is_symlink()]
+    for path in artifacts:
+        starts = [e for e in (path / "job_events").glob("*.json")
+                  if json.loads(e.read_text())["event"] == "playbook_on_start"]
+        assert len(starts) == 1
+    return [p.name for p in artifacts]
+
+
+def scratch(ref: str) -> str:
+    """What a layer keeps of scratch files and ansible's own directories (nothing, as with one run per role)."""
+    return podman.run("run", "--rm", ref, "sh", "-c",
+                      "find /tmp /var/tmp -mindepth 1; ls -d /root/.ansible /root/.cache 2>/dev/null; true").stdout
+
+
+def test_one_run_commits_every_layer_and_a_failure_keeps_the_layers_before_it(onerun):
+    failed = bake(onerun, "build", IMAGE, "--json", timeout=900)
+    assert failed.rc == 1
+    assert "role 'flaky'" in failed.stderr and "task 'Break on purpose'" in failed.stderr, failed.stderr
+    assert "flaky fails on purpose" in failed.stderr and "Traceback" not in failed.stderr
+    assert "[1/3] first: baked" in failed.stderr and "[2/3] flaky: FAILED" in failed.stderr
+    run_dir = runs(onerun)[-1]
+    assert ansible_runs(run_dir) == ["layers-01-03"]
+    assert (run_dir / "ansible" / "artifacts" / "02-flaky" / "stdout").is_file()  # each layer's log where it was
+    commits = [json.loads(line) for line in next(run_dir.glob("*.commits.jsonl")).read_text().splitlines()]
+    assert [c["role"] for c in commits] == ["first"]  # the failed play is never committed
+    first_layer = commits[0]["ref"]
+    # the layer is as clean as a layer of its own run: no scratch, no ansible temp dirs, no machine identity
+    assert scratch(first_layer) == ""
+    assert podman.run("run", "--rm", first_layer, "cat", "/etc/machine-id").stdout == ""
+    assert not containers(f"io.bakery.image={IMAGE}")
+
+    (onerun / "roles" / "flaky" / "tasks" / "main.yml").write_text(FIXED)
+    fixed = bake(onerun, "build", IMAGE, "--json", timeout=900)
+    assert fixed.rc == 0, fixed.stderr
+    layers = fixed.json["layers"]
+    assert [(la["role"], la["cached"]) for la in layers] == [("first", True), ("flaky", False), ("second", False)]
+    assert all(la["tasks"] >= 2 and la["seconds"] > 0 for la in layers[1:]), layers
+    assert [la["changed"] for la in layers[1:]] == [2, 3]  # second: payload, color, its handler
+    assert "[2/3] flaky: running" in fixed.stderr and "[3/3] second: baked" in fixed.stderr
+    assert ansible_runs(runs(onerun)[-1]) == ["layers-02-03"]
+    ref = fixed.json["ref"]
+    assert podman.run("run", "--rm", ref, "cat", "/etc/flaky-fixed", "/etc/second-handler").stdout == \
+        "fixed\nhandler ran\n"
+    assert scratch(ref) == ""
+    podman.remove_image(ref)
+
+    # every layer of the one run was recorded: a change in the last role reruns that role only
+    (onerun / "roles" / "second" / "files" / "payload.txt").write_text("payload version 2\n")
+    last = bake(onerun, "build", IMAGE, "--json", timeout=900)
+    assert last.rc == 0, last.stderr
+    assert [la["role"] for la in last.json["layers"] if not la["cached"]] == ["second"]
+    podman.remove_image(last.json["ref"])
+
+
+def test_sigterm_after_the_first_commit_keeps_that_layer_and_nothing_else(onerun):
+    (onerun / "roles" / "flaky" / "tasks" / "main.yml").write_text(FIXED.replace(
+        "- name: Mark the fix", "- name: Take a while\n  ansible.builtin.command: sleep 30\n- name: Mark the fix"))
+    proc = subprocess.Popen([sys.executable, str(BAKE), "--project", str(onerun), "build", IMAGE],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: [p for p in (onerun / ".bakery" / "runs").glob("*/*.commits.jsonl") if p.read_text()],
+             timeout=300)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "interrupted by SIGTERM" in stderr
+    assert not containers(f"io.bakery.build.pid={proc.pid}")
+    assert bake(onerun, "images", "--json").json == []
+    assert not list((onerun / "playbooks").glob(".bakery-*"))
+    (onerun / "roles" / "flaky" / "tasks" / "main.yml").write_text(FIXED)
+    again = bake(onerun, "build", IMAGE, "--json", timeout=900)
+    assert again.rc == 0, again.stderr
+    assert [la["role"] for la in again.json["layers"] if not la["cached"]] == ["flaky", "second"]
+    podman.remove_image(again.json["ref"])
+
+
+SETTER = """---
+- name: Set a fact for later tasks
+  ansible.builtin.set_fact:
+    setter_value: from setter
+- name: Register a result
+  ansible.builtin.command: echo registered
+  register: setter_out
+  changed_when: false
+- name: Include variables
+  ansible.builtin.include_vars:
+    file: extra.yml
+- name: Create the local facts directory
+  ansible.builtin.file:
+    path: /etc/ansible/facts.d
+    state: directory
+    mode: "0755"
+- name: Leave a local fact for the next role's fact gathering
+  ansible.builtin.copy:
+    content: '{"mark": "set"}'
+    dest: /etc/ansible/facts.d/setter.fact
+    mode: "0644"
+"""
+READER = """---
+- name: Write what this role sees of the role before it (version {version})
+  ansible.builtin.copy:
+    content: "{{{{ setter_value | default('unset') }}}} {{{{ setter_out.stdout | default('unset') }}}} \
+{{{{ setter_included | default('unset') }}}} {{{{ ansible_local.setter.mark | default('no fact') }}}}\\n"
+    dest: /etc/reader-saw
+    mode: "0644"
+"""
+
+
+def test_a_role_sees_the_same_of_the_role_before_it_whether_that_layer_ran_or_was_cached(project):
+    """One cache key, one layer: no set_fact/register/include_vars crosses a play, facts are gathered per play."""
+    roles = project / "roles"
+    (roles / "setter" / "tasks").mkdir(parents=True)
+    (roles / "setter" / "vars").mkdir()
+    (roles / "setter" / "tasks" / "main.yml").write_text(SETTER)
+    (roles / "setter" / "vars" / "extra.yml").write_text("---\nsetter_included: included\n")
+    (roles / "reader" / "tasks").mkdir(parents=True)
+    (roles / "reader" / "tasks" / "main.yml").write_text(READER.format(version=1))
+    (project / "playbooks" / "handoff.yml").write_text(
+        "---\n- name: Bake two roles in one run\n  hosts: all\n  become: true\n  roles:\n    - setter\n    - reader\n")
+    seen = []
+    try:
+        for version in (1, 2):
+            (roles / "reader" / "tasks" / "main.yml").write_text(READER.format(version=version))
+            result = bake(project, "build", "handoff", "--json", timeout=900)
+            assert result.rc == 0, result.stderr
+            assert [la["cached"] for la in result.json["layers"]] == [version == 2, False]
+            seen.append(podman.run("run", "--rm", result.json["ref"], "cat", "/etc/reader-saw").stdout)
+    finally:
+        ids = podman.run("images", "-a", "--filter", "label=io.bakery.image=handoff", "--format", "{{.ID}}").stdout
+        if ids.split():
+            podman.run("rmi", "-f", *sorted(set(ids.split())), check=False)
+    assert seen == ["unset unset unset set\n"] * 2

@@ -1,0 +1,277 @@
+"""The one-run bake's pieces without podman: the generated plays, the commit records, the plugin's protocol."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+from pathlib import Path
+
+import ansible.constants as ansible_constants
+import pytest
+from ansible.executor.stats import AggregateStats
+from ansible.inventory.manager import InventoryManager
+from ansible.parsing.dataloader import DataLoader
+from ansible.playbook.play import Play
+from ansible.vars.manager import VariableManager
+
+from bakery.builders import layer_commits
+from bakery.builders.apt_mounts import AptMounts
+from bakery.builders.layer_commits import append_record, callback_plugins, commit_layer, plays, read_records, write_plan
+from bakery.builders.layer_run import LayerRun
+from bakery.config import Layer, RoleRef
+from bakery.layers import PlannedLayer
+from bakery.progress import Progress
+
+pytestmark = pytest.mark.unit
+
+PLUGIN = Path(layer_commits.PLUGINS) / "bakery_layers.py"
+
+
+def planned(header: dict, *entries) -> list[PlannedLayer]:
+    layers = []
+    for position, entry in enumerate(entries):
+        name = entry if isinstance(entry, str) else entry["role"]
+        layer = Layer(position, 0, header, RoleRef(name, Path("/roles") / name, entry))
+        layers.append(PlannedLayer(layer, key=f"key-{name}", role_digest=f"digest-{name}"))
+    return layers
+
+
+def test_one_play_per_layer_under_its_header_and_role_vars_only_for_their_role():
+    header = {"name": "Bake", "hosts": "all", "become": True, "vars": {"color": "blue"}}
+    layers = planned(header, "first", {"role": "web", "port": 80}, "last")
+    role_vars = {"web": {"web_artifact_path": "/a.tgz"}, "first": {}}
+    result = plays(layers, role_vars)
+    assert [p["roles"] for p in result] == [["first"], [{"role": "web", "port": 80, "web_artifact_path": "/a.tgz"}],
+                                            ["last"]]
+    assert all(p["hosts"] == "bakery_build" and p["become"] is True and p["vars"] == {"color": "blue"}
+               for p in result)
+    assert header == {"name": "Bake", "hosts": "all", "become": True, "vars": {"color": "blue"}}  # not mutated
+
+
+@pytest.mark.parametrize("gather", [None, True, False])
+def test_every_play_gathers_facts_as_its_header_says_as_a_run_of_its_own_would(gather):
+    header = {"hosts": "all"} if gather is None else {"hosts": "all", "gather_facts": gather}
+    result = plays(planned(header, "a", "b", "c"), {})
+    assert [p.get("gather_facts") for p in result] == [gather] * 3
+
+
+def test_the_bake_keeps_the_callback_plugins_the_project_configures(tmp_path, monkeypatch):
+    monkeypatch.delenv("ANSIBLE_CALLBACK_PLUGINS", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert callback_plugins(tmp_path).split(":") == [str(layer_commits.PLUGINS), str(tmp_path / "home" / ".ansible"
+                                                     / "plugins" / "callback"), "/usr/share/ansible/plugins/callback"]
+    (tmp_path / "ansible.cfg").write_text("[defaults]\ncallback_plugins = ./callbacks:/opt/more\n")
+    assert callback_plugins(tmp_path).split(":") == [str(layer_commits.PLUGINS), str(tmp_path / "callbacks"),
+                                                     "/opt/more"]
+    monkeypatch.setenv("ANSIBLE_CALLBACK_PLUGINS", "/from/env")  # the caller's setting wins over ansible.cfg
+    assert callback_plugins(tmp_path).split(":") == [str(layer_commits.PLUGINS), "/from/env"]
+
+
+def test_commit_cleans_commits_then_prepares_the_next_play_and_restores_apt_lists(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(layer_commits.podman, "run", lambda *args, **kw: calls.append(args))
+    monkeypatch.setattr(layer_commits.podman, "image_id", lambda ref: "sha-" + ref)
+    apt = AptMounts(tmp_path / "apt")
+    apt.volumes()
+    (apt.lists / "deb_dists_bookworm_main_binary-amd64_Packages").write_text("index\n")
+    apt.keep()
+    (apt.lists / "deb_dists_bookworm_main_binary-amd64_Packages").unlink()  # a role cleaned the lists
+    record = commit_layer("ctr", "localhost/bakery-cache/x:1", apt)
+    assert calls == [("exec", "ctr", "sh", "-c", layer_commits.HYGIENE), ("commit", "-q", "ctr",
+                                                                           "localhost/bakery-cache/x:1"),
+                     ("exec", "ctr", "sh", "-c", layer_commits.AFTER_COMMIT)]
+    assert record["image_id"] == "sha-localhost/bakery-cache/x:1" and record["seconds"] >= 0
+    assert (apt.lists / "deb_dists_bookworm_main_binary-amd64_Packages").is_file()  # back for the next play
+
+
+def test_a_failed_commit_is_an_error_record_not_an_exception(tmp_path, monkeypatch):
+    def boom(*args, **kw):
+        raise layer_commits.podman.OperationError("podman commit: no space left on device")
+
+    monkeypatch.setattr(layer_commits.podman, "run", boom)
+    plan, records = tmp_path / "plan.json", tmp_path / "commits.jsonl"
+    write_plan(plan, container="ctr", apt_root=tmp_path / "apt", records=records, layers=[("first", "ref-1")])
+    record = layer_commits.commit_from_plan(str(plan), 0)
+    assert record == {"index": 0, "role": "first", "error": "podman commit: no space left on device"}
+    assert read_records(records) == [record]
+
+
+def test_records_are_read_only_when_complete(tmp_path):
+    path = tmp_path / "commits.jsonl"
+    assert read_records(path) == []
+    append_record(path, {"index": 0})
+    with path.open("a") as out:
+        out.write('{"index": 1')  # the plugin is still writing
+    assert read_records(path) == [{"index": 0}]
+
+
+def load_plugin(monkeypatch, plan: Path, commits: list):
+    spec = importlib.util.spec_from_file_location("bakery_layers_under_test", PLUGIN)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setenv("BAKERY_LAYER_PLAN", str(plan))
+
+    def commit(plan_path, index):
+        commits.append(index)
+        return {"index": index}
+
+    monkeypatch.setattr(layer_commits, "commit_from_plan", commit)
+    return module.CallbackModule()
+
+
+def stats(failed: bool) -> AggregateStats:
+    result = AggregateStats()
+    result.increment("ok", "ctr")
+    if failed:
+        result.increment("failures", "ctr")
+    return result
+
+
+@pytest.mark.parametrize("failed, expected", [(False, [0, 1, 2]), (True, [0, 1])], ids=["success", "failure"])
+def test_plugin_commits_each_play_when_the_next_starts_and_the_last_only_on_success(tmp_path, monkeypatch, failed,
+                                                                                   expected):
+    commits: list[int] = []
+    plugin = load_plugin(monkeypatch, tmp_path / "plan.json", commits)
+    for _ in range(3):
+        plugin.v2_playbook_on_play_start(object())
+    assert commits == [0, 1]  # play 3 still running
+    plugin.v2_playbook_on_stats(stats(failed))
+    assert commits == expected
+
+
+def test_plugin_reports_a_play_left_without_host_and_commits_nothing_more(tmp_path, monkeypatch):
+    plan, records = tmp_path / "plan.json", tmp_path / "commits.jsonl"
+    write_plan(plan, container="ctr", apt_root=tmp_path, records=records, layers=[("a", "r1"), ("b", "r2")])
+    commits: list[int] = []
+    plugin = load_plugin(monkeypatch, plan, commits)
+    plugin.v2_playbook_on_play_start(object())
+    plugin.v2_playbook_on_play_start(object())  # play 1 ended the host (meta: end_host)
+    plugin.v2_playbook_on_no_hosts_matched()
+    plugin.v2_playbook_on_stats(stats(False))
+    assert commits == [0]
+    assert [(r["role"], "no host left" in r["error"]) for r in read_records(records)] == [("b", True)]
+
+
+def test_plugin_starts_every_play_without_the_host_state_earlier_plays_left(tmp_path, monkeypatch):
+    loader = DataLoader()
+    monkeypatch.setenv("ANSIBLE_CACHE_PLUGIN", "jsonfile")  # as ansible-runner sets it
+    monkeypatch.setenv("ANSIBLE_CACHE_PLUGIN_CONNECTION", str(tmp_path / "fact_cache"))
+    monkeypatch.setattr(ansible_constants, "CACHE_PLUGIN", "jsonfile")
+    manager = VariableManager(loader=loader, inventory=InventoryManager(loader=loader, sources="bakery_build,"))
+    play = Play.load({"hosts": "bakery_build", "gather_facts": False, "tasks": []}, variable_manager=manager,
+                     loader=loader)
+    plugin = load_plugin(monkeypatch, tmp_path / "plan.json", [])
+    plugin.v2_playbook_on_play_start(play)
+    manager.set_host_facts("bakery_build", {"os_family": "Debian"})  # gathered facts
+    manager.set_nonpersistent_facts("bakery_build", {"from_set_fact": 1, "registered": {"rc": 0}})
+    manager.set_host_variable("bakery_build", "from_include_vars", 2)
+    assert manager._fact_cache.contains("bakery_build")  # written to the jsonfile cache
+    plugin.v2_playbook_on_play_start(play.copy())  # the next play (Ansible hands the callback a copy)
+    assert not manager._fact_cache.contains("bakery_build")
+    assert not manager._nonpersistent_fact_cache.get("bakery_build")
+    assert not manager._vars_cache.get("bakery_build")
+
+
+def test_plugin_leaves_a_play_whose_hosts_all_failed_to_the_task_failure(tmp_path, monkeypatch):
+    plan, records = tmp_path / "plan.json", tmp_path / "commits.jsonl"
+    write_plan(plan, container="ctr", apt_root=tmp_path, records=records, layers=[("a", "r1"), ("b", "r2")])
+    commits: list[int] = []
+    plugin = load_plugin(monkeypatch, plan, commits)
+    plugin.v2_playbook_on_play_start(object())
+    plugin.v2_playbook_on_play_start(object())
+    plugin.v2_playbook_on_no_hosts_remaining()  # max_fail_percentage, or the one host failed a task
+    plugin.v2_playbook_on_stats(stats(False))
+    assert commits == [0]
+    assert read_records(records) == []  # no "commit failed" record to hide the failed task
+
+
+def test_plugin_fails_the_layer_when_it_cannot_clear_the_earlier_plays_state(tmp_path, monkeypatch):
+    plan, records = tmp_path / "plan.json", tmp_path / "commits.jsonl"
+    write_plan(plan, container="ctr", apt_root=tmp_path, records=records, layers=[("a", "r1"), ("b", "r2")])
+    commits: list[int] = []
+    plugin = load_plugin(monkeypatch, plan, commits)
+
+    class Broken:
+        def get_variable_manager(self):
+            raise RuntimeError("no manager")
+
+    plugin.v2_playbook_on_play_start(object())
+    plugin.v2_playbook_on_play_start(Broken())
+    plugin.v2_playbook_on_stats(stats(False))
+    assert commits == [0]
+    assert [(r["role"], "could not clear the host state" in r["error"]) for r in read_records(records)] == \
+        [("b", True)]
+
+
+def test_plugin_does_nothing_outside_a_bake(monkeypatch, tmp_path):
+    commits: list[int] = []
+    plugin = load_plugin(monkeypatch, tmp_path / "plan.json", commits)
+    monkeypatch.delenv("BAKERY_LAYER_PLAN")
+    plugin.plan = ""
+    plugin.v2_playbook_on_play_start(object())
+    plugin.v2_playbook_on_stats(stats(False))
+    assert commits == []
+
+
+def event(kind: str, **data) -> dict:
+    return {"event": kind, "event_data": data}
+
+
+def test_layer_run_counts_per_play_and_records_each_commit_as_it_is_read(tmp_path):
+    records = tmp_path / "commits.jsonl"
+    layers = planned({"hosts": "all"}, "first", "second")
+    recorded = []
+    run = LayerRun(layers, 3, Progress(stream=open(tmp_path / "progress", "w")), records, recorded.append)
+    run.observe(event("playbook_on_play_start"))
+    assert run.step() == "[1/3] first"
+    run.observe(event("runner_on_ok", task="Gathering Facts", res={}))
+    run.observe(event("runner_on_ok", task="greet", res={"changed": True}))
+    run.observe(event("playbook_on_play_start"))
+    append_record(records, {"index": 0, "role": "first", "ref": "r1", "image_id": "i1", "seconds": 0.5})
+    run.observe(event("runner_on_skipped", task="maybe"))  # the commit is read with the next event
+    assert [r["ref"] for r in recorded] == ["r1"]
+    assert run.step() == "[2/3] second"
+    run.observe(event("playbook_on_stats", failures={}, dark={}))
+    append_record(records, {"index": 1, "role": "second", "ref": "r2", "image_id": "i2", "seconds": 0.5})
+    run.finish(ok=True)
+    assert [r["ref"] for r in recorded] == ["r1", "r2"] and not run.broken
+    assert (run.tasks, run.changed) == ([2, 1], [1, 0])
+    assert run.seconds(1) == round(max(run.step_seconds[1] - 0.5, 0.0), 3)
+    lines = (tmp_path / "progress").read_text().splitlines()
+    assert lines == ["[1/3] first: running", lines[1], "[2/3] second: running", lines[3]]
+    assert lines[1].startswith("[1/3] first: baked") and lines[3].startswith("[2/3] second: baked")
+
+
+def test_layer_run_marks_the_failed_play_and_stops_on_a_commit_error(tmp_path):
+    records = tmp_path / "commits.jsonl"
+    out = tmp_path / "progress"
+    run = LayerRun(planned({}, "first", "boom"), 2, Progress(stream=out.open("w")), records, lambda r: None)
+    run.observe(event("playbook_on_play_start"))
+    run.observe(event("playbook_on_play_start"))
+    run.observe(event("runner_on_failed", task="Fail on purpose", res={"msg": "no"}))
+    run.observe(event("playbook_on_stats", failures={"ctr": 1}, dark={}))
+    run.finish(ok=False)
+    assert run.current == 1 and "[2/2] boom: FAILED" in out.read_text()
+    append_record(records, {"index": 0, "role": "first", "error": "disk full"})
+    run.collect()
+    assert run.broken
+    assert json.loads(records.read_text())["error"] == "disk full"
+
+
+def test_an_orphaned_run_commits_nothing_once_bakery_is_gone(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(layer_commits.podman, "run", lambda *args, **kw: calls.append(args))
+    plan, records = tmp_path / "plan.json", tmp_path / "commits.jsonl"
+    write_plan(plan, container="ctr", apt_root=tmp_path / "apt", records=records, layers=[("first", "ref-1")])
+    data = json.loads(plan.read_text())
+    data["owner"] = dead_pid()
+    plan.write_text(json.dumps(data))
+    record = layer_commits.commit_from_plan(str(plan), 0)
+    assert "is gone" in record["error"] and calls == []
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
