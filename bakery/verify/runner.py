@@ -6,7 +6,9 @@ which runs the image's testinfra suite and the testinfra tests of every role in
 it, and one with no network at all, which must still reach `running` and pass
 the health check (nothing may be installed or fetched at boot). Every layer
 the bake committed above the base is scanned for secrets, and the image's
-packages are listed against the base. Reports go to .bakery/runs/<run-id>/; the outcome goes to
+packages are listed against the base. The testinfra run goes on in the background (over one exec
+session per instance) while the offline checks, the scan and the package list are made; the report lists
+the checks in the same order either way. Reports go to .bakery/runs/<run-id>/; the outcome goes to
 the catalog, where deploy and promote look for it.
 """
 
@@ -15,8 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
-import sys
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -33,7 +33,7 @@ from bakery.progress import Progress
 from bakery.provenance import utc_now
 from bakery.runs import Run
 from bakery.signals import TimeLimitExceeded, cancellable, time_limit
-from bakery.verify import image_layers, junit, packages, secrets
+from bakery.verify import apt_leftovers, image_layers, junit, packages, secrets, testinfra_run
 from bakery.verify.role_tests import project_role_tests, third_party_role_tests
 
 log = logging.getLogger("bakery.verify")
@@ -89,6 +89,7 @@ class Verifier:
         self.checks: list[junit.Check] = []
         self.instances: list[str] = []
         self.params: Path | None = None  # the parameter store mounted into the instances (verify --env)
+        self._held: list[junit.Check] | None = None  # checks kept back while testinfra runs in the background
 
     def verify(self, record: dict[str, Any], allowlist: list[secrets.AllowEntry], runtime_text: str,
                env_name: str | None = None) -> VerifyResult:
@@ -106,13 +107,21 @@ class Verifier:
             online = self._launch("online", record["image_ref"], runtime_file, network=True)
             offline = self._launch("offline", record["image_ref"], runtime_file, network=False)
             booted = self._check_boot("boot", online)
-            if booted:
-                self._run_testinfra(image, version, record, online, env_name)
+            tests = self._start_testinfra(image, version, record, online, env_name) if booted else None
+            if tests is not None:
+                cleanup.callback(tests.stop)
+            # Checks made while the tests run join the report after the testinfra check: the order never changes.
+            self._held = [] if tests is not None else None
             offline_booted = self._check_boot("offline-boot", offline)
             if offline_booted and health:
                 self._check_health("offline-health", offline, health)
             self._scan_secrets(record, allowlist)
             self._report_packages(record)
+            held, self._held = self._held or [], None
+            if tests is not None:
+                self._add(tests.finish())
+            for check in held:
+                self._add(check)
 
         return self._record(record, started_at, started, env_name, "container",
                             {"packages": str(self.run.path / "packages.json"),
@@ -211,33 +220,29 @@ class Verifier:
     def _run_testinfra(self, image: str, version: str, record: dict[str, Any], instance: str,
                        env_name: str | None, hosts: tuple[str, ...] = ()) -> None:
         """Run the tests against `instance` (podman), or the testinfra host arguments in `hosts`."""
+        tests = self._start_testinfra(image, version, record, instance, env_name, hosts)
+        if tests is not None:
+            try:
+                self._add(tests.finish())
+            finally:
+                tests.stop()
+
+    def _start_testinfra(self, image: str, version: str, record: dict[str, Any], instance: str,
+                         env_name: str | None, hosts: tuple[str, ...] = ()) -> testinfra_run.TestinfraRun | None:
+        """Start the tests in the background; None (and a skipped check) when the image has none."""
         files, notes = self.test_files(image, record)
         if not files:
             self._add(junit.Check("testinfra", True, 0, skipped=True, message="; ".join(notes) or "no testinfra tests"))
-            return
-        report = self.run.path / "testinfra-online.xml"
+            return None
         ini = self.run.path / "pytest.ini"
         ini.write_text("[pytest]\naddopts = -p no:cacheprovider\n", encoding="utf-8")
-        env = {**os.environ, "BAKERY_VERIFY_IMAGE": image, "BAKERY_VERIFY_VERSION": version,
-               "BAKERY_VERIFY_COMMIT": (record.get("provenance") or {}).get("git_commit", ""),
-               "BAKERY_VERIFY_ENV": env_name or "verify",
-               "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
-        cmd = [sys.executable, "-m", "pytest", "-c", str(ini), "--rootdir", str(self.project.root),
-               "--import-mode=importlib", *(hosts or [f"--hosts=podman://{instance}"]),
-               f"--junitxml={report}", "-o", f"junit_suite_name=testinfra {image}:{version}", "-q", *map(str, files)]
-        t = time.monotonic()
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=self.project.root, check=False,
-                              timeout=1800)
-        (self.run.path / "testinfra.log").write_text(proc.stdout + proc.stderr, encoding="utf-8")
-        lines = [line for line in proc.stdout.splitlines() if line.strip()]
-        tail = lines[-1] if lines else proc.stderr.strip()[-300:]
-        rel = [str(f.relative_to(self.project.root)) for f in files]
-        if proc.returncode == 0:
-            self._add(junit.Check("testinfra", True, time.monotonic() - t, output=f"{tail} ({', '.join(rel)})"))
-        else:
-            failing = [line.split(" - ")[0].removeprefix("FAILED ") for line in lines if line.startswith("FAILED ")]
-            message = f"{tail}" + (f": {', '.join(failing[:5])}" if failing else "")
-            self._add(junit.Check("testinfra", False, time.monotonic() - t, message, proc.stdout[-20000:]))
+        env = testinfra_run.environment({
+            "BAKERY_VERIFY_IMAGE": image, "BAKERY_VERIFY_VERSION": version,
+            "BAKERY_VERIFY_COMMIT": (record.get("provenance") or {}).get("git_commit", ""),
+            "BAKERY_VERIFY_ENV": env_name or "verify"})
+        cmd = testinfra_run.command(ini, self.project.root, hosts or (f"--hosts=podman://{instance}",),
+                                    self.run.path / "testinfra-online.xml", f"testinfra {image}:{version}", files)
+        return testinfra_run.start(cmd, env, self.project.root, files, self.run.path / "testinfra.log")
 
     # -- files ----------------------------------------------------------------------------------
 
@@ -258,18 +263,29 @@ class Verifier:
         t = time.monotonic()
         base = self._base_ref(record)
         if base is None:
-            self._add(junit.Check("secret-scan", False, 0,
-                                  "the image's base is gone from podman; cannot tell what the bake added"))
+            gone = "the image's base is gone from podman; cannot tell what the bake added"
+            self._add(junit.Check("secret-scan", False, 0, gone))
+            self._add(junit.Check(apt_leftovers.CHECK, False, 0, gone))
             return
         findings: list[secrets.Finding] = []
+        apt_found: dict[str, list[str]] = {}
         try:
             with time_limit(scan_timeout()):
                 layers = image_layers.layers_above(self.catalog, record, base)
                 for layer, stream in image_layers.each_layer(record["image_ref"], layers):
-                    findings += secrets.scan_layer(stream, layer.label, allowlist)
+                    def note(name: str, is_dir: bool, label: str = layer.label) -> None:
+                        if apt_leftovers.leftover(name, is_dir):
+                            apt_found.setdefault(label, []).append(name)
+                    findings += secrets.scan_layer(stream, layer.label, allowlist, names=note)
         except (OperationError, TimeLimitExceeded) as error:
             self._add(junit.Check("secret-scan", False, time.monotonic() - t, f"could not scan the layers: {error}"))
+            self._add(junit.Check(apt_leftovers.CHECK, False, 0, f"could not read the layers: {error}"))
             return
+        self._report_secrets(findings, layers, t)
+        # read on the same pass: no apt list or downloaded package may be committed in any layer
+        self._add(apt_leftovers.outcome(apt_found, len(layers), 0))
+
+    def _report_secrets(self, findings: list[secrets.Finding], layers: list[image_layers.Layer], t: float) -> None:
         (self.run.path / "secrets.json").write_text(json.dumps([f.to_dict() for f in findings], indent=2),
                                                     encoding="utf-8")
         if findings:
@@ -297,6 +313,9 @@ class Verifier:
                                      f"{len(d['removed'])} removed, {len(d['changed'])} changed against the base"))
 
     def _add(self, check: junit.Check) -> None:
+        if self._held is not None:
+            self._held.append(check)
+            return
         self.checks.append(check)
         state = "skipped" if check.skipped else ("ok" if check.passed else "FAILED")
         detail = check.message or check.output

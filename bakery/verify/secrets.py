@@ -29,13 +29,20 @@ __all__ = ["RULE_NAMES", "AllowEntry", "Finding", "is_allowed", "load_allowlist"
            "scan_tree"]
 
 
-def scan_layer(stream: IO[bytes], layer: str, allowlist: list[AllowEntry]) -> list[Finding]:
-    """One image layer as a tar stream (plain or compressed, read in order, never seeked); findings carry `layer`."""
+def scan_layer(stream: IO[bytes], layer: str, allowlist: list[AllowEntry],
+               names: Callable[[str, bool], None] | None = None) -> list[Finding]:
+    """One image layer as a tar stream (plain or compressed, read in order, never seeked); findings carry `layer`.
+
+    `names` sees every member's name (and whether it is a directory): other checks of the layers ride along
+    on this one read of each layer instead of a second `podman save`.
+    """
 
     def walk(walker: Walker) -> None:
         try:
             with tarfile.open(fileobj=stream, mode="r|*", encoding="utf-8", errors="surrogateescape") as tar:
                 for member in tar:
+                    if names is not None:
+                        names(member.name, member.isdir())
                     walker.tar_member(tar, member, "", 0)
         except DECODE_ERRORS as exc:
             raise OperationError(f"secret scan: layer {layer}: its tar stream cannot be read "

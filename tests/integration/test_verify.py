@@ -36,7 +36,8 @@ def test_example_image_passes_and_leaves_nothing(example_project, webapp_image):
     result = out.json
     assert result["passed"] is True
     names = {c["name"]: c for c in result["checks"]}
-    assert {"boot", "testinfra", "offline-boot", "offline-health", "secret-scan", "package-report"} <= set(names)
+    assert {"boot", "testinfra", "offline-boot", "offline-health", "secret-scan", "apt-leftovers",
+            "package-report"} <= set(names)
     assert "passed" in names["testinfra"]["output"] and "tests/images/test_webapp.py" in names["testinfra"]["output"]
     assert verify_instances_left() == []
 
