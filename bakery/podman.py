@@ -6,11 +6,13 @@ type), so every call can be replayed by hand from the run log.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shlex
 import subprocess
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from bakery.errors import ConfigError, OperationError
@@ -72,6 +74,17 @@ def check_working() -> None:
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["unknown error"])[-1]
         raise ConfigError(f"podman is not working ({last}); run: make setup")
+
+
+@contextlib.contextmanager
+def setup_hint_if_broken() -> Iterator[None]:
+    """For podman commands run before check_working (which costs 0.3 s, too much for a no-change rebake): a
+    failure from a podman that does not work at all is said as check_working says it, with the setup hint."""
+    try:
+        yield
+    except OperationError:
+        check_working()
+        raise
 
 
 def image_exists(ref: str) -> bool:

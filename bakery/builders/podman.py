@@ -54,11 +54,10 @@ class PodmanBuilder(Builder):
     def _build(self, definition: ImageDefinition, options: BuildOptions, run: Run,
                requirements: dict[str, str]) -> BuildResult:
         started = time.monotonic()
-        podman.check_working()
         self._check_disk_space()
-        leftovers.clean(self.project, self.catalog)
-
-        base = resolve_base(definition.base, self.base_settings())
+        with podman.setup_hint_if_broken():
+            leftovers.clean(self.project, self.catalog)
+            base = resolve_base(definition.base, self.base_settings())
         self.catalog.record_base(base.ref, base.release or "", base.digest)
         extra_vars = {"bakery_image": definition.name, "bakery_target": self.target, **options.extra_vars}
         role_inputs, role_vars = self.artifact_inputs(definition)
@@ -71,6 +70,7 @@ class PodmanBuilder(Builder):
             if existing:
                 self.progress.note(f"{definition.name}: inputs unchanged, reusing version {existing['version']}")
                 return self._reused_result(existing, planned, run, started)
+        podman.check_working()  # before anything is started: a podman that cannot run containers gets the hint
 
         with cancellable() as cancel:
             bake = _Bake(self, definition, options, run, cancel, base.ref, base.digest, planned, digest, extra_vars,

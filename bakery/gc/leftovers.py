@@ -22,7 +22,7 @@ from bakery.config import Project
 from bakery.disks import builder as disk_builder
 from bakery.disks import vm_leftovers
 from bakery.processes import pid_alive
-from bakery.verify import aws_readback
+from bakery.verify.readback_dirs import stale_readbacks
 
 log = logging.getLogger("bakery.leftovers")
 
@@ -62,7 +62,7 @@ def find(project: Project, catalog: Catalog) -> Leftovers:
             if match and not pid_alive(int(match.group(1))):
                 found.playbooks.append(str(path))
     orphans = disk_builder.orphan_disks(project, catalog) if isinstance(catalog, SqliteCatalog) else []
-    found.disks = [str(p) for p in (*disk_builder.stale_work(project), *aws_readback.stale_readbacks(project),
+    found.disks = [str(p) for p in (*disk_builder.stale_work(project), *stale_readbacks(project),
                                     *orphans, *stale_mounts(project.state_dir / "runs"))]
     return found
 

@@ -31,11 +31,10 @@ from bakery.provenance import utc_now
 from bakery.runs import Run
 from bakery.signals import Cancellation, TimeLimitExceeded, cancellable, time_limit
 from bakery.verify import disk_scan, junit, secrets
+from bakery.verify.readback_dirs import KEPT, readback_dir, stale_readbacks
 from bakery.verify.runner import VerifyResult
 from bakery.verify.vm import VmVerifier, disk_layout
 
-READBACK_PREFIX = ".readback-"
-KEPT = "kept"  # in a read-back directory kept with --keep-disk: not a leftover, gc leaves it
 CHUNK = 4 * 1024 * 1024
 
 
@@ -107,18 +106,6 @@ def readback_region(project: Project, env_name: str | None, region: str | None) 
                               "for an aws environment; give one, or verify without --env")
         env_region = str(env.aws.get("region") or "")
     return resolve_region(region or env_region or project.aws.region or None)
-
-
-def readback_dir(project: Project, run_id: str) -> Path:
-    return project.state_dir / "disks" / f"{READBACK_PREFIX}{run_id}"
-
-
-def stale_readbacks(project: Project) -> list[Path]:
-    """Read-back directories of runs whose process is gone (killed), not those kept with --keep-disk."""
-    from bakery.disks.builder import owner_gone
-
-    return [path for path in sorted((project.state_dir / "disks").glob(f"{READBACK_PREFIX}*"))
-            if not (path / KEPT).exists() and owner_gone(path)]
 
 
 def version_record(catalog: SqliteCatalog, definition: ImageDefinition, found: FoundAmi) -> dict[str, Any]:
