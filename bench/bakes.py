@@ -1,14 +1,20 @@
-"""Bake benchmarks: cold bake vs Packer vs the bare provisioning work, then no-change and app-only rebakes.
+"""Bake benchmarks: cold bake vs the baseline commit's vs Packer vs the bare provisioning work, then rebakes.
 
-The three cold contenders run in turn, round after round (A B C A B C ...), so the other
+The cold contenders run in turn, round after round (A B C D, B A C D, ...), so the other
 work on this machine slows each of them alike; every run's time is kept for the spread.
 
-  cold bake     bake.py build bench-webapp --no-cache
+  cold bake     bake.py build bench-webapp --no-cache: this checkout's bakery, every role in one
+                ansible-playbook run with a layer committed as each play ends (issue 19)
+  baseline      the same command run by the baseline commit's bake.py (d898b2d by default: one
+                ansible-playbook run per role, before issue 19), exported with git archive
+                (verify_compare.baseline_tree) and run by this checkout's venv python on the same project copy
   Packer        packer build packer/local.pkr.hcl (docker builder on podman via the podman-docker shim,
                 ansible provisioner, same playbook, base and variables, one commit at the end)
   bare          ansible-playbook of the same playbook against an already booted systemd container
                 (containers.podman connection, the same settings bake.py gives Ansible) + one podman commit:
                 the time the work itself needs
+
+No package cache outlives a bake: every contender downloads its packages again.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import time
 from pathlib import Path
 
 from common import (
+    BAKE,
     BARE_REPO,
     BASE,
     BENCH_LABEL,
@@ -32,6 +39,7 @@ from common import (
     log,
     median,
     run,
+    sampled,
     timed,
 )
 
@@ -45,8 +53,11 @@ def fact_cache_env(folder: Path) -> dict[str, str]:
             "ANSIBLE_CACHE_PLUGIN_CONNECTION": str(folder), "ANSIBLE_CACHE_PLUGIN_TIMEOUT": "3600"}
 
 
-def cold_bake(project: BenchProject, env: dict[str, str] | None = None) -> tuple[float, Memory, dict]:
-    result = project.bake("build", IMAGE, "--no-cache", "--json", env=env)
+def cold_bake(project: BenchProject, env: dict[str, str] | None = None,
+              bake_py: Path = BAKE) -> tuple[float, Memory, dict]:
+    """One `bake.py build IMAGE --no-cache --json` on the copy, by this checkout's bake.py or another tree's."""
+    result = sampled([str(PYTHON), str(bake_py), "--project", str(project.root), "build", IMAGE, "--no-cache",
+                      "--json"], env=env)
     return result.seconds, result.memory, bake_json(result)
 
 
@@ -126,27 +137,45 @@ def _wait_booted(container: str, timeout: float = 90) -> None:
     raise SystemExit(f"bench: {container} did not boot")
 
 
-def cold_rounds(project: BenchProject, rounds: int) -> dict:
-    """Alternate bake.py, Packer and the bare run; every time kept, plus bake.py's peak memory."""
-    role_vars = project.artifact_vars()
-    times: dict[str, list[float]] = {"bake": [], "packer": [], "bare": []}
+def _contenders(skip: set[str]) -> list[str]:
+    return [name for name in ("bake", "baseline", "packer", "bare") if name not in skip]
+
+
+def cold_rounds(project: BenchProject, rounds: int, skip: frozenset[str] = frozenset(),
+                baseline: Path | None = None) -> dict:
+    """Alternate this checkout's cold bake, the baseline tree's (`baseline`: its bake.py), Packer and the bare run.
+
+    The two bake.py runs swap places every round (ABBA), so drift hits both alike. Every time is kept, with
+    this checkout's peak memory and, per bake of either, the part spent in its layers' playbooks.
+    """
+    if baseline is None:
+        skip = skip | {"baseline"}
+    role_vars = project.artifact_vars() if {"packer", "bare"} - skip else {}
+    times: dict[str, list[float]] = {name: [] for name in _contenders(set(skip))}
     memory: list[Memory] = []
     versions: list[str] = []
-    refs: list[str] = []
-    in_ansible: list[float] = []  # the part of each cold bake spent in its layers' playbooks
+    refs: dict[str, list[str]] = {"bake": [], "baseline": []}
+    # the part of each cold bake spent in its layers' playbooks
+    in_ansible: dict[str, list[float]] = {"bake": [], "baseline": []}
     for n in range(1, rounds + 1):
-        log(f"round {n}/{rounds}: cold bake.py")
-        seconds, mem, result = cold_bake(project)
-        times["bake"].append(seconds)
-        memory.append(mem)
-        versions.append(result["version"])
-        refs.append(result["ref"])
-        in_ansible.append(sum(layer["seconds"] for layer in result["layers"]))
-        log(f"round {n}/{rounds}: cold bake.py {seconds:.1f} s; Packer")
-        times["packer"].append(packer_bake(project, f"r{n}", role_vars))
-        log(f"round {n}/{rounds}: Packer {times['packer'][-1]:.1f} s; bare ansible-playbook + commit")
-        times["bare"].append(bare_bake(project, f"r{n}", role_vars))
-        log(f"round {n}/{rounds}: bare {times['bare'][-1]:.1f} s")
+        order = _contenders(set(skip))
+        if n % 2 == 0 and "baseline" in order:
+            order[0], order[1] = order[1], order[0]
+        for name in order:
+            log(f"round {n}/{rounds}: {name}")
+            if name in ("bake", "baseline"):
+                seconds, mem, result = cold_bake(project, bake_py=baseline if name == "baseline" and baseline else BAKE)
+                refs[name].append(result["ref"])
+                in_ansible[name].append(sum(layer["seconds"] for layer in result["layers"]))
+                if name == "bake":
+                    memory.append(mem)
+                    versions.append(result["version"])
+            elif name == "packer":
+                seconds = packer_bake(project, f"r{n}", role_vars)
+            else:
+                seconds = bare_bake(project, f"r{n}", role_vars)
+            times[name].append(seconds)
+            log(f"round {n}/{rounds}: {name} {seconds:.1f} s")
     return {"times": times, "memory": memory, "versions": versions, "refs": refs, "in_ansible": in_ansible}
 
 
@@ -188,12 +217,18 @@ def options(project: BenchProject) -> dict[str, tuple[float, str]]:
 
 
 if __name__ == "__main__":
-    # Quick use: .venv/bin/python bench/bakes.py [rounds] -> JSON on stdout
+    # Quick use: .venv/bin/python bench/bakes.py [rounds [skip...]] -> JSON on stdout (skip: baseline packer bare)
     import sys
+
+    import verify_compare
 
     with BenchProject() as proj:
         run([str(PYTHON), str(REPO / "bake.py"), "--project", str(proj.root), "build-app"])
-        out = cold_rounds(proj, int(sys.argv[1]) if len(sys.argv) > 1 else 1)
+        leave_out = frozenset(sys.argv[2:])
+        tree = (None if "baseline" in leave_out
+                else verify_compare.baseline_tree(verify_compare.BASELINE, proj.root.parent))
+        out = cold_rounds(proj, int(sys.argv[1]) if len(sys.argv) > 1 else 1, leave_out,
+                          tree / "bake.py" if tree else None)
         out["no_change"] = no_change(proj, 3)
         out["app_only"] = app_only(proj, 1)
         print(json.dumps({**out, "memory": [vars(m) for m in out["memory"]],
