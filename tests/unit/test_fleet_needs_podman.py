@@ -21,13 +21,8 @@ sys.exit(125)
 """
 
 
-@pytest.mark.parametrize("args", [
-    ["status", "--env", "qa"],
-    ["down", "--env", "qa"],
-    ["rollback", "--env", "qa"],
-    ["config", "set", "--env", "qa", "LOG_LEVEL=debug"],
-], ids=lambda args: " ".join(args[:2]))
-def test_a_broken_podman_is_exit_2_and_a_fresh_checkout_stays_as_it_was(tmp_path: Path, monkeypatch, capsys, args):
+def project_with_broken_podman(tmp_path: Path, monkeypatch) -> Path:
+    """A fresh project, and a `podman` first on PATH that fails every command as a dead podman service does."""
     root = make_project(tmp_path / "p")
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -36,6 +31,17 @@ def test_a_broken_podman_is_exit_2_and_a_fresh_checkout_stays_as_it_was(tmp_path
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.delenv("BAKERY_PROJECT", raising=False)
+    return root
+
+
+@pytest.mark.parametrize("args", [
+    ["status", "--env", "qa"],
+    ["down", "--env", "qa"],
+    ["rollback", "--env", "qa"],
+    ["config", "set", "--env", "qa", "LOG_LEVEL=debug"],
+], ids=lambda args: " ".join(args[:2]))
+def test_a_broken_podman_is_exit_2_and_a_fresh_checkout_stays_as_it_was(tmp_path: Path, monkeypatch, capsys, args):
+    root = project_with_broken_podman(tmp_path, monkeypatch)
     before = snapshot(root)
 
     rc = main(["--project", str(root), *args])
@@ -49,14 +55,7 @@ def test_a_broken_podman_is_exit_2_and_a_fresh_checkout_stays_as_it_was(tmp_path
 def test_a_bake_with_a_broken_podman_is_the_same_one_line_exit_2(tmp_path: Path, monkeypatch, capsys):
     """build asks podman for its leftovers and base before check_working (a no-change rebake skips it): a podman
     that fails there still gets check_working's line, not the failed command's."""
-    root = make_project(tmp_path / "p")
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    fake = bin_dir / "podman"
-    fake.write_text(BROKEN_PODMAN.format(python=sys.executable))
-    fake.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.delenv("BAKERY_PROJECT", raising=False)
+    root = project_with_broken_podman(tmp_path, monkeypatch)
 
     rc = main(["--project", str(root), "build", "webapp"])
 

@@ -140,11 +140,16 @@ def test_plugin_commits_each_play_when_the_next_starts_and_the_last_only_on_succ
     assert commits == expected
 
 
-def test_plugin_reports_a_play_left_without_host_and_commits_nothing_more(tmp_path, monkeypatch):
+def two_play_plugin(tmp_path, monkeypatch):
+    """The plugin following a two-layer plan: (records file, commits made, plugin)."""
     plan, records = tmp_path / "plan.json", tmp_path / "commits.jsonl"
     write_plan(plan, container="ctr", apt_root=tmp_path, records=records, layers=[("a", "r1"), ("b", "r2")])
     commits: list[int] = []
-    plugin = load_plugin(monkeypatch, plan, commits)
+    return records, commits, load_plugin(monkeypatch, plan, commits)
+
+
+def test_plugin_reports_a_play_left_without_host_and_commits_nothing_more(tmp_path, monkeypatch):
+    records, commits, plugin = two_play_plugin(tmp_path, monkeypatch)
     plugin.v2_playbook_on_play_start(object())
     plugin.v2_playbook_on_play_start(object())  # play 1 ended the host (meta: end_host)
     plugin.v2_playbook_on_no_hosts_matched()
@@ -174,10 +179,7 @@ def test_plugin_starts_every_play_without_the_host_state_earlier_plays_left(tmp_
 
 
 def test_plugin_leaves_a_play_whose_hosts_all_failed_to_the_task_failure(tmp_path, monkeypatch):
-    plan, records = tmp_path / "plan.json", tmp_path / "commits.jsonl"
-    write_plan(plan, container="ctr", apt_root=tmp_path, records=records, layers=[("a", "r1"), ("b", "r2")])
-    commits: list[int] = []
-    plugin = load_plugin(monkeypatch, plan, commits)
+    records, commits, plugin = two_play_plugin(tmp_path, monkeypatch)
     plugin.v2_playbook_on_play_start(object())
     plugin.v2_playbook_on_play_start(object())
     plugin.v2_playbook_on_no_hosts_remaining()  # max_fail_percentage, or the one host failed a task
@@ -187,10 +189,7 @@ def test_plugin_leaves_a_play_whose_hosts_all_failed_to_the_task_failure(tmp_pat
 
 
 def test_plugin_fails_the_layer_when_it_cannot_clear_the_earlier_plays_state(tmp_path, monkeypatch):
-    plan, records = tmp_path / "plan.json", tmp_path / "commits.jsonl"
-    write_plan(plan, container="ctr", apt_root=tmp_path, records=records, layers=[("a", "r1"), ("b", "r2")])
-    commits: list[int] = []
-    plugin = load_plugin(monkeypatch, plan, commits)
+    records, commits, plugin = two_play_plugin(tmp_path, monkeypatch)
 
     class Broken:
         def get_variable_manager(self):
