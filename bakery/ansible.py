@@ -127,6 +127,8 @@ def run_playbook(
     import ansible_runner  # heavy: imported only when a bake runs
 
     private_data_dir.mkdir(parents=True, exist_ok=True)
+    for name in RUNNER_ENV_FILES:  # ansible-runner keeps an existing file over what it is given: a later run
+        (private_data_dir / "env" / name).unlink(missing_ok=True)  # here must not get an earlier one's plan
     result = PlaybookResult(status="unstarted", rc=-1, artifact_dir=private_data_dir / "artifacts" / ident)
 
     def on_event(event: dict[str, Any]) -> bool:
@@ -169,12 +171,18 @@ def run_playbook(
     return result
 
 
+# What ansible-runner writes into <private data dir>/env/ (extra vars stay out of the command line that way).
+RUNNER_ENV_FILES = ("envvars", "extravars", "passwords", "settings")
+META_ACTIONS = ("meta", "ansible.builtin.meta", "ansible.legacy.meta")
+
+
 def event_counts(event: dict[str, Any]) -> tuple[int, int]:
     """Whether an ansible-runner event is a task result (1 or 0), and whether it changed something."""
     kind = event.get("event")
-    if kind not in RESULT_EVENTS:
+    data = event.get("event_data", {})
+    if kind not in RESULT_EVENTS or data.get("task_action") in META_ACTIONS:  # bakery's own reset, not the role's
         return 0, 0
-    res = event.get("event_data", {}).get("res") or {}
+    res = data.get("res") or {}
     return 1, int(bool(res.get("changed")) and kind == "runner_on_ok")
 
 

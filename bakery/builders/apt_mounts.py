@@ -33,6 +33,10 @@ OWNER_FILE = "owner.pid"
 NOT_LISTS = ("lock", "partial", "auxfiles")
 # apt rebuilds its binary caches from the lists whenever they are missing; outside the mounts, so removed
 # before each commit like any other scratch file.
+# What decides which lists `apt-get update` fetches: a role that changes it without refreshing leaves lists that
+# a build container booted from its layer (which fetches them fresh) would not have.
+SOURCES_DIGEST = "cat /etc/apt/sources.list /etc/apt/sources.list.d/* 2>/dev/null | sha256sum"
+SOURCES_FILE = "sources.sha256"
 CLEAN_BEFORE_COMMIT = "rm -f /var/cache/apt/pkgcache.bin /var/cache/apt/srcpkgcache.bin"
 
 
@@ -80,7 +84,25 @@ class AptMounts:
                        f"{', '.join(sorted(set(failed)))} (a host directory); a role that installs from it will fail")
             log.warning("%s", problem)
         self.keep()
+        (self.root / SOURCES_FILE).write_text(self._sources(container), encoding="utf-8")
         return time.monotonic() - started, problem
+
+    def refresh_if_sources_changed(self, container: str) -> bool:
+        """After a layer: fetch the lists again when the layer changed the apt sources (a role that adds a
+        repository without `update_cache`), so the next role finds what it would after a boot from the layer."""
+        try:
+            before = (self.root / SOURCES_FILE).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            before = ""
+        if self._sources(container) == before:
+            return False
+        self.refresh(container)
+        log.info("the apt sources changed in the last layer: package lists fetched again")
+        return True
+
+    @staticmethod
+    def _sources(container: str) -> str:
+        return podman.run("exec", container, "sh", "-c", SOURCES_DIGEST).stdout.strip()
 
     def keep(self) -> None:
         """Add the lists as they are now to the copy (a role may have added an apt source and refreshed them:

@@ -17,6 +17,7 @@ from typing import Any
 
 from bakery import podman
 from bakery.builders.apt_mounts import CLEAN_BEFORE_COMMIT, AptMounts
+from bakery.config import RoleRef
 from bakery.errors import OperationError
 from bakery.layers import PlannedLayer
 from bakery.processes import pid_alive
@@ -52,22 +53,53 @@ def callback_plugins(project_root: Path) -> str:
 def plays(layers: list[PlannedLayer], role_vars: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """One play per layer, each around one role, under the layer's own play header.
 
-    Each play gathers facts as its header says, against the container as the layers before it left it, and
-    the plugin clears every earlier play's host state when it starts: as when each role had its own run, so
-    one cache key always means one layer. A role's own variables (its artifact) are role parameters: they
-    reach that role (and its dependencies) only, and win over everything but extra vars, as close as Ansible
-    allows to the extra vars they were when each role had its own run.
+    Each play starts as a run of its own would, so one cache key always means one layer: it gathers facts as
+    its header says, against the container as the layers before it left it; the plugin clears every earlier
+    play's host state and inventory changes when it starts; and every play but the last ends by resetting
+    the connection, so the next role gets a fresh interpreter in the container (mitogen keeps one, with
+    whatever modules set in it). A role's own variables (its artifact) are play vars of its play only: above
+    inventory and role defaults, as extra vars were when each role had its own run, and never role
+    parameters, which a role's argument_specs would refuse.
     """
-    return [{**dict(p.layer.play_header), "hosts": "bakery_build",
-             "roles": [_with_params(p.layer.role.entry, role_vars.get(p.role))]} for p in layers]
+    result = []
+    for n, p in enumerate(layers):
+        play = {**dict(p.layer.play_header), "hosts": "bakery_build", "roles": [p.layer.role.entry]}
+        if role_vars.get(p.role):
+            play["vars"] = {**(play.get("vars") or {}), **role_vars[p.role]}
+        if n < len(layers) - 1:
+            play["post_tasks"] = [{"name": "Reset the connection for the next role", "ansible.builtin.meta":
+                                   "reset_connection"}]
+        result.append(play)
+    return result
 
 
-def _with_params(entry: Any, params: dict[str, Any] | None) -> Any:
-    if not params:
-        return entry
-    if isinstance(entry, str):
-        return {"role": entry, **params}
-    return {**entry, **params}
+def run_segments(layers: list[PlannedLayer]) -> list[list[PlannedLayer]]:
+    """The layers as ansible-playbook runs: a role that ships its own plugins (library/, filter_plugins/, ...,
+    or one of its dependencies or included roles does) runs alone, since Ansible loads every role's plugins
+    for the whole run at its start: in one run, another role would find them (and a clash of names would
+    pick the first role's), and its layer would differ from one baked after a cached layer."""
+    segments: list[list[PlannedLayer]] = []
+    for p in layers:
+        if _ships_plugins(p.layer.role) or not segments or _ships_plugins(segments[-1][-1].layer.role):
+            segments.append([p])
+        else:
+            segments[-1].append(p)
+    return segments
+
+
+def _ships_plugins(role: RoleRef, seen: frozenset[Path] = frozenset()) -> bool:
+    from ansible.plugins.loader import get_all_plugin_loaders  # type: ignore[import-untyped]
+
+    if role.path in seen:
+        return False
+    subdirs = {loader.subdir for _, loader in get_all_plugin_loaders() if loader.subdir}
+    if any(_has_files(role.path / subdir) for subdir in subdirs):
+        return True
+    return any(_ships_plugins(other, seen | {role.path}) for other in (*role.dependencies, *role.includes))
+
+
+def _has_files(directory: Path) -> bool:
+    return directory.is_dir() and any(path.is_file() for path in directory.rglob("*"))
 
 
 def write_plan(path: Path, *, container: str, apt_root: Path, records: Path,
@@ -103,7 +135,8 @@ def commit_layer(container: str, ref: str, apt: AptMounts) -> dict[str, Any]:
     podman.run("commit", "-q", container, ref, timeout=900)
     image_id = podman.image_id(ref) or ""
     podman.run("exec", container, "sh", "-c", AFTER_COMMIT, check=False)
-    apt.restore_if_emptied()
+    if not apt.refresh_if_sources_changed(container):
+        apt.restore_if_emptied()
     return {"ref": ref, "image_id": image_id, "seconds": round(time.monotonic() - started, 3)}
 
 

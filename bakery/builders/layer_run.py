@@ -28,6 +28,7 @@ class LayerRun:
         self.on_commit = on_commit
         self.current = -1  # index into layers of the play running now
         self.ended = False
+        self.recap_failed = False  # the recap counts a failure or an unreachable host (even when the exit code is 0)
         self.tasks = [0] * len(layers)
         self.changed = [0] * len(layers)
         self.step_seconds = [0.0] * len(layers)
@@ -52,6 +53,7 @@ class LayerRun:
         elif kind == "playbook_on_stats" and self.current >= 0 and not self.ended:
             data = event.get("event_data", {})
             failed = any((data.get("failures") or {}).values()) or any((data.get("dark") or {}).values())
+            self.recap_failed = failed
             self.step_seconds[self.current] = self.progress.step_done(self.step(), "FAILED" if failed else "baked")
             self.ended = True
         elif self.current >= 0:

@@ -25,7 +25,7 @@ from bakery.ansible import PlaybookResult, ansible_env, mitogen_env, mitogen_wan
 from bakery.base_image import resolve_base
 from bakery.builders.apt_mounts import AptMounts
 from bakery.builders.base import Builder, BuildOptions, BuildResult, LayerResult, image_packages
-from bakery.builders.layer_commits import PLAN_ENV, callback_plugins, plays, write_plan
+from bakery.builders.layer_commits import PLAN_ENV, callback_plugins, plays, run_segments, write_plan
 from bakery.builders.layer_run import LayerRun
 from bakery.config import ImageDefinition
 from bakery.deps.gate import check_lock, shared_lock
@@ -153,7 +153,8 @@ class _Bake:
             self.b.progress.note(f"[{p.layer.position + 1}/{len(self.planned)}] {p.role}: cached")
         if start_index < len(self.planned):
             self._start_container(parent_ref)
-            parent_ref = self._bake_layers(self.planned[start_index:])
+            for segment in run_segments(self.planned[start_index:]):
+                parent_ref = self._bake_layers(segment)
             podman.remove_container(self.container)
         self.cancel.check()
         self.version = self.b.catalog.reserve_version(
@@ -286,6 +287,9 @@ class _Bake:
                                  f"{outcome.failure} (log: {log_path})")
         if len(tracker.committed) != len(todo):
             missing = todo[len(tracker.committed)].role
+            if tracker.recap_failed:  # e.g. a failed include_tasks inside a block with rescue: Ansible exits 0
+                raise OperationError(f"bake of {self.definition.name} failed in role '{missing}': ansible-playbook "
+                                     f"exited 0 but its recap counts a failed task (log: {log_path})")
             raise OperationError(f"bake of {self.definition.name}: the layer of role '{missing}' was not committed "
                                  f"although ansible-playbook succeeded (log: {log_path})")
         last = tracker.committed[-1]

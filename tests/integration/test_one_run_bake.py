@@ -192,3 +192,44 @@ def test_a_role_sees_the_same_of_the_role_before_it_whether_that_layer_ran_or_wa
         if ids.split():
             podman.run("rmi", "-f", *sorted(set(ids.split())), check=False)
     assert seen == ["unset unset unset set\n"] * 2
+
+
+FILTER = """def who(_value):
+    return "{name}"
+
+
+class FilterModule:
+    def filters(self):
+        return {{"who": who}}
+"""
+PLUG_TASKS = """---
+- name: Write what this role's own filter says
+  ansible.builtin.copy:
+    content: "{{{{ 'x' | who }}}}\\n"
+    dest: /etc/{name}-filter
+    mode: "0644"
+"""
+
+
+def test_roles_with_plugins_of_the_same_name_each_get_their_own(project):
+    """Ansible loads every role's plugins for the whole run: each role that ships plugins bakes in a run of its own."""
+    for name in ("plug_a", "plug_b"):
+        (project / "roles" / name / "tasks").mkdir(parents=True)
+        (project / "roles" / name / "filter_plugins").mkdir()
+        (project / "roles" / name / "filter_plugins" / "helpers.py").write_text(FILTER.format(name=name))
+        (project / "roles" / name / "tasks" / "main.yml").write_text(PLUG_TASKS.format(name=name))
+    (project / "playbooks" / "plugs.yml").write_text(
+        "---\n- name: Two roles with a filter of the same name\n  hosts: all\n  become: true\n"
+        "  roles:\n    - first\n    - plug_a\n    - plug_b\n")
+    try:
+        result = bake(project, "build", "plugs", "--json", timeout=900)
+        assert result.rc == 0, result.stderr
+        seen = podman.run("run", "--rm", result.json["ref"], "cat", "/etc/plug_a-filter", "/etc/plug_b-filter").stdout
+        assert seen == "plug_a\nplug_b\n"
+        run_dir = runs(project)[-1]
+        assert sorted(p.name for p in (run_dir / "ansible" / "artifacts").iterdir() if not p.is_symlink()) == \
+            ["layers-01-01", "layers-02-02", "layers-03-03"]
+    finally:
+        ids = podman.run("images", "-a", "--filter", "label=io.bakery.image=plugs", "--format", "{{.ID}}").stdout
+        if ids.split():
+            podman.run("rmi", "-f", *sorted(set(ids.split())), check=False)

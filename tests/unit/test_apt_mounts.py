@@ -18,6 +18,8 @@ RELEASE = "deb.debian.org_debian_dists_bookworm_InRelease"
 
 def fake_update(mounts: AptMounts, returncode: int = 0, stderr: str = ""):
     def run(*args, **_kwargs):
+        if args[-1] == apt_mounts.SOURCES_DIGEST:  # read after each update, to see a layer change them
+            return subprocess.CompletedProcess(args, 0, "digest -\n", "")
         assert args[-3:] == ("apt-get", "update", "-q")
         # What apt-get update leaves in the mounted lists directory: the reachable source's lists, also when
         # another source failed (exit code 100).

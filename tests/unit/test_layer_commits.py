@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -16,8 +17,16 @@ from ansible.playbook.play import Play
 from ansible.vars.manager import VariableManager
 
 from bakery.builders import layer_commits
-from bakery.builders.apt_mounts import AptMounts
-from bakery.builders.layer_commits import append_record, callback_plugins, commit_layer, plays, read_records, write_plan
+from bakery.builders.apt_mounts import SOURCES_DIGEST, AptMounts
+from bakery.builders.layer_commits import (
+    append_record,
+    callback_plugins,
+    commit_layer,
+    plays,
+    read_records,
+    run_segments,
+    write_plan,
+)
 from bakery.builders.layer_run import LayerRun
 from bakery.config import Layer, RoleRef
 from bakery.layers import PlannedLayer
@@ -37,16 +46,40 @@ def planned(header: dict, *entries) -> list[PlannedLayer]:
     return layers
 
 
-def test_one_play_per_layer_under_its_header_and_role_vars_only_for_their_role():
+def test_one_play_per_layer_under_its_header_with_role_vars_as_its_play_vars():
     header = {"name": "Bake", "hosts": "all", "become": True, "vars": {"color": "blue"}}
     layers = planned(header, "first", {"role": "web", "port": 80}, "last")
     role_vars = {"web": {"web_artifact_path": "/a.tgz"}, "first": {}}
     result = plays(layers, role_vars)
-    assert [p["roles"] for p in result] == [["first"], [{"role": "web", "port": 80, "web_artifact_path": "/a.tgz"}],
-                                            ["last"]]
-    assert all(p["hosts"] == "bakery_build" and p["become"] is True and p["vars"] == {"color": "blue"}
-               for p in result)
+    # never role parameters: a role's argument_specs would refuse the artifact variables it does not declare
+    assert [p["roles"] for p in result] == [["first"], [{"role": "web", "port": 80}], ["last"]]
+    assert [p["vars"] for p in result] == [{"color": "blue"}, {"color": "blue", "web_artifact_path": "/a.tgz"},
+                                           {"color": "blue"}]
+    assert all(p["hosts"] == "bakery_build" and p["become"] is True for p in result)
+    # a fresh interpreter in the container for the next role, as its own run would have
+    assert [p.get("post_tasks") for p in result] == [[{"name": "Reset the connection for the next role",
+                                                       "ansible.builtin.meta": "reset_connection"}]] * 2 + [None]
     assert header == {"name": "Bake", "hosts": "all", "become": True, "vars": {"color": "blue"}}  # not mutated
+
+
+def test_a_role_that_ships_plugins_runs_alone(tmp_path):
+    def layer(name, plugin_dir=None, dependency=None):
+        (tmp_path / name / "tasks").mkdir(parents=True)
+        if plugin_dir:
+            (tmp_path / name / plugin_dir).mkdir()
+            (tmp_path / name / plugin_dir / "helpers.py").write_text("")
+        role = RoleRef(name, tmp_path / name, name, dependencies=(dependency,) if dependency else ())
+        return PlannedLayer(Layer(0, 0, {}, role), key=name, role_digest=name)
+
+    plain = [layer(n) for n in ("a", "b")]
+    dep = RoleRef("dep", tmp_path / "dep", "dep")
+    (tmp_path / "dep" / "library").mkdir(parents=True)
+    (tmp_path / "dep" / "library" / "mod.py").write_text("")
+    with_filter, with_dep = layer("c", "filter_plugins"), layer("d", dependency=dep)
+    empty_dir = layer("e", "module_utils")
+    (tmp_path / "e" / "module_utils" / "helpers.py").unlink()  # an empty plugin directory loads nothing
+    names = [[p.role for p in run] for run in run_segments([*plain, with_filter, with_dep, empty_dir, layer("f")])]
+    assert names == [["a", "b"], ["c"], ["d"], ["e", "f"]]
 
 
 @pytest.mark.parametrize("gather", [None, True, False])
@@ -68,21 +101,46 @@ def test_the_bake_keeps_the_callback_plugins_the_project_configures(tmp_path, mo
     assert callback_plugins(tmp_path).split(":") == [str(layer_commits.PLUGINS), "/from/env"]
 
 
-def test_commit_cleans_commits_then_prepares_the_next_play_and_restores_apt_lists(tmp_path, monkeypatch):
-    calls = []
-    monkeypatch.setattr(layer_commits.podman, "run", lambda *args, **kw: calls.append(args))
+def fake_podman(monkeypatch, sources: list[str]) -> list[tuple]:
+    """podman as the commit uses it; the apt sources' digest is the next of `sources` each time it is read."""
+    calls: list[tuple] = []
+
+    def run(*args, **kw):
+        calls.append(args)
+        digest = sources.pop(0) if args[-1] == SOURCES_DIGEST else ""
+        return subprocess.CompletedProcess(args, 0, stdout=digest, stderr="")
+
+    monkeypatch.setattr(layer_commits.podman, "run", run)
     monkeypatch.setattr(layer_commits.podman, "image_id", lambda ref: "sha-" + ref)
+    return calls
+
+
+def test_commit_cleans_commits_then_prepares_the_next_play_and_restores_apt_lists(tmp_path, monkeypatch):
+    calls = fake_podman(monkeypatch, ["same", "same"])
     apt = AptMounts(tmp_path / "apt")
     apt.volumes()
     (apt.lists / "deb_dists_bookworm_main_binary-amd64_Packages").write_text("index\n")
-    apt.keep()
+    apt.refresh("ctr")
     (apt.lists / "deb_dists_bookworm_main_binary-amd64_Packages").unlink()  # a role cleaned the lists
+    calls.clear()
     record = commit_layer("ctr", "localhost/bakery-cache/x:1", apt)
     assert calls == [("exec", "ctr", "sh", "-c", layer_commits.HYGIENE), ("commit", "-q", "ctr",
                                                                            "localhost/bakery-cache/x:1"),
-                     ("exec", "ctr", "sh", "-c", layer_commits.AFTER_COMMIT)]
+                     ("exec", "ctr", "sh", "-c", layer_commits.AFTER_COMMIT),
+                     ("exec", "ctr", "sh", "-c", SOURCES_DIGEST)]
     assert record["image_id"] == "sha-localhost/bakery-cache/x:1" and record["seconds"] >= 0
     assert (apt.lists / "deb_dists_bookworm_main_binary-amd64_Packages").is_file()  # back for the next play
+
+
+def test_a_layer_that_changed_the_apt_sources_gets_fresh_lists_for_the_next_role(tmp_path, monkeypatch):
+    calls = fake_podman(monkeypatch, ["before", "a source added", "a source added"])
+    apt = AptMounts(tmp_path / "apt")
+    apt.volumes()
+    apt.refresh("ctr")
+    calls.clear()
+    commit_layer("ctr", "localhost/bakery-cache/x:1", apt)
+    assert ("exec", "ctr", "apt-get", "update", "-q") in calls  # as a build container booted from this layer would
+    assert (apt.root / "sources.sha256").read_text() == "a source added"
 
 
 def test_a_failed_commit_is_an_error_record_not_an_exception(tmp_path, monkeypatch):
@@ -188,6 +246,47 @@ def test_plugin_leaves_a_play_whose_hosts_all_failed_to_the_task_failure(tmp_pat
     assert read_records(records) == []  # no "commit failed" record to hide the failed task
 
 
+def test_a_commit_that_raises_stops_all_commits_and_the_next_play_still_starts_clean(tmp_path, monkeypatch):
+    loader = DataLoader()
+    manager = VariableManager(loader=loader, inventory=InventoryManager(loader=loader, sources="bakery_build,"))
+    play = Play.load({"hosts": "bakery_build", "gather_facts": False, "tasks": []}, variable_manager=manager,
+                     loader=loader)
+    commits: list[int] = []
+    plugin = load_plugin(monkeypatch, tmp_path / "plan.json", commits)
+
+    def disk_full(plan_path, index):
+        commits.append(index)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(layer_commits, "commit_from_plan", disk_full)
+    plugin.v2_playbook_on_play_start(play)
+    manager.set_nonpersistent_facts("bakery_build", {"from_play_1": 1})
+    with pytest.raises(OSError):  # Ansible only warns about it
+        plugin.v2_playbook_on_play_start(play.copy())
+    assert not manager._nonpersistent_fact_cache.get("bakery_build")
+    plugin.v2_playbook_on_play_start(play.copy())
+    plugin.v2_playbook_on_stats(stats(False))
+    assert commits == [0]  # never again, and never play 1's state under another index
+
+
+def test_plugin_undoes_group_by_and_add_host_of_earlier_plays(tmp_path, monkeypatch):
+    loader = DataLoader()
+    inventory = InventoryManager(loader=loader, sources="bakery_build,")
+    manager = VariableManager(loader=loader, inventory=inventory)
+    play = Play.load({"hosts": "bakery_build", "gather_facts": False, "tasks": []}, variable_manager=manager,
+                     loader=loader)
+    plugin = load_plugin(monkeypatch, tmp_path / "plan.json", [])
+    plugin.v2_playbook_on_play_start(play)
+    inventory.add_group("os_linux")  # group_by
+    inventory.add_host("bakery_build", group="os_linux")
+    inventory.get_host("bakery_build").set_variable("from_add_host", 1)  # add_host with variables
+    plugin.v2_playbook_on_play_start(play.copy())
+    host = inventory.get_host("bakery_build")
+    assert [g.name for g in host.get_groups()] == ["all", "ungrouped"]
+    assert "from_add_host" not in host.get_vars()
+    assert "os_linux" not in inventory.groups
+
+
 def test_plugin_fails_the_layer_when_it_cannot_clear_the_earlier_plays_state(tmp_path, monkeypatch):
     records, commits, plugin = two_play_plugin(tmp_path, monkeypatch)
 
@@ -206,7 +305,7 @@ def test_plugin_fails_the_layer_when_it_cannot_clear_the_earlier_plays_state(tmp
 def test_plugin_does_nothing_outside_a_bake(monkeypatch, tmp_path):
     commits: list[int] = []
     plugin = load_plugin(monkeypatch, tmp_path / "plan.json", commits)
-    monkeypatch.delenv("BAKERY_LAYER_PLAN")
+    assert "BAKERY_LAYER_PLAN" not in os.environ  # taken: an ansible-playbook a role runs must not commit the plan
     plugin.plan = ""
     plugin.v2_playbook_on_play_start(object())
     plugin.v2_playbook_on_stats(stats(False))
@@ -226,6 +325,8 @@ def test_layer_run_counts_per_play_and_records_each_commit_as_it_is_read(tmp_pat
     assert run.step() == "[1/3] first"
     run.observe(event("runner_on_ok", task="Gathering Facts", res={}))
     run.observe(event("runner_on_ok", task="greet", res={"changed": True}))
+    run.observe(event("runner_on_ok", task="Reset the connection for the next role",
+                      task_action="ansible.builtin.meta", res={"changed": True}))  # bakery's, not the role's
     run.observe(event("playbook_on_play_start"))
     append_record(records, {"index": 0, "role": "first", "ref": "r1", "image_id": "i1", "seconds": 0.5})
     run.observe(event("runner_on_skipped", task="maybe"))  # the commit is read with the next event
@@ -252,6 +353,7 @@ def test_layer_run_marks_the_failed_play_and_stops_on_a_commit_error(tmp_path):
     run.observe(event("playbook_on_stats", failures={"ctr": 1}, dark={}))
     run.finish(ok=False)
     assert run.current == 1 and "[2/2] boom: FAILED" in out.read_text()
+    assert run.recap_failed  # said even when ansible-playbook exits 0 (a failure inside a rescued block)
     append_record(records, {"index": 0, "role": "first", "error": "disk full"})
     run.collect()
     assert run.broken

@@ -11,6 +11,7 @@ or came from the cache.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import sys
@@ -33,22 +34,26 @@ class CallbackModule(CallbackBase):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.plan = os.environ.get("BAKERY_LAYER_PLAN", "")
+        # taken out of the environment: an ansible-playbook that a role itself runs must not commit this plan
+        self.plan = os.environ.pop("BAKERY_LAYER_PLAN", "")
         self.pending: int | None = None  # the play running now, not committed yet
         self.next = 0
         self.broken = False  # after a failed commit nothing more is committed
+        self.inventory = None  # the inventory as the first play found it
 
     def v2_playbook_on_play_start(self, play):
         if not self.plan:
             return
-        if self.pending is not None:
-            self._commit(self.pending)
-        self.pending = self.next
-        self.next += 1
+        # the counters move first: whatever fails below, no play is ever committed under another's index
+        finished, self.pending, self.next = self.pending, self.next, self.next + 1
         try:
-            _forget_host_state(play)
-        except Exception as exc:  # noqa: BLE001 - the layer would depend on the run: the bake must fail
-            self._report(f"could not clear the host state of the plays before it ({exc}); not baked")
+            if finished is not None:
+                self._commit(finished)
+        finally:
+            try:
+                self.inventory = _forget_host_state(play, self.inventory)
+            except Exception as exc:  # noqa: BLE001 - the layer would depend on the run: the bake must fail
+                self._report(f"could not clear the host state of the plays before it ({exc}); not baked")
 
     def v2_playbook_on_no_hosts_matched(self):
         self._report("no host left to run it on (an earlier role ended the play with meta: end_host or end_play?)")
@@ -69,7 +74,11 @@ class CallbackModule(CallbackBase):
     def _commit(self, index):
         if self.broken:
             return
-        record = _layer_commits().commit_from_plan(self.plan, index)
+        try:
+            record = _layer_commits().commit_from_plan(self.plan, index)
+        except Exception:  # the record could not be written: bakery finds the layer missing and fails the bake
+            self.broken = True
+            raise
         self.broken = "error" in record
 
     def _report(self, error):
@@ -85,18 +94,25 @@ class CallbackModule(CallbackBase):
         self.pending = None
 
 
-def _forget_host_state(play):
-    """Drop what earlier plays left in the variable manager (`meta: clear_facts` drops the gathered facts only)."""
+def _forget_host_state(play, inventory):
+    """Drop what earlier plays left: facts (`meta: clear_facts` drops only these), set_fact and register results,
+    include_vars, and inventory changes (group_by, add_host). Returns the first play's inventory, to restore."""
     manager = getattr(play, "get_variable_manager", lambda: None)()
     if manager is None:
-        return
-    inventory = getattr(manager, "_inventory", None)
-    hosts = {host.name for host in inventory.get_hosts()} if inventory is not None else set()
+        return inventory
+    hosts = manager._inventory
+    if inventory is None:
+        inventory = copy.deepcopy(hosts._inventory)
+    else:
+        hosts._inventory = copy.deepcopy(inventory)
+        hosts.clear_caches()
+    names = {host.name for host in hosts.get_hosts()} | {"localhost"}  # delegate_facts may have set localhost's
     # not the fact cache's keys(): ansible-runner's jsonfile cache fails to list them (no prefix set)
-    for host in hosts | set(manager._nonpersistent_fact_cache) | set(manager._vars_cache):
-        manager.clear_facts(host)
+    for name in names | set(manager._nonpersistent_fact_cache) | set(manager._vars_cache):
+        manager.clear_facts(name)
     manager._nonpersistent_fact_cache.clear()  # set_fact, register
     manager._vars_cache.clear()  # include_vars
+    return inventory
 
 
 def _layer_commits():
