@@ -163,6 +163,7 @@ def test_deploy_rolls_out_the_runtime_yml_that_settling_the_dead_change_left(qa,
     from bakery.environments import load_environment
     from bakery.errors import BakeryError
     from bakery.fleets.config_journal import ConfigChange
+    from bakery.fleets.haproxy import HAProxy
     from bakery.fleets.operations import deploy
     from bakery.fleets.rollout import Session
     from bakery.progress import Progress
@@ -186,6 +187,8 @@ def test_deploy_rolls_out_the_runtime_yml_that_settling_the_dead_change_left(qa,
         deploy(Session(project, catalog, Progress()), env, "webapp", VERSION)
     except BakeryError:
         pass  # the fake podman cannot launch anything; the release is recorded before that
+    finally:
+        HAProxy(env, qa / ".bakery" / "envs" / "qa").stop()  # the deploy started the environment's real HAProxy
     assert path.read_bytes() == old  # the dead change was settled: the old bytes are back
     release = catalog.releases("qa", limit=1)[0]
     catalog.close()
