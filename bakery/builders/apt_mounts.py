@@ -33,9 +33,10 @@ OWNER_FILE = "owner.pid"
 NOT_LISTS = ("lock", "partial", "auxfiles")
 # apt rebuilds its binary caches from the lists whenever they are missing; outside the mounts, so removed
 # before each commit like any other scratch file.
-# What decides which lists `apt-get update` fetches: a role that changes it without refreshing leaves lists that
-# a build container booted from its layer (which fetches them fresh) would not have.
-SOURCES_DIGEST = "cat /etc/apt/sources.list /etc/apt/sources.list.d/* 2>/dev/null | sha256sum"
+# What decides which lists `apt-get update` fetches (sources, apt settings, architectures): a role that changes it
+# without refreshing leaves lists that a build container booted from its layer (which fetches them) would not have.
+SOURCES_DIGEST = ("{ cat /etc/apt/sources.list /etc/apt/sources.list.d/* /etc/apt/apt.conf.d/* 2>/dev/null; "
+                  "dpkg --print-foreign-architectures; } | sha256sum")
 SOURCES_FILE = "sources.sha256"
 CLEAN_BEFORE_COMMIT = "rm -f /var/cache/apt/pkgcache.bin /var/cache/apt/srcpkgcache.bin"
 

@@ -50,25 +50,22 @@ def callback_plugins(project_root: Path) -> str:
     return os.pathsep.join([str(PLUGINS), *(str(path) for path in paths)])
 
 
-def plays(layers: list[PlannedLayer], role_vars: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+def plays(layers: list[PlannedLayer], reset_connection: bool = False) -> list[dict[str, Any]]:
     """One play per layer, each around one role, under the layer's own play header.
 
     Each play starts as a run of its own would, so one cache key always means one layer: it gathers facts as
     its header says, against the container as the layers before it left it; the plugin clears every earlier
-    play's host state and inventory changes when it starts; and every play but the last ends by resetting
-    the connection, so the next role gets a fresh interpreter in the container (mitogen keeps one, with
-    whatever modules set in it). A role's own variables (its artifact) are play vars of its play only: above
-    inventory and role defaults, as extra vars were when each role had its own run, and never role
-    parameters, which a role's argument_specs would refuse.
+    play's host state and inventory changes when it starts; and with mitogen, which keeps one interpreter in
+    the container (with whatever modules set in it), every play after the first starts by resetting the
+    connection. The roles' artifact variables are extra vars of the whole run (bakery.builders.base), as with
+    Packer and Image Builder.
     """
     result = []
     for n, p in enumerate(layers):
         play = {**dict(p.layer.play_header), "hosts": "bakery_build", "roles": [p.layer.role.entry]}
-        if role_vars.get(p.role):
-            play["vars"] = {**(play.get("vars") or {}), **role_vars[p.role]}
-        if n < len(layers) - 1:
-            play["post_tasks"] = [{"name": "Reset the connection for the next role", "ansible.builtin.meta":
-                                   "reset_connection"}]
+        if n and reset_connection:
+            play["pre_tasks"] = [{"name": "Reset the connection for this role", "ansible.builtin.meta":
+                                  "reset_connection"}]
         result.append(play)
     return result
 
@@ -115,25 +112,31 @@ def write_plan(path: Path, *, container: str, apt_root: Path, records: Path,
 def commit_from_plan(plan_path: str, index: int) -> dict[str, Any]:
     """Commit play `index`'s layer; never raises (Ansible would only warn): a failure is an error record."""
     plan = json.loads(Path(plan_path).read_text(encoding="utf-8"))
-    layer = plan["layers"][index]
+    layers = plan["layers"]
+    role = layers[index]["role"] if 0 <= index < len(layers) else "?"
     try:
+        if role == "?":
+            raise OperationError(f"play {index + 1} is not one of the plan's {len(layers)} layers")
         if not pid_alive(plan["owner"]):  # killed (-9): its gc removes the container; nothing new to clean up
             raise OperationError(f"bakery (pid {plan['owner']}) is gone; not committing")
-        record = commit_layer(plan["container"], layer["ref"], AptMounts(Path(plan["apt_root"])))
+        record = commit_layer(plan["container"], layers[index]["ref"], AptMounts(Path(plan["apt_root"])),
+                              last=index == len(layers) - 1)
     except Exception as exc:  # noqa: BLE001 - anything that stops a commit is reported to bakery as data
         record = {"error": " ".join(str(exc).split())[:500]}
-    record = {"index": index, "role": layer["role"], **record}
+    record = {"index": index, "role": role, **record}
     append_record(Path(plan["records"]), record)
     return record
 
 
-def commit_layer(container: str, ref: str, apt: AptMounts) -> dict[str, Any]:
+def commit_layer(container: str, ref: str, apt: AptMounts, last: bool = False) -> dict[str, Any]:
     """The commit of one layer, exactly as when each role had its own run, then ready for the next play."""
     started = time.monotonic()
     apt.keep()
     podman.run("exec", container, "sh", "-c", HYGIENE, check=False)
     podman.run("commit", "-q", container, ref, timeout=900)
     image_id = podman.image_id(ref) or ""
+    if last:  # no play follows in this run
+        return {"ref": ref, "image_id": image_id, "seconds": round(time.monotonic() - started, 3)}
     podman.run("exec", container, "sh", "-c", AFTER_COMMIT, check=False)
     if not apt.refresh_if_sources_changed(container):
         apt.restore_if_emptied()

@@ -239,14 +239,16 @@ class _Bake:
         self.cancel.deferred = True
         try:
             outcome = run_playbook(
-                playbook=self._write_run_playbook(todo),
+                playbook=self._write_run_playbook(todo, mitogen),
                 inventory=podman_inventory(self.container, ["bakery_build", self.definition.name.replace("-", "_")],
                                            mitogen=mitogen),
                 private_data_dir=self.run.path / "ansible",
                 ident=ident,
                 envvars={**ansible_env(self.b.project.root), **(mitogen_env() if mitogen else {}),
                          PLAN_ENV: str(plan), "ANSIBLE_CALLBACK_PLUGINS": callback_plugins(self.b.project.root)},
-                extravars=self.extra_vars,
+                # every artifact role's variables (named after their role), whichever roles this run bakes, so
+                # a role sees the same whether the layers before it ran here or came from the cache
+                extravars={**self.extra_vars, **{k: v for each in self.role_vars.values() for k, v in each.items()}},
                 progress=self.b.progress,
                 step=tracker.step,
                 cancelled=lambda: self.cancel() or tracker.broken,
@@ -295,11 +297,11 @@ class _Bake:
         last = tracker.committed[-1]
         return str(last["image_id"] or last["ref"])  # by id: another checkout may move the tag meanwhile
 
-    def _write_run_playbook(self, todo: list[PlannedLayer]) -> Path:
+    def _write_run_playbook(self, todo: list[PlannedLayer], mitogen: bool) -> Path:
         """The plays around the roles, beside the original so relative paths and group_vars resolve the same."""
         path = self.definition.playbook.parent / f".bakery-{os.getpid()}-{self.run.id}.yml"
         self.generated.append(path)
-        path.write_text(yaml.safe_dump(plays(todo, self.role_vars), sort_keys=False), encoding="utf-8")
+        path.write_text(yaml.safe_dump(plays(todo, reset_connection=mitogen), sort_keys=False), encoding="utf-8")
         return path
 
     def _provenance(self) -> Provenance:

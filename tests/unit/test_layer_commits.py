@@ -46,19 +46,18 @@ def planned(header: dict, *entries) -> list[PlannedLayer]:
     return layers
 
 
-def test_one_play_per_layer_under_its_header_with_role_vars_as_its_play_vars():
+@pytest.mark.parametrize("mitogen", [True, False])
+def test_one_play_per_layer_under_its_header_each_on_a_fresh_connection_with_mitogen(mitogen):
     header = {"name": "Bake", "hosts": "all", "become": True, "vars": {"color": "blue"}}
     layers = planned(header, "first", {"role": "web", "port": 80}, "last")
-    role_vars = {"web": {"web_artifact_path": "/a.tgz"}, "first": {}}
-    result = plays(layers, role_vars)
-    # never role parameters: a role's argument_specs would refuse the artifact variables it does not declare
+    result = plays(layers, reset_connection=mitogen)
     assert [p["roles"] for p in result] == [["first"], [{"role": "web", "port": 80}], ["last"]]
-    assert [p["vars"] for p in result] == [{"color": "blue"}, {"color": "blue", "web_artifact_path": "/a.tgz"},
-                                           {"color": "blue"}]
-    assert all(p["hosts"] == "bakery_build" and p["become"] is True for p in result)
-    # a fresh interpreter in the container for the next role, as its own run would have
-    assert [p.get("post_tasks") for p in result] == [[{"name": "Reset the connection for the next role",
-                                                       "ansible.builtin.meta": "reset_connection"}]] * 2 + [None]
+    assert all(p["hosts"] == "bakery_build" and p["become"] is True and p["vars"] == {"color": "blue"}
+               for p in result)
+    # mitogen keeps one interpreter in the container: each later role gets a fresh one, as its own run did (the
+    # plain podman connection starts a process per task and has no reset)
+    reset = [{"name": "Reset the connection for this role", "ansible.builtin.meta": "reset_connection"}]
+    assert [p.get("pre_tasks") for p in result] == ([None, reset, reset] if mitogen else [None] * 3)
     assert header == {"name": "Bake", "hosts": "all", "become": True, "vars": {"color": "blue"}}  # not mutated
 
 
@@ -85,7 +84,7 @@ def test_a_role_that_ships_plugins_runs_alone(tmp_path):
 @pytest.mark.parametrize("gather", [None, True, False])
 def test_every_play_gathers_facts_as_its_header_says_as_a_run_of_its_own_would(gather):
     header = {"hosts": "all"} if gather is None else {"hosts": "all", "gather_facts": gather}
-    result = plays(planned(header, "a", "b", "c"), {})
+    result = plays(planned(header, "a", "b", "c"))
     assert [p.get("gather_facts") for p in result] == [gather] * 3
 
 
@@ -130,6 +129,22 @@ def test_commit_cleans_commits_then_prepares_the_next_play_and_restores_apt_list
                      ("exec", "ctr", "sh", "-c", SOURCES_DIGEST)]
     assert record["image_id"] == "sha-localhost/bakery-cache/x:1" and record["seconds"] >= 0
     assert (apt.lists / "deb_dists_bookworm_main_binary-amd64_Packages").is_file()  # back for the next play
+
+
+def test_the_last_layer_of_a_run_is_only_cleaned_and_committed(tmp_path, monkeypatch):
+    calls = fake_podman(monkeypatch, [])
+    apt = AptMounts(tmp_path / "apt")
+    commit_layer("ctr", "localhost/bakery-cache/x:1", apt, last=True)
+    assert calls == [("exec", "ctr", "sh", "-c", layer_commits.HYGIENE), ("commit", "-q", "ctr",
+                                                                           "localhost/bakery-cache/x:1")]
+
+
+def test_a_play_the_plan_does_not_have_is_an_error_record(tmp_path):
+    plan, records = tmp_path / "plan.json", tmp_path / "commits.jsonl"
+    write_plan(plan, container="ctr", apt_root=tmp_path, records=records, layers=[("a", "r1")])
+    record = layer_commits.commit_from_plan(str(plan), 1)
+    assert record["role"] == "?" and "not one of the plan's 1 layers" in record["error"]
+    assert read_records(records) == [record]
 
 
 def test_a_layer_that_changed_the_apt_sources_gets_fresh_lists_for_the_next_role(tmp_path, monkeypatch):
@@ -216,6 +231,12 @@ def test_plugin_reports_a_play_left_without_host_and_commits_nothing_more(tmp_pa
     assert [(r["role"], "no host left" in r["error"]) for r in read_records(records)] == [("b", True)]
 
 
+def next_play(manager: VariableManager) -> Play:
+    """Another play of the same run, as Ansible hands it to the callback (a copy, with the same identity)."""
+    return Play.load({"hosts": "all", "gather_facts": False, "tasks": []}, variable_manager=manager,
+                     loader=manager._loader).copy()
+
+
 def test_plugin_starts_every_play_without_the_host_state_earlier_plays_left(tmp_path, monkeypatch):
     loader = DataLoader()
     monkeypatch.setenv("ANSIBLE_CACHE_PLUGIN", "jsonfile")  # as ansible-runner sets it
@@ -230,7 +251,7 @@ def test_plugin_starts_every_play_without_the_host_state_earlier_plays_left(tmp_
     manager.set_nonpersistent_facts("bakery_build", {"from_set_fact": 1, "registered": {"rc": 0}})
     manager.set_host_variable("bakery_build", "from_include_vars", 2)
     assert manager._fact_cache.contains("bakery_build")  # written to the jsonfile cache
-    plugin.v2_playbook_on_play_start(play.copy())  # the next play (Ansible hands the callback a copy)
+    plugin.v2_playbook_on_play_start(next_play(manager))
     assert not manager._fact_cache.contains("bakery_build")
     assert not manager._nonpersistent_fact_cache.get("bakery_build")
     assert not manager._vars_cache.get("bakery_build")
@@ -262,9 +283,9 @@ def test_a_commit_that_raises_stops_all_commits_and_the_next_play_still_starts_c
     plugin.v2_playbook_on_play_start(play)
     manager.set_nonpersistent_facts("bakery_build", {"from_play_1": 1})
     with pytest.raises(OSError):  # Ansible only warns about it
-        plugin.v2_playbook_on_play_start(play.copy())
+        plugin.v2_playbook_on_play_start(next_play(manager))
     assert not manager._nonpersistent_fact_cache.get("bakery_build")
-    plugin.v2_playbook_on_play_start(play.copy())
+    plugin.v2_playbook_on_play_start(next_play(manager))
     plugin.v2_playbook_on_stats(stats(False))
     assert commits == [0]  # never again, and never play 1's state under another index
 
@@ -280,11 +301,29 @@ def test_plugin_undoes_group_by_and_add_host_of_earlier_plays(tmp_path, monkeypa
     inventory.add_group("os_linux")  # group_by
     inventory.add_host("bakery_build", group="os_linux")
     inventory.get_host("bakery_build").set_variable("from_add_host", 1)  # add_host with variables
-    plugin.v2_playbook_on_play_start(play.copy())
+    plugin.v2_playbook_on_play_start(next_play(manager))
     host = inventory.get_host("bakery_build")
     assert [g.name for g in host.get_groups()] == ["all", "ungrouped"]
     assert "from_add_host" not in host.get_vars()
     assert "os_linux" not in inventory.groups
+
+
+def test_plugin_refuses_a_play_with_hosts_an_earlier_role_added(tmp_path, monkeypatch):
+    loader = DataLoader()
+    inventory = InventoryManager(loader=loader, sources="bakery_build,")
+    manager = VariableManager(loader=loader, inventory=inventory)
+    play = Play.load({"hosts": "all", "gather_facts": False, "tasks": []}, variable_manager=manager, loader=loader)
+    records, commits, plugin = two_play_plugin(tmp_path, monkeypatch)
+    plugin.v2_playbook_on_play_start(play)
+    inventory.add_host("newhost", group="all")  # add_host in the first role
+    inventory.clear_caches()  # as the add_host action does
+    inventory.restrict_to_hosts(inventory.get_hosts("all"))  # Ansible picks the next play's hosts before the callback
+    second = next_play(manager)
+    plugin.v2_playbook_on_play_start(second)
+    plugin.v2_playbook_on_play_start(second.copy())  # serial: the same play again for the next batch
+    plugin.v2_playbook_on_stats(stats(False))
+    assert commits == [0]
+    assert [(r["role"], "added newhost" in r["error"]) for r in read_records(records)] == [("b", True)]
 
 
 def test_plugin_fails_the_layer_when_it_cannot_clear_the_earlier_plays_state(tmp_path, monkeypatch):
@@ -298,7 +337,7 @@ def test_plugin_fails_the_layer_when_it_cannot_clear_the_earlier_plays_state(tmp
     plugin.v2_playbook_on_play_start(Broken())
     plugin.v2_playbook_on_stats(stats(False))
     assert commits == [0]
-    assert [(r["role"], "could not clear the host state" in r["error"]) for r in read_records(records)] == \
+    assert [(r["role"], "could not start it as a run of its own" in r["error"]) for r in read_records(records)] == \
         [("b", True)]
 
 

@@ -40,10 +40,16 @@ class CallbackModule(CallbackBase):
         self.next = 0
         self.broken = False  # after a failed commit nothing more is committed
         self.inventory = None  # the inventory as the first play found it
+        self.started = set()  # the plays that started (one bake host: each play starts once)
 
     def v2_playbook_on_play_start(self, play):
         if not self.plan:
             return
+        uuid = getattr(play, "_uuid", None)
+        if uuid is not None and uuid in self.started:  # a second batch: a role added hosts (add_host)
+            self._report("the play started twice (a role added hosts to bakery_build: add_host?); not baked")
+            return
+        self.started.add(uuid)
         # the counters move first: whatever fails below, no play is ever committed under another's index
         finished, self.pending, self.next = self.pending, self.next, self.next + 1
         try:
@@ -53,7 +59,7 @@ class CallbackModule(CallbackBase):
             try:
                 self.inventory = _forget_host_state(play, self.inventory)
             except Exception as exc:  # noqa: BLE001 - the layer would depend on the run: the bake must fail
-                self._report(f"could not clear the host state of the plays before it ({exc}); not baked")
+                self._report(f"could not start it as a run of its own would ({exc}); not baked")
 
     def v2_playbook_on_no_hosts_matched(self):
         self._report("no host left to run it on (an earlier role ended the play with meta: end_host or end_play?)")
@@ -106,6 +112,11 @@ def _forget_host_state(play, inventory):
     else:
         hosts._inventory = copy.deepcopy(inventory)
         hosts.clear_caches()
+        # Ansible chose this play's hosts before the restore: one an earlier role added is still among them
+        added = set(hosts._restriction or ()) - set(hosts._inventory.hosts)
+        if added:
+            raise ValueError(f"a role added {', '.join(sorted(added))} to the bake's hosts (add_host); bakery "
+                             "bakes one host")
     names = {host.name for host in hosts.get_hosts()} | {"localhost"}  # delegate_facts may have set localhost's
     # not the fact cache's keys(): ansible-runner's jsonfile cache fails to list them (no prefix set)
     for name in names | set(manager._nonpersistent_fact_cache) | set(manager._vars_cache):
