@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -162,6 +163,7 @@ def run_playbook(
         cancel_callback=cancelled,
         settings={"suppress_ansible_output": True},
     )
+    stop_leftovers(private_data_dir)
     result.status = runner.status
     result.rc = runner.rc if runner.rc is not None else -1
     if not result.ok and not result.failure:
@@ -194,6 +196,25 @@ def _failure_message(res: dict[str, Any]) -> str:
     message = (res.get("module_stderr") or res.get("msg") or res.get("stderr") or res.get("module_stderr")
                or res.get("reason") or "task failed")
     return " ".join(str(message).split())[:500]
+
+
+def stop_leftovers(private_data_dir: Path) -> list[int]:
+    """Kill what is left of a finished run: ansible-runner kills the process group of a cancelled run, but
+    mitogen's connection multiplexer runs in a session of its own and stays (found after a SIGTERM'd bake)."""
+    marker = str(private_data_dir).encode()
+    killed = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if marker in (entry / "cmdline").read_bytes():
+                os.kill(int(entry.name), signal.SIGKILL)
+                killed.append(int(entry.name))
+        except (OSError, ValueError):
+            continue  # gone meanwhile, or not ours to read
+    if killed:
+        log.info("killed %d process(es) left by the ansible run in %s: %s", len(killed), private_data_dir, killed)
+    return killed
 
 
 def _tail(runner: Any) -> str:

@@ -415,3 +415,21 @@ def dead_pid() -> int:
     proc = subprocess.Popen(["true"])
     proc.wait()
     return proc.pid
+
+
+def test_what_a_cancelled_run_leaves_in_a_session_of_its_own_is_killed(tmp_path):
+    """mitogen's multiplexer leaves ansible-runner's process group (setsid); its command line names the run."""
+    from bakery.ansible import stop_leftovers
+
+    run_dir = tmp_path / "runs" / "r1" / "ansible"
+    mux = subprocess.Popen(["sh", "-c", "sleep 300", str(run_dir / "inventory" / "hosts.json")],
+                           start_new_session=True)
+    other = subprocess.Popen(["sh", "-c", "sleep 300", str(tmp_path / "runs" / "r2" / "ansible")],
+                             start_new_session=True)
+    try:
+        assert stop_leftovers(run_dir) == [mux.pid]
+        assert mux.wait(timeout=10) == -9 and other.poll() is None
+    finally:
+        for proc in (mux, other):
+            proc.kill()
+            proc.wait()
