@@ -7,6 +7,7 @@ bake) and their environment helpers (own name and loopback port, taken down afte
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -83,7 +84,7 @@ def test_follow_prints_new_lines_and_ends_cleanly_on_ctrl_c(example_project, env
     marker = f"follow-{uuid.uuid4().hex[:10]}"
     proc = subprocess.Popen([sys.executable, str(BAKE), "--project", str(example_project), "logs", "--env", ENV,
                              "--grep", marker, "--follow"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         time.sleep(2)  # it is following now
         app_log_line(address, marker)
@@ -92,8 +93,9 @@ def test_follow_prints_new_lines_and_ends_cleanly_on_ctrl_c(example_project, env
         while marker not in seen and time.monotonic() < deadline:
             seen += proc.stdout.readline()
         assert marker in seen
-        proc.send_signal(signal.SIGINT)
-        rc = proc.wait(timeout=20)
+        # Ctrl-C reaches the terminal's whole process group: bake.py and the podman execs reading journals
+        os.killpg(proc.pid, signal.SIGINT)
+        rc = proc.wait(timeout=60)  # at most one journal read still finishing (READ_TIMEOUT)
     finally:
         if proc.poll() is None:
             proc.kill()
