@@ -127,9 +127,7 @@ def run_playbook(
     when one run has several steps: one per play); `observe` sees every event first."""
     import ansible_runner  # heavy: imported only when a bake runs
 
-    private_data_dir.mkdir(parents=True, exist_ok=True)
-    for name in RUNNER_ENV_FILES:  # ansible-runner keeps an existing file over what it is given: a later run
-        (private_data_dir / "env" / name).unlink(missing_ok=True)  # here must not get an earlier one's plan
+    _without_env_files(private_data_dir)
     result = PlaybookResult(status="unstarted", rc=-1, artifact_dir=private_data_dir / "artifacts" / ident)
 
     def on_event(event: dict[str, Any]) -> bool:
@@ -196,6 +194,14 @@ def _failure_message(res: dict[str, Any]) -> str:
     message = (res.get("module_stderr") or res.get("msg") or res.get("stderr") or res.get("module_stderr")
                or res.get("reason") or "task failed")
     return " ".join(str(message).split())[:500]
+
+
+def _without_env_files(private_data_dir: Path) -> None:
+    """ansible-runner keeps an existing env file over what it is given: a later run in the same directory must
+    not get an earlier one's settings (another layer plan)."""
+    private_data_dir.mkdir(parents=True, exist_ok=True)
+    for name in RUNNER_ENV_FILES:
+        (private_data_dir / "env" / name).unlink(missing_ok=True)
 
 
 def stop_leftovers(private_data_dir: Path) -> list[int]:
