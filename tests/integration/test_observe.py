@@ -31,6 +31,12 @@ def app_log_line(address: str, marker: str) -> None:
     assert code == 404
 
 
+def interruptible() -> None:
+    """Ctrl-C as in a terminal: a test run started in the background (`cmd &` in a script) ignores SIGINT, and its
+    children would inherit that."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def marker_lines(project, marker: str, *extra: str) -> list[dict]:
     out = bake(project, "logs", "--env", ENV, "--unit", "webapp", "--grep", marker, "--since", "10m", "--json", *extra)
     assert out.rc == 0, out.stderr
@@ -84,7 +90,8 @@ def test_follow_prints_new_lines_and_ends_cleanly_on_ctrl_c(example_project, env
     marker = f"follow-{uuid.uuid4().hex[:10]}"
     proc = subprocess.Popen([sys.executable, str(BAKE), "--project", str(example_project), "logs", "--env", ENV,
                              "--grep", marker, "--follow"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=interruptible)
     try:
         time.sleep(2)  # it is following now
         app_log_line(address, marker)
