@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bakery import podman
+from bakery.builders import build_container
 from bakery.builders.apt_mounts import CLEAN_BEFORE_COMMIT, AptMounts
 from bakery.config import RoleRef
 from bakery.errors import OperationError
@@ -32,9 +33,6 @@ HYGIENE = (
     f"{CLEAN_BEFORE_COMMIT}; "
     "find /var/log/journal -mindepth 1 -delete 2>/dev/null; true"
 )
-# After the commit, for the plays still to come: mitogen picked ~/.ansible/tmp as its temp directory when it
-# started and creates every task's temp dir in it without checking that it still exists.
-AFTER_COMMIT = "mkdir -p -m 0700 /root/.ansible/tmp"
 
 
 def callback_plugins(project_root: Path) -> str:
@@ -50,24 +48,16 @@ def callback_plugins(project_root: Path) -> str:
     return os.pathsep.join([str(PLUGINS), *(str(path) for path in paths)])
 
 
-def plays(layers: list[PlannedLayer], reset_connection: bool = False) -> list[dict[str, Any]]:
+def plays(layers: list[PlannedLayer]) -> list[dict[str, Any]]:
     """One play per layer, each around one role, under the layer's own play header.
 
-    Each play starts as a run of its own would, so one cache key always means one layer: it gathers facts as
-    its header says, against the container as the layers before it left it; the plugin clears every earlier
-    play's host state and inventory changes when it starts; and with mitogen, which keeps one interpreter in
-    the container (with whatever modules set in it), every play after the first starts by resetting the
-    connection. The roles' artifact variables are extra vars of the whole run (bakery.builders.base), as with
-    Packer and Image Builder.
+    Each play starts as a run of its own would, so one cache key always means one layer: it runs in a container
+    freshly booted from the layer before it (commit_layer), so no process, runtime file or mitogen interpreter of
+    an earlier role is left; it gathers facts as its header says; and the plugin clears every earlier play's host
+    state and inventory changes when it starts. The roles' artifact variables are extra vars of the whole run
+    (bakery.builders.base), as with Packer and Image Builder.
     """
-    result = []
-    for n, p in enumerate(layers):
-        play = {**dict(p.layer.play_header), "hosts": "bakery_build", "roles": [p.layer.role.entry]}
-        if n and reset_connection:
-            play["pre_tasks"] = [{"name": "Reset the connection for this role", "ansible.builtin.meta":
-                                  "reset_connection"}]
-        result.append(play)
-    return result
+    return [{**dict(p.layer.play_header), "hosts": "bakery_build", "roles": [p.layer.role.entry]} for p in layers]
 
 
 def run_segments(layers: list[PlannedLayer]) -> list[list[PlannedLayer]]:
@@ -99,9 +89,10 @@ def _has_files(directory: Path) -> bool:
     return directory.is_dir() and any(path.is_file() for path in directory.rglob("*"))
 
 
-def write_plan(path: Path, *, container: str, apt_root: Path, records: Path,
+def write_plan(path: Path, *, container: list[str], apt_root: Path, records: Path,
                layers: list[tuple[str, str]]) -> None:
-    """The plan the plugin follows: (role, cache ref) per play, in order."""
+    """The plan the plugin follows: how the build container starts (bakery.builders.build_container.run_args),
+    and (role, cache ref) per play, in order."""
     plan = {"container": container, "apt_root": str(apt_root), "records": str(records), "owner": os.getpid(),
             "layers": [{"role": role, "ref": ref} for role, ref in layers]}
     tmp = path.with_suffix(".tmp")
@@ -128,18 +119,19 @@ def commit_from_plan(plan_path: str, index: int) -> dict[str, Any]:
     return record
 
 
-def commit_layer(container: str, ref: str, apt: AptMounts, last: bool = False) -> dict[str, Any]:
-    """The commit of one layer, exactly as when each role had its own run, then ready for the next play."""
+def commit_layer(container: list[str], ref: str, apt: AptMounts, last: bool = False) -> dict[str, Any]:
+    """The commit of one layer, exactly as when each role had its own run; then, unless it is the run's last,
+    the next play's container: a fresh one from this layer (bakery.builders.build_container), with its lists."""
     started = time.monotonic()
+    name = container[container.index("--name") + 1]
     apt.keep()
-    podman.run("exec", container, "sh", "-c", HYGIENE, check=False)
-    podman.run("commit", "-q", container, ref, timeout=900)
+    podman.run("exec", name, "sh", "-c", HYGIENE, check=False)
+    podman.run("commit", "-q", name, ref, timeout=900)
     image_id = podman.image_id(ref) or ""
-    if last:  # no play follows in this run
-        return {"ref": ref, "image_id": image_id, "seconds": round(time.monotonic() - started, 3)}
-    podman.run("exec", container, "sh", "-c", AFTER_COMMIT, check=False)
-    if not apt.refresh_if_sources_changed(container):
-        apt.restore_if_emptied()
+    if not last:  # a play follows in this run
+        build_container.replace(container, image_id or ref)
+        if not apt.refresh_if_sources_changed(name):
+            apt.restore_if_emptied()
     return {"ref": ref, "image_id": image_id, "seconds": round(time.monotonic() - started, 3)}
 
 

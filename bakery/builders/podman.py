@@ -23,6 +23,7 @@ import yaml
 from bakery import __version__, podman
 from bakery.ansible import PlaybookResult, ansible_env, mitogen_env, mitogen_wanted, podman_inventory, run_playbook
 from bakery.base_image import resolve_base
+from bakery.builders import build_container
 from bakery.builders.apt_mounts import AptMounts
 from bakery.builders.base import Builder, BuildOptions, BuildResult, LayerResult, image_packages
 from bakery.builders.layer_commits import PLAN_ENV, callback_plugins, plays, run_segments, write_plan
@@ -39,7 +40,6 @@ from bakery.signals import Cancellation, cancellable
 log = logging.getLogger("bakery.build")
 
 MIN_FREE_BYTES = 1 << 30
-BOOT_TIMEOUT = 90
 
 
 class PodmanBuilder(Builder):
@@ -132,6 +132,7 @@ class _Bake:
         self.artifacts: dict[str, str] = {}
         self.requirements: dict[str, str] = {}
         self.apt = AptMounts(run.path / "apt")
+        self.container_args: list[str] = []  # how the build container starts, for each role (once it bakes)
 
     def go(self) -> BuildResult:
         succeeded = False
@@ -193,44 +194,22 @@ class _Bake:
 
     def _start_container(self, from_ref: str) -> None:
         self.b.progress.note(f"{self.definition.name}: starting build container {self.container} from {from_ref}")
-        podman.run(
-            "run", "-d", "--name", self.container, "--hostname", f"{self.definition.name}-bake",
-            "--systemd=always",
-            "--label", f"{leftovers.BUILD_LABEL}=1",
-            "--label", f"{leftovers.PID_LABEL}={os.getpid()}",
-            "--label", f"io.bakery.run={self.run.id}",
-            "--label", f"io.bakery.image={self.definition.name}",
-            *self.apt.volumes(),
-            from_ref, "/sbin/init",
-        )
-        self._wait_for_systemd()
+        self.container_args = build_container.run_args(
+            self.container, f"{self.definition.name}-bake",
+            {leftovers.BUILD_LABEL: "1", leftovers.PID_LABEL: str(os.getpid()), "io.bakery.run": self.run.id,
+             "io.bakery.image": self.definition.name},
+            self.apt.volumes())
+        build_container.start(self.container_args, from_ref, self.cancel.check)
         seconds, problem = self.apt.refresh(self.container)
         self.b.progress.note(problem or f"{self.definition.name}: apt package lists fetched in {seconds:.1f} s "
                                         "(mounted while baking, never committed)")
-
-    def _wait_for_systemd(self) -> None:
-        deadline = time.monotonic() + BOOT_TIMEOUT
-        state = "unknown"
-        while time.monotonic() < deadline:
-            self.cancel.check()
-            proc = podman.run("exec", self.container, "systemctl", "is-system-running", check=False, timeout=30)
-            state = proc.stdout.strip() or "unknown"
-            if state in ("running", "degraded"):
-                if state == "degraded":
-                    failed = podman.run("exec", self.container, "systemctl", "--failed", "--no-legend", "--plain",
-                                        check=False)
-                    log.warning("build container is degraded: %s", " ".join(failed.stdout.split()))
-                return
-            time.sleep(0.3)
-        raise OperationError(f"build container {self.container} did not boot: "
-                             f"systemd is '{state}' after {BOOT_TIMEOUT} s")
 
     def _bake_layers(self, todo: list[PlannedLayer]) -> str:
         """Every uncached role in one ansible-playbook run, one play each; bakery_layers commits each layer
         when its play is done, and each commit is recorded as soon as it is read (bakery.builders.layer_run)."""
         ident = f"layers-{todo[0].layer.position + 1:02d}-{todo[-1].layer.position + 1:02d}"
         plan, records = self.run.path / f"{ident}.plan.json", self.run.path / f"{ident}.commits.jsonl"
-        write_plan(plan, container=self.container, apt_root=self.apt.root, records=records,
+        write_plan(plan, container=self.container_args, apt_root=self.apt.root, records=records,
                    layers=[(p.role, podman.cache_ref(self.definition.name, p.role, p.key)) for p in todo])
         tracker = LayerRun(todo, len(self.planned), self.b.progress, records,
                            on_commit=lambda record: self._record_layer(todo, tracker, record))
@@ -239,7 +218,7 @@ class _Bake:
         self.cancel.deferred = True
         try:
             outcome = run_playbook(
-                playbook=self._write_run_playbook(todo, mitogen),
+                playbook=self._write_run_playbook(todo),
                 inventory=podman_inventory(self.container, ["bakery_build", self.definition.name.replace("-", "_")],
                                            mitogen=mitogen),
                 private_data_dir=self.run.path / "ansible",
@@ -297,11 +276,11 @@ class _Bake:
         last = tracker.committed[-1]
         return str(last["image_id"] or last["ref"])  # by id: another checkout may move the tag meanwhile
 
-    def _write_run_playbook(self, todo: list[PlannedLayer], mitogen: bool) -> Path:
+    def _write_run_playbook(self, todo: list[PlannedLayer]) -> Path:
         """The plays around the roles, beside the original so relative paths and group_vars resolve the same."""
         path = self.definition.playbook.parent / f".bakery-{os.getpid()}-{self.run.id}.yml"
         self.generated.append(path)
-        path.write_text(yaml.safe_dump(plays(todo, reset_connection=mitogen), sort_keys=False), encoding="utf-8")
+        path.write_text(yaml.safe_dump(plays(todo), sort_keys=False), encoding="utf-8")
         return path
 
     def _provenance(self) -> Provenance:

@@ -75,6 +75,10 @@ def scratch(ref: str) -> str:
                       "find /tmp /var/tmp -mindepth 1; ls -d /root/.ansible /root/.cache 2>/dev/null; true").stdout
 
 
+def rootfs(ref: str) -> list[str]:
+    return podman.image_inspect(ref)["RootFS"]["Layers"]
+
+
 def test_one_run_commits_every_layer_and_a_failure_keeps_the_layers_before_it(onerun):
     failed = bake(onerun, "build", IMAGE, "--json", timeout=900)
     assert failed.rc == 1
@@ -157,12 +161,22 @@ SETTER = """---
     content: '{"mark": "set"}'
     dest: /etc/ansible/facts.d/setter.fact
     mode: "0644"
+- name: Leave runtime state, which no layer holds (/run is a tmpfs)
+  ansible.builtin.copy:
+    content: "runtime\\n"
+    dest: /run/setter-runtime
+    mode: "0644"
 """
 READER = """---
+- name: Look for the runtime state of the role before it
+  ansible.builtin.stat:
+    path: /run/setter-runtime
+  register: reader_runtime
 - name: Write what this role sees of the role before it (version {version})
   ansible.builtin.copy:
     content: "{{{{ setter_value | default('unset') }}}} {{{{ setter_out.stdout | default('unset') }}}} \
-{{{{ setter_included | default('unset') }}}} {{{{ ansible_local.setter.mark | default('no fact') }}}}\\n"
+{{{{ setter_included | default('unset') }}}} {{{{ ansible_local.setter.mark | default('no fact') }}}} \
+{{{{ reader_runtime.stat.exists | ternary('runtime', 'booted') }}}}\\n"
     dest: /etc/reader-saw
     mode: "0644"
 """
@@ -187,11 +201,15 @@ def test_a_role_sees_the_same_of_the_role_before_it_whether_that_layer_ran_or_wa
             assert result.rc == 0, result.stderr
             assert [la["cached"] for la in result.json["layers"]] == [version == 2, False]
             seen.append(podman.run("run", "--rm", result.json["ref"], "cat", "/etc/reader-saw").stdout)
+            if version == 1:  # each layer holds only its own role's changes, on top of the layer before it
+                setter, reader = (rootfs(json.loads(c)["ref"]) for c in
+                                  next(runs(project)[-1].glob("*.commits.jsonl")).read_text().splitlines())
+                assert reader[:-1] == setter and len(reader) == len(setter) + 1
     finally:
         ids = podman.run("images", "-a", "--filter", "label=io.bakery.image=handoff", "--format", "{{.ID}}").stdout
         if ids.split():
             podman.run("rmi", "-f", *sorted(set(ids.split())), check=False)
-    assert seen == ["unset unset unset set\n"] * 2
+    assert seen == ["unset unset unset set booted\n"] * 2
 
 
 FILTER = """def who(_value):

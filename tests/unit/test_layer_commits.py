@@ -6,6 +6,7 @@ import importlib.util
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import ansible.constants as ansible_constants
@@ -16,7 +17,7 @@ from ansible.parsing.dataloader import DataLoader
 from ansible.playbook.play import Play
 from ansible.vars.manager import VariableManager
 
-from bakery.builders import layer_commits
+from bakery.builders import build_container, layer_commits
 from bakery.builders.apt_mounts import SOURCES_DIGEST, AptMounts
 from bakery.builders.layer_commits import (
     append_record,
@@ -46,18 +47,13 @@ def planned(header: dict, *entries) -> list[PlannedLayer]:
     return layers
 
 
-@pytest.mark.parametrize("mitogen", [True, False])
-def test_one_play_per_layer_under_its_header_each_on_a_fresh_connection_with_mitogen(mitogen):
+def test_one_play_per_layer_under_its_header():
     header = {"name": "Bake", "hosts": "all", "become": True, "vars": {"color": "blue"}}
     layers = planned(header, "first", {"role": "web", "port": 80}, "last")
-    result = plays(layers, reset_connection=mitogen)
+    result = plays(layers)
     assert [p["roles"] for p in result] == [["first"], [{"role": "web", "port": 80}], ["last"]]
     assert all(p["hosts"] == "bakery_build" and p["become"] is True and p["vars"] == {"color": "blue"}
                for p in result)
-    # mitogen keeps one interpreter in the container: each later role gets a fresh one, as its own run did (the
-    # plain podman connection starts a process per task and has no reset)
-    reset = [{"name": "Reset the connection for this role", "ansible.builtin.meta": "reset_connection"}]
-    assert [p.get("pre_tasks") for p in result] == ([None, reset, reset] if mitogen else [None] * 3)
     assert header == {"name": "Bake", "hosts": "all", "become": True, "vars": {"color": "blue"}}  # not mutated
 
 
@@ -106,15 +102,18 @@ def fake_podman(monkeypatch, sources: list[str]) -> list[tuple]:
 
     def run(*args, **kw):
         calls.append(args)
-        digest = sources.pop(0) if args[-1] == SOURCES_DIGEST else ""
-        return subprocess.CompletedProcess(args, 0, stdout=digest, stderr="")
+        out = sources.pop(0) if args[-1] == SOURCES_DIGEST else "running" if "is-system-running" in args else ""
+        return subprocess.CompletedProcess(args, 0, stdout=out, stderr="")
 
     monkeypatch.setattr(layer_commits.podman, "run", run)
     monkeypatch.setattr(layer_commits.podman, "image_id", lambda ref: "sha-" + ref)
     return calls
 
 
-def test_commit_cleans_commits_then_prepares_the_next_play_and_restores_apt_lists(tmp_path, monkeypatch):
+CONTAINER = build_container.run_args("ctr", "x-bake", {"io.bakery.build": "1"}, ["--volume", "/a:/b"])
+
+
+def test_commit_cleans_commits_then_boots_the_next_play_from_the_layer_and_restores_apt_lists(tmp_path, monkeypatch):
     calls = fake_podman(monkeypatch, ["same", "same"])
     apt = AptMounts(tmp_path / "apt")
     apt.volumes()
@@ -122,10 +121,15 @@ def test_commit_cleans_commits_then_prepares_the_next_play_and_restores_apt_list
     apt.refresh("ctr")
     (apt.lists / "deb_dists_bookworm_main_binary-amd64_Packages").unlink()  # a role cleaned the lists
     calls.clear()
-    record = commit_layer("ctr", "localhost/bakery-cache/x:1", apt)
-    assert calls == [("exec", "ctr", "sh", "-c", layer_commits.HYGIENE), ("commit", "-q", "ctr",
-                                                                           "localhost/bakery-cache/x:1"),
-                     ("exec", "ctr", "sh", "-c", layer_commits.AFTER_COMMIT),
+    record = commit_layer(CONTAINER, "localhost/bakery-cache/x:1", apt)
+    # the next role runs where a bake from this cached layer would: a fresh container booted from it, same name
+    assert calls == [("exec", "ctr", "sh", "-c", layer_commits.HYGIENE),
+                     ("commit", "-q", "ctr", "localhost/bakery-cache/x:1"),
+                     ("rm", "-f", "-t", "0", "ctr"),
+                     ("run", "-d", "--name", "ctr", "--hostname", "x-bake", "--systemd=always",
+                      "--label", "io.bakery.build=1", "--volume", "/a:/b", "sha-localhost/bakery-cache/x:1",
+                      "/sbin/init"),
+                     ("exec", "ctr", "systemctl", "is-system-running"),
                      ("exec", "ctr", "sh", "-c", SOURCES_DIGEST)]
     assert record["image_id"] == "sha-localhost/bakery-cache/x:1" and record["seconds"] >= 0
     assert (apt.lists / "deb_dists_bookworm_main_binary-amd64_Packages").is_file()  # back for the next play
@@ -134,14 +138,14 @@ def test_commit_cleans_commits_then_prepares_the_next_play_and_restores_apt_list
 def test_the_last_layer_of_a_run_is_only_cleaned_and_committed(tmp_path, monkeypatch):
     calls = fake_podman(monkeypatch, [])
     apt = AptMounts(tmp_path / "apt")
-    commit_layer("ctr", "localhost/bakery-cache/x:1", apt, last=True)
+    commit_layer(CONTAINER, "localhost/bakery-cache/x:1", apt, last=True)
     assert calls == [("exec", "ctr", "sh", "-c", layer_commits.HYGIENE), ("commit", "-q", "ctr",
                                                                            "localhost/bakery-cache/x:1")]
 
 
 def test_a_play_the_plan_does_not_have_is_an_error_record(tmp_path):
     plan, records = tmp_path / "plan.json", tmp_path / "commits.jsonl"
-    write_plan(plan, container="ctr", apt_root=tmp_path, records=records, layers=[("a", "r1")])
+    write_plan(plan, container=CONTAINER, apt_root=tmp_path, records=records, layers=[("a", "r1")])
     record = layer_commits.commit_from_plan(str(plan), 1)
     assert record["role"] == "?" and "not one of the plan's 1 layers" in record["error"]
     assert read_records(records) == [record]
@@ -153,7 +157,7 @@ def test_a_layer_that_changed_the_apt_sources_gets_fresh_lists_for_the_next_role
     apt.volumes()
     apt.refresh("ctr")
     calls.clear()
-    commit_layer("ctr", "localhost/bakery-cache/x:1", apt)
+    commit_layer(CONTAINER, "localhost/bakery-cache/x:1", apt)
     assert ("exec", "ctr", "apt-get", "update", "-q") in calls  # as a build container booted from this layer would
     assert (apt.root / "sources.sha256").read_text() == "a source added"
 
@@ -164,7 +168,7 @@ def test_a_failed_commit_is_an_error_record_not_an_exception(tmp_path, monkeypat
 
     monkeypatch.setattr(layer_commits.podman, "run", boom)
     plan, records = tmp_path / "plan.json", tmp_path / "commits.jsonl"
-    write_plan(plan, container="ctr", apt_root=tmp_path / "apt", records=records, layers=[("first", "ref-1")])
+    write_plan(plan, container=CONTAINER, apt_root=tmp_path / "apt", records=records, layers=[("first", "ref-1")])
     record = layer_commits.commit_from_plan(str(plan), 0)
     assert record == {"index": 0, "role": "first", "error": "podman commit: no space left on device"}
     assert read_records(records) == [record]
@@ -216,7 +220,7 @@ def test_plugin_commits_each_play_when_the_next_starts_and_the_last_only_on_succ
 def two_play_plugin(tmp_path, monkeypatch):
     """The plugin following a two-layer plan: (records file, commits made, plugin)."""
     plan, records = tmp_path / "plan.json", tmp_path / "commits.jsonl"
-    write_plan(plan, container="ctr", apt_root=tmp_path, records=records, layers=[("a", "r1"), ("b", "r2")])
+    write_plan(plan, container=CONTAINER, apt_root=tmp_path, records=records, layers=[("a", "r1"), ("b", "r2")])
     commits: list[int] = []
     return records, commits, load_plugin(monkeypatch, plan, commits)
 
@@ -403,7 +407,7 @@ def test_an_orphaned_run_commits_nothing_once_bakery_is_gone(tmp_path, monkeypat
     calls = []
     monkeypatch.setattr(layer_commits.podman, "run", lambda *args, **kw: calls.append(args))
     plan, records = tmp_path / "plan.json", tmp_path / "commits.jsonl"
-    write_plan(plan, container="ctr", apt_root=tmp_path / "apt", records=records, layers=[("first", "ref-1")])
+    write_plan(plan, container=CONTAINER, apt_root=tmp_path / "apt", records=records, layers=[("first", "ref-1")])
     data = json.loads(plan.read_text())
     data["owner"] = dead_pid()
     plan.write_text(json.dumps(data))
@@ -422,10 +426,10 @@ def test_what_a_cancelled_run_leaves_in_a_session_of_its_own_is_killed(tmp_path)
     from bakery.ansible import stop_leftovers
 
     run_dir = tmp_path / "runs" / "r1" / "ansible"
-    mux = subprocess.Popen(["sh", "-c", "sleep 300", str(run_dir / "inventory" / "hosts.json")],
-                           start_new_session=True)
-    other = subprocess.Popen(["sh", "-c", "sleep 300", str(tmp_path / "runs" / "r2" / "ansible")],
-                             start_new_session=True)
+    # one process each, its command line naming the directory (a shell's forked child briefly would too)
+    sleep = [sys.executable, "-c", "import time; time.sleep(300)"]
+    mux = subprocess.Popen([*sleep, str(run_dir / "inventory" / "hosts.json")], start_new_session=True)
+    other = subprocess.Popen([*sleep, str(tmp_path / "runs" / "r2" / "ansible")], start_new_session=True)
     try:
         assert stop_leftovers(run_dir) == [mux.pid]
         assert mux.wait(timeout=10) == -9 and other.poll() is None

@@ -3,7 +3,8 @@
 Loaded by ansible-playbook (the venv's Python) from ANSIBLE_CALLBACK_PLUGINS; does nothing unless
 BAKERY_LAYER_PLAN names a plan (bakery.builders.layer_commits). Play k is committed when play k+1 starts:
 Ansible starts the next play only when the host did not fail; the last play is committed at the end only
-when the stats show no unrescued failure and no unreachable host. The commit runs while Ansible waits.
+when the stats show no unrescued failure and no unreachable host. The commit, and the boot of the next play's
+container from the committed layer, run while Ansible waits.
 Every play starts with no host state from the plays before it (facts, set_fact, register, include_vars), as
 when each role had its own run: a layer must come out the same whether the layers before it ran in this run
 or came from the cache.
