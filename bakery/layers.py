@@ -25,7 +25,7 @@ from bakery.layer_collections import bundled_versions, layer_bundled, layer_coll
 from bakery.provenance import file_digest, sha256_json, tree_digest
 
 # Bump when the way a layer is produced changes, so old cached layers are not reused.
-LAYER_FORMAT = 2  # 2: one ansible-playbook run per bake (bakery.builders.layer_commits)
+LAYER_FORMAT = 3  # 2: one ansible-playbook run per bake; 3: each role in a container booted from its parent layer
 
 
 @dataclass
