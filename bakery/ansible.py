@@ -180,7 +180,7 @@ def event_counts(event: dict[str, Any]) -> tuple[int, int]:
     """Whether an ansible-runner event is a task result (1 or 0), and whether it changed something."""
     kind = event.get("event")
     data = event.get("event_data", {})
-    if kind not in RESULT_EVENTS or data.get("task_action") in META_ACTIONS:  # bakery's own reset, not the role's
+    if kind not in RESULT_EVENTS or data.get("task_action") in META_ACTIONS:  # flow control, not work
         return 0, 0
     res = data.get("res") or {}
     return 1, int(bool(res.get("changed")) and kind == "runner_on_ok")

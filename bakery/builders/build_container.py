@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from bakery import podman
 from bakery.errors import OperationError
@@ -29,26 +30,54 @@ def run_args(name: str, hostname: str, labels: dict[str, str], volumes: list[str
     return [*args, *volumes]
 
 
+def name(args: list[str]) -> str:
+    return args[args.index("--name") + 1]
+
+
 def start(args: list[str], from_ref: str, check_cancel: Callable[[], None] = lambda: None) -> None:
     """Start the container `args` describe from `from_ref` and wait until systemd has booted it."""
-    name = args[args.index("--name") + 1]
     podman.run(*args, from_ref, "/sbin/init")
-    deadline = time.monotonic() + BOOT_TIMEOUT
-    state = "unknown"
-    while time.monotonic() < deadline:
-        check_cancel()
-        proc = podman.run("exec", name, "systemctl", "is-system-running", check=False, timeout=30)
-        state = proc.stdout.strip() or "unknown"
-        if state in ("running", "degraded"):
-            if state == "degraded":
-                failed = podman.run("exec", name, "systemctl", "--failed", "--no-legend", "--plain", check=False)
-                log.warning("build container is degraded: %s", " ".join(failed.stdout.split()))
-            return
-        time.sleep(0.1)
-    raise OperationError(f"build container {name} did not boot: systemd is '{state}' after {BOOT_TIMEOUT} s")
+    check_cancel()
+    state = podman.systemd_state(name(args), BOOT_TIMEOUT) or "unknown"
+    check_cancel()
+    if state == "degraded":
+        failed = podman.run("exec", name(args), "systemctl", "--failed", "--no-legend", "--plain", check=False)
+        log.warning("build container is degraded: %s", " ".join(failed.stdout.split()))
+    elif state != "running":
+        raise OperationError(f"build container {name(args)} did not boot: systemd is '{state}' after "
+                             f"{BOOT_TIMEOUT} s")
 
 
 def replace(args: list[str], from_ref: str) -> None:
-    """The next role's container, under the same name (the run's inventory host), from the layer just committed."""
-    podman.remove_container(args[args.index("--name") + 1])
+    """The next role's container, under the same name (the run's inventory host), from the layer just committed.
+
+    mitogen keys its connection by the container's name and forgets it when the `podman exec` carrying it ends:
+    that client must be gone before the next play connects, or the next play could be handed the dead
+    connection. `podman rm` kills the interpreter; waiting for its client makes the order certain.
+    """
+    podman.remove_container(name(args))
+    _wait_for_exec_clients(name(args))
     start(args, from_ref)
+
+
+def _wait_for_exec_clients(container: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while (clients := exec_clients(container)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if clients:
+        log.warning("podman exec into %s still running after its removal: pids %s", container, clients)
+
+
+def exec_clients(container: str) -> list[int]:
+    """The host's `podman exec` processes into `container` (mitogen's connection among them)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue  # gone meanwhile
+        if len(argv) > 2 and argv[0].endswith(b"podman") and b"exec" in argv and container.encode() in argv:
+            found.append(int(entry.name))
+    return found

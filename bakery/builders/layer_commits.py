@@ -1,10 +1,11 @@
 """Commit a layer at each play boundary of the one ansible-playbook run of a local bake.
 
-bakery writes one play per uncached role into a single playbook (Ansible, fact gathering and mitogen start
-once per bake, not once per role) and a plan file naming the container and each layer's cache tag. The
+bakery writes one play per uncached role into a single playbook (Ansible and its plugins load once per bake,
+not once per role) and a plan file saying how the build container starts and each layer's cache tag. The
 callback plugin bakery_layers (bakery/ansible_plugins/callback) calls `commit_from_plan` when the next play
 starts and at the end if the last play succeeded: while ansible-playbook waits, the layer is cleaned,
-committed and appended as one JSON line to the records file, which bakery reads as events arrive.
+committed and appended as one JSON line to the records file, which bakery reads as events arrive; then the
+next play's container is booted afresh from that layer.
 """
 
 from __future__ import annotations
@@ -101,38 +102,55 @@ def write_plan(path: Path, *, container: list[str], apt_root: Path, records: Pat
 
 
 def commit_from_plan(plan_path: str, index: int) -> dict[str, Any]:
-    """Commit play `index`'s layer; never raises (Ansible would only warn): a failure is an error record."""
+    """Commit play `index`'s layer and record it, then boot the next play's container from it; never raises
+    (Ansible would only warn): a failure is an error record, and the one returned is the last one written."""
     plan = json.loads(Path(plan_path).read_text(encoding="utf-8"))
-    layers = plan["layers"]
+    layers, records = plan["layers"], Path(plan["records"])
     role = layers[index]["role"] if 0 <= index < len(layers) else "?"
+    apt = AptMounts(Path(plan["apt_root"]))
     try:
         if role == "?":
             raise OperationError(f"play {index + 1} is not one of the plan's {len(layers)} layers")
-        if not pid_alive(plan["owner"]):  # killed (-9): its gc removes the container; nothing new to clean up
-            raise OperationError(f"bakery (pid {plan['owner']}) is gone; not committing")
-        record = commit_layer(plan["container"], layers[index]["ref"], AptMounts(Path(plan["apt_root"])),
-                              last=index == len(layers) - 1)
+        _check_owner(plan)
+        record = commit_layer(plan["container"], layers[index]["ref"], apt)
     except Exception as exc:  # noqa: BLE001 - anything that stops a commit is reported to bakery as data
-        record = {"error": " ".join(str(exc).split())[:500]}
+        record = {"error": f"layer commit failed: {' '.join(str(exc).split())[:500]}"}
     record = {"index": index, "role": role, **record}
-    append_record(Path(plan["records"]), record)
+    append_record(records, record)  # the layer is cached whatever happens next
+    if "error" in record or index == len(layers) - 1:
+        return record
+    try:
+        _check_owner(plan)
+        next_container(plan["container"], record["image_id"] or record["ref"], apt)
+    except Exception as exc:  # noqa: BLE001 - reported as the next play's failure
+        record = {"index": index + 1, "role": layers[index + 1]["role"],
+                  "error": f"no build container from the layer of '{role}': {' '.join(str(exc).split())[:500]}"}
+        append_record(records, record)
     return record
 
 
-def commit_layer(container: list[str], ref: str, apt: AptMounts, last: bool = False) -> dict[str, Any]:
-    """The commit of one layer, exactly as when each role had its own run; then, unless it is the run's last,
-    the next play's container: a fresh one from this layer (bakery.builders.build_container), with its lists."""
+def _check_owner(plan: dict[str, Any]) -> None:
+    if not pid_alive(plan["owner"]):  # killed (-9): its gc removes the container; nothing new to start or commit
+        raise OperationError(f"bakery (pid {plan['owner']}) is gone")
+
+
+def commit_layer(container: list[str], ref: str, apt: AptMounts) -> dict[str, Any]:
+    """The commit of one layer, exactly as when each role had its own run."""
     started = time.monotonic()
-    name = container[container.index("--name") + 1]
+    name = build_container.name(container)
     apt.keep()
     podman.run("exec", name, "sh", "-c", HYGIENE, check=False)
     podman.run("commit", "-q", name, ref, timeout=900)
     image_id = podman.image_id(ref) or ""
-    if not last:  # a play follows in this run
-        build_container.replace(container, image_id or ref)
-        if not apt.refresh_if_sources_changed(name):
-            apt.restore_if_emptied()
     return {"ref": ref, "image_id": image_id, "seconds": round(time.monotonic() - started, 3)}
+
+
+def next_container(container: list[str], layer: str, apt: AptMounts) -> None:
+    """The next role's container: a fresh one booted from `layer` (bakery.builders.build_container), with the
+    package lists it would find after a boot from that layer."""
+    build_container.replace(container, layer)
+    if not apt.refresh_if_sources_changed(build_container.name(container)):
+        apt.restore_if_emptied()
 
 
 def append_record(path: Path, record: dict[str, Any]) -> None:

@@ -1,9 +1,10 @@
 """The local builder: bake in a podman container booted with systemd, one committed layer per role.
 
 Flow: resolve the base, compute every layer key, return the existing version if
-the whole input is unchanged, otherwise start one build container from the
+the whole input is unchanged, otherwise start a build container from the
 newest cached layer, run the remaining roles in one ansible-playbook run, one
-play each (a layer is committed as each play ends: bakery.builders.layer_commits),
+play each (a layer is committed as each play ends, and the next play gets a
+container booted from it: bakery.builders.layer_commits, build_container),
 then write /etc/image-release and the provenance labels in a final tiny layer
 tagged `localhost/bakery/<image>:<version>`.
 """
@@ -23,7 +24,7 @@ import yaml
 from bakery import __version__, podman
 from bakery.ansible import PlaybookResult, ansible_env, mitogen_env, mitogen_wanted, podman_inventory, run_playbook
 from bakery.base_image import resolve_base
-from bakery.builders import build_container
+from bakery.builders import build_container, layer_commits
 from bakery.builders.apt_mounts import AptMounts
 from bakery.builders.base import Builder, BuildOptions, BuildResult, LayerResult, image_packages
 from bakery.builders.layer_commits import PLAN_ENV, callback_plugins, plays, run_segments, write_plan
@@ -154,7 +155,9 @@ class _Bake:
             self.b.progress.note(f"[{p.layer.position + 1}/{len(self.planned)}] {p.role}: cached")
         if start_index < len(self.planned):
             self._start_container(parent_ref)
-            for segment in run_segments(self.planned[start_index:]):
+            for n, segment in enumerate(run_segments(self.planned[start_index:])):
+                if n:  # as after each commit within a run: a fresh container from the layer before
+                    layer_commits.next_container(self.container_args, parent_ref, self.apt)
                 parent_ref = self._bake_layers(segment)
             podman.remove_container(self.container)
         self.cancel.check()
@@ -259,8 +262,8 @@ class _Bake:
         log_path = outcome.artifact_dir / "stdout"
         broken = [r for r in tracker.committed if "error" in r]
         if broken:
-            raise OperationError(f"bake of {self.definition.name} stopped at role '{broken[0]['role']}': layer "
-                                 f"commit failed: {broken[0]['error']} (log: {log_path})")
+            raise OperationError(f"bake of {self.definition.name} stopped at role '{broken[0]['role']}': "
+                                 f"{broken[0]['error']} (log: {log_path})")
         if not outcome.ok:
             where = f"task '{outcome.failed_task}'" if outcome.failed_task else "playbook"
             role = todo[max(tracker.current, 0)].role

@@ -22,7 +22,6 @@ from bakery.builders.apt_mounts import SOURCES_DIGEST, AptMounts
 from bakery.builders.layer_commits import (
     append_record,
     callback_plugins,
-    commit_layer,
     plays,
     read_records,
     run_segments,
@@ -113,15 +112,22 @@ def fake_podman(monkeypatch, sources: list[str]) -> list[tuple]:
 CONTAINER = build_container.run_args("ctr", "x-bake", {"io.bakery.build": "1"}, ["--volume", "/a:/b"])
 
 
+def two_layer_plan(tmp_path: Path) -> tuple[Path, Path, AptMounts]:
+    plan, records, apt = tmp_path / "plan.json", tmp_path / "commits.jsonl", AptMounts(tmp_path / "apt")
+    write_plan(plan, container=CONTAINER, apt_root=apt.root, records=records,
+               layers=[("a", "localhost/bakery-cache/x:1"), ("b", "localhost/bakery-cache/x:2")])
+    return plan, records, apt
+
+
 def test_commit_cleans_commits_then_boots_the_next_play_from_the_layer_and_restores_apt_lists(tmp_path, monkeypatch):
     calls = fake_podman(monkeypatch, ["same", "same"])
-    apt = AptMounts(tmp_path / "apt")
+    plan, records, apt = two_layer_plan(tmp_path)
     apt.volumes()
     (apt.lists / "deb_dists_bookworm_main_binary-amd64_Packages").write_text("index\n")
     apt.refresh("ctr")
     (apt.lists / "deb_dists_bookworm_main_binary-amd64_Packages").unlink()  # a role cleaned the lists
     calls.clear()
-    record = commit_layer(CONTAINER, "localhost/bakery-cache/x:1", apt)
+    record = layer_commits.commit_from_plan(str(plan), 0)
     # the next role runs where a bake from this cached layer would: a fresh container booted from it, same name
     assert calls == [("exec", "ctr", "sh", "-c", layer_commits.HYGIENE),
                      ("commit", "-q", "ctr", "localhost/bakery-cache/x:1"),
@@ -129,18 +135,38 @@ def test_commit_cleans_commits_then_boots_the_next_play_from_the_layer_and_resto
                      ("run", "-d", "--name", "ctr", "--hostname", "x-bake", "--systemd=always",
                       "--label", "io.bakery.build=1", "--volume", "/a:/b", "sha-localhost/bakery-cache/x:1",
                       "/sbin/init"),
-                     ("exec", "ctr", "systemctl", "is-system-running"),
+                     ("exec", "ctr", "systemctl", "is-system-running", "--wait"),
                      ("exec", "ctr", "sh", "-c", SOURCES_DIGEST)]
     assert record["image_id"] == "sha-localhost/bakery-cache/x:1" and record["seconds"] >= 0
+    assert read_records(records) == [record]
     assert (apt.lists / "deb_dists_bookworm_main_binary-amd64_Packages").is_file()  # back for the next play
 
 
 def test_the_last_layer_of_a_run_is_only_cleaned_and_committed(tmp_path, monkeypatch):
     calls = fake_podman(monkeypatch, [])
-    apt = AptMounts(tmp_path / "apt")
-    commit_layer(CONTAINER, "localhost/bakery-cache/x:1", apt, last=True)
+    plan, records, _ = two_layer_plan(tmp_path)
+    layer_commits.commit_from_plan(str(plan), 1)
     assert calls == [("exec", "ctr", "sh", "-c", layer_commits.HYGIENE), ("commit", "-q", "ctr",
-                                                                           "localhost/bakery-cache/x:1")]
+                                                                           "localhost/bakery-cache/x:2")]
+    assert [r["role"] for r in read_records(records)] == ["b"]
+
+
+def test_a_committed_layer_is_recorded_even_when_the_next_container_does_not_start(tmp_path, monkeypatch):
+    fake_podman(monkeypatch, [])
+    plan, records, _ = two_layer_plan(tmp_path)
+    real_run = layer_commits.podman.run
+
+    def run(*args, **kw):
+        if args[0] == "run":
+            raise layer_commits.podman.OperationError("'podman run -d' failed: no space left")
+        return real_run(*args, **kw)
+
+    monkeypatch.setattr(layer_commits.podman, "run", run)
+    record = layer_commits.commit_from_plan(str(plan), 0)
+    first, second = read_records(records)
+    assert first["role"] == "a" and "error" not in first  # cached: the commit worked
+    assert second == record == {"index": 1, "role": "b", "error": "no build container from the layer of 'a': "
+                                "'podman run -d' failed: no space left"}
 
 
 def test_a_play_the_plan_does_not_have_is_an_error_record(tmp_path):
@@ -157,7 +183,7 @@ def test_a_layer_that_changed_the_apt_sources_gets_fresh_lists_for_the_next_role
     apt.volumes()
     apt.refresh("ctr")
     calls.clear()
-    commit_layer(CONTAINER, "localhost/bakery-cache/x:1", apt)
+    layer_commits.next_container(CONTAINER, "localhost/bakery-cache/x:1", apt)
     assert ("exec", "ctr", "apt-get", "update", "-q") in calls  # as a build container booted from this layer would
     assert (apt.root / "sources.sha256").read_text() == "a source added"
 
@@ -170,7 +196,8 @@ def test_a_failed_commit_is_an_error_record_not_an_exception(tmp_path, monkeypat
     plan, records = tmp_path / "plan.json", tmp_path / "commits.jsonl"
     write_plan(plan, container=CONTAINER, apt_root=tmp_path / "apt", records=records, layers=[("first", "ref-1")])
     record = layer_commits.commit_from_plan(str(plan), 0)
-    assert record == {"index": 0, "role": "first", "error": "podman commit: no space left on device"}
+    assert record == {"index": 0, "role": "first",
+                      "error": "layer commit failed: podman commit: no space left on device"}
     assert read_records(records) == [record]
 
 

@@ -1,0 +1,46 @@
+"""The build container's swap waits for mitogen's `podman exec` into the removed container to end."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from bakery.builders import build_container
+
+pytestmark = pytest.mark.unit
+
+
+def fake_exec_client(container: str) -> subprocess.Popen:
+    """A process whose command line reads as `podman exec ... <container> ...`, as mitogen's connection does."""
+    return subprocess.Popen(["/usr/bin/podman", "-c", "import time; time.sleep(60)", "exec", "--interactive",
+                             container, "/usr/bin/python3"], executable=sys.executable)
+
+
+def test_exec_clients_into_a_container_are_found_and_no_others():
+    ours, other = fake_exec_client("bakery-build-x-1"), fake_exec_client("bakery-build-y-1")
+    try:
+        assert build_container.exec_clients("bakery-build-x-1") == [ours.pid]
+    finally:
+        for proc in (ours, other):
+            proc.kill()
+            proc.wait()
+    assert build_container.exec_clients("bakery-build-x-1") == []
+
+
+def test_the_swap_goes_on_only_once_the_old_connection_has_ended():
+    client = fake_exec_client("bakery-build-x-1")
+    killed = []
+
+    def end_later():
+        time.sleep(0.5)
+        killed.append(time.monotonic())
+        client.kill()
+        client.wait()
+
+    threading.Thread(target=end_later).start()
+    build_container._wait_for_exec_clients("bakery-build-x-1", timeout=30)
+    assert killed and client.poll() is not None
