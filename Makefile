@@ -44,8 +44,12 @@ molecule: setup
 	./bake.py base
 	scripts/molecule-all.sh
 
+# unit and aws tests on every core (a file's tests stay together, in order, on one worker); the integration
+# tests one at a time: they share podman's image store, HAProxy ports and the machine's CPU with each bake.
+TEST_JOBS ?= $(shell nproc)
 test: setup lint
-	$(PYTEST)
+	$(PYTEST) -n $(TEST_JOBS) --dist loadfile --durations=10 tests/unit tests/aws
+	$(PYTEST) --durations=15 tests/integration
 	$(MAKE) --no-print-directory molecule
 
 # Side-by-side benchmarks (bench/): bake.py vs Packer vs the bare Ansible work, rebakes, rollout, CLI latency,

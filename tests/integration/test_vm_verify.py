@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bakery import podman
 from bakery.catalog import open_catalog
 from bakery.verify import gate
 from tests.conftest import BAKE, REPO, bake, init_repo
@@ -93,8 +94,9 @@ def test_vm_verify_of_the_example_image_passes_with_the_kernel_level_checks(exam
 
 
 def sabotaged_project(example_project: Path, root: Path) -> Path:
-    """The example project plus an image `sabotaged`: the webapp's roles, then one that plants three faults. Its
-    catalog and artifacts come along, so only the planting role is baked (the other layers are cached)."""
+    """A copy of the example project whose webapp image gets one more role, which plants three faults. Its
+    catalog and artifacts come along, so only the planting role is baked (the other layers are cached: a layer's
+    key names its image, so the image keeps its name)."""
     shutil.copytree(example_project, root, ignore=shutil.ignore_patterns(".git", "runs", "disks", "envs"))
     shutil.copytree(REPO / "tests" / "fixtures" / "vm" / "sabotage", root / "roles" / "sabotage")
     # without the roles' testinfra tests (the example image's verification runs them; here they would add minutes
@@ -104,19 +106,20 @@ def sabotaged_project(example_project: Path, root: Path) -> Path:
     shutil.rmtree(root / "tests" / "images")
     plays = yaml.safe_load((root / "playbooks" / "webapp.yml").read_text())
     plays[0]["roles"].append({"role": "sabotage"})
-    (root / "playbooks" / "sabotaged.yml").write_text(yaml.safe_dump(plays))
-    settings = yaml.safe_load((root / "bakery.yml").read_text())
-    settings["images"]["sabotaged"] = dict(settings["images"]["webapp"])
-    (root / "bakery.yml").write_text(yaml.safe_dump(settings))
-    init_repo(root, "The example project with a sabotaged image")
+    (root / "playbooks" / "webapp.yml").write_text(yaml.safe_dump(plays))
+    init_repo(root, "The example project with a sabotaged webapp image")
     return root
 
 
 def test_faults_only_a_kernel_shows_fail_the_vm_verify_naming_each_cause(example_project, webapp_image, tmp_path):
     root = sabotaged_project(example_project, tmp_path / "sabotaged")
-    built = bake(root, "build", "sabotaged", "--json", timeout=1200)
+    built = bake(root, "build", "webapp", "--json", timeout=1200)
     assert built.rc == 0, built.stderr
-    out = bake(root, "verify", "sabotaged", "--vm", "--json", timeout=2400)
+    assert [(la["role"], la["cached"]) for la in built.json["layers"]][-2:] == [("webapp", True), ("sabotage", False)]
+    try:
+        out = bake(root, "verify", "webapp", "--vm", "--json", timeout=2400)
+    finally:
+        podman.remove_image(built.json["ref"])  # this copy's webapp version, not the example project's
     assert out.rc == 1, out.stderr[-3000:]
     checks = {c["name"]: c for c in out.json["checks"]}
     assert "planted-boot-failure.service" in checks["vm-boot"]["message"]
@@ -124,12 +127,12 @@ def test_faults_only_a_kernel_shows_fail_the_vm_verify_naming_each_cause(example
     assert "module sctp loaded" in checks["vm-modules"]["message"]
     assert checks["vm-partitions"]["passed"] and checks["vm-audit"]["passed"]  # the rest of the image is fine
     assert checks["testinfra"]["skipped"] and checks["vm-offline-boot"]["skipped"]
-    assert "verification of sabotaged" in out.stderr and "failed" in out.stderr
+    assert "verification of webapp" in out.stderr and "failed" in out.stderr
     catalog = open_catalog(root / ".bakery")
-    newest = gate.latest_verification(catalog, "sabotaged", built.json["version"], "vm")
+    newest = gate.latest_verification(catalog, "webapp", built.json["version"], "vm")
     assert newest is not None and newest["passed"] is False
     with pytest.raises(Exception, match="failed its last vm verification"):
-        gate.require_verified(catalog, "sabotaged", built.json["version"], required=("vm",), force=False, env="qa")
+        gate.require_verified(catalog, "webapp", built.json["version"], required=("vm",), force=False, env="qa")
     assert qemu_of(str(root)) == []
 
 
