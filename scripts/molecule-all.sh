@@ -14,10 +14,11 @@ if [ -f requirements.yml ]; then
 fi
 # As bakes do: mitogen (one interpreter per container, not several `podman exec`s per task) unless
 # BAKERY_MITOGEN=0, and testinfra through one exec session per instance (bakery/verify/testinfra_plugin).
-if mitogen=$(.venv/bin/python -c 'from bakery.ansible import mitogen_env, mitogen_wanted
-if mitogen_wanted(): print(" ".join(f"{k}={v}" for k, v in mitogen_env().items()))') && [ -n "$mitogen" ]; then
-  # shellcheck disable=SC2086
-  export $mitogen BAKERY_MOLECULE_CONNECTION=podman
+# Only the scenario's own plays (converge.yml, prepare.yml) take the strategy: molecule's create playbook waits
+# on an async task that mitogen's strategy never reports done.
+if plugins=$(.venv/bin/python -c 'from bakery.ansible import mitogen_env, mitogen_wanted
+if mitogen_wanted(): print(mitogen_env()["ANSIBLE_STRATEGY_PLUGINS"])') && [ -n "$plugins" ]; then
+  export ANSIBLE_STRATEGY_PLUGINS=$plugins BAKERY_MOLECULE_STRATEGY=mitogen_linear BAKERY_MOLECULE_CONNECTION=podman
 fi
 export PYTHONPATH="$PWD/bakery/verify/testinfra_plugin${PYTHONPATH:+:$PYTHONPATH}" \
   PYTEST_ADDOPTS="-p bakery_exec_session ${PYTEST_ADDOPTS:-}"
