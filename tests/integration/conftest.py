@@ -50,15 +50,19 @@ def image_labels(ref: str) -> dict:
 TEST_IMAGES = ("sample", "failing", "planted", "badunit", "bootinstall", "leaky")
 
 
+def remove_images_of(image: str) -> None:
+    """Remove every image baked for `image` (final images and cached layers carry io.bakery.image)."""
+    ids = podman.run("images", "-a", "--filter", f"label=io.bakery.image={image}", "--format", "{{.ID}}").stdout.split()
+    if ids:
+        podman.run("rmi", "-f", *sorted(set(ids)), check=False)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def remove_test_images():
-    """Remove every image the tests baked (final images and cached layers carry io.bakery.image)."""
+    """Remove every image the tests baked."""
     yield
     for image in TEST_IMAGES:
-        ids = podman.run("images", "-a", "--filter", f"label=io.bakery.image={image}",
-                         "--format", "{{.ID}}").stdout.split()
-        if ids:
-            podman.run("rmi", "-f", *sorted(set(ids)), check=False)
+        remove_images_of(image)
 
 
 PROJECT_FILES = ("bakery.yml", "verify-allowlist.yml", "ansible.cfg", "app", "roles", "playbooks", "inventories",

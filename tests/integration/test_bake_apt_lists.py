@@ -12,6 +12,7 @@ import pytest
 
 from bakery import podman
 from tests.conftest import bake, git
+from tests.integration.conftest import remove_images_of
 
 pytestmark = pytest.mark.integration
 
@@ -50,9 +51,7 @@ def apt_project(project):
     git(project, "add", "-A")
     git(project, "-c", "user.email=test@bakery", "-c", "user.name=bakery tests", "commit", "-q", "-m", "apt roles")
     yield project
-    ids = podman.run("images", "-a", "--filter", f"label=io.bakery.image={IMAGE}", "--format", "{{.ID}}").stdout
-    if ids.split():
-        podman.run("rmi", "-f", *sorted(set(ids.split())), check=False)
+    remove_images_of(IMAGE)
 
 
 def test_role_installs_without_update_cache_and_no_layer_keeps_apt_files(apt_project):

@@ -13,6 +13,7 @@ import yaml
 from bakery import podman
 from tests.conftest import REPO, bake, git, init_repo
 from tests.galaxy_fixtures import collection_tarball, git_role
+from tests.integration.conftest import remove_images_of
 
 pytestmark = pytest.mark.integration
 
@@ -52,9 +53,7 @@ def community_project(tmp_path):
     assert bake(root, "deps").rc == 0
     init_repo(root, "community image")
     yield root, tools
-    ids = podman.run("images", "-a", "--filter", f"label=io.bakery.image={IMAGE}", "--format", "{{.ID}}").stdout.split()
-    if ids:
-        podman.run("rmi", "-f", *sorted(set(ids)), check=False)
+    remove_images_of(IMAGE)
 
 
 def ran_roles(result) -> list[str]:

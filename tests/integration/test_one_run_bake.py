@@ -12,7 +12,7 @@ import pytest
 
 from bakery import podman
 from tests.conftest import BAKE, bake
-from tests.integration.conftest import containers, wait_for
+from tests.integration.conftest import containers, remove_images_of, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -50,9 +50,7 @@ def onerun(project):
         "---\n- name: Bake three roles in one run\n  hosts: all\n  become: true\n"
         "  roles:\n    - first\n    - flaky\n    - second\n")
     yield project
-    ids = podman.run("images", "-a", "--filter", f"label=io.bakery.image={IMAGE}", "--format", "{{.ID}}").stdout
-    if ids.split():
-        podman.run("rmi", "-f", *sorted(set(ids.split())), check=False)
+    remove_images_of(IMAGE)
 
 
 def runs(project: Path) -> list[Path]:
@@ -214,9 +212,7 @@ def test_a_role_sees_the_same_of_the_role_before_it_whether_that_layer_ran_or_wa
                                   for line in c.read_text().splitlines())
                 assert reader[:-1] == setter and len(reader) == len(setter) + 1
     finally:
-        ids = podman.run("images", "-a", "--filter", "label=io.bakery.image=handoff", "--format", "{{.ID}}").stdout
-        if ids.split():
-            podman.run("rmi", "-f", *sorted(set(ids.split())), check=False)
+        remove_images_of("handoff")
     assert seen == ["unset unset unset set booted\n"] * 2
 
 
@@ -256,6 +252,4 @@ def test_roles_with_plugins_of_the_same_name_each_get_their_own(project):
         assert sorted(p.name for p in (run_dir / "ansible" / "artifacts").iterdir() if not p.is_symlink()) == \
             ["layers-01-01", "layers-02-02", "layers-03-03"]
     finally:
-        ids = podman.run("images", "-a", "--filter", "label=io.bakery.image=plugs", "--format", "{{.ID}}").stdout
-        if ids.split():
-            podman.run("rmi", "-f", *sorted(set(ids.split())), check=False)
+        remove_images_of("plugs")
