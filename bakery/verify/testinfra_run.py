@@ -2,8 +2,8 @@
 
 The run is a pytest process writing to anonymous files (a pipe would fill and stall it while nobody reads);
 finish() waits for it and makes the `testinfra` check exactly as a run in the foreground did: testinfra.log,
-pass or fail, pytest's summary line and the failing tests' names. Its podman:// hosts run their commands over one
-exec session per instance (testinfra_plugin/bakery_exec_session.py).
+pass or fail, pytest's summary line and the failing tests' names. Its podman:// and ssh:// hosts run their commands
+over one exec session per instance (testinfra_plugin/bakery_exec_session.py).
 """
 
 from __future__ import annotations

@@ -17,10 +17,9 @@ pytestmark = pytest.mark.unit
 
 
 @pytest.fixture
-def session(monkeypatch):
+def session():
     """The server run on this machine instead of inside an instance (the protocol is the same)."""
-    monkeypatch.setattr(plugin, "server_command", lambda name, user: [sys.executable, "-c", plugin.SERVER])
-    opened = plugin.ExecSession("local")
+    opened = plugin.ExecSession([sys.executable, "-c", plugin.SERVER], "local")
     yield opened
     opened.close()
 
@@ -66,10 +65,10 @@ def test_a_session_that_ends_mid_command_raises_instead_of_answering(session):
         session.run(b"kill -KILL $PPID; sleep 5")
 
 
-def test_a_session_that_cannot_start_is_refused(monkeypatch):
-    monkeypatch.setattr(plugin, "server_command", lambda name, user: [sys.executable, "-c", "print('no')"])
-    with pytest.raises(plugin.SessionBroken, match="no exec session in gone"):
-        plugin.ExecSession("gone")
+def test_a_session_that_cannot_start_is_refused_with_its_reason():
+    command = [sys.executable, "-c", "import sys; print('no'); sys.exit('sudo: a password is required')"]
+    with pytest.raises(plugin.SessionBroken, match="no exec session in gone: sudo: a password is required"):
+        plugin.ExecSession(command, "gone")
 
 
 def test_the_backend_falls_back_to_one_podman_exec_per_command(monkeypatch):

@@ -1,11 +1,12 @@
-"""pytest plugin for `bake.py verify`: testinfra's podman:// hosts run their commands over one `podman exec` each.
+"""pytest plugin for `bake.py verify`: testinfra's podman:// and ssh:// hosts run their commands over one session each.
 
-testinfra's podman backend starts a new `podman exec` (a host shell, podman, conmon, runc) for every command,
-about 0.2 s each; the webapp image's suites run well over a thousand commands. This backend keeps one small
-Python server running inside the instance per host and sends it each command: the same `/bin/sh -c` command
-line, no stdin, stdout, stderr and exit status returned apart, as `podman exec` would. Test ids keep the
-podman:// host, so reports name tests as before. If the server cannot start (an image without python3), or
-dies, commands go through `podman exec` again.
+testinfra starts a new `podman exec` (a host shell, podman, conmon, runc: about 0.2 s) or a new `ssh ... sudo
+/bin/sh -c` (a channel, a login shell and sudo in an emulated VM: about 0.2 s) for every command; the webapp
+image's suites run well over a thousand commands. These backends keep one small Python server running inside the
+instance per host, started once the way testinfra would start a command there, and send it each command: the
+same shell command line, no stdin, stdout, stderr and exit status returned apart. Test ids keep the podman:// or
+ssh:// host, so reports name tests as before. If the server cannot start (no python3, sudo wants a password),
+commands go through testinfra's own per-command path, with a warning.
 
 Loaded by the verify runner with `-p bakery_exec_session`; it imports nothing of bakery, so the runner puts
 only this directory on the test run's PYTHONPATH.
@@ -14,25 +15,36 @@ only this directory on the test run's PYTHONPATH.
 from __future__ import annotations
 
 import logging
+import shlex
 import struct
 import subprocess
+import tempfile
 from typing import IO, Any
 
 import testinfra.backend
+from testinfra.backend.base import CommandResult
 from testinfra.backend.podman import PodmanBackend
+from testinfra.backend.ssh import SshBackend
 
 log = logging.getLogger("bakery.verify.exec_session")
 
-# Runs inside the instance under python3 -c: read a length-prefixed command, run it, answer rc + both outputs.
-# PYTHONCOERCECLOCALE=0 keeps Python from adding LC_CTYPE=C.UTF-8 to the environment the commands inherit.
+# Runs inside the instance under python3 -c [MODE]: read a length-prefixed command, run it, answer rc + both outputs.
+# MODE says whose shell it stands in for: none, podman exec's `/bin/sh -c`; "sudo", `sudo /bin/sh -c` (so
+# SUDO_COMMAND names each command as sudo would); "login", the login shell sshd runs a command with (argv[0] its
+# base name). PYTHONCOERCECLOCALE=0 keeps Python from adding LC_CTYPE=C.UTF-8 to the environment the commands
+# inherit.
 SERVER = r"""
-import os, struct, subprocess, sys, tempfile
+import os, pwd, struct, subprocess, sys, tempfile
 os.environ.pop("PYTHONCOERCECLOCALE", None)
 try:  # a name of its own, so a test looking for the image's python3 processes never finds this one
     import ctypes
     ctypes.CDLL(None).prctl(15, b"bakery-exec", 0, 0, 0)  # PR_SET_NAME
 except Exception:
     pass
+mode = sys.argv[1] if len(sys.argv) > 1 else ""
+shell = (pwd.getpwuid(os.getuid()).pw_shell or "/bin/sh") if mode == "login" else "/bin/sh"
+argv0 = os.path.basename(shell) if mode == "login" else shell
+env = dict(os.environb)
 i, o = sys.stdin.buffer, sys.stdout.buffer
 def read(n):
     data = b""
@@ -56,9 +68,13 @@ def output(f):
 o.write(b"ready\n"); o.flush()
 while True:
     n, = struct.unpack(">I", read(4))
+    command = read(n)
+    if mode == "sudo":
+        env[b"SUDO_COMMAND"] = b"/bin/sh " + (b"-c " + command)[:4096]  # sudo keeps 4096 bytes of the arguments
     out, err = capture(), capture()
-    rc = subprocess.Popen([b"/bin/sh", b"-c", read(n)], stdin=subprocess.DEVNULL, stdout=out, stderr=err).wait()
-    rc = rc if rc >= 0 else 128 - rc
+    rc = subprocess.Popen([argv0.encode(), b"-c", command], executable=shell, env=env, stdin=subprocess.DEVNULL,
+                          stdout=out, stderr=err).wait()
+    rc = rc if rc >= 0 else 255 if mode else 128 - rc  # killed by a signal: what ssh (exit-signal), podman exec say
     out, err = output(out), output(err)
     o.write(struct.pack(">iII", rc, len(out), len(err)) + out + err); o.flush()
 """
@@ -76,22 +92,29 @@ def server_command(name: str, user: str | None) -> list[str]:
 
 
 class ExecSession:
-    """One server in one instance, answering commands one at a time."""
+    """One server, started by `command` (podman exec, ssh), answering commands one at a time."""
 
-    def __init__(self, name: str, user: str | None = None):
-        self.proc = subprocess.Popen(server_command(name, user), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL)
+    def __init__(self, command: list[str], where: str):
+        self.errors = tempfile.TemporaryFile()  # why it did not start (sudo, ssh), if it does not
+        self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.errors)
         if self._stdout.readline() != b"ready\n":
-            self.close()
-            raise SessionBroken(f"no exec session in {name}")
+            raise SessionBroken(f"no exec session in {where}{self.close()}")
 
     @property
     def _stdout(self) -> IO[bytes]:
         assert self.proc.stdout is not None
         return self.proc.stdout
 
+    def _why(self) -> str:
+        """': ' and the last line the server (or sudo, ssh) wrote to stderr, if any."""
+        if self.errors.closed:
+            return ""
+        self.errors.seek(0)
+        lines = self.errors.read().decode(errors="replace").strip().splitlines()
+        return f": {lines[-1]}" if lines else ""
+
     def run(self, command: bytes) -> tuple[int, bytes, bytes]:
-        """rc, stdout, stderr of `/bin/sh -c command` inside the instance."""
+        """rc, stdout, stderr of the server's shell running `command` inside the instance."""
         assert self.proc.stdin is not None
         try:
             self.proc.stdin.write(struct.pack(">I", len(command)) + command)
@@ -105,10 +128,11 @@ class ExecSession:
     def _read(self, n: int) -> bytes:
         data = self._stdout.read(n) if n else b""
         if len(data) != n:
-            raise SessionBroken("the exec session ended")
+            raise SessionBroken("the exec session ended" + self._why())
         return data
 
-    def close(self) -> None:
+    def close(self) -> str:
+        """End the server; answer _why() as it ended."""
         if self.proc.stdin is not None:
             try:
                 self.proc.stdin.close()
@@ -119,47 +143,120 @@ class ExecSession:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        why = self._why()
+        self.errors.close()
+        return why
 
 
-class SessionPodmanBackend(PodmanBackend):
-    """testinfra's podman backend, with its commands sent through one ExecSession per host."""
+class SessionBackend:
+    """What the session backends share: a session started at the first command, or per-command runs for good."""
 
-    NAME = "podman"
-    sessions: list[ExecSession] = []
+    TRANSPORT = ""  # how testinfra runs one command, for the messages
+    sessions: list[ExecSession] = []  # every session started, closed at the end of the run
+    _session: ExecSession | None = None
+    _fallback = False
 
-    def __init__(self, name: str, *args: Any, **kwargs: Any):
-        super().__init__(name, *args, **kwargs)
-        self._session: ExecSession | None = None
-        self._fallback = False
+    def server_command(self) -> list[str]:
+        raise NotImplementedError
 
-    def run(self, command: str, *args: str, **kwargs: Any) -> Any:
-        session = self._connect()
-        if session is None:
-            return super().run(command, *args, **kwargs)
-        cmd = self.encode(self.get_command(command, *args))
-        try:
-            rc, out, err = session.run(cmd)
-        except SessionBroken as error:
-            # The command may have run (or killed the server): say so rather than run it a second time.
-            self._session = None
-            raise RuntimeError(f"podman exec session in {self.name} ended while running {cmd!r}: {error}") from error
-        return self.result(rc, cmd, out, err)
+    def where(self) -> str:
+        raise NotImplementedError
 
     def _connect(self) -> ExecSession | None:
         if self._session is None and not self._fallback:
             try:
-                self._session = ExecSession(self.name, self.user)
-                SessionPodmanBackend.sessions.append(self._session)
+                self._session = ExecSession(self.server_command(), self.where())
+                SessionBackend.sessions.append(self._session)
             except (OSError, SessionBroken) as error:
-                log.warning("commands in %s go through podman exec one by one: %s", self.name, error)
+                log.warning("commands in %s go through %s one by one: %s", self.where(), self.TRANSPORT, error)
                 self._fallback = True
         return self._session
+
+    def _send(self, session: ExecSession, command: bytes, shown: bytes) -> tuple[int, bytes, bytes]:
+        try:
+            return session.run(command)
+        except SessionBroken as error:
+            # The command may have run (or killed the server): say so rather than run it a second time.
+            self._session = None
+            session.close()
+            raise RuntimeError(f"{self.TRANSPORT} session in {self.where()} ended while running {shown!r}: "
+                               f"{error}") from error
+
+
+class SessionPodmanBackend(SessionBackend, PodmanBackend):
+    """testinfra's podman backend, with its commands sent through one ExecSession per host."""
+
+    NAME = "podman"
+    TRANSPORT = "podman exec"
+
+    def server_command(self) -> list[str]:
+        return server_command(self.name, self.user)
+
+    def where(self) -> str:
+        return self.name
+
+    def run(self, command: str, *args: str, **kwargs: Any) -> CommandResult:
+        session = self._connect()
+        if session is None:
+            return super().run(command, *args, **kwargs)
+        cmd = self.encode(self.get_command(command, *args))
+        rc, out, err = self._send(session, cmd, cmd)
+        return self.result(rc, cmd, out, err)
+
+
+class SessionSshBackend(SessionBackend, SshBackend):
+    """testinfra's ssh backend, with its commands sent through one ExecSession per host.
+
+    The server runs as the user testinfra runs commands as (`sudo -n [-u USER]` under --sudo, else the ssh user)
+    and stands in for the outer `sudo [-u USER] /bin/sh -c` of testinfra's command line: it runs what is inside
+    it, including the `sudo -u OTHER /bin/sh -c` that `host.sudo(OTHER)` wraps around a command. A backend whose
+    sudo settings were changed after it started goes through ssh per command."""
+
+    NAME = "ssh"
+    TRANSPORT = "ssh"
+    sudo: bool  # set by testinfra's BaseBackend
+    sudo_user: str | None
+
+    def __init__(self, hostspec: str, *args: Any, **kwargs: Any):
+        super().__init__(hostspec, *args, **kwargs)
+        self._as = (self.sudo, self.sudo_user)
+
+    def server_command(self) -> list[str]:
+        sudo = ["sudo", "-n", *(["-u", self.sudo_user] if self.sudo_user else [])] if self.sudo else []
+        remote = shlex.join([*sudo, "env", "PYTHONCOERCECLOCALE=0", "python3", "-c", SERVER,
+                             "sudo" if self.sudo else "login"])
+        cmd, cmd_args = self._build_ssh_command(remote)
+        return ["/bin/sh", "-c", self.quote(" ".join(cmd), *cmd_args)]  # as testinfra's run_local runs it
+
+    def where(self) -> str:
+        return self.host.name
+
+    def run(self, command: str, *args: str, **kwargs: Any) -> CommandResult:
+        session = self._connect() if (self.sudo, self.sudo_user) == self._as else None
+        if session is None:
+            return super().run(command, *args, **kwargs)
+        shown = self.encode(self.get_command(command, *args))  # what testinfra would have run, for the result
+        rc, out, err = self._send(session, self.encode(self._inside_sudo(command, *args)), shown)
+        result = self.result(rc, shown, out, err)
+        if rc == 255:  # as testinfra's ssh: to it, a command's 255 and ssh's own failure look alike
+            raise RuntimeError(result)
+        return result
+
+    def _inside_sudo(self, command: str, *args: str) -> str:
+        """testinfra's command line without the backend's own sudo (the server's): host.sudo() wraps commands
+        by replacing get_command on the backend, inside that sudo."""
+        sudo, self.sudo = self.sudo, False
+        try:
+            return self.get_command(command, *args)
+        finally:
+            self.sudo = sudo
 
 
 def pytest_configure(config: Any) -> None:
     testinfra.backend.BACKENDS["podman"] = f"{__name__}.SessionPodmanBackend"
+    testinfra.backend.BACKENDS["ssh"] = f"{__name__}.SessionSshBackend"
 
 
 def pytest_unconfigure(config: Any) -> None:
-    while SessionPodmanBackend.sessions:
-        SessionPodmanBackend.sessions.pop().close()
+    while SessionBackend.sessions:
+        SessionBackend.sessions.pop().close()
