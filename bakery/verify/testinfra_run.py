@@ -33,10 +33,14 @@ def command(ini: Path, root: Path, hosts: tuple[str, ...], report: Path, suite: 
 
 
 def environment(extra: dict[str, str]) -> dict[str, str]:
-    """This environment plus `extra`, the venv's bin on PATH and only the plugin's directory added to imports."""
+    """This environment (without pytest's own variables) plus `extra`, the venv's bin on PATH and only the plugin's
+    directory added to imports."""
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     python_path = os.pathsep.join(p for p in (str(PLUGIN_DIR), os.environ.get("PYTHONPATH", "")) if p)
-    return {**os.environ, **extra, "PATH": path, "PYTHONPATH": python_path}
+    # the caller's own pytest options and plugins are not the gate's (an `-n` would spread the suites, which share
+    # one instance, over workers)
+    inherited = {k: v for k, v in os.environ.items() if k not in ("PYTEST_ADDOPTS", "PYTEST_PLUGINS")}
+    return {**inherited, **extra, "PATH": path, "PYTHONPATH": python_path}
 
 
 @dataclass

@@ -116,3 +116,32 @@ def test_the_plugin_imports_nothing_of_bakery():
     out = subprocess.run([sys.executable, "-I", "-c", code, str(plugin.__file__).rsplit("/", 1)[0]],
                          capture_output=True, text=True, check=True, cwd="/")
     assert out.stdout.strip() == "[]"
+
+
+def test_an_answer_interrupted_midway_is_never_read_as_the_next_commands(session):
+    """A test's own timeout (or Ctrl-C) mid-answer ends the session: the next command must not get this answer."""
+    backend = plugin.SessionBackend()
+    backend._session = session
+    backend.where = lambda: "local"  # type: ignore[method-assign]
+
+    def timeout(signum, frame):
+        raise TimeoutError("the test's own timeout")
+
+    previous = signal.signal(signal.SIGALRM, timeout)
+    signal.setitimer(signal.ITIMER_REAL, 0.3)
+    try:
+        with pytest.raises(TimeoutError):
+            backend._send(session, b"sleep 2; echo late", b"sleep 2; echo late")
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert backend._session is None and session.proc.poll() is not None
+
+
+def test_under_ssh_a_command_that_reopens_its_stdout_keeps_what_it_wrote_before():
+    """As through sshd's pipes; /dev/stdout reopened with `>` would truncate a captured file."""
+    opened = plugin.ExecSession([sys.executable, "-c", plugin.SERVER, "sudo"], "local")
+    try:
+        assert opened.run(b"echo FAILED; echo ok > /dev/stdout") == (0, b"FAILED\nok\n", b"")
+    finally:
+        opened.close()

@@ -38,7 +38,7 @@ def test_the_server_starts_over_testinfras_ssh_command_line_as_testinfras_user(k
     cmd, cmd_args = backend._build_ssh_command("true")
     assert local == shlex.split(backend.quote(" ".join(cmd), *cmd_args))[:-1]  # the same ssh, options and host
     assert local[-1] == "guest" and "/run/x config" in local and "User=deploy" in local
-    assert remote == [*prefix, "env", "PYTHONCOERCECLOCALE=0", "python3", "-c", plugin.SERVER, mode]
+    assert remote == [*prefix, "env", "PYTHONCOERCECLOCALE=0", "python3", "-S", "-c", plugin.SERVER, mode]
 
 
 def test_under_sudo_each_command_sees_the_sudo_command_sudo_would_have_set():

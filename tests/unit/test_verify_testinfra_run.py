@@ -74,9 +74,17 @@ def test_the_run_loads_the_exec_session_plugin_from_its_own_directory(tmp_path):
     assert env["PYTHONPATH"].split(":")[0] == str(testinfra_run.PLUGIN_DIR)
     assert (testinfra_run.PLUGIN_DIR / f"{testinfra_run.PLUGIN}.py").is_file()
     cmd = testinfra_run.command(tmp_path / "i", tmp_path, (), tmp_path / "r.xml", "s", [])
-    assert cmd[cmd.index("-p") + 1] == testinfra_run.PLUGIN
+    assert testinfra_run.PLUGIN in [cmd[n + 1] for n, arg in enumerate(cmd) if arg == "-p"]
     check, _ = run(tmp_path, "import testinfra.backend\n\ndef test_loaded():\n"
                    "    assert testinfra.backend.BACKENDS['podman'].startswith('bakery_exec_session.')\n")
+    assert check.passed, check.message + check.output
+
+
+def test_a_callers_pytest_options_cannot_spread_the_suites_over_workers(tmp_path, monkeypatch):
+    """The suites share one instance: an `-n` in PYTEST_ADDOPTS (pytest-xdist is installed) must not apply."""
+    monkeypatch.setenv("PYTEST_ADDOPTS", "-n 2")
+    check, _ = run(tmp_path, "import os\n\ndef test_one_process():\n"
+                   "    assert 'PYTEST_XDIST_WORKER' not in os.environ\n")
     assert check.passed, check.message + check.output
 
 

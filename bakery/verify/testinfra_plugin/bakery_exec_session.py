@@ -36,7 +36,7 @@ log = logging.getLogger("bakery.verify.exec_session")
 SERVER = r"""
 import os, pwd, struct, subprocess, sys, tempfile
 os.environ.pop("PYTHONCOERCECLOCALE", None)
-try:  # a name of its own, so a test looking for the image's python3 processes never finds this one
+try:  # a process name of its own (comm, what `pgrep python3` and `ps -C` match; `pgrep -f` still sees its args)
     import ctypes
     ctypes.CDLL(None).prctl(15, b"bakery-exec", 0, 0, 0)  # PR_SET_NAME
 except Exception:
@@ -55,8 +55,9 @@ def read(n):
         data += chunk
     return data
 def capture():
-    # not a pipe: like podman exec, answer when the command exits, even if something it started in the
-    # background still holds its output open
+    # podman exec: not a pipe, to answer when the command exits, even if something it started in the background
+    # still holds its output open (as podman exec does). Known difference: a command that reopens /dev/stdout
+    # with `>` truncates what it wrote before; through podman exec's pipe it would not.
     if hasattr(os, "memfd_create"):
         return open(os.memfd_create("bakery-exec"), "w+b")
     return tempfile.TemporaryFile()
@@ -71,11 +72,16 @@ while True:
     command = read(n)
     if mode == "sudo":
         env[b"SUDO_COMMAND"] = b"/bin/sh " + (b"-c " + command)[:4096]  # sudo keeps 4096 bytes of the arguments
-    out, err = capture(), capture()
-    rc = subprocess.Popen([argv0.encode(), b"-c", command], executable=shell, env=env, stdin=subprocess.DEVNULL,
-                          stdout=out, stderr=err).wait()
+    args = dict(args=[argv0.encode(), b"-c", command], executable=shell, env=env, stdin=subprocess.DEVNULL)
+    if mode:  # ssh: pipes, answered once the command and whatever holds its output are done, as sshd answers
+        proc = subprocess.Popen(**args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        out, err = proc.communicate()
+        rc = proc.returncode
+    else:
+        out, err = capture(), capture()
+        rc = subprocess.Popen(**args, stdout=out, stderr=err).wait()
+        out, err = output(out), output(err)
     rc = rc if rc >= 0 else 255 if mode else 128 - rc  # killed by a signal: what ssh (exit-signal), podman exec say
-    out, err = output(out), output(err)
     o.write(struct.pack(">iII", rc, len(out), len(err)) + out + err); o.flush()
 """
 HEADER = struct.Struct(">iII")
@@ -88,7 +94,7 @@ class SessionBroken(Exception):
 def server_command(name: str, user: str | None) -> list[str]:
     """The server, started inside the instance as testinfra's own `podman exec` would start a command there."""
     return ["podman", "exec", "-i", "-e", "PYTHONCOERCECLOCALE=0", *(["-u", user] if user else []), name,
-            "python3", "-c", SERVER]
+            "python3", "-S", "-c", SERVER]
 
 
 class ExecSession:
@@ -181,6 +187,13 @@ class SessionBackend:
             session.close()
             raise RuntimeError(f"{self.TRANSPORT} session in {self.where()} ended while running {shown!r}: "
                                f"{error}") from error
+        except BaseException:
+            # interrupted mid-answer (Ctrl-C, a test's own timeout): the rest of this answer must never be read
+            # as the next command's
+            self._session = None
+            session.proc.kill()
+            session.close()
+            raise
 
 
 class SessionPodmanBackend(SessionBackend, PodmanBackend):
@@ -223,7 +236,7 @@ class SessionSshBackend(SessionBackend, SshBackend):
 
     def server_command(self) -> list[str]:
         sudo = ["sudo", "-n", *(["-u", self.sudo_user] if self.sudo_user else [])] if self.sudo else []
-        remote = shlex.join([*sudo, "env", "PYTHONCOERCECLOCALE=0", "python3", "-c", SERVER,
+        remote = shlex.join([*sudo, "env", "PYTHONCOERCECLOCALE=0", "python3", "-S", "-c", SERVER,
                              "sudo" if self.sudo else "login"])
         cmd, cmd_args = self._build_ssh_command(remote)
         return ["/bin/sh", "-c", self.quote(" ".join(cmd), *cmd_args)]  # as testinfra's run_local runs it
