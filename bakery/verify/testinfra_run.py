@@ -37,9 +37,9 @@ def environment(extra: dict[str, str]) -> dict[str, str]:
     directory added to imports."""
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     python_path = os.pathsep.join(p for p in (str(PLUGIN_DIR), os.environ.get("PYTHONPATH", "")) if p)
-    # the caller's own pytest options and plugins are not the gate's (an `-n` would spread the suites, which share
-    # one instance, over workers)
-    inherited = {k: v for k, v in os.environ.items() if k not in ("PYTEST_ADDOPTS", "PYTEST_PLUGINS")}
+    # the caller's own pytest settings are not the gate's (PYTEST_ADDOPTS with an `-n` would spread the suites,
+    # which share one instance, over workers; a caller that is itself a pytest run sets PYTEST_XDIST_WORKER, ...)
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
     return {**inherited, **extra, "PATH": path, "PYTHONPATH": python_path}
 
 
