@@ -25,7 +25,7 @@ def test_commands_answer_as_podman_exec_does(host):
 
 def test_commands_run_over_one_exec_session(host):
     parent = host.run("tr '\\\\0' ' ' < /proc/$PPID/cmdline").stdout
-    assert parent.startswith("python3 -c") and "struct" in parent, parent
+    assert parent.startswith("python3 -S -c") and "struct" in parent, parent
 
 
 def test_the_gate_must_name_me(host):

@@ -28,7 +28,7 @@ from testinfra.backend.ssh import SshBackend
 
 log = logging.getLogger("bakery.verify.exec_session")
 
-# Runs inside the instance under python3 -c [MODE]: read a length-prefixed command, run it, answer rc + both outputs.
+# Runs inside the instance under python3 -S -c [MODE]: read a length-prefixed command, run it, answer rc + both outputs.
 # MODE says whose shell it stands in for: none, podman exec's `/bin/sh -c`; "sudo", `sudo /bin/sh -c` (so
 # SUDO_COMMAND names each command as sudo would); "login", the login shell sshd runs a command with (argv[0] its
 # base name). PYTHONCOERCECLOCALE=0 keeps Python from adding LC_CTYPE=C.UTF-8 to the environment the commands
