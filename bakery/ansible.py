@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bakery.deps.paths import collections_path, roles_path
+from bakery.processes import command_lines
 from bakery.progress import Progress
 
 log = logging.getLogger("bakery.ansible")
@@ -209,15 +210,13 @@ def stop_leftovers(private_data_dir: Path) -> list[int]:
     mitogen's connection multiplexer runs in a session of its own and stays (found after a SIGTERM'd bake)."""
     marker = str(private_data_dir).encode()
     killed = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            if marker in (entry / "cmdline").read_bytes():
-                os.kill(int(entry.name), signal.SIGKILL)
-                killed.append(int(entry.name))
-        except (OSError, ValueError):
-            continue  # gone meanwhile, or not ours to read
+    for pid, cmdline in command_lines():
+        if marker in cmdline:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                continue  # gone meanwhile
+            killed.append(pid)
     if killed:
         log.info("killed %d process(es) left by the ansible run in %s: %s", len(killed), private_data_dir, killed)
     return killed

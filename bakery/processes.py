@@ -1,8 +1,9 @@
-"""Is the process that left a lock, a pid file or a leftover still there?"""
+"""Is the process that left a lock, a pid file or a leftover still there? Which processes name something?"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -20,3 +21,15 @@ def pid_alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
     except (OSError, IndexError):
         return False
+
+
+def command_lines() -> Iterator[tuple[int, bytes]]:
+    """(pid, NUL-separated command line) of every process on the host but this one (one that ends meanwhile, or
+    that is not ours to read, is left out)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            yield int(entry.name), (entry / "cmdline").read_bytes()
+        except OSError:
+            continue

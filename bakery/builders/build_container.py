@@ -12,10 +12,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from bakery import podman
 from bakery.errors import OperationError
+from bakery.processes import command_lines
 
 log = logging.getLogger("bakery.build")
 
@@ -71,13 +71,8 @@ def _wait_for_exec_clients(container: str, timeout: float = 10.0) -> None:
 def exec_clients(container: str) -> list[int]:
     """The host's `podman exec` processes into `container` (mitogen's connection among them)."""
     found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue  # gone meanwhile
+    for pid, cmdline in command_lines():
+        argv = cmdline.split(b"\0")
         if len(argv) > 2 and argv[0].endswith(b"podman") and b"exec" in argv and container.encode() in argv:
-            found.append(int(entry.name))
+            found.append(pid)
     return found
