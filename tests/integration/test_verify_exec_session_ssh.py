@@ -23,6 +23,7 @@ from bakery.verify import testinfra_run
 from bakery.verify.testinfra_plugin import bakery_exec_session as plugin
 from bakery.verify.vm_ssh import USER, GuestShell, make_key
 from tests.conftest import REPO
+from tests.integration.test_verify_exec_session import COMMANDS as PODMAN_COMMANDS
 
 pytestmark = pytest.mark.integration
 
@@ -42,19 +43,13 @@ chmod 0440 /etc/sudoers.d/test
 systemctl restart ssh
 """
 
+# the podman session's commands (its background one: plain ssh waits for the child; the answer is the same), and
+# what only a login shell, a large answer or sudo's cut of SUDO_COMMAND show
 COMMANDS = [
-    "echo out; echo err >&2; exit 7",
-    "cat",
-    "printf '\\377\\000x'",
-    "env | sort",
-    "id; pwd; umask; ulimit -n",
+    *PODMAN_COMMANDS,
     "echo $0 $$ | sed 's/[0-9]*$/pid/'",
-    "sh -c 'kill -TERM $$'",
-    "ls /nonexistent",
-    "test -t 0 || echo no-tty",
     "head -c 3000000 /dev/zero | tr '\\000' x",
-    "sleep 3 & echo started",  # plain ssh waits for the background child; its answer is the same
-    "echo ${#SUDO_COMMAND} # " + "x" * 5000,  # as sudo cuts its SUDO_COMMAND
+    "echo ${#SUDO_COMMAND} # " + "x" * 5000,
 ]
 AS = {"ssh user": {}, "sudo": {"sudo": True}, "sudo -u nobody": {"sudo": True, "sudo_user": "nobody"}}
 
