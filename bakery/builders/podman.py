@@ -332,9 +332,12 @@ class _Bake:
         for path in self.generated:
             path.unlink(missing_ok=True)
         if keep and podman.container_exists(self.container):
+            kept = self.container + leftovers.KEPT_SUFFIX  # so no bake's leftover clean-up removes it
+            if podman.run("rename", self.container, kept, check=False).returncode:
+                kept = self.container
             self.b.progress.note(
-                f"kept build container for inspection; enter it with: podman exec -it {self.container} bash "
-                f"(remove it with: podman rm -f -t 0 {self.container})")
+                f"kept build container for inspection; enter it with: podman exec -it {kept} bash "
+                f"(remove it with: podman rm -f -t 0 {kept})")
         else:
             podman.remove_container(self.container)
             self.apt.remove()  # a kept container keeps its mounted lists, for `apt-get install` while debugging

@@ -3,7 +3,9 @@
 Build containers, pending catalog rows, generated layer playbooks, disk work
 directories and verify VMs all carry the pid of the bake that made them; once
 that process is gone they are garbage. Disk files no version lists go too.
-The next bake and `bake.py gc` remove them.
+The next bake and `bake.py gc` remove them. A build container kept with
+--keep-on-failure is renamed <name>-kept and stays until its user removes it: a
+bake in another checkout must not take it away from under their shell.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ log = logging.getLogger("bakery.leftovers")
 
 BUILD_LABEL = "io.bakery.build"
 PID_LABEL = "io.bakery.build.pid"
+KEPT_SUFFIX = "-kept"  # a build container kept for inspection (--keep-on-failure), never a leftover
 GENERATED_PLAYBOOK = re.compile(r"^\.bakery-(\d+)-.*\.yml\Z")
 
 
@@ -46,13 +49,16 @@ class Leftovers:
 def find(project: Project, catalog: Catalog) -> Leftovers:
     found = Leftovers()
     for container in podman.containers_with_label(f"{BUILD_LABEL}=1"):
+        name = (container.get("Names") or [container["Id"]])[0]
+        if name.endswith(KEPT_SUFFIX):
+            continue
         labels = container.get("Labels") or {}
         try:
             pid = int(labels.get(PID_LABEL, "0"))
         except ValueError:
             pid = 0
         if not pid_alive(pid):
-            found.containers.append((container.get("Names") or [container["Id"]])[0])
+            found.containers.append(name)
     for row in catalog.versions(status="pending"):
         if not pid_alive(row["pid"]):
             found.pending_versions.append(f"{row['image']}:{row['version']}")
