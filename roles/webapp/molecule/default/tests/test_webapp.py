@@ -105,7 +105,10 @@ def test_a_reload_rereads_feature_flags_without_a_restart(host):
 def test_service_restarts_on_failure(host):
     before = int(host.run("systemctl show webapp -p NRestarts --value").stdout.strip())
     host.run("systemctl kill -s KILL webapp")
-    host.run("sleep 4")
+    # RestartSec=2, then the app must report ready (Type=notify): poll, since an emulated VM on a busy host needs
+    # longer than a fixed sleep allows
+    host.run("timeout 60 sh -c 'until systemctl is-active -q webapp && "
+             f"[ \"$(systemctl show webapp -p NRestarts --value)\" -gt {before} ]; do sleep 0.5; done'")
     after = int(host.run("systemctl show webapp -p NRestarts --value").stdout.strip())
     assert after == before + 1
     assert host.service("webapp").is_running
