@@ -45,12 +45,12 @@ molecule: setup
 	scripts/molecule-all.sh
 
 # unit and aws tests on every core (a file's tests stay together, in order, on one worker); the integration
-# tests one at a time: they share podman's image store, HAProxy ports and the machine's CPU with each bake.
+# tests in two lanes (tests/integration/conftest.py): the VM modules and then every role's Molecule scenario in
+# one, all the others one at a time in the other (they share podman's store and the CPU with each bake).
 TEST_JOBS ?= $(shell nproc)
 test: setup lint
 	$(PYTEST) -n $(TEST_JOBS) --dist loadfile --durations=10 tests/unit tests/aws
-	$(PYTEST) --durations=15 tests/integration
-	$(MAKE) --no-print-directory molecule
+	$(PYTEST) -n 2 --durations=15 tests/integration
 
 # Side-by-side benchmarks (bench/): bake.py vs Packer vs the bare Ansible work, rebakes, rollout, CLI latency,
 # memory and catalog scale; bakes run in a throw-away project copy. Report: .bakery/bench/report.md.

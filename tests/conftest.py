@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import random
 import shutil
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,10 +58,39 @@ class Outcome:
         return json.loads(self.stdout)
 
 
+_EXCLUSIVE: set[str] = set()  # machine locks this process holds exclusively
+
+
+@contextlib.contextmanager
+def machine_lock(name: str, shared: bool = False) -> Iterator[None]:
+    """An flock every pytest process on this machine takes for `name` (make test's two integration workers).
+    Inside an exclusive hold, this process's own shared takes pass through: they are what the hold waits for."""
+    if name in _EXCLUSIVE:
+        yield
+        return
+    path = REPO / ".bakery" / "tmp" / f"tests-{name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        if not shared:
+            _EXCLUSIVE.add(name)
+        try:
+            yield
+        finally:
+            _EXCLUSIVE.discard(name)
+
+
+# Every build (and pipeline) and gc removes the build containers of any dead bake on the machine. They take the
+# "leftovers" lock shared; a test that leaves a dead bake's container on purpose holds it exclusively meanwhile.
+LEFTOVER_CLEANERS = frozenset({"build", "pipeline", "gc"})
+
+
 def bake(project: Path, *args: str, timeout: float = 600) -> Outcome:
     """Run bake.py as a user would (a real process), against a project."""
-    proc = subprocess.run([sys.executable, str(BAKE), "--project", str(project), *args],
-                          capture_output=True, text=True, timeout=timeout, check=False)
+    cleans = bool(args) and args[0] in LEFTOVER_CLEANERS
+    with machine_lock("leftovers", shared=True) if cleans else contextlib.nullcontext():
+        proc = subprocess.run([sys.executable, str(BAKE), "--project", str(project), *args],
+                              capture_output=True, text=True, timeout=timeout, check=False)
     return Outcome(proc.returncode, proc.stdout, proc.stderr)
 
 

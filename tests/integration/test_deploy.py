@@ -27,7 +27,7 @@ from bakery import podman
 from bakery.catalog import open_catalog
 from bakery.fleets.local_instances import ENV_LABEL, PROJECT_LABEL, project_id
 from tests.conftest import BAKE, bake, free_port
-from tests.integration.conftest import BAKE_RUNS
+from tests.integration.conftest import record_bake_run
 
 pytestmark = pytest.mark.integration
 
@@ -264,7 +264,7 @@ def _build_variant(project: Path, edits: dict[str, tuple[str, str]], *extra: str
         assert bake(project, "build-app").rc == 0
         out = bake(project, "build", "webapp", "--json", *extra, timeout=1200)
         assert out.rc == 0, out.stderr
-        BAKE_RUNS.append(out.json["run_id"])
+        record_bake_run(out.json["run_id"])
         return out.json
     finally:
         for path, text in originals.items():
@@ -359,7 +359,9 @@ def test_broken_version_rolls_back_under_load(example_project, environments, v1,
     error = out.stderr.strip().splitlines()[-1]
     assert error.startswith("bake.py: error: deploy of webapp:") and "rolled back" in error
     assert re.search(r"instance bakery-t2broken-[0-9a-f]{6} failed its health check GET /health", error), error
-    assert "status 503" in error and "L7STS 503" in error, error
+    # HAProxy's own check failed on the status too; sampled while its next check runs, it shows code 0 (seen on a
+    # busy machine: `load balancer check: L7STS 0`)
+    assert "status 503" in error and re.search(r"load balancer check: L7STS (503|0)\b", error), error
     assert "Traceback" not in out.stderr
     assert load.failures == [], f"{len(load.failures)} of {load.total} requests failed: {load.failures[:5]}"
     assert load.rate >= 50 and set(load.versions) == {v1}, load.versions

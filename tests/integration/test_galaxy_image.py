@@ -5,7 +5,6 @@ re-baked from the cache, and re-baked only from the first affected layer when a 
 from __future__ import annotations
 
 import shutil
-import time
 
 import pytest
 import yaml
@@ -87,11 +86,10 @@ def test_community_roles_bake_verify_rebake_from_cache_and_from_the_first_affect
     verified = bake(root, "verify", IMAGE, timeout=1200)
     assert verified.rc == 0, verified.stdout + verified.stderr
 
-    started = time.monotonic()
+    # a no-change rebake reuses the version (its time is measured in bench/, not here: a timed assertion fails on
+    # a busy machine, e.g. beside make test's other integration worker)
     again = bake(root, "build", IMAGE, "--json")
-    seconds = time.monotonic() - started
     assert again.rc == 0 and again.json["reused"], again.stderr
-    assert seconds < 3, f"a no-change rebake took {seconds:.1f} s"
 
     # A new version of the collection re-bakes its layer only: base and acme.web come from the cache.
     newer = collection_tarball(tmp_path, "acme", "tools", "1.1.0")

@@ -19,8 +19,9 @@ from tests.integration.test_live_params import param_set
 pytestmark = pytest.mark.integration
 
 
-def verify_instances_left() -> list[str]:
-    return containers("io.bakery.verify")
+def verify_instances_left(image: str) -> list[str]:
+    """The verify instances of `image` still there (the VM worker verifies other images meanwhile)."""
+    return containers("io.bakery.verify", f"io.bakery.image={image}")
 
 
 def build(project, image):
@@ -39,7 +40,7 @@ def test_example_image_passes_and_leaves_nothing(example_project, webapp_image):
     assert {"boot", "testinfra", "offline-boot", "offline-health", "secret-scan", "apt-leftovers",
             "package-report"} <= set(names)
     assert "passed" in names["testinfra"]["output"] and "tests/images/test_webapp.py" in names["testinfra"]["output"]
-    assert verify_instances_left() == []
+    assert containers(f"io.bakery.verify={result['run_id']}") == []
 
     junit = ET.parse(result["reports"]["junit"]).getroot()
     assert junit.tag == "testsuites" and int(junit.get("tests")) >= 10 and junit.get("failures") == "0"
@@ -58,7 +59,7 @@ def test_planted_private_key_fails_and_names_the_path(project):
     out = bake(project, "verify", "planted")
     assert out.rc == 1
     assert "/etc/planted/deploy_key:1 (private-key)" in out.stderr
-    assert verify_instances_left() == []
+    assert verify_instances_left("planted") == []
     # re-verification is recorded too; the gate refuses the failed version, --force opens it
     assert bake(project, "verify", "planted").rc == 1
     catalog = open_catalog(project / ".bakery")
@@ -83,7 +84,7 @@ def test_service_failing_at_boot_fails_and_names_the_unit(project):
     out = bake(project, "verify", "badunit")
     assert out.rc == 1
     assert "degraded" in out.stderr and "broken-at-boot.service" in out.stderr
-    assert verify_instances_left() == []
+    assert verify_instances_left("badunit") == []
 
 
 def test_install_at_boot_fails_the_offline_check(project):

@@ -57,7 +57,7 @@ def test_verify_fails_and_leaves_no_instance(leaky):
     checks = {c["name"]: c for c in leaky["result"]["checks"]}
     assert checks["secret-scan"]["passed"] is False
     assert f"and {len(leaky['findings']) - 10} more" in checks["secret-scan"]["message"]
-    assert containers("io.bakery.verify") == []
+    assert containers(f"io.bakery.verify={leaky['result']['run_id']}") == []
 
 
 def rules_at(leaky, path: str) -> set[str]:

@@ -21,6 +21,7 @@ from bakery import podman
 from bakery.catalog import open_catalog
 from bakery.verify import gate
 from tests.conftest import BAKE, REPO, bake, init_repo
+from tests.integration.conftest import record_bake_run
 
 pytestmark = pytest.mark.integration
 
@@ -115,6 +116,7 @@ def test_faults_only_a_kernel_shows_fail_the_vm_verify_naming_each_cause(example
     root = sabotaged_project(example_project, tmp_path / "sabotaged")
     built = bake(root, "build", "webapp", "--json", timeout=1200)
     assert built.rc == 0, built.stderr
+    record_bake_run(built.json["run_id"])
     assert [(la["role"], la["cached"]) for la in built.json["layers"]][-2:] == [("webapp", True), ("sabotage", False)]
     try:
         out = bake(root, "verify", "webapp", "--vm", "--json", timeout=2400)

@@ -83,7 +83,7 @@ def test_nothing_secret_or_superfluous_is_baked(webapp_image):
 
 
 def test_app_only_change_rebakes_only_the_webapp_layer(webapp_image, example_project):
-    from tests.integration.conftest import BAKE_RUNS
+    from tests.integration.conftest import record_bake_run
 
     init = example_project / "app" / "webapp" / "__init__.py"
     original = init.read_text()
@@ -92,7 +92,7 @@ def test_app_only_change_rebakes_only_the_webapp_layer(webapp_image, example_pro
         assert bake(example_project, "build-app").rc == 0
         out = bake(example_project, "build", "webapp", "--json", timeout=1200)
         assert out.rc == 0, out.stderr
-        BAKE_RUNS.append(out.json["run_id"])
+        record_bake_run(out.json["run_id"])
         assert [layer["role"] for layer in out.json["layers"] if not layer["cached"]] == ["webapp"]
     finally:
         init.write_text(original)
