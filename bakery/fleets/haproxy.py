@@ -63,8 +63,11 @@ class Server:
     op_state: int
     admin_state: int
     status: str = ""  # show stat: UP, DOWN, DRAIN, MAINT, "UP 1/2" (going down), "DOWN 1/2" (going up), NOLB
-    check_status: str = ""  # L7OK, L7STS, L4CON, L4TOUT, INI, ...
+    check_status: str = ""  # L7OK, L7STS, L4CON, L4TOUT, INI, ... (of the last check that finished)
     check_code: str = ""  # the HTTP status of the last check, when there was one
+    # HAProxy marks a check in progress with "* " before check_status, and meanwhile shows check_code 0 and no
+    # last_chk: the status is the last finished check's, its code is gone
+    check_running: bool = False
     check_desc: str = ""
     # what the last check saw ("Connection refused", "HTTP status check returned code <3C>503<3E>")
     last_check: str = ""
@@ -94,6 +97,8 @@ class Server:
         """What the last health check saw, for messages: 'L7STS 503', 'L4CON Connection refused'."""
         if not self.check_status:
             return "no check yet"
+        if self.check_running and self.check_code in ("", "0") and not self.last_check:
+            return f"{self.check_status} (its code is not shown while the next check runs)"
         detail = self.check_code or self.last_check or self.check_desc
         return f"{self.check_status} {detail}".strip()
 
@@ -299,6 +304,7 @@ class HAProxy:
                 if server is None:
                     continue
                 server.status = row.get("status", "")
+                server.check_running = (row.get("check_status") or "").startswith("*")
                 server.check_status = (row.get("check_status") or "").lstrip("* ")
                 server.check_code = row.get("check_code") or ""
                 server.check_desc = row.get("check_desc") or ""

@@ -359,9 +359,9 @@ def test_broken_version_rolls_back_under_load(example_project, environments, v1,
     error = out.stderr.strip().splitlines()[-1]
     assert error.startswith("bake.py: error: deploy of webapp:") and "rolled back" in error
     assert re.search(r"instance bakery-t2broken-[0-9a-f]{6} failed its health check GET /health", error), error
-    # HAProxy's own check failed on the status too; sampled while its next check runs, it shows code 0 (seen on a
-    # busy machine: `load balancer check: L7STS 0`)
-    assert "status 503" in error and re.search(r"load balancer check: L7STS (503|0)\b", error), error
+    # HAProxy's own check failed on the status too (read while its next check runs, the code is not known)
+    assert "status 503" in error and re.search(
+        r"load balancer check: L7STS (503|\(its code is not shown while the next check runs\))", error), error
     assert "Traceback" not in out.stderr
     assert load.failures == [], f"{len(load.failures)} of {load.total} requests failed: {load.failures[:5]}"
     assert load.rate >= 50 and set(load.versions) == {v1}, load.versions
