@@ -69,6 +69,9 @@ class Instance:
             conn.request(method, path, body=body, headers=headers or {})
             response = conn.getresponse()
             return response.status, dict(response.getheaders()), response.read()
+        except ConnectionRefusedError as exc:  # seen once in CI: say whether the app was still there, and its log
+            raise AssertionError(f"{method} {path} refused on port {self.port}; app exit code {self.proc.poll()}; "
+                                 "its log:\n" + self.log) from exc
         finally:
             conn.close()
 
