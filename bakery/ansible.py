@@ -74,14 +74,15 @@ def mitogen_env() -> dict[str, str]:
     return {"ANSIBLE_STRATEGY_PLUGINS": str(plugins), "ANSIBLE_STRATEGY": "mitogen_linear"}
 
 
-def podman_inventory(container: str, groups: list[str], mitogen: bool = False) -> dict[str, Any]:
-    """An inventory reaching one podman container through the containers.podman connection.
+def podman_inventory(container: str, groups: list[str], mitogen: bool = False, address: str = "") -> dict[str, Any]:
+    """An inventory reaching one podman container (host `container`, at `address`: its name unless given)
+    through the containers.podman connection.
 
     Under mitogen the connection is named `podman`: mitogen replaces only the connections it knows by that name.
     """
     host_vars = {
         "ansible_connection": "podman" if mitogen else "containers.podman.podman",
-        "ansible_host": container,
+        "ansible_host": address or container,
         "ansible_python_interpreter": "/usr/bin/python3",
         # The connection is already root; `become` in a play must not need sudo in a minimal base.
         "ansible_become_method": "su",

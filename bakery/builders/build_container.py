@@ -34,9 +34,11 @@ def name(args: list[str]) -> str:
     return args[args.index("--name") + 1]
 
 
-def start(args: list[str], from_ref: str, check_cancel: Callable[[], None] = lambda: None) -> None:
-    """Start the container `args` describe from `from_ref` and wait until systemd has booted it."""
-    podman.run(*args, from_ref, "/sbin/init")
+def start(args: list[str], from_ref: str, check_cancel: Callable[[], None] = lambda: None) -> str:
+    """Start the container `args` describe from `from_ref` and wait until systemd has booted it; its id."""
+    container_id = podman.run(*args, from_ref, "/sbin/init").stdout.strip()
+    if not container_id:
+        raise OperationError(f"'podman run' of build container {name(args)} printed no container id")
     check_cancel()
     state = podman.systemd_state(name(args), BOOT_TIMEOUT) or "unknown"
     check_cancel()
@@ -46,18 +48,20 @@ def start(args: list[str], from_ref: str, check_cancel: Callable[[], None] = lam
     elif state != "running":
         raise OperationError(f"build container {name(args)} did not boot: systemd is '{state}' after "
                              f"{BOOT_TIMEOUT} s")
+    return container_id
 
 
-def replace(args: list[str], from_ref: str) -> None:
-    """The next role's container, under the same name (the run's inventory host), from the layer just committed.
+def replace(args: list[str], from_ref: str) -> str:
+    """The next role's container, under the same name, from the layer just committed; its id.
 
-    mitogen keys its connection by the container's name and forgets it when the `podman exec` carrying it ends:
-    that client must be gone before the next play connects, or the next play could be handed the dead
-    connection. `podman rm` kills the interpreter; waiting for its client makes the order certain.
+    Ansible reaches the build container by its id (`ansible_host`, set per play by the bakery_layers plugin),
+    never by its name: mitogen keys its connection by that address, and a name the next container reuses could
+    hand the next play the removed container's dead connection (a bake hung for 18 min in the first task after
+    a swap). Waiting for the old `podman exec` clients to end also frees their interpreter before the next boot.
     """
     podman.remove_container(name(args))
     _wait_for_exec_clients(name(args))
-    start(args, from_ref)
+    return start(args, from_ref)
 
 
 def _wait_for_exec_clients(container: str, timeout: float = 10.0) -> None:

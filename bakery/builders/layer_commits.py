@@ -103,7 +103,8 @@ def write_plan(path: Path, *, container: list[str], apt_root: Path, records: Pat
 
 def commit_from_plan(plan_path: str, index: int) -> dict[str, Any]:
     """Commit play `index`'s layer and record it, then boot the next play's container from it; never raises
-    (Ansible would only warn): a failure is an error record, and the one returned is the last one written."""
+    (Ansible would only warn): a failure is an error record, and the one returned is the last one written,
+    with the next play's container id under "container" (not written: the plugin points the play at it)."""
     plan = json.loads(Path(plan_path).read_text(encoding="utf-8"))
     layers, records = plan["layers"], Path(plan["records"])
     role = layers[index]["role"] if 0 <= index < len(layers) else "?"
@@ -121,7 +122,7 @@ def commit_from_plan(plan_path: str, index: int) -> dict[str, Any]:
         return record
     try:
         _check_owner(plan)
-        next_container(plan["container"], record["image_id"] or record["ref"], apt)
+        return {**record, "container": next_container(plan["container"], record["image_id"] or record["ref"], apt)}
     except Exception as exc:  # noqa: BLE001 - reported as the next play's failure
         record = {"index": index + 1, "role": layers[index + 1]["role"],
                   "error": f"no build container from the layer of '{role}': {' '.join(str(exc).split())[:500]}"}
@@ -145,12 +146,13 @@ def commit_layer(container: list[str], ref: str, apt: AptMounts) -> dict[str, An
     return {"ref": ref, "image_id": image_id, "seconds": round(time.monotonic() - started, 3)}
 
 
-def next_container(container: list[str], layer: str, apt: AptMounts) -> None:
-    """The next role's container: a fresh one booted from `layer` (bakery.builders.build_container), with the
-    package lists it would find after a boot from that layer."""
-    build_container.replace(container, layer)
+def next_container(container: list[str], layer: str, apt: AptMounts) -> str:
+    """The next role's container, by id: a fresh one booted from `layer` (bakery.builders.build_container),
+    with the package lists it would find after a boot from that layer."""
+    container_id = build_container.replace(container, layer)
     if not apt.refresh_if_sources_changed(build_container.name(container)):
         apt.restore_if_emptied()
+    return container_id
 
 
 def append_record(path: Path, record: dict[str, Any]) -> None:

@@ -134,6 +134,7 @@ class _Bake:
         self.requirements: dict[str, str] = {}
         self.apt = AptMounts(run.path / "apt")
         self.container_args: list[str] = []  # how the build container starts, for each role (once it bakes)
+        self.container_id = ""  # the build container running now; Ansible reaches it by id (build_container.replace)
 
     def go(self) -> BuildResult:
         succeeded = False
@@ -157,7 +158,7 @@ class _Bake:
             self._start_container(parent_ref)
             for n, segment in enumerate(run_segments(self.planned[start_index:])):
                 if n:  # as after each commit within a run: a fresh container from the layer before
-                    layer_commits.next_container(self.container_args, parent_ref, self.apt)
+                    self.container_id = layer_commits.next_container(self.container_args, parent_ref, self.apt)
                 parent_ref = self._bake_layers(segment)
             podman.remove_container(self.container)
         self.cancel.check()
@@ -202,7 +203,7 @@ class _Bake:
             {leftovers.BUILD_LABEL: "1", leftovers.PID_LABEL: str(os.getpid()), "io.bakery.run": self.run.id,
              "io.bakery.image": self.definition.name},
             self.apt.volumes())
-        build_container.start(self.container_args, from_ref, self.cancel.check)
+        self.container_id = build_container.start(self.container_args, from_ref, self.cancel.check)
         seconds, problem = self.apt.refresh(self.container)
         self.b.progress.note(problem or f"{self.definition.name}: apt package lists fetched in {seconds:.1f} s "
                                         "(mounted while baking, never committed)")
@@ -223,7 +224,7 @@ class _Bake:
             outcome = run_playbook(
                 playbook=self._write_run_playbook(todo),
                 inventory=podman_inventory(self.container, ["bakery_build", self.definition.name.replace("-", "_")],
-                                           mitogen=mitogen),
+                                           mitogen=mitogen, address=self.container_id),
                 private_data_dir=self.run.path / "ansible",
                 ident=ident,
                 envvars={**ansible_env(self.b.project.root), **(mitogen_env() if mitogen else {}),

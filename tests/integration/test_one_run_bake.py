@@ -27,6 +27,11 @@ BROKEN = """---
   ansible.builtin.fail:
     msg: flaky fails on purpose
 """
+PROBE = """
+- name: Show where this play connects and which boot it finds
+  ansible.builtin.shell: "echo 'address={{ ansible_host }}'; cat /etc/machine-id"
+  changed_when: false
+"""
 FIXED = """---
 - name: Leave a scratch file, as a download would
   ansible.builtin.copy:
@@ -38,7 +43,7 @@ FIXED = """---
     content: "fixed\\n"
     dest: /etc/flaky-fixed
     mode: "0644"
-"""
+""" + PROBE
 
 
 @pytest.fixture
@@ -46,6 +51,8 @@ def onerun(project):
     """The fixture project with a three-role image whose middle role fails until fixed."""
     (project / "roles" / "flaky" / "tasks").mkdir(parents=True)
     (project / "roles" / "flaky" / "tasks" / "main.yml").write_text(BROKEN)
+    with (project / "roles" / "second" / "tasks" / "main.yml").open("a") as tasks:
+        tasks.write(PROBE)
     (project / "playbooks" / f"{IMAGE}.yml").write_text(
         "---\n- name: Bake three roles in one run\n  hosts: all\n  become: true\n"
         "  roles:\n    - first\n    - flaky\n    - second\n")
@@ -65,6 +72,19 @@ def ansible_runs(run_dir: Path) -> list[str]:
                   if json.loads(e.read_text())["event"] == "playbook_on_start"]
         assert len(starts) == 1
     return [p.name for p in artifacts]
+
+
+def probes(run_dir: Path, ident: str) -> list[tuple[str, str]]:
+    """(address, machine id) the PROBE task saw in each play of one ansible-playbook run, in play order."""
+    events = sorted((run_dir / "ansible" / "artifacts" / ident / "job_events").glob("*.json"),
+                    key=lambda e: int(e.name.split("-", 1)[0]))
+    seen = []
+    for path in events:
+        event = json.loads(path.read_text())
+        if event["event"] == "runner_on_ok" and event["event_data"]["task"].startswith("Show where this play"):
+            address, machine_id = event["event_data"]["res"]["stdout"].splitlines()
+            seen.append((address.removeprefix("address="), machine_id))
+    return seen
 
 
 def scratch(ref: str) -> str:
@@ -103,6 +123,11 @@ def test_one_run_commits_every_layer_and_a_failure_keeps_the_layers_before_it(on
     assert [la["changed"] for la in layers[1:]] == [2, 3]  # second: payload, color, its handler
     assert "[2/3] flaky: running" in fixed.stderr and "[3/3] second: baked" in fixed.stderr
     assert ansible_runs(runs(onerun)[-1]) == ["layers-02-03"]
+    # each play reaches its own freshly booted container by that container's id, never by the name they share:
+    # mitogen keys connections by address, and the same key would hand the next play the removed one's
+    (flaky_at, flaky_boot), (second_at, second_boot) = probes(runs(onerun)[-1], "layers-02-03")
+    assert flaky_boot != second_boot and flaky_at != second_at
+    assert all(len(at) == 64 and int(at, 16) >= 0 for at in (flaky_at, second_at)), (flaky_at, second_at)
     ref = fixed.json["ref"]
     assert podman.run("run", "--rm", ref, "cat", "/etc/flaky-fixed", "/etc/second-handler").stdout == \
         "fixed\nhandler ran\n"

@@ -101,7 +101,8 @@ def fake_podman(monkeypatch, sources: list[str]) -> list[tuple]:
 
     def run(*args, **kw):
         calls.append(args)
-        out = sources.pop(0) if args[-1] == SOURCES_DIGEST else "running" if "is-system-running" in args else ""
+        out = sources.pop(0) if args[-1] == SOURCES_DIGEST else "running" if "is-system-running" in args else \
+            f"id-{len(calls)}" if args[0] == "run" else ""
         return subprocess.CompletedProcess(args, 0, stdout=out, stderr="")
 
     monkeypatch.setattr(layer_commits.podman, "run", run)
@@ -138,6 +139,7 @@ def test_commit_cleans_commits_then_boots_the_next_play_from_the_layer_and_resto
                      ("exec", "ctr", "systemctl", "is-system-running", "--wait"),
                      ("exec", "ctr", "sh", "-c", SOURCES_DIGEST)]
     assert record["image_id"] == "sha-localhost/bakery-cache/x:1" and record["seconds"] >= 0
+    assert record.pop("container") == "id-4"  # the next play reaches the new container by its id, not the name
     assert read_records(records) == [record]
     assert (apt.lists / "deb_dists_bookworm_main_binary-amd64_Packages").is_file()  # back for the next play
 
@@ -337,6 +339,31 @@ def test_plugin_undoes_group_by_and_add_host_of_earlier_plays(tmp_path, monkeypa
     assert [g.name for g in host.get_groups()] == ["all", "ungrouped"]
     assert "from_add_host" not in host.get_vars()
     assert "os_linux" not in inventory.groups
+
+
+def test_each_play_reaches_the_container_booted_for_it_by_id(tmp_path, monkeypatch):
+    """The containers of one bake share a name; mitogen keys connections by address, so by name the next play
+    could be handed the removed container's dead connection."""
+    loader = DataLoader()
+    inventory = InventoryManager(loader=loader, sources="bakery_build,")
+    inventory.get_host("bakery_build").set_variable("ansible_host", "id-first")
+    manager = VariableManager(loader=loader, inventory=inventory)
+    play = Play.load({"hosts": "bakery_build", "gather_facts": False, "tasks": []}, variable_manager=manager,
+                     loader=loader)
+    plugin = load_plugin(monkeypatch, tmp_path / "plan.json", [])
+    booted = iter(["id-second", "id-third"])
+    monkeypatch.setattr(layer_commits, "commit_from_plan",
+                        lambda plan, index: {"index": index, "container": next(booted)})
+
+    def address() -> str:
+        return manager.get_vars(play=play, host=inventory.get_host("bakery_build"))["ansible_host"]
+
+    plugin.v2_playbook_on_play_start(play)
+    assert address() == "id-first"
+    plugin.v2_playbook_on_play_start(next_play(manager))
+    assert address() == "id-second"
+    plugin.v2_playbook_on_play_start(next_play(manager))
+    assert address() == "id-third"  # not the first play's, which the plugin restores the inventory from
 
 
 def test_plugin_refuses_a_play_with_hosts_an_earlier_role_added(tmp_path, monkeypatch):

@@ -53,12 +53,15 @@ class CallbackModule(CallbackBase):
         self.started.add(uuid)
         # the counters move first: whatever fails below, no play is ever committed under another's index
         finished, self.pending, self.next = self.pending, self.next, self.next + 1
+        container = None
         try:
             if finished is not None:
-                self._commit(finished)
+                container = self._commit(finished)
         finally:
             try:
                 self.inventory = _forget_host_state(play, self.inventory)
+                if container:
+                    _connect_to(play, container)
             except Exception as exc:  # noqa: BLE001 - the layer would depend on the run: the bake must fail
                 self._report(f"could not start it as a run of its own would ({exc}); not baked")
 
@@ -79,14 +82,16 @@ class CallbackModule(CallbackBase):
         self.pending = None
 
     def _commit(self, index):
+        """Commit play `index`; the id of the container the next play runs in (None if there is none)."""
         if self.broken:
-            return
+            return None
         try:
             record = _layer_commits().commit_from_plan(self.plan, index)
         except Exception:  # the record could not be written: bakery finds the layer missing and fails the bake
             self.broken = True
             raise
         self.broken = "error" in record
+        return None if self.broken else record.get("container")
 
     def _report(self, error):
         """An error record for the play running now: bakery fails the bake with it; nothing more is committed."""
@@ -125,6 +130,16 @@ def _forget_host_state(play, inventory):
     manager._nonpersistent_fact_cache.clear()  # set_fact, register
     manager._vars_cache.clear()  # include_vars
     return inventory
+
+
+def _connect_to(play, container):
+    """Point the bake host at the container just booted for this play, by its id: the old one had the same name,
+    and mitogen, keying its connections by address, could hand this play the removed container's dead one."""
+    manager = getattr(play, "get_variable_manager", lambda: None)()
+    if manager is None:
+        return
+    for host in manager._inventory._inventory.hosts.values():
+        host.set_variable("ansible_host", container)
 
 
 def _layer_commits():
