@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,3 +35,14 @@ def command_lines() -> Iterator[tuple[int, bytes]]:
             yield int(entry.name), (entry / "cmdline").read_bytes()
         except OSError:
             continue
+
+
+def kill(pid: int, wait: float = 5.0) -> None:
+    """SIGKILL, then wait (briefly) until it is gone or a zombie."""
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + wait
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)

@@ -12,17 +12,13 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bakery.disks.vm_files import VmFiles, owner_alive, recorded_pid
-from bakery.processes import pid_alive
+from bakery.processes import kill, pid_alive
 
 log = logging.getLogger("bakery.disks.vm_leftovers")
-
-KILL_WAIT_SECONDS = 5.0
 
 
 @dataclass
@@ -57,17 +53,6 @@ def is_vm_qemu(pid: int, vm_dir: Path) -> bool:
     root = str(vm_dir.absolute())
     names = (root + os.sep, root.replace(",", ",,") + os.sep)
     return any(name in arg for arg in argv[1:] for name in names)
-
-
-def kill(pid: int) -> None:
-    """SIGKILL, then wait (briefly) until it is gone or a zombie."""
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + KILL_WAIT_SECONDS
-    while pid_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
 
 
 def clean(runs_root: Path) -> VmLeftovers:

@@ -2,7 +2,10 @@
 
 Build containers, pending catalog rows, generated layer playbooks, disk work
 directories and verify VMs all carry the pid of the bake that made them; once
-that process is gone they are garbage. Disk files no version lists go too.
+that process is gone they are garbage. Disk files no version lists go too, and
+the ansible-playbook processes (with mitogen's multiplexer) still running a dead
+bake's generated playbook: they run in a session of their own, so a kill -9 of
+bake.py leaves them, and a hung one would wait forever.
 The next bake and `bake.py gc` remove them. A build container kept with
 --keep-on-failure is renamed <name>-kept and stays until its user removes it: a
 bake in another checkout must not take it away from under their shell.
@@ -23,7 +26,7 @@ from bakery.catalog import Catalog, SqliteCatalog
 from bakery.config import Project
 from bakery.disks import builder as disk_builder
 from bakery.disks import vm_leftovers
-from bakery.processes import pid_alive
+from bakery.processes import command_lines, kill, pid_alive
 from bakery.verify.readback_dirs import stale_readbacks
 
 log = logging.getLogger("bakery.leftovers")
@@ -41,9 +44,12 @@ class Leftovers:
     playbooks: list[str] = field(default_factory=list)
     disks: list[str] = field(default_factory=list)  # disk files no version lists, work directories of killed builds
     vms: list[str] = field(default_factory=list)  # VMs of a verify --vm that was killed (filled in by remove)
+    processes: list[str] = field(default_factory=list)  # "pid N: ansible-playbook <generated playbook>"
+    process_ids: list[tuple[int, str]] = field(default_factory=list, repr=False)  # (pid, playbook) to kill
 
     def empty(self) -> bool:
-        return not (self.containers or self.pending_versions or self.playbooks or self.disks or self.vms)
+        return not (self.containers or self.pending_versions or self.playbooks or self.disks or self.vms
+                    or self.processes)
 
 
 def find(project: Project, catalog: Catalog) -> Leftovers:
@@ -67,13 +73,45 @@ def find(project: Project, catalog: Catalog) -> Leftovers:
             match = GENERATED_PLAYBOOK.match(path.name)
             if match and not pid_alive(int(match.group(1))):
                 found.playbooks.append(str(path))
+    found.process_ids = dead_bake_playbook_runs(project.playbooks_dir)
+    found.processes = [f"pid {pid}: ansible-playbook {playbook}" for pid, playbook in found.process_ids]
     orphans = disk_builder.orphan_disks(project, catalog) if isinstance(catalog, SqliteCatalog) else []
     found.disks = [str(p) for p in (*disk_builder.stale_work(project), *stale_readbacks(project),
                                     *orphans, *stale_mounts(project.state_dir / "runs"))]
     return found
 
 
+def dead_bake_playbook_runs(playbooks_dir: Path) -> list[tuple[int, str]]:
+    """(pid, playbook) of every ansible-playbook process (or fork of one) running a generated playbook in
+    `playbooks_dir` whose bake is gone."""
+    found = []
+    where = playbooks_dir.resolve()
+    for pid, cmdline in command_lines():
+        argv = [arg.decode(errors="replace") for arg in cmdline.split(b"\0") if arg]
+        if not any(os.path.basename(arg) == "ansible-playbook" for arg in argv[:2]):
+            continue
+        for arg in argv[1:]:
+            match = GENERATED_PLAYBOOK.match(Path(arg).name)
+            if match and Path(arg).parent.resolve() == where and not pid_alive(int(match.group(1))):
+                found.append((pid, arg))
+                break
+    return found
+
+
+def _kill_runs(process_ids: list[tuple[int, str]]) -> None:
+    """Kill each that still runs its playbook (a pid reused meanwhile by another process is left alone)."""
+    for pid, playbook in process_ids:
+        try:
+            still = playbook.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if still:
+            log.info("killing ansible-playbook pid %d of a dead bake (%s)", pid, playbook)
+            kill(pid)
+
+
 def remove(found: Leftovers, catalog: Catalog, runs_root: Path | None = None) -> None:
+    _kill_runs(found.process_ids)  # first: nothing may still run in a container about to be removed
     if runs_root is not None:
         vms = vm_leftovers.clean(runs_root)
         found.vms = [f"qemu pid {pid}" for pid in vms.killed]

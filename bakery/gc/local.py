@@ -60,7 +60,8 @@ class LocalGcReport:
     def to_dict(self) -> dict[str, Any]:
         found, result = self.found, self.result
         return {"dry_run": self.dry_run, "containers": found.containers, "pending_versions": found.pending_versions,
-                "playbooks": found.playbooks, "disks": found.disks, "vms": found.vms, "keep": self.keep,
+                "playbooks": found.playbooks, "disks": found.disks, "vms": found.vms,
+                "processes": found.processes, "keep": self.keep,
                 "versions": result.removed, "failed": result.failed,
                 "artifacts": result.artifacts, "kept": self.planned.kept if self.planned else [],
                 "skipped": result.skipped}
@@ -75,6 +76,7 @@ class LocalGcReport:
         for kind, items in (("container", found.containers), ("pending version", found.pending_versions),
                             ("playbook", found.playbooks), ("disk file", found.disks), ("VM", found.vms)):
             lines += [f"{verb} {kind} {item}" for item in items]
+        lines += [f"{'would kill' if self.dry_run else 'killed'} process {item}" for item in found.processes]
         lines += [f"{verb} version {e['image']}:{e['version']} ({e['reason']})" for e in result.removed]
         lines += [f"{verb} artifact {e['name']} {e['version']} ({e['reason']})" for e in result.artifacts]
         lines += [f"kept version {e['image']}:{e['version']} ({e['reason']})" for e in result.skipped]
