@@ -10,6 +10,7 @@ changed since the first role started (`podman commit` copies the container's who
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
 
@@ -36,9 +37,11 @@ def name(args: list[str]) -> str:
 
 def start(args: list[str], from_ref: str, check_cancel: Callable[[], None] = lambda: None) -> str:
     """Start the container `args` describe from `from_ref` and wait until systemd has booted it; its id."""
-    container_id = podman.run(*args, from_ref, "/sbin/init").stdout.strip()
-    if not container_id:
-        raise OperationError(f"'podman run' of build container {name(args)} printed no container id")
+    printed = podman.run(*args, from_ref, "/sbin/init").stdout.split()
+    container_id = printed[-1] if printed else ""
+    if not re.fullmatch(r"[0-9a-f]{64}", container_id):
+        raise OperationError(f"'podman run' of build container {name(args)} printed no container id "
+                             f"(last word: '{container_id[:80]}')")
     check_cancel()
     state = podman.systemd_state(name(args), BOOT_TIMEOUT) or "unknown"
     check_cancel()
@@ -59,24 +62,27 @@ def replace(args: list[str], from_ref: str) -> str:
     hand the next play the removed container's dead connection (a bake hung for 18 min in the first task after
     a swap). Waiting for the old `podman exec` clients to end also frees their interpreter before the next boot.
     """
+    old_id = podman.run("inspect", "--format", "{{.Id}}", name(args), check=False).stdout.strip()
     podman.remove_container(name(args))
-    _wait_for_exec_clients(name(args))
+    _wait_for_exec_clients(name(args), old_id)
     return start(args, from_ref)
 
 
-def _wait_for_exec_clients(container: str, timeout: float = 10.0) -> None:
+def _wait_for_exec_clients(*container: str, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
-    while (clients := exec_clients(container)) and time.monotonic() < deadline:
+    while (clients := exec_clients(*container)) and time.monotonic() < deadline:
         time.sleep(0.05)
     if clients:
-        log.warning("podman exec into %s still running after its removal: pids %s", container, clients)
+        log.warning("podman exec into %s still running after its removal: pids %s", container[0], clients)
 
 
-def exec_clients(container: str) -> list[int]:
-    """The host's `podman exec` processes into `container` (mitogen's connection among them)."""
+def exec_clients(*container: str) -> list[int]:
+    """The host's `podman exec` processes into the container known by any of these names or ids (mitogen's
+    connection among them: Ansible reaches a build container by its id)."""
+    wanted = {each.encode() for each in container if each}
     found = []
     for pid, cmdline in command_lines():
         argv = cmdline.split(b"\0")
-        if len(argv) > 2 and argv[0].endswith(b"podman") and b"exec" in argv and container.encode() in argv:
+        if len(argv) > 2 and argv[0].endswith(b"podman") and b"exec" in argv and wanted.intersection(argv):
             found.append(pid)
     return found

@@ -31,6 +31,18 @@ def test_exec_clients_into_a_container_are_found_and_no_others():
     assert build_container.exec_clients("bakery-build-x-1") == []
 
 
+def test_exec_clients_naming_the_container_by_id_are_found():
+    """Ansible reaches a build container by its id: `podman exec --interactive -- <id> python3` under mitogen."""
+    container_id = "a" * 64
+    by_id = fake_exec_client(container_id)
+    try:
+        assert build_container.exec_clients("bakery-build-x-1", container_id) == [by_id.pid]
+        assert build_container.exec_clients("bakery-build-x-1") == []
+    finally:
+        by_id.kill()
+        by_id.wait()
+
+
 def test_the_swap_goes_on_only_once_the_old_connection_has_ended():
     client = fake_exec_client("bakery-build-x-1")
     killed = []

@@ -102,7 +102,7 @@ def fake_podman(monkeypatch, sources: list[str]) -> list[tuple]:
     def run(*args, **kw):
         calls.append(args)
         out = sources.pop(0) if args[-1] == SOURCES_DIGEST else "running" if "is-system-running" in args else \
-            f"id-{len(calls)}" if args[0] == "run" else ""
+            f"{len(calls):064x}" if args[0] == "run" else ""
         return subprocess.CompletedProcess(args, 0, stdout=out, stderr="")
 
     monkeypatch.setattr(layer_commits.podman, "run", run)
@@ -132,6 +132,7 @@ def test_commit_cleans_commits_then_boots_the_next_play_from_the_layer_and_resto
     # the next role runs where a bake from this cached layer would: a fresh container booted from it, same name
     assert calls == [("exec", "ctr", "sh", "-c", layer_commits.HYGIENE),
                      ("commit", "-q", "ctr", "localhost/bakery-cache/x:1"),
+                     ("inspect", "--format", "{{.Id}}", "ctr"),  # its podman exec clients name it by id
                      ("rm", "-f", "-t", "0", "ctr"),
                      ("run", "-d", "--name", "ctr", "--hostname", "x-bake", "--systemd=always",
                       "--label", "io.bakery.build=1", "--volume", "/a:/b", "sha-localhost/bakery-cache/x:1",
@@ -139,7 +140,7 @@ def test_commit_cleans_commits_then_boots_the_next_play_from_the_layer_and_resto
                      ("exec", "ctr", "systemctl", "is-system-running", "--wait"),
                      ("exec", "ctr", "sh", "-c", SOURCES_DIGEST)]
     assert record["image_id"] == "sha-localhost/bakery-cache/x:1" and record["seconds"] >= 0
-    assert record.pop("container") == "id-4"  # the next play reaches the new container by its id, not the name
+    assert record.pop("container") == f"{5:064x}"  # the next play reaches the new container by its id, not the name
     assert read_records(records) == [record]
     assert (apt.lists / "deb_dists_bookworm_main_binary-amd64_Packages").is_file()  # back for the next play
 
@@ -351,9 +352,8 @@ def test_each_play_reaches_the_container_booted_for_it_by_id(tmp_path, monkeypat
     play = Play.load({"hosts": "bakery_build", "gather_facts": False, "tasks": []}, variable_manager=manager,
                      loader=loader)
     plugin = load_plugin(monkeypatch, tmp_path / "plan.json", [])
-    booted = iter(["id-second", "id-third"])
-    monkeypatch.setattr(layer_commits, "commit_from_plan",
-                        lambda plan, index: {"index": index, "container": next(booted)})
+    booted = iter([{"container": "id-second"}, {"container": "id-third"}, {"error": "layer commit failed: disk full"}])
+    monkeypatch.setattr(layer_commits, "commit_from_plan", lambda plan, index: {"index": index, **next(booted)})
 
     def address() -> str:
         return manager.get_vars(play=play, host=inventory.get_host("bakery_build"))["ansible_host"]
@@ -364,6 +364,8 @@ def test_each_play_reaches_the_container_booted_for_it_by_id(tmp_path, monkeypat
     assert address() == "id-second"
     plugin.v2_playbook_on_play_start(next_play(manager))
     assert address() == "id-third"  # not the first play's, which the plugin restores the inventory from
+    plugin.v2_playbook_on_play_start(next_play(manager))  # no swap: the commit failed; the bake fails with it
+    assert address() == "id-third"  # never the removed first container again
 
 
 def test_plugin_refuses_a_play_with_hosts_an_earlier_role_added(tmp_path, monkeypatch):

@@ -42,6 +42,7 @@ class CallbackModule(CallbackBase):
         self.broken = False  # after a failed commit nothing more is committed
         self.inventory = None  # the inventory as the first play found it
         self.started = set()  # the plays that started (one bake host: each play starts once)
+        self.address = None  # the id of the build container booted for the play running now (after a swap)
 
     def v2_playbook_on_play_start(self, play):
         if not self.plan:
@@ -53,15 +54,14 @@ class CallbackModule(CallbackBase):
         self.started.add(uuid)
         # the counters move first: whatever fails below, no play is ever committed under another's index
         finished, self.pending, self.next = self.pending, self.next, self.next + 1
-        container = None
         try:
             if finished is not None:
-                container = self._commit(finished)
+                self.address = self._commit(finished) or self.address
         finally:
             try:
                 self.inventory = _forget_host_state(play, self.inventory)
-                if container:
-                    _connect_to(play, container)
+                if self.address:  # the restored inventory has the first play's container
+                    _connect_to(play, self.address)
             except Exception as exc:  # noqa: BLE001 - the layer would depend on the run: the bake must fail
                 self._report(f"could not start it as a run of its own would ({exc}); not baked")
 
