@@ -37,12 +37,30 @@ def command_lines() -> Iterator[tuple[int, bytes]]:
             continue
 
 
-def kill(pid: int, wait: float = 5.0) -> None:
-    """SIGKILL, then wait (briefly) until it is gone or a zombie."""
+def kill(pid: int, wait: float = 5.0) -> bool:
+    """SIGKILL, then wait (briefly) until it is gone or a zombie; False if it was gone or is not ours to kill."""
     try:
         os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        return
+    except (ProcessLookupError, PermissionError):
+        return False
     deadline = time.monotonic() + wait
     while pid_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
+    return True
+
+
+def session_id(pid: int) -> int:
+    """The session `pid` belongs to (-1 once it is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat[stat.rindex(")") + 2:].split()[3])  # after the command name, which may hold spaces
+    except (OSError, ValueError, IndexError):
+        return -1
+
+
+def owned(pid: int) -> bool:
+    """True when `pid` runs as this process's user (another user's process is never ours to kill)."""
+    try:
+        return Path(f"/proc/{pid}").stat().st_uid == os.getuid()
+    except OSError:
+        return False

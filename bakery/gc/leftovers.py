@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,8 @@ from bakery.catalog import Catalog, SqliteCatalog
 from bakery.config import Project
 from bakery.disks import builder as disk_builder
 from bakery.disks import vm_leftovers
-from bakery.processes import command_lines, kill, pid_alive
+from bakery.gc import dead_runs
+from bakery.processes import pid_alive
 from bakery.verify.readback_dirs import stale_readbacks
 
 log = logging.getLogger("bakery.leftovers")
@@ -34,7 +34,6 @@ log = logging.getLogger("bakery.leftovers")
 BUILD_LABEL = "io.bakery.build"
 PID_LABEL = "io.bakery.build.pid"
 KEPT_SUFFIX = "-kept"  # a build container kept for inspection (--keep-on-failure), never a leftover
-GENERATED_PLAYBOOK = re.compile(r"^\.bakery-(\d+)-.*\.yml\Z")
 
 
 @dataclass
@@ -44,8 +43,8 @@ class Leftovers:
     playbooks: list[str] = field(default_factory=list)
     disks: list[str] = field(default_factory=list)  # disk files no version lists, work directories of killed builds
     vms: list[str] = field(default_factory=list)  # VMs of a verify --vm that was killed (filled in by remove)
-    processes: list[str] = field(default_factory=list)  # "pid N: ansible-playbook <generated playbook>"
-    process_ids: list[tuple[int, str]] = field(default_factory=list, repr=False)  # (pid, playbook) to kill
+    processes: list[str] = field(default_factory=list)  # runs of dead bakes found; after remove, what was killed
+    process_ids: list[tuple[int, str]] = field(default_factory=list, repr=False)  # (pid, playbook) found
 
     def empty(self) -> bool:
         return not (self.containers or self.pending_versions or self.playbooks or self.disks or self.vms
@@ -70,10 +69,10 @@ def find(project: Project, catalog: Catalog) -> Leftovers:
             found.pending_versions.append(f"{row['image']}:{row['version']}")
     if project.playbooks_dir.is_dir():
         for path in project.playbooks_dir.iterdir():
-            match = GENERATED_PLAYBOOK.match(path.name)
+            match = dead_runs.GENERATED_PLAYBOOK.match(path.name)
             if match and not pid_alive(int(match.group(1))):
                 found.playbooks.append(str(path))
-    found.process_ids = dead_bake_playbook_runs(project.playbooks_dir)
+    found.process_ids = dead_runs.find()
     found.processes = [f"pid {pid}: ansible-playbook {playbook}" for pid, playbook in found.process_ids]
     orphans = disk_builder.orphan_disks(project, catalog) if isinstance(catalog, SqliteCatalog) else []
     found.disks = [str(p) for p in (*disk_builder.stale_work(project), *stale_readbacks(project),
@@ -81,37 +80,8 @@ def find(project: Project, catalog: Catalog) -> Leftovers:
     return found
 
 
-def dead_bake_playbook_runs(playbooks_dir: Path) -> list[tuple[int, str]]:
-    """(pid, playbook) of every ansible-playbook process (or fork of one) running a generated playbook in
-    `playbooks_dir` whose bake is gone."""
-    found = []
-    where = playbooks_dir.resolve()
-    for pid, cmdline in command_lines():
-        argv = [arg.decode(errors="replace") for arg in cmdline.split(b"\0") if arg]
-        if not any(os.path.basename(arg) == "ansible-playbook" for arg in argv[:2]):
-            continue
-        for arg in argv[1:]:
-            match = GENERATED_PLAYBOOK.match(Path(arg).name)
-            if match and Path(arg).parent.resolve() == where and not pid_alive(int(match.group(1))):
-                found.append((pid, arg))
-                break
-    return found
-
-
-def _kill_runs(process_ids: list[tuple[int, str]]) -> None:
-    """Kill each that still runs its playbook (a pid reused meanwhile by another process is left alone)."""
-    for pid, playbook in process_ids:
-        try:
-            still = playbook.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if still:
-            log.info("killing ansible-playbook pid %d of a dead bake (%s)", pid, playbook)
-            kill(pid)
-
-
 def remove(found: Leftovers, catalog: Catalog, runs_root: Path | None = None) -> None:
-    _kill_runs(found.process_ids)  # first: nothing may still run in a container about to be removed
+    found.processes = dead_runs.stop(found.process_ids)  # first: nothing may still run in a removed container
     if runs_root is not None:
         vms = vm_leftovers.clean(runs_root)
         found.vms = [f"qemu pid {pid}" for pid in vms.killed]
