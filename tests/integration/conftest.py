@@ -63,14 +63,9 @@ def pytest_sessionfinish(session):
     shared = Path(_OWN_SHARED_DIR.pop())
     os.environ.pop(SHARED_DIR, None)
     run_ids = sorted(set(shared.joinpath("runs").read_text().split())) if shared.joinpath("runs").exists() else []
-    ids = []
-    for run_id in run_ids:
-        ids += podman.run("images", "-a", "--filter", f"label=io.bakery.run={run_id}",
-                          "--format", "{{.ID}}").stdout.split()
-    if ids:
-        proc = podman.run("rmi", "-f", *sorted(set(ids)), check=False)
-        if proc.returncode:
-            print(f"warning: could not remove the example images: {proc.stderr.strip()}")
+    problem = remove_images([i for run_id in run_ids for i in image_ids(f"io.bakery.run={run_id}")])
+    if problem:
+        print(f"warning: could not remove the example images: {problem}")
     for image in TEST_IMAGES:
         remove_images_of(image)
     shutil.rmtree(shared, ignore_errors=True)
@@ -114,11 +109,22 @@ def image_labels(ref: str) -> dict:
 TEST_IMAGES = ("sample", "failing", "planted", "badunit", "bootinstall", "leaky")
 
 
+def image_ids(label: str) -> list[str]:
+    """Every image (intermediate ones too) carrying `label` (key=value)."""
+    return podman.run("images", "-a", "--filter", f"label={label}", "--format", "{{.ID}}").stdout.split()
+
+
+def remove_images(ids: list[str]) -> str:
+    """Remove these images, whatever uses them; podman's complaint, if any ('' when all went)."""
+    if not ids:
+        return ""
+    proc = podman.run("rmi", "-f", *sorted(set(ids)), check=False)
+    return proc.stderr.strip() if proc.returncode else ""
+
+
 def remove_images_of(image: str) -> None:
     """Remove every image baked for `image` (final images and cached layers carry io.bakery.image)."""
-    ids = podman.run("images", "-a", "--filter", f"label=io.bakery.image={image}", "--format", "{{.ID}}").stdout.split()
-    if ids:
-        podman.run("rmi", "-f", *sorted(set(ids)), check=False)
+    remove_images(image_ids(f"io.bakery.image={image}"))
 
 
 PROJECT_FILES = ("bakery.yml", "verify-allowlist.yml", "ansible.cfg", "app", "roles", "playbooks", "inventories",

@@ -21,6 +21,7 @@ from bakery import podman
 from bakery.base_image import FLAVOUR_LABEL
 from bakery.base_settings import BaseSettings
 from tests.conftest import bake, init_repo
+from tests.integration.conftest import image_ids, remove_images
 
 pytestmark = pytest.mark.integration
 
@@ -80,11 +81,8 @@ def patch_project(tmp_path):
     source = f"deb [trusted=yes] copy:{repo} ./"
     flavour = BaseSettings((source,), (PROBE,)).flavour
     yield root, repo, flavour
-    ids = []  # the image's versions and layers, and every base of this test's flavour
-    for label in (f"io.bakery.image={IMAGE}", f"{FLAVOUR_LABEL}={flavour}"):
-        ids += podman.run("images", "-a", "--filter", f"label={label}", "--format", "{{.ID}}").stdout.split()
-    if ids:
-        podman.run("rmi", "-f", *sorted(set(ids)), check=False)
+    # the image's versions and layers, and every base of this test's flavour
+    remove_images([*image_ids(f"io.bakery.image={IMAGE}"), *image_ids(f"{FLAVOUR_LABEL}={flavour}")])
 
 
 def test_a_new_base_only_when_apt_has_updates_then_every_layer_rebakes_and_show_names_the_update(patch_project):

@@ -14,7 +14,7 @@ import pytest
 
 from bakery import podman
 from tests.conftest import BAKE, bake, git, machine_lock
-from tests.integration.conftest import containers, image_labels, run_instance, wait_for
+from tests.integration.conftest import containers, image_ids, image_labels, remove_images, run_instance, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -210,9 +210,8 @@ def test_another_checkout_baking_the_same_layers_does_not_break_this_cache(proje
     theirs = bake(other, "build", "sample", "--json")  # same keys: takes over the cache tags
     assert theirs.rc == 0, theirs.stderr
     assert theirs.json["version"] != first.json["version"]  # never the same tag as this checkout's version
-    ids = podman.run("images", "-a", "--filter", f"label=io.bakery.run={theirs.json['run_id']}",
-                     "--format", "{{.ID}}").stdout.split()
-    podman.run("rmi", "-f", *ids)  # the other checkout cleans up after itself
+    theirs_ids = image_ids(f"io.bakery.run={theirs.json['run_id']}")
+    assert theirs_ids and not remove_images(theirs_ids)  # the other checkout cleans up after itself
     assert podman.image_exists(first.json["ref"])
     (project / "roles/second/files/payload.txt").write_text("payload version 3\n")
     again = bake(project, "build", "sample", "--json")
