@@ -29,6 +29,7 @@ from bakery.builders.apt_mounts import AptMounts
 from bakery.builders.base import Builder, BuildOptions, BuildResult, LayerResult, image_packages
 from bakery.builders.layer_commits import PLAN_ENV, callback_plugins, plays, run_segments, write_plan
 from bakery.builders.layer_run import LayerRun
+from bakery.builders.tag_lock import image_tags_locked
 from bakery.config import ImageDefinition
 from bakery.deps.gate import check_lock, shared_lock
 from bakery.errors import ConfigError, Interrupted, OperationError
@@ -162,11 +163,12 @@ class _Bake:
                 parent_ref = self._bake_layers(segment)
             podman.remove_container(self.container)
         self.cancel.check()
-        self.version = self.b.catalog.reserve_version(
-            self.definition.name, self.run.id, os.getpid(),
-            taken=lambda v: podman.image_exists(podman.image_ref(self.definition.name, v)))
-        provenance = self._provenance()
-        ref, image_id = self._finalize(parent_ref, provenance)
+        with image_tags_locked():  # no other bake on the host takes the same version between check and tag
+            self.version = self.b.catalog.reserve_version(
+                self.definition.name, self.run.id, os.getpid(),
+                taken=lambda v: podman.image_exists(podman.image_ref(self.definition.name, v)))
+            provenance = self._provenance()
+            ref, image_id = self._finalize(parent_ref, provenance)
         self.cancel.check()
         self.b.catalog.complete_version(
             self.definition.name, self.version, image_ref=ref, image_id=image_id, input_digest=self.digest,
