@@ -48,16 +48,18 @@ def systemd_state(name: str, timeout: float) -> str:
     """`systemctl is-system-running --wait` in container `name`: 'running', 'degraded', ... or '' when it never
     answered within `timeout` s.
 
-    Right after `podman run -d`, PID 1 may not have opened its bus yet ("Failed to connect to bus"), and the
-    first call answers nothing; on a loaded machine that is seconds. Such an answer is asked again, not taken
-    as the boot's result.
+    Right after `podman run -d`, PID 1 may not have opened its bus yet ("Failed to connect to bus": no answer),
+    or not even marked the system as booted with systemd ("offline"); on a loaded machine that is seconds (a
+    test container answered "offline" once in a full CI run). Such an answer is asked again until `timeout`,
+    not taken as the boot's result.
     """
     deadline = time.monotonic() + timeout
     while True:
         left = deadline - time.monotonic()
         proc = run("exec", name, "systemctl", "is-system-running", "--wait", check=False, timeout=max(left, 1))
         state = proc.stdout.strip()
-        if state or "connect to bus" not in proc.stderr or time.monotonic() >= deadline:
+        not_up_yet = state == "offline" or (not state and "connect to bus" in proc.stderr)
+        if not not_up_yet or time.monotonic() >= deadline:
             return state
         time.sleep(0.2)
 
@@ -125,6 +127,16 @@ def remove_container(name: str) -> None:
 
 def remove_image(ref: str) -> bool:
     return run("rmi", ref, check=False).returncode == 0
+
+
+def remove_image_of_run(ref: str, run_id: str) -> bool:
+    """Remove the image at `ref` only if bake `run_id` made it (its io.bakery.run label): a version a failed or
+    killed bake reserved but never tagged may since be another checkout's image under the same name."""
+    info = image_inspect(ref)
+    labels = ((info or {}).get("Config") or {}).get("Labels") or (info or {}).get("Labels") or {}
+    if info is None or labels.get("io.bakery.run") != run_id:
+        return False
+    return run("rmi", info["Id"], check=False).returncode == 0  # by id: the name may move meanwhile
 
 
 def dockerfile_quote(value: str) -> str:
