@@ -163,7 +163,8 @@ class _Bake:
                 parent_ref = self._bake_layers(segment)
             podman.remove_container(self.container)
         self.cancel.check()
-        with image_tags_locked():  # no other bake on the host takes the same version between check and tag
+        waiting = f"{self.definition.name}: waiting for another bake on this host to tag its image"
+        with image_tags_locked(on_wait=lambda: self.b.progress.note(waiting)):  # no version taken twice
             self.version = self.b.catalog.reserve_version(
                 self.definition.name, self.run.id, os.getpid(),
                 taken=lambda v: podman.image_exists(podman.image_ref(self.definition.name, v)))
@@ -345,7 +346,7 @@ class _Bake:
             podman.remove_container(self.container)
             self.apt.remove()  # a kept container keeps its mounted lists, for `apt-get install` while debugging
         if not succeeded and self.version:
-            podman.remove_image(podman.image_ref(self.definition.name, self.version))
+            podman.remove_image_of_run(podman.image_ref(self.definition.name, self.version), self.run.id)
             self.b.catalog.discard_version(self.definition.name, self.version)
 
 

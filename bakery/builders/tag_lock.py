@@ -9,32 +9,45 @@ the tag set with no other bake on the host between the check and the tag.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
-import tempfile
-from collections.abc import Iterator
+import stat
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from bakery.errors import OperationError
 
-def lock_path() -> Path:
-    """Where every bake of this user's container storage meets: root's storage is the host's, a rootless user's
-    their own."""
+
+def lock_dir() -> Path:
+    """Beside what it guards: root's container storage is the host's (/run/bakery, not the world-writable
+    /run/lock, where anyone could create and hold the file); a rootless user's is under their data home, as
+    podman's own is, whatever session (cron, ssh, sudo -u) the bake runs in."""
     if os.geteuid() == 0:
-        return Path("/run/lock/bakery-image-tags.lock")
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    return Path(runtime) / "bakery-image-tags.lock" if runtime else \
-        Path(tempfile.gettempdir()) / f"bakery-image-tags-{os.geteuid()}.lock"
+        return Path("/run/bakery")
+    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "bakery"
 
 
 @contextmanager
-def image_tags_locked(path: Path | None = None) -> Iterator[None]:
-    """Held from the version's reservation until its tag exists (about a second: the final layer's commit)."""
-    path = path or lock_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+def image_tags_locked(directory: Path | None = None, on_wait: Callable[[], None] = lambda: None) -> Iterator[None]:
+    """Held from the version's reservation until its tag exists (about a second: the final layer's commit);
+    `on_wait` runs once if another bake holds it."""
+    directory = directory or lock_dir()
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = directory.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o022:
+        raise OperationError(f"{directory} must be a directory of uid {os.geteuid()} that no one else can write "
+                             "(it holds the host's image-tag lock); remove it and bake again")
+    fd = os.open(directory / "image-tags.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise
+            on_wait()
+            fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)  # closing releases the lock

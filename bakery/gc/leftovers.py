@@ -97,7 +97,9 @@ def remove(found: Leftovers, catalog: Catalog, runs_root: Path | None = None) ->
     for ref in found.pending_versions:
         image, _, version = ref.partition(":")
         log.info("removing unfinished version %s", ref)
-        podman.remove_image(podman.image_ref(image, version))
+        row = catalog.version(image, version)
+        if row:  # its image only: the name may since be another checkout's
+            podman.remove_image_of_run(podman.image_ref(image, version), row["run_id"])
         catalog.discard_version(image, version)
     for path in found.playbooks:
         try:

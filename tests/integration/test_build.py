@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -13,6 +14,7 @@ from datetime import UTC, datetime
 import pytest
 
 from bakery import podman
+from bakery.builders.tag_lock import image_tags_locked
 from tests.conftest import BAKE, bake, git, machine_lock
 from tests.integration.conftest import containers, image_ids, image_labels, remove_images, run_instance, wait_for
 
@@ -151,8 +153,6 @@ def test_two_concurrent_bakes_get_distinct_versions(project, cleanup_images):
                                "--json"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outs = [p.communicate(timeout=600) for p in procs]
-    import json
-
     results = []
     for proc, (stdout, stderr) in zip(procs, outs, strict=True):
         assert proc.returncode == 0, stderr
@@ -164,6 +164,33 @@ def test_two_concurrent_bakes_get_distinct_versions(project, cleanup_images):
         assert image_labels(result["ref"])["io.bakery.version"] == result["version"]
     listed = {row["version"] for row in bake(project, "images", "--json").json}
     assert listed == {r["version"] for r in results}
+
+
+def test_a_bake_waits_for_the_host_image_tag_lock_and_says_so(project, cleanup_images):
+    """Another checkout holding the lock (between its version's reservation and its tag): this bake does its
+    work, then waits before it picks a version, and tags once the lock is free."""
+    first = bake(project, "build", "sample", "--json")  # the layers, cached: the next bake only finalizes
+    assert first.rc == 0, first.stderr
+    cleanup_images.append(first.json["ref"])
+    (project / "roles" / "second" / "files" / "payload.txt").write_text("payload version 5\n")
+    with image_tags_locked():
+        proc = subprocess.Popen([sys.executable, str(BAKE), "--project", str(project), "build", "sample", "--json"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        waited = []
+        for line in proc.stderr:
+            waited.append(line)
+            if "waiting for another bake on this host to tag its image" in line:
+                break
+        assert proc.poll() is None, "".join(waited)
+        time.sleep(1)
+        assert proc.poll() is None
+        # nothing reserved or tagged while the lock is held
+        assert [row["version"] for row in bake(project, "images", "--json").json] == [first.json["version"]]
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
+    second = json.loads(stdout)
+    cleanup_images.append(second["ref"])
+    assert second["version"] != first.json["version"] and podman.image_exists(second["ref"])
 
 
 def start_bake(project):
@@ -210,6 +237,11 @@ def test_another_checkout_baking_the_same_layers_does_not_break_this_cache(proje
     theirs = bake(other, "build", "sample", "--json")  # same keys: takes over the cache tags
     assert theirs.rc == 0, theirs.stderr
     assert theirs.json["version"] != first.json["version"]  # never the same tag as this checkout's version
+    # a failed or killed bake of theirs removes its own image only, never this checkout's under a reused name
+    assert not podman.remove_image_of_run(first.json["ref"], theirs.json["run_id"])
+    assert podman.image_exists(first.json["ref"])
+    assert podman.remove_image_of_run(theirs.json["ref"], theirs.json["run_id"])
+    assert not podman.image_exists(theirs.json["ref"])
     theirs_ids = image_ids(f"io.bakery.run={theirs.json['run_id']}")
     assert theirs_ids and not remove_images(theirs_ids)  # the other checkout cleans up after itself
     assert podman.image_exists(first.json["ref"])
