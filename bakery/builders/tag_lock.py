@@ -9,8 +9,6 @@ the tag set with no other bake on the host between the check and the tag.
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import os
 import stat
 from collections.abc import Callable, Iterator
@@ -18,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from bakery.errors import OperationError
+from bakery.flocks import lock_waiting
 
 
 def lock_dir() -> Path:
@@ -41,13 +40,7 @@ def image_tags_locked(directory: Path | None = None, on_wait: Callable[[], None]
                              "(it holds the host's image-tag lock); remove it and bake again")
     fd = os.open(directory / "image-tags.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise
-            on_wait()
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        lock_waiting(fd, on_wait=on_wait)
         yield
     finally:
         os.close(fd)  # closing releases the lock

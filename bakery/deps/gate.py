@@ -26,6 +26,7 @@ from bakery.deps.requirements import (
     redact,
 )
 from bakery.errors import ConfigError
+from bakery.flocks import lock_waiting
 
 log = logging.getLogger("bakery.deps")
 
@@ -205,12 +206,7 @@ def _flocked(root: Path, mode: int, on_wait: Callable[[], None] | None) -> Itera
         yield
         return
     with os.fdopen(fd, "rb") as handle:
-        try:
-            fcntl.flock(handle, mode | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if on_wait is not None:
-                on_wait()
-            fcntl.flock(handle, mode)
+        lock_waiting(handle, mode, on_wait)
         yield  # closing the file releases the lock
 
 

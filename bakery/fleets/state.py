@@ -10,8 +10,6 @@ the next command finishes it (local: the rolling refresh resumes) or re-attaches
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
 import os
 from collections.abc import Iterator
@@ -21,6 +19,7 @@ from typing import Any
 
 from bakery.errors import OperationError
 from bakery.files import write_atomically
+from bakery.flocks import try_lock
 
 
 def environment_folder(state_dir: Path, env_name: str) -> Path:
@@ -44,11 +43,7 @@ class EnvironmentState:
         self.folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                    raise
+            if not try_lock(fd):
                 yield False
                 return
             os.ftruncate(fd, 0)
