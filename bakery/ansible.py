@@ -109,7 +109,28 @@ def ansible_env(project_root: Path) -> dict[str, str]:
     cfg = project_root / "ansible.cfg"
     if cfg.is_file():
         env["ANSIBLE_CONFIG"] = str(cfg)
+    if not _task_timeout_set(cfg):
+        env["ANSIBLE_TASK_TIMEOUT"] = str(DEFAULT_TASK_TIMEOUT)
     return env
+
+
+# A role task that never returns (an apt lock held forever, a service that never comes up, a command waiting for
+# input) would otherwise hold the bake, its build container and the CI job around it until something outside kills
+# them. An hour is far beyond any task of an image bake; whatever sets Ansible's task_timeout (the environment, the
+# project's ansible.cfg, the caller's ANSIBLE_CONFIG, ~/.ansible.cfg) decides instead, 0 meaning none.
+DEFAULT_TASK_TIMEOUT = 3600
+
+
+def _task_timeout_set(cfg: Path) -> bool:
+    """Whether anything Ansible reads sets task_timeout, asked of Ansible itself (the same precedence, files and
+    parsing); the variable alone would override every file."""
+    from ansible.config.manager import ConfigManager  # type: ignore[import-untyped]
+
+    try:
+        _, origin = ConfigManager(str(cfg) if cfg.is_file() else None).get_config_value_and_origin("TASK_TIMEOUT")
+    except Exception:  # noqa: BLE001 - a config Ansible cannot read: ansible-playbook reports it in its own words
+        return False
+    return origin != "default"
 
 
 def run_playbook(
@@ -195,7 +216,12 @@ def _failure_message(res: dict[str, Any]) -> str:
             break
     message = (res.get("module_stderr") or res.get("msg") or res.get("stderr") or res.get("module_stderr")
                or res.get("reason") or "task failed")
-    return " ".join(str(message).split())[:500]
+    text = " ".join(str(message).split())[:500]
+    if isinstance(res.get("timedout"), dict):
+        text += (f" (the task's time limit is {res['timedout'].get('period')} s: bakery's default of "
+                 f"{DEFAULT_TASK_TIMEOUT} s unless the task's `timeout:`, ANSIBLE_TASK_TIMEOUT or [defaults] "
+                 "task_timeout in ansible.cfg sets another, 0 for none)")
+    return text
 
 
 def _without_env_files(private_data_dir: Path) -> None:

@@ -133,6 +133,27 @@ def test_failing_role_registers_nothing_and_leaves_nothing(project):
     assert not list((project / "playbooks").glob(".bakery-*"))
 
 
+def test_a_task_that_never_returns_fails_the_bake_at_the_task_timeout(project):
+    # The project's ansible.cfg decides (bakery's default of an hour applies only when neither it nor the
+    # environment sets one: tests/unit/test_task_timeout.py); mitogen's strategy must honour it too.
+    (project / "ansible.cfg").write_text("[defaults]\ntask_timeout = 20\n")
+    (project / "roles" / "hang" / "tasks").mkdir(parents=True)
+    (project / "roles" / "hang" / "tasks" / "main.yml").write_text(
+        "- name: Wait for ever\n  ansible.builtin.command: sleep 900\n  changed_when: false\n")
+    (project / "playbooks" / "hanging.yml").write_text(
+        "- name: Bake an image whose second role never ends\n  hosts: all\n  gather_facts: false\n"
+        "  roles:\n    - first\n    - hang\n")
+    started = time.monotonic()
+    out = bake(project, "build", "hanging", timeout=300)
+    assert out.rc == 1 and time.monotonic() - started < 200, out.stderr
+    assert "role 'hang'" in out.stderr and "task 'Wait for ever'" in out.stderr, out.stderr
+    assert "Timed out after 20 second(s). (the task's time limit is 20 s: " in out.stderr
+    assert "Traceback" not in out.stderr, out.stderr
+    assert bake(project, "images", "--json").json == []
+    assert not containers("io.bakery.image=hanging")
+    assert not list((project / "playbooks").glob(".bakery-*"))
+
+
 def test_keep_on_failure_keeps_the_container_and_says_how_to_enter(project):
     out = bake(project, "build", "failing", "--keep-on-failure")
     kept = containers("io.bakery.image=failing")
