@@ -4,7 +4,8 @@
 transaction, so kill -9 at any moment leaves it consistent). The AWS target keeps the same facts as AMI tags
 and SSM parameters. A version is reserved as `pending` before the image is committed (its labels carry the
 version) and becomes `ready` only once the image exists; a pending row whose process is gone is a leftover
-that `gc` (and the next bake) removes. Disks: catalog_disks.DiskRecords; packages: catalog_packages.
+that `gc` (and the next bake) removes. Disks: catalog_disks.DiskRecords; packages: catalog_packages; what gc
+plans over and forgets: catalog_gc.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 
 from bakery import catalog_schema
 from bakery.catalog_disks import DiskRecords
+from bakery.catalog_gc import GcRecords
 from bakery.catalog_packages import PackageRecords
 from bakery.errors import ConfigError
 
@@ -120,7 +122,7 @@ class Catalog(ABC):
         """Release history, newest first."""
 
 
-class SqliteCatalog(PackageRecords, DiskRecords, Catalog):
+class SqliteCatalog(PackageRecords, DiskRecords, GcRecords, Catalog):
     """The local target's catalog: one SQLite file in WAL mode."""
 
     def __init__(self, path: Path):
@@ -259,23 +261,6 @@ class SqliteCatalog(PackageRecords, DiskRecords, Catalog):
                 (image, version, seq, _now(), run_id, pid, image_ref, image_id, input_digest,
                  provenance.get("git_commit"), json.dumps(provenance)))
         return True
-
-    def discard_versions(self, pairs: list[tuple[str, str]]) -> None:
-        """Forget many versions in one transaction (gc removing what it deleted from podman)."""
-        with self._tx() as db:
-            db.executemany("DELETE FROM versions WHERE image = ? AND version = ?", pairs)
-
-    def gc_versions(self) -> list[dict[str, Any]]:
-        """Ready versions with the artifacts baked into each ({name: version}): what gc plans over, in one query."""
-        rows = self._db.execute("SELECT image, version, seq, image_ref, image_id,"
-                                " json_extract(provenance, '$.artifacts') AS artifacts"
-                                " FROM versions WHERE status = 'ready'")
-        return [{**dict(r), "artifacts": json.loads(r["artifacts"]) if r["artifacts"] else {}} for r in rows]
-
-    def release_refs(self) -> list[dict[str, Any]]:
-        """Every release's env, image, versions, kind and status (no details): what gc protects, in one query."""
-        rows = self._db.execute("SELECT id, env, image, version, previous_version, kind, status FROM releases")
-        return [dict(r) for r in rows]
 
     def versions(self, image=None, status="ready"):
         query = ("SELECT image, version, seq, status, created, run_id, pid, image_ref, image_id, input_digest,"

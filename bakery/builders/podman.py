@@ -28,6 +28,7 @@ from bakery.builders import build_container, layer_commits
 from bakery.builders.apt_mounts import AptMounts
 from bakery.builders.base import Builder, BuildOptions, BuildResult, LayerResult, image_packages
 from bakery.builders.layer_commits import PLAN_ENV, callback_plugins, plays, run_segments, write_plan
+from bakery.builders.layer_lock import layers_in_use
 from bakery.builders.layer_run import LayerRun
 from bakery.builders.tag_lock import image_tags_locked
 from bakery.config import ImageDefinition
@@ -74,7 +75,7 @@ class PodmanBuilder(Builder):
                 return self._reused_result(existing, planned, run, started)
         podman.check_working()  # before anything is started: a podman that cannot run containers gets the hint
 
-        with cancellable() as cancel:
+        with cancellable() as cancel, layers_in_use(self.project.state_dir, definition.name):  # no gc under it
             bake = _Bake(self, definition, options, run, cancel, base.ref, base.digest, planned, digest, extra_vars,
                          started)
             bake.role_vars = role_vars

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
               help="Clean podman and .bakery/ (local), or AMIs and snapshots in every configured region (aws).")
 @click.option("--keep", type=int, metavar="N",
               help="Also remove image versions older than the newest N of each image, except any in use or an "
-                   "environment's rollback target (required on aws).")
+                   "environment's rollback target, and the cached layers only they were built on (required on aws).")
 @click.option("--dry-run", is_flag=True, help="Only list what would be removed, and why the rest is kept.")
 @click.option("--include-shared", is_flag=True,
               help="aws: also delete old AMIs other accounts may launch (by default they stay: gc cannot see what "

@@ -26,12 +26,13 @@ from typing import Any
 
 from bakery import podman
 from bakery.artifacts import LocalArtifactStore
+from bakery.builders.layer_lock import layers_unused
 from bakery.catalog import SqliteCatalog
 from bakery.config import Project
 from bakery.errors import OperationError
 from bakery.gc import leftovers
 from bakery.gc.locks import environment_locks
-from bakery.gc.plan import ArtifactRow, InUse, LocalPlan, ReleaseRow, VersionRow, plan_local
+from bakery.gc.plan import ArtifactRow, InUse, LayerRow, LocalPlan, ReleaseRow, VersionRow, plan_local
 
 log = logging.getLogger("bakery.gc")
 
@@ -45,6 +46,9 @@ class GcResult:
     failed: list[dict[str, Any]] = field(default_factory=list)
     artifacts: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[dict[str, Any]] = field(default_factory=list)  # planned, but a container started to use it before rmi
+    layers: list[dict[str, Any]] = field(default_factory=list)  # cached layers removed
+    # planned, but kept: a bake of its image runs in this checkout, or a container started to use it
+    layers_kept: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -64,14 +68,14 @@ class LocalGcReport:
                 "processes": found.processes, "keep": self.keep,
                 "versions": result.removed, "failed": result.failed,
                 "artifacts": result.artifacts, "kept": self.planned.kept if self.planned else [],
-                "skipped": result.skipped}
+                "skipped": result.skipped, "layers": result.layers, "layers_kept": result.layers_kept}
 
     def lines(self) -> list[str]:
         """The report for a terminal: what went (or would go), and on a dry run why the rest stays."""
         verb = "would remove" if self.dry_run else "removed"
         found, result = self.found, self.result
         lines = []
-        if found.empty() and not (result.removed or result.failed or result.artifacts):
+        if found.empty() and not (result.removed or result.failed or result.artifacts or result.layers):
             lines.append("nothing to remove")
         for kind, items in (("container", found.containers), ("pending version", found.pending_versions),
                             ("playbook", found.playbooks), ("disk file", found.disks), ("VM", found.vms)):
@@ -79,7 +83,9 @@ class LocalGcReport:
         lines += [f"{'would kill' if self.dry_run else 'killed'} process {item}" for item in found.processes]
         lines += [f"{verb} version {e['image']}:{e['version']} ({e['reason']})" for e in result.removed]
         lines += [f"{verb} artifact {e['name']} {e['version']} ({e['reason']})" for e in result.artifacts]
+        lines += [f"{verb} cached layer {_layer_name(e)} ({e['reason']})" for e in result.layers]
         lines += [f"kept version {e['image']}:{e['version']} ({e['reason']})" for e in result.skipped]
+        lines += [f"kept cached layer {_layer_name(e)} ({e['reason']})" for e in result.layers_kept]
         if self.dry_run and self.planned:
             lines += [f"keep version {e['image']}:{e['version']}: {'; '.join(e['reasons'])}" for e in self.planned.kept]
         return lines
@@ -90,6 +96,10 @@ class LocalGcReport:
             names = ", ".join(f"{e['image']}:{e['version']}" for e in self.result.failed)
             raise OperationError(f"podman did not remove {names} (a container may have started to use it); "
                                  "they stay in the catalog")
+
+
+def _layer_name(entry: dict[str, Any]) -> str:
+    return f"{entry['image']}/{entry['role']} {entry['image_id'].removeprefix('sha256:')[:12]}"
 
 
 def containers_in_use() -> InUse:
@@ -118,11 +128,13 @@ def plan(project: Project, catalog: SqliteCatalog, keep: int) -> LocalPlan:
     """The plan for this project: podman versions only (an AMI version's image_ref is an AMI id: gc --target aws
     owns those)."""
     prefix = podman.IMAGE_REPO + "/"
-    versions = [VersionRow(r["image"], r["version"], r["seq"], r["image_ref"], r["image_id"] or "", r["artifacts"])
+    versions = [VersionRow(r["image"], r["version"], r["seq"], r["image_ref"], r["image_id"] or "", r["artifacts"],
+                           r["created"], frozenset(r["layer_keys"]))
                 for r in catalog.gc_versions() if (r["image_ref"] or "").startswith(prefix)]
     releases = [ReleaseRow(**r) for r in catalog.release_refs()]
     store = LocalArtifactStore(project.state_dir / "artifacts")
-    return plan_local(versions, releases, containers_in_use(), keep, artifact_rows(store))
+    layers = [LayerRow(r["layer_key"], r["image"], r["role"], r["image_id"], r["created"]) for r in catalog.layers()]
+    return plan_local(versions, releases, containers_in_use(), keep, artifact_rows(store), layers)
 
 
 def _present_refs() -> set[str]:
@@ -161,7 +173,45 @@ def apply(project: Project, catalog: SqliteCatalog, planned: LocalPlan) -> GcRes
             except FileNotFoundError:
                 pass
         result.artifacts.append(artifact)
+    _remove_layers(project, catalog, planned.layers, result)
     return result
+
+
+def _remove_layers(project: Project, catalog: SqliteCatalog, planned: list[dict[str, Any]], result: GcResult) -> None:
+    """After the versions (their images are the children of the last layer): `podman rmi` by image id, newest
+    first, never --force; forget exactly the layers whose image is gone.
+
+    By id, not by the cache tag: another checkout baking the same key moves the tag to its own image. podman
+    removes an image record even when other images are built on it (they keep the storage layers they share), and
+    refuses one a container uses: such a layer stays, in podman and in the catalog. An image a bake of this
+    checkout is baking keeps all its layers (bakery.builders.layer_lock): the bake may have chosen them already.
+    """
+    by_image: dict[str, list[dict[str, Any]]] = {}
+    for entry in planned:
+        by_image.setdefault(entry["image"], []).append(entry)
+    tried = []
+    for image, entries in by_image.items():
+        with layers_unused(project.state_dir, image) as free:
+            if not free:
+                result.layers_kept += [{**entry, "reason": f"a bake of {image} is running in this checkout"}
+                                       for entry in entries]
+                continue
+            ids = [entry["image_id"] for entry in entries]
+            for start in range(0, len(ids), RMI_BATCH):
+                proc = podman.run("rmi", "--ignore", *ids[start:start + RMI_BATCH], check=False)
+                if proc.returncode != 0:
+                    log.info("podman kept some cached layers: %s", " ".join(proc.stderr.split())[:500])
+            tried += entries
+    if not tried:
+        return
+    present = {image["Id"].removeprefix("sha256:") for image in
+               json.loads(podman.run("images", "-a", "--format", "json").stdout or "[]")}
+    for entry in tried:
+        if entry["image_id"].removeprefix("sha256:") in present:
+            result.layers_kept.append({**entry, "reason": "podman kept it: a container started to use it"})
+        else:
+            result.layers.append(entry)
+    catalog.forget_layers([(entry["key"], entry["image_id"]) for entry in result.layers])
 
 
 def collect_local(project: Project, catalog: SqliteCatalog, keep: int | None, dry_run: bool) -> LocalGcReport:
@@ -173,7 +223,8 @@ def collect_local(project: Project, catalog: SqliteCatalog, keep: int | None, dr
     with nullcontext() if dry_run or not keep else environment_locks(project, catalog, "local"):
         found = leftovers.find(project, catalog)
         planned = plan(project, catalog, keep) if keep else None
-        result = GcResult(removed=list(planned.delete), artifacts=list(planned.artifacts)) if planned else GcResult()
+        result = GcResult(removed=list(planned.delete), artifacts=list(planned.artifacts),
+                          layers=list(planned.layers)) if planned else GcResult()
         if not dry_run:
             leftovers.remove(found, catalog, project.state_dir / "runs")
             if planned:

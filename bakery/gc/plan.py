@@ -13,6 +13,12 @@ rows, no call per version). The rules, per image:
 
 An artifact goes when no version that stays baked it in and it is not the newest
 of its name (the next bake would use it).
+
+A cached role layer goes when no version that stays is built on it, it is older
+than the newest version of its image (a newer one is the work of a bake since,
+running or failed, which the next bake reuses) and no container started from it.
+Without this, every role change left its layers (and the storage under them) for
+good: `--keep` removed the versions but not the cache under them.
 """
 
 from __future__ import annotations
@@ -36,6 +42,20 @@ class VersionRow:
     image_id: str = ""
     # artifact name -> artifact version
     artifacts: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
+    created: str = ""
+    # the cache keys of the role layers it is built on
+    layers: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class LayerRow:
+    """One cached role layer as the catalog holds it."""
+
+    key: str
+    image: str
+    role: str
+    image_id: str
+    created: str
 
 
 @dataclass(frozen=True)
@@ -77,6 +97,7 @@ class LocalPlan:
     delete: list[dict[str, Any]] = field(default_factory=list)  # {image, version, image_ref, reason}
     kept: list[dict[str, Any]] = field(default_factory=list)  # {image, version, image_ref, reasons: [...]}
     artifacts: list[dict[str, Any]] = field(default_factory=list)  # {name, version, sha256, reason}
+    layers: list[dict[str, Any]] = field(default_factory=list)  # {image, role, key, image_id, reason}, newest first
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -110,8 +131,8 @@ def release_protection(releases: Iterable[ReleaseRow]) -> dict[tuple[str, str], 
 
 
 def plan_local(versions: Iterable[VersionRow], releases: Iterable[ReleaseRow], in_use: InUse, keep: int,
-               artifacts: Iterable[ArtifactRow] = ()) -> LocalPlan:
-    """Decide which versions and artifacts go; every version that stays says why."""
+               artifacts: Iterable[ArtifactRow] = (), layers: Iterable[LayerRow] = ()) -> LocalPlan:
+    """Decide which versions, artifacts and cached layers go; every version that stays says why."""
     if keep < 1:
         raise ValueError("keep must be at least 1")
     plan = LocalPlan(keep=keep)
@@ -137,4 +158,21 @@ def plan_local(versions: Iterable[VersionRow], releases: Iterable[ReleaseRow], i
         if not artifact.latest and (artifact.name, artifact.version) not in baked:
             plan.artifacts.append({"name": artifact.name, "version": artifact.version, "sha256": artifact.sha256,
                                    "reason": "no version that stays bakes it in and a newer one exists"})
+    plan.layers = _layers_to_remove(layers, by_image, staying, in_use)
     return plan
+
+
+def _layers_to_remove(layers: Iterable[LayerRow], by_image: dict[str, list[VersionRow]], staying: list[VersionRow],
+                      in_use: InUse) -> list[dict[str, Any]]:
+    """Cached layers no staying version is built on, older than their image's newest version, unused; newest first
+    (a layer above another is its child: podman removes the child first)."""
+    built_on = {key for row in staying for key in row.layers}
+    newest = {image: max(row.created for row in rows) for image, rows in by_image.items()}
+    going = []
+    for layer in sorted(layers, key=lambda layer: layer.created, reverse=True):
+        if (layer.key in built_on or not layer.image_id or layer.image not in newest
+                or layer.created >= newest[layer.image] or in_use.ids.get(_bare_id(layer.image_id))):
+            continue
+        going.append({"image": layer.image, "role": layer.role, "key": layer.key, "image_id": layer.image_id,
+                      "reason": "no version that stays is built on it and a newer version exists"})
+    return going

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fcntl
 import secrets
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,10 +15,12 @@ import yaml
 
 from bakery import podman
 from bakery.artifacts import LocalArtifactStore
+from bakery.builders.layer_lock import layers_in_use
 from bakery.catalog import open_catalog
 from bakery.config import Project
 from bakery.gc import local as gc_local
 from tests.conftest import bake
+from tests.integration.conftest import remove_images_of
 
 pytestmark = pytest.mark.integration
 
@@ -84,6 +87,83 @@ def test_gc_keep_removes_old_versions_from_podman_and_the_catalog_and_stale_arti
         podman.remove_container(late)
         for version in versions:
             podman.remove_image(podman.image_ref(image, version))
+
+
+def commit_on(parent: str, image: str, tag: str | None = None) -> str:
+    """A real image on `parent` (a cached layer or a version as a bake commits them); its id."""
+    container = podman.run("create", "--label", f"io.bakery.image={image}", parent, "/bin/true").stdout.strip()
+    try:
+        image_id = podman.run("commit", "-q", container, *([tag] if tag else [])).stdout.strip()
+    finally:
+        podman.remove_container(container)
+    return image_id.removeprefix("sha256:")
+
+
+def test_gc_keep_removes_the_cached_layers_no_remaining_version_is_built_on(proj, base_image):
+    image = f"h3gl{secrets.token_hex(3)}"
+    catalog = open_catalog(proj / ".bakery")
+    try:
+        ids = {}
+        for key, parent in (("base", base_image.ref), ("app1", "base"), ("app2", "base"), ("failed", "base")):
+            ids[key] = commit_on(ids.get(parent, parent), image, podman.cache_ref(image, key, f"sha256:{key}"))
+            catalog.put_layer(key, image=image, role=key, ref=podman.cache_ref(image, key, f"sha256:{key}"),
+                              image_id=ids[key], parent=parent)
+        foreign = commit_on(ids["failed"], image)  # another checkout's image on the failed bake's layer
+        time.sleep(1.1)  # the catalog's times are to the second: the versions come after the layers
+        versions = []
+        for app in ("app1", "app2"):
+            version = catalog.reserve_version(image, "run", 1)
+            ref = podman.image_ref(image, version)
+            version_id = commit_on(ids[app], image, ref)
+            catalog.complete_version(image, version, image_ref=ref, image_id=version_id, input_digest="sha256:x",
+                                     provenance={}, layers=[
+                                         {"role": "base", "role_digest": "d", "key": "base", "cached": True},
+                                         {"role": app, "role_digest": "d", "key": app, "cached": False}])
+            versions.append(version)
+
+        dry = bake(proj, "gc", "--keep", "1", "--dry-run", "--json")
+        assert dry.rc == 0, dry.stderr
+        assert sorted(e["key"] for e in dry.json["layers"] if e["image"] == image) == ["app1", "failed"]
+        assert podman.image_exists(ids["app1"])
+
+        # A bake of the image running in this checkout may have chosen these layers already: they wait for a later gc.
+        with layers_in_use(proj / ".bakery", image):
+            busy = bake(proj, "gc", "--keep", "1", "--json")
+        assert busy.rc == 0, busy.stderr
+        assert [e["version"] for e in busy.json["versions"] if e["image"] == image] == [versions[0]]
+        assert not [e for e in busy.json["layers"] if e["image"] == image]
+        assert {e["key"]: e["reason"] for e in busy.json["layers_kept"] if e["image"] == image} == {
+            "app1": f"a bake of {image} is running in this checkout",
+            "failed": f"a bake of {image} is running in this checkout"}
+        assert podman.image_exists(ids["app1"]) and catalog.layer("app1") is not None
+
+        # A container started from a planned layer after the plan: podman refuses it, and its row stays.
+        planned = gc_local.plan(Project(proj), catalog, keep=1)
+        user = podman.run("create", "--label", f"io.bakery.image={image}", ids["failed"], "/bin/true").stdout.strip()
+        try:
+            early = gc_local.apply(Project(proj), catalog, planned)
+        finally:
+            podman.remove_container(user)
+        assert [e["key"] for e in early.layers] == ["app1"]
+        assert [(e["key"], e["reason"]) for e in early.layers_kept] == [
+            ("failed", "podman kept it: a container started to use it")]
+        assert not podman.image_exists(ids["app1"]) and catalog.layer("app1") is None
+        assert podman.image_exists(ids["failed"]) and catalog.layer("failed") is not None
+
+        done = bake(proj, "gc", "--keep", "1", "--json")
+
+        assert done.rc == 0, done.stderr
+        assert [e["key"] for e in done.json["layers"] if e["image"] == image] == ["failed"]
+        assert not done.json["layers_kept"] and not done.json["versions"]
+        assert not podman.image_exists(ids["failed"]) and catalog.layer("failed") is None
+        # an image built on a removed layer (another checkout's) keeps the storage it shares with it
+        assert podman.run("run", "--rm", foreign, "cat", "/etc/os-release").stdout.startswith("PRETTY_NAME")
+        # the layers the remaining version is built on stay, and so does the version
+        for key in ("base", "app2"):
+            assert podman.image_exists(ids[key]) and catalog.layer(key) is not None
+        assert podman.image_exists(podman.image_ref(image, versions[1])) and podman.image_exists(base_image.ref)
+    finally:
+        remove_images_of(image)
 
 
 @contextmanager

@@ -42,7 +42,8 @@ FORBIDDEN = [
 ]
 # What the modules with "imports nothing of bakery" rules may still import.
 ALLOWED = {
-    "bakery.catalog": {"bakery.errors", "bakery.catalog_schema", "bakery.catalog_disks", "bakery.catalog_packages"},
+    "bakery.catalog": {"bakery.errors", "bakery.catalog_schema", "bakery.catalog_disks", "bakery.catalog_packages",
+                       "bakery.catalog_gc"},
     "bakery.gc.plan": {"bakery.catalog", "bakery.errors"},
     "bakery.fleets.planning": {"bakery.environments", "bakery.errors", "bakery.data_volume_rules"},  # rules only
 }

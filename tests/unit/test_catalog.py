@@ -104,6 +104,27 @@ def test_layers_round_trip(tmp_path):
     assert cat.layer("sha256:k") is None
 
 
+def test_gc_forgets_a_layer_only_if_its_row_still_names_the_image_it_removed(tmp_path):
+    cat = SqliteCatalog(tmp_path / "c.db")
+    for key in ("sha256:a", "sha256:b"):
+        cat.put_layer(key, image="web", role="base", ref="r:1", image_id=f"{key}-old", parent="sha256:p")
+    # a bake rebaked key b after gc planned (put_layer replaces the row): the new row stays
+    cat.put_layer("sha256:b", image="web", role="base", ref="r:1", image_id="sha256:b-new", parent="sha256:p")
+    cat.forget_layers([("sha256:a", "sha256:a-old"), ("sha256:b", "sha256:b-old")])
+    assert cat.layer("sha256:a") is None and cat.layer("sha256:b")["image_id"] == "sha256:b-new"
+
+
+def test_gc_versions_name_the_layers_each_version_is_built_on(tmp_path):
+    cat = SqliteCatalog(tmp_path / "c.db")
+    version = cat.reserve_version("web", "run", 1)
+    cat.complete_version("web", version, image_ref="r", image_id="i", input_digest="d", provenance={}, layers=[
+        {"role": "base", "role_digest": "x", "key": "sha256:a", "cached": True},
+        {"role": "app", "role_digest": "y", "key": "sha256:b", "cached": False}])
+    cat.reserve_version("web", "run2", 2)  # pending: not gc's to plan over
+    (row,) = cat.gc_versions()
+    assert sorted(row["layer_keys"]) == ["sha256:a", "sha256:b"] and row["created"]
+
+
 def test_unreadable_catalog_is_a_clear_error(tmp_path):
     (tmp_path / "c.db").write_bytes(b"this is not sqlite at all" * 100)
     with pytest.raises(ConfigError, match="catalog unreadable"):

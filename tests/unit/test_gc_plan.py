@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bakery.gc.plan import ArtifactRow, InUse, ReleaseRow, VersionRow, plan_local
+from bakery.gc.plan import ArtifactRow, InUse, LayerRow, ReleaseRow, VersionRow, plan_local
 
 pytestmark = pytest.mark.unit
 
@@ -89,3 +89,41 @@ def test_only_artifacts_no_remaining_version_bakes_in_and_not_the_newest_go():
 def test_keep_must_be_positive():
     with pytest.raises(ValueError):
         plan_local(versions("webapp", 1), [], InUse(), keep=0)
+
+
+def built(image: str, n: int, layers: list[str], created: str) -> VersionRow:
+    return VersionRow(image, f"20260101.{n:03d}", n, f"localhost/bakery/{image}:20260101.{n:03d}",
+                      f"sha256:{image}{n:03d}", {}, created, frozenset(layers))
+
+
+def layer(key: str, created: str, image: str = "webapp", image_id: str | None = None) -> LayerRow:
+    return LayerRow(key, image, f"role-{key}", image_id if image_id is not None else f"sha256:id-{key}", created)
+
+
+def test_cached_layers_go_with_the_versions_built_on_them_but_never_under_one_that_stays():
+    # v1 on base+app1, v2 on base+app2, v3 on base+app3; --keep 1 keeps v3 only
+    rows = [built("webapp", 1, ["base", "app1"], "2026-01-01T00:01:00Z"),
+            built("webapp", 2, ["base", "app2"], "2026-01-01T00:02:00Z"),
+            built("webapp", 3, ["base", "app3"], "2026-01-01T00:03:00Z")]
+    layers = [layer("base", "2026-01-01T00:00:30Z"), layer("app1", "2026-01-01T00:00:50Z"),
+              layer("app2", "2026-01-01T00:01:50Z"), layer("app3", "2026-01-01T00:02:50Z"),
+              layer("failed", "2026-01-01T00:02:10Z"),  # a bake that failed between v2 and v3: superseded
+              layer("since", "2026-01-01T00:04:00Z"),  # a bake after v3 (running, or failed): the next one reuses it
+              layer("used", "2026-01-01T00:00:40Z"),  # a build container started from it
+              layer("noid", "2026-01-01T00:00:40Z", image_id=""),  # no id: never removed by a tag that may have moved
+              layer("other", "2026-01-01T00:00:40Z", image="api")]  # an image with no version: nothing supersedes it
+    plan = plan_local(rows, [], InUse(ids={"id-used": ["bakery-build-webapp-1"]}), keep=1, layers=layers)
+    assert deleted(plan) == ["webapp:20260101.001", "webapp:20260101.002"]
+    # newest first: a child before its parent
+    assert [entry["key"] for entry in plan.layers] == ["failed", "app2", "app1"]
+    assert plan.layers[0] == {"image": "webapp", "role": "role-failed", "key": "failed", "image_id": "sha256:id-failed",
+                              "reason": "no version that stays is built on it and a newer version exists"}
+
+
+def test_a_layer_under_a_version_an_environment_runs_stays():
+    rows = [built("webapp", 1, ["base", "app1"], "2026-01-01T00:01:00Z"),
+            built("webapp", 2, ["base", "app2"], "2026-01-01T00:02:00Z")]
+    layers = [layer("base", "2026-01-01T00:00:30Z"), layer("app1", "2026-01-01T00:00:50Z"),
+              layer("app2", "2026-01-01T00:01:50Z")]
+    plan = plan_local(rows, [release(1, "prod", "20260101.001")], InUse(), keep=1, layers=layers)
+    assert deleted(plan) == [] and plan.layers == []
