@@ -45,3 +45,18 @@ def layers_unused(state_dir: Path, image: str) -> Iterator[bool]:
         yield try_lock(fd, fcntl.LOCK_EX)
     finally:
         os.close(fd)
+
+
+def bake_running(state_dir: Path, image: str) -> bool:
+    """Whether a bake of `image` runs in the checkout of `state_dir` now; reads only (no lock file is made in a
+    checkout that has none: a bake makes it before it commits anything)."""
+    try:
+        fd = os.open(state_dir / "locks" / f"layers-{image}.lock", os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True  # a lock this user cannot read: not known to be free
+    try:
+        return not try_lock(fd, fcntl.LOCK_EX)
+    finally:
+        os.close(fd)

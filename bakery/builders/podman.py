@@ -35,6 +35,7 @@ from bakery.config import ImageDefinition
 from bakery.deps.gate import check_lock, shared_lock
 from bakery.errors import ConfigError, Interrupted, OperationError
 from bakery.gc import leftovers
+from bakery.gc.orphans import CHECKOUT_LABEL
 from bakery.layers import PlannedLayer, input_digest, plan_layers
 from bakery.provenance import Provenance, git_facts, utc_now
 from bakery.runs import Run
@@ -205,12 +206,16 @@ class _Bake:
         self.container_args = build_container.run_args(
             self.container, f"{self.definition.name}-bake",
             {leftovers.BUILD_LABEL: "1", leftovers.PID_LABEL: str(os.getpid()), "io.bakery.run": self.run.id,
-             "io.bakery.image": self.definition.name},
+             "io.bakery.image": self.definition.name, CHECKOUT_LABEL: self._checkout()},
             self.apt.volumes())
         self.container_id = build_container.start(self.container_args, from_ref, self.cancel.check)
         seconds, problem = self.apt.refresh(self.container)
         self.b.progress.note(problem or f"{self.definition.name}: apt package lists fetched in {seconds:.1f} s "
                                         "(mounted while baking, never committed)")
+
+    def _checkout(self) -> str:
+        """The checkout every image of this bake names (bakery.gc.orphans: one its catalog does not list goes)."""
+        return str(self.b.project.root.resolve())
 
     def _bake_layers(self, todo: list[PlannedLayer]) -> str:
         """Every uncached role in one ansible-playbook run, one play each; bakery_layers commits each layer
@@ -319,7 +324,8 @@ class _Bake:
             # Container labels are inherited by committed images: clear the build markers so
             # instances of this image are never mistaken for a dead bake's leftovers.
             changes += ["--change", f"LABEL {leftovers.BUILD_LABEL}=", "--change", f"LABEL {leftovers.PID_LABEL}=",
-                        "--change", f"LABEL io.bakery.run={self.run.id}"]
+                        "--change", f"LABEL io.bakery.run={self.run.id}",
+                        "--change", f"LABEL {CHECKOUT_LABEL}={podman.dockerfile_quote(self._checkout())}"]
             image_id = podman.run("commit", "-q", *changes, final, timeout=900).stdout.strip()
             # Tag only now, and never over another checkout's image of the same name.
             if podman.image_exists(ref):

@@ -24,23 +24,29 @@ if TYPE_CHECKING:
 @click.option("--include-shared", is_flag=True,
               help="aws: also delete old AMIs other accounts may launch (by default they stay: gc cannot see what "
                    "those accounts run).")
+@click.option("--orphans", "with_orphans", is_flag=True,
+              help="local: also remove the images (versions and cached layers) baked on this host that no "
+                   "checkout's catalog lists any more, e.g. those of deleted CI clones.")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 @pass_ctx
-def gc(obj: Context, target: str, keep: int | None, dry_run: bool, include_shared: bool, as_json: bool) -> None:
+def gc(obj: Context, target: str, keep: int | None, dry_run: bool, include_shared: bool, with_orphans: bool,
+       as_json: bool) -> None:
     """Remove what dead bakes left behind; with --keep N, old image versions, their snapshots and stale artifacts too.
 
-    Example: ./bake.py gc --keep 3 --dry-run
+    Example: ./bake.py gc --keep 3 --dry-run; on a CI runner: ./bake.py gc --orphans
     """
     if keep is not None and keep < 1:
         raise ConfigError(f"gc --keep must be at least 1, got {keep}: the newest N versions of each image always stay")
     if target == "aws":
+        if with_orphans:
+            raise ConfigError("gc --orphans removes podman images of this host: use it with --target local")
         _gc_aws(obj, keep, dry_run, include_shared, as_json)
         return
     from bakery import podman
     from bakery.gc.local import collect_local
 
     podman.check_working()
-    report = collect_local(obj.project, obj.catalog, keep, dry_run)
+    report = collect_local(obj.project, obj.catalog, keep, dry_run, with_orphans)
     _render(report, as_json)
 
 

@@ -11,8 +11,9 @@ Carrying out runs under every local environment's fleet lock (bakery.gc.locks: t
 lock deploy, rollback and promote take), and `podman ps -a` is read once more just
 before `podman rmi`: a version a container started to use since the plan stays.
 
-collect_local is the whole command: leftovers of dead bakes always, the plan with --keep,
-carried out unless it is a dry run; its LocalGcReport says what happened as JSON or lines.
+collect_local is the whole command: leftovers of dead bakes always, the plan with --keep, the images no
+catalog lists with --orphans (bakery.gc.orphans), carried out unless it is a dry run; its LocalGcReport says
+what happened as JSON or lines.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from bakery.builders.layer_lock import layers_unused
 from bakery.catalog import SqliteCatalog
 from bakery.config import Project
 from bakery.errors import OperationError
-from bakery.gc import leftovers
+from bakery.gc import leftovers, orphans
 from bakery.gc.locks import environment_locks
 from bakery.gc.plan import ArtifactRow, InUse, LayerRow, LocalPlan, ReleaseRow, VersionRow, plan_local
 
@@ -60,6 +61,7 @@ class LocalGcReport:
     found: leftovers.Leftovers
     planned: LocalPlan | None
     result: GcResult
+    orphans: orphans.Orphans | None = None  # only with --orphans
 
     def to_dict(self) -> dict[str, Any]:
         found, result = self.found, self.result
@@ -68,14 +70,16 @@ class LocalGcReport:
                 "processes": found.processes, "keep": self.keep,
                 "versions": result.removed, "failed": result.failed,
                 "artifacts": result.artifacts, "kept": self.planned.kept if self.planned else [],
-                "skipped": result.skipped, "layers": result.layers, "layers_kept": result.layers_kept}
+                "skipped": result.skipped, "layers": result.layers, "layers_kept": result.layers_kept,
+                **({"orphans": self.orphans.to_dict()} if self.orphans else {})}
 
     def lines(self) -> list[str]:
         """The report for a terminal: what went (or would go), and on a dry run why the rest stays."""
         verb = "would remove" if self.dry_run else "removed"
         found, result = self.found, self.result
         lines = []
-        if found.empty() and not (result.removed or result.failed or result.artifacts or result.layers):
+        others = self.orphans.lines(self.dry_run) if self.orphans else []
+        if found.empty() and not (result.removed or result.failed or result.artifacts or result.layers or others):
             lines.append("nothing to remove")
         for kind, items in (("container", found.containers), ("pending version", found.pending_versions),
                             ("playbook", found.playbooks), ("disk file", found.disks), ("VM", found.vms)):
@@ -86,6 +90,7 @@ class LocalGcReport:
         lines += [f"{verb} cached layer {_layer_name(e)} ({e['reason']})" for e in result.layers]
         lines += [f"kept version {e['image']}:{e['version']} ({e['reason']})" for e in result.skipped]
         lines += [f"kept cached layer {_layer_name(e)} ({e['reason']})" for e in result.layers_kept]
+        lines += others
         if self.dry_run and self.planned:
             lines += [f"keep version {e['image']}:{e['version']}: {'; '.join(e['reasons'])}" for e in self.planned.kept]
         return lines
@@ -214,8 +219,10 @@ def _remove_layers(project: Project, catalog: SqliteCatalog, planned: list[dict[
     catalog.forget_layers([(entry["key"], entry["image_id"]) for entry in result.layers])
 
 
-def collect_local(project: Project, catalog: SqliteCatalog, keep: int | None, dry_run: bool) -> LocalGcReport:
-    """Find the leftovers of dead bakes and, with `keep`, plan which old versions go; unless `dry_run`, remove them.
+def collect_local(project: Project, catalog: SqliteCatalog, keep: int | None, dry_run: bool,
+                  with_orphans: bool = False) -> LocalGcReport:
+    """Find the leftovers of dead bakes and, with `keep`, plan which old versions go, `with_orphans` the images no
+    catalog on the host lists; unless `dry_run`, remove them.
 
     Removing runs under every local environment's fleet lock (a dry run changes nothing, so it takes none).
     The caller has checked that podman works (podman.check_working).
@@ -229,4 +236,7 @@ def collect_local(project: Project, catalog: SqliteCatalog, keep: int | None, dr
             leftovers.remove(found, catalog, project.state_dir / "runs")
             if planned:
                 result = apply(project, catalog, planned)
-    return LocalGcReport(dry_run, keep, found, planned, result)
+    gone = orphans.find(keep_ids=orphans.listed_ids(project.state_dir) or set()) if with_orphans else None
+    if gone is not None and not dry_run:
+        gone = orphans.remove(gone)
+    return LocalGcReport(dry_run, keep, found, planned, result, gone)

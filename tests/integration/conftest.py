@@ -106,7 +106,7 @@ def image_labels(ref: str) -> dict:
     return json.loads(podman.run("image", "inspect", ref, "--format", "{{json .Labels}}").stdout)
 
 
-TEST_IMAGES = ("sample", "failing", "planted", "badunit", "bootinstall", "leaky")
+TEST_IMAGES = ("sample", "failing", "hanging", "planted", "badunit", "bootinstall", "leaky")
 
 
 def image_ids(label: str) -> list[str]:

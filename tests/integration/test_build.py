@@ -15,6 +15,7 @@ import pytest
 
 from bakery import podman
 from bakery.builders.tag_lock import image_tags_locked
+from bakery.catalog import open_catalog
 from tests.conftest import BAKE, bake, git, machine_lock
 from tests.integration.conftest import containers, image_ids, image_labels, remove_images, run_instance, wait_for
 
@@ -70,6 +71,13 @@ def test_cold_bake_boots_and_carries_provenance(project, cleanup_images):
     assert labels["org.opencontainers.image.revision"] == commit
     assert labels["io.bakery.version"] == result["version"]
     assert labels["io.bakery.build"] == ""
+    # the version and each of its cached layers name this checkout, whose catalog lists them: not orphans
+    layers = open_catalog(project / ".bakery").layers()
+    assert len(layers) == 2 and labels["io.bakery.checkout"] == str(project.resolve())
+    assert {image_labels(layer["image_id"])["io.bakery.checkout"] for layer in layers} == {str(project.resolve())}
+    orphaned = {e["id"] for e in bake(project, "gc", "--orphans", "--dry-run", "--json").json["orphans"]["images"]}
+    assert orphaned.isdisjoint({result["image_id"].removeprefix("sha256:"),
+                                *(layer["image_id"].removeprefix("sha256:") for layer in layers)})
 
     # run artifacts are kept
     run_dir = project / ".bakery" / "runs" / result["run_id"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fcntl
 import secrets
+import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +20,8 @@ from bakery.builders.layer_lock import layers_in_use
 from bakery.catalog import open_catalog
 from bakery.config import Project
 from bakery.gc import local as gc_local
+from bakery.gc import orphans
+from bakery.gc.orphans import CHECKOUT_LABEL
 from tests.conftest import bake
 from tests.integration.conftest import remove_images_of
 
@@ -89,9 +92,12 @@ def test_gc_keep_removes_old_versions_from_podman_and_the_catalog_and_stale_arti
             podman.remove_image(podman.image_ref(image, version))
 
 
-def commit_on(parent: str, image: str, tag: str | None = None) -> str:
-    """A real image on `parent` (a cached layer or a version as a bake commits them); its id."""
-    container = podman.run("create", "--label", f"io.bakery.image={image}", parent, "/bin/true").stdout.strip()
+def commit_on(parent: str, image: str, tag: str | None = None, checkout: str | None = None) -> str:
+    """A real image on `parent` (a cached layer or a version as a bake commits them, of `checkout`); its id."""
+    labels = ["--label", f"io.bakery.image={image}"]
+    if checkout:
+        labels += ["--label", f"{CHECKOUT_LABEL}={checkout}"]
+    container = podman.run("create", *labels, parent, "/bin/true").stdout.strip()
     try:
         image_id = podman.run("commit", "-q", container, *([tag] if tag else [])).stdout.strip()
     finally:
@@ -164,6 +170,71 @@ def test_gc_keep_removes_the_cached_layers_no_remaining_version_is_built_on(proj
         assert podman.image_exists(podman.image_ref(image, versions[1])) and podman.image_exists(base_image.ref)
     finally:
         remove_images_of(image)
+
+
+def test_gc_orphans_removes_the_images_no_catalog_lists_and_nothing_else(proj, base_image, tmp_path):
+    image = f"h3or{secrets.token_hex(3)}"
+    catalog = open_catalog(proj / ".bakery")
+    gone = tmp_path / "ci-clone"
+    clone = open_catalog(gone / ".bakery")
+    user = f"{image}-user"
+    try:
+        layer = commit_on(base_image.ref, image, podman.cache_ref(image, "app", "sha256:gone"), str(gone))
+        clone.put_layer("gone", image=image, role="app", ref="r", image_id=layer, parent="p")
+        version = commit_on(layer, image, podman.image_ref(image, "20260101.001"), str(gone))
+        reserved = clone.reserve_version(image, "run", 1)
+        clone.complete_version(image, reserved, image_ref=podman.image_ref(image, "20260101.001"),
+                               image_id=f"sha256:{version}", input_digest="d", provenance={}, layers=[])
+        used = commit_on(base_image.ref, image, None, str(gone))
+        podman.run("create", "--name", user, used, "/bin/true")
+        # this checkout: one layer its catalog lists, one it forgot (a layer rebaked under the same key)
+        listed = commit_on(base_image.ref, image, podman.cache_ref(image, "app", "sha256:here"), str(proj))
+        catalog.put_layer("here", image=image, role="app", ref="r", image_id=f"sha256:{listed}", parent="p")
+        forgotten = commit_on(base_image.ref, image, None, str(proj))
+        # someone's own image built from a baked version: it carries the version's labels, but is not bakery's
+        derived = commit_on(version, image, f"localhost/{image}-derived:1")
+        # an image of the clone that this checkout's catalog lists (a checkout moved here from there)
+        moved = commit_on(base_image.ref, image, podman.cache_ref(image, "app", "sha256:moved"), str(gone))
+        catalog.put_layer("moved", image=image, role="app", ref="r", image_id=moved, parent="p")
+        # the clone still exists with its catalog: its images are its own
+        alive = bake(proj, "gc", "--orphans", "--dry-run", "--json")
+        assert alive.rc == 0, alive.stderr
+        assert {e["id"] for e in alive.json["orphans"]["images"]} & {layer, version, listed} == set()
+        assert [e["why"] for e in alive.json["orphans"]["images"] if e["id"] == forgotten] == [
+            f"the catalog of {proj} does not list it"]
+        # ... and while a bake of the image runs here, what it committed may not be in the catalog yet
+        with layers_in_use(proj / ".bakery", image):
+            busy = bake(proj, "gc", "--orphans", "--dry-run", "--json")
+        assert forgotten not in {e["id"] for e in busy.json["orphans"]["images"]}
+
+        shutil.rmtree(gone)  # the CI job is over
+        dry = bake(proj, "gc", "--orphans", "--dry-run")
+        assert dry.rc == 0, dry.stderr
+        assert (f"would remove orphaned image {version[:12]} {podman.image_ref(image, '20260101.001')} "
+                f"(checkout {gone} is gone)") in dry.stdout.splitlines()
+        assert podman.image_exists(version)
+        orphaned = {e["id"] for e in bake(proj, "gc", "--orphans", "--dry-run", "--json").json["orphans"]["images"]}
+        assert {version, layer, forgotten} <= orphaned and orphaned.isdisjoint({derived, moved, used, listed})
+
+        # The real run as the CLI's (orphans.remove(orphans.find())), on this test's images only: other orphans on
+        # this host are not this test's to remove.
+        found = orphans.find()
+        found.images = [e for e in found.images if e["id"] in {layer, version, forgotten}]
+        done = orphans.remove(found)
+
+        assert {e["id"] for e in done.images} == {version, layer, forgotten}
+        assert [(e["id"], e["reason"]) for e in done.kept if e["checkout"] == str(gone)] == [
+            (used, "1 container(s) use it")]
+        assert not any(podman.image_exists(i) for i in (version, layer, forgotten))
+        assert all(podman.image_exists(i) for i in (used, listed, derived, moved, base_image.ref))
+    finally:
+        podman.remove_container(user)
+        remove_images_of(image)
+
+
+def test_gc_orphans_is_a_local_option(proj):
+    out = bake(proj, "gc", "--target", "aws", "--keep", "1", "--orphans")
+    assert out.rc == 2 and out.stderr.count("\n") == 1 and "use it with --target local" in out.stderr
 
 
 @contextmanager

@@ -24,6 +24,7 @@ from tests.conftest import REPO
 from tests.unit.test_ci_definitions import (
     BASE_REFRESH_BUILDSPEC,
     BUILDSPEC,
+    CLEAN_UP,
     CODEPIPELINE,
     WORKFLOW,
     CloudFormationLoader,
@@ -323,8 +324,8 @@ def test_checkouts_are_clean_and_qa_and_prod_keep_separate_state():
             f"job {name}: BAKERY_PROJECT must name its own checkout ({path})")
         projects[name], runners[name] = path, set(job["runs-on"])
         last = job["steps"][-1]
-        assert last.get("if") == "always()" and last.get("run") == "rm -rf .bakery", (
-            f"job {name}: must remove its .bakery/ (a cache of AWS) when it ends")
+        assert last.get("if") == "always()" and last.get("run") == CLEAN_UP, (
+            f"job {name}: must remove its .bakery/ (a cache of AWS) and the images no catalog lists when it ends")
     assert projects["qa"] != projects["prod"], "qa and prod share a project directory, so a .bakery/"
     assert runners["qa"] - runners["prod"] and runners["prod"] - runners["qa"], (
         "qa and prod must run on different runners (a distinct label each)")
