@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import subprocess
 import sys
 import threading
@@ -20,31 +21,37 @@ def fake_exec_client(container: str) -> subprocess.Popen:
                              container, "/usr/bin/python3"], executable=sys.executable)
 
 
-def test_exec_clients_into_a_container_are_found_and_no_others():
-    ours, other = fake_exec_client("bakery-build-x-1"), fake_exec_client("bakery-build-y-1")
+@pytest.fixture
+def name() -> str:
+    """A container name of this test's own: the processes it finds are the whole host's (another test may run)."""
+    return f"bakery-build-t{secrets.token_hex(4)}-1"
+
+
+def test_exec_clients_into_a_container_are_found_and_no_others(name):
+    ours, other = fake_exec_client(name), fake_exec_client(name.replace("-1", "-2"))
     try:
-        assert build_container.exec_clients("bakery-build-x-1") == [ours.pid]
+        assert build_container.exec_clients(name) == [ours.pid]
     finally:
         for proc in (ours, other):
             proc.kill()
             proc.wait()
-    assert build_container.exec_clients("bakery-build-x-1") == []
+    assert build_container.exec_clients(name) == []
 
 
-def test_exec_clients_naming_the_container_by_id_are_found():
+def test_exec_clients_naming_the_container_by_id_are_found(name):
     """Ansible reaches a build container by its id: `podman exec --interactive -- <id> python3` under mitogen."""
-    container_id = "a" * 64
+    container_id = secrets.token_hex(32)
     by_id = fake_exec_client(container_id)
     try:
-        assert build_container.exec_clients("bakery-build-x-1", container_id) == [by_id.pid]
-        assert build_container.exec_clients("bakery-build-x-1") == []
+        assert build_container.exec_clients(name, container_id) == [by_id.pid]
+        assert build_container.exec_clients(name) == []
     finally:
         by_id.kill()
         by_id.wait()
 
 
-def test_the_swap_goes_on_only_once_the_old_connection_has_ended():
-    client = fake_exec_client("bakery-build-x-1")
+def test_the_swap_goes_on_only_once_the_old_connection_has_ended(name):
+    client = fake_exec_client(name)
     killed = []
 
     def end_later():
@@ -54,5 +61,5 @@ def test_the_swap_goes_on_only_once_the_old_connection_has_ended():
         client.wait()
 
     threading.Thread(target=end_later).start()
-    build_container._wait_for_exec_clients("bakery-build-x-1", timeout=30)
+    build_container._wait_for_exec_clients(name, timeout=30)
     assert killed and client.poll() is not None
