@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -141,8 +142,11 @@ def commit_layer(container: list[str], ref: str, apt: AptMounts) -> dict[str, An
     name = build_container.name(container)
     apt.keep()
     podman.run("exec", name, "sh", "-c", HYGIENE, check=False)
-    podman.run("commit", "-q", name, ref, timeout=900)
-    image_id = podman.image_id(ref) or ""
+    printed = podman.run("commit", "-q", name, ref, timeout=900).stdout.split()
+    # The id the commit printed, not the tag read back: another checkout committing the same key in between would
+    # move the tag to its own image, and this catalog would record (and later gc) that one.
+    image_id = (f"sha256:{printed[-1]}" if printed and re.fullmatch(r"[0-9a-f]{64}", printed[-1])
+                else podman.image_id(ref) or "")
     return {"ref": ref, "image_id": image_id, "seconds": round(time.monotonic() - started, 3)}
 
 

@@ -85,10 +85,15 @@ class PodmanBuilder(Builder):
             return bake.go()
 
     def _existing_version(self, image: str, digest: str) -> dict[str, Any] | None:
+        """The newest ready version baked from these inputs whose image is still the one recorded. Its tag alone
+        is not enough: once this checkout's image is gone (a `podman rmi` by hand), another checkout may tag its
+        own image under the same version, and reusing it would release an image this catalog never verified."""
         for row in self.catalog.find_by_input(image, digest):
-            if podman.image_exists(row["image_ref"]):
+            tagged = podman.image_id(row["image_ref"])
+            if tagged and (not row["image_id"] or _bare_id(tagged) == _bare_id(row["image_id"])):
                 return row
-            log.info("catalog version %s:%s has no image any more; forgetting it", image, row["version"])
+            log.info("catalog version %s:%s has no image any more%s; forgetting it", image, row["version"],
+                     " (its tag names another image)" if tagged else "")
             self.catalog.discard_version(image, row["version"])
         return None
 
@@ -109,6 +114,10 @@ class PodmanBuilder(Builder):
         if free < MIN_FREE_BYTES:
             raise ConfigError(f"only {free >> 20} MiB free under {probe}; a bake needs at least 1 GiB: "
                               "free space or run: ./bake.py gc")
+
+
+def _bare_id(image_id: str) -> str:
+    return image_id.removeprefix("sha256:")
 
 
 class _Bake:
