@@ -105,9 +105,14 @@ def image_inspect(ref: str) -> dict[str, Any] | None:
     return data[0] if data else None
 
 
+def bare_id(image_id: str | None) -> str:
+    """An image id as `podman images` prints it (no `sha256:`): ids bakery recorded carry the prefix."""
+    return (image_id or "").removeprefix("sha256:")
+
+
 def image_id(ref: str) -> str | None:
     info = image_inspect(ref)
-    return None if info is None else "sha256:" + info["Id"].removeprefix("sha256:")
+    return None if info is None else "sha256:" + bare_id(info["Id"])
 
 
 def images_with_label(label: str) -> list[dict[str, Any]]:
@@ -127,6 +132,21 @@ def remove_container(name: str) -> None:
 
 def remove_image(ref: str) -> bool:
     return run("rmi", ref, check=False).returncode == 0
+
+
+RMI_BATCH = 100  # images per `podman rmi` call
+
+
+def remove_images_by_id(ids: list[str]) -> set[str]:
+    """`podman rmi` by id, in the order given (never --force: podman keeps an image a container uses); the ids
+    still present afterwards (bare)."""
+    for start in range(0, len(ids), RMI_BATCH):
+        proc = run("rmi", "--ignore", *ids[start:start + RMI_BATCH], check=False)
+        if proc.returncode != 0:
+            log.info("podman kept some images: %s", " ".join(proc.stderr.split())[:500])
+    if not ids:
+        return set()
+    return {bare_id(image["Id"]) for image in json.loads(run("images", "-a", "--format", "json").stdout or "[]")}
 
 
 def remove_image_of_run(ref: str, run_id: str) -> bool:

@@ -18,10 +18,14 @@ from pathlib import Path
 from bakery.flocks import try_lock
 
 
+def _path(state_dir: Path, image: str) -> Path:
+    return state_dir / "locks" / f"layers-{image}.lock"
+
+
 def _open(state_dir: Path, image: str) -> int:
-    directory = state_dir / "locks"
-    directory.mkdir(parents=True, exist_ok=True)
-    return os.open(directory / f"layers-{image}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    path = _path(state_dir, image)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
 
 @contextmanager
@@ -51,7 +55,7 @@ def bake_running(state_dir: Path, image: str) -> bool:
     """Whether a bake of `image` runs in the checkout of `state_dir` now; reads only (no lock file is made in a
     checkout that has none: a bake makes it before it commits anything)."""
     try:
-        fd = os.open(state_dir / "locks" / f"layers-{image}.lock", os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(_path(state_dir, image), os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         return False
     except OSError:

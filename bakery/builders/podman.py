@@ -90,7 +90,7 @@ class PodmanBuilder(Builder):
         own image under the same version, and reusing it would release an image this catalog never verified."""
         for row in self.catalog.find_by_input(image, digest):
             tagged = podman.image_id(row["image_ref"])
-            if tagged and (not row["image_id"] or _bare_id(tagged) == _bare_id(row["image_id"])):
+            if tagged and (not row["image_id"] or podman.bare_id(tagged) == podman.bare_id(row["image_id"])):
                 return row
             log.info("catalog version %s:%s has no image any more%s; forgetting it", image, row["version"],
                      " (its tag names another image)" if tagged else "")
@@ -114,10 +114,6 @@ class PodmanBuilder(Builder):
         if free < MIN_FREE_BYTES:
             raise ConfigError(f"only {free >> 20} MiB free under {probe}; a bake needs at least 1 GiB: "
                               "free space or run: ./bake.py gc")
-
-
-def _bare_id(image_id: str) -> str:
-    return image_id.removeprefix("sha256:")
 
 
 class _Bake:

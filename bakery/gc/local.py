@@ -37,8 +37,6 @@ from bakery.gc.plan import ArtifactRow, InUse, LayerRow, LocalPlan, ReleaseRow, 
 
 log = logging.getLogger("bakery.gc")
 
-RMI_BATCH = 100  # image references per `podman rmi` call
-
 
 @dataclass
 class GcResult:
@@ -104,7 +102,7 @@ class LocalGcReport:
 
 
 def _layer_name(entry: dict[str, Any]) -> str:
-    return f"{entry['image']}/{entry['role']} {entry['image_id'].removeprefix('sha256:')[:12]}"
+    return f"{entry['image']}/{entry['role']} {podman.bare_id(entry['image_id'])[:12]}"
 
 
 def containers_in_use() -> InUse:
@@ -115,7 +113,7 @@ def containers_in_use() -> InUse:
         if container.get("Image"):
             in_use.refs.setdefault(container["Image"], []).append(name)
         if container.get("ImageID"):
-            in_use.ids.setdefault(container["ImageID"].removeprefix("sha256:"), []).append(name)
+            in_use.ids.setdefault(podman.bare_id(container["ImageID"]), []).append(name)
     return in_use
 
 
@@ -159,8 +157,8 @@ def apply(project: Project, catalog: SqliteCatalog, planned: LocalPlan) -> GcRes
         else:
             going.append(entry)
     refs = [entry["image_ref"] for entry in going]
-    for start in range(0, len(refs), RMI_BATCH):
-        podman.run("rmi", "--ignore", *refs[start:start + RMI_BATCH], check=False)
+    for start in range(0, len(refs), podman.RMI_BATCH):
+        podman.run("rmi", "--ignore", *refs[start:start + podman.RMI_BATCH], check=False)
     present = _present_refs() if refs else set()
     for entry in going:
         (result.failed if entry["image_ref"] in present else result.removed).append(entry)
@@ -201,18 +199,10 @@ def _remove_layers(project: Project, catalog: SqliteCatalog, planned: list[dict[
                 result.layers_kept += [{**entry, "reason": f"a bake of {image} is running in this checkout"}
                                        for entry in entries]
                 continue
-            ids = [entry["image_id"] for entry in entries]
-            for start in range(0, len(ids), RMI_BATCH):
-                proc = podman.run("rmi", "--ignore", *ids[start:start + RMI_BATCH], check=False)
-                if proc.returncode != 0:
-                    log.info("podman kept some cached layers: %s", " ".join(proc.stderr.split())[:500])
             tried += entries
-    if not tried:
-        return
-    present = {image["Id"].removeprefix("sha256:") for image in
-               json.loads(podman.run("images", "-a", "--format", "json").stdout or "[]")}
+    present = podman.remove_images_by_id([entry["image_id"] for entry in tried])
     for entry in tried:
-        if entry["image_id"].removeprefix("sha256:") in present:
+        if podman.bare_id(entry["image_id"]) in present:
             result.layers_kept.append({**entry, "reason": "podman kept it: a container started to use it"})
         else:
             result.layers.append(entry)

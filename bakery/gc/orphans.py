@@ -33,7 +33,6 @@ from bakery.catalog_schema import SCHEMA_VERSION
 
 CHECKOUT_LABEL = "io.bakery.checkout"
 STATE_DIR = ".bakery"
-RMI_BATCH = 100  # image ids per `podman rmi` call
 
 
 @dataclass
@@ -56,10 +55,6 @@ def _name(entry: dict[str, Any]) -> str:
     return " ".join([entry["id"][:12], *entry["names"]])
 
 
-def _bare(image_id: str | None) -> str:
-    return (image_id or "").removeprefix("sha256:")
-
-
 def listed_ids(state_dir: Path) -> set[str] | None:
     """The image ids a checkout's catalog lists (versions and cached layers); None when it has none, or one this
     bakery cannot read (newer schema, unreadable file or directory: then nothing of that checkout is an orphan)."""
@@ -71,7 +66,7 @@ def listed_ids(state_dir: Path) -> set[str] | None:
             rows = db.execute("SELECT image_id FROM versions UNION SELECT image_id FROM layers").fetchall()
     except (sqlite3.Error, OSError):
         return None
-    return {_bare(row[0]) for row in rows if row[0]}
+    return {podman.bare_id(row[0]) for row in rows if row[0]}
 
 
 def _gone(state_dir: Path) -> str | None:
@@ -98,7 +93,7 @@ def find(keep_ids: Collection[str] = ()) -> Orphans:
     images = [image for image in json.loads(podman.run("images", "-a", "--filter", f"label={CHECKOUT_LABEL}",
                                                        "--format", "json").stdout or "[]")
               if (image.get("Labels") or {}).get(CHECKOUT_LABEL, "").startswith("/")
-              and _bakerys(image.get("Names") or []) and _bare(image["Id"]) not in keep_ids]
+              and _bakerys(image.get("Names") or []) and podman.bare_id(image["Id"]) not in keep_ids]
     # The running bakes first, the catalogs after: a bake that records its images and ends in between is read.
     running = {(label, image_name) for label, image_name in
                {(i["Labels"][CHECKOUT_LABEL], i["Labels"].get("io.bakery.image", "")) for i in images}
@@ -106,7 +101,7 @@ def find(keep_ids: Collection[str] = ()) -> Orphans:
     catalogs = {label: listed_ids(Path(label) / STATE_DIR) for label in {i["Labels"][CHECKOUT_LABEL] for i in images}}
     found = Orphans()
     for image in sorted(images, key=lambda image: image.get("Created") or 0, reverse=True):
-        checkout, image_id = image["Labels"][CHECKOUT_LABEL], _bare(image["Id"])
+        checkout, image_id = image["Labels"][CHECKOUT_LABEL], podman.bare_id(image["Id"])
         listed = catalogs[checkout]
         if (checkout, image["Labels"].get("io.bakery.image", "")) in running:
             continue
@@ -131,11 +126,7 @@ def remove(found: Orphans) -> Orphans:
     """`podman rmi` the orphans by id (never --force); what podman kept (a container started to use it meanwhile)
     is reported as kept."""
     done = Orphans(kept=list(found.kept))
-    ids = [entry["id"] for entry in found.images]
-    for start in range(0, len(ids), RMI_BATCH):
-        podman.run("rmi", "--ignore", *ids[start:start + RMI_BATCH], check=False)
-    present = {_bare(image["Id"]) for image in
-               json.loads(podman.run("images", "-a", "--format", "json").stdout or "[]")} if ids else set()
+    present = podman.remove_images_by_id([entry["id"] for entry in found.images])
     for entry in found.images:
         if entry["id"] in present:
             done.kept.append({**entry, "reason": "podman kept it: a container started to use it"})
