@@ -11,14 +11,15 @@ import time
 import pytest
 
 from bakery.builders import build_container
+from tests.shown_process import start_shown
 
 pytestmark = pytest.mark.unit
 
 
 def fake_exec_client(container: str) -> subprocess.Popen:
     """A process whose command line reads as `podman exec ... <container> ...`, as mitogen's connection does."""
-    return subprocess.Popen(["/usr/bin/podman", "-c", "import time; time.sleep(60)", "exec", "--interactive",
-                             container, "/usr/bin/python3"], executable=sys.executable)
+    return start_shown(["/usr/bin/podman", "-c", "import time; time.sleep(60)", "exec", "--interactive",
+                        container, "/usr/bin/python3"], executable=sys.executable)
 
 
 @pytest.fixture

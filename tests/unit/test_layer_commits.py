@@ -31,6 +31,7 @@ from bakery.builders.layer_run import LayerRun
 from bakery.config import Layer, RoleRef
 from bakery.layers import PlannedLayer
 from bakery.progress import Progress
+from tests.shown_process import start_shown
 
 pytestmark = pytest.mark.unit
 
@@ -484,8 +485,8 @@ def test_what_a_cancelled_run_leaves_in_a_session_of_its_own_is_killed(tmp_path)
     run_dir = tmp_path / "runs" / "r1" / "ansible"
     # one process each, its command line naming the directory (a shell's forked child briefly would too)
     sleep = [sys.executable, "-c", "import time; time.sleep(300)"]
-    mux = subprocess.Popen([*sleep, str(run_dir / "inventory" / "hosts.json")], start_new_session=True)
-    other = subprocess.Popen([*sleep, str(tmp_path / "runs" / "r2" / "ansible")], start_new_session=True)
+    mux = start_shown([*sleep, str(run_dir / "inventory" / "hosts.json")], start_new_session=True)
+    other = start_shown([*sleep, str(tmp_path / "runs" / "r2" / "ansible")], start_new_session=True)
     try:
         assert stop_leftovers(run_dir) == [mux.pid]
         assert mux.wait(timeout=10) == -9 and other.poll() is None
