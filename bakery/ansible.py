@@ -136,7 +136,7 @@ def _task_timeout_set(cfg: Path) -> bool:
 def run_playbook(
     *,
     playbook: Path,
-    inventory: dict[str, Any],
+    inventory: dict[str, Any] | Path,
     private_data_dir: Path,
     ident: str,
     envvars: dict[str, str],
@@ -175,7 +175,7 @@ def run_playbook(
     runner = ansible_runner.run(
         private_data_dir=str(private_data_dir),
         playbook=str(playbook),
-        inventory=inventory,
+        inventory=str(inventory) if isinstance(inventory, Path) else inventory,
         ident=ident,
         envvars=envvars,
         extravars=extravars,

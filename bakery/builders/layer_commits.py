@@ -92,13 +92,33 @@ def _has_files(directory: Path) -> bool:
 
 
 def write_plan(path: Path, *, container: list[str], apt_root: Path, records: Path,
-               layers: list[tuple[str, str]]) -> None:
+               layers: list[tuple[str, str]], inventory: Path | None = None) -> None:
     """The plan the plugin follows: how the build container starts (bakery.builders.build_container.run_args),
-    and (role, cache ref) per play, in order."""
+    (role, cache ref) per play, in order, and the run's inventory file (pointed at each play's container)."""
     plan = {"container": container, "apt_root": str(apt_root), "records": str(records), "owner": os.getpid(),
-            "layers": [{"role": role, "ref": ref} for role, ref in layers]}
+            "layers": [{"role": role, "ref": ref} for role, ref in layers],
+            "inventory": str(inventory) if inventory else None}
+    _write_json(path, plan)
+
+
+def write_inventory(path: Path, inventory: dict[str, Any]) -> None:
+    """The run's inventory as a file of bakery's own, which commit_from_plan rewrites at each container swap."""
+    _write_json(path, inventory)
+
+
+def point_inventory_at(path: Path, address: str) -> None:
+    """Every host of the inventory file reaches `address`: a role's `meta: refresh_inventory` re-reads the file,
+    and would otherwise send the rest of its play to the first play's container, removed since."""
+    inventory = json.loads(path.read_text(encoding="utf-8"))
+    for group in inventory["all"]["children"].values():
+        for host_vars in group["hosts"].values():
+            host_vars["ansible_host"] = address
+    _write_json(path, inventory)
+
+
+def _write_json(path: Path, value: Any) -> None:
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(plan), encoding="utf-8")
+    tmp.write_text(json.dumps(value), encoding="utf-8")
     tmp.replace(path)
 
 
@@ -123,7 +143,10 @@ def commit_from_plan(plan_path: str, index: int) -> dict[str, Any]:
         return record
     try:
         _check_owner(plan)
-        return {**record, "container": next_container(plan["container"], record["image_id"] or record["ref"], apt)}
+        container_id = next_container(plan["container"], record["image_id"] or record["ref"], apt)
+        if plan.get("inventory"):
+            point_inventory_at(Path(plan["inventory"]), container_id)
+        return {**record, "container": container_id}
     except Exception as exc:  # noqa: BLE001 - reported as the next play's failure
         record = {"index": index + 1, "role": layers[index + 1]["role"],
                   "error": f"no build container from the layer of '{role}': {' '.join(str(exc).split())[:500]}"}

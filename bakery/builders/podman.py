@@ -27,7 +27,7 @@ from bakery.base_image import resolve_base
 from bakery.builders import build_container, layer_commits
 from bakery.builders.apt_mounts import AptMounts
 from bakery.builders.base import Builder, BuildOptions, BuildResult, LayerResult, image_packages
-from bakery.builders.layer_commits import PLAN_ENV, callback_plugins, plays, run_segments, write_plan
+from bakery.builders.layer_commits import PLAN_ENV, callback_plugins, plays, run_segments, write_inventory, write_plan
 from bakery.builders.layer_lock import layers_in_use
 from bakery.builders.layer_run import LayerRun
 from bakery.builders.tag_lock import image_tags_locked
@@ -227,18 +227,21 @@ class _Bake:
         when its play is done, and each commit is recorded as soon as it is read (bakery.builders.layer_run)."""
         ident = f"layers-{todo[0].layer.position + 1:02d}-{todo[-1].layer.position + 1:02d}"
         plan, records = self.run.path / f"{ident}.plan.json", self.run.path / f"{ident}.commits.jsonl"
-        write_plan(plan, container=self.container_args, apt_root=self.apt.root, records=records,
+        inventory = self.run.path / f"{ident}.inventory.json"
+        mitogen = mitogen_wanted()
+        write_inventory(inventory, podman_inventory(self.container, ["bakery_build",
+                                                                     self.definition.name.replace("-", "_")],
+                                                    mitogen=mitogen, address=self.container_id))
+        write_plan(plan, container=self.container_args, apt_root=self.apt.root, records=records, inventory=inventory,
                    layers=[(p.role, podman.cache_ref(self.definition.name, p.role, p.key)) for p in todo])
         tracker = LayerRun(todo, len(self.planned), self.b.progress, records,
                            on_commit=lambda record: self._record_layer(todo, tracker, record))
         self.apt.restore_if_emptied()
-        mitogen = mitogen_wanted()
         self.cancel.deferred = True
         try:
             outcome = run_playbook(
                 playbook=self._write_run_playbook(todo),
-                inventory=podman_inventory(self.container, ["bakery_build", self.definition.name.replace("-", "_")],
-                                           mitogen=mitogen, address=self.container_id),
+                inventory=inventory,
                 private_data_dir=self.run.path / "ansible",
                 ident=ident,
                 envvars={**ansible_env(self.b.project.root), **(mitogen_env() if mitogen else {}),

@@ -17,6 +17,7 @@ from ansible.parsing.dataloader import DataLoader
 from ansible.playbook.play import Play
 from ansible.vars.manager import VariableManager
 
+from bakery.ansible import podman_inventory
 from bakery.builders import build_container, layer_commits
 from bakery.builders.apt_mounts import SOURCES_DIGEST, AptMounts
 from bakery.builders.layer_commits import (
@@ -25,6 +26,7 @@ from bakery.builders.layer_commits import (
     plays,
     read_records,
     run_segments,
+    write_inventory,
     write_plan,
 )
 from bakery.builders.layer_run import LayerRun
@@ -116,9 +118,16 @@ CONTAINER = build_container.run_args("ctr", "x-bake", {"io.bakery.build": "1"}, 
 
 def two_layer_plan(tmp_path: Path) -> tuple[Path, Path, AptMounts]:
     plan, records, apt = tmp_path / "plan.json", tmp_path / "commits.jsonl", AptMounts(tmp_path / "apt")
-    write_plan(plan, container=CONTAINER, apt_root=apt.root, records=records,
+    write_inventory(tmp_path / "inventory.json", podman_inventory("ctr", ["bakery_build", "x"], address="first-id"))
+    write_plan(plan, container=CONTAINER, apt_root=apt.root, records=records, inventory=tmp_path / "inventory.json",
                layers=[("a", "localhost/bakery-cache/x:1"), ("b", "localhost/bakery-cache/x:2")])
     return plan, records, apt
+
+
+def inventory_addresses(tmp_path: Path) -> set[str]:
+    """The addresses a `meta: refresh_inventory` would read back from the run's inventory file."""
+    inventory = InventoryManager(DataLoader(), sources=[str(tmp_path / "inventory.json")])
+    return {host.vars["ansible_host"] for host in inventory.get_hosts()}
 
 
 def test_commit_cleans_commits_then_boots_the_next_play_from_the_layer_and_restores_apt_lists(tmp_path, monkeypatch):
@@ -142,6 +151,7 @@ def test_commit_cleans_commits_then_boots_the_next_play_from_the_layer_and_resto
     # the id `podman commit` printed (the second call), not the tag read back: another checkout may move the tag
     assert record["image_id"] == f"sha256:{2:064x}" and record["seconds"] >= 0
     assert record.pop("container") == f"{5:064x}"  # the next play reaches the new container by its id, not the name
+    assert inventory_addresses(tmp_path) == {f"{5:064x}"}  # and so does a role's refresh_inventory
     assert read_records(records) == [record]
     assert (apt.lists / "deb_dists_bookworm_main_binary-amd64_Packages").is_file()  # back for the next play
 
@@ -152,6 +162,7 @@ def test_the_last_layer_of_a_run_is_only_cleaned_and_committed(tmp_path, monkeyp
     layer_commits.commit_from_plan(str(plan), 1)
     assert calls == [("exec", "ctr", "sh", "-c", layer_commits.HYGIENE), ("commit", "-q", "ctr",
                                                                            "localhost/bakery-cache/x:2")]
+    assert inventory_addresses(tmp_path) == {"first-id"}  # no container booted: the inventory stays as it was
     assert [r["role"] for r in read_records(records)] == ["b"]
 
 
