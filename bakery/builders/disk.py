@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Callable
 
 from bakery.aws import amis, clients, tags, verification_record
 from bakery.builders.ami import AmiBuilder, region_keys
@@ -42,24 +43,39 @@ def check_key_arn(key: str) -> None:
                           "empty for the account's default EBS key")
 
 
+def taken_on_aws(region: str) -> Callable[[str, str], bool]:
+    """Whether AWS already has a version (an AMI of it, or its written-once record), for the local bake to skip.
+
+    The AMI carries the local version, and a checkout numbers its versions from its own catalog and this host's
+    images: a CI job in a fresh clone (its images removed when the last job ended) would number its bake as an
+    earlier job's, and the publish would then be refused (a version is one disk) every time that day."""
+    ec2, ssm = clients.client("ec2", region), clients.client("ssm", region)
+    return lambda image, version: verification_record.version_taken(ec2, ssm, image, version)
+
+
 class DiskBuilder(AmiBuilder):
 
     def build(self, definition: ImageDefinition, options: BuildOptions, run: Run) -> BuildResult:
         started = time.monotonic()
         check_key_arn(self.project.aws.kms_key_id)  # a bad setting stops before minutes of local bake and VM boots
-        local = self.local_version(definition, options, run)
+        region = clients.resolve_region(self.project.aws.region or None)  # so do no region and no credentials
+        clients.check_credentials()
+        local = self.local_version(definition, options, run, taken_on_aws(region))
         result = self.publish(definition, local.version, run, started)
         result.layers = local.layers
         return result
 
-    def local_version(self, definition: ImageDefinition, options: BuildOptions, run: Run) -> BuildResult:
+    def local_version(self, definition: ImageDefinition, options: BuildOptions, run: Run,
+                      taken: Callable[[str, str], bool] | None = None) -> BuildResult:
         """The local half: bake (cached), make the raw disk, verify it (container, then VM) unless that passed on
-        these bytes already. Needs podman and qemu; the AMI half (publish) needs only the catalog it leaves."""
+        these bytes already. Needs podman and qemu; the AMI half (publish) needs only the catalog it leaves.
+        A new local version skips those `taken` says AWS has already (see taken_on_aws)."""
         from bakery.builders.podman import PodmanBuilder
         from bakery.disks.builder import make_disk
 
         catalog = self._sqlite()
-        built = PodmanBuilder(self.project, catalog, self.progress).build(definition, options, run)
+        built = PodmanBuilder(self.project, catalog, self.progress, taken_elsewhere=taken).build(definition, options,
+                                                                                               run)
         record = catalog.resolve(definition.name, built.version)
         disk = make_disk(self.project, catalog, self.progress, record, definition.disk, "raw",
                          definition.disk.disk_size)
@@ -162,14 +178,16 @@ class DiskBuilder(AmiBuilder):
         """A version is one disk: an AMI of it with other bytes (or none recorded), or its written-once
         verification record, means this disk cannot become that version's AMI."""
         image, version = local.image, local.version
+        # with unchanged inputs a plain build reuses the local version; --no-cache numbers a new one past AWS's
+        new = f"bake a new version (./bake.py build {image} --target aws --builder disk --no-cache)"
         for ami in amis.find_amis(ec2, {tags.MANAGED: "true", tags.IMAGE: image, tags.VERSION: version}):
             other = tags.from_tag_list(ami.get("Tags")).get(tags.DISK_SHA256, "")
             if other != local.sha256 and ami.get("State") not in ("failed", "deregistered"):
                 held = f"disk sha256 {other[:12]}" if other else "no disk sha256: another builder made it"
                 raise OperationError(f"{image}:{version} already has AMI {ami['ImageId']} in {region} ({held}), "
-                                     f"not this disk's {local.sha256[:12]}: bake a new version")
+                                     f"not this disk's {local.sha256[:12]}: {new}")
         ssm = clients.client("ssm", region)
         if verification_record.read_record(ssm, image, version) is not None:
             raise OperationError(f"{image}:{version} already has a verification record "
                                  f"({verification_record.parameter_name(image, version)}) but no AMI of this disk; "
-                                 "records are written once: bake a new version")
+                                 f"records are written once: {new}")

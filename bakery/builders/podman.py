@@ -16,6 +16,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +32,14 @@ from bakery.builders.layer_commits import PLAN_ENV, callback_plugins, plays, run
 from bakery.builders.layer_lock import layers_in_use
 from bakery.builders.layer_run import LayerRun
 from bakery.builders.tag_lock import image_tags_locked
-from bakery.config import ImageDefinition
+from bakery.catalog import Catalog
+from bakery.config import ImageDefinition, Project
 from bakery.deps.gate import check_lock, shared_lock
 from bakery.errors import ConfigError, Interrupted, OperationError
 from bakery.gc import leftovers
 from bakery.gc.orphans import CHECKOUT_LABEL
 from bakery.layers import PlannedLayer, input_digest, plan_layers
+from bakery.progress import Progress
 from bakery.provenance import Provenance, git_facts, utc_now
 from bakery.runs import Run
 from bakery.signals import Cancellation, cancellable
@@ -48,6 +51,18 @@ MIN_FREE_BYTES = 1 << 30
 
 class PodmanBuilder(Builder):
     target = "local"
+
+    def __init__(self, project: Project, catalog: Catalog, progress: Progress,
+                 taken_elsewhere: Callable[[str, str], bool] | None = None):
+        """`taken_elsewhere(image, version)`: a version that is not this host's to hand out although no local image
+        has it (the disk builder's versions are AWS's too: bakery.builders.disk)."""
+        super().__init__(project, catalog, progress)
+        self.taken_elsewhere = taken_elsewhere
+
+    def version_taken(self, image: str, version: str) -> bool:
+        """Another checkout on this host has an image of that version, or (for the disk builder) AWS has it."""
+        return podman.image_exists(podman.image_ref(image, version)) or bool(
+            self.taken_elsewhere and self.taken_elsewhere(image, version))
 
     def build(self, definition: ImageDefinition, options: BuildOptions, run: Run) -> BuildResult:
         # Held for the whole bake: `bake.py deps` cannot swap an install while ansible reads .bakery/galaxy.
@@ -174,7 +189,7 @@ class _Bake:
         with image_tags_locked(on_wait=lambda: self.b.progress.note(waiting)):  # no version taken twice
             self.version = self.b.catalog.reserve_version(
                 self.definition.name, self.run.id, os.getpid(),
-                taken=lambda v: podman.image_exists(podman.image_ref(self.definition.name, v)))
+                taken=lambda v: self.b.version_taken(self.definition.name, v))
             provenance = self._provenance()
             ref, image_id = self._finalize(parent_ref, provenance)
         self.cancel.check()

@@ -242,9 +242,39 @@ def test_a_version_that_has_an_ami_of_other_bytes_is_refused(disk_project, calls
     version, _ = local_version(disk_project, catalog, {0: b"a"})
     other = register_ami(clients.client("ec2"), f"{IMAGE}-{version}-packer",
                          {tags.MANAGED: "true", tags.IMAGE: IMAGE, tags.VERSION: version})
-    with pytest.raises(OperationError, match=f"{IMAGE}:{version} already has AMI {other}"):
+    with pytest.raises(OperationError, match=f"{IMAGE}:{version} already has AMI {other}") as refused:
         publish(disk_project, catalog, version)
+    assert str(refused.value).endswith(f"bake a new version (./bake.py build {IMAGE} --target aws --builder disk "
+                                       "--no-cache)")
     assert not calls["StartSnapshot"]
+
+
+def test_a_new_local_version_skips_the_versions_aws_already_has(disk_project, calls):
+    """A CI job in a fresh clone numbers its versions from an empty catalog: the disk builder's bake asks AWS too,
+    or it would take an earlier job's version, and its publish would be refused (a version is one disk)."""
+    from bakery.builders.disk import taken_on_aws
+    from bakery.builders.podman import PodmanBuilder
+
+    catalog = open_catalog(disk_project.state_dir)
+    ec2, ssm = clients.client("ec2"), clients.client("ssm")
+    today = catalog.reserve_version(IMAGE, "probe", os.getpid())  # the first version a fresh catalog hands out
+    catalog.discard_version(IMAGE, today)
+    day, first = today.split(".")
+    second = f"{day}.{int(first) + 1:03d}"
+    register_ami(ec2, f"{IMAGE}-{today}", {tags.MANAGED: "true", tags.IMAGE: IMAGE, tags.VERSION: today})
+    verification_record.write_record(ssm, image=IMAGE, version=second, passed=True,  # its AMIs since removed
+                                     amis={"us-east-1": "ami-0123456789abcdef0"}, snapshots={"us-east-1": []},
+                                     report_sha256="ab" * 32, summary="3 passed", run_id="earlier-job")
+    register_ami(ec2, f"other-{today}", {tags.MANAGED: "true", tags.IMAGE: "other", tags.VERSION: f"{day}.003"})
+    taken = taken_on_aws("us-east-1")
+    assert (taken(IMAGE, today), taken(IMAGE, second), taken(IMAGE, f"{day}.003")) == (True, True, False)
+
+    builder = PodmanBuilder(disk_project, catalog, Progress(io.StringIO()), taken_elsewhere=taken)
+    version = catalog.reserve_version(IMAGE, "fresh-clone", os.getpid(),
+                                      taken=lambda v: builder.version_taken(IMAGE, v))
+    assert version == f"{day}.003"  # another image's AMI of that number is no reason to skip it
+    local_only = PodmanBuilder(disk_project, catalog, Progress(io.StringIO()))  # the local target asks no one else
+    assert not local_only.version_taken(IMAGE, today)
 
 
 def dead_pid() -> int:
