@@ -39,9 +39,12 @@ def tag_filters(tags: Mapping[str, str]) -> list[dict[str, Any]]:
     return [{"Name": f"tag:{key}", "Values": [value]} for key, value in tags.items()]
 
 
-def find_amis(ec2, tags: Mapping[str, str], owners: tuple[str, ...] = ("self",)) -> list[dict[str, Any]]:
-    """AMIs owned by `owners` that carry every tag given, newest first."""
-    images = ec2.describe_images(Owners=list(owners), Filters=tag_filters(tags))["Images"]
+def find_amis(ec2, tags: Mapping[str, str], owners: tuple[str, ...] = ("self",),
+              include_disabled: bool = False) -> list[dict[str, Any]]:
+    """AMIs owned by `owners` that carry every tag given, newest first (disabled ones too when asked: DescribeImages
+    leaves out an AMI someone disabled with DisableImage, which can be enabled again)."""
+    images = ec2.describe_images(Owners=list(owners), Filters=tag_filters(tags),
+                                 **({"IncludeDisabled": True} if include_disabled else {}))["Images"]
     return sorted(images, key=lambda i: i.get("CreationDate", ""), reverse=True)
 
 

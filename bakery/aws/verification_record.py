@@ -119,10 +119,11 @@ def put_once(ssm, name: str, value: str, description: str, exists: str) -> None:
 
 
 def version_taken(ec2, ssm, image: str, version: str) -> bool:
-    """A builder must not hand out `version` again: an AMI has it, or its write-once record exists (the AMIs of a
-    version may be gone, by gc or by hand, while its record stays, and the next record write would be refused
-    only after the whole build)."""
-    return bool(amis.find_amis(ec2, {tags.IMAGE: image, tags.VERSION: version}) or read_record(ssm, image, version))
+    """A builder must not hand out `version` again: an AMI has it (a disabled one too), or its write-once record
+    exists (the AMIs of a version may be gone, by gc or by hand, while its record stays, and the next record write
+    would be refused only after the whole build)."""
+    return bool(amis.find_amis(ec2, {tags.IMAGE: image, tags.VERSION: version}, include_disabled=True)
+                or read_record(ssm, image, version))
 
 
 def read_record(ssm, image: str, version: str) -> dict[str, Any] | None:

@@ -144,13 +144,20 @@ def commit_from_plan(plan_path: str, index: int) -> dict[str, Any]:
     try:
         _check_owner(plan)
         container_id = next_container(plan["container"], record["image_id"] or record["ref"], apt)
+    except Exception as exc:  # noqa: BLE001 - reported as the next play's failure
+        return _next_play_failed(records, index + 1, layers, f"no build container from the layer of '{role}'", exc)
+    try:
         if plan.get("inventory"):
             point_inventory_at(Path(plan["inventory"]), container_id)
-        return {**record, "container": container_id}
     except Exception as exc:  # noqa: BLE001 - reported as the next play's failure
-        record = {"index": index + 1, "role": layers[index + 1]["role"],
-                  "error": f"no build container from the layer of '{role}': {' '.join(str(exc).split())[:500]}"}
-        append_record(records, record)
+        return _next_play_failed(records, index + 1, layers, "the run's inventory could not name its container", exc)
+    return {**record, "container": container_id}
+
+
+def _next_play_failed(records: Path, index: int, layers: list[dict[str, Any]], what: str,
+                      exc: Exception) -> dict[str, Any]:
+    record = {"index": index, "role": layers[index]["role"], "error": f"{what}: {' '.join(str(exc).split())[:500]}"}
+    append_record(records, record)
     return record
 
 

@@ -242,7 +242,10 @@ class _Bake:
         when its play is done, and each commit is recorded as soon as it is read (bakery.builders.layer_run)."""
         ident = f"layers-{todo[0].layer.position + 1:02d}-{todo[-1].layer.position + 1:02d}"
         plan, records = self.run.path / f"{ident}.plan.json", self.run.path / f"{ident}.commits.jsonl"
-        inventory = self.run.path / f"{ident}.inventory.json"
+        # under the run's private data dir, as ansible-runner's own: inventory_dir, and stop_leftovers finding a
+        # process by that directory in its command line, stay as they were
+        inventory = self.run.path / "ansible" / "inventory" / f"{ident}.json"
+        inventory.parent.mkdir(parents=True, exist_ok=True)
         mitogen = mitogen_wanted()
         write_inventory(inventory, podman_inventory(self.container, ["bakery_build",
                                                                      self.definition.name.replace("-", "_")],

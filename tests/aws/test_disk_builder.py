@@ -22,10 +22,11 @@ import yaml
 from botocore.exceptions import ClientError
 
 from bakery.aws import clients, tags, verification_record
+from bakery.builders.base import BuildOptions
 from bakery.builders.disk import DiskBuilder
 from bakery.catalog import open_catalog
 from bakery.config import Project
-from bakery.errors import OperationError
+from bakery.errors import ConfigError, OperationError
 from bakery.gc import aws_leftovers
 from bakery.progress import Progress
 from bakery.runs import Run
@@ -249,32 +250,84 @@ def test_a_version_that_has_an_ami_of_other_bytes_is_refused(disk_project, calls
     assert not calls["StartSnapshot"]
 
 
-def test_a_new_local_version_skips_the_versions_aws_already_has(disk_project, calls):
+def earlier_jobs_versions(catalog) -> tuple[str, str, str]:
+    """What AWS holds after two earlier jobs' bakes of IMAGE today: an AMI of the first number a fresh catalog hands
+    out, the record (its AMIs since removed) of the second, and another image's AMI of the third."""
+    ec2, ssm = clients.client("ec2"), clients.client("ssm")
+    today = catalog.reserve_version(IMAGE, "probe", os.getpid())
+    catalog.discard_version(IMAGE, today)
+    day, first = today.split(".")
+    second, third = (f"{day}.{int(first) + n:03d}" for n in (1, 2))
+    register_ami(ec2, f"{IMAGE}-{today}", {tags.MANAGED: "true", tags.IMAGE: IMAGE, tags.VERSION: today})
+    verification_record.write_record(ssm, image=IMAGE, version=second, passed=True,
+                                     amis={"us-east-1": "ami-0123456789abcdef0"}, snapshots={"us-east-1": []},
+                                     report_sha256="ab" * 32, summary="3 passed", run_id="earlier-job")
+    register_ami(ec2, f"other-{today}", {tags.MANAGED: "true", tags.IMAGE: "other", tags.VERSION: third})
+    return today, second, third
+
+
+@pytest.fixture
+def no_local_images(monkeypatch):
+    """This host's podman storage has no image of any version (as on a runner whose last job's gc removed them)."""
+    from bakery import podman
+
+    monkeypatch.setattr(podman, "image_exists", lambda ref: False)
+
+
+def test_a_new_local_version_skips_the_versions_aws_already_has(disk_project, calls, no_local_images):
     """A CI job in a fresh clone numbers its versions from an empty catalog: the disk builder's bake asks AWS too,
     or it would take an earlier job's version, and its publish would be refused (a version is one disk)."""
     from bakery.builders.disk import taken_on_aws
     from bakery.builders.podman import PodmanBuilder
 
     catalog = open_catalog(disk_project.state_dir)
-    ec2, ssm = clients.client("ec2"), clients.client("ssm")
-    today = catalog.reserve_version(IMAGE, "probe", os.getpid())  # the first version a fresh catalog hands out
-    catalog.discard_version(IMAGE, today)
-    day, first = today.split(".")
-    second = f"{day}.{int(first) + 1:03d}"
-    register_ami(ec2, f"{IMAGE}-{today}", {tags.MANAGED: "true", tags.IMAGE: IMAGE, tags.VERSION: today})
-    verification_record.write_record(ssm, image=IMAGE, version=second, passed=True,  # its AMIs since removed
-                                     amis={"us-east-1": "ami-0123456789abcdef0"}, snapshots={"us-east-1": []},
-                                     report_sha256="ab" * 32, summary="3 passed", run_id="earlier-job")
-    register_ami(ec2, f"other-{today}", {tags.MANAGED: "true", tags.IMAGE: "other", tags.VERSION: f"{day}.003"})
+    today, second, third = earlier_jobs_versions(catalog)
+    calls.clear()
     taken = taken_on_aws("us-east-1")
-    assert (taken(IMAGE, today), taken(IMAGE, second), taken(IMAGE, f"{day}.003")) == (True, True, False)
+    assert (taken(IMAGE, today), taken(IMAGE, second), taken(IMAGE, third)) == (True, True, False)
+    # an AMI someone disabled (DisableImage) is left out of DescribeImages unless asked for, and can come back
+    assert calls["DescribeImages"] and all(c.get("IncludeDisabled") is True for c in calls["DescribeImages"])
 
     builder = PodmanBuilder(disk_project, catalog, Progress(io.StringIO()), taken_elsewhere=taken)
     version = catalog.reserve_version(IMAGE, "fresh-clone", os.getpid(),
                                       taken=lambda v: builder.version_taken(IMAGE, v))
-    assert version == f"{day}.003"  # another image's AMI of that number is no reason to skip it
+    assert version == third  # another image's AMI of that number is no reason to skip it
     local_only = PodmanBuilder(disk_project, catalog, Progress(io.StringIO()))  # the local target asks no one else
     assert not local_only.version_taken(IMAGE, today)
+
+
+def test_the_disk_builders_local_bake_numbers_its_version_past_aws(disk_project, calls, no_local_images,
+                                                                   monkeypatch):
+    """DiskBuilder.build hands its local bake the AWS check (the bake itself is tests/integration's: here it stops
+    where it would start baking, once it has asked what it would hand out)."""
+    from bakery.builders.podman import PodmanBuilder
+
+    catalog = open_catalog(disk_project.state_dir)
+    today, second, third = earlier_jobs_versions(catalog)
+    asked = {}
+
+    def bake_stops_here(self, definition, options, run):
+        asked.update({v: self.version_taken(definition.name, v) for v in (today, second, third)})
+        raise OperationError("stopped before the bake")
+
+    monkeypatch.setattr(PodmanBuilder, "build", bake_stops_here)
+    builder = DiskBuilder(disk_project, catalog, Progress(io.StringIO()))
+    with pytest.raises(OperationError, match="stopped before the bake"):
+        builder.build(disk_project.image(IMAGE), BuildOptions(), Run.start(disk_project.state_dir, "build"))
+    assert asked == {today: True, second: True, third: False}
+
+
+def test_the_disk_builder_needs_a_region_before_it_bakes_anything(disk_project, monkeypatch):
+    settings = yaml.safe_load((disk_project.root / "bakery.yml").read_text())
+    settings["aws"].pop("region")
+    (disk_project.root / "bakery.yml").write_text(yaml.safe_dump(settings))
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
+    project = Project(disk_project.root)
+    catalog = open_catalog(project.state_dir)
+    with pytest.raises(ConfigError, match="no AWS region"):
+        DiskBuilder(project, catalog, Progress(io.StringIO())).build(project.image(IMAGE), BuildOptions(),
+                                                                    Run.start(project.state_dir, "build"))
+    assert catalog.versions(IMAGE, status=None) == []
 
 
 def dead_pid() -> int:

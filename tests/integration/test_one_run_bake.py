@@ -283,32 +283,42 @@ def test_roles_with_plugins_of_the_same_name_each_get_their_own(project):
 REFRESHER = """---
 - name: Read the inventory again, as a role that changes it would
   ansible.builtin.meta: refresh_inventory
-- name: Mark that the play went on after the refresh
+- name: Write the groups the host is in after the refresh
   ansible.builtin.copy:
-    content: "refreshed\\n"
+    content: "{{ group_names | join(',') }}\\n"
     dest: /etc/refreshed
     mode: "0644"
 """ + PROBE
 
 
+GROUPER = """---
+- name: Put the host in a group of this play's own
+  ansible.builtin.group_by:
+    key: grouped_by_an_earlier_role
+"""
+
+
 def test_a_role_that_refreshes_the_inventory_goes_on_in_its_own_container(project):
     """`meta: refresh_inventory` re-reads the run's inventory file: it names the container of the play running now,
-    not the first play's (removed at the first swap)."""
-    (project / "roles" / "refresher" / "tasks").mkdir(parents=True)
-    (project / "roles" / "refresher" / "tasks" / "main.yml").write_text(REFRESHER)
+    not the first play's (removed at the first swap), and Ansible's replay of earlier group_by/add_host results
+    onto it brings back nothing of an earlier role's play."""
+    for name, tasks in (("grouper", GROUPER), ("refresher", REFRESHER)):
+        (project / "roles" / name / "tasks").mkdir(parents=True)
+        (project / "roles" / name / "tasks" / "main.yml").write_text(tasks)
     (project / "playbooks" / "refresh.yml").write_text(
         "---\n- name: A role that refreshes the inventory after another\n  hosts: all\n  become: true\n"
-        "  roles:\n    - first\n    - refresher\n")
+        "  roles:\n    - grouper\n    - refresher\n")
     try:
         result = bake(project, "build", "refresh", "--json", "--no-cache", timeout=900)
         assert result.rc == 0, result.stderr
         run_dir = runs(project)[-1]
         assert ansible_runs(run_dir) == ["layers-01-02"]  # both plays in one run: the refresh came after a swap
         [(address, _)] = probes(run_dir, "layers-01-02")
-        inventory = json.loads((run_dir / "layers-01-02.inventory.json").read_text())
+        inventory = json.loads((run_dir / "ansible" / "inventory" / "layers-01-02.json").read_text())
         # the file names the container booted for the second play, which the refreshed play reached
         assert {host["ansible_host"] for group in inventory["all"]["children"].values()
                 for host in group["hosts"].values()} == {address}
-        assert podman.run("run", "--rm", result.json["ref"], "cat", "/etc/refreshed").stdout == "refreshed\n"
+        # as in a run of its own: the inventory's groups, not the one the earlier role's group_by made
+        assert podman.run("run", "--rm", result.json["ref"], "cat", "/etc/refreshed").stdout == "bakery_build,refresh\n"
     finally:
         remove_images_of("refresh")

@@ -336,7 +336,8 @@ def test_a_commit_that_raises_stops_all_commits_and_the_next_play_still_starts_c
     assert commits == [0]  # never again, and never play 1's state under another index
 
 
-def test_plugin_undoes_group_by_and_add_host_of_earlier_plays(tmp_path, monkeypatch):
+def first_play_started(tmp_path, monkeypatch) -> tuple[InventoryManager, VariableManager, object]:
+    """One bake host's inventory and variables, and the plugin once the first play has started."""
     loader = DataLoader()
     inventory = InventoryManager(loader=loader, sources="bakery_build,")
     manager = VariableManager(loader=loader, inventory=inventory)
@@ -344,6 +345,11 @@ def test_plugin_undoes_group_by_and_add_host_of_earlier_plays(tmp_path, monkeypa
                      loader=loader)
     plugin = load_plugin(monkeypatch, tmp_path / "plan.json", [])
     plugin.v2_playbook_on_play_start(play)
+    return inventory, manager, plugin
+
+
+def test_plugin_undoes_group_by_and_add_host_of_earlier_plays(tmp_path, monkeypatch):
+    inventory, manager, plugin = first_play_started(tmp_path, monkeypatch)
     inventory.add_group("os_linux")  # group_by
     inventory.add_host("bakery_build", group="os_linux")
     inventory.get_host("bakery_build").set_variable("from_add_host", 1)  # add_host with variables
@@ -352,6 +358,20 @@ def test_plugin_undoes_group_by_and_add_host_of_earlier_plays(tmp_path, monkeypa
     assert [g.name for g in host.get_groups()] == ["all", "ungrouped"]
     assert "from_add_host" not in host.get_vars()
     assert "os_linux" not in inventory.groups
+
+
+def test_a_refresh_in_a_later_play_brings_back_nothing_earlier_plays_added(tmp_path, monkeypatch):
+    """Ansible's refresh_inventory replays every group_by and add_host result of the run onto the inventory it reads
+    back: a role's `meta: refresh_inventory` would bring back what an earlier role's play added."""
+    inventory, manager, plugin = first_play_started(tmp_path, monkeypatch)
+    host = inventory.get_host("bakery_build")
+    inventory.add_dynamic_group(host, {"add_group": "os_linux", "parent_groups": ["all"]})  # group_by
+    inventory.add_dynamic_host({"host_name": "bakery_build", "groups": ["extra"], "host_vars": {"x": 1}}, {})
+    plugin.v2_playbook_on_play_start(next_play(manager))
+    inventory.refresh_inventory()  # the later role's meta: refresh_inventory
+    assert [g.name for g in inventory.get_host("bakery_build").get_groups()] == ["all", "ungrouped"]
+    assert "os_linux" not in inventory.groups and "extra" not in inventory.groups
+    assert "x" not in inventory.get_host("bakery_build").get_vars()
 
 
 def test_each_play_reaches_the_container_booted_for_it_by_id(tmp_path, monkeypatch):

@@ -108,7 +108,8 @@ class CallbackModule(CallbackBase):
 
 def _forget_host_state(play, inventory):
     """Drop what earlier plays left: facts (`meta: clear_facts` drops only these), set_fact and register results,
-    include_vars, and inventory changes (group_by, add_host). Returns the first play's inventory, to restore."""
+    include_vars, and inventory changes (group_by, add_host, also as a refresh_inventory would replay them).
+    Returns the first play's inventory, to restore."""
     manager = getattr(play, "get_variable_manager", lambda: None)()
     if manager is None:
         return inventory
@@ -123,6 +124,9 @@ def _forget_host_state(play, inventory):
         if added:
             raise ValueError(f"a role added {', '.join(sorted(added))} to the bake's hosts (add_host); bakery "
                              "bakes one host")
+    # what a `meta: refresh_inventory` would replay onto the inventory it reads back: earlier plays' add_host/group_by
+    hosts._cached_dynamic_hosts.clear()
+    hosts._cached_dynamic_grouping.clear()
     names = {host.name for host in hosts.get_hosts()} | {"localhost"}  # delegate_facts may have set localhost's
     # not the fact cache's keys(): ansible-runner's jsonfile cache fails to list them (no prefix set)
     for name in names | set(manager._nonpersistent_fact_cache) | set(manager._vars_cache):
