@@ -137,13 +137,18 @@ def remove_image(ref: str) -> bool:
 RMI_BATCH = 100  # images per `podman rmi` call
 
 
-def remove_images_by_id(ids: list[str]) -> set[str]:
-    """`podman rmi` by id, in the order given (never --force: podman keeps an image a container uses); the ids
-    still present afterwards (bare)."""
-    for start in range(0, len(ids), RMI_BATCH):
-        proc = run("rmi", "--ignore", *ids[start:start + RMI_BATCH], check=False)
+def remove_images(refs: list[str]) -> None:
+    """`podman rmi` of names or ids, in batches, in the order given (never --force: podman keeps an image a
+    container uses; the caller lists what is still there)."""
+    for start in range(0, len(refs), RMI_BATCH):
+        proc = run("rmi", "--ignore", *refs[start:start + RMI_BATCH], check=False)
         if proc.returncode != 0:
             log.info("podman kept some images: %s", " ".join(proc.stderr.split())[:500])
+
+
+def remove_images_by_id(ids: list[str]) -> set[str]:
+    """remove_images by id; the ids still present afterwards (bare)."""
+    remove_images(ids)
     if not ids:
         return set()
     return {bare_id(image["Id"]) for image in json.loads(run("images", "-a", "--format", "json").stdout or "[]")}

@@ -157,8 +157,7 @@ def apply(project: Project, catalog: SqliteCatalog, planned: LocalPlan) -> GcRes
         else:
             going.append(entry)
     refs = [entry["image_ref"] for entry in going]
-    for start in range(0, len(refs), podman.RMI_BATCH):
-        podman.run("rmi", "--ignore", *refs[start:start + podman.RMI_BATCH], check=False)
+    podman.remove_images(refs)
     present = _present_refs() if refs else set()
     for entry in going:
         (result.failed if entry["image_ref"] in present else result.removed).append(entry)
